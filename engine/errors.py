@@ -1,0 +1,72 @@
+"""The one errors module of admatch.
+
+Every error admatch raises on purpose is an :class:`AdmatchError`. Each class knows the gRPC
+status it maps to (by name, so this module imports nothing and any layer, including the feature
+core, may raise these errors). Client faults (bad input, bad files, bad config) are kept apart
+from server faults: only :class:`InvalidArgument` and its subclasses name the offending field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class AdmatchError(Exception):
+    """Base of all admatch errors. Unknown subclasses are server faults (INTERNAL)."""
+
+    status: str = "INTERNAL"
+
+
+class InvalidArgument(AdmatchError):
+    """Bad input from a caller: a request, a log file, a mapping or a config.
+
+    Attributes:
+        field: the offending field, column or key (dotted path), e.g. ``"candidates[3].bid"``.
+        problem: what is wrong with it, in words a user can act on.
+    """
+
+    status = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class LogSchemaError(InvalidArgument):
+    """A log does not match the ad-opportunity log schema; ``field`` is the column."""
+
+
+class MappingError(InvalidArgument):
+    """An import mapping file is invalid or does not fit its input; ``field`` is the key."""
+
+
+class ConfigError(InvalidArgument):
+    """A config file is invalid. Carries every problem found, not just the first.
+
+    Attributes:
+        problems: ``(key, problem)`` pairs, in the order they were found.
+    """
+
+    def __init__(self, problems: Iterable[tuple[str, str]], source: str = "config") -> None:
+        self.problems = list(problems)
+        self.source = source
+        first_key, _ = self.problems[0] if self.problems else ("", "")
+        lines = "\n".join(f"  {key}: {problem}" for key, problem in self.problems)
+        InvalidArgument.__init__(self, first_key, f"{len(self.problems)} problem(s)")
+        self.args = (f"invalid {source}:\n{lines}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class NotReady(AdmatchError):
+    """The service cannot answer yet (no model loaded, store not connected)."""
+
+    status = "UNAVAILABLE"
+
+
+class Overloaded(AdmatchError):
+    """Too much work in flight; the caller should back off and retry."""
+
+    status = "RESOURCE_EXHAUSTED"

@@ -1,0 +1,160 @@
+"""The registered features of admatch. Import ``FEATURES`` to use them.
+
+Inputs are columns of the ad-opportunity log (``features.schema``) plus the exposure columns
+(``features.exposure``); nothing here reads the truth columns of a synthetic log.
+"""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+
+from features.exposure import COUNT_COLUMNS, COUNT_DTYPE, SINCE_COLUMNS, SINCE_DTYPE
+from features.params import FeatureParams
+from features.registry import Feature, FeatureRegistry
+from features.schema import FORMATS, RATINGS, SLOTS
+
+FEATURES = FeatureRegistry()
+F64 = pl.Float64()
+U8 = pl.UInt8()
+I8 = pl.Int8()
+MAX_INTEREST_RANK = 5
+
+# --- context: categorical codes are the Enum's physical codes (stable: the vocabularies are
+# fixed in the schema; a null value stays null and LightGBM treats it as missing).
+for _col in ("touchpoint", "slot", "scene", "format", "pricing", "age_band", "activity_level",
+             "content_rating"):  # fmt: skip
+    FEATURES.add(
+        Feature(
+            f"{_col}_code",
+            U8,
+            f"{_col} as its schema vocabulary code (categorical)",
+            lambda _p, c=_col: pl.col(c).to_physical(),
+            categorical=True,
+        )
+    )
+
+
+@FEATURES.register("hour_sin", F64, "sine of the local hour on the 24 h circle")
+def hour_sin(_p: FeatureParams) -> pl.Expr:
+    return (pl.col("local_hour").cast(F64) * (2 * math.pi / 24)).sin()
+
+
+@FEATURES.register("hour_cos", F64, "cosine of the local hour on the 24 h circle")
+def hour_cos(_p: FeatureParams) -> pl.Expr:
+    return (pl.col("local_hour").cast(F64) * (2 * math.pi / 24)).cos()
+
+
+@FEATURES.register(
+    "suitability_gap",
+    I8,
+    "ad suitability tier minus the context rating (family scenes count as at most 'general'); "
+    "> 0 means the ad is rated above its context",
+)
+def suitability_gap(_p: FeatureParams) -> pl.Expr:
+    general = RATINGS.index("general")
+    rating = pl.col("content_rating").to_physical().cast(I8)
+    effective = pl.when(pl.col("scene") == "family").then(rating.clip(upper_bound=general))
+    return pl.col("suitability_tier").to_physical().cast(I8) - effective.otherwise(rating)
+
+
+# --- the ad
+@FEATURES.register("ad_duration_s", F64, "play or display length of the ad, seconds")
+def ad_duration_s(_p: FeatureParams) -> pl.Expr:
+    return pl.col("duration_s")
+
+
+@FEATURES.register("bid_amount", F64, "bid in money per pricing unit (per mille for cpm)")
+def bid_amount(_p: FeatureParams) -> pl.Expr:
+    return pl.col("bid")
+
+
+@FEATURES.register(
+    "expected_value",
+    F64,
+    "bid as money per impression: cpm bid/1000, cpc bid x ctr_ad, cpa bid x ctr_ad x conv prior",
+)
+def expected_value(p: FeatureParams) -> pl.Expr:
+    ctr = p.stats.rate_expr("ad")
+    pricing = pl.col("pricing")
+    return (
+        pl.when(pricing == "cpm").then(pl.col("bid") / 1000.0)
+        .when(pricing == "cpc").then(pl.col("bid") * ctr)
+        .otherwise(pl.col("bid") * ctr * p.priors.conversion_prior)
+    )  # fmt: skip
+
+
+@FEATURES.register(
+    "intrusiveness_prior", F64, "prior intrusiveness of the ad's format on the slot, 0..1"
+)
+def intrusiveness_prior(p: FeatureParams) -> pl.Expr:
+    flat = pl.Series(
+        [p.priors.intrusiveness[s][f] for s in SLOTS for f in FORMATS], dtype=F64
+    )
+    code = pl.col("slot").to_physical().cast(pl.UInt32) * len(FORMATS) + pl.col(
+        "format"
+    ).to_physical().cast(pl.UInt32)
+    return pl.lit(flat).gather(code)
+
+
+# --- the user and the ad
+@FEATURES.register(
+    "interest_affinity",
+    F64,
+    f"user-interest x ad-category affinity: 1/rank of the category among the user's top "
+    f"{MAX_INTEREST_RANK} interest tags, 0 when absent",
+)
+def interest_affinity(_p: FeatureParams) -> pl.Expr:
+    tags, category = pl.col("user_interests"), pl.col("category")
+    chain = pl.when(tags.list.get(0, null_on_oob=True) == category).then(1.0)
+    for k in range(1, MAX_INTEREST_RANK):
+        chain = chain.when(tags.list.get(k, null_on_oob=True) == category).then(1.0 / (k + 1))
+    return chain.otherwise(0.0)
+
+
+# --- fitted engagement history
+for _key, _doc in (
+    ("ad", "the ad"),
+    ("campaign", "the campaign"),
+    ("advertiser", "the advertiser"),
+    ("category_slot", "the ad's category on this slot (and so touchpoint)"),
+):
+    FEATURES.add(
+        Feature(
+            f"ctr_{_key}",
+            F64,
+            f"smoothed historical engagement rate of {_doc} (fitted offline)",
+            lambda p, k=_key: p.stats.rate_expr(k),
+        )
+    )
+
+
+@FEATURES.register("log_impressions_ad", F64, "log(1 + impressions of the ad in fitting)")
+def log_impressions_ad(p: FeatureParams) -> pl.Expr:
+    return p.stats.impressions_expr("ad").log1p()
+
+
+# --- exposures (point-in-time offline, handed in online)
+for _col in COUNT_COLUMNS:
+    _, _scope, _target, _window = _col.split("_")
+    FEATURES.add(
+        Feature(
+            _col,
+            COUNT_DTYPE,
+            f"exposures of this {_scope} to {'any ad' if _target == 'any' else 'the ' + _target}"
+            f" in the last {_window}",
+            lambda _p, c=_col: pl.col(c),
+            passthrough=True,
+        )
+    )
+for _col in SINCE_COLUMNS:
+    FEATURES.add(
+        Feature(
+            _col,
+            SINCE_DTYPE,
+            f"seconds since this {_col.split('_')[1]}'s last exposure to the campaign; null if none",
+            lambda _p, c=_col: pl.col(c),
+            passthrough=True,
+        )
+    )

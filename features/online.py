@@ -1,0 +1,174 @@
+"""Online inputs: requests and their candidates, assembled into the rows the features read.
+
+The single-request form is the batch form with one request: :func:`assemble` turns any number
+of requests into one frame in the log schema's dtypes (request values broadcast to their
+candidates by one gather), plus the exposure columns the caller hands in. No Python loop runs
+over candidates; the loops here are over requests and columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
+from itertools import chain
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from engine.errors import InvalidArgument
+from features.exposure import EXPOSURE_SCHEMA, SINCE_COLUMNS
+from features.schema import CANDIDATE_COLUMNS, COLUMN_BY_NAME
+
+CandidateColumns = Mapping[str, Sequence[Any] | np.ndarray]
+REQUIRED_CANDIDATE_COLUMNS = ("ad_id", "format", "bid", "pricing")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """The request-level part of an ad opportunity (see ``docs/log-schema.md``)."""
+
+    request_id: str
+    ts: datetime
+    user_id: str
+    touchpoint: str
+    slot: str
+    household_id: str | None = None
+    device_id: str | None = None
+    scene: str | None = None
+    local_hour: int | None = None
+    user_interests: tuple[str, ...] = ()
+    age_band: str | None = None
+    activity_level: str | None = None
+    content_rating: str | None = None
+
+
+REQUEST_FIELDS = tuple(f.name for f in fields(RequestContext))
+
+
+def _series(name: str, values: Any, field: str) -> pl.Series:
+    """A Series in the schema dtype, built the cheap way (enums and times via a cast)."""
+    dtype = COLUMN_BY_NAME[name].dtype
+    try:
+        if isinstance(dtype, pl.Enum):
+            return pl.Series(name, values, dtype=pl.String).cast(dtype)
+        if isinstance(dtype, pl.Datetime):
+            micros = [_micros(v) for v in values]
+            return pl.Series(name, micros, dtype=pl.Int64).cast(dtype)
+        return pl.Series(name, values, dtype=dtype, strict=True)
+    except (TypeError, ValueError, AttributeError, pl.exceptions.PolarsError) as exc:
+        raise InvalidArgument(field, f"cannot be read as {dtype}: {exc}") from exc
+
+
+def _micros(ts: datetime) -> int:
+    if ts.tzinfo is None:
+        raise ValueError("naive datetime; a UTC-aware time is required")
+    return (ts - _EPOCH) // _ONE_US
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+
+
+def _request_frame(requests: Sequence[RequestContext]) -> pl.DataFrame:
+    cols = []
+    for name in REQUEST_FIELDS:
+        values = [getattr(r, name) for r in requests]
+        if name == "user_interests":
+            values = [list(v) for v in values]
+        cols.append(_series(name, values, f"request.{name}"))
+    return pl.DataFrame(cols)
+
+
+def _candidate_frame(candidates: Sequence[CandidateColumns], n: int) -> pl.DataFrame:
+    for i, cand in enumerate(candidates):
+        for name in REQUIRED_CANDIDATE_COLUMNS:
+            if name not in cand:
+                raise InvalidArgument(f"requests[{i}].candidates.{name}", "missing")
+        unknown = set(cand) - set(CANDIDATE_COLUMNS)
+        if unknown:
+            raise InvalidArgument(f"requests[{i}].candidates.{sorted(unknown)[0]}", "unknown column")
+    cols = []
+    for name in CANDIDATE_COLUMNS:
+        if len(candidates) == 1 and name in candidates[0]:
+            values: Any = candidates[0][name]
+        elif all(name in c for c in candidates):
+            values = list(chain.from_iterable(c[name] for c in candidates))
+        else:
+            cols.append(pl.Series(name, [None] * n, dtype=COLUMN_BY_NAME[name].dtype))
+            continue
+        cols.append(_series(name, values, f"candidates.{name}"))
+    return pl.DataFrame(cols)
+
+
+def exposure_matrix(
+    exposures: Sequence[np.ndarray | None], sizes: Sequence[int]
+) -> np.ndarray:
+    """Stack per-request exposure matrices (``None``: no history) into one (n, k) array.
+
+    Each matrix has one row per candidate and one column per ``EXPOSURE_SCHEMA`` column, in
+    that order, as float64; a null recency is NaN.
+
+    Raises:
+        InvalidArgument: a matrix whose shape does not fit its request.
+    """
+    width = len(EXPOSURE_SCHEMA)
+    parts = []
+    for i, (size, exp) in enumerate(zip(sizes, exposures, strict=True)):
+        if exp is None:
+            parts.append(_NO_HISTORY_ROW if size == 1 else np.tile(_NO_HISTORY_ROW, (size, 1)))
+            continue
+        arr = np.asarray(exp, dtype=np.float64)
+        if arr.shape != (size, width):
+            raise InvalidArgument(
+                f"requests[{i}].exposures", f"has shape {arr.shape}, expected ({size}, {width})"
+            )
+        parts.append(arr)
+    if not parts:
+        return np.empty((0, width))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+_NO_HISTORY_ROW = np.array(
+    [[np.nan if name in SINCE_COLUMNS else 0.0 for name in EXPOSURE_SCHEMA]]
+)
+
+
+def assemble(
+    requests: Sequence[RequestContext], candidates: Sequence[CandidateColumns]
+) -> pl.DataFrame:
+    """Rows (one per candidate) of many requests, in schema dtypes.
+
+    Args:
+        requests: the requests, in order.
+        candidates: per request, its candidates as columns (``ad_id``, ``format``, ``bid`` and
+            ``pricing`` required; other candidate columns of the schema optional).
+
+    Raises:
+        InvalidArgument: a missing or unknown column, a value of the wrong type or outside its
+            vocabulary, or columns of unequal length.
+    """
+    if len(candidates) != len(requests):
+        raise InvalidArgument("candidates", "one candidate set per request is required")
+    sizes = candidate_counts(candidates)
+    req = _request_frame(requests)
+    if len(requests) == 1:  # broadcast: cheaper than a gather for one request
+        broadcast = [s.new_from_index(0, sizes[0]) for s in req.get_columns()]
+    else:
+        owner = pl.Series(np.repeat(np.arange(len(requests), dtype=np.uint32), sizes))
+        broadcast = req[owner].get_columns()
+    return pl.DataFrame(broadcast + _candidate_frame(candidates, sum(sizes)).get_columns())
+
+
+def candidate_counts(candidates: Sequence[CandidateColumns]) -> list[int]:
+    """Number of candidates per request, checking that every column has that length."""
+    sizes = [len(c["ad_id"]) if "ad_id" in c else 0 for c in candidates]
+    for i, c in enumerate(candidates):
+        for name, values in c.items():
+            if len(values) != sizes[i]:
+                raise InvalidArgument(
+                    f"requests[{i}].candidates.{name}",
+                    f"has {len(values)} values, expected {sizes[i]}",
+                )
+    return sizes

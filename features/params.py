@@ -1,0 +1,69 @@
+"""Everything the feature expressions need besides the rows: fitted statistics and priors."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from engine.errors import ConfigError
+from features.schema import FORMATS, SLOTS
+from features.stats import EngagementStats
+
+
+@dataclass(frozen=True)
+class Priors:
+    """Domain priors: slot x format intrusiveness (0..1) and the CPA conversion prior."""
+
+    intrusiveness: dict[str, dict[str, float]]
+    conversion_prior: float
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], source: str = "priors") -> Priors:
+        """Validate a priors document; every problem is reported at once.
+
+        Raises:
+            ConfigError: unknown or missing slots and formats, values outside [0, 1].
+        """
+        problems: list[tuple[str, str]] = []
+        unknown = set(doc) - {"intrusiveness", "conversion"}
+        problems += [(k, "unknown key") for k in sorted(unknown)]
+        table = doc.get("intrusiveness", {})
+        for slot in sorted(set(table) - set(SLOTS)):
+            problems.append((f"intrusiveness.{slot}", "unknown slot"))
+        for slot in SLOTS:
+            row = table.get(slot)
+            if row is None:
+                problems.append((f"intrusiveness.{slot}", "missing slot"))
+                continue
+            for fmt in sorted(set(row) - set(FORMATS)):
+                problems.append((f"intrusiveness.{slot}.{fmt}", "unknown format"))
+            for fmt in FORMATS:
+                value = row.get(fmt)
+                if value is None:
+                    problems.append((f"intrusiveness.{slot}.{fmt}", "missing format"))
+                elif not isinstance(value, int | float) or not 0 <= value <= 1:
+                    problems.append((f"intrusiveness.{slot}.{fmt}", "must be a number in [0, 1]"))
+        conv = doc.get("conversion", {}).get("prior")
+        if not isinstance(conv, int | float) or not 0 < conv <= 1:
+            problems.append(("conversion.prior", "must be a number in (0, 1]"))
+        if problems:
+            raise ConfigError(problems, source=source)
+        return cls(
+            {s: {f: float(table[s][f]) for f in FORMATS} for s in SLOTS}, float(conv)  # type: ignore[arg-type]
+        )
+
+    @classmethod
+    def default(cls) -> Priors:
+        """The priors shipped in ``features/priors.toml``."""
+        text = resources.files("features").joinpath("priors.toml").read_text()
+        return cls.from_dict(tomllib.loads(text), source="features/priors.toml")
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    """Inputs of the feature expressions that are not columns of the rows."""
+
+    stats: EngagementStats
+    priors: Priors
