@@ -52,7 +52,7 @@ class FeatureBatch:
         """All features as one polars frame with registry dtypes (for tests and tools)."""
         names = self.names[self.computed.width :]
         exp = pl.from_numpy(self.exposures, schema=names, orient="row").fill_nan(None)
-        return pl.concat([self.computed, exp.cast(dict(EXPOSURE_SCHEMA))], how="horizontal")
+        return pl.concat([self.computed, exp.cast(EXPOSURE_SCHEMA)], how="horizontal")
 
 
 class FeatureCore:

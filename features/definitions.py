@@ -7,6 +7,8 @@ Inputs are columns of the ad-opportunity log (``features.schema``) plus the expo
 from __future__ import annotations
 
 import math
+from functools import partial
+from typing import Any
 
 import polars as pl
 
@@ -16,6 +18,20 @@ from features.registry import Feature, FeatureRegistry
 from features.schema import FORMATS, RATINGS, SLOTS
 
 FEATURES = FeatureRegistry()
+
+
+def _code(_p: FeatureParams, column: str) -> pl.Expr:
+    return pl.col(column).to_physical()
+
+
+def _rate(p: FeatureParams, key: str) -> pl.Expr:
+    return p.stats.rate_expr(key)
+
+
+def _column(_p: FeatureParams, column: str) -> pl.Expr:
+    return pl.col(column)
+
+
 F64 = pl.Float64()
 U8 = pl.UInt8()
 I8 = pl.Int8()
@@ -23,14 +39,22 @@ MAX_INTEREST_RANK = 5
 
 # --- context: categorical codes are the Enum's physical codes (stable: the vocabularies are
 # fixed in the schema; a null value stays null and LightGBM treats it as missing).
-for _col in ("touchpoint", "slot", "scene", "format", "pricing", "age_band", "activity_level",
-             "content_rating"):  # fmt: skip
+for _col in (
+    "touchpoint",
+    "slot",
+    "scene",
+    "format",
+    "pricing",
+    "age_band",
+    "activity_level",
+    "content_rating",
+):
     FEATURES.add(
         Feature(
             f"{_col}_code",
             U8,
             f"{_col} as its schema vocabulary code (categorical)",
-            lambda _p, c=_col: pl.col(c).to_physical(),
+            partial(_code, column=_col),
             categorical=True,
         )
     )
@@ -79,19 +103,19 @@ def expected_value(p: FeatureParams) -> pl.Expr:
     ctr = p.stats.rate_expr("ad")
     pricing = pl.col("pricing")
     return (
-        pl.when(pricing == "cpm").then(pl.col("bid") / 1000.0)
-        .when(pricing == "cpc").then(pl.col("bid") * ctr)
+        pl.when(pricing == "cpm")
+        .then(pl.col("bid") / 1000.0)
+        .when(pricing == "cpc")
+        .then(pl.col("bid") * ctr)
         .otherwise(pl.col("bid") * ctr * p.priors.conversion_prior)
-    )  # fmt: skip
+    )
 
 
 @FEATURES.register(
     "intrusiveness_prior", F64, "prior intrusiveness of the ad's format on the slot, 0..1"
 )
 def intrusiveness_prior(p: FeatureParams) -> pl.Expr:
-    flat = pl.Series(
-        [p.priors.intrusiveness[s][f] for s in SLOTS for f in FORMATS], dtype=F64
-    )
+    flat = pl.Series([p.priors.intrusiveness[s][f] for s in SLOTS for f in FORMATS], dtype=F64)
     code = pl.col("slot").to_physical().cast(pl.UInt32) * len(FORMATS) + pl.col(
         "format"
     ).to_physical().cast(pl.UInt32)
@@ -107,7 +131,7 @@ def intrusiveness_prior(p: FeatureParams) -> pl.Expr:
 )
 def interest_affinity(_p: FeatureParams) -> pl.Expr:
     tags, category = pl.col("user_interests"), pl.col("category")
-    chain = pl.when(tags.list.get(0, null_on_oob=True) == category).then(1.0)
+    chain: Any = pl.when(tags.list.get(0, null_on_oob=True) == category).then(1.0)
     for k in range(1, MAX_INTEREST_RANK):
         chain = chain.when(tags.list.get(k, null_on_oob=True) == category).then(1.0 / (k + 1))
     return chain.otherwise(0.0)
@@ -125,7 +149,7 @@ for _key, _doc in (
             f"ctr_{_key}",
             F64,
             f"smoothed historical engagement rate of {_doc} (fitted offline)",
-            lambda p, k=_key: p.stats.rate_expr(k),
+            partial(_rate, key=_key),
         )
     )
 
@@ -144,7 +168,7 @@ for _col in COUNT_COLUMNS:
             COUNT_DTYPE,
             f"exposures of this {_scope} to {'any ad' if _target == 'any' else 'the ' + _target}"
             f" in the last {_window}",
-            lambda _p, c=_col: pl.col(c),
+            partial(_column, column=_col),
             passthrough=True,
         )
     )
@@ -153,8 +177,9 @@ for _col in SINCE_COLUMNS:
         Feature(
             _col,
             SINCE_DTYPE,
-            f"seconds since this {_col.split('_')[1]}'s last exposure to the campaign; null if none",
-            lambda _p, c=_col: pl.col(c),
+            f"seconds since this {_col.split('_')[1]}'s last exposure to the campaign; "
+            "null if none",
+            partial(_column, column=_col),
             passthrough=True,
         )
     )

@@ -47,9 +47,7 @@ class ExposureKey:
         return [SCOPES[self.scope]] + ([target_col] if target_col else [])
 
 
-EXPOSURE_KEYS: tuple[ExposureKey, ...] = tuple(
-    ExposureKey(s, t) for s in SCOPES for t in TARGETS
-)
+EXPOSURE_KEYS: tuple[ExposureKey, ...] = tuple(ExposureKey(s, t) for s in SCOPES for t in TARGETS)
 
 
 def count_column(scope: str, target: str, window: str) -> str:
@@ -108,7 +106,9 @@ def _counts_for(queries: pl.LazyFrame, events: pl.LazyFrame, key: ExposureKey) -
         out = (
             out.with_columns((pl.col("ts") - pl.duration(seconds=seconds)).alias(edge))
             .join_asof(
-                events.select(*ids, pl.col(_EV_TS).alias(f"{edge}_ts"), pl.col(_EV_N).alias(f"{edge}_n")),
+                events.select(
+                    *ids, pl.col(_EV_TS).alias(f"{edge}_ts"), pl.col(_EV_N).alias(f"{edge}_n")
+                ),
                 left_on=edge,
                 right_on=f"{edge}_ts",
                 by=ids,
@@ -148,8 +148,9 @@ def point_in_time_exposures(log: pl.LazyFrame) -> pl.LazyFrame:
             ids = key.id_columns
             queries = log.select(*ids, "ts").unique(maintain_order=True)
             counts = _counts_for(queries, events, key)
-            out = out.join(counts, on=[*ids, "ts"], how="left", nulls_equal=True,
-                           maintain_order="left")
+            out = out.join(
+                counts, on=[*ids, "ts"], how="left", nulls_equal=True, maintain_order="left"
+            )
         else:
             out = _counts_for(out, events, key)
     return out.with_columns(

@@ -19,6 +19,7 @@ from features.schema import COLUMNS, REQUEST_COLUMNS, REQUIRED_COLUMNS, Column
 _INTEGER = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)
 _FLOAT = (pl.Float32, pl.Float64)
 _TEXT = (pl.String, pl.Categorical, pl.Enum)
+COLUMN_DTYPES = {c.name: c.dtype for c in COLUMNS}
 
 
 def _kind(dtype: pl.DataType) -> str:
@@ -79,7 +80,8 @@ def _check_dtype(col: Column, dtype: pl.DataType) -> None:
             )
     if want == "list":
         assert isinstance(dtype, pl.List)
-        if _kind(dtype.inner) not in {"text", "integer"}:
+        inner = dtype.inner
+        if _kind(inner() if isinstance(inner, type) else inner) not in {"text", "integer"}:
             raise LogSchemaError(col.name, f"has dtype {dtype}, expected a list of strings")
 
 
@@ -111,11 +113,13 @@ def _value_problems(raw: pl.DataFrame, out: pl.DataFrame) -> None:
     checks: list[pl.Expr] = []
     for col in COLUMNS:
         c = pl.col(col.name)
-        if not col.nullable:
-            checks.append(c.is_null().sum().alias(f"{col.name}\tnull values"))
         if col.name in raw.columns and isinstance(col.dtype, pl.Enum):
             lost = c.is_null() & pl.lit(raw[col.name]).is_not_null()
-            checks.append(lost.sum().alias(f"{col.name}\tvalues outside {'|'.join(col.dtype.categories)}"))
+            checks.append(
+                lost.sum().alias(f"{col.name}\tvalues outside {'|'.join(col.dtype.categories)}")
+            )
+        if not col.nullable:
+            checks.append(c.is_null().sum().alias(f"{col.name}\tnull values"))
         if col.low is not None or col.high is not None:
             bad = c.is_nan() if col.dtype.is_float() else pl.lit(False)
             if col.low is not None:
@@ -146,17 +150,12 @@ def _example(raw: pl.DataFrame, out: pl.DataFrame, name: str) -> str:
     return ""
 
 
-COLUMN_DTYPES = {c.name: c.dtype for c in COLUMNS}
-
-
 def _request_consistency(out: pl.DataFrame) -> None:
     """Every request column must hold one value per request_id."""
     present = [c for c in REQUEST_COLUMNS if c != "request_id" and out[c].null_count() < len(out)]
     if not present or out.is_empty():
         return
-    varying = out.group_by("request_id").agg(
-        [pl.col(c).n_unique().gt(1).alias(c) for c in present]
-    )
+    varying = out.group_by("request_id").agg([pl.col(c).n_unique().gt(1).alias(c) for c in present])
     totals = varying.select(pl.col(present).sum()).row(0, named=True)
     for name, n in totals.items():
         if n:

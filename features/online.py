@@ -43,6 +43,13 @@ class RequestContext:
     activity_level: str | None = None
     content_rating: str | None = None
 
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> RequestContext:
+        """The request of a log row (a dict of the row's columns; extra keys are ignored)."""
+        fields: dict[str, Any] = {name: row.get(name) for name in REQUEST_FIELDS}
+        fields["user_interests"] = tuple(row.get("user_interests") or ())
+        return cls(**fields)
+
 
 REQUEST_FIELDS = tuple(f.name for f in fields(RequestContext))
 
@@ -88,7 +95,9 @@ def _candidate_frame(candidates: Sequence[CandidateColumns], n: int) -> pl.DataF
                 raise InvalidArgument(f"requests[{i}].candidates.{name}", "missing")
         unknown = set(cand) - set(CANDIDATE_COLUMNS)
         if unknown:
-            raise InvalidArgument(f"requests[{i}].candidates.{sorted(unknown)[0]}", "unknown column")
+            raise InvalidArgument(
+                f"requests[{i}].candidates.{sorted(unknown)[0]}", "unknown column"
+            )
     cols = []
     for name in CANDIDATE_COLUMNS:
         if len(candidates) == 1 and name in candidates[0]:
@@ -102,9 +111,7 @@ def _candidate_frame(candidates: Sequence[CandidateColumns], n: int) -> pl.DataF
     return pl.DataFrame(cols)
 
 
-def exposure_matrix(
-    exposures: Sequence[np.ndarray | None], sizes: Sequence[int]
-) -> np.ndarray:
+def exposure_matrix(exposures: Sequence[np.ndarray | None], sizes: Sequence[int]) -> np.ndarray:
     """Stack per-request exposure matrices (``None``: no history) into one (n, k) array.
 
     Each matrix has one row per candidate and one column per ``EXPOSURE_SCHEMA`` column, in
@@ -130,9 +137,7 @@ def exposure_matrix(
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-_NO_HISTORY_ROW = np.array(
-    [[np.nan if name in SINCE_COLUMNS else 0.0 for name in EXPOSURE_SCHEMA]]
-)
+_NO_HISTORY_ROW = np.array([[np.nan if name in SINCE_COLUMNS else 0.0 for name in EXPOSURE_SCHEMA]])
 
 
 def assemble(

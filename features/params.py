@@ -51,7 +51,8 @@ class Priors:
         if problems:
             raise ConfigError(problems, source=source)
         return cls(
-            {s: {f: float(table[s][f]) for f in FORMATS} for s in SLOTS}, float(conv)  # type: ignore[arg-type]
+            {s: {f: float(table[s][f]) for f in FORMATS} for s in SLOTS},
+            float(conv),
         )
 
     @classmethod

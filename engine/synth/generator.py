@@ -67,13 +67,15 @@ def generate(params: WorldParams) -> GeneratedLog:
     return GeneratedLog(log=log, truth=_truth_doc(params, ads, log))
 
 
-def _apply_policy(params: WorldParams, rows: pl.DataFrame, rng: np.random.Generator) -> pl.DataFrame:
+def _apply_policy(
+    params: WorldParams, rows: pl.DataFrame, rng: np.random.Generator
+) -> pl.DataFrame:
     request_index = rows.select(pl.col("request_id").rle_id()).to_series().to_numpy()
     is_pod = (rows["slot"] == "ott_preroll").to_numpy()
     t = params.truth
-    value = rows.select(
-        _value_per_impression(sigmoid(engage_logit_static(t)))
-    ).to_series().to_numpy()
+    value = (
+        rows.select(_value_per_impression(sigmoid(engage_logit_static(t)))).to_series().to_numpy()
+    )
     noisy_score = value * np.exp(0.3 * rng.standard_normal(len(value)))
     choice = log_policy(params, request_index, is_pod, noisy_score, rng)
     return rows.with_columns(
@@ -84,10 +86,12 @@ def _apply_policy(params: WorldParams, rows: pl.DataFrame, rng: np.random.Genera
 def _value_per_impression(p_engage: pl.Expr) -> pl.Expr:
     pricing = pl.col("pricing").cast(pl.String)
     return (
-        pl.when(pricing == "cpm").then(pl.col("bid") / 1000.0)
-        .when(pricing == "cpc").then(pl.col("bid") * p_engage)
+        pl.when(pricing == "cpm")
+        .then(pl.col("bid") / 1000.0)
+        .when(pricing == "cpc")
+        .then(pl.col("bid") * p_engage)
         .otherwise(pl.col("bid") * p_engage * 0.08)
-    )  # fmt: skip
+    )
 
 
 def _outcomes(params: WorldParams, rows: pl.DataFrame, rng: np.random.Generator) -> pl.DataFrame:
@@ -129,19 +133,31 @@ def _outcomes(params: WorldParams, rows: pl.DataFrame, rng: np.random.Generator)
 
 def _truth_doc(params: WorldParams, ads: pl.DataFrame, log: pl.DataFrame) -> dict[str, Any]:
     shown = log.filter(pl.col("shown"))
+    means = shown.select(
+        pl.col("true_p_engaged").mean().alias("mean_true_p_engaged_shown"),
+        pl.col("true_p_negative").mean().alias("mean_true_p_negative_shown"),
+        pl.col("engaged").cast(pl.Float64).mean().alias("engaged_rate_shown"),
+        pl.col("negative").cast(pl.Float64).mean().alias("negative_rate_shown"),
+    ).row(0, named=True)
     return {
         "schema_version": 1,
         "params": params.model_dump(mode="json"),
-        "ads": ads.select("ad_id", "campaign_id", "advertiser_id", "category", "format",
-                          "duration_s", "bid", "pricing", "quality").to_dicts(),  # fmt: skip
+        "ads": ads.select(
+            "ad_id",
+            "campaign_id",
+            "advertiser_id",
+            "category",
+            "format",
+            "duration_s",
+            "bid",
+            "pricing",
+            "quality",
+        ).to_dicts(),
         "summary": {
             "rows": len(log),
             "requests": log["request_id"].n_unique(),
             "impressions": len(shown),
-            "mean_true_p_engaged_shown": float(shown["true_p_engaged"].mean() or 0.0),
-            "mean_true_p_negative_shown": float(shown["true_p_negative"].mean() or 0.0),
-            "engaged_rate_shown": float(shown["engaged"].mean() or 0.0),
-            "negative_rate_shown": float(shown["negative"].mean() or 0.0),
+            **{k: float(v or 0.0) for k, v in means.items()},
         },
     }
 

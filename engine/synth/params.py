@@ -18,9 +18,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from features.schema import FORMATS, SLOTS, TOUCHPOINTS
 
 CATEGORIES = (
-    "music", "sports", "food", "travel", "auto", "finance", "fashion",
-    "gaming", "health", "home", "kids", "tech", "beauty", "alcohol",
-)  # fmt: skip
+    "music",
+    "sports",
+    "food",
+    "travel",
+    "auto",
+    "finance",
+    "fashion",
+    "gaming",
+    "health",
+    "home",
+    "kids",
+    "tech",
+    "beauty",
+    "alcohol",
+)
 TIERS_BY_CATEGORY = {"alcohol": "mature", "gaming": "teen", "kids": "kids"}
 
 # True intrusiveness of a format on a slot, 0 (unnoticeable) .. 1 (very disruptive).
@@ -30,18 +42,38 @@ INTRUSIVENESS: dict[str, dict[str, float]] = {
     "ott_boot": {"video": 0.8, "image": 0.3, "interactive": 0.5, "audio": 0.7, "text": 0.2},
     "ott_home_banner": {"video": 0.4, "image": 0.1, "interactive": 0.15, "audio": 0.6, "text": 0.1},
     "ott_pause": {"video": 0.6, "image": 0.15, "interactive": 0.25, "audio": 0.6, "text": 0.1},
-    "ott_screensaver": {"video": 0.3, "image": 0.05, "interactive": 0.2, "audio": 0.5, "text": 0.05},
+    "ott_screensaver": {
+        "video": 0.3,
+        "image": 0.05,
+        "interactive": 0.2,
+        "audio": 0.5,
+        "text": 0.05,
+    },
     "ott_preroll": {"video": 0.5, "image": 0.3, "interactive": 0.4, "audio": 0.5, "text": 0.3},
-    "iot_idle_screen": {"image": 0.05, "video": 0.3, "text": 0.05, "audio": 0.7, "interactive": 0.2},
+    "iot_idle_screen": {
+        "image": 0.05,
+        "video": 0.3,
+        "text": 0.05,
+        "audio": 0.7,
+        "interactive": 0.2,
+    },
     "iot_notification": {"image": 0.5, "video": 0.8, "text": 0.4, "audio": 0.8, "interactive": 0.6},
     "mobile_feed": {"video": 0.3, "image": 0.1, "text": 0.1, "interactive": 0.2, "audio": 0.6},
     "mobile_splash": {"video": 0.6, "image": 0.35, "text": 0.3, "interactive": 0.45, "audio": 0.8},
 }
 SLOT_ENGAGE: dict[str, float] = {
-    "voice_reply": 0.2, "voice_break": -0.1, "ott_boot": -0.3, "ott_home_banner": 0.0,
-    "ott_pause": 0.1, "ott_screensaver": -0.4, "ott_preroll": -0.1, "iot_idle_screen": -0.5,
-    "iot_notification": 0.1, "mobile_feed": 0.3, "mobile_splash": -0.2,
-}  # fmt: skip
+    "voice_reply": 0.2,
+    "voice_break": -0.1,
+    "ott_boot": -0.3,
+    "ott_home_banner": 0.0,
+    "ott_pause": 0.1,
+    "ott_screensaver": -0.4,
+    "ott_preroll": -0.1,
+    "iot_idle_screen": -0.5,
+    "iot_notification": 0.1,
+    "mobile_feed": 0.3,
+    "mobile_splash": -0.2,
+}
 FORMAT_ENGAGE = {"video": 0.2, "interactive": 0.35, "image": 0.0, "audio": 0.0, "text": -0.3}
 # Formats the ad server sends as candidates for each touchpoint.
 TOUCHPOINT_FORMATS: dict[str, tuple[str, ...]] = {
@@ -135,9 +167,13 @@ class WorldParams(BaseModel):
     bid_sigma: float = 0.5
     format_mix: dict[str, float] = Field(
         default_factory=lambda: {
-            "video": 0.35, "image": 0.3, "audio": 0.15, "text": 0.1, "interactive": 0.1
+            "video": 0.35,
+            "image": 0.3,
+            "audio": 0.15,
+            "text": 0.1,
+            "interactive": 0.1,
         }
-    )  # fmt: skip
+    )
     touchpoint_mix: dict[str, float] = Field(
         default_factory=lambda: {"ai_voice": 0.2, "ott": 0.3, "iot": 0.15, "mobile": 0.35}
     )
@@ -145,13 +181,16 @@ class WorldParams(BaseModel):
         default_factory=lambda: {
             "ai_voice": {"voice_reply": 0.6, "voice_break": 0.4},
             "ott": {
-                "ott_boot": 0.15, "ott_home_banner": 0.3, "ott_pause": 0.15,
-                "ott_screensaver": 0.1, "ott_preroll": 0.3,
+                "ott_boot": 0.15,
+                "ott_home_banner": 0.3,
+                "ott_pause": 0.15,
+                "ott_screensaver": 0.1,
+                "ott_preroll": 0.3,
             },
             "iot": {"iot_idle_screen": 0.7, "iot_notification": 0.3},
             "mobile": {"mobile_feed": 0.8, "mobile_splash": 0.2},
         }
-    )  # fmt: skip
+    )
     hour_weights: dict[str, list[float]] = Field(
         default_factory=lambda: {
             "ai_voice": hour_profile([(7.5, 1.5, 3.0), (19.0, 2.0, 2.0)], 0.2),
@@ -182,9 +221,11 @@ class WorldParams(BaseModel):
             if tp not in TOUCHPOINTS:
                 problems.append(("touchpoint_mix", f"unknown touchpoint {tp!r}"))
         for tp, slots in self.slot_mix.items():
-            problems += [("slot_mix", f"unknown slot {s!r} under {tp}") for s in slots
-                         if s not in SLOTS]  # fmt: skip
-        problems += [("format_mix", f"unknown format {f!r}") for f in self.format_mix
-                     if f not in FORMATS]  # fmt: skip
+            problems += [
+                ("slot_mix", f"unknown slot {s!r} under {tp}") for s in slots if s not in SLOTS
+            ]
+        problems += [
+            ("format_mix", f"unknown format {f!r}") for f in self.format_mix if f not in FORMATS
+        ]
         if problems:
             raise ConfigError(problems, source="world parameters")

@@ -77,12 +77,21 @@ def build_requests(
 def _attach_people(frame: pl.DataFrame, users: pl.DataFrame) -> pl.DataFrame:
     tp = pl.col("touchpoint")
     device = (
-        pl.when(tp == "mobile").then(pl.col("phone_id"))
-        .when(tp == "ott").then(pl.col("tv_id"))
-        .when(tp == "ai_voice").then(pl.col("speaker_id"))
-        .otherwise(pl.concat_str(pl.lit("iot"), pl.col("household_id").str.slice(1),
-                                 pl.lit("_"), pl.col("iot_pick").cast(pl.String)))
-    )  # fmt: skip
+        pl.when(tp == "mobile")
+        .then(pl.col("phone_id"))
+        .when(tp == "ott")
+        .then(pl.col("tv_id"))
+        .when(tp == "ai_voice")
+        .then(pl.col("speaker_id"))
+        .otherwise(
+            pl.concat_str(
+                pl.lit("iot"),
+                pl.col("household_id").str.slice(1),
+                pl.lit("_"),
+                pl.col("iot_pick").cast(pl.String),
+            )
+        )
+    )
     return (
         frame.with_row_index("r")
         .join(users, on="u", how="left", maintain_order="left")

@@ -16,7 +16,9 @@ from engine.synth.params import TruthParams
 
 def _slot_format(table: dict[str, dict[str, float]]) -> pl.Expr:
     mapping = {f"{s}|{f}": v for s, row in table.items() for f, v in row.items()}
-    key = pl.concat_str(pl.col("slot").cast(pl.String), pl.lit("|"), pl.col("format").cast(pl.String))
+    key = pl.concat_str(
+        pl.col("slot").cast(pl.String), pl.lit("|"), pl.col("format").cast(pl.String)
+    )
     return key.replace_strict(mapping, default=0.5, return_dtype=pl.Float64)
 
 
@@ -40,8 +42,10 @@ def interest_weight(t: TruthParams) -> pl.Expr:
 def engage_logit_static(t: TruthParams) -> pl.Expr:
     """Engagement log-odds without fatigue: what a logging policy without history could know."""
     hour = pl.col("local_hour").cast(pl.Float64)
-    peak = pl.col("touchpoint").cast(pl.String).replace_strict(
-        t.hour_engage_peak, return_dtype=pl.Float64
+    peak = (
+        pl.col("touchpoint")
+        .cast(pl.String)
+        .replace_strict(t.hour_engage_peak, return_dtype=pl.Float64)
     )
     return (
         t.engage_base
@@ -56,9 +60,11 @@ def engage_logit_static(t: TruthParams) -> pl.Expr:
 
 def engage_logit(t: TruthParams) -> pl.Expr:
     """True engagement log-odds, including fatigue with the same campaign."""
-    return engage_logit_static(t) + t.engage_fatigue_user_campaign_24h * pl.col(
-        "exp_user_campaign_24h"
-    ).cast(pl.Float64).log1p()
+    return (
+        engage_logit_static(t)
+        + t.engage_fatigue_user_campaign_24h
+        * pl.col("exp_user_campaign_24h").cast(pl.Float64).log1p()
+    )
 
 
 def negative_logit(t: TruthParams) -> pl.Expr:
@@ -84,4 +90,6 @@ def sigmoid(x: pl.Expr) -> pl.Expr:
 
 def conversion_rate(t: TruthParams) -> pl.Expr:
     """P(converted | engaged) by category."""
-    return pl.col("category").replace_strict(t.conversion_rate, default=0.05, return_dtype=pl.Float64)
+    return pl.col("category").replace_strict(
+        t.conversion_rate, default=0.05, return_dtype=pl.Float64
+    )

@@ -79,7 +79,7 @@ def _ranked_interests(params: WorldParams, rng: np.random.Generator, n: int) -> 
     popularity = np.linspace(1.5, 0.5, len(cats))
     keys = np.log(popularity)[None, :] + rng.gumbel(size=(n, len(cats)))
     top = np.argsort(-keys, axis=1)[:, :3]
-    return cats[top].tolist()  # type: ignore[no-any-return]
+    return cats[top].tolist()
 
 
 def build_inventory(params: WorldParams, rng: np.random.Generator) -> pl.DataFrame:

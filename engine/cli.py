@@ -1,0 +1,165 @@
+"""The ``admatch`` command line. Each command parses options, calls one job, prints a result."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import polars as pl
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from engine.errors import AdmatchError
+
+app = typer.Typer(
+    help="admatch: user-first ad matching for AI voice, OTT, IoT and mobile touchpoints.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(width=None if Console().is_terminal else 140)
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(exc: AdmatchError) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def _table(frame: pl.DataFrame, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for name in frame.columns:
+        table.add_column(name, justify="right" if frame[name].dtype.is_numeric() else "left")
+    for row in frame.iter_rows():
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+    return table
+
+
+@app.command("gen-logs")
+def gen_logs(
+    out: Annotated[Path, typer.Option(help="output Parquet log; truth goes to <out>.truth.json")],
+    rows: Annotated[int, typer.Option(min=1, help="candidate rows to generate")] = 1_000_000,
+    seed: Annotated[int, typer.Option(help="random seed; same seed, same log")] = 0,
+    days: Annotated[int, typer.Option(min=1, max=366, help="days of traffic")] = 14,
+    policy: Annotated[str, typer.Option(help="logging policy: uniform or greedy")] = "uniform",
+) -> None:
+    """Generate a synthetic AI voice / OTT / IoT / mobile log with a known truth."""
+    from engine.synth.generator import generate, write_generated
+    from engine.synth.params import WorldParams
+
+    if policy not in ("uniform", "greedy"):
+        _fail(AdmatchError(f"--policy: must be uniform or greedy, not {policy!r}"))
+    try:
+        params = WorldParams(rows=rows, seed=seed, days=days, policy=policy)
+        start = time.perf_counter()
+        with console.status(f"generating {rows:,} rows"):
+            generated = generate(params)
+            truth = write_generated(generated, out)
+        seconds = time.perf_counter() - start
+    except AdmatchError as exc:
+        _fail(exc)
+    s = generated.truth["summary"]
+    console.print(
+        f"wrote {s['rows']:,} rows ({s['requests']:,} requests, {s['impressions']:,} impressions)"
+        f" to {out} in {seconds:.1f} s ({rows / seconds:,.0f} rows/s); truth: {truth}"
+    )
+
+
+@app.command("import-log")
+def import_log_cmd(
+    inputs: Annotated[list[Path], typer.Argument(help="CSV or Parquet files of one log")],
+    mapping: Annotated[str, typer.Option(help="mapping TOML file, or ipinyou / open_bandit")],
+    out: Annotated[Path, typer.Option(help="output Parquet log")],
+) -> None:
+    """Import a log in your own format through a declarative mapping file."""
+    from engine.logs.importer import import_log
+    from engine.logs.mapping import load_mapping
+
+    try:
+        report = import_log(load_mapping(mapping), inputs, out)
+    except AdmatchError as exc:
+        _fail(exc)
+    console.print(
+        f"read {report.rows_read:,} rows, wrote {report.rows_written:,} to {report.out}, "
+        f"rejected {report.rows_rejected:,}"
+    )
+    for reason, n in report.reasons.items():
+        console.print(f"  {n:>8,}  {reason}")
+    if report.rejects:
+        console.print(f"rejected rows with their reasons: {report.rejects}")
+
+
+@app.command()
+def summary(log: Annotated[Path, typer.Option(help="a log in the admatch schema")]) -> None:
+    """Print the size, time span and per-slot rates of a log."""
+    from engine.logs.summary import summarize
+    from features.logio import scan_log
+
+    try:
+        s = summarize(scan_log(log))
+    except AdmatchError as exc:
+        _fail(exc)
+    console.print(
+        f"{s.rows:,} rows, {s.requests:,} requests, {s.impressions:,} impressions, "
+        f"{s.users:,} users, {s.households:,} households, {s.start} .. {s.end}"
+    )
+    by_slot = s.by_slot.select(
+        [c for c in s.by_slot.columns if s.by_slot[c].null_count() < len(s.by_slot)]
+    )
+    console.print(_table(by_slot, "per slot (rates over shown candidates)"))
+
+
+@app.command()
+def features(
+    log: Annotated[Path, typer.Option(help="a log in the admatch schema")],
+    out: Annotated[Path, typer.Option(help="output Parquet of features")],
+    stats: Annotated[
+        Path | None, typer.Option(help="directory with feature_stats.json; default: fit on LOG")
+    ] = None,
+) -> None:
+    """Compute every registered feature over a log, point-in-time correct."""
+    from engine.jobs import build_features, feature_overview
+
+    try:
+        with console.status("building features"):
+            job = build_features(log, out, stats)
+    except AdmatchError as exc:
+        _fail(exc)
+    console.print(
+        f"{job.rows:,} rows x {job.features} features -> {job.out} in {job.seconds:.1f} s "
+        f"({job.rows_per_s:,.0f} rows/s incl. read and write); statistics: {job.stats_dir}"
+    )
+    console.print(_table(feature_overview(out), "features"))
+
+
+@app.command()
+def quickstart(
+    rows: Annotated[int, typer.Option(min=1000, help="rows of the synthetic log")] = 200_000,
+    directory: Annotated[Path, typer.Option("--dir", help="where to write")] = Path(
+        "data/quickstart"
+    ),
+    seed: Annotated[int, typer.Option(help="random seed")] = 7,
+) -> None:
+    """The main job: generate a synthetic log, build its features, print a summary."""
+    log = directory / "log.parquet"
+    gen_logs(out=log, rows=rows, seed=seed, days=14, policy="uniform")
+    features(log=log, out=directory / "features.parquet", stats=None)
+    summary(log=log)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except AdmatchError as exc:  # a job raised outside a command's own handling
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

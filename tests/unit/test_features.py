@@ -1,0 +1,334 @@
+"""The feature core: registry, offline/online parity, point-in-time correctness, statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.errors import ConfigError, InvalidArgument
+from engine.synth.generator import GeneratedLog
+from features import FEATURES, EngagementStats, FeatureCore, FeatureParams, Priors, RequestContext
+from features.exposure import (
+    COUNT_COLUMNS,
+    EXPOSURE_SCHEMA,
+    WINDOWS_S,
+    point_in_time_exposures,
+)
+from features.history import ExposureHistory
+from features.logio import validate_log
+from features.schema import CANDIDATE_COLUMNS, OUTCOME_COLUMNS, TRUTH_COLUMNS
+
+T0 = datetime(2026, 3, 2, 12, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def core(small_world: GeneratedLog) -> FeatureCore:
+    return FeatureCore(FeatureParams(EngagementStats.fit(small_world.log), Priors.default()))
+
+
+def requests_of(
+    log: pl.DataFrame,
+) -> Iterator[tuple[RequestContext, dict[str, list[object]], pl.DataFrame]]:
+    """The log's requests in order, as the online path receives them."""
+    for _, group in log.group_by("request_id", maintain_order=True):
+        request = RequestContext.from_row(group.row(0, named=True))
+        yield request, {c: group[c].to_list() for c in CANDIDATE_COLUMNS}, group
+
+
+# --- the registry
+
+
+def test_registry_names_docs_and_count() -> None:
+    assert len(FEATURES) >= 40
+    assert len(set(FEATURES.names)) == len(FEATURES)
+    assert all(f.doc.strip() for f in FEATURES)
+
+
+def test_no_feature_reads_truth_or_outcomes(core: FeatureCore) -> None:
+    forbidden = set(TRUTH_COLUMNS) | set(OUTCOME_COLUMNS) | {"shown", "propensity"}
+    for feature in FEATURES:
+        roots = set(feature.expr(core.params).meta.root_names())
+        assert not roots & forbidden, f"{feature.name} reads {roots & forbidden}"
+
+
+def test_offline_dtypes_are_the_registered_ones(
+    core: FeatureCore, small_world: GeneratedLog
+) -> None:
+    out = core.offline(small_world.log.head(500)).collect()
+    assert out.select(core.names).schema == pl.Schema([(n, FEATURES[n].dtype) for n in core.names])
+
+
+# --- parity: offline over the log == online request by request with replayed counters
+
+
+def test_offline_equals_online_replay(core: FeatureCore, small_world: GeneratedLog) -> None:
+    log = small_world.log.head(6_000)
+    offline = core.offline(log).collect()
+    history = ExposureHistory()
+    online: list[pl.DataFrame] = []
+    pending: list[dict[str, Any]] = []
+    current_ts = None
+    for request, candidates, group in requests_of(log):
+        if request.ts != current_ts:  # record only impressions strictly before this time
+            for row in pending:
+                history.record(row["ts"], row)
+            pending, current_ts = [], request.ts
+        online.append(
+            core.online(request, candidates, history.counts(request, candidates)).to_frame()
+        )
+        pending.extend(group.filter("shown").iter_rows(named=True))
+    on = pl.concat(online)
+    off = offline.select(core.names)
+    assert on.schema == off.schema
+    for name in core.names:
+        a, b = off[name], on[name]
+        assert (a.is_null() == b.is_null()).all(), name
+        if a.dtype.is_float():
+            diff = (a - b).abs().max()
+            assert diff is None or diff <= 1e-9, f"{name}: {diff!r}"
+        else:
+            assert a.equals(b), name
+    assert (off["exp_household_any_24h"] > 0).sum() > 100  # the check saw real history
+
+
+def test_batch_equals_one_request_at_a_time(core: FeatureCore, small_world: GeneratedLog) -> None:
+    reqs = list(requests_of(small_world.log.head(800)))
+    rng = np.random.default_rng(0)
+    exposures = [
+        rng.integers(0, 5, (len(c["ad_id"]), len(EXPOSURE_SCHEMA))).astype(float)
+        for _, c, _ in reqs
+    ]
+    batch = core.batch([r for r, _, _ in reqs], [c for _, c, _ in reqs], exposures)
+    single = [core.online(r, c, e).matrix() for (r, c, _), e in zip(reqs, exposures, strict=True)]
+    np.testing.assert_array_equal(batch.matrix(), np.vstack(single))
+
+
+def test_matrix_equals_offline_matrix(core: FeatureCore, small_world: GeneratedLog) -> None:
+    log = small_world.log.head(400)
+    offline = core.offline(log).collect()
+    reqs = list(requests_of(log))
+    exp = [
+        g.join(offline, on=["request_id", "ad_id"], how="left", maintain_order="left")
+        .select(EXPOSURE_SCHEMA.names())
+        .to_numpy()
+        .astype(float)
+        for _, _, g in reqs
+    ]
+    online = core.batch([r for r, _, _ in reqs], [c for _, c, _ in reqs], exp).matrix()
+    np.testing.assert_allclose(online, core.offline_matrix(offline), rtol=0, atol=1e-12)
+
+
+# --- point-in-time correctness
+
+
+def test_future_impressions_never_reach_past_rows(
+    core: FeatureCore, small_world: GeneratedLog
+) -> None:
+    log = small_world.log
+    cut = log["ts"][len(log) // 2]
+    changed = log.with_columns(
+        pl.when(pl.col("ts") > cut).then(~pl.col("shown")).otherwise(pl.col("shown")).alias("shown")
+    )
+    names = [*EXPOSURE_SCHEMA.names(), "request_id", "ad_id"]
+    before = pl.col("ts") <= cut
+    a = core.offline(log).filter(before).select(names).collect()
+    b = core.offline(changed).filter(before).select(names).collect()
+    assert a.equals(b)
+    after_a = core.offline(log).filter(~before).select(COUNT_COLUMNS).collect()
+    after_b = core.offline(changed).filter(~before).select(COUNT_COLUMNS).collect()
+    assert not after_a.equals(after_b)  # the change was visible where it should be
+
+
+def exposure_log(events: list[tuple[timedelta, str, bool]]) -> pl.DataFrame:
+    """Rows of one user/household/device at T0 + offset, campaign c1 or c2."""
+    n = len(events)
+    return validate_log(
+        pl.DataFrame(
+            {
+                "request_id": [f"r{i}" for i in range(n)],
+                "ts": [T0 + d for d, _, _ in events],
+                "user_id": ["u"] * n,
+                "household_id": ["h"] * n,
+                "device_id": ["d"] * n,
+                "touchpoint": ["ott"] * n,
+                "slot": ["ott_pause"] * n,
+                "ad_id": [f"a{i}" for i in range(n)],
+                "campaign_id": [c for _, c, _ in events],
+                "advertiser_id": ["v"] * n,
+                "format": ["image"] * n,
+                "bid": [1.0] * n,
+                "pricing": ["cpm"] * n,
+                "shown": [s for _, _, s in events],
+            }
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("gap", "counted"),
+    [
+        (timedelta(hours=1), False),
+        (timedelta(hours=1) - timedelta(microseconds=1), True),
+        (timedelta(0), False),
+    ],
+    ids=["exactly-1h-ago", "just-inside-1h", "same-instant"],
+)
+def test_window_edges(gap: timedelta, counted: bool) -> None:
+    log = exposure_log([(timedelta(0), "c1", True), (gap, "c1", False)])
+    out = point_in_time_exposures(log.lazy()).collect()
+    last = out.filter(pl.col("request_id") == "r1").row(0, named=True)
+    assert last["exp_user_campaign_1h"] == int(counted)
+    assert last["exp_user_any_24h"] == int(gap > timedelta(0))
+
+
+def test_pod_members_do_not_count_each_other_and_recency() -> None:
+    log = exposure_log(
+        [
+            (timedelta(0), "c1", True),
+            (timedelta(0), "c1", True),
+            (timedelta(seconds=90), "c1", False),
+            (timedelta(seconds=95), "c2", False),
+        ]
+    )
+    out = point_in_time_exposures(log.lazy()).collect()
+    assert out["exp_household_campaign_7d"].to_list() == [0, 0, 2, 0]
+    assert out["exp_device_any_1h"].to_list() == [0, 0, 2, 2]
+    assert out["since_user_campaign_s"].to_list() == [None, None, 90.0, None]
+
+
+def test_null_ids_count_nothing() -> None:
+    log = exposure_log([(timedelta(0), "c1", True), (timedelta(seconds=5), "c1", False)])
+    log = log.with_columns(pl.lit(None, dtype=pl.String).alias("household_id"))
+    out = point_in_time_exposures(log.lazy()).collect().row(1, named=True)
+    assert out["exp_household_any_1h"] == 0 and out["exp_user_any_1h"] == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 10 * 86_400), st.sampled_from(["c1", "c2", "c3"]), st.booleans()),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_counts_match_brute_force(events: list[tuple[int, str, bool]]) -> None:
+    events = sorted(events, key=lambda e: e[0])
+    log = exposure_log([(timedelta(seconds=s), c, shown) for s, c, shown in events])
+    out = point_in_time_exposures(log.lazy()).collect()
+    for i, (t, c, _) in enumerate(events):
+        for window, seconds in WINDOWS_S.items():
+            expected = sum(1 for s, c2, sh in events if sh and c2 == c and t - seconds < s < t)
+            assert out[f"exp_user_campaign_{window}"][i] == expected
+            expected_any = sum(1 for s, _, sh in events if sh and t - seconds < s < t)
+            assert out[f"exp_user_any_{window}"][i] == expected_any
+
+
+# --- fitted statistics and priors
+
+
+def test_smoothed_rates_and_unseen_keys() -> None:
+    log = exposure_log([(timedelta(seconds=i), "c1", True) for i in range(4)]).with_columns(
+        pl.Series("engaged", [True, False, False, False]), pl.Series("ad_id", ["a", "a", "b", "b"])
+    )
+    stats = EngagementStats.fit(log, strength=4.0)
+    assert stats.prior == 0.25
+    rates = pl.DataFrame({"ad_id": ["a", "b", "zzz"]}).select(stats.rate_expr("ad"))
+    assert rates.to_series().to_list() == pytest.approx([(1 + 1) / 6, (0 + 1) / 6, 0.25])
+
+
+def test_stats_round_trip_and_corrupt_file(tmp_path: Path, small_world: GeneratedLog) -> None:
+    stats = EngagementStats.fit(small_world.log)
+    stats.save(tmp_path)
+    assert EngagementStats.load(tmp_path) == stats
+    (tmp_path / "feature_stats.json").write_text("{not json")
+    with pytest.raises(InvalidArgument, match="unreadable feature statistics"):
+        EngagementStats.load(tmp_path)
+
+
+def test_priors_validation_reports_every_problem() -> None:
+    doc = {"intrusiveness": {"ott_pause": {"video": 2.0, "hologram": 0.1}}, "conversion": {}}
+    with pytest.raises(ConfigError) as info:
+        Priors.from_dict(doc)
+    keys = {k for k, _ in info.value.problems}
+    assert {
+        "intrusiveness.ott_pause.video",
+        "intrusiveness.ott_pause.hologram",
+        "intrusiveness.voice_reply",
+        "conversion.prior",
+    } <= keys
+
+
+# --- online input errors
+
+
+def request(**overrides: object) -> RequestContext:
+    fields: dict[str, object] = {
+        "request_id": "r",
+        "ts": T0,
+        "user_id": "u",
+        "touchpoint": "ott",
+        "slot": "ott_pause",
+    }
+    fields.update(overrides)
+    return RequestContext(**fields)  # type: ignore[arg-type]
+
+
+CANDS: dict[str, list[Any]] = {
+    "ad_id": ["a1", "a2"],
+    "format": ["video", "image"],
+    "bid": [1.0, 2.0],
+    "pricing": ["cpm", "cpc"],
+}
+
+
+@pytest.mark.parametrize(
+    ("req", "cands", "exposures", "field"),
+    [
+        (request(touchpoint="tv"), CANDS, None, "request.touchpoint"),
+        (request(ts=datetime(2026, 3, 2)), CANDS, None, "request.ts"),
+        (request(), {**CANDS, "format": ["video", "hologram"]}, None, "candidates.format"),
+        (
+            request(),
+            {k: v for k, v in CANDS.items() if k != "bid"},
+            None,
+            "requests[0].candidates.bid",
+        ),
+        (request(), {**CANDS, "bid": [1.0]}, None, "requests[0].candidates.bid"),
+        (request(), {**CANDS, "colour": ["r", "g"]}, None, "requests[0].candidates.colour"),
+        (request(), CANDS, np.zeros((2, 3)), "requests[0].exposures"),
+    ],
+    ids=[
+        "touchpoint",
+        "naive-ts",
+        "format",
+        "missing-bid",
+        "short-bid",
+        "unknown-column",
+        "exposure-shape",
+    ],
+)
+def test_online_input_errors_name_the_field(
+    core: FeatureCore,
+    req: RequestContext,
+    cands: dict[str, list[object]],
+    exposures: np.ndarray | None,
+    field: str,
+) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        core.online(req, cands, exposures)
+    assert info.value.field == field
+
+
+def test_online_with_no_history_has_zero_counts(core: FeatureCore) -> None:
+    out = core.online(request(), CANDS).to_frame()
+    assert out.select(COUNT_COLUMNS).sum_horizontal().to_list() == [0, 0]
+    assert out["since_user_campaign_s"].to_list() == [None, None]
+    assert out["expected_value"][0] == pytest.approx(1.0 / 1000)
