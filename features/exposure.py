@@ -12,15 +12,17 @@ Definitions (the contract shared with the online counters and the Redis cap stor
   campaign (no window), null when there is none.
 * A null scope id or target id counts nothing: its counts are 0 and its recency null.
 
-Offline, :func:`point_in_time_exposures` computes these over a whole log with as-of joins (no
-loop over rows). Online, the caller hands in the same columns (see ``features.history`` for the
+Offline, :func:`point_in_time_exposures` computes these over a whole log with sorted searches
+(no loop over rows). Online, the caller hands in the same columns (see ``features.history`` for the
 in-memory reference counter and, later, the Redis cap store).
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 SCOPES: dict[str, str] = {"user": "user_id", "household": "household_id", "device": "device_id"}
@@ -68,65 +70,73 @@ EXPOSURE_SCHEMA: pl.Schema = pl.Schema(
     [(c, COUNT_DTYPE) for c in COUNT_COLUMNS] + [(c, SINCE_DTYPE) for c in SINCE_COLUMNS]
 )
 
-_EV_TS = "__ev_ts"
-_EV_N = "__ev_n"
+_US = 1_000_000
+_MAX_WINDOW_US = max(WINDOWS_S.values()) * _US
 
 
-def _event_counts(log: pl.LazyFrame, key: ExposureKey) -> pl.LazyFrame:
-    """Per key and exposure time: the running number of exposures up to and including it."""
-    ids = key.id_columns
-    return (
-        log.filter(pl.col("shown") & pl.all_horizontal(pl.col(ids).is_not_null()))
-        .group_by([*ids, "ts"])
-        .agg(pl.len().cast(pl.Int64).alias("__n"))
-        .sort("ts")
-        .select(
-            *ids,
-            pl.col("ts").alias(_EV_TS),
-            pl.col("__n").cum_sum().over(ids).alias(_EV_N),
-        )
+@dataclass(frozen=True)
+class _KeyCounts:
+    counts: list[np.ndarray]  # one int array per window, in WINDOWS_S order
+    since_s: np.ndarray | None  # float seconds, NaN when no earlier exposure
+
+
+def _count(
+    key: np.ndarray, valid: np.ndarray, t: np.ndarray, shown: np.ndarray, want_since: bool
+) -> _KeyCounts:
+    """Counts for rows sorted by time, keyed by ``key`` (rows with ``valid`` false count 0).
+
+    One stable argsort puts rows in (key, time) order; a composite ``group * span + time`` is then
+    sorted, so every count is a difference of two ``searchsorted`` positions among the events.
+    """
+    n = len(key)
+    order = (
+        pl.DataFrame({"k": key})
+        .select(pl.arg_sort_by("k", maintain_order=True))
+        .to_series()
+        .to_numpy()
     )
+    k, ts = key[order], t[order]
+    is_event = (shown & valid)[order]
+    new_group = np.ones(n, dtype=bool)
+    new_group[1:] = k[1:] != k[:-1]
+    group = np.cumsum(new_group, dtype=np.int64) - 1
+    t0 = int(t.min()) - _MAX_WINDOW_US - 1 if n else 0
+    span = (int(t.max()) - t0 + 1) if n else 1
+    if (int(group[-1]) + 1 if n else 0) * span >= 2**62:
+        raise OverflowError("log too long or too many keys for one pass")  # ~100 days x 1e6 keys
+    comp = group * span + (ts - t0)
+    ev_comp = comp[is_event]
+    n_before = np.searchsorted(ev_comp, comp, side="left")
+    counts = []
+    for seconds in WINDOWS_S.values():
+        n_old = np.searchsorted(ev_comp, comp - seconds * _US, side="right")
+        c = np.empty(n, dtype=np.int32)
+        c[order] = n_before - n_old
+        c[~valid] = 0
+        counts.append(c)
+    since = None
+    if want_since:
+        last = n_before - 1
+        ev_group, ev_ts = group[is_event], ts[is_event]
+        has = last >= 0
+        has[has] = ev_group[last[has]] == group[has]
+        sorted_since = np.full(n, np.nan)
+        sorted_since[has] = (ts[has] - ev_ts[last[has]]) / _US
+        since = np.empty(n)
+        since[order] = sorted_since
+        since[~valid] = np.nan
+    return _KeyCounts(counts, since)
 
 
-def _counts_for(queries: pl.LazyFrame, events: pl.LazyFrame, key: ExposureKey) -> pl.LazyFrame:
-    """Add this key's count (and recency) columns to ``queries`` (sorted by ts)."""
-    ids = key.id_columns
-    before = queries.join_asof(
-        events,
-        left_on="ts",
-        right_on=_EV_TS,
-        by=ids,
-        strategy="backward",
-        allow_exact_matches=False,
-        check_sortedness=False,
-    ).with_columns(pl.col(_EV_N).fill_null(0).alias("__n_lt"))
-    out = before
-    for window, seconds in WINDOWS_S.items():
-        edge = f"__edge_{window}"
-        out = (
-            out.with_columns((pl.col("ts") - pl.duration(seconds=seconds)).alias(edge))
-            .join_asof(
-                events.select(
-                    *ids, pl.col(_EV_TS).alias(f"{edge}_ts"), pl.col(_EV_N).alias(f"{edge}_n")
-                ),
-                left_on=edge,
-                right_on=f"{edge}_ts",
-                by=ids,
-                strategy="backward",
-                allow_exact_matches=True,
-                check_sortedness=False,
-            )
-            .with_columns(
-                (pl.col("__n_lt") - pl.col(f"{edge}_n").fill_null(0))
-                .cast(COUNT_DTYPE)
-                .alias(count_column(key.scope, key.target, window))
-            )
-            .drop(edge, f"{edge}_ts", f"{edge}_n")
-        )
-    if key.target == "campaign":
-        since = (pl.col("ts") - pl.col(_EV_TS)).dt.total_microseconds() / 1_000_000
-        out = out.with_columns(since.cast(SINCE_DTYPE).alias(since_column(key.scope)))
-    return out.drop(_EV_TS, _EV_N, "__n_lt")
+def _codes(frame: pl.DataFrame, columns: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Exact integer codes of id columns (any strings) and their not-null masks."""
+    coded = frame.select(
+        [pl.col(c).cast(pl.String).cast(pl.Categorical).to_physical().alias(c) for c in columns]
+    )
+    return {
+        c: (coded[c].fill_null(0).cast(pl.UInt64).to_numpy(), coded[c].is_not_null().to_numpy())
+        for c in columns
+    }
 
 
 def point_in_time_exposures(log: pl.LazyFrame) -> pl.LazyFrame:
@@ -137,34 +147,59 @@ def point_in_time_exposures(log: pl.LazyFrame) -> pl.LazyFrame:
 
     Returns:
         The log sorted by ``ts`` (stable: ties keep their input order) with the columns of
-        ``EXPOSURE_SCHEMA`` appended. Null ids count nothing (0, and null recency).
+        ``EXPOSURE_SCHEMA`` appended. Null ids count nothing (0, and null recency). The log is
+        materialised: counting needs every earlier impression.
     """
-    log = log.sort("ts", maintain_order=True)
-    out = log
-    for key in EXPOSURE_KEYS:
-        events = _event_counts(log, key)
-        if key.target == "any":
-            # Request-level: one query per (scope id, ts), joined back to the candidate rows.
-            ids = key.id_columns
-            queries = log.select(*ids, "ts").unique(maintain_order=True)
-            counts = _counts_for(queries, events, key)
-            out = out.join(
-                counts, on=[*ids, "ts"], how="left", nulls_equal=True, maintain_order="left"
-            )
-        else:
-            out = _counts_for(out, events, key)
-    return out.with_columns(
-        [_null_key_zero(k, w) for k in EXPOSURE_KEYS for w in WINDOWS_S]
-        + [
-            pl.when(pl.all_horizontal(pl.col(ExposureKey(s, "campaign").id_columns).is_not_null()))
-            .then(pl.col(since_column(s)))
-            .alias(since_column(s))
-            for s in SCOPES
-        ]
-    )
+    frame = log.collect()
+    if not frame["ts"].is_sorted():
+        frame = frame.sort("ts", maintain_order=True)
+    t = frame["ts"].dt.epoch("us").to_numpy()
+    shown = frame["shown"].to_numpy()
+    codes = _codes(frame, [*SCOPES.values(), "campaign_id", "advertiser_id"])
+    # Request-level ("any" target) counts once per run of a request's rows.
+    run = frame["request_id"].rle_id().to_numpy()
+    firsts = np.flatnonzero(np.r_[True, run[1:] != run[:-1]]) if len(run) else run
+    # A run's impressions all share its time, so it counts as one row with its shown total.
+    run_shown = np.add.reduceat(shown.astype(np.int64), firsts) if len(run) else shown
+
+    def one_key(key: ExposureKey) -> _KeyCounts:
+        scope, valid = codes[SCOPES[key.scope]]
+        target_col = TARGETS[key.target]
+        if target_col is None:
+            res = _count_runs(scope[firsts], valid[firsts], t[firsts], run_shown)
+            return _KeyCounts([c[run] for c in res.counts], None)
+        target, target_valid = codes[target_col]
+        combined = scope * np.uint64(1 << 32) + target
+        return _count(combined, valid & target_valid, t, shown, key.target == "campaign")
+
+    # numpy releases the GIL while sorting and searching: key types run side by side.
+    with ThreadPoolExecutor(max_workers=pl.thread_pool_size()) as pool:
+        results = list(pool.map(one_key, EXPOSURE_KEYS))
+    out: dict[str, np.ndarray] = {}
+    for key, res in zip(EXPOSURE_KEYS, results, strict=True):
+        for window, c in zip(WINDOWS_S, res.counts, strict=True):
+            out[count_column(key.scope, key.target, window)] = c
+        if res.since_s is not None:
+            out[since_column(key.scope)] = res.since_s
+    series = [
+        pl.Series(name, out[name], nan_to_null=True).cast(dtype)
+        for name, dtype in EXPOSURE_SCHEMA.items()
+    ]
+    return frame.with_columns(series).lazy()
 
 
-def _null_key_zero(key: ExposureKey, window: str) -> pl.Expr:
-    name = count_column(key.scope, key.target, window)
-    known = pl.all_horizontal(pl.col(key.id_columns).is_not_null())
-    return pl.when(known).then(pl.col(name).fill_null(0)).otherwise(0).cast(COUNT_DTYPE).alias(name)
+def _count_runs(
+    key: np.ndarray, valid: np.ndarray, t: np.ndarray, n_shown: np.ndarray
+) -> _KeyCounts:
+    """Like ``_count`` for one row per request run carrying its number of impressions."""
+    expanded = np.repeat(np.arange(len(key)), n_shown)
+    # Repeat each run once per impression (events) and keep the run itself as the query.
+    rows = np.concatenate([np.arange(len(key)), expanded])
+    is_event = np.r_[np.zeros(len(key), dtype=bool), np.ones(len(expanded), dtype=bool)]
+    order = np.argsort(t[rows], kind="stable")
+    rows, is_event = rows[order], is_event[order]
+    res = _count(key[rows], valid[rows], t[rows], is_event, want_since=False)
+    query = ~is_event
+    back = np.empty(len(key), dtype=np.int64)
+    back[rows[query]] = np.flatnonzero(query)
+    return _KeyCounts([c[back] for c in res.counts], None)
