@@ -11,10 +11,11 @@ Setup (generating the log, fitting statistics) is outside every timed region.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -81,11 +82,10 @@ def main() -> None:
     print(f"offline   {len(log):,} rows: {best:.2f} s (best of 3) = {len(log) / best:,.0f} rows/s")
 
     for n in (100, 500):
-        reqs = requests(log, n, 64, seed=n)
-        i = iter(range(10**9))
+        cycle = itertools.cycle(requests(log, n, 64, seed=n))
 
-        def one(reqs: list[tuple] = reqs) -> None:
-            r, c, e = reqs[next(i) % len(reqs)]
+        def one(cycle: Iterator[tuple] = cycle) -> None:
+            r, c, e = next(cycle)
             core.online(r, c, e).matrix()
 
         t = timings(one, args.repeat) * 1e3
@@ -95,11 +95,10 @@ def main() -> None:
         )
 
     reqs = requests(log, 100, 32 * 8, seed=7)
-    batches = [reqs[k : k + 32] for k in range(0, len(reqs), 32)]
-    j = iter(range(10**9))
+    batches = itertools.cycle([reqs[k : k + 32] for k in range(0, len(reqs), 32)])
 
     def batch() -> None:
-        b = batches[next(j) % len(batches)]
+        b = next(batches)
         core.batch([r for r, _, _ in b], [c for _, c, _ in b], [e for _, _, e in b]).matrix()
 
     t = timings(batch, max(args.repeat // 4, 20))

@@ -121,13 +121,8 @@ def _value_problems(raw: pl.DataFrame, out: pl.DataFrame) -> None:
         if not col.nullable:
             checks.append(c.is_null().sum().alias(f"{col.name}\tnull values"))
         if col.low is not None or col.high is not None:
-            bad = c.is_nan() if col.dtype.is_float() else pl.lit(False)
-            if col.low is not None:
-                bad = bad | (c < col.low)
-            if col.high is not None:
-                bad = bad | (c > col.high)
-            label = f"values outside [{col.low}, {col.high}] or NaN"
-            checks.append(bad.fill_null(False).sum().alias(f"{col.name}\t{label}"))
+            label = f"values outside {col.range_text} or NaN"
+            checks.append(col.out_of_range(c).sum().alias(f"{col.name}\t{label}"))
     checks.append(
         (pl.col("propensity") == 0).fill_null(False).sum().alias("propensity\tzero propensities")
     )

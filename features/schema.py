@@ -89,6 +89,20 @@ class Column:
     low: float | None = None
     high: float | None = None
 
+    @property
+    def range_text(self) -> str:
+        """The allowed range in words, e.g. ``[0, 1]``."""
+        return f"[{self.low}, {self.high}]"
+
+    def out_of_range(self, value: pl.Expr) -> pl.Expr:
+        """True where ``value`` breaks this column's range or is NaN; false for nulls."""
+        bad = value.is_nan() if self.dtype.is_float() else pl.lit(False)
+        if self.low is not None:
+            bad = bad | (value < self.low)
+        if self.high is not None:
+            bad = bad | (value > self.high)
+        return bad.fill_null(False)
+
 
 def _c(
     name: str,

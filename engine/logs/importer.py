@@ -165,14 +165,7 @@ def _failure(name: str, e: pl.Expr, roots: list[str]) -> pl.Expr:
     reason: Any = pl.when(lost).then(pl.lit(f"{name}: cannot read {'/'.join(roots) or 'value'}"))
     reason = reason.when(missing).then(pl.lit(f"{name}: required value missing"))
     if col.low is not None or col.high is not None:
-        bad = e.is_nan() if col.dtype.is_float() else pl.lit(False)
-        if col.low is not None:
-            bad = bad | (e < col.low)
-        if col.high is not None:
-            bad = bad | (e > col.high)
-        reason = reason.when(bad.fill_null(False)).then(
-            pl.lit(f"{name}: outside [{col.low}, {col.high}]")
-        )
+        reason = reason.when(col.out_of_range(e)).then(pl.lit(f"{name}: outside {col.range_text}"))
     return reason
 
 
