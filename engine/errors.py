@@ -70,3 +70,17 @@ class Overloaded(AdmatchError):
     """Too much work in flight; the caller should back off and retry."""
 
     status = "RESOURCE_EXHAUSTED"
+
+
+class ModelError(AdmatchError):
+    """A model directory is missing, corrupt, or does not fit the running feature core.
+
+    The server refuses such a model and keeps serving the one it has.
+    """
+
+    status = "FAILED_PRECONDITION"
+
+    def __init__(self, where: str, problem: str) -> None:
+        self.where = where
+        self.problem = problem
+        super().__init__(f"{where}: {problem}")

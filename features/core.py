@@ -19,7 +19,7 @@ from features.online import (
     exposure_matrix,
 )
 from features.params import FeatureParams
-from features.registry import FeatureRegistry
+from features.registry import Feature, FeatureRegistry
 
 
 @dataclass(frozen=True)
@@ -31,11 +31,14 @@ class FeatureBatch:
         exposures: the passthrough features (exposure counts and recencies handed in by the
             caller), shape (rows, k), in ``names`` order after the computed ones; NaN is null.
         names: all feature names in matrix column order.
+        inputs: the rows the features were computed from (log-schema columns), for callers
+            that need the raw values too (the scorer's eligibility rules).
     """
 
     computed: pl.DataFrame
     exposures: np.ndarray
     names: list[str]
+    inputs: pl.DataFrame
 
     def __len__(self) -> int:
         return len(self.exposures)
@@ -53,6 +56,11 @@ class FeatureBatch:
         names = self.names[self.computed.width :]
         exp = pl.from_numpy(self.exposures, schema=names, orient="row").fill_nan(None)
         return pl.concat([self.computed, exp.cast(EXPOSURE_SCHEMA)], how="horizontal")
+
+
+def feature_order(registry: FeatureRegistry = FEATURES) -> list[Feature]:
+    """Features in matrix column order: computed ones, then the passthrough exposure columns."""
+    return [f for f in registry if not f.passthrough] + [f for f in registry if f.passthrough]
 
 
 class FeatureCore:
@@ -76,8 +84,8 @@ class FeatureCore:
         if passthrough != EXPOSURE_SCHEMA.names():
             raise ValueError("passthrough features must be the exposure columns, in order")
         self._computed = [f.expr(params) for f in computed]
-        self._all = [f.expr(params) for f in registry]
-        self.names = [f.name for f in computed] + passthrough
+        self._all = [f.expr(params) for f in feature_order(registry)]
+        self.names = [f.name for f in feature_order(registry)]
 
     @property
     def categorical(self) -> list[str]:
@@ -92,6 +100,11 @@ class FeatureCore:
         """
         rows = point_in_time_exposures(conform(log.lazy()))
         return rows.with_columns(self._all)
+
+    def expressions(self) -> list[pl.Expr]:
+        """Every feature's expression in ``names`` order, for frames that already carry the
+        log and exposure columns (e.g. to apply other fitted statistics to the same rows)."""
+        return list(self._all)
 
     def batch(
         self,
@@ -110,7 +123,7 @@ class FeatureCore:
         rows = assemble(requests, candidates)
         sizes = candidate_counts(candidates)
         exp = exposure_matrix(exposures or [None] * len(requests), sizes)
-        return FeatureBatch(rows.select_seq(self._computed), exp, self.names)
+        return FeatureBatch(rows.select_seq(self._computed), exp, self.names, rows)
 
     def online(
         self,

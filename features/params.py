@@ -55,6 +55,10 @@ class Priors:
             float(conv),
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        """The document :meth:`from_dict` reads (the shape of ``priors.toml``)."""
+        return {"intrusiveness": self.intrusiveness, "conversion": {"prior": self.conversion_prior}}
+
     @classmethod
     def default(cls) -> Priors:
         """The priors shipped in ``features/priors.toml``."""

@@ -108,12 +108,12 @@ class TruthParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    engage_base: float = -3.4
+    engage_base: float = -3.0
     slot_engage: dict[str, float] = Field(default_factory=lambda: dict(SLOT_ENGAGE))
     format_engage: dict[str, float] = Field(default_factory=lambda: dict(FORMAT_ENGAGE))
     fit_from_intrusiveness: float = -0.8
     interest_rank_weight: list[float] = Field(default_factory=lambda: [1.6, 1.0, 0.5])
-    ad_quality_sd: float = 0.45
+    ad_quality_sd: float = 0.35
     hour_engage_amplitude: float = 0.3
     hour_engage_peak: dict[str, float] = Field(
         default_factory=lambda: {"ai_voice": 8.0, "ott": 21.0, "iot": 12.0, "mobile": 20.0}
@@ -153,9 +153,9 @@ class WorldParams(BaseModel):
     utc_offsets_h: dict[str, float] = Field(
         default_factory=lambda: {"8": 0.5, "9": 0.2, "0": 0.15, "-5": 0.15}
     )
-    n_advertisers: int = Field(40, gt=0)
-    campaigns_per_advertiser: tuple[int, int] = (1, 4)
-    ads_per_campaign: tuple[int, int] = (1, 3)
+    n_advertisers: int = Field(20, gt=0)
+    campaigns_per_advertiser: tuple[int, int] = (1, 3)
+    ads_per_campaign: tuple[int, int] = (1, 2)
     shared_creative_share: float = Field(0.15, ge=0, le=1)
     categories: list[str] = Field(default_factory=lambda: list(CATEGORIES))
     pricing_mix: dict[str, float] = Field(
@@ -205,7 +205,7 @@ class WorldParams(BaseModel):
     activity_rate: dict[str, float] = Field(
         default_factory=lambda: {"low": 1.0, "medium": 3.0, "high": 8.0}
     )
-    candidates_per_request: tuple[int, int] = (4, 16)
+    candidates_per_request: tuple[int, int] = (2, 8)
     pod_size: int = Field(2, ge=1, description="ads the logging policy shows on ott_preroll")
     policy: Literal["uniform", "greedy"] = "uniform"
     epsilon: float = Field(0.2, gt=0, le=1, description="exploration share of the greedy policy")

@@ -1,0 +1,178 @@
+"""The one validated config tree of admatch, read from TOML.
+
+``load_config(path)`` reads a file (``None``: the shipped ``default_config.toml``), validates all
+of it with pydantic (unknown keys, wrong types, negative weights, missing cost components, tables
+that do not cover every slot and format) and raises one :class:`ConfigError` listing every
+problem with its dotted key. ``docs/config.md`` documents each key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from engine.errors import ConfigError
+from features.exposure import WINDOWS_S
+from features.params import Priors
+from features.schema import FORMATS, SLOT_TOUCHPOINT, SLOTS, TOUCHPOINTS
+
+COST_COMPONENTS = (
+    "intrusiveness",
+    "length",
+    "negative_feedback",
+    "relevance_mismatch",
+    "fatigue",
+    "quiet_hours",
+    "family_scene",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CostWeights(_Strict):
+    """Weight of each experience-cost component (unitless, >= 0). All are required."""
+
+    intrusiveness: float = Field(ge=0)
+    length: float = Field(ge=0)
+    negative_feedback: float = Field(ge=0)
+    relevance_mismatch: float = Field(ge=0)
+    fatigue: float = Field(ge=0)
+    quiet_hours: float = Field(ge=0)
+    family_scene: float = Field(ge=0)
+
+    def vector(self) -> list[float]:
+        """Weights in ``COST_COMPONENTS`` order."""
+        return [getattr(self, c) for c in COST_COMPONENTS]
+
+
+class Scoring(_Strict):
+    """How utility is computed: ``expected value - cost_to_money x experience cost``."""
+
+    cost_to_money: float = Field(ge=0, description="lambda: money per unit of experience cost")
+    reserve: float = Field(description="minimum utility (money per impression) to show an ad")
+    relevance_reference: float = Field(gt=0, le=1)
+    conversion_prior: float = Field(gt=0, le=1)
+    weights: CostWeights
+    quiet_hours: dict[str, tuple[int, int]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _hours(self) -> Scoring:
+        for tp, (start, end) in self.quiet_hours.items():
+            if tp not in TOUCHPOINTS:
+                raise ValueError(f"quiet_hours: unknown touchpoint {tp!r}")
+            if not (0 <= start <= 23 and 0 <= end <= 23):
+                raise ValueError(f"quiet_hours.{tp}: hours must be 0..23")
+        return self
+
+
+class SlotRule(_Strict):
+    """What a slot accepts; ``max_ads`` > 1 makes it a pod."""
+
+    formats: list[str] = Field(min_length=1)
+    max_duration_s: float = Field(gt=0)
+    max_ads: int = Field(1, ge=1, le=10)
+    max_total_duration_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _formats(self) -> SlotRule:
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown:
+            raise ValueError(f"unknown formats {unknown}")
+        return self
+
+
+class CapRule(_Strict):
+    """At most ``limit`` exposures of a scope to a target within a window."""
+
+    name: str = ""
+    scope: Literal["user", "household", "device"]
+    target: Literal["campaign", "advertiser", "any"]
+    window: str
+    limit: int = Field(ge=1)
+    touchpoints: list[str] | None = None
+    slots: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _known(self) -> CapRule:
+        if self.window not in WINDOWS_S:
+            raise ValueError(f"window must be one of {', '.join(WINDOWS_S)}")
+        for tp in self.touchpoints or []:
+            if tp not in TOUCHPOINTS:
+                raise ValueError(f"unknown touchpoint {tp!r}")
+        for slot in self.slots or []:
+            if slot not in SLOTS:
+                raise ValueError(f"unknown slot {slot!r}")
+        return self
+
+
+class AdmatchConfig(_Strict):
+    """The whole configuration."""
+
+    version: str = Field(min_length=1, description="reported with every decision")
+    scoring: Scoring
+    intrusiveness: dict[str, dict[str, float]]
+    slots: dict[str, SlotRule]
+    caps: list[CapRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _tables(self) -> AdmatchConfig:
+        missing = [s for s in SLOTS if s not in self.slots]
+        unknown = [s for s in self.slots if s not in SLOT_TOUCHPOINT]
+        if missing or unknown:
+            raise ValueError(f"slots: missing {missing}, unknown {unknown}")
+        return self
+
+    def priors(self) -> Priors:
+        """The intrusiveness table and conversion prior as feature-core priors (validated)."""
+        doc = {"intrusiveness": self.intrusiveness,
+               "conversion": {"prior": self.scoring.conversion_prior}}  # fmt: skip
+        return Priors.from_dict(doc, source="config")
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            msg = "required key missing"
+        out.append((key, msg))
+    return out
+
+
+def parse_config(doc: dict[str, Any], source: str = "config") -> AdmatchConfig:
+    """Validate a parsed config document.
+
+    Raises:
+        ConfigError: listing every problem with its dotted key.
+    """
+    try:
+        config = AdmatchConfig.model_validate(doc)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc), source=source) from exc
+    config.priors()  # the intrusiveness table must cover every slot and format, within [0, 1]
+    return config
+
+
+def load_config(path: Path | None = None) -> AdmatchConfig:
+    """Read and validate a TOML config file; ``None`` reads the shipped default."""
+    if path is None:
+        text = resources.files("engine").joinpath("default_config.toml").read_text()
+        source = "default_config.toml"
+    else:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError([("config", f"cannot read {path}: {exc.strerror}")]) from exc
+        source = str(path)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([("config", f"not valid TOML: {exc}")], source=source) from exc
+    return parse_config(doc, source)

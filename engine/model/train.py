@@ -1,0 +1,187 @@
+"""``admatch train``: LightGBM models of engagement and negative feedback, with metadata.
+
+A model directory holds, for each target, ``{target}.txt`` (the booster at its best iteration)
+and, when the compiler is available, ``compiled/{target}.so`` (lleaves); plus the fitted
+feature statistics (``feature_stats.json``), the priors the features used (``priors.json``) and
+``metadata.json``: the exact feature list with dtypes, the training windows, the parameters and
+validation metrics (AUC, log loss, calibration by decile; and, for synthetic logs, the AUC of the
+true probabilities on the same rows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.model import dataset
+from engine.model.metrics import auc, calibration, log_loss
+from engine.model.runtime import compile_model, compiler_available, file_sha256
+from features import Priors
+from features.core import feature_order
+from features.logio import read_log
+
+FORMAT_VERSION = 1
+Progress = Callable[[str, int, int], None]
+
+
+class TrainParams(BaseModel):
+    """Training parameters (recorded in metadata.json)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    learning_rate: float = Field(0.02, gt=0, le=1)
+    num_leaves: int = Field(15, ge=2)
+    min_data_in_leaf: int = Field(400, ge=1)
+    feature_fraction: float = Field(0.9, gt=0, le=1)
+    lambda_l2: float = Field(10.0, ge=0)
+    max_rounds: int = Field(2000, ge=1)
+    early_stopping_rounds: int = Field(50, ge=1)
+    folds: int = Field(5, ge=2, le=20, description="time blocks for out-of-fold statistics")
+    valid_share: float = Field(0.2, gt=0, lt=0.4)
+    threads: int = Field(0, ge=0, description="LightGBM threads; 0 = all cores")
+    categorical: bool = Field(True, description="declare categorical features to LightGBM")
+    compile: bool | None = Field(None, description="compile with lleaves; None = if available")
+
+    def lightgbm(self) -> dict[str, Any]:
+        """LightGBM parameters: deterministic for a seed."""
+        return {
+            "objective": "binary",
+            "metric": "binary_logloss",
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_data_in_leaf": self.min_data_in_leaf,
+            "feature_fraction": self.feature_fraction,
+            "lambda_l2": self.lambda_l2,
+            "seed": self.seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "num_threads": self.threads,
+            "verbosity": -1,
+        }
+
+
+def _fit_one(
+    target: str, data: dataset.TrainingData, params: TrainParams, progress: Progress | None
+) -> lgb.Booster:
+    cats = data.categorical if params.categorical else []
+    fit = lgb.Dataset(data.fit.x, data.fit.labels[target], feature_name=data.names,
+                      categorical_feature=cats, free_raw_data=False)  # fmt: skip
+    stop = lgb.Dataset(data.early_stop.x, data.early_stop.labels[target], reference=fit)
+    callbacks: list[Callable[..., None]] = [
+        lgb.early_stopping(params.early_stopping_rounds, verbose=False)
+    ]
+    if progress is not None:
+        callbacks.append(lambda env: progress(target, env.iteration + 1, params.max_rounds))
+    return lgb.train(params.lightgbm(), fit, num_boost_round=params.max_rounds,
+                     valid_sets=[stop], callbacks=callbacks)  # fmt: skip
+
+
+def _metrics(booster: lgb.Booster, part: dataset.Part, target: str) -> dict[str, Any]:
+    y = part.labels[target]
+    p = np.asarray(booster.predict(part.x, num_iteration=booster.best_iteration))
+    out: dict[str, Any] = {
+        "auc": auc(y, p),
+        "log_loss": log_loss(y, p),
+        "rows": len(y),
+        "positives": int(y.sum()),
+        "best_iteration": booster.best_iteration,
+        "calibration": calibration(y, p),
+    }
+    if target in part.truth:
+        out["truth_auc"] = auc(y, part.truth[target])
+        out["truth_log_loss"] = log_loss(y, part.truth[target])
+    return out
+
+
+def feature_list() -> list[dict[str, Any]]:
+    """The running feature core's features as metadata records, in matrix order."""
+    return [
+        {"name": f.name, "dtype": str(f.dtype), "categorical": f.categorical}
+        for f in feature_order()
+    ]
+
+
+def train(
+    log_path: Path, out: Path, params: TrainParams, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Train the models on a log and write the model directory; return its metadata.
+
+    Raises:
+        LogSchemaError: the log is invalid.
+        InvalidArgument: the log has too few shown rows or no engagement outcomes.
+    """
+    start = time.perf_counter()
+    priors = Priors.default()
+    data = dataset.build(read_log(log_path), priors, params.folds, params.valid_share)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics, files = {}, {}
+    for target in data.targets:
+        booster = _fit_one(target, data, params, progress)
+        metrics[target] = _metrics(booster, data.validation, target)
+        path = out / f"{target}.txt"
+        booster.save_model(str(path), num_iteration=booster.best_iteration)
+        files[target] = {"model": path.name, "sha256": file_sha256(path), "compiled": None}
+    data.serving_stats.save(out)
+    (out / "priors.json").write_text(json.dumps(priors.to_dict(), indent=1))
+    compile_seconds = _compile(out, files, params)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "model_version": _version(out, files),
+        "created_at": datetime.now(UTC).isoformat(),
+        "features": feature_list(),
+        "targets": files,
+        "training": {
+            "log": str(log_path),
+            "params": params.model_dump(),
+            "lightgbm": params.lightgbm(),
+            "rows": {"fit": len(data.fit), "early_stopping": len(data.early_stop)},
+            "seconds": round(time.perf_counter() - start, 3),
+            "compile_seconds": compile_seconds,
+        },
+        "window": {
+            "statistics": data.stats_window.to_json(),
+            "fit": data.fit.window.to_json(),
+            "early_stopping": data.early_stop.window.to_json(),
+        },
+        "validation": {**data.validation.window.to_json(), "rows": len(data.validation)},
+        "metrics": metrics,
+    }
+    (out / "metadata.json").write_text(json.dumps(meta, indent=1, default=_json_default))
+    return meta
+
+
+def _compile(out: Path, files: dict[str, dict[str, Any]], params: TrainParams) -> float | None:
+    wanted = params.compile if params.compile is not None else compiler_available()
+    if not wanted:
+        return None
+    start = time.perf_counter()
+    for target, entry in files.items():
+        compiled = compile_model(out / entry["model"], out / "compiled" / f"{target}.so")
+        entry["compiled"] = str(compiled.relative_to(out))
+    return round(time.perf_counter() - start, 3)
+
+
+def _version(out: Path, files: dict[str, dict[str, Any]]) -> str:
+    h = hashlib.sha256()
+    for target in sorted(files):
+        h.update(files[target]["sha256"].encode())
+    h.update(file_sha256(out / "feature_stats.json").encode())
+    return h.hexdigest()[:12]
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    raise TypeError(f"not JSON serialisable: {type(value)}")

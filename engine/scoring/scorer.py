@@ -1,0 +1,140 @@
+"""The scoring core: features, model, experience cost, eligibility and ranking in one pass.
+
+``Scorer.score_batch`` scores many requests with one polars pass for the features, one model
+call per target and vectorised rules; ``Scorer.score`` is the batch form with one request.
+The same inputs always give the same decisions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import chain
+
+import numpy as np
+
+from engine.config import AdmatchConfig
+from engine.model.bundle import ModelBundle
+from engine.scoring import rules as R
+from engine.scoring.selection import CODE, REASONS, Capacity, select
+from engine.scoring.types import Decision, Reason, ScoreRequest
+from features.schema import SLOTS
+
+
+class Scorer:
+    """Decides what to show, given a loaded model bundle and a validated config."""
+
+    def __init__(self, model: ModelBundle, config: AdmatchConfig) -> None:
+        self.model = model
+        self.config = config
+        self.rules = R.CompiledRules.build(config)
+
+    def score(self, request: ScoreRequest) -> Decision:
+        """Decide one request (the batch form with one request)."""
+        return self.score_batch([request])[0]
+
+    def score_batch(self, requests: Sequence[ScoreRequest]) -> list[Decision]:
+        """Decide many requests in one vectorised pass.
+
+        Raises:
+            InvalidArgument: naming the first bad field (``requests[i]...``).
+        """
+        for i, req in enumerate(requests):
+            req.validate(f"requests[{i}]")
+        batch = self.model.core.batch(
+            [r.context for r in requests],
+            [r.candidates for r in requests],
+            [r.exposures for r in requests],
+        )
+        rows = R.Rows.from_inputs(batch.inputs)
+        p_engage, p_neg = self.model.predict(batch.matrix())
+        p_negative = p_neg if p_neg is not None else np.zeros_like(p_engage)
+        s = self.config.scoring
+        value = R.expected_value(rows, p_engage, s.conversion_prior)
+        costs = R.cost_components(self.rules, rows, p_engage, p_negative, batch.exposures)
+        weighted = costs * self.rules.weights
+        cost = weighted.sum(axis=1)
+        utility = value - s.cost_to_money * cost
+        blocked = self._blocked(rows, batch.exposures, utility)
+        sizes = [len(r.candidates["ad_id"]) for r in requests]
+        owner = np.repeat(np.arange(len(requests)), sizes)
+        ad_id = list(chain.from_iterable(r.candidates["ad_id"] for r in requests))
+        rank, reason = select(
+            owner,
+            blocked < 0,
+            utility,
+            np.asarray(ad_id, dtype=str),
+            _column(requests, "advertiser_id", sizes),
+            _column(requests, "category", sizes),
+            rows.duration_s,
+            self._capacity(requests),
+        )
+        reason = np.where(blocked >= 0, blocked, reason)
+        return self._decisions(requests, sizes, ad_id, rank, reason, p_engage, p_negative,
+                               value, weighted, cost, utility)  # fmt: skip
+
+    def _blocked(self, rows: R.Rows, exposures: np.ndarray, utility: np.ndarray) -> np.ndarray:
+        """Reason code of the first failed eligibility rule per row, -1 when eligible."""
+        checks = [
+            (R.format_not_allowed(self.rules, rows), Reason.FORMAT_NOT_ALLOWED),
+            (R.brand_unsuitable(rows), Reason.BRAND_UNSUITABLE),
+            (R.frequency_capped(self.rules, rows, exposures), Reason.FREQUENCY_CAPPED),
+            (utility <= self.config.scoring.reserve, Reason.BELOW_RESERVE),
+        ]
+        return np.select([m for m, _ in checks], [CODE[r] for _, r in checks], default=-1)
+
+    def _capacity(self, requests: Sequence[ScoreRequest]) -> Capacity:
+        slots = self.config.slots
+        max_ads, max_total = [], []
+        for r in requests:
+            rule = slots[r.context.slot] if r.context.slot in SLOTS else None
+            pod_ads = r.pod.max_ads if r.pod else None
+            pod_total = r.pod.max_total_duration_s if r.pod else None
+            max_ads.append(pod_ads or (rule.max_ads if rule else 1))
+            total = pod_total or (rule.max_total_duration_s if rule else None)
+            max_total.append(np.nan if total is None else total)
+        return Capacity(np.asarray(max_ads), np.asarray(max_total, dtype=np.float64))
+
+    def _decisions(
+        self,
+        requests: Sequence[ScoreRequest],
+        sizes: list[int],
+        ad_id: list[str],
+        rank: np.ndarray,
+        reason: np.ndarray,
+        *columns: np.ndarray,
+    ) -> list[Decision]:
+        p_engage, p_negative, value, weighted, cost, utility = columns
+        reasons = np.asarray(REASONS, dtype=object)[reason]
+        out = []
+        bounds = np.r_[0, np.cumsum(sizes)]
+        for i, req in enumerate(requests):
+            lo, hi = int(bounds[i]), int(bounds[i + 1])
+            r = rank[lo:hi]
+            chosen = np.flatnonzero(r > 0)
+            ids = ad_id[lo:hi]
+            out.append(
+                Decision(
+                    request_id=req.context.request_id,
+                    selected=[ids[j] for j in chosen[np.argsort(r[chosen])]],
+                    ad_id=ids,
+                    reason=list(reasons[lo:hi]),
+                    rank=r,
+                    p_engage=p_engage[lo:hi],
+                    p_negative=p_negative[lo:hi],
+                    expected_value=value[lo:hi],
+                    costs=weighted[lo:hi],
+                    cost=cost[lo:hi],
+                    utility=utility[lo:hi],
+                    model_version=self.model.version,
+                    config_version=self.config.version,
+                )
+            )
+        return out
+
+
+def _column(requests: Sequence[ScoreRequest], name: str, sizes: list[int]) -> list[str | None]:
+    parts = []
+    for r, n in zip(requests, sizes, strict=True):
+        values = r.candidates.get(name)
+        parts.append([None] * n if values is None else values)
+    return list(chain.from_iterable(parts))

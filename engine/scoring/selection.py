@@ -1,0 +1,108 @@
+"""Filling each request's slot from its eligible candidates, best utility first.
+
+Candidates are ordered by utility (descending), ties broken by ad id, so the same inputs always
+give the same answer. A single-ad slot takes the first eligible candidate (vectorised over the
+whole batch). A pod takes candidates greedily while it has room (ad count and total duration)
+and never two from one advertiser or one category (competitive separation); that greedy walk is
+the one sequential step, and it stops as soon as the pod is full.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.scoring.types import Reason
+
+REASONS = list(Reason)
+CODE = {r: i for i, r in enumerate(REASONS)}
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Per request: how many ads and how many seconds the slot takes (NaN: no duration cap)."""
+
+    max_ads: np.ndarray
+    max_total_s: np.ndarray
+
+
+def select(
+    owner: np.ndarray,
+    eligible: np.ndarray,
+    utility: np.ndarray,
+    ad_id: np.ndarray,
+    advertiser: list[str | None],
+    category: list[str | None],
+    duration_s: np.ndarray,
+    capacity: Capacity,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Choose the ads of every request.
+
+    Args:
+        owner: request index of each row (non-decreasing).
+        eligible: rows that passed every eligibility rule.
+        utility, ad_id, duration_s: per row.
+        advertiser, category: per row, for separation in pods (None never conflicts).
+        capacity: per request.
+
+    Returns:
+        ``rank`` (1-based among the selected, 0 otherwise) and ``reason`` codes for the
+        eligible rows (SELECTED, OUTRANKED, POD_FULL or COMPETITIVE_SEPARATION; other rows get
+        -1, to be filled by the caller with their eligibility reason).
+    """
+    n = len(owner)
+    order = np.lexsort((ad_id, -utility, ~eligible, owner))
+    rank = np.zeros(n, dtype=np.int64)
+    reason = np.full(n, -1, dtype=np.int64)
+    reason[eligible] = CODE[Reason.OUTRANKED]
+    sorted_owner = owner[order]
+    first = np.r_[True, sorted_owner[1:] != sorted_owner[:-1]] if n else np.zeros(0, bool)
+    single = (capacity.max_ads == 1) & np.isnan(capacity.max_total_s)
+    winners = order[first & eligible[order] & single[sorted_owner]]
+    rank[winners] = 1
+    reason[winners] = CODE[Reason.SELECTED]
+    pods = np.flatnonzero(~single)
+    if len(pods):
+        starts = np.searchsorted(sorted_owner, pods, side="left")
+        ends = np.searchsorted(sorted_owner, pods, side="right")
+        for req, lo, hi in zip(pods, starts, ends, strict=True):
+            rows = order[lo:hi]
+            _fill_pod(rows[eligible[rows]], int(req), capacity, advertiser, category, duration_s,
+                      rank, reason)  # fmt: skip
+    return rank, reason
+
+
+def _fill_pod(
+    rows: np.ndarray,
+    req: int,
+    capacity: Capacity,
+    advertiser: list[str | None],
+    category: list[str | None],
+    duration_s: np.ndarray,
+    rank: np.ndarray,
+    reason: np.ndarray,
+) -> None:
+    max_ads = int(capacity.max_ads[req])
+    max_total = float(capacity.max_total_s[req])
+    used_adv: set[str] = set()
+    used_cat: set[str] = set()
+    total = 0.0
+    taken = 0
+    for k, row in enumerate(rows):
+        if taken == max_ads:
+            reason[rows[k:]] = CODE[Reason.POD_FULL]
+            return
+        adv, cat = advertiser[row], category[row]
+        if (adv is not None and adv in used_adv) or (cat is not None and cat in used_cat):
+            reason[row] = CODE[Reason.COMPETITIVE_SEPARATION]
+            continue
+        if not np.isnan(max_total) and total + duration_s[row] > max_total:
+            reason[row] = CODE[Reason.POD_FULL]
+            continue
+        taken += 1
+        total += duration_s[row]
+        rank[row] = taken
+        reason[row] = CODE[Reason.SELECTED]
+        used_adv.update([adv] if adv is not None else [])
+        used_cat.update([cat] if cat is not None else [])

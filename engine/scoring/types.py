@@ -1,0 +1,140 @@
+"""Requests to and decisions of the scoring core: plain Python and numpy, no transport types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from engine.config import COST_COMPONENTS
+from engine.errors import InvalidArgument
+from features.online import CandidateColumns, RequestContext
+from features.schema import SLOT_TOUCHPOINT, TOUCHPOINTS
+
+
+class Reason(StrEnum):
+    """Why a candidate was or was not shown. Checked in this order; the first that applies wins."""
+
+    SELECTED = "SELECTED"
+    FORMAT_NOT_ALLOWED = "FORMAT_NOT_ALLOWED"  # format or length not accepted by the slot
+    BRAND_UNSUITABLE = "BRAND_UNSUITABLE"  # tier above the context rating, or mature in family
+    FREQUENCY_CAPPED = "FREQUENCY_CAPPED"  # a cap rule's count reached its limit
+    BELOW_RESERVE = "BELOW_RESERVE"  # utility not above the reserve
+    COMPETITIVE_SEPARATION = "COMPETITIVE_SEPARATION"  # pod already has its advertiser/category
+    POD_FULL = "POD_FULL"  # pod's ad count or total duration would be exceeded
+    OUTRANKED = "OUTRANKED"  # eligible, but the slot went to higher-utility ads
+
+
+@dataclass(frozen=True)
+class PodLimits:
+    """Per-request override of the slot's capacity (an ad server may know the break length)."""
+
+    max_ads: int
+    max_total_duration_s: float | None = None
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One ad opportunity and its candidates.
+
+    Attributes:
+        context: the request-level fields.
+        candidates: candidate columns (``ad_id``, ``format``, ``bid``, ``pricing`` required).
+        exposures: (n candidates x 30) exposure counts in ``EXPOSURE_SCHEMA`` order, or
+            ``None`` for no history.
+        pod: capacity override; ``None`` uses the slot's config.
+    """
+
+    context: RequestContext
+    candidates: CandidateColumns
+    exposures: np.ndarray | None = None
+    pod: PodLimits | None = None
+
+    def validate(self, where: str = "request") -> None:
+        """Reject what the feature core would not catch, naming the field.
+
+        Raises:
+            InvalidArgument: unknown touchpoint, slot of another touchpoint, no candidates,
+                duplicated ad ids, a bid that is NaN, infinite or negative.
+        """
+        ctx = self.context
+        if ctx.touchpoint not in TOUCHPOINTS:
+            raise InvalidArgument(f"{where}.touchpoint", f"unknown touchpoint {ctx.touchpoint!r}")
+        if SLOT_TOUCHPOINT.get(ctx.slot) != ctx.touchpoint:
+            raise InvalidArgument(
+                f"{where}.slot", f"{ctx.slot!r} is not a slot of {ctx.touchpoint}"
+            )
+        ads = self.candidates.get("ad_id")
+        if ads is None or len(ads) == 0:
+            raise InvalidArgument(f"{where}.candidates", "empty: at least one candidate needed")
+        if len(set(ads)) != len(ads):
+            dup = next(a for a in ads if list(ads).count(a) > 1)
+            raise InvalidArgument(f"{where}.candidates.ad_id", f"duplicated ad id {dup!r}")
+        try:
+            bids = np.asarray(self.candidates.get("bid", []), dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"{where}.candidates.bid", f"not numbers: {exc}") from exc
+        bad = np.flatnonzero(~np.isfinite(bids) | (bids < 0))
+        if len(bad):
+            i = int(bad[0])
+            raise InvalidArgument(f"{where}.candidates[{i}].bid", f"must be >= 0, got {bids[i]!r}")
+        if self.pod is not None and self.pod.max_ads < 1:
+            raise InvalidArgument(f"{where}.pod.max_ads", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The decision on every candidate of one request, as columns aligned with its candidates.
+
+    Attributes:
+        request_id: the request's id.
+        selected: ad ids to show, in order (empty: no ad).
+        ad_id: candidate ad ids, in request order.
+        reason: one ``Reason`` per candidate.
+        rank: 1-based position among the selected, 0 when not selected.
+        p_engage, p_negative: model probabilities.
+        expected_value: money per impression by pricing model.
+        costs: (n x len(COST_COMPONENTS)) weighted cost components, unitless.
+        cost: sum of ``costs``; ``utility = expected_value - cost_to_money x cost``.
+        model_version, config_version: what produced the decision.
+    """
+
+    request_id: str
+    selected: list[str]
+    ad_id: list[str]
+    reason: list[Reason]
+    rank: np.ndarray
+    p_engage: np.ndarray
+    p_negative: np.ndarray
+    expected_value: np.ndarray
+    costs: np.ndarray
+    cost: np.ndarray
+    utility: np.ndarray
+    model_version: str
+    config_version: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def no_ad(self) -> bool:
+        """True when nothing is shown."""
+        return not self.selected
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per candidate (for printing, JSON and golden files)."""
+        out = []
+        for i, ad in enumerate(self.ad_id):
+            row: dict[str, Any] = {
+                "ad_id": ad,
+                "reason": str(self.reason[i]),
+                "rank": int(self.rank[i]),
+                "p_engage": float(self.p_engage[i]),
+                "p_negative": float(self.p_negative[i]),
+                "expected_value": float(self.expected_value[i]),
+                "cost": {c: float(self.costs[i, j]) for j, c in enumerate(COST_COMPONENTS)},
+                "cost_total": float(self.cost[i]),
+                "utility": float(self.utility[i]),
+            }
+            out.append(row)
+        return out
