@@ -152,6 +152,98 @@ def quickstart(
     summary(log=log)
 
 
+@app.command()
+def train(
+    log: Annotated[Path, typer.Option(help="a log in the admatch schema (with outcomes)")],
+    out: Annotated[Path, typer.Option(help="model directory to write")],
+    seed: Annotated[int, typer.Option(help="random seed; same seed, same model")] = 0,
+    compile_trees: Annotated[
+        bool | None,
+        typer.Option("--compile/--no-compile", help="compile with lleaves (default: if installed)"),
+    ] = None,
+    threads: Annotated[int, typer.Option(min=0, help="LightGBM threads; 0 = all")] = 0,
+) -> None:
+    """Train the engagement and negative-feedback models on a log."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from engine.model.train import TrainParams
+    from engine.model.train import train as train_models
+
+    params = TrainParams(seed=seed, compile=compile_trees, threads=threads)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    try:
+        with Progress(*columns, console=console, transient=True) as bar:
+            tasks: dict[str, Any] = {}
+
+            def progress(target: str, done: int, total: int) -> None:
+                if target not in tasks:
+                    tasks[target] = bar.add_task(f"training {target} (early stopping)", total=total)
+                bar.update(tasks[target], completed=done)
+
+            meta = train_models(log, out, params, progress)
+    except AdmatchError as exc:
+        _fail(exc)
+    rows = [
+        {
+            "target": t,
+            "auc": m["auc"],
+            "truth_auc": m.get("truth_auc"),
+            "log_loss": m["log_loss"],
+            "trees": m["best_iteration"],
+            "valid_rows": m["rows"],
+            "positives": m["positives"],
+        }
+        for t, m in meta["metrics"].items()
+    ]
+    console.print(_table(pl.DataFrame(rows), f"model {meta['model_version']} -> {out}"))
+    t = meta["training"]
+    compiled = f", compiled in {t['compile_seconds']:.1f} s" if t["compile_seconds"] else ""
+    console.print(f"trained in {t['seconds']:.1f} s{compiled}")
+
+
+@app.command()
+def decide(
+    model: Annotated[Path, typer.Option(help="model directory")],
+    request: Annotated[Path, typer.Option(help="request JSON (see docs/scoring.md)")],
+    config: Annotated[Path | None, typer.Option(help="config TOML; default: shipped")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Score one request in process and print every candidate's decision."""
+    import json
+
+    from engine.config import load_config
+    from engine.model.bundle import ModelBundle
+    from engine.scoring.jsonio import decision_to_json, request_from_json
+    from engine.scoring.scorer import Scorer
+
+    try:
+        scorer = Scorer(ModelBundle.load(model), load_config(config))
+        doc = json.loads(request.read_text())
+        decision = scorer.score(request_from_json(doc))
+    except AdmatchError as exc:
+        _fail(exc)
+    except (OSError, ValueError) as exc:
+        _fail(AdmatchError(f"{request}: {exc}"))
+    if as_json:
+        console.print_json(json.dumps(decision_to_json(decision)))
+        return
+    rows = [
+        {
+            "ad_id": r["ad_id"],
+            "decision": r["reason"],
+            "rank": r["rank"] or "",
+            "p_engage": r["p_engage"],
+            "p_negative": r["p_negative"],
+            "value": r["expected_value"],
+            "cost": r["cost_total"],
+            "utility": r["utility"],
+        }
+        for r in decision.rows()
+    ]
+    shown = ", ".join(decision.selected) or "no ad"
+    console.print(_table(pl.DataFrame(rows), f"{decision.request_id}: {shown}"))
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -130,8 +130,10 @@ class AdmatchConfig(_Strict):
 
     def priors(self) -> Priors:
         """The intrusiveness table and conversion prior as feature-core priors (validated)."""
-        doc = {"intrusiveness": self.intrusiveness,
-               "conversion": {"prior": self.scoring.conversion_prior}}  # fmt: skip
+        doc = {
+            "intrusiveness": self.intrusiveness,
+            "conversion": {"prior": self.scoring.conversion_prior},
+        }
         return Priors.from_dict(doc, source="config")
 
 

@@ -71,8 +71,14 @@ class ModelBundle:
         if "engaged" not in predictors:
             raise ModelError(str(directory), "no engagement model")
         core = FeatureCore(FeatureParams(stats, priors))
-        return cls(directory, meta["model_version"], core, predictors["engaged"],
-                   predictors.get("negative"), meta)  # fmt: skip
+        return cls(
+            directory,
+            meta["model_version"],
+            core,
+            predictors["engaged"],
+            predictors.get("negative"),
+            meta,
+        )
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """Training data from a log: a time-based split and feature matrices from the feature core.
 
-The shown rows before the validation window are cut in time into ``folds`` blocks; the last block
-is kept for early stopping, the others are fitted on. The validation window (the latest
-``valid_share`` of impressions) is touched only to report metrics.
+The validation window is ``[t_valid, last ts]`` where ``t_valid`` is the ``1 - valid_share``
+quantile of impression times; it is touched only to report metrics. The shown rows before it,
+in time order, are cut by position into ``folds`` blocks (so logs with few distinct times, like
+the iPinYou sample's one per day, still split); the last block is kept for early stopping, the
+others are fitted on.
 
 Engagement statistics (smoothed rates per ad, campaign, advertiser, category x slot) are target
 encodings, so a row must never see its own outcome through them: each block's features use
@@ -75,34 +77,33 @@ class TrainingData:
     targets: list[str]
 
 
-def _cuts(rows: pl.DataFrame, folds: int, valid_share: float) -> list[datetime]:
-    """Fold boundaries and the validation start, as quantiles of impression times."""
+def _validation_start(rows: pl.DataFrame, folds: int, valid_share: float) -> datetime:
+    """First time of the validation window: a quantile of impression times."""
     shown_ts = rows.filter(pl.col("shown"))["ts"]
     if len(shown_ts) < 100 * folds:
         raise InvalidArgument(
             "log", f"{len(shown_ts)} shown rows; training needs at least {100 * folds}"
         )
-    qs = [(1 - valid_share) * k / folds for k in range(folds + 1)]
-    return [shown_ts.quantile(q, interpolation="lower") for q in qs]  # type: ignore[misc]
+    start: datetime = shown_ts.quantile(1 - valid_share, interpolation="higher")  # type: ignore[assignment]
+    if start <= shown_ts.min():  # type: ignore[operator]
+        raise InvalidArgument("ts", "training needs impressions at two or more distinct times")
+    return start
 
 
-def _part(
-    rows: pl.DataFrame, core: FeatureCore, window: Window, targets: list[str], last: bool
-) -> Part:
-    in_window = (pl.col("ts") >= window.start) & (
-        (pl.col("ts") <= window.end) if last else (pl.col("ts") < window.end)
-    )
-    part = rows.lazy().filter(in_window & pl.col("shown")).with_columns(core.expressions())
+def _part(frame: pl.DataFrame, core: FeatureCore, targets: list[str]) -> Part:
+    """Features, labels and truth of shown rows (which carry the exposure columns)."""
+    part = frame.lazy().with_columns(core.expressions())
     for t in targets:
         part = part.filter(pl.col(t).is_not_null())
-    frame = part.collect()
-    labels = {t: frame[t].cast(pl.Float64).to_numpy() for t in targets}
+    rows = part.collect()
+    labels = {t: rows[t].cast(pl.Float64).to_numpy() for t in targets}
     truth = {
-        t: frame[f"true_p_{t}"].to_numpy()
+        t: rows[f"true_p_{t}"].to_numpy()
         for t in targets
-        if len(frame) and frame[f"true_p_{t}"].null_count() == 0
+        if len(rows) and rows[f"true_p_{t}"].null_count() == 0
     }
-    return Part(core.offline_matrix(frame), labels, truth, window)
+    window = Window(frame["ts"].min(), frame["ts"].max())  # type: ignore[arg-type]
+    return Part(core.offline_matrix(rows), labels, truth, window)
 
 
 def _concat(parts: list[Part]) -> Part:
@@ -127,23 +128,24 @@ def build(
     targets = [t for t in TARGETS if shown[t].null_count() < len(shown)]
     if "engaged" not in targets:
         raise InvalidArgument("engaged", "the log has no engagement outcomes on shown rows")
-    cuts = _cuts(rows, folds, valid_share)
-    t_valid = cuts[-1]
+    t_valid = _validation_start(rows, folds, valid_share)
     before = rows.filter(pl.col("ts") < t_valid)
+    shown_before = before.filter(pl.col("shown")).with_columns(
+        (pl.int_range(pl.len()) * folds // pl.len()).alias("__fold")
+    )
     parts = []
     for k in range(folds):
-        window = Window(cuts[k], cuts[k + 1])
-        outside = before.filter((pl.col("ts") < window.start) | (pl.col("ts") >= window.end))
-        core = FeatureCore(FeatureParams(EngagementStats.fit(outside), priors))
-        parts.append(_part(rows, core, window, targets, last=False))
+        inside = pl.col("__fold") == k
+        core = FeatureCore(FeatureParams(EngagementStats.fit(shown_before.filter(~inside)), priors))
+        parts.append(_part(shown_before.filter(inside).drop("__fold"), core, targets))
     serving_stats = EngagementStats.fit(before)
     serving_core = FeatureCore(FeatureParams(serving_stats, priors))
-    end: datetime = rows["ts"].max()  # type: ignore[assignment]
+    validation = rows.filter((pl.col("ts") >= t_valid) & pl.col("shown"))
     return TrainingData(
         fit=_concat(parts[:-1]),
         early_stop=parts[-1],
-        validation=_part(rows, serving_core, Window(t_valid, end), targets, last=True),
-        stats_window=Window(cuts[0], t_valid),
+        validation=_part(validation, serving_core, targets),
+        stats_window=Window(before["ts"].min(), t_valid),  # type: ignore[arg-type]
         serving_stats=serving_stats,
         names=serving_core.names,
         categorical=serving_core.categorical,

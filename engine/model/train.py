@@ -74,16 +74,26 @@ def _fit_one(
     target: str, data: dataset.TrainingData, params: TrainParams, progress: Progress | None
 ) -> lgb.Booster:
     cats = data.categorical if params.categorical else []
-    fit = lgb.Dataset(data.fit.x, data.fit.labels[target], feature_name=data.names,
-                      categorical_feature=cats, free_raw_data=False)  # fmt: skip
+    fit = lgb.Dataset(
+        data.fit.x,
+        data.fit.labels[target],
+        feature_name=data.names,
+        categorical_feature=cats,
+        free_raw_data=False,
+    )
     stop = lgb.Dataset(data.early_stop.x, data.early_stop.labels[target], reference=fit)
     callbacks: list[Callable[..., None]] = [
         lgb.early_stopping(params.early_stopping_rounds, verbose=False)
     ]
     if progress is not None:
         callbacks.append(lambda env: progress(target, env.iteration + 1, params.max_rounds))
-    return lgb.train(params.lightgbm(), fit, num_boost_round=params.max_rounds,
-                     valid_sets=[stop], callbacks=callbacks)  # fmt: skip
+    return lgb.train(
+        params.lightgbm(),
+        fit,
+        num_boost_round=params.max_rounds,
+        valid_sets=[stop],
+        callbacks=callbacks,
+    )
 
 
 def _metrics(booster: lgb.Booster, part: dataset.Part, target: str) -> dict[str, Any]:

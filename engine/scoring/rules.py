@@ -103,8 +103,9 @@ class CompiledRules:
             slots = np.array([rule.slots is None or s in rule.slots for s in SLOTS])
             col = _EXPOSURE_INDEX[count_column(rule.scope, rule.target, rule.window)]
             caps.append((tps, slots, col, rule.limit))
-        return cls(intr, allowed, max_dur, quiet, np.array(config.scoring.weights.vector()),
-                   caps, config)  # fmt: skip
+        return cls(
+            intr, allowed, max_dur, quiet, np.array(config.scoring.weights.vector()), caps, config
+        )
 
 
 def expected_value(rows: Rows, p_engage: np.ndarray, conversion_prior: float) -> np.ndarray:

@@ -69,8 +69,19 @@ class Scorer:
             self._capacity(requests),
         )
         reason = np.where(blocked >= 0, blocked, reason)
-        return self._decisions(requests, sizes, ad_id, rank, reason, p_engage, p_negative,
-                               value, weighted, cost, utility)  # fmt: skip
+        return self._decisions(
+            requests,
+            sizes,
+            ad_id,
+            rank,
+            reason,
+            p_engage,
+            p_negative,
+            value,
+            weighted,
+            cost,
+            utility,
+        )
 
     def _blocked(self, rows: R.Rows, exposures: np.ndarray, utility: np.ndarray) -> np.ndarray:
         """Reason code of the first failed eligibility rule per row, -1 when eligible."""

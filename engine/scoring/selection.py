@@ -68,8 +68,16 @@ def select(
         ends = np.searchsorted(sorted_owner, pods, side="right")
         for req, lo, hi in zip(pods, starts, ends, strict=True):
             rows = order[lo:hi]
-            _fill_pod(rows[eligible[rows]], int(req), capacity, advertiser, category, duration_s,
-                      rank, reason)  # fmt: skip
+            _fill_pod(
+                rows[eligible[rows]],
+                int(req),
+                capacity,
+                advertiser,
+                category,
+                duration_s,
+                rank,
+                reason,
+            )
     return rank, reason
 
 

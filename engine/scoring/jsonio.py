@@ -1,0 +1,86 @@
+"""Requests and decisions as JSON: the format of golden files and of ``admatch decide``.
+
+A request is an object with the request fields of the log schema (``ts`` as ISO 8601 with a
+zone), an optional ``pod`` (``max_ads``, ``max_total_duration_s``) and ``candidates``: a list of
+objects with the candidate fields and, optionally, ``exposures``: the candidate's non-zero
+exposure counts and recencies by column name (see ``docs/features.md``); absent counts are 0 and
+absent recencies null.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from engine.errors import InvalidArgument
+from engine.scoring.types import Decision, PodLimits, ScoreRequest
+from features.exposure import EXPOSURE_SCHEMA, SINCE_COLUMNS
+from features.online import REQUEST_FIELDS, RequestContext
+from features.schema import CANDIDATE_COLUMNS
+
+_EXPOSURE_INDEX = {name: i for i, name in enumerate(EXPOSURE_SCHEMA.names())}
+
+
+def _context(doc: dict[str, Any]) -> RequestContext:
+    fields: dict[str, Any] = {k: doc.get(k) for k in REQUEST_FIELDS}
+    for key in ("request_id", "ts", "user_id", "touchpoint", "slot"):
+        if fields[key] is None:
+            raise InvalidArgument(f"request.{key}", "required")
+    try:
+        fields["ts"] = datetime.fromisoformat(str(fields["ts"]))
+    except ValueError as exc:
+        raise InvalidArgument("request.ts", f"not an ISO 8601 time: {exc}") from exc
+    fields["user_interests"] = tuple(doc.get("user_interests") or ())
+    return RequestContext(**fields)
+
+
+def _exposures(candidates: list[dict[str, Any]]) -> np.ndarray | None:
+    if not any("exposures" in c for c in candidates):
+        return None
+    out = np.zeros((len(candidates), len(EXPOSURE_SCHEMA)))
+    for name in SINCE_COLUMNS:
+        out[:, _EXPOSURE_INDEX[name]] = np.nan
+    for i, cand in enumerate(candidates):
+        for name, value in (cand.get("exposures") or {}).items():
+            if name not in _EXPOSURE_INDEX:
+                raise InvalidArgument(f"candidates[{i}].exposures.{name}", "unknown column")
+            out[i, _EXPOSURE_INDEX[name]] = float(value)
+    return out
+
+
+def request_from_json(doc: dict[str, Any]) -> ScoreRequest:
+    """Build a :class:`ScoreRequest` from its JSON form.
+
+    Raises:
+        InvalidArgument: a missing or unknown field, naming it.
+    """
+    candidates = doc.get("candidates")
+    if not isinstance(candidates, list):
+        raise InvalidArgument("request.candidates", "must be a list of candidate objects")
+    allowed = set(CANDIDATE_COLUMNS) | {"exposures"}
+    for i, cand in enumerate(candidates):
+        unknown = set(cand) - allowed
+        if unknown:
+            raise InvalidArgument(f"candidates[{i}].{sorted(unknown)[0]}", "unknown field")
+    present = [c for c in CANDIDATE_COLUMNS if any(c in cand for cand in candidates)]
+    columns = {c: [cand.get(c) for cand in candidates] for c in present}
+    pod = doc.get("pod")
+    return ScoreRequest(
+        context=_context(doc),
+        candidates=columns,
+        exposures=_exposures(candidates),
+        pod=PodLimits(**pod) if pod else None,
+    )
+
+
+def decision_to_json(decision: Decision) -> dict[str, Any]:
+    """A decision as JSON: selected ads in order and every candidate's decision and score."""
+    return {
+        "request_id": decision.request_id,
+        "selected": decision.selected,
+        "model_version": decision.model_version,
+        "config_version": decision.config_version,
+        "candidates": decision.rows(),
+    }
