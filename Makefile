@@ -18,4 +18,8 @@ test: lint
 	$(VENV)/pytest -n 2 -q
 
 bench: setup
-	$(VENV)/python -m benchmarks.bench_features
+	POLARS_MAX_THREADS=1 taskset -c 0 $(VENV)/python -m benchmarks.bench_features
+	test -f data/bench/log_1m_c.parquet || $(VENV)/admatch gen-logs --rows 1000000 --seed 1 --out data/bench/log_1m_c.parquet
+	test -d data/bench/model_1m || $(VENV)/admatch train --log data/bench/log_1m_c.parquet --out data/bench/model_1m --compile
+	taskset -c 0 $(VENV)/python -m benchmarks.bench_runtimes --model data/bench/model_1m
+	POLARS_MAX_THREADS=1 taskset -c 0 $(VENV)/python -m benchmarks.bench_scoring --model data/bench/model_1m --log data/bench/log_1m_c.parquet

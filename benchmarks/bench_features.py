@@ -42,7 +42,7 @@ def timings(fn: Callable[[], object], repeat: int) -> np.ndarray:
 
 
 def requests(log: pl.DataFrame, n_candidates: int, count: int, seed: int) -> list[tuple]:
-    """``count`` requests of the log, each given ``n_candidates`` candidates from its ads."""
+    """``count`` requests of the log, each given ``n_candidates`` candidates drawn from its rows."""
     rng = np.random.default_rng(seed)
     heads = log.unique("request_id", keep="first", maintain_order=True).sample(
         count, seed=seed, with_replacement=True
@@ -51,6 +51,9 @@ def requests(log: pl.DataFrame, n_candidates: int, count: int, seed: int) -> lis
     for row in heads.iter_rows(named=True):
         rows = log[rng.integers(0, len(log), n_candidates)]
         cands = {c: rows[c].to_list() for c in CANDIDATE_COLUMNS}
+        # The synthetic world has ~60 ads; a request of hundreds repeats them, so each candidate
+        # gets its own ad id (its campaign and advertiser statistics still apply).
+        cands["ad_id"] = [f"{ad}#{i}" for i, ad in enumerate(cands["ad_id"])]
         exposure = rng.integers(0, 4, (n_candidates, len(EXPOSURE_SCHEMA))).astype(np.float64)
         out.append((RequestContext.from_row(row), cands, exposure))
     return out
