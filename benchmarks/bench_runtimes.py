@@ -9,6 +9,7 @@ rows from the log (single thread), and checks the two agree within 1e-6.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +39,9 @@ def main() -> None:
         comp = LleavesPredictor(model_file, args.model / "compiled" / f"{target}.so")
         for n in (1, 100, 500, 10_000):
             x = np.ascontiguousarray(x_all[:n])
-            a = np.median(timed(lambda x=x: lgbm.predict(x), 100 if n < 10_000 else 10))
-            b = np.median(timed(lambda x=x: comp.predict(x), 100 if n < 10_000 else 10))
+            reps = 100 if n < 10_000 else 10
+            a = np.median(timed(partial(lgbm.predict, x), reps))
+            b = np.median(timed(partial(comp.predict, x), reps))
             diff = np.abs(lgbm.predict(x) - comp.predict(x)).max()
             print(
                 f"| {target} | {n:,} | {a * 1e3:.3f} | {b * 1e3:.3f} | {a / b:.1f}x | {diff:.1e} |"

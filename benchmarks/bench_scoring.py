@@ -18,6 +18,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,15 @@ def score_requests(log_path: Path, n: int, count: int, seed: int) -> list[ScoreR
     """``count`` requests of ``n`` candidates from the log, with random exposure counts."""
     log = read_log(log_path)
     return [ScoreRequest(r, c, e) for r, c, e in feature_requests(log, n, count, seed)]
+
+
+def score_next(scorer: Scorer, cycle: Iterator[list[ScoreRequest]]) -> None:
+    scorer.score_batch(next(cycle))
+
+
+def predict_all(predictors: list[LightGBMPredictor], x: np.ndarray) -> None:
+    for p in predictors:
+        p.predict(x)
 
 
 def row(label: str, t: np.ndarray, candidates: int, floor: np.ndarray) -> str:
@@ -85,15 +95,13 @@ def main() -> None:
         batches = [reqs[k : k + 32] for k in range(0, len(reqs), 32)]
         for label, groups in ((f"1 x {n}", [[r] for r in reqs]), (f"32 x {n}", batches)):
             cycle: Iterator[list[ScoreRequest]] = itertools.cycle(groups)
-            t = timed(
-                lambda c=cycle: scorer.score_batch(next(c)), args.repeat // len(groups[0]) + 10
-            )
+            t = timed(partial(score_next, scorer, cycle), args.repeat // len(groups[0]) + 10)
             x = bundle.core.batch(
                 [r.context for r in groups[0]],
                 [r.candidates for r in groups[0]],
                 [r.exposures for r in groups[0]],
             ).matrix()
-            floor = timed(lambda x=x: [p.predict(x) for p in plain.values()], args.repeat)
+            floor = timed(partial(predict_all, list(plain.values()), x), args.repeat)
             print(row(label, t, n * len(groups[0]), floor))
 
 
