@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from engine.caps.rules import CapsConfig, parse_duration
 from engine.errors import ConfigError
-from features.exposure import WINDOWS_S
 from features.params import Priors
 from features.schema import FORMATS, SLOT_TOUCHPOINT, SLOTS, TOUCHPOINTS
 
@@ -87,27 +87,23 @@ class SlotRule(_Strict):
         return self
 
 
-class CapRule(_Strict):
-    """At most ``limit`` exposures of a scope to a target within a window."""
+class StoreConfig(_Strict):
+    """Where exposure counts live. An empty URL starts an embedded Redis."""
 
-    name: str = ""
-    scope: Literal["user", "household", "device"]
-    target: Literal["campaign", "advertiser", "any"]
-    window: str
-    limit: int = Field(ge=1)
-    touchpoints: list[str] | None = None
-    slots: list[str] | None = None
+    url: str = ""
+    cluster: bool = False
+    prefix: str = Field("admatch", min_length=1)
+    deadline_ms: float = Field(50, gt=0)
+    fail_mode: Literal["closed", "open"] = "closed"
+    retention: str = "7d"
 
     @model_validator(mode="after")
-    def _known(self) -> CapRule:
-        if self.window not in WINDOWS_S:
-            raise ValueError(f"window must be one of {', '.join(WINDOWS_S)}")
-        for tp in self.touchpoints or []:
-            if tp not in TOUCHPOINTS:
-                raise ValueError(f"unknown touchpoint {tp!r}")
-        for slot in self.slots or []:
-            if slot not in SLOTS:
-                raise ValueError(f"unknown slot {slot!r}")
+    def _url(self) -> StoreConfig:
+        if self.url and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("url must start with redis://, rediss:// or unix://")
+        days = parse_duration(self.retention) / 86_400
+        if not 1 <= days <= 31:
+            raise ValueError("retention must be between 1d and 31d")
         return self
 
 
@@ -118,7 +114,8 @@ class AdmatchConfig(_Strict):
     scoring: Scoring
     intrusiveness: dict[str, dict[str, float]]
     slots: dict[str, SlotRule]
-    caps: list[CapRule] = Field(default_factory=list)
+    caps: CapsConfig = Field(default_factory=CapsConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
 
     @model_validator(mode="after")
     def _tables(self) -> AdmatchConfig:

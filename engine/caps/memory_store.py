@@ -1,0 +1,116 @@
+"""An in-memory cap store: the reference backend (tests, single-process replays and tuning).
+
+It executes the same plans as the Redis store with the same semantics: exact windows over event
+times, day buckets for long windows, idempotency by impression id, blocks that end at the
+feedback time plus the block duration (event time). One lock makes every call atomic. It keeps
+all impressions in memory, so it is not for a fleet of servers.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left, bisect_right, insort
+from collections import defaultdict
+
+import numpy as np
+
+from engine.caps.plan import US, Counter, Plan, impression_counters, micros
+from engine.caps.rules import CapRule, FeedbackBlock, GapRule
+from engine.caps.store import Answers, CapReading, Check, Feedback, Impression, scatter
+
+_DAY = 86_400 * US
+
+
+class MemoryCapStore:
+    """See :class:`engine.caps.store.CapStore`."""
+
+    def __init__(self, rules: list[CapRule], gaps: list[GapRule], feedback: FeedbackBlock) -> None:
+        self.rules, self.gaps, self.feedback = rules, gaps, feedback
+        self._times: dict[Counter, list[int]] = defaultdict(list)
+        self._days: dict[Counter, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+        self._seen: set[str] = set()
+        self._blocks: dict[tuple[str, str, str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def _answer(self, plan: Plan, k: int) -> dict[tuple[str, int], float]:
+        c = plan.counters[k]
+        times = self._times.get(c, [])
+        hi = bisect_left(times, plan.t_us)
+        a: dict[tuple[str, int], float] = {}
+        for w in plan.windows[k]:
+            a[("window", w)] = float(hi - bisect_right(times, plan.t_us - w * US))
+        days = self._days.get(c, {})
+        day_t = plan.t_us // _DAY
+        for d in plan.day_windows[k]:
+            a[("days", d)] = float(
+                sum(days.values()) if d == 0 else sum(days.get(day_t - i, 0) for i in range(d))
+            )
+        if plan.last[k]:
+            a[("since", 0)] = float(times[hi - 1]) if hi else -1.0
+        return a
+
+    def _read(self, plan: Plan) -> tuple[Answers, np.ndarray]:
+        answers = [self._answer(plan, k) for k in range(len(plan.counters))]
+        blocks = np.asarray([self._blocks.get(b, -1) > plan.t_us for b in plan.blocks], dtype=bool)
+        return answers, blocks
+
+    def read(self, plan: Plan, n_rules: int, n_gaps: int) -> CapReading:
+        """See :class:`CapStore`."""
+        with self._lock:
+            answers, blocks = self._read(plan)
+        return scatter(plan, answers, blocks, n_rules, n_gaps)
+
+    def _record(self, imp: Impression) -> int:
+        if imp.impression_id in self._seen:
+            return 0
+        self._seen.add(imp.impression_id)
+        t = micros(imp.ts)
+        for c in impression_counters(imp.ids(), imp.touchpoint, imp.slot, self.rules, self.gaps):
+            insort(self._times[c], t)
+            self._days[c][t // _DAY] += 1
+        return 1
+
+    def record(self, impressions: list[Impression]) -> int:
+        """See :class:`CapStore`."""
+        with self._lock:
+            return sum(self._record(imp) for imp in impressions)
+
+    def check_and_record(self, impression: Impression, plan: Plan, checks: list[Check]) -> int:
+        """See :class:`CapStore`."""
+        with self._lock:
+            if impression.impression_id in self._seen:
+                return 0
+            answers, blocks = self._read(plan)
+            for j, b in enumerate(blocks):
+                if b:
+                    return -(1_000_000 + j + 1)
+            for i, chk in enumerate(checks):
+                value = answers[chk.counter][(chk.kind, chk.window)]
+                if chk.kind == "since":
+                    if value >= 0 and plan.t_us - value < chk.threshold * US:
+                        return -(i + 1)
+                elif value >= chk.threshold:
+                    return -(i + 1)
+            return self._record(impression)
+
+    def block(self, feedback: list[Feedback]) -> int:
+        """See :class:`CapStore`."""
+        fb = self.feedback
+        n = 0
+        with self._lock:
+            for f in feedback:
+                target_id = f.campaign_id if fb.target == "campaign" else f.advertiser_id
+                if f.kind not in fb.kinds or target_id is None:
+                    continue
+                until = micros(f.ts) + fb.duration_s * US
+                scopes = [("user", f.user_id)]
+                if fb.household and f.household_id:
+                    scopes.append(("household", f.household_id))
+                for scope, scope_id in scopes:
+                    key = (scope, scope_id, fb.target, target_id)
+                    self._blocks[key] = max(self._blocks.get(key, -1), until)
+                    n += 1
+        return n
+
+    def close(self) -> None:
+        """Nothing to release."""

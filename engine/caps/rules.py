@@ -1,0 +1,144 @@
+"""Frequency-cap rules: caps, minimum gaps and the user's own negative feedback.
+
+A *family* of counters is (scope, target, filter): whose exposures (user, household, device),
+to what (a creative, an ad, a campaign, an advertiser, a category, or any ad), and optionally
+only those on one touchpoint or slot. A cap counts a family's exposures in a rolling window (or
+for the lifetime of the counters) and compares the count with its limit; a gap rule looks at
+the time since the family's latest exposure. The strictest applicable rule decides: a candidate
+is capped as soon as one applicable rule says so.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from features.schema import SLOT_TOUCHPOINT, SLOTS, TOUCHPOINTS
+
+Scope = Literal["user", "household", "device"]
+Target = Literal["creative", "ad", "campaign", "advertiser", "category", "any"]
+SCOPE_COLUMN = {"user": "user_id", "household": "household_id", "device": "device_id"}
+TARGET_COLUMN: dict[str, str | None] = {
+    "creative": "creative_id",
+    "ad": "ad_id",
+    "campaign": "campaign_id",
+    "advertiser": "advertiser_id",
+    "category": "category",
+    "any": None,
+}
+FeedbackKind = Literal["skip", "close", "dislike", "hide", "complaint"]
+BLOCKING_KINDS: tuple[FeedbackKind, ...] = ("hide", "dislike", "complaint")
+MAX_WINDOW_S = 180 * 86_400
+_UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+
+
+def parse_duration(text: str) -> int:
+    """``"90s"``, ``"5m"``, ``"24h"``, ``"30d"`` -> seconds.
+
+    Raises:
+        ValueError: not of that form, or zero.
+    """
+    match = _DURATION.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"{text!r} is not a duration like 5m, 24h or 30d")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+class Family(BaseModel):
+    """A family of counters: scope x target, optionally filtered to a touchpoint or slot."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scope: Scope
+    target: Target
+    touchpoint: str | None = None
+    slot: str | None = None
+
+    @model_validator(mode="after")
+    def _filter(self) -> Family:
+        if self.touchpoint is not None and self.touchpoint not in TOUCHPOINTS:
+            raise ValueError(f"unknown touchpoint {self.touchpoint!r}")
+        if self.slot is not None:
+            if self.slot not in SLOTS:
+                raise ValueError(f"unknown slot {self.slot!r}")
+            if self.touchpoint is not None and SLOT_TOUCHPOINT[self.slot] != self.touchpoint:
+                raise ValueError(f"slot {self.slot!r} is not on touchpoint {self.touchpoint!r}")
+        return self
+
+    def family(self) -> Family:
+        """This rule's counter family (rules subclass ``Family``)."""
+        return Family(
+            scope=self.scope, target=self.target, touchpoint=self.touchpoint, slot=self.slot
+        )
+
+    def matches(self, touchpoint: str, slot: str) -> bool:
+        """Whether an event or request on this touchpoint and slot belongs to the family."""
+        return (self.touchpoint in (None, touchpoint)) and (self.slot in (None, slot))
+
+
+class CapRule(Family):
+    """At most ``limit`` exposures of the family within ``window`` (or ``lifetime``)."""
+
+    name: str = ""
+    window: str = Field(description="rolling window: 90m, 24h, 30d (<= 180d) or lifetime")
+    limit: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _window(self) -> CapRule:
+        if self.window != "lifetime":
+            seconds = parse_duration(self.window)
+            if seconds > MAX_WINDOW_S:
+                raise ValueError(f"window {self.window} is longer than 180d; use lifetime")
+        return self
+
+    @property
+    def window_s(self) -> int | None:
+        """Window in seconds; ``None`` for lifetime."""
+        return None if self.window == "lifetime" else parse_duration(self.window)
+
+
+class GapRule(Family):
+    """No exposure of the family within ``min_gap`` of the previous one."""
+
+    name: str = ""
+    min_gap: str
+
+    @model_validator(mode="after")
+    def _gap(self) -> GapRule:
+        if parse_duration(self.min_gap) > 7 * 86_400:
+            raise ValueError("min_gap longer than 7d; use a cap rule")
+        return self
+
+    @property
+    def min_gap_s(self) -> int:
+        """The gap in seconds."""
+        return parse_duration(self.min_gap)
+
+
+class FeedbackBlock(BaseModel):
+    """The user's own voice: hide, dislike or complaint blocks a campaign or advertiser."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kinds: list[FeedbackKind] = Field(default_factory=lambda: list(BLOCKING_KINDS))
+    target: Literal["campaign", "advertiser"] = "campaign"
+    household: bool = Field(False, description="block for the whole household too")
+    duration: str = "30d"
+
+    @property
+    def duration_s(self) -> int:
+        """Block duration in seconds."""
+        return parse_duration(self.duration)
+
+
+class CapsConfig(BaseModel):
+    """The ``[caps]`` section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rules: list[CapRule] = Field(default_factory=list)
+    min_gaps: list[GapRule] = Field(default_factory=list)
+    feedback: FeedbackBlock = Field(default_factory=FeedbackBlock)
