@@ -99,8 +99,8 @@ class StoreConfig(_Strict):
 
     @model_validator(mode="after")
     def _url(self) -> StoreConfig:
-        if self.url and not self.url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("url must start with redis://, rediss:// or unix://")
+        if self.url and not self.url.startswith(("redis://", "rediss://", "unix://", "memory://")):
+            raise ValueError("url must start with redis://, rediss://, unix:// or memory://")
         days = parse_duration(self.retention) / 86_400
         if not 1 <= days <= 31:
             raise ValueError("retention must be between 1d and 31d")

@@ -28,6 +28,7 @@ class EmbeddedRedis:
     def __init__(self, directory: Path | None = None, appendonly: bool = False) -> None:
         self._own_dir = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="admatch-redis-"))
+        self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o700)
         self.socket = self.directory / "redis.sock"
         self.appendonly = appendonly

@@ -12,7 +12,9 @@ the block's end, its value, is after ``t``).
 ``ARGV = impression id, ts_us, day, retention_us, retention_ttl_s, day_ttl_s, marker_ttl_s``.
 Returns 1 when recorded, 0 when the impression id was recorded before (idempotent).
 
-``CHECK_RECORD``: the READ arguments, then ``n_checks`` and per check ``counter, kind (w, d or
+``CHECK_RECORD``: the READ arguments (counting every recorded impression from ``t - window`` on,
+also those at or after ``t``, so concurrent servers cannot both take the last slot), then
+``n_checks`` and per check ``counter, kind (w, d or
 g), slot in the counter's answers, threshold``, then the RECORD arguments (its keys follow the
 READ keys). Records only when no check fails; returns 1, or ``-(i+1)`` for the first failing
 check ``i``, or ``-(1000000+j+1)`` for a block ``j``, or 0 for a duplicate impression id.
@@ -21,10 +23,10 @@ check ``i``, or ``-(1000000+j+1)`` for a block ``j``, or 0 for a duplicate impre
 from __future__ import annotations
 
 _COMMON = r"""
-local function read_counter(zkey, dkey, t, argv, pos, out)
+local function read_counter(zkey, dkey, upper, argv, pos, out)
   local nw = tonumber(argv[pos]); pos = pos + 1
   for i = 1, nw do
-    out[#out + 1] = redis.call('ZCOUNT', zkey, '(' .. argv[pos], '(' .. t); pos = pos + 1
+    out[#out + 1] = redis.call('ZCOUNT', zkey, '(' .. argv[pos], upper); pos = pos + 1
   end
   local nd = tonumber(argv[pos]); pos = pos + 1
   for i = 1, nd do
@@ -41,20 +43,24 @@ local function read_counter(zkey, dkey, t, argv, pos, out)
   end
   local want_last = argv[pos]; pos = pos + 1
   if want_last == '1' then
-    local r = redis.call('ZREVRANGEBYSCORE', zkey, '(' .. t, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    local r = redis.call('ZREVRANGEBYSCORE', zkey, upper, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
     if r[2] then out[#out + 1] = tonumber(r[2]) else out[#out + 1] = -1 end
   end
   return pos
 end
 
-local function read_all(keys, argv, base)
+-- upper: '(' .. t to see only impressions strictly before t (reads), or '+inf' to see every
+-- recorded impression (atomic checks: another server's impression at t or later counts too)
+local function read_all(keys, argv, base, inclusive)
   local t = argv[base]
+  local upper = '(' .. t
+  if inclusive then upper = '+inf' end
   local nc = tonumber(argv[base + 1])
   local pos = base + 2
   local answers = {}
   for c = 1, nc do
     local out = {}
-    pos = read_counter(keys[2 * c - 1], keys[2 * c], t, argv, pos, out)
+    pos = read_counter(keys[2 * c - 1], keys[2 * c], upper, argv, pos, out)
     answers[c] = out
   end
   local nb = tonumber(argv[pos]); pos = pos + 1
@@ -96,7 +102,7 @@ end
 READ = (
     _COMMON
     + r"""
-local answers, blocks = read_all(KEYS, ARGV, 1)
+local answers, blocks = read_all(KEYS, ARGV, 1, false)
 local flat = {}
 for _, out in ipairs(answers) do for _, v in ipairs(out) do flat[#flat + 1] = v end end
 for _, v in ipairs(blocks) do flat[#flat + 1] = v end
@@ -114,7 +120,7 @@ return record(KEYS, ARGV, 1, 1)
 CHECK_RECORD = (
     _COMMON
     + r"""
-local answers, blocks, pos, used = read_all(KEYS, ARGV, 1)
+local answers, blocks, pos, used = read_all(KEYS, ARGV, 1, true)
 local t = tonumber(ARGV[1])
 for j, b in ipairs(blocks) do
   if b == 1 then return -(1000000 + j) end

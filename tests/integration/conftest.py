@@ -1,0 +1,130 @@
+"""Real Redis servers for the cap store contract: embedded, local, and a three-node cluster."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+LOCAL_URL = "redis://127.0.0.1:6379/0"
+
+
+def free_port() -> int:
+    """A free TCP port whose cluster bus port (+10000) is free too."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 10_000 < 65_536:
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 10_000))
+                    return int(port)
+                except OSError:
+                    continue
+    raise RuntimeError("no free port pair")
+
+
+@pytest.fixture(scope="session")
+def local_redis_url() -> str:
+    """The Redis at 127.0.0.1:6379 when reachable (tests use a key prefix of their own)."""
+    try:
+        redis.Redis.from_url(LOCAL_URL, socket_timeout=0.5).ping()
+    except redis.exceptions.RedisError:
+        pytest.skip("no Redis at 127.0.0.1:6379: the local-server backend is not tested")
+    return LOCAL_URL
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A three-node Redis Cluster on loopback, started from the redis-server binary."""
+    binary = shutil.which("redis-server")
+    cli = shutil.which("redis-cli")
+    if binary is None or cli is None:
+        pytest.skip("redis-server/redis-cli not installed: the cluster backend is not tested")
+    base = tmp_path_factory.mktemp("cluster")
+    ports = [free_port() for _ in range(3)]
+    procs = []
+    for port in ports:
+        d = base / str(port)
+        d.mkdir()
+        procs.append(
+            subprocess.Popen(
+                [
+                    binary,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(d / "nodes.conf"),
+                    "--dir",
+                    str(d),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                    "--logfile",
+                    str(d / "log"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    try:
+        _wait_ping(ports)
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{p}" for p in ports],
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        _wait_cluster_ok(ports)
+        yield f"redis://127.0.0.1:{ports[0]}"
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=10)
+
+
+def _wait_ping(ports: list[int]) -> None:
+    deadline = time.monotonic() + 15
+    for port in ports:
+        while True:
+            try:
+                redis.Redis(port=port, socket_timeout=0.5).ping()
+                break
+            except redis.exceptions.RedisError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+
+def _wait_cluster_ok(ports: list[int]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        states = [redis.Redis(port=p).cluster("info")["cluster_state"] for p in ports]
+        if all(s == "ok" for s in states):
+            RedisCluster(host="127.0.0.1", port=ports[0]).ping()
+            return
+        time.sleep(0.1)
+    raise RuntimeError("cluster did not reach state ok")

@@ -1,0 +1,355 @@
+"""One contract, every cap store backend: in-memory, embedded Redis, local Redis, Redis Cluster.
+
+Each test gets a fresh store under a key prefix of its own and removes its keys afterwards.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+from engine.caps.embedded import EmbeddedRedis
+from engine.caps.gate import CapGate
+from engine.caps.keys import KeySpace
+from engine.caps.memory_store import MemoryCapStore
+from engine.caps.redis_store import RedisCapStore
+from engine.caps.rules import CapRule, CapsConfig, FeedbackBlock, GapRule
+from engine.caps.store import CapStore, Feedback, Impression
+from features.exposure import EXPOSURE_SCHEMA
+from features.online import RequestContext
+
+T0 = datetime(2026, 3, 3, 20, 0, tzinfo=UTC)
+EXP = {n: i for i, n in enumerate(EXPOSURE_SCHEMA.names())}
+RULES = [
+    CapRule(name="user campaign 1h", scope="user", target="campaign", window="1h", limit=2),
+    CapRule(
+        name="household advertiser day",
+        scope="household",
+        target="advertiser",
+        window="24h",
+        limit=2,
+    ),
+    CapRule(
+        name="boot once a day",
+        scope="household",
+        target="any",
+        slot="ott_boot",
+        window="24h",
+        limit=1,
+    ),
+    CapRule(name="creative lifetime", scope="user", target="creative", window="lifetime", limit=5),
+    CapRule(name="category month", scope="user", target="category", window="30d", limit=4),
+]
+GAPS = [
+    GapRule(
+        name="ott campaign gap",
+        scope="household",
+        target="campaign",
+        touchpoint="ott",
+        min_gap="5m",
+    )
+]
+FEEDBACK = FeedbackBlock(household=True)
+CAPS = CapsConfig(rules=RULES, min_gaps=GAPS, feedback=FEEDBACK)
+
+Factory = Callable[[], CapStore]
+
+
+def _redis_factory(client: Any, prefix: str) -> Factory:
+    return lambda: RedisCapStore(client, RULES, GAPS, FEEDBACK, KeySpace(prefix))
+
+
+@pytest.fixture(params=["memory", "embedded", "local", "cluster"])
+def backend(request: pytest.FixtureRequest) -> Iterator[tuple[str, Factory, Any]]:
+    """(name, factory of stores sharing one state, raw client or None)."""
+    kind = request.param
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    if kind == "memory":
+        shared = MemoryCapStore(RULES, GAPS, FEEDBACK)
+        yield kind, lambda: shared, None
+        return
+    server = None
+    if kind == "embedded":
+        server = EmbeddedRedis().start()
+        client: Any = server.client()
+    elif kind == "local":
+        client = redis.Redis.from_url(request.getfixturevalue("local_redis_url"))
+    else:
+        client = RedisCluster.from_url(request.getfixturevalue("redis_cluster"))
+    try:
+        yield kind, _redis_factory(client, prefix), client
+    finally:
+        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            client.delete(key)
+        if server is not None:
+            server.stop()
+
+
+def gate(store: CapStore) -> CapGate:
+    return CapGate(store, CAPS, retention_s=7 * 86_400, fail_open=False)
+
+
+def imp(i: int | str, minutes: float, **kw: Any) -> Impression:
+    base: dict[str, Any] = dict(
+        impression_id=f"imp-{i}",
+        ts=T0 + timedelta(minutes=minutes),
+        user_id="u1",
+        household_id="h1",
+        device_id="tv1",
+        touchpoint="ott",
+        slot="ott_pause",
+        ad_id="ad1",
+        creative_id="cr1",
+        campaign_id="c1",
+        advertiser_id="v1",
+        category="food",
+    )
+    base.update(kw)
+    return Impression(**base)
+
+
+def ask(store: CapStore, minutes: float, **kw: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(capped, exposures) for one candidate like ``imp``'s, at T0 + minutes."""
+    ctx: dict[str, Any] = dict(
+        request_id="r",
+        ts=T0 + timedelta(minutes=minutes),
+        user_id="u1",
+        household_id="h1",
+        device_id="tv1",
+        touchpoint="ott",
+        slot="ott_pause",
+    )
+    cand: dict[str, list[Any]] = {
+        "ad_id": ["ad1"],
+        "creative_id": ["cr1"],
+        "campaign_id": ["c1"],
+        "advertiser_id": ["v1"],
+        "category": ["food"],
+        "format": ["image"],
+        "bid": [1.0],
+        "pricing": ["cpm"],
+    }
+    for k, v in kw.items():
+        (ctx if k in ctx else cand)[k] = v if k in ctx else [v]
+    reading = gate(store).read(RequestContext(**ctx), cand)
+    return reading.capped, reading.exposures
+
+
+def test_window_edges(backend: tuple[str, Factory, Any]) -> None:
+    store = backend[1]()
+    store.record([imp(1, 0)])
+    exactly_an_hour = ask(store, 60)[1][0]
+    just_inside = ask(store, 60 - 1e-6 / 60)[1][0]
+    assert exactly_an_hour[EXP["exp_user_campaign_1h"]] == 0
+    assert just_inside[EXP["exp_user_campaign_1h"]] == 1
+    assert ask(store, 0)[1][0][EXP["exp_user_any_24h"]] == 0  # never the same instant
+
+
+def test_user_campaign_cap_and_recency(backend: tuple[str, Factory, Any]) -> None:
+    store = backend[1]()
+    store.record(
+        [
+            imp(1, 0, campaign_id="c1", advertiser_id="v9"),
+            imp(2, 20, campaign_id="c1", advertiser_id="v8"),
+        ]
+    )
+    capped, exposures = ask(store, 40, advertiser_id="v7")
+    assert capped[0]
+    assert exposures[0, EXP["exp_user_campaign_1h"]] == 2
+    assert exposures[0, EXP["since_user_campaign_s"]] == pytest.approx(20 * 60)
+    assert not ask(store, 81, advertiser_id="v7")[0][0]  # the first left the hour
+
+
+def test_household_cap_across_devices_and_users(backend: tuple[str, Factory, Any]) -> None:
+    store = backend[1]()
+    store.record(
+        [
+            imp(
+                1,
+                0,
+                user_id="mum",
+                device_id="phone-mum",
+                touchpoint="mobile",
+                slot="mobile_feed",
+                campaign_id="c1",
+            ),
+            imp(2, 30, user_id="kid", device_id="tv1", campaign_id="c2"),
+        ]
+    )
+    capped, exposures = ask(
+        store,
+        60,
+        user_id="dad",
+        device_id="fridge",
+        touchpoint="iot",
+        slot="iot_idle_screen",
+        campaign_id="c3",
+    )
+    assert exposures[0, EXP["exp_household_advertiser_24h"]] == 2
+    assert exposures[0, EXP["exp_user_any_24h"]] == 0
+    assert capped[0]
+
+
+def test_slot_filtered_cap_counts_only_its_slot(backend: tuple[str, Factory, Any]) -> None:
+    store = backend[1]()
+    store.record([imp(1, 0, slot="ott_pause", campaign_id="c1", advertiser_id="v1")])
+    assert not ask(store, 600, slot="ott_boot", campaign_id="c9", advertiser_id="v9")[0][0]
+    store.record([imp(2, 10, slot="ott_boot", campaign_id="c2", advertiser_id="v2")])
+    assert ask(store, 600, slot="ott_boot", campaign_id="c9", advertiser_id="v9")[0][0]
+    assert not ask(store, 600, slot="ott_pause", campaign_id="c9", advertiser_id="v9")[0][0]
+
+
+def test_lifetime_and_month_windows(backend: tuple[str, Factory, Any]) -> None:
+    store = backend[1]()
+    days = [-400, -200, -40, -20, -10]
+    store.record(
+        [
+            imp(k, d * 1440, campaign_id=f"c{k}", advertiser_id=f"v{k}", category="toys")
+            for k, d in enumerate(days)
+        ]
+    )
+    capped, _ = ask(store, 0, campaign_id="cx", advertiser_id="vx", category="books")
+    assert capped[0]  # creative cr1 seen 5 times over its lifetime
+    capped, _ = ask(
+        store, 0, creative_id="cr-new", campaign_id="cx", advertiser_id="vx", category="toys"
+    )
+    assert not capped[0]  # toys: 2 in the last 30 days, limit 4
+    store.record(
+        [
+            imp(
+                10 + k,
+                -k * 1440,
+                creative_id="cr9",
+                campaign_id=f"d{k}",
+                advertiser_id=f"w{k}",
+                category="toys",
+            )
+            for k in range(1, 3)
+        ]
+    )
+    capped, _ = ask(
+        store, 0, creative_id="cr-new", campaign_id="cx", advertiser_id="vx", category="toys"
+    )
+    assert capped[0]  # now 4 toys in 30 days
+
+
+def test_min_gap_on_ott_only(backend: tuple[str, Factory, Any]) -> None:
+    store = backend[1]()
+    store.record([imp(1, 0, advertiser_id="v5")])
+    assert ask(store, 4, advertiser_id="v6")[0][0]
+    assert not ask(store, 6, advertiser_id="v6")[0][0]
+    assert not ask(
+        store, 4, advertiser_id="v6", touchpoint="mobile", slot="mobile_feed", device_id="phone"
+    )[0][0]
+
+
+def test_retries_count_once(backend: tuple[str, Factory, Any]) -> None:
+    store = backend[1]()
+    assert store.record([imp(1, 0)]) == 1
+    assert store.record([imp(1, 0), imp(1, 0)]) == 0
+    assert ask(store, 10)[1][0, EXP["exp_user_campaign_1h"]] == 1
+
+
+def test_late_events_count_in_their_own_window(backend: tuple[str, Factory, Any]) -> None:
+    store = backend[1]()
+    store.record([imp(2, 100)])
+    store.record([imp(1, 10)])  # arrives late
+    exposures = ask(store, 50)[1][0]
+    assert exposures[EXP["exp_user_campaign_1h"]] == 1  # only the 10-minute one is before 50
+    assert ask(store, 105)[1][0][EXP["exp_user_campaign_24h"]] == 2
+
+
+def test_negative_feedback_blocks_the_campaign(backend: tuple[str, Factory, Any]) -> None:
+    store = backend[1]()
+    fb = Feedback(
+        "imp-1", T0, "hide", "u1", household_id="h1", campaign_id="c1", advertiser_id="v1"
+    )
+    assert store.block([fb, Feedback("imp-2", T0, "skip", "u1", campaign_id="c2")]) == 2
+    assert ask(store, 1)[0][0]
+    assert ask(store, 1, user_id="u2")[0][0]  # household blocking is on
+    assert not ask(store, 1, campaign_id="c2", advertiser_id="v2")[0][0]  # a skip never blocks
+    assert not ask(store, 31 * 1440)[0][0]  # 30 days later it is lifted
+
+
+def _admit(store: CapStore, i: int) -> bool:
+    ctx = RequestContext("r", T0, "u1", "ott", "ott_pause", household_id="h1", device_id="tv1")
+    cand: dict[str, list[Any]] = {
+        "ad_id": ["ad1"],
+        "creative_id": [f"cr{i}"],
+        "campaign_id": ["c1"],
+        "advertiser_id": [f"v{i}"],
+        "category": [f"cat{i}"],
+        "format": ["image"],
+        "bid": [1.0],
+        "pricing": ["cpm"],
+    }
+    caps = CapsConfig(rules=[CapRule(scope="user", target="campaign", window="24h", limit=10)])
+    g = CapGate(store, caps, 7 * 86_400, fail_open=False)
+    event = imp(i, 0, creative_id=f"cr{i}", advertiser_id=f"v{i}", category=f"cat{i}")
+    return g.reserve(ctx, cand, event)
+
+
+def test_concurrent_check_and_record_never_exceeds(backend: tuple[str, Factory, Any]) -> None:
+    factory = backend[1]
+    barrier = threading.Barrier(32)
+
+    def one(i: int) -> bool:
+        store = factory()
+        barrier.wait()
+        return _admit(store, i)
+
+    with ThreadPoolExecutor(32) as pool:
+        admitted = list(pool.map(one, range(32)))
+    assert sum(admitted) == 10
+
+
+def _admit_in_process(url: str, prefix: str, cluster: bool, i: int) -> bool:
+    client = RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url)
+    return _admit(_redis_factory(client, prefix)(), i)
+
+
+def test_concurrent_processes_never_exceed(backend: tuple[str, Factory, Any]) -> None:
+    name, factory, client = backend
+    if client is None:
+        pytest.skip("the in-memory store lives in one process")
+    store = factory()
+    assert isinstance(store, RedisCapStore)
+    kw = client.get_connection_kwargs() if name != "cluster" else {}
+    url = (
+        f"unix://{kw['path']}"
+        if name == "embedded"
+        else f"redis://{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+        if name == "local"
+        else f"redis://127.0.0.1:{client.get_default_node().port}"
+    )
+    prefix = store.keys.prefix.rsplit(":v", 1)[0]
+    with ProcessPoolExecutor(4) as pool:
+        admitted = list(
+            pool.map(
+                _admit_in_process, [url] * 24, [prefix] * 24, [name == "cluster"] * 24, range(24)
+            )
+        )
+    assert sum(admitted) == 10
+
+
+def test_every_key_expires(backend: tuple[str, Factory, Any]) -> None:
+    name, factory, client = backend
+    if client is None:
+        pytest.skip("the in-memory store has no keys")
+    store = factory()
+    store.record([imp(1, 0), imp(2, 5, slot="ott_boot")])
+    store.block([Feedback("imp-1", T0, "hide", "u1", household_id="h1", campaign_id="c1")])
+    assert isinstance(store, RedisCapStore)
+    keys = list(client.scan_iter(match=f"{store.keys.prefix}:*", count=1000))
+    assert len(keys) > 20
+    ttls = [client.ttl(k) for k in keys]
+    assert all(t > 0 for t in ttls), [k for k, t in zip(keys, ttls, strict=True) if t <= 0]

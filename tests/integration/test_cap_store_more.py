@@ -1,0 +1,133 @@
+"""The cap store beyond the contract: persistence, feature parity, failure modes, connections."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from engine.caps.connect import client_options, open_store
+from engine.caps.embedded import EmbeddedRedis
+from engine.caps.gate import CapGate
+from engine.caps.keys import KeySpace
+from engine.caps.redis_store import RedisCapStore
+from engine.caps.store import Impression
+from engine.config import AdmatchConfig, load_config
+from engine.synth.generator import GeneratedLog, generate
+from engine.synth.params import WorldParams
+from features.exposure import EXPOSURE_SCHEMA, point_in_time_exposures
+from features.online import RequestContext
+from features.schema import CANDIDATE_COLUMNS
+
+from .test_cap_store_contract import CAPS, EXP, FEEDBACK, GAPS, RULES, ask, imp
+
+
+def with_store(url: str, **kw: Any) -> AdmatchConfig:
+    config = load_config()
+    return config.model_copy(update={"store": config.store.model_copy(update={"url": url, **kw})})
+
+
+def test_counts_survive_a_restart_with_aof(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "redis", appendonly=True).start()
+    store = RedisCapStore(server.client(), RULES, GAPS, FEEDBACK, KeySpace("aof"))
+    store.record([imp(k, k) for k in range(5)])
+    server.stop()  # SIGTERM: Redis writes the append-only file before exiting
+    restarted = EmbeddedRedis(tmp_path / "redis", appendonly=True).start()
+    try:
+        again = RedisCapStore(restarted.client(), RULES, GAPS, FEEDBACK, KeySpace("aof"))
+        assert ask(again, 30)[1][0, EXP["exp_user_any_1h"]] == 5
+        assert again.record([imp(0, 0)]) == 0  # the idempotency markers survived too
+    finally:
+        restarted.stop()
+
+
+@pytest.fixture(scope="module")
+def world() -> GeneratedLog:
+    return generate(WorldParams(rows=4_000, seed=8, rows_per_household=400, days=3))
+
+
+@pytest.mark.parametrize("url", ["memory://", ""], ids=["memory", "embedded"])
+def test_store_exposures_equal_offline_features(world: GeneratedLog, url: str) -> None:
+    """Record every impression of a log, in any order; the store's exposures for each request
+    equal the feature core's point-in-time counts (which see only earlier impressions)."""
+    log = world.log
+    store = open_store(with_store(url, prefix="parity"))
+    gate = CapGate(store, CAPS, 7 * 86_400, fail_open=False)
+    shown = log.filter("shown").sample(fraction=1.0, shuffle=True, seed=1)
+    store.record(
+        [
+            Impression(
+                f"imp{i}",
+                r["ts"],
+                r["user_id"],
+                r["touchpoint"],
+                r["slot"],
+                r["ad_id"],
+                r["household_id"],
+                r["device_id"],
+                r["creative_id"],
+                r["campaign_id"],
+                r["advertiser_id"],
+                r["category"],
+            )
+            for i, r in enumerate(shown.iter_rows(named=True))
+        ]
+    )
+    offline = point_in_time_exposures(log.lazy()).collect()
+    expected = offline.select(EXPOSURE_SCHEMA.names()).to_numpy().astype(float)
+    got = []
+    for _, group in log.group_by("request_id", maintain_order=True):
+        ctx = RequestContext.from_row(group.row(0, named=True))
+        got.append(gate.read(ctx, {c: group[c].to_list() for c in CANDIDATE_COLUMNS}).exposures)
+    store.close()
+    np.testing.assert_array_equal(np.vstack(got), expected)
+    assert offline["exp_household_any_24h"].sum() > 100
+
+
+def test_fail_closed_and_fail_open_when_the_store_is_down() -> None:
+    server = EmbeddedRedis().start()
+    store = RedisCapStore(server.client(**client_options(50)), RULES, GAPS, FEEDBACK)
+    server.stop()
+    closed = CapGate(store, CAPS, 7 * 86_400, fail_open=False)
+    capped, exposures = closed.read(*_request()).capped, closed.read(*_request()).exposures
+    assert capped.all() and closed.errors == 2
+    assert np.nansum(exposures) == 0
+    opened = CapGate(store, CAPS, 7 * 86_400, fail_open=True)
+    assert not opened.read(*_request()).capped.any() and opened.errors == 1
+    assert not closed.reserve(*_request(), imp(1, 0))
+    assert opened.reserve(*_request(), imp(1, 0))
+
+
+def _request() -> tuple[RequestContext, dict[str, list[Any]]]:
+    from .test_cap_store_contract import T0
+
+    ctx = RequestContext("r", T0, "u1", "ott", "ott_pause", household_id="h1", device_id="tv1")
+    return ctx, {
+        "ad_id": ["a"],
+        "campaign_id": ["c"],
+        "format": ["image"],
+        "bid": [1.0],
+        "pricing": ["cpm"],
+    }
+
+
+def test_open_store_by_url(local_redis_url: str) -> None:
+    for url in ("", "memory://", local_redis_url):
+        store = open_store(with_store(url, prefix=f"open-{time.monotonic_ns()}"))
+        assert store.record([imp("x", 0)]) == 1
+        assert ask(store, 1)[1][0, EXP["exp_user_any_1h"]] == 1
+        if isinstance(store, RedisCapStore):
+            for key in store.client.scan_iter(match=f"{store.keys.prefix}:*"):
+                store.client.delete(key)
+        store.close()
+
+
+def test_embedded_server_cleans_up() -> None:
+    server = EmbeddedRedis().start()
+    directory = server.directory
+    assert server.socket.exists() and oct(directory.stat().st_mode)[-3:] == "700"
+    server.stop()
+    assert not directory.exists()
