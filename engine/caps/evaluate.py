@@ -26,19 +26,19 @@ def subject_to_caps(plan: Plan) -> np.ndarray:
     """Candidates some cap, gap or block applies to: the ones to refuse when the store is down
     and the config fails closed."""
     subject = np.zeros(plan.n, dtype=bool)
-    for name, rows, *_ in plan.targets:
+    for name, _col, k, *_ in plan.targets:
         if name in ("rule_counts", "gap_since"):
-            subject[rows] = True
-    for rows in plan.block_rows:
-        subject[rows] = True
-    return subject
+            subject |= plan.lookups[k].rows_field >= 0
+    return subject | (plan.block_rows >= 0)
 
 
 def checks(plan: Plan, rules: Sequence[CapRule], gaps: Sequence[GapRule]) -> list[Check]:
     """The atomic checks of ``check_and_record`` for a one-candidate plan, same rules as
     :func:`capped`: a count must stay below its limit, a gap at least its minimum."""
     out = []
-    for name, _rows, col, k, kind, window in plan.targets:
+    for name, col, k, kind, window in plan.targets:
+        if not plan.lookups[k].fields:  # the candidate has no id for this family
+            continue
         if name == "rule_counts":
             out.append(Check(k, kind, window, float(rules[col].limit)))
         elif name == "gap_since":

@@ -3,23 +3,26 @@
 Changing any byte of a key here changes where live counters are found: bump ``KEY_VERSION``
 and migrate. ``tests/unit/test_cap_keys.py`` pins the exact bytes.
 
-Layout (``P`` = configured prefix, ``T`` = hash tag):
+Layout (``P`` = configured prefix, ``T`` = hash tag, ``FAM`` = counter family, ``S`` = scope id).
+Each key is a hash whose fields are target ids (``*`` for the target any), so one HMGET reads a
+family for all of a request's candidates:
 
-* ``P:v1:{T}:e:FAM:SCOPE_ID:TARGET_ID``   sorted set of impression ids scored by their time
-  (epoch microseconds), kept for ``retention`` (7 days by default): exact rolling windows.
-* ``P:v1:{T}:d:FAM:SCOPE_ID:TARGET_ID``   hash of impression counts per UTC day (field = days
-  since epoch) and the lifetime count (field ``L``): windows up to 180 days, exact to the day.
-* ``P:v1:{T}:b:SCOPE:SCOPE_ID:TARGET:TARGET_ID``   a block set by the user's negative feedback.
-* ``P:v1:{T}:i:IMPRESSION_ID``            marks an impression as recorded (idempotency).
+* ``P:v1:{T}:r:FAM:S``  field -> the target's impression times (epoch microseconds, comma
+  separated) within the retention (7 days by default): exact rolling windows.
+* ``P:v1:{T}:d:FAM:S``  field -> ``day:count`` pairs (days since epoch, UTC), 181 days: windows
+  up to 180 days, exact to the day.
+* ``P:v1:{T}:l:FAM:S``  field -> lifetime count.
+* ``P:v1:{T}:b:SC:S:TG``  field -> end of a block set by the user's negative feedback (epoch
+  microseconds, event time); ``SC`` scope letter, ``TG`` target (cmp or adv).
+* ``P:v1:{T}:i:IMPRESSION_ID``  marks an impression as recorded (idempotency).
 
-``FAM`` names the counter family: scope letter (u, h, d), target (cr, ad, cmp, adv, cat, any)
-and an optional filter (``tp=ott`` or ``sl=ott_boot``), joined by dots: ``u.cmp``,
-``h.any.sl=ott_boot``. ``TARGET_ID`` is ``*`` for the target ``any``.
+``FAM`` is the scope letter (u, h, d), the target (cr, ad, cmp, adv, cat, any) and an optional
+filter (``tp=ott`` or ``sl=ott_boot``), joined by dots: ``u.cmp``, ``h.any.sl=ott_boot``.
 
 The hash tag ``T`` is the household id (``h=...``), or the user id (``u=...``) for users without
 a household, so every key one request or one impression touches lives in one Redis Cluster slot
-and one Lua script can serve it. Ids are percent-encoded (``%``, ``:``, ``{``, ``}``), so any
-string is a safe id and different ids never share a key.
+and one Lua script can serve it. Key parts are percent-encoded (``%``, ``:``, ``{``, ``}``), so
+any string is a safe id and different ids never share a key.
 """
 
 from __future__ import annotations
@@ -66,22 +69,21 @@ class KeySpace:
     def _base(self, tag: str) -> str:
         return f"{self.prefix}:{{{tag}}}"
 
-    def events(self, tag: str, family: Family, scope_id: str, target_id: str | None) -> str:
-        """Sorted set of a family's impressions for one scope id and target id."""
-        target = "*" if target_id is None else escape(target_id)
-        return f"{self._base(tag)}:e:{family_code(family)}:{escape(scope_id)}:{target}"
+    def recent(self, tag: str, family: Family, scope_id: str) -> str:
+        """Impression times per target within the retention."""
+        return f"{self._base(tag)}:r:{family_code(family)}:{escape(scope_id)}"
 
-    def days(self, tag: str, family: Family, scope_id: str, target_id: str | None) -> str:
-        """Day-bucket hash (and lifetime count) of the same counter."""
-        target = "*" if target_id is None else escape(target_id)
-        return f"{self._base(tag)}:d:{family_code(family)}:{escape(scope_id)}:{target}"
+    def days(self, tag: str, family: Family, scope_id: str) -> str:
+        """Day counts per target (181 days)."""
+        return f"{self._base(tag)}:d:{family_code(family)}:{escape(scope_id)}"
 
-    def block(self, tag: str, scope: str, scope_id: str, target: str, target_id: str) -> str:
-        """A block from negative feedback: this scope id must not see this target."""
-        return (
-            f"{self._base(tag)}:b:{_SCOPE[scope]}:{escape(scope_id)}:"
-            f"{_TARGET[target]}:{escape(target_id)}"
-        )
+    def lifetime(self, tag: str, family: Family, scope_id: str) -> str:
+        """Lifetime counts per target."""
+        return f"{self._base(tag)}:l:{family_code(family)}:{escape(scope_id)}"
+
+    def blocks(self, tag: str, scope: str, scope_id: str, target: str) -> str:
+        """Blocks from negative feedback: field = target id, value = block end."""
+        return f"{self._base(tag)}:b:{_SCOPE[scope]}:{escape(scope_id)}:{_TARGET[target]}"
 
     def impression(self, tag: str, impression_id: str) -> str:
         """The idempotency marker of one impression."""

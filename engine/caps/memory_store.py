@@ -14,8 +14,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from engine.caps.plan import US, Counter, Plan, impression_counters, micros
-from engine.caps.rules import CapRule, FeedbackBlock, GapRule
+from engine.caps.plan import US, Plan, impression_writes, micros
+from engine.caps.rules import CapRule, Family, FeedbackBlock, GapRule
 from engine.caps.store import Answers, CapReading, Check, Feedback, Impression, scatter
 
 _DAY = 86_400 * US
@@ -26,33 +26,41 @@ class MemoryCapStore:
 
     def __init__(self, rules: list[CapRule], gaps: list[GapRule], feedback: FeedbackBlock) -> None:
         self.rules, self.gaps, self.feedback = rules, gaps, feedback
-        self._times: dict[Counter, list[int]] = defaultdict(list)
-        self._days: dict[Counter, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+        self._times: dict[tuple[Family, str, str], list[int]] = defaultdict(list)
         self._seen: set[str] = set()
         self._blocks: dict[tuple[str, str, str, str], int] = {}
         self._lock = threading.Lock()
 
-    def _answer(self, plan: Plan, k: int, inclusive: bool) -> dict[tuple[str, int], float]:
+    def _answers(self, plan: Plan, k: int, inclusive: bool) -> np.ndarray:
         """Like the Redis READ; ``inclusive`` counts impressions at or after ``t`` too."""
-        c = plan.counters[k]
-        times = self._times.get(c, [])
-        hi = len(times) if inclusive else bisect_left(times, plan.t_us)
-        a: dict[tuple[str, int], float] = {}
-        for w in plan.windows[k]:
-            a[("window", w)] = float(hi - bisect_right(times, plan.t_us - w * US))
-        days = self._days.get(c, {})
+        lk = plan.lookups[k]
+        slots = lk.slots()
+        out = np.zeros((len(lk.fields), len(slots)))
         day_t = plan.t_us // _DAY
-        for d in plan.day_windows[k]:
-            a[("days", d)] = float(
-                sum(days.values()) if d == 0 else sum(days.get(day_t - i, 0) for i in range(d))
-            )
-        if plan.last[k]:
-            a[("since", 0)] = float(times[hi - 1]) if hi else -1.0
-        return a
+        for f, target in enumerate(lk.fields):
+            times = self._times.get((lk.family, lk.scope_id, target), [])
+            hi = len(times) if inclusive else bisect_left(times, plan.t_us)
+            for j, (kind, w) in enumerate(slots):
+                if kind == "window":
+                    out[f, j] = hi - bisect_right(times, plan.t_us - w * US)
+                elif kind == "days":
+                    first = 0 if w == 0 else (day_t - w + 1) * _DAY
+                    out[f, j] = len(times) - bisect_left(times, first)
+                else:
+                    out[f, j] = times[hi - 1] if hi else -1.0
+        return out
 
     def _read(self, plan: Plan, inclusive: bool = False) -> tuple[Answers, np.ndarray]:
-        answers = [self._answer(plan, k, inclusive) for k in range(len(plan.counters))]
-        blocks = np.asarray([self._blocks.get(b, -1) > plan.t_us for b in plan.blocks], dtype=bool)
+        answers = [self._answers(plan, k, inclusive) for k in range(len(plan.lookups))]
+        blocks = np.zeros(len(plan.block_fields), dtype=bool)
+        for scope, scope_id, target in plan.blocks:
+            blocks |= np.asarray(
+                [
+                    self._blocks.get((scope, scope_id, target, f), -1) > plan.t_us
+                    for f in plan.block_fields
+                ],
+                dtype=bool,
+            )
         return answers, blocks
 
     def read(self, plan: Plan, n_rules: int, n_gaps: int) -> CapReading:
@@ -66,9 +74,10 @@ class MemoryCapStore:
             return 0
         self._seen.add(imp.impression_id)
         t = micros(imp.ts)
-        for c in impression_counters(imp.ids(), imp.touchpoint, imp.slot, self.rules, self.gaps):
-            insort(self._times[c], t)
-            self._days[c][t // _DAY] += 1
+        for fam, scope_id, field in impression_writes(
+            imp.ids(), imp.touchpoint, imp.slot, self.rules, self.gaps
+        ):
+            insort(self._times[(fam, scope_id, field)], t)
         return 1
 
     def record(self, impressions: list[Impression]) -> int:
@@ -82,11 +91,11 @@ class MemoryCapStore:
             if impression.impression_id in self._seen:
                 return 0
             answers, blocks = self._read(plan, inclusive=True)
-            for j, b in enumerate(blocks):
-                if b:
-                    return -(1_000_000 + j + 1)
+            if blocks.any():
+                return -1_000_000
             for i, chk in enumerate(checks):
-                value = answers[chk.counter][(chk.kind, chk.window)]
+                lk = plan.lookups[chk.lookup]
+                value = answers[chk.lookup][0, lk.slots().index((chk.kind, chk.window))]
                 if chk.kind == "since":
                     if value >= 0 and plan.t_us - value < chk.threshold * US:
                         return -(i + 1)

@@ -1,9 +1,11 @@
 """Planning what one request needs from a cap store, and what one impression writes.
 
-Planning is pure: it turns a request (or an impression) and the rules into lookups on counters
-identified by (family, scope id, target id). Backends only execute the lookups, so the Redis
-store, the in-memory store and the tests agree by construction on what is counted. Lookups are
-de-duplicated per unique id, and results are scattered back to candidates with numpy.
+Planning is pure: it turns a request (or an impression) and the rules into lookups on
+*families* of counters. A family (scope x target, optionally filtered) of one scope id (a user,
+a household, a device) is one unit of storage whose fields are target ids ("*" for any ad), so a
+request reads each family once, for all its candidates' ids. Backends only execute the lookups,
+so every backend counts the same way by construction; answers are scattered back to candidates
+with numpy.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from features.exposure import EXPOSURE_SCHEMA, WINDOWS_S, count_column, since_co
 from features.online import CandidateColumns, RequestContext
 
 US = 1_000_000
+ANY = "*"
 FEATURE_FAMILIES = tuple(
     Family(scope=s, target=t)
     for s in ("user", "household", "device")
@@ -32,81 +35,88 @@ def micros(ts: datetime) -> int:
     return int(ts.timestamp()) * US + ts.microsecond
 
 
-@dataclass(frozen=True)
-class Counter:
-    """One counter: a family's impressions of one scope id and one target id (None: any)."""
+@dataclass
+class Lookup:
+    """One family of one scope id, read for a set of target ids.
+
+    Attributes:
+        fields: distinct target ids to read (``["*"]`` for the target any).
+        rows_field: per candidate, the index of its field (-1: null id, nothing to read).
+        windows: rolling windows in seconds (<= retention), counted exactly.
+        day_windows: longer windows in days (0 = lifetime), counted from day buckets.
+        last: whether the time of the latest impression is wanted.
+    """
 
     family: Family
     scope_id: str
-    target_id: str | None
+    fields: list[str]
+    rows_field: np.ndarray
+    windows: set[int] = field(default_factory=set)
+    day_windows: set[int] = field(default_factory=set)
+    last: bool = False
+
+    def slots(self) -> list[tuple[str, int]]:
+        """The answers per field, in order: windows, day windows, last."""
+        out = [("window", w) for w in sorted(self.windows)]
+        out += [("days", d) for d in sorted(self.day_windows)]
+        return out + ([("since", 0)] if self.last else [])
 
 
 @dataclass
 class Plan:
-    """Lookups for one request, and where their answers go.
+    """Lookups for one request and where their answers go.
 
-    ``windows[k]`` lists the rolling windows (seconds, <= retention) to count on counter ``k``;
-    ``day_windows[k]`` those answered from day buckets (days, or 0 for lifetime); ``last[k]``
-    whether the time of the latest exposure is wanted. Answers land in ``out`` arrays via
-    ``targets``: (array name, rows, column, counter index, answer kind, window).
+    ``targets``: (output name, column, lookup index, answer kind, window) -- every candidate of
+    the lookup with a field gets that answer in that column. Outputs: ``exposures`` (n x 30, the
+    feature core's EXPOSURE_SCHEMA), ``rule_counts`` (n x rules, NaN where a rule does not apply),
+    ``gap_since`` (n x gaps), and ``blocked`` from ``blocks`` (scope, scope id, target, ids).
     """
 
     t_us: int
     n: int
-    user_id: str = ""
-    household_id: str | None = None
-    counters: list[Counter] = field(default_factory=list)
-    windows: list[set[int]] = field(default_factory=list)
-    day_windows: list[set[int]] = field(default_factory=list)
-    last: list[bool] = field(default_factory=list)
-    blocks: list[tuple[str, str, str, str]] = field(default_factory=list)
-    targets: list[tuple[str, np.ndarray, int, int, str, int]] = field(default_factory=list)
-    block_rows: list[np.ndarray] = field(default_factory=list)
-    _index: dict[Counter, int] = field(default_factory=dict)
+    user_id: str
+    household_id: str | None
+    lookups: list[Lookup] = field(default_factory=list)
+    targets: list[tuple[str, int, int, str, int]] = field(default_factory=list)
+    blocks: list[tuple[str, str, str]] = field(default_factory=list)
+    block_fields: list[str] = field(default_factory=list)
+    block_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    _index: dict[tuple[Family, str], int] = field(default_factory=dict)
+    _fields: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)
 
-    def counter(self, c: Counter) -> int:
-        """Index of a counter, adding it on first use."""
-        if c not in self._index:
-            self._index[c] = len(self.counters)
-            self.counters.append(c)
-            self.windows.append(set())
-            self.day_windows.append(set())
-            self.last.append(False)
-        return self._index[c]
+    def lookup(self, family: Family, scope_id: str, candidates: CandidateColumns) -> int:
+        """Index of the family's lookup for this scope id, adding it on first use."""
+        key = (family, scope_id)
+        if key not in self._index:
+            column = TARGET_COLUMN[family.target]
+            if column not in self._fields:  # each id column is reduced to fields once
+                ids = _ids(candidates, column, self.n)
+                self._fields[str(column)] = _fields(ids, column is None, self.n)
+            fields, rows_field = self._fields[str(column)]
+            self._index[key] = len(self.lookups)
+            self.lookups.append(Lookup(family, scope_id, fields, rows_field))
+        return self._index[key]
+
+
+def _fields(ids: list[str | None], any_target: bool, n: int) -> tuple[list[str], np.ndarray]:
+    if any_target:
+        return [ANY], np.zeros(n, dtype=np.int64)
+    keys = np.asarray(["" if i is None else i for i in ids], dtype=object)
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    inverse = inverse.astype(np.int64)
+    known = np.asarray([i is not None for i in ids], dtype=bool)
+    fields = [str(u) for u in uniq]
+    if "" in fields and not all(known):  # "" is the stand-in for null ids: drop it
+        drop = fields.index("")
+        fields.pop(drop)
+        inverse = np.where(inverse > drop, inverse - 1, inverse)
+        inverse[~known] = -1
+    return fields, inverse
 
 
 def _ids(candidates: CandidateColumns, column: str | None, n: int) -> list[str | None]:
-    if column is None:
-        return [None] * n
-    values = candidates.get(column)
+    values = candidates.get(column) if column is not None else None
     return [None] * n if values is None else list(values)
-
-
-def _per_unique(
-    plan: Plan, family: Family, scope_id: str | None, targets: list[str | None], any_target: bool
-) -> list[tuple[int, np.ndarray]]:
-    """(counter index, candidate rows) for each distinct target id (null ids get nothing)."""
-    if scope_id is None:
-        return []
-    if any_target:
-        return [(plan.counter(Counter(family, scope_id, None)), np.arange(len(targets)))]
-    arr = np.asarray([t if t is not None else "" for t in targets], dtype=object)
-    known = np.asarray([t is not None for t in targets])
-    uniq, inverse = np.unique(arr[known], return_inverse=True)
-    rows = np.flatnonzero(known)
-    return [
-        (plan.counter(Counter(family, scope_id, str(u))), rows[inverse == k])
-        for k, u in enumerate(uniq)
-    ]
-
-
-def _add_window(plan: Plan, k: int, window_s: int | None, retention_s: int) -> tuple[str, int]:
-    if window_s is not None and window_s <= retention_s:
-        plan.windows[k].add(window_s)
-        return "window", window_s
-    days = 0 if window_s is None else -(-window_s // 86_400)
-    plan.day_windows[k].add(days)
-    return "days", days
 
 
 def plan_request(
@@ -117,79 +127,88 @@ def plan_request(
     feedback: FeedbackBlock,
     retention_s: int,
 ) -> Plan:
-    """Every lookup the request needs: feature exposures, cap counts, gaps and blocks.
-
-    Output arrays: ``exposures`` (n x 30, the feature core's EXPOSURE_SCHEMA), ``rule_counts``
-    (n x len(rules), NaN where a rule does not apply), ``gap_since`` (n x len(gaps), seconds
-    since the latest exposure, NaN where none or not applicable) and ``blocked`` (n,).
-    """
+    """Every lookup the request needs: feature exposures, cap counts, gaps and blocks."""
     n = len(candidates["ad_id"])
     plan = Plan(micros(context.ts), n, context.user_id, context.household_id)
-    for fam in FEATURE_FAMILIES:
+
+    def lookup(fam: Family) -> int | None:
         scope_id = getattr(context, SCOPE_COLUMN[fam.scope])
-        targets = _ids(candidates, TARGET_COLUMN[fam.target], n)
-        for k, rows in _per_unique(plan, fam, scope_id, targets, fam.target == "any"):
-            for window, seconds in WINDOWS_S.items():
-                plan.windows[k].add(seconds)
-                col = _EXPOSURE_INDEX[count_column(fam.scope, fam.target, window)]
-                plan.targets.append(("exposures", rows, col, k, "window", seconds))
-            if fam.target == "campaign":
-                plan.last[k] = True
-                col = _EXPOSURE_INDEX[since_column(fam.scope)]
-                plan.targets.append(("exposures", rows, col, k, "since", 0))
+        if scope_id is None:
+            return None
+        return plan.lookup(fam, scope_id, candidates)
+
+    for fam in FEATURE_FAMILIES:
+        if (k := lookup(fam)) is None:
+            continue
+        for window, seconds in WINDOWS_S.items():
+            plan.lookups[k].windows.add(seconds)
+            col = _EXPOSURE_INDEX[count_column(fam.scope, fam.target, window)]
+            plan.targets.append(("exposures", col, k, "window", seconds))
+        if fam.target == "campaign":
+            plan.lookups[k].last = True
+            plan.targets.append(
+                ("exposures", _EXPOSURE_INDEX[since_column(fam.scope)], k, "since", 0)
+            )
     for j, rule in enumerate(rules):
-        if not rule.matches(context.touchpoint, context.slot):
-            continue
-        scope_id = getattr(context, SCOPE_COLUMN[rule.scope])
-        targets = _ids(candidates, TARGET_COLUMN[rule.target], n)
-        for k, rows in _per_unique(plan, rule.family(), scope_id, targets, rule.target == "any"):
-            kind, w = _add_window(plan, k, rule.window_s, retention_s)
-            plan.targets.append(("rule_counts", rows, j, k, kind, w))
+        if (
+            rule.matches(context.touchpoint, context.slot)
+            and (k := lookup(rule.family())) is not None
+        ):
+            w = rule.window_s
+            if w is not None and w <= retention_s:
+                plan.lookups[k].windows.add(w)
+                plan.targets.append(("rule_counts", j, k, "window", w))
+            else:
+                days = 0 if w is None else -(-w // 86_400)
+                plan.lookups[k].day_windows.add(days)
+                plan.targets.append(("rule_counts", j, k, "days", days))
     for j, gap in enumerate(gaps):
-        if not gap.matches(context.touchpoint, context.slot):
-            continue
-        scope_id = getattr(context, SCOPE_COLUMN[gap.scope])
-        targets = _ids(candidates, TARGET_COLUMN[gap.target], n)
-        for k, rows in _per_unique(plan, gap.family(), scope_id, targets, gap.target == "any"):
-            plan.last[k] = True
-            plan.targets.append(("gap_since", rows, j, k, "since", 0))
-    _plan_blocks(plan, context, candidates, feedback, n)
+        if (
+            gap.matches(context.touchpoint, context.slot)
+            and (k := lookup(gap.family())) is not None
+        ):
+            plan.lookups[k].last = True
+            plan.targets.append(("gap_since", j, k, "since", 0))
+    _plan_blocks(plan, context, candidates, feedback)
     return plan
 
 
 def _plan_blocks(
-    plan: Plan, context: RequestContext, candidates: CandidateColumns, fb: FeedbackBlock, n: int
+    plan: Plan, context: RequestContext, candidates: CandidateColumns, fb: FeedbackBlock
 ) -> None:
-    scopes = [("user", context.user_id)]
+    fields, rows_field = _fields(_ids(candidates, TARGET_COLUMN[fb.target], plan.n), False, plan.n)
+    plan.block_fields, plan.block_rows = fields, rows_field
+    plan.blocks.append(("user", context.user_id, fb.target))
     if fb.household and context.household_id:
-        scopes.append(("household", context.household_id))
-    targets = _ids(candidates, TARGET_COLUMN[fb.target], n)
-    arr = np.asarray([t if t is not None else "" for t in targets], dtype=object)
-    for scope, scope_id in scopes:
-        for target_id in sorted({t for t in targets if t is not None}):
-            plan.blocks.append((scope, scope_id, fb.target, target_id))
-            plan.block_rows.append(np.flatnonzero(arr == target_id))
+        plan.blocks.append(("household", context.household_id, fb.target))
 
 
-def impression_counters(
-    event_ids: dict[str, str | None],
-    touchpoint: str,
-    slot: str,
-    rules: Sequence[CapRule],
-    gaps: Sequence[GapRule],
-) -> list[Counter]:
-    """Every counter an impression adds to: the feature families and each rule's family."""
+def impression_families(
+    touchpoint: str, slot: str, rules: Sequence[CapRule], gaps: Sequence[GapRule]
+) -> list[Family]:
+    """Every family an impression on this touchpoint and slot adds to: the feature families
+    and the family of each rule whose filter it matches."""
     families: list[Family] = list(FEATURE_FAMILIES)
     for rule in (*rules, *gaps):
         fam = rule.family()
         if fam not in families and fam.matches(touchpoint, slot):
             families.append(fam)
+    return families
+
+
+def impression_writes(
+    event_ids: dict[str, str | None],
+    touchpoint: str,
+    slot: str,
+    rules: Sequence[CapRule],
+    gaps: Sequence[GapRule],
+) -> list[tuple[Family, str, str]]:
+    """(family, scope id, field) for every counter an impression increments."""
     out = []
-    for fam in families:
+    for fam in impression_families(touchpoint, slot, rules, gaps):
         scope_id = event_ids.get(SCOPE_COLUMN[fam.scope])
         target_col = TARGET_COLUMN[fam.target]
-        target_id = None if target_col is None else event_ids.get(target_col)
-        if scope_id is None or (target_col is not None and target_id is None):
-            continue
-        out.append(Counter(fam, scope_id, target_id))
+        target_id = ANY if target_col is None else event_ids.get(target_col)
+        if scope_id is not None and target_id is not None:
+            out.append((fam, scope_id, target_id))
     return out

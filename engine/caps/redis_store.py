@@ -9,15 +9,14 @@ import redis
 
 from engine.caps import lua
 from engine.caps.keys import KeySpace
-from engine.caps.plan import US, Plan, impression_counters, micros
-from engine.caps.rules import CapRule, FeedbackBlock, GapRule
+from engine.caps.plan import US, Plan, impression_writes, micros
+from engine.caps.rules import CapRule, Family, FeedbackBlock, GapRule
 from engine.caps.store import (
     CapReading,
     Check,
     Feedback,
     Impression,
     StoreUnavailable,
-    answer_slot,
     encode,
     scatter,
     split_answers,
@@ -48,9 +47,12 @@ class RedisCapStore:
         self.retention_s = retention_s
         self.marker_ttl_s = marker_ttl_s
         self._on_close = on_close
+        # Families that keep day and lifetime counts: those a long-window rule reads.
+        self._long = {r.family() for r in rules if r.window_s is None or r.window_s > retention_s}
         self._read = client.register_script(lua.READ)
         self._record = client.register_script(lua.RECORD)
         self._check_record = client.register_script(lua.CHECK_RECORD)
+        self._block = client.register_script(lua.BLOCK)
 
     def _call(self, fn: Callable[[], T]) -> T:
         try:
@@ -58,29 +60,42 @@ class RedisCapStore:
         except redis.exceptions.RedisError as exc:
             raise StoreUnavailable(f"cap store: {type(exc).__name__}: {exc}") from exc
 
+    def _family_keys(self, tag: str, family: Family, scope_id: str) -> list[str]:
+        return [
+            self.keys.recent(tag, family, scope_id),
+            self.keys.days(tag, family, scope_id),
+            self.keys.lifetime(tag, family, scope_id),
+        ]
+
     def _read_keys_args(self, plan: Plan) -> tuple[list[str], list[str]]:
         tag = self.keys.tag(plan.household_id, plan.user_id)
         keys: list[str] = []
-        for c in plan.counters:
-            keys.append(self.keys.events(tag, c.family, c.scope_id, c.target_id))
-            keys.append(self.keys.days(tag, c.family, c.scope_id, c.target_id))
-        keys += [self.keys.block(tag, *b) for b in plan.blocks]
-        args = [str(plan.t_us), str(len(plan.counters)), *encode(plan), str(len(plan.blocks))]
+        for lk in plan.lookups:
+            keys += self._family_keys(tag, lk.family, lk.scope_id)
+        keys += [self.keys.blocks(tag, *b) for b in plan.blocks]
+        args = [str(plan.t_us), str(len(plan.lookups)), *encode(plan)]
         return keys, args
 
     def read(self, plan: Plan, n_rules: int, n_gaps: int) -> CapReading:
         """See :class:`CapStore`."""
         keys, args = self._read_keys_args(plan)
         flat = self._call(lambda: self._read(keys=keys, args=args))
-        answers, blocks = split_answers(plan, [int(v) for v in flat])
+        answers, blocks = split_answers(plan, flat)
         return scatter(plan, answers, blocks, n_rules, n_gaps)
 
     def _record_keys_args(self, imp: Impression) -> tuple[list[str], list[str]]:
         tag = self.keys.tag(imp.household_id, imp.user_id)
         keys = [self.keys.impression(tag, imp.impression_id)]
-        for c in impression_counters(imp.ids(), imp.touchpoint, imp.slot, self.rules, self.gaps):
-            keys.append(self.keys.events(tag, c.family, c.scope_id, c.target_id))
-            keys.append(self.keys.days(tag, c.family, c.scope_id, c.target_id))
+        writes: list[str] = []
+        for family, scope_id, field in impression_writes(
+            imp.ids(), imp.touchpoint, imp.slot, self.rules, self.gaps
+        ):
+            keys += self._family_keys(tag, family, scope_id)
+            writes += [
+                "A" if family.target == "any" else "T",
+                field,
+                "1" if family in self._long else "0",
+            ]
         t = micros(imp.ts)
         args = [
             imp.impression_id,
@@ -90,6 +105,7 @@ class RedisCapStore:
             str(self.retention_s + 3_600),
             str(DAY_TTL_S),
             str(self.marker_ttl_s),
+            *writes,
         ]
         return keys, args
 
@@ -100,7 +116,11 @@ class RedisCapStore:
 
         def run() -> int:
             if isinstance(self.client, redis.cluster.RedisCluster):
-                return sum(int(self._record(*self._record_keys_args(i))) for i in impressions)
+                total = 0
+                for imp in impressions:
+                    keys, args = self._record_keys_args(imp)
+                    total += int(self._record(keys=keys, args=args))
+                return total
             pipe = self.client.pipeline(transaction=False)
             for imp in impressions:
                 keys, args = self._record_keys_args(imp)
@@ -115,34 +135,32 @@ class RedisCapStore:
         rec_keys, rec_args = self._record_keys_args(impression)
         check_args = [str(len(checks))]
         for chk in checks:
-            slot = answer_slot(plan, chk.counter, chk.kind, chk.window)
+            slot = plan.lookups[chk.lookup].slots().index((chk.kind, chk.window)) + 1
             kind = {"window": "w", "days": "d", "since": "g"}[chk.kind]
             threshold = chk.threshold * US if kind == "g" else chk.threshold
-            check_args += [str(chk.counter + 1), kind, str(slot), repr(float(threshold))]
+            check_args += [str(chk.lookup + 1), kind, str(slot), repr(float(threshold))]
         keys = read_keys + rec_keys
         args = read_args + check_args + rec_args
         return int(self._call(lambda: self._check_record(keys=keys, args=args)))
 
     def block(self, feedback: list[Feedback]) -> int:
-        """See :class:`CapStore`. Each block stores its end (event time) and expires with it."""
+        """See :class:`CapStore`. Each block stores its end (event time); a later end wins."""
         fb = self.feedback
-        sets: list[tuple[str, int]] = []
+        sets: list[tuple[str, str, int]] = []
         for f in feedback:
             target_id = f.campaign_id if fb.target == "campaign" else f.advertiser_id
             if f.kind not in fb.kinds or target_id is None:
                 continue
             tag = self.keys.tag(f.household_id, f.user_id)
             until = micros(f.ts) + fb.duration_s * US
-            sets.append((self.keys.block(tag, "user", f.user_id, fb.target, target_id), until))
+            sets.append((self.keys.blocks(tag, "user", f.user_id, fb.target), target_id, until))
             if fb.household and f.household_id:
-                key = self.keys.block(tag, "household", f.household_id, fb.target, target_id)
-                sets.append((key, until))
+                key = self.keys.blocks(tag, "household", f.household_id, fb.target)
+                sets.append((key, target_id, until))
 
         def run() -> int:
-            for key, until in sets:  # keep the latest end if blocked twice
-                current = self.client.get(key)
-                if current is None or int(current) < until:
-                    self.client.set(key, until, ex=fb.duration_s)
+            for key, field, until in sets:
+                self._block(keys=[key], args=[field, str(until), str(fb.duration_s)])
             return len(sets)
 
         return self._call(run)

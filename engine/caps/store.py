@@ -83,73 +83,85 @@ class CapReading:
     blocked: np.ndarray
 
 
-Answers = list[dict[tuple[str, int], float]]
+Answers = list[np.ndarray]  # per lookup: (fields x slots), see Lookup.slots()
 
 
 def encode(plan: Plan) -> list[str]:
-    """Per-counter READ arguments (after ``t, n``), in the order ``answer_slot`` numbers them."""
+    """READ arguments after ``t`` and the lookup count, in ``Lookup.slots`` order."""
     args: list[str] = []
     day_t = plan.t_us // (86_400 * US)
-    for k in range(len(plan.counters)):
-        windows = sorted(plan.windows[k])
+    for lk in plan.lookups:
+        args.append("A" if lk.family.target == "any" else "T")
+        args.append(str(len(lk.fields)))
+        args += lk.fields
+        windows = sorted(lk.windows)
         args.append(str(len(windows)))
         args += [str(plan.t_us - w * US) for w in windows]
-        days = sorted(plan.day_windows[k])
+        days = sorted(lk.day_windows)
         args.append(str(len(days)))
-        for d in days:
-            fields = ["L"] if d == 0 else [str(day_t - i) for i in range(d)]
-            args += [str(len(fields)), *fields]
-        args.append("1" if plan.last[k] else "0")
+        args += ["L" if d == 0 else str(day_t - d + 1) for d in days]
+        args.append("1" if lk.last else "0")
+    args.append(str(len(plan.block_fields)))
+    args += plan.block_fields
+    args.append(str(len(plan.blocks)))
     return args
 
 
-def answer_slot(plan: Plan, k: int, kind: str, window: int) -> int:
-    """1-based position of an answer among counter ``k``'s answers (windows, days, last)."""
-    windows, days = sorted(plan.windows[k]), sorted(plan.day_windows[k])
-    if kind == "window":
-        return windows.index(window) + 1
-    if kind == "days":
-        return len(windows) + days.index(window) + 1
-    return len(windows) + len(days) + 1
+def empty_answers(plan: Plan, k: int) -> np.ndarray:
+    """Answers of a lookup with no history: counts 0, latest time -1."""
+    lk = plan.lookups[k]
+    out = np.zeros((len(lk.fields), len(lk.slots())))
+    if lk.last:
+        out[:, -1] = -1.0
+    return out
 
 
 def split_answers(plan: Plan, flat: list[int]) -> tuple[Answers, np.ndarray]:
-    """Cut the READ script's flat reply into per-counter answers and block flags."""
+    """Cut the READ reply into per-lookup (fields x slots) arrays and per-field block flags.
+
+    The reply lists, per lookup, only the fields with history: ``m`` then ``m`` values made of
+    the field's 1-based index and its answers; every other field keeps the empty answers.
+    """
+    values = np.asarray(flat, dtype=np.float64)
     answers: Answers = []
     pos = 0
-    for k in range(len(plan.counters)):
-        a: dict[tuple[str, int], float] = {}
-        for w in sorted(plan.windows[k]):
-            a[("window", w)] = float(flat[pos])
-            pos += 1
-        for d in sorted(plan.day_windows[k]):
-            a[("days", d)] = float(flat[pos])
-            pos += 1
-        if plan.last[k]:
-            a[("since", 0)] = float(flat[pos])
-            pos += 1
+    for k, lk in enumerate(plan.lookups):
+        a = empty_answers(plan, k)
+        width = len(lk.slots()) + 1
+        m = int(values[pos])
+        entries = values[pos + 1 : pos + 1 + m].reshape(-1, width)
+        a[entries[:, 0].astype(np.int64) - 1] = entries[:, 1:]
         answers.append(a)
-    return answers, np.asarray(flat[pos:], dtype=bool)
+        pos += 1 + m
+    n_fields = len(plan.block_fields)
+    blocks = np.zeros(n_fields, dtype=bool)
+    if n_fields:
+        blocks = np.asarray(values[pos:].reshape(-1, n_fields).any(axis=0), dtype=bool)
+    return answers, blocks
 
 
 def scatter(
     plan: Plan, answers: Answers, blocks: np.ndarray, n_rules: int, n_gaps: int
 ) -> CapReading:
-    """Place the answers where the plan says they go."""
+    """Place the answers where the plan says they go (vectorised per target)."""
     out = {
         "exposures": np.zeros((plan.n, len(EXPOSURE_SCHEMA))),
         "rule_counts": np.full((plan.n, n_rules), np.nan),
         "gap_since": np.full((plan.n, n_gaps), np.nan),
     }
     out["exposures"][:, _SINCE_INDEX] = np.nan
-    for name, rows, col, k, kind, w in plan.targets:
-        value = answers[k][(kind, w if kind != "since" else 0)]
+    for name, col, k, kind, w in plan.targets:
+        lk = plan.lookups[k]
+        values = answers[k][:, lk.slots().index((kind, w))]
         if kind == "since":
-            value = np.nan if value < 0 else (plan.t_us - value) / US
-        out[name][rows, col] = value
+            values = np.where(values < 0, np.nan, (plan.t_us - values) / US)
+        rows = lk.rows_field
+        known = rows >= 0
+        out[name][known, col] = values[rows[known]]
     blocked = np.zeros(plan.n, dtype=bool)
-    for rows, flag in zip(plan.block_rows, blocks, strict=True):
-        blocked[rows] |= bool(flag)
+    if len(plan.block_fields):
+        known = plan.block_rows >= 0
+        blocked[known] = blocks[plan.block_rows[known]]
     return CapReading(out["exposures"], out["rule_counts"], out["gap_since"], blocked)
 
 
@@ -192,10 +204,11 @@ class CapStore(Protocol):
 
 @dataclass(frozen=True)
 class Check:
-    """One condition of an atomic check: counter ``k``'s answer ``kind``/``window`` must stay
-    below ``threshold`` (a count limit), or, for ``since``, be at least ``threshold`` seconds."""
+    """One condition of an atomic check on a one-candidate plan: lookup ``lookup``'s answer
+    ``kind``/``window`` must stay below ``threshold`` (a count limit), or, for ``since``, be at
+    least ``threshold`` seconds old."""
 
-    counter: int
+    lookup: int
     kind: str
     window: int
     threshold: float

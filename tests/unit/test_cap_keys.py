@@ -1,0 +1,37 @@
+"""The Redis key layout is a contract: these bytes must not change without a version bump."""
+
+from __future__ import annotations
+
+from engine.caps.keys import KEY_VERSION, KeySpace, escape, family_code
+from engine.caps.rules import Family
+
+
+def test_key_layout_exact_bytes() -> None:
+    ks = KeySpace("admatch")
+    tag = ks.tag("h000017", "u000042")
+    user_campaign = Family(scope="user", target="campaign")
+    boot = Family(scope="household", target="any", slot="ott_boot")
+    voice = Family(scope="user", target="any", touchpoint="ai_voice")
+    assert KEY_VERSION == 1
+    assert tag == "h=h000017"
+    assert ks.recent(tag, user_campaign, "u000042") == "admatch:v1:{h=h000017}:r:u.cmp:u000042"
+    assert ks.days(tag, boot, "h000017") == "admatch:v1:{h=h000017}:d:h.any.sl=ott_boot:h000017"
+    assert (
+        ks.lifetime(tag, voice, "u000042") == "admatch:v1:{h=h000017}:l:u.any.tp=ai_voice:u000042"
+    )
+    assert ks.blocks(tag, "household", "h:17", "advertiser") == (
+        "admatch:v1:{h=h000017}:b:h:h%3A17:adv"
+    )
+    assert ks.impression(tag, "imp-1") == "admatch:v1:{h=h000017}:i:imp-1"
+    assert ks.tag(None, "u:{x}") == "u=u%3A%7Bx%7D"
+
+
+def test_ids_never_collide_or_break_the_hash_tag() -> None:
+    assert escape("a:b") != escape("a%3Ab")
+    assert "{" not in escape("{evil}") and "}" not in escape("{evil}")
+    codes = {
+        family_code(Family(scope=s, target=t))
+        for s in ("user", "household", "device")
+        for t in ("creative", "ad", "campaign", "advertiser", "category", "any")
+    }
+    assert len(codes) == 18
