@@ -35,23 +35,7 @@ from features.schema import CANDIDATE_COLUMNS
 
 def impressions(log: pl.DataFrame) -> list[Impression]:
     shown = log.filter("shown")
-    return [
-        Impression(
-            f"i{k}",
-            r["ts"],
-            r["user_id"],
-            r["touchpoint"],
-            r["slot"],
-            r["ad_id"],
-            r["household_id"],
-            r["device_id"],
-            r["creative_id"],
-            r["campaign_id"],
-            r["advertiser_id"],
-            r["category"],
-        )
-        for k, r in enumerate(shown.iter_rows(named=True))
-    ]
+    return [Impression.from_row(f"i{k}", r) for k, r in enumerate(shown.iter_rows(named=True))]
 
 
 def requests(log: pl.DataFrame, n: int, count: int) -> list[tuple[RequestContext, dict]]:

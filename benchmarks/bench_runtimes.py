@@ -16,7 +16,7 @@ import numpy as np
 
 from engine.model.runtime import LightGBMPredictor, LleavesPredictor
 
-from .bench_scoring import timed
+from .bench_features import timings as timed
 
 
 def main() -> None:

@@ -16,8 +16,7 @@ import argparse
 import itertools
 import os
 import platform
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -31,18 +30,7 @@ from engine.scoring.types import ScoreRequest
 from features.logio import read_log
 
 from .bench_features import requests as feature_requests
-
-
-def timed(fn: Callable[[], object], repeat: int) -> np.ndarray:
-    """Seconds per call after two warm-up calls."""
-    fn()
-    fn()
-    out = np.empty(repeat)
-    for i in range(repeat):
-        start = time.perf_counter()
-        fn()
-        out[i] = time.perf_counter() - start
-    return out
+from .bench_features import timings as timed
 
 
 def score_requests(log_path: Path, n: int, count: int, seed: int) -> list[ScoreRequest]:

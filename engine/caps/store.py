@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -37,6 +37,24 @@ class Impression:
     campaign_id: str | None = None
     advertiser_id: str | None = None
     category: str | None = None
+
+    @classmethod
+    def from_row(cls, impression_id: str, row: dict[str, Any]) -> Impression:
+        """The impression of a shown log row (a dict of its columns)."""
+        return cls(
+            impression_id,
+            row["ts"],
+            row["user_id"],
+            row["touchpoint"],
+            row["slot"],
+            row["ad_id"],
+            row.get("household_id"),
+            row.get("device_id"),
+            row.get("creative_id"),
+            row.get("campaign_id"),
+            row.get("advertiser_id"),
+            row.get("category"),
+        )
 
     def ids(self) -> dict[str, str | None]:
         """The id columns by schema name."""

@@ -58,23 +58,7 @@ def test_store_exposures_equal_offline_features(world: GeneratedLog, url: str) -
     gate = CapGate(store, CAPS, 7 * 86_400, fail_open=False)
     shown = log.filter("shown").sample(fraction=1.0, shuffle=True, seed=1)
     store.record(
-        [
-            Impression(
-                f"imp{i}",
-                r["ts"],
-                r["user_id"],
-                r["touchpoint"],
-                r["slot"],
-                r["ad_id"],
-                r["household_id"],
-                r["device_id"],
-                r["creative_id"],
-                r["campaign_id"],
-                r["advertiser_id"],
-                r["category"],
-            )
-            for i, r in enumerate(shown.iter_rows(named=True))
-        ]
+        [Impression.from_row(f"imp{i}", r) for i, r in enumerate(shown.iter_rows(named=True))]
     )
     offline = point_in_time_exposures(log.lazy()).collect()
     expected = offline.select(EXPOSURE_SCHEMA.names()).to_numpy().astype(float)
