@@ -7,8 +7,9 @@ Layout (``P`` = configured prefix, ``T`` = hash tag, ``FAM`` = counter family, `
 Each key is a hash whose fields are target ids (``*`` for the target any), so one HMGET reads a
 family for all of a request's candidates:
 
-* ``P:v1:{T}:r:FAM:S``  field -> the target's impression times (epoch microseconds, comma
-  separated) within the retention (7 days by default): exact rolling windows.
+* ``P:v1:{T}:r:FAM:S``  field -> the target's impression times within the retention (7 days by
+  default): sorted 16-digit zero-padded epoch microseconds, concatenated; exact rolling windows.
+  (For the target any, a sorted set: member impression id, score time.)
 * ``P:v1:{T}:d:FAM:S``  field -> ``day:count`` pairs (days since epoch, UTC), 181 days: windows
   up to 180 days, exact to the day.
 * ``P:v1:{T}:l:FAM:S``  field -> lifetime count.

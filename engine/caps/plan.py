@@ -176,8 +176,10 @@ def plan_request(
 def _plan_blocks(
     plan: Plan, context: RequestContext, candidates: CandidateColumns, fb: FeedbackBlock
 ) -> None:
-    fields, rows_field = _fields(_ids(candidates, TARGET_COLUMN[fb.target], plan.n), False, plan.n)
-    plan.block_fields, plan.block_rows = fields, rows_field
+    column = str(TARGET_COLUMN[fb.target])
+    if column not in plan._fields:
+        plan._fields[column] = _fields(_ids(candidates, column, plan.n), False, plan.n)
+    plan.block_fields, plan.block_rows = plan._fields[column]
     plan.blocks.append(("user", context.user_id, fb.target))
     if fb.household and context.household_id:
         plan.blocks.append(("household", context.household_id, fb.target))

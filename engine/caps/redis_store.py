@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -73,8 +74,7 @@ class RedisCapStore:
         for lk in plan.lookups:
             keys += self._family_keys(tag, lk.family, lk.scope_id)
         keys += [self.keys.blocks(tag, *b) for b in plan.blocks]
-        args = [str(plan.t_us), str(len(plan.lookups)), *encode(plan)]
-        return keys, args
+        return keys, [encode(plan)]
 
     def read(self, plan: Plan, n_rules: int, n_gaps: int) -> CapReading:
         """See :class:`CapStore`."""
@@ -133,14 +133,14 @@ class RedisCapStore:
         """See :class:`CapStore`."""
         read_keys, read_args = self._read_keys_args(plan)
         rec_keys, rec_args = self._record_keys_args(impression)
-        check_args = [str(len(checks))]
+        encoded = []
         for chk in checks:
             slot = plan.lookups[chk.lookup].slots().index((chk.kind, chk.window)) + 1
             kind = {"window": "w", "days": "d", "since": "g"}[chk.kind]
             threshold = chk.threshold * US if kind == "g" else chk.threshold
-            check_args += [str(chk.lookup + 1), kind, str(slot), repr(float(threshold))]
+            encoded.append([chk.lookup + 1, kind, slot, threshold])
         keys = read_keys + rec_keys
-        args = read_args + check_args + rec_args
+        args = [*read_args, json.dumps(encoded), *rec_args]
         return int(self._call(lambda: self._check_record(keys=keys, args=args)))
 
     def block(self, feedback: list[Feedback]) -> int:

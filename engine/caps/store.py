@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -104,25 +105,37 @@ class CapReading:
 Answers = list[np.ndarray]  # per lookup: (fields x slots), see Lookup.slots()
 
 
-def encode(plan: Plan) -> list[str]:
-    """READ arguments after ``t`` and the lookup count, in ``Lookup.slots`` order."""
-    args: list[str] = []
+def encode(plan: Plan) -> str:
+    """The READ request as JSON (see ``lua.py``), each distinct field list sent once."""
+    field_sets: list[list[str]] = []
+    index: dict[int, int] = {}
+
+    def field_set(fields: list[str]) -> int:
+        if id(fields) not in index:  # lookups of one id column share its list object
+            index[id(fields)] = len(field_sets)
+            field_sets.append(fields)
+        return index[id(fields)]
+
     day_t = plan.t_us // (86_400 * US)
-    for lk in plan.lookups:
-        args.append("A" if lk.family.target == "any" else "T")
-        args.append(str(len(lk.fields)))
-        args += lk.fields
-        windows = sorted(lk.windows)
-        args.append(str(len(windows)))
-        args += [str(plan.t_us - w * US) for w in windows]
-        days = sorted(lk.day_windows)
-        args.append(str(len(days)))
-        args += ["L" if d == 0 else str(day_t - d + 1) for d in days]
-        args.append("1" if lk.last else "0")
-    args.append(str(len(plan.block_fields)))
-    args += plan.block_fields
-    args.append(str(len(plan.blocks)))
-    return args
+    lookups = [
+        {
+            "k": "A" if lk.family.target == "any" else "T",
+            "f": field_set(lk.fields),
+            "w": [plan.t_us - w * US for w in sorted(lk.windows)],
+            "d": [-1 if d == 0 else day_t - d + 1 for d in sorted(lk.day_windows)],
+            "l": 1 if lk.last else 0,
+        }
+        for lk in plan.lookups
+    ]
+    blocks = field_set(plan.block_fields) if plan.block_fields else -1
+    request = {
+        "t": plan.t_us,
+        "fs": field_sets,
+        "lk": lookups,
+        "bf": blocks,
+        "nb": len(plan.blocks),
+    }
+    return json.dumps(request, separators=(",", ":"))
 
 
 def empty_answers(plan: Plan, k: int) -> np.ndarray:
