@@ -99,7 +99,9 @@ def conform(frame: pl.LazyFrame) -> pl.LazyFrame:
         )
     exprs = []
     for col in COLUMNS:
-        if col.name in schema:
+        if col.name in schema and schema[col.name] == col.dtype:
+            exprs.append(pl.col(col.name))  # already right: no cast (a list cast copies)
+        elif col.name in schema:
             _check_dtype(col, schema[col.name])
             exprs.append(_coerce_expr(col, schema[col.name]).alias(col.name))
         else:
