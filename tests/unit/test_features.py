@@ -332,3 +332,11 @@ def test_online_with_no_history_has_zero_counts(core: FeatureCore) -> None:
     assert out.select(COUNT_COLUMNS).sum_horizontal().to_list() == [0, 0]
     assert out["since_user_campaign_s"].to_list() == [None, None]
     assert out["expected_value"][0] == pytest.approx(1.0 / 1000)
+
+
+def test_docs_list_every_feature_with_its_dtype() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "features.md").read_text()
+    for feature in FEATURES:
+        assert f"| `{feature.name}` | {feature.dtype} |" in doc, feature.name
