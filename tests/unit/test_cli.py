@@ -1,0 +1,79 @@
+"""The command line: every command's help, and the commands not covered elsewhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from engine.cli import app
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "scoring"
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "command", ["gen-logs", "import-log", "summary", "features", "quickstart", "train", "decide"]
+)
+def test_every_command_has_help(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_summary_and_features(model_log: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["summary", "--log", str(model_log)])
+    assert result.exit_code == 0, result.output
+    assert "60,000 rows" in result.output and "ott_preroll" in result.output
+    out = tmp_path / "features.parquet"
+    result = runner.invoke(app, ["features", "--log", str(model_log), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    frame = pl.read_parquet(out)
+    assert len(frame) == 60_000 and "interest_affinity" in frame.columns
+    assert (tmp_path / "features.parquet.stats" / "feature_stats.json").exists()
+
+
+def test_quickstart_runs_the_main_job(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["quickstart", "--rows", "5000", "--dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "log.parquet").exists() and (tmp_path / "features.parquet").exists()
+    assert "per slot" in result.output
+
+
+def test_decide_prints_a_table_and_json(model_dir: Path, tmp_path: Path) -> None:
+    request = GOLDEN / "exemplary" / "ott_preroll_pod.json"
+    body = json.loads(request.read_text())["request"]
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(body))
+    result = runner.invoke(app, ["decide", "--model", str(model_dir), "--request", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "COMPETITIVE_SEPARATION" in result.output and "g-preroll" in result.output
+    result = runner.invoke(
+        app, ["decide", "--model", str(model_dir), "--request", str(path), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["request_id"] == "g-preroll" and len(doc["candidates"]) == 5
+
+
+def test_decide_reports_bad_input(model_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        json.dumps(
+            {
+                "request_id": "r",
+                "ts": "2026-03-03T12:00:00+00:00",
+                "user_id": "u",
+                "touchpoint": "ott",
+                "slot": "ott_pause",
+                "candidates": [],
+            }
+        )
+    )
+    result = runner.invoke(app, ["decide", "--model", str(model_dir), "--request", str(bad)])
+    assert result.exit_code == 2
+    assert "requests[0].candidates: empty" in result.output
+    result = runner.invoke(app, ["decide", "--model", str(tmp_path), "--request", str(bad)])
+    assert result.exit_code == 2 and "metadata.json" in result.output
