@@ -22,7 +22,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(width=None if Console().is_terminal else 140)
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # errors are never wrapped
 F = TypeVar("F", bound=Callable[..., Any])
 
 

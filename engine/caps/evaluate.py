@@ -26,9 +26,10 @@ def subject_to_caps(plan: Plan) -> np.ndarray:
     """Candidates some cap, gap or block applies to: the ones to refuse when the store is down
     and the config fails closed."""
     subject = np.zeros(plan.n, dtype=bool)
-    for name, _col, k, *_ in plan.targets:
+    for name, _col, k, _kind, _w, only in plan.targets:
         if name in ("rule_counts", "gap_since"):
-            subject |= plan.lookups[k].rows_field >= 0
+            rows = plan.lookups[k].rows_field
+            subject |= rows >= 0 if only < 0 else rows == only
     return subject | (plan.block_rows >= 0)
 
 
@@ -36,7 +37,7 @@ def checks(plan: Plan, rules: Sequence[CapRule], gaps: Sequence[GapRule]) -> lis
     """The atomic checks of ``check_and_record`` for a one-candidate plan, same rules as
     :func:`capped`: a count must stay below its limit, a gap at least its minimum."""
     out = []
-    for name, col, k, kind, window in plan.targets:
+    for name, col, k, kind, window, _only in plan.targets:
         if not plan.lookups[k].fields:  # the candidate has no id for this family
             continue
         if name == "rule_counts":

@@ -7,14 +7,15 @@ capped) or open (nothing is capped, exposures count as zero), and counts the eve
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from engine.caps import evaluate
-from engine.caps.plan import plan_request
-from engine.caps.rules import CapsConfig
+from engine.caps.plan import Plan, plan_request
+from engine.caps.rules import CampaignCaps, CapRule, CapsConfig
 from engine.caps.store import CapStore, Feedback, Impression, StoreUnavailable
 from engine.scoring.types import ScoreRequest
 from features.exposure import EXPOSURE_SCHEMA, SINCE_COLUMNS
@@ -45,56 +46,68 @@ class CapGate:
         self.fail_open = fail_open
         self.errors = 0
 
-    def read(self, context: RequestContext, candidates: CandidateColumns) -> GateReading:
-        """One round trip: exposure counts and which candidates the caps refuse."""
-        plan = plan_request(
-            context,
-            candidates,
-            self.caps.rules,
-            self.caps.min_gaps,
-            self.caps.feedback,
-            self.retention_s,
+    def rules(self, campaign_caps: CampaignCaps | None = None) -> list[CapRule]:
+        """The global rules plus the campaigns' own caps (each bound to its campaign)."""
+        own = [
+            rule.model_copy(update={"campaign_id": campaign, "target": "campaign"})
+            for campaign, caps in (campaign_caps or {}).items()
+            for rule in caps
+        ]
+        return [*self.caps.rules, *own]
+
+    def _plan(
+        self, context: RequestContext, candidates: CandidateColumns, rules: list[CapRule]
+    ) -> Plan:
+        caps = self.caps
+        return plan_request(
+            context, candidates, rules, caps.min_gaps, caps.feedback, self.retention_s
         )
+
+    def read(
+        self,
+        context: RequestContext,
+        candidates: CandidateColumns,
+        campaign_caps: CampaignCaps | None = None,
+    ) -> GateReading:
+        """One round trip: exposure counts and which candidates the caps refuse. Campaigns'
+        own caps add to the global rules; the strictest applicable rule decides."""
+        rules = self.rules(campaign_caps)
+        plan = self._plan(context, candidates, rules)
         try:
-            reading = self.store.read(plan, len(self.caps.rules), len(self.caps.min_gaps))
+            reading = self.store.read(plan, len(rules), len(self.caps.min_gaps))
         except StoreUnavailable as exc:
             self.errors += 1
-            log.warning(
-                "cap store unavailable, failing %s: %s", "open" if self.fail_open else "closed", exc
-            )
+            mode = "open" if self.fail_open else "closed"
+            log.warning("cap store unavailable, failing %s: %s", mode, exc)
             unknown = (
                 np.zeros(plan.n, dtype=bool) if self.fail_open else evaluate.subject_to_caps(plan)
             )
             return GateReading(np.tile(_NO_HISTORY, (plan.n, 1)), unknown, False)
-        capped = evaluate.capped(reading, self.caps.rules, self.caps.min_gaps)
+        capped = evaluate.capped(reading, rules, self.caps.min_gaps)
         return GateReading(reading.exposures, capped, True)
 
     def prepare(self, request: ScoreRequest) -> ScoreRequest:
         """The request with the store's exposures and cap decision filled in."""
-        reading = self.read(request.context, request.candidates)
-        return ScoreRequest(
-            request.context, request.candidates, reading.exposures, request.pod, reading.capped
-        )
+        reading = self.read(request.context, request.candidates, request.campaign_caps)
+        return dataclasses.replace(request, exposures=reading.exposures, capped=reading.capped)
 
     def reserve(
-        self, context: RequestContext, candidate: CandidateColumns, impression: Impression
+        self,
+        context: RequestContext,
+        candidate: CandidateColumns,
+        impression: Impression,
+        campaign_caps: CampaignCaps | None = None,
     ) -> bool:
         """Atomically re-check the caps of one selected candidate and record its impression.
 
         Returns False when a cap, gap or block refuses it now (another server got there first)
         or the store is unavailable and the gate fails closed.
         """
-        plan = plan_request(
-            context,
-            candidate,
-            self.caps.rules,
-            self.caps.min_gaps,
-            self.caps.feedback,
-            self.retention_s,
-        )
+        rules = self.rules(campaign_caps)
+        plan = self._plan(context, candidate, rules)
         try:
             result = self.store.check_and_record(
-                impression, plan, evaluate.checks(plan, self.caps.rules, self.caps.min_gaps)
+                impression, plan, evaluate.checks(plan, rules, self.caps.min_gaps)
             )
         except StoreUnavailable:
             self.errors += 1

@@ -66,8 +66,9 @@ class Lookup:
 class Plan:
     """Lookups for one request and where their answers go.
 
-    ``targets``: (output name, column, lookup index, answer kind, window) -- every candidate of
-    the lookup with a field gets that answer in that column. Outputs: ``exposures`` (n x 30, the
+    ``targets``: (output name, column, lookup index, answer kind, window, only) -- every
+    candidate of the lookup with a field gets that answer in that column; with ``only`` >= 0,
+    only the candidates of that field (a campaign's own cap). Outputs: ``exposures`` (n x 30, the
     feature core's EXPOSURE_SCHEMA), ``rule_counts`` (n x rules, NaN where a rule does not apply),
     ``gap_since`` (n x gaps), and ``blocked`` from ``blocks`` (scope, scope id, target, ids).
     """
@@ -77,7 +78,7 @@ class Plan:
     user_id: str
     household_id: str | None
     lookups: list[Lookup] = field(default_factory=list)
-    targets: list[tuple[str, int, int, str, int]] = field(default_factory=list)
+    targets: list[tuple[str, int, int, str, int, int]] = field(default_factory=list)
     blocks: list[tuple[str, str, str]] = field(default_factory=list)
     block_fields: list[str] = field(default_factory=list)
     block_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
@@ -143,32 +144,37 @@ def plan_request(
         for window, seconds in WINDOWS_S.items():
             plan.lookups[k].windows.add(seconds)
             col = _EXPOSURE_INDEX[count_column(fam.scope, fam.target, window)]
-            plan.targets.append(("exposures", col, k, "window", seconds))
+            plan.targets.append(("exposures", col, k, "window", seconds, -1))
         if fam.target == "campaign":
             plan.lookups[k].last = True
             plan.targets.append(
-                ("exposures", _EXPOSURE_INDEX[since_column(fam.scope)], k, "since", 0)
+                ("exposures", _EXPOSURE_INDEX[since_column(fam.scope)], k, "since", 0, -1)
             )
     for j, rule in enumerate(rules):
         if (
             rule.matches(context.touchpoint, context.slot)
             and (k := lookup(rule.family())) is not None
         ):
+            only = -1
+            if rule.campaign_id is not None:
+                if rule.campaign_id not in plan.lookups[k].fields:
+                    continue  # none of this campaign's ads is a candidate
+                only = plan.lookups[k].fields.index(rule.campaign_id)
             w = rule.window_s
             if w is not None and w <= retention_s:
                 plan.lookups[k].windows.add(w)
-                plan.targets.append(("rule_counts", j, k, "window", w))
+                plan.targets.append(("rule_counts", j, k, "window", w, only))
             else:
                 days = 0 if w is None else -(-w // 86_400)
                 plan.lookups[k].day_windows.add(days)
-                plan.targets.append(("rule_counts", j, k, "days", days))
+                plan.targets.append(("rule_counts", j, k, "days", days, only))
     for j, gap in enumerate(gaps):
         if (
             gap.matches(context.touchpoint, context.slot)
             and (k := lookup(gap.family())) is not None
         ):
             plan.lookups[k].last = True
-            plan.targets.append(("gap_since", j, k, "since", 0))
+            plan.targets.append(("gap_since", j, k, "since", 0, -1))
     _plan_blocks(plan, context, candidates, feedback)
     return plan
 

@@ -48,8 +48,11 @@ class RedisCapStore:
         self.retention_s = retention_s
         self.marker_ttl_s = marker_ttl_s
         self._on_close = on_close
-        # Families that keep day and lifetime counts: those a long-window rule reads.
-        self._long = {r.family() for r in rules if r.window_s is None or r.window_s > retention_s}
+        # Families that keep day and lifetime counts: those a long-window rule reads, and the
+        # campaign families, since campaigns may bring their own long caps with a request.
+        long_rules = {r.family() for r in rules if r.window_s is None or r.window_s > retention_s}
+        campaigns = {Family(scope=s, target="campaign") for s in ("user", "household", "device")}
+        self._long = long_rules | campaigns
         self._read = client.register_script(lua.READ)
         self._record = client.register_script(lua.RECORD)
         self._check_record = client.register_script(lua.CHECK_RECORD)

@@ -11,6 +11,7 @@ is capped as soon as one applicable rule says so.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -85,9 +86,14 @@ class CapRule(Family):
     name: str = ""
     window: str = Field(description="rolling window: 90m, 24h, 30d (<= 180d) or lifetime")
     limit: int = Field(ge=1)
+    campaign_id: str | None = Field(
+        None, description="a campaign's own cap (carried by a request): only its candidates"
+    )
 
     @model_validator(mode="after")
     def _window(self) -> CapRule:
+        if self.campaign_id is not None and self.target != "campaign":
+            raise ValueError("a campaign's own cap must have target campaign")
         if self.window != "lifetime":
             seconds = parse_duration(self.window)
             if seconds > MAX_WINDOW_S:
@@ -98,6 +104,9 @@ class CapRule(Family):
     def window_s(self) -> int | None:
         """Window in seconds; ``None`` for lifetime."""
         return None if self.window == "lifetime" else parse_duration(self.window)
+
+
+CampaignCaps = Mapping[str, Sequence[CapRule]]  # a request's campaigns' own caps, by campaign id
 
 
 class GapRule(Family):

@@ -181,13 +181,13 @@ def scatter(
         "gap_since": np.full((plan.n, n_gaps), np.nan),
     }
     out["exposures"][:, _SINCE_INDEX] = np.nan
-    for name, col, k, kind, w in plan.targets:
+    for name, col, k, kind, w, only in plan.targets:
         lk = plan.lookups[k]
         values = answers[k][:, lk.slots().index((kind, w))]
         if kind == "since":
             values = np.where(values < 0, np.nan, (plan.t_us - values) / US)
         rows = lk.rows_field
-        known = rows >= 0
+        known = rows >= 0 if only < 0 else rows == only
         out[name][known, col] = values[rows[known]]
     blocked = np.zeros(plan.n, dtype=bool)
     if len(plan.block_fields):

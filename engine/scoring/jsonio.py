@@ -4,7 +4,8 @@ A request is an object with the request fields of the log schema (``ts`` as ISO 
 zone), an optional ``pod`` (``max_ads``, ``max_total_duration_s``) and ``candidates``: a list of
 objects with the candidate fields and, optionally, ``exposures``: the candidate's non-zero
 exposure counts and recencies by column name (see ``docs/features.md``); absent counts are 0 and
-absent recencies null.
+absent recencies null. ``campaign_caps`` (optional) maps a campaign id to its own cap rules,
+e.g. ``{"c1": [{"scope": "user", "window": "24h", "limit": 2}]}``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
+from engine.caps.rules import CapRule
 from engine.errors import InvalidArgument
 from engine.scoring.types import Decision, PodLimits, ScoreRequest
 from features.exposure import EXPOSURE_SCHEMA, SINCE_COLUMNS
@@ -72,7 +75,24 @@ def request_from_json(doc: dict[str, Any]) -> ScoreRequest:
         candidates=columns,
         exposures=_exposures(candidates),
         pod=PodLimits(**pod) if pod else None,
+        campaign_caps=_campaign_caps(doc.get("campaign_caps") or {}),
     )
+
+
+def _campaign_caps(doc: dict[str, Any]) -> dict[str, list[CapRule]]:
+    """``{"campaign_id": [{"scope": "user", "window": "24h", "limit": 2}]}`` -> rules."""
+    out: dict[str, list[CapRule]] = {}
+    for campaign, rules in doc.items():
+        out[campaign] = []
+        for i, rule in enumerate(rules):
+            try:
+                out[campaign].append(
+                    CapRule.model_validate({"target": "campaign", **rule, "campaign_id": campaign})
+                )
+            except ValidationError as exc:
+                problem = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                raise InvalidArgument(f"request.campaign_caps.{campaign}[{i}]", problem) from exc
+    return out
 
 
 def decision_to_json(decision: Decision) -> dict[str, Any]:

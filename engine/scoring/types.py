@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.caps.rules import CampaignCaps
 from engine.config import COST_COMPONENTS
 from engine.errors import InvalidArgument
 from features.online import CandidateColumns, RequestContext
@@ -47,6 +48,8 @@ class ScoreRequest:
         pod: capacity override; ``None`` uses the slot's config.
         capped: per candidate, whether the cap store's rules refuse it (see
             ``engine.caps.gate``); ``None``: judge only the caps the exposures express.
+        campaign_caps: campaigns' own caps (by campaign id), added to the global rules by the
+            cap gate.
     """
 
     context: RequestContext
@@ -54,6 +57,7 @@ class ScoreRequest:
     exposures: np.ndarray | None = None
     pod: PodLimits | None = None
     capped: np.ndarray | None = None
+    campaign_caps: CampaignCaps | None = None
 
     def validate(self, where: str = "request") -> None:
         """Reject what the feature core would not catch, naming the field.

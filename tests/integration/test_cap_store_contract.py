@@ -353,3 +353,43 @@ def test_every_key_expires(backend: tuple[str, Factory, Any]) -> None:
     assert len(keys) > 20
     ttls = [client.ttl(k) for k in keys]
     assert all(t > 0 for t in ttls), [k for k, t in zip(keys, ttls, strict=True) if t <= 0]
+
+
+def test_campaigns_bring_their_own_caps(backend: tuple[str, Factory, Any]) -> None:
+    """A request's campaign caps add to the global ones; the strictest decides; they bind only
+    their own campaign, and long windows work too."""
+    store = backend[1]()
+    store.record(
+        [
+            imp(1, -10 * 1440, campaign_id="c1", advertiser_id="v1"),
+            imp(2, -20, campaign_id="c2", advertiser_id="v2"),
+        ]
+    )
+    ctx = RequestContext("r", T0, "u1", "ott", "ott_pause", household_id="h1", device_id="tv1")
+    cands: dict[str, list[Any]] = {
+        "ad_id": ["a1", "a2", "a3"],
+        "campaign_id": ["c1", "c2", "c3"],
+        "advertiser_id": ["w1", "w2", "w3"],
+        "creative_id": ["k1", "k2", "k3"],
+        "category": ["x1", "x2", "x3"],
+        "format": ["image"] * 3,
+        "bid": [1.0] * 3,
+        "pricing": ["cpm"] * 3,
+    }
+    g = gate(store)
+    assert not g.read(ctx, cands).capped.any()  # global rules alone allow all three
+    own = {
+        "c1": [CapRule(scope="user", target="campaign", window="30d", limit=1)],
+        "c2": [CapRule(scope="household", target="campaign", window="1h", limit=1)],
+        "c3": [CapRule(scope="user", target="campaign", window="1h", limit=1)],
+    }
+    assert g.read(ctx, cands, own).capped.tolist() == [True, True, False]
+    event = imp(3, 0, campaign_id="c3", creative_id="k3", advertiser_id="w3", category="x3")
+    single = {k: v[2:] for k, v in cands.items()}
+    assert g.reserve(ctx, single, event, own)
+    assert not g.reserve(
+        ctx,
+        single,
+        imp(4, 0, campaign_id="c3", creative_id="k3", advertiser_id="w3", category="x3"),
+        own,
+    )

@@ -370,3 +370,30 @@ def test_batch_equals_one_at_a_time(scorer: Scorer) -> None:
         single = scorer.score(req)
         assert single.selected == d.selected and np.allclose(single.utility, d.utility)
         assert d.request_id == req.context.request_id
+
+
+def test_json_campaign_caps_are_parsed_and_checked() -> None:
+    from engine.scoring.jsonio import request_from_json
+
+    doc: dict[str, Any] = {
+        "request_id": "r",
+        "ts": "2026-03-03T20:15:00+00:00",
+        "user_id": "u",
+        "touchpoint": "ott",
+        "slot": "ott_pause",
+        "candidates": [cand("a")],
+        "campaign_caps": {"cmp_a": [{"scope": "household", "window": "7d", "limit": 2}]},
+    }
+    req = request_from_json(doc)
+    assert req.campaign_caps is not None
+    (rule,) = req.campaign_caps["cmp_a"]
+    assert (rule.campaign_id, rule.target, rule.scope, rule.limit) == (
+        "cmp_a",
+        "campaign",
+        "household",
+        2,
+    )
+    doc["campaign_caps"] = {"cmp_a": [{"scope": "planet", "window": "7d", "limit": 2}]}
+    with pytest.raises(InvalidArgument) as info:
+        request_from_json(doc)
+    assert info.value.field == "request.campaign_caps.cmp_a[0]"
