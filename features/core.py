@@ -85,6 +85,8 @@ class FeatureCore:
             raise ValueError("passthrough features must be the exposure columns, in order")
         self._computed = [f.expr(params) for f in computed]
         self._all = [f.expr(params) for f in feature_order(registry)]
+        # the input columns the computed features read: online, only these are built
+        self._inputs = set().union(*(e.meta.root_names() for e in self._computed))
         self.names = [f.name for f in feature_order(registry)]
 
     @property
@@ -120,7 +122,7 @@ class FeatureCore:
             exposures: per request, an (n, k) matrix of ``EXPOSURE_SCHEMA`` columns for its n
                 candidates, or ``None`` for no history; ``None`` for all.
         """
-        rows = assemble(requests, candidates)
+        rows = assemble(requests, candidates, self._inputs)
         sizes = candidate_counts(candidates)
         exp = exposure_matrix(exposures or [None] * len(requests), sizes)
         return FeatureBatch(rows.select_seq(self._computed), exp, self.names, rows)

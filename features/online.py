@@ -8,7 +8,7 @@ over candidates; the loops here are over requests and columns.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from itertools import chain
@@ -78,9 +78,14 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 
 
-def _request_frame(requests: Sequence[RequestContext]) -> pl.DataFrame:
+def _request_frame(requests: Sequence[RequestContext], needed: Collection[str]) -> pl.DataFrame:
+    for r in requests:  # checked even when no feature reads the time
+        if not isinstance(r.ts, datetime) or r.ts.tzinfo is None:
+            raise InvalidArgument("request.ts", f"must be a UTC-aware datetime, got {r.ts!r}")
     cols = []
     for name in REQUEST_FIELDS:
+        if name not in needed:
+            continue
         values = [getattr(r, name) for r in requests]
         if name == "user_interests":
             values = [list(v) for v in values]
@@ -88,7 +93,9 @@ def _request_frame(requests: Sequence[RequestContext]) -> pl.DataFrame:
     return pl.DataFrame(cols)
 
 
-def _candidate_frame(candidates: Sequence[CandidateColumns], n: int) -> pl.DataFrame:
+def _candidate_frame(
+    candidates: Sequence[CandidateColumns], n: int, needed: Collection[str]
+) -> pl.DataFrame:
     for i, cand in enumerate(candidates):
         for name in REQUIRED_CANDIDATE_COLUMNS:
             if name not in cand:
@@ -100,6 +107,8 @@ def _candidate_frame(candidates: Sequence[CandidateColumns], n: int) -> pl.DataF
             )
     cols = []
     for name in CANDIDATE_COLUMNS:
+        if name not in needed:
+            continue
         if len(candidates) == 1 and name in candidates[0]:
             values: Any = candidates[0][name]
         elif all(name in c for c in candidates):
@@ -141,9 +150,12 @@ _NO_HISTORY_ROW = np.array([[np.nan if name in SINCE_COLUMNS else 0.0 for name i
 
 
 def assemble(
-    requests: Sequence[RequestContext], candidates: Sequence[CandidateColumns]
+    requests: Sequence[RequestContext],
+    candidates: Sequence[CandidateColumns],
+    columns: Collection[str] = (*REQUEST_FIELDS, *CANDIDATE_COLUMNS),
 ) -> pl.DataFrame:
-    """Rows (one per candidate) of many requests, in schema dtypes.
+    """Rows (one per candidate) of many requests, in schema dtypes: the given ``columns``
+    (default all; the feature core asks for the ones its expressions read).
 
     Args:
         requests: the requests, in order.
@@ -157,13 +169,14 @@ def assemble(
     if len(candidates) != len(requests):
         raise InvalidArgument("candidates", "one candidate set per request is required")
     sizes = candidate_counts(candidates)
-    req = _request_frame(requests)
+    req = _request_frame(requests, columns)
     if len(requests) == 1:  # broadcast: cheaper than a gather for one request
         broadcast = [s.new_from_index(0, sizes[0]) for s in req.get_columns()]
     else:
         owner = pl.Series(np.repeat(np.arange(len(requests), dtype=np.uint32), sizes))
         broadcast = req[owner].get_columns()
-    return pl.DataFrame(broadcast + _candidate_frame(candidates, sum(sizes)).get_columns())
+    cands = _candidate_frame(candidates, sum(sizes), columns)
+    return pl.DataFrame(broadcast + cands.get_columns())
 
 
 def candidate_counts(candidates: Sequence[CandidateColumns]) -> list[int]:
