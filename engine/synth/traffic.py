@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 
 from engine.synth.params import TOUCHPOINT_FORMATS, WorldParams
-from engine.synth.world import Population, _choice
+from engine.synth.world import Population, choice
 
 _US_PER_S = 1_000_000
 
@@ -34,7 +34,7 @@ def build_requests(
     touchpoint's daily rhythm and ``ts`` is that local time converted to UTC.
     """
     users = pop.users
-    touchpoint = _choice(rng, params.touchpoint_mix, n)
+    touchpoint = choice(rng, params.touchpoint_mix, n)
     rate = users["activity_rate"].to_numpy()
     u = rng.choice(len(users), size=n, p=rate / rate.sum())
     hour = np.empty(n, dtype=np.int64)
@@ -46,13 +46,13 @@ def build_requests(
         k = int(m.sum())
         w = np.asarray(params.hour_weights[tp], dtype=float)
         hour[m] = rng.choice(24, size=k, p=w / w.sum())
-        slot[m] = _choice(rng, params.slot_mix[tp], k)
-        scene[m] = _choice(rng, _SCENES[tp], k)
+        slot[m] = choice(rng, params.slot_mix[tp], k)
+        scene[m] = choice(rng, _SCENES[tp], k)
     scene[(scene == "family") & (size == 1)] = "personal"
     rating = np.empty(n, dtype=object)
     for sc, mix in _RATINGS.items():
         m = scene == sc
-        rating[m] = _choice(rng, mix, int(m.sum()))
+        rating[m] = choice(rng, mix, int(m.sum()))
     day = rng.integers(0, params.days, size=n)
     within_hour_us = rng.integers(0, 3600 * _US_PER_S, size=n)
     offset_us = (users["utc_offset_h"].to_numpy()[u] * 3600 * _US_PER_S).astype(np.int64)

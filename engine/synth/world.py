@@ -28,7 +28,8 @@ def _id_expr(prefix: str, col: str, width: int) -> pl.Expr:
     return pl.concat_str(pl.lit(prefix), pl.col(col).cast(pl.String).str.zfill(width))
 
 
-def _choice(rng: np.random.Generator, mix: dict[str, float], n: int) -> np.ndarray:
+def choice(rng: np.random.Generator, mix: dict[str, float], n: int) -> np.ndarray:
+    """``n`` draws of the mix's keys, with probabilities proportional to its values."""
     keys = list(mix)
     p = np.asarray([mix[k] for k in keys], dtype=float)
     return np.asarray(keys, dtype=object)[rng.choice(len(keys), size=n, p=p / p.sum())]
@@ -40,10 +41,10 @@ def build_population(params: WorldParams, rng: np.random.Generator) -> Populatio
     sizes_p = np.asarray(params.household_sizes, dtype=float)
     sizes = rng.choice(np.arange(1, len(sizes_p) + 1), size=n_households, p=sizes_p / sizes_p.sum())
     n_iot = rng.integers(1, 3, size=n_households)
-    offsets = _choice(rng, params.utc_offsets_h, n_households).astype(float)
+    offsets = choice(rng, params.utc_offsets_h, n_households).astype(float)
     hh_of_user = np.repeat(np.arange(n_households), sizes)
     n_users = len(hh_of_user)
-    activity = _choice(rng, params.activity_mix, n_users)
+    activity = choice(rng, params.activity_mix, n_users)
     age = np.asarray(AGE_BANDS, dtype=object)[
         rng.choice(len(AGE_BANDS), size=n_users, p=[0.12, 0.16, 0.2, 0.18, 0.14, 0.11, 0.09])
     ]
@@ -97,14 +98,14 @@ def build_inventory(params: WorldParams, rng: np.random.Generator) -> pl.DataFra
     camps_per = rng.integers(lo, hi + 1, size=n_adv)
     camp_adv = np.repeat(np.arange(n_adv), camps_per)
     n_camp = len(camp_adv)
-    pricing = _choice(rng, params.pricing_mix, n_camp)
+    pricing = choice(rng, params.pricing_mix, n_camp)
     median = np.asarray([params.bid_median[p] for p in pricing])
     bid = np.round(median * np.exp(params.bid_sigma * rng.standard_normal(n_camp)), 4)
     lo, hi = params.ads_per_campaign
     ads_per = rng.integers(lo, hi + 1, size=n_camp)
     ad_camp = np.repeat(np.arange(n_camp), ads_per)
     n_ads = len(ad_camp)
-    fmt = _choice(rng, params.format_mix, n_ads)
+    fmt = choice(rng, params.format_mix, n_ads)
     duration = np.empty(n_ads)
     for f, (values, probs) in DURATIONS_S.items():
         mask = fmt == f

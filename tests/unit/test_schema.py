@@ -137,3 +137,21 @@ def test_docs_describe_every_column() -> None:
     doc = (ROOT / "docs" / "log-schema.md").read_text()
     missing = [c.name for c in COLUMNS if f"`{c.name}`" not in doc]
     assert not missing, f"docs/log-schema.md lacks {missing}"
+
+
+def test_arrow_schema_matches_the_polars_schema() -> None:
+    import pyarrow as pa
+
+    from features.schema import arrow_schema
+
+    schema = arrow_schema()
+    assert isinstance(schema, pa.Schema)
+    assert schema.names == polars_schema().names()
+    assert schema.field("ts").type == pa.timestamp("us", tz="UTC")
+    assert schema.field("bid").type == pa.float64()
+    assert pa.types.is_dictionary(schema.field("touchpoint").type)  # enums are dictionaries
+    assert schema.field("user_interests").type in (
+        pa.list_(pa.string()),
+        pa.list_(pa.large_string()),
+        pa.large_list(pa.large_string()),
+    )
