@@ -13,7 +13,14 @@ if [ ! -x .venv/bin/python ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
 fi
 stamp=.venv/.admatch-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+generated=admatch/v1/admatch_pb2.py
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ ! -f "$generated" ] \
+   || [ -n "$(find proto -name '*.proto' -newer "$generated")" ]; then
+    # The gRPC code is generated first (its tools come from the project's build requirements),
+    # so the editable install sees the generated package.
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check \
+        "grpcio-tools>=1.60,<2" "mypy-protobuf>=3.5"
+    .venv/bin/python scripts/gen_proto.py
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
     touch "$stamp"
 fi
