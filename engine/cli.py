@@ -244,6 +244,39 @@ def decide(
     console.print(_table(pl.DataFrame(rows), f"{decision.request_id}: {shown}"))
 
 
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Option(help="model directory")],
+    config: Annotated[Path | None, typer.Option(help="config TOML; default: shipped")] = None,
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="port; 0 picks a free one")] = 50051,
+    threads: Annotated[int, typer.Option(min=1, help="request threads")] = 8,
+) -> None:
+    """Serve the AdMatching gRPC API (health checking and reflection included)."""
+    import signal
+    import threading
+
+    from engine.app import build_app
+    from engine.config import load_config
+    from engine.rpc.server import build_server
+
+    try:
+        application = build_app(load_config(config), model)
+    except AdmatchError as exc:
+        _fail(exc)
+    server, bound = build_server(application, f"{host}:{port}", threads)
+    console.print(
+        f"admatch serving on {host}:{bound} (model {application.scorer.model.version}); "
+        "Ctrl-C or SIGTERM to stop"
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=5).wait()  # finish in-flight requests, then close the store
+    application.close()
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

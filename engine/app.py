@@ -1,0 +1,119 @@
+"""The composition root: one place that wires config, cap store, gate and scorer together.
+
+``build_app(config, model_dir)`` opens the cap store the config names and loads the model;
+``App`` is what a transport (the gRPC servicer, a replay) calls. It holds no transport types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.caps.connect import open_store
+from engine.caps.gate import CapGate
+from engine.caps.rules import parse_duration
+from engine.caps.store import CapStore, Feedback, Impression
+from engine.config import AdmatchConfig, load_config
+from engine.model.bundle import ModelBundle
+from engine.scoring.scorer import Scorer
+from engine.scoring.types import Decision, Reason, ScoreRequest
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What ``App.record`` did."""
+
+    impressions_recorded: int
+    duplicates: int
+    feedback_applied: int
+
+
+class App:
+    """Decides and records; swaps model and config atomically on reload."""
+
+    def __init__(self, config: AdmatchConfig, model_dir: Path, store: CapStore) -> None:
+        self.store = store
+        self.model_dir = model_dir
+        self._lock = threading.Lock()
+        self._scorer = Scorer(ModelBundle.load(model_dir), config)
+        self._gate = self._make_gate(config)
+
+    def _make_gate(self, config: AdmatchConfig) -> CapGate:
+        retention = parse_duration(config.store.retention)
+        return CapGate(self.store, config.caps, retention, config.store.fail_mode == "open")
+
+    @property
+    def scorer(self) -> Scorer:
+        """The scorer serving now (model and config)."""
+        return self._scorer
+
+    def decide(self, request: ScoreRequest, reserve: bool = False) -> Decision:
+        """Read caps and exposures, score, and (``reserve``) atomically reserve the selected
+        ads' caps, recording their impressions; an ad another server capped meanwhile is
+        dropped with reason FREQUENCY_CAPPED."""
+        scorer, gate = self._scorer, self._gate
+        request.validate()  # before spending a cap-store round trip on it
+        decision = scorer.score(gate.prepare(request))
+        if not reserve or not decision.selected:
+            return decision
+        return self._reserve(request, decision, gate)
+
+    def _reserve(self, request: ScoreRequest, decision: Decision, gate: CapGate) -> Decision:
+        ctx = request.context
+        rank, reasons, kept = decision.rank.copy(), list(decision.reason), []
+        for ad in decision.selected:
+            i = decision.ad_id.index(ad)
+            one = {k: [v[i]] for k, v in request.candidates.items()}
+            impression = Impression(
+                f"{ctx.request_id}:{ad}",
+                ctx.ts,
+                ctx.user_id,
+                ctx.touchpoint,
+                ctx.slot,
+                ad,
+                ctx.household_id,
+                ctx.device_id,
+                *(
+                    one.get(c, [None])[0]
+                    for c in ("creative_id", "campaign_id", "advertiser_id", "category")
+                ),
+            )
+            if gate.reserve(ctx, one, impression, request.campaign_caps):
+                kept.append(ad)
+            else:
+                rank[i], reasons[i] = 0, Reason.FREQUENCY_CAPPED
+        rank[rank > 0] = np.argsort(np.argsort(rank[rank > 0])) + 1
+        return dataclasses.replace(decision, selected=kept, rank=rank, reason=reasons)
+
+    def record(self, impressions: list[Impression], feedback: list[Feedback]) -> Recorded:
+        """Record impressions (idempotent by impression id) and apply negative feedback."""
+        new = self.store.record(impressions)
+        blocks = self.store.block(feedback) if feedback else 0
+        return Recorded(new, len(impressions) - new, blocks)
+
+    def reload(self, model_dir: Path | None = None, config_path: Path | None = None) -> None:
+        """Load a model (and config); raise and keep the current ones if either is broken."""
+        config = load_config(config_path) if config_path else self._scorer.config
+        directory = model_dir or self.model_dir
+        scorer = Scorer(ModelBundle.load(directory), config)  # raises before anything changes
+        gate = self._make_gate(config)
+        with self._lock:
+            self._scorer, self._gate, self.model_dir = scorer, gate, directory
+
+    def close(self) -> None:
+        """Close the cap store (and stop an embedded Redis)."""
+        self.store.close()
+
+
+def build_app(config: AdmatchConfig, model_dir: Path) -> App:
+    """Open the configured cap store and load the model."""
+    store = open_store(config)
+    try:
+        return App(config, model_dir, store)
+    except Exception:
+        store.close()
+        raise

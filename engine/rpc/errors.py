@@ -1,0 +1,64 @@
+"""The one interceptor that maps errors to gRPC status codes.
+
+An ``AdmatchError`` carries its status (``engine.errors``): client faults become
+INVALID_ARGUMENT with the field named, a refused model FAILED_PRECONDITION, overload
+RESOURCE_EXHAUSTED, not ready UNAVAILABLE. Anything else is a server fault: INTERNAL with a
+generic message, and the traceback goes to the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from engine.errors import AdmatchError
+
+log = logging.getLogger(__name__)
+
+
+def _abort(context: grpc.ServicerContext, exc: Exception) -> None:
+    if isinstance(exc, AdmatchError):
+        context.abort(grpc.StatusCode[exc.status], str(exc))
+    log.exception("internal error in %s", getattr(context, "_method", "rpc"))
+    context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+def _unary(fn: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
+    def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return fn(request, context)
+        except Exception as exc:  # mapped, never leaked
+            if isinstance(exc, grpc.RpcError) or context.code() is not None:
+                raise
+            _abort(context, exc)
+
+    return wrapped
+
+
+def _stream(fn: Callable[[Any, grpc.ServicerContext], Iterator[Any]]) -> Callable[..., Any]:
+    def wrapped(requests: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from fn(requests, context)
+        except Exception as exc:
+            if isinstance(exc, grpc.RpcError) or context.code() is not None:
+                raise
+            _abort(context, exc)
+
+    return wrapped
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Wraps every handler so errors leave as the right status code."""
+
+    def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=_unary(handler.unary_unary))
+        if handler.stream_stream is not None:
+            return handler._replace(stream_stream=_stream(handler.stream_stream))
+        return handler

@@ -1,0 +1,39 @@
+"""The gRPC server: servicer, error interceptor, health checking and reflection."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from admatch.v1 import admatch_pb2 as pb
+from admatch.v1 import admatch_pb2_grpc as pb_grpc
+from engine.app import App
+from engine.rpc.errors import ErrorInterceptor
+from engine.rpc.service import AdMatchingServicer
+
+log = logging.getLogger(__name__)
+SERVICE = pb.DESCRIPTOR.services_by_name["AdMatching"].full_name
+
+
+def build_server(app: App, address: str, threads: int = 8) -> tuple[grpc.Server, int]:
+    """A started server on ``address`` (``host:0`` picks a free port); returns it and the port.
+
+    Health checking reports SERVING for the service and the server; reflection lists it.
+    """
+    server = grpc.server(ThreadPoolExecutor(max_workers=threads), interceptors=[ErrorInterceptor()])
+    pb_grpc.add_AdMatchingServicer_to_server(AdMatchingServicer(app), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(address)
+    server.start()
+    for name in ("", SERVICE):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("admatch serving %s on port %d", SERVICE, port)
+    return server, port

@@ -1,0 +1,155 @@
+"""The AdMatching servicer: each method is validate -> from_proto -> core -> to_proto."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC
+from pathlib import Path
+
+import grpc
+
+from admatch.v1 import admatch_pb2 as pb
+from admatch.v1 import admatch_pb2_grpc as pb_grpc
+from engine.app import App
+from engine.caps.store import Feedback, Impression
+from engine.errors import InvalidArgument
+from engine.rpc.convert import SLOT, TOUCHPOINT, decision_to_proto, request_from_proto
+
+_KIND = {v: k.removeprefix("NEGATIVE_KIND_").lower() for k, v in pb.Event.NegativeKind.items()}
+
+
+class AdMatchingServicer(pb_grpc.AdMatchingServicer):
+    """Thin: all decisions happen in ``App`` and the scoring core."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
+        core_request = request_from_proto(request)
+        decision = self.app.decide(
+            core_request, reserve=request.reserve_caps and not request.explain
+        )
+        return decision_to_proto(decision)
+
+    def ScoreStream(
+        self, request_iterator: Iterator[pb.ScoreRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.ScoreResponse]:
+        for request in request_iterator:
+            yield self.Score(request, context)
+
+    def RecordEvents(
+        self, request: pb.EventBatch, context: grpc.ServicerContext
+    ) -> pb.RecordEventsResponse:
+        impressions, feedback = events_from_proto(request)
+        done = self.app.record(impressions, feedback)
+        return pb.RecordEventsResponse(
+            impressions_recorded=done.impressions_recorded,
+            duplicates=done.duplicates,
+            feedback_applied=done.feedback_applied,
+        )
+
+    def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext
+    ) -> pb.ModelInfo:
+        return model_info(self.app)
+
+    def ReloadModel(
+        self, request: pb.ReloadModelRequest, context: grpc.ServicerContext
+    ) -> pb.ModelInfo:
+        model_dir = Path(request.model_dir) if request.model_dir else None
+        config = Path(request.config_path) if request.config_path else None
+        self.app.reload(model_dir, config)
+        return model_info(self.app)
+
+
+def model_info(app: App) -> pb.ModelInfo:
+    """What is serving now."""
+    bundle, config = app.scorer.model, app.scorer.config
+    meta = bundle.metadata
+    info = pb.ModelInfo(
+        model_version=bundle.version,
+        config_version=config.version,
+        runtime=bundle.runtime,
+        feature_count=len(bundle.core.names),
+        metrics={
+            f"{t}.{k}": float(v)
+            for t, m in meta.get("metrics", {}).items()
+            for k, v in m.items()
+            if isinstance(v, int | float)
+        },
+    )
+    if "created_at" in meta:
+        from datetime import datetime
+
+        info.trained_at.FromDatetime(datetime.fromisoformat(meta["created_at"]))
+    return info
+
+
+def events_from_proto(batch: pb.EventBatch) -> tuple[list[Impression], list[Feedback]]:
+    """Impressions and negative feedback of a batch (engagements and conversions are
+    accepted and counted by the caller's logs; caps need only impressions and feedback).
+
+    Raises:
+        InvalidArgument: naming ``events[i].field``.
+    """
+    impressions, feedback = [], []
+    for i, e in enumerate(batch.events):
+        field = f"events[{i}]"
+        if not e.impression_id:
+            raise InvalidArgument(f"{field}.impression_id", "required")
+        if not e.HasField("time"):
+            raise InvalidArgument(f"{field}.time", "required")
+        if not e.user_id:
+            raise InvalidArgument(f"{field}.user_id", "required")
+        ts = e.time.ToDatetime(tzinfo=UTC)
+        if e.type == pb.Event.TYPE_IMPRESSION:
+            touchpoint = TOUCHPOINT[e.touchpoint] if 0 <= e.touchpoint < len(TOUCHPOINT) else None
+            slot = SLOT[e.slot] if 0 <= e.slot < len(SLOT) else None
+            if touchpoint is None or slot is None or not e.ad_id:
+                raise InvalidArgument(field, "an impression needs touchpoint, slot and ad_id")
+            impressions.append(
+                Impression(
+                    e.impression_id,
+                    ts,
+                    e.user_id,
+                    touchpoint,
+                    slot,
+                    e.ad_id,
+                    e.household_id or None,
+                    e.device_id or None,
+                    e.creative_id or None,
+                    e.campaign_id or None,
+                    e.advertiser_id or None,
+                    e.category or None,
+                )
+            )
+        elif e.type == pb.Event.TYPE_NEGATIVE_FEEDBACK:
+            kind = _KIND.get(e.negative_kind)
+            if not kind or kind == "unspecified":
+                raise InvalidArgument(f"{field}.negative_kind", "required for negative feedback")
+            feedback.append(
+                Feedback(
+                    e.impression_id,
+                    ts,
+                    kind,
+                    e.user_id,
+                    e.household_id or None,
+                    e.campaign_id or None,
+                    e.advertiser_id or None,
+                )
+            )
+        elif e.type == pb.Event.TYPE_UNSPECIFIED:
+            raise InvalidArgument(f"{field}.type", "required")
+    return impressions, feedback
+
+
+def describe(info: pb.ModelInfo) -> str:
+    """Model info as JSON text (for logs and the CLI)."""
+    return json.dumps(
+        {
+            "model_version": info.model_version,
+            "config_version": info.config_version,
+            "runtime": info.runtime,
+        }
+    )

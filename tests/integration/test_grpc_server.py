@@ -1,0 +1,160 @@
+"""The gRPC service against a real server on a free port, through its interceptor."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from admatch.v1 import admatch_pb2 as pb
+from admatch.v1 import admatch_pb2_grpc as pb_grpc
+from engine.app import App, build_app
+from engine.config import load_config
+from engine.rpc.convert import request_to_proto
+from engine.rpc.server import SERVICE, build_server
+from engine.scoring.jsonio import request_from_json
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "scoring"
+
+
+@pytest.fixture
+def app(model_dir: Path) -> Iterator[App]:
+    config = load_config()
+    config = config.model_copy(
+        update={"store": config.store.model_copy(update={"url": "memory://"})}
+    )
+    application = build_app(config, model_dir)
+    yield application
+    application.close()
+
+
+@pytest.fixture
+def channel(app: App) -> Iterator[grpc.Channel]:
+    server, port = build_server(app, "127.0.0.1:0", threads=4)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        yield ch
+    server.stop(grace=1).wait()
+
+
+def golden(name: str, **changes: Any) -> pb.ScoreRequest:
+    doc = json.loads((GOLDEN / name).read_text())["request"]
+    doc.update(changes)
+    return request_to_proto(request_from_json(doc))
+
+
+def test_health_and_reflection(channel: grpc.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for name in ("", SERVICE):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=name))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    replies = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
+    names = {s.name for r in replies for s in r.list_services_response.service}
+    assert SERVICE == "admatch.v1.AdMatching" and SERVICE in names
+
+
+def test_score_over_grpc_equals_in_process(app: App, channel: grpc.Channel) -> None:
+    stub = pb_grpc.AdMatchingStub(channel)
+    request = golden("exemplary/ott_preroll_pod.json")
+    reply = stub.Score(request)
+    local = app.decide(
+        request_from_json(
+            json.loads((GOLDEN / "exemplary/ott_preroll_pod.json").read_text())["request"]
+        )
+    )
+    assert list(reply.selected_ad_ids) == local.selected and len(reply.decisions) == 5
+    assert reply.model_version == app.scorer.model.version and reply.config_version == "default-1"
+    streamed = list(stub.ScoreStream(iter([request, golden("edge/all_zero_bids_no_ad.json")])))
+    assert [r.request_id for r in streamed] == ["g-preroll", "g-zero"]
+    assert list(streamed[1].selected_ad_ids) == []
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda m: setattr(m, "touchpoint", 0), "touchpoint"),
+        (lambda m: m.ClearField("time"), "time"),
+        (lambda m: setattr(m.candidates.items[0], "bid", float("nan")), "candidates[0].bid"),
+    ],
+    ids=["touchpoint", "time", "nan-bid"],
+)
+def test_bad_requests_are_invalid_argument(channel: grpc.Channel, mutate: Any, field: str) -> None:
+    request = golden("exemplary/ott_pause_family_evening.json")
+    mutate(request)
+    with pytest.raises(grpc.RpcError) as info:
+        pb_grpc.AdMatchingStub(channel).Score(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in info.value.details()
+
+
+def event(i: int, campaign: str, **kw: Any) -> pb.Event:
+    e = pb.Event(
+        type=pb.Event.TYPE_IMPRESSION,
+        impression_id=f"imp-{i}",
+        user_id="u000042",
+        household_id="h000017",
+        device_id="tv000017",
+        touchpoint=pb.TOUCHPOINT_OTT,
+        slot=pb.SLOT_OTT_PAUSE,
+        ad_id="pause_img_sports",
+        campaign_id=campaign,
+        advertiser_id="adv_x",
+        **kw,
+    )
+    e.time.FromJsonString(f"2026-03-03T11:0{i}:00Z")
+    return e
+
+
+def test_recorded_impressions_cap_later_requests(channel: grpc.Channel) -> None:
+    stub = pb_grpc.AdMatchingStub(channel)
+    events = [event(i, "cmp_pause_img_sports") for i in range(3)]
+    first = stub.RecordEvents(pb.EventBatch(events=events))
+    again = stub.RecordEvents(pb.EventBatch(events=events[:1]))
+    assert (first.impressions_recorded, again.impressions_recorded, again.duplicates) == (3, 0, 1)
+    reply = stub.Score(golden("exemplary/ott_pause_family_evening.json"))
+    reasons = {d.ad_id: pb.Reason.Name(d.reason) for d in reply.decisions}
+    assert reasons["pause_img_sports"] == "REASON_FREQUENCY_CAPPED"  # 3 per user per day
+
+
+def test_reserve_caps_records_the_selected_ads(channel: grpc.Channel) -> None:
+    stub = pb_grpc.AdMatchingStub(channel)
+    request = golden("edge/pod_override_one_ad.json")
+    request.reserve_caps = True
+    chosen = list(stub.Score(request).selected_ad_ids)
+    assert chosen
+    replay = event(9, "x")
+    replay.impression_id = f"g-pod-override:{chosen[0]}"  # the id the reservation recorded
+    assert stub.RecordEvents(pb.EventBatch(events=[replay])).duplicates == 1
+
+
+def test_model_info_and_refused_reload(app: App, channel: grpc.Channel, tmp_path: Path) -> None:
+    stub = pb_grpc.AdMatchingStub(channel)
+    info = stub.GetModelInfo(pb.GetModelInfoRequest())
+    assert info.model_version == app.scorer.model.version and info.feature_count == 51
+    assert info.metrics["engaged.auc"] > 0.5
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ReloadModel(pb.ReloadModelRequest(model_dir=str(tmp_path)))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert stub.GetModelInfo(pb.GetModelInfoRequest()).model_version == info.model_version
+    assert stub.ReloadModel(pb.ReloadModelRequest()).model_version == info.model_version
+
+
+def test_unexpected_errors_are_internal_and_generic(
+    app: App, channel: grpc.Channel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*_: Any, **__: Any) -> None:
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(app, "decide", boom)
+    with pytest.raises(grpc.RpcError) as info:
+        pb_grpc.AdMatchingStub(channel).Score(golden("exemplary/iot_idle_screen.json"))
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert info.value.details() == "internal error"
