@@ -24,3 +24,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ ! -f "$generated" ]
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
     touch "$stamp"
 fi
+# The independent Node.js gRPC client used by one integration test (skipped where node is absent).
+if command -v npm >/dev/null 2>&1 && [ -f tests/node/package-lock.json ]; then
+    if [ ! -d tests/node/node_modules ] || [ tests/node/package-lock.json -nt tests/node/node_modules ]; then
+        (cd tests/node && npm ci --no-audit --no-fund --silent)
+    fi
+fi

@@ -158,3 +158,31 @@ def test_unexpected_errors_are_internal_and_generic(
         pb_grpc.AdMatchingStub(channel).Score(golden("exemplary/iot_idle_screen.json"))
     assert info.value.code() == grpc.StatusCode.INTERNAL
     assert info.value.details() == "internal error"
+
+
+NODE_DIR = Path(__file__).resolve().parents[1] / "node"
+
+
+def test_a_node_client_speaks_the_contract(app: App, channel: grpc.Channel) -> None:
+    """An independent client (@grpc/grpc-js + @grpc/proto-loader) loading our .proto files."""
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the Node.js client test is skipped")
+    if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        pytest.skip("tests/node/node_modules missing: run scripts/setup.sh (it runs npm ci)")
+    target = channel._channel.target().decode()  # type: ignore[attr-defined]
+    out = subprocess.run(
+        [node, str(NODE_DIR / "client.mjs"), target],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (seen["recorded"], seen["duplicates"]) == (3, 1)
+    assert seen["reasons"]["n1"] == "REASON_FREQUENCY_CAPPED"  # three impressions today
+    assert seen["selected"] == ["n2"] and seen["model_version"] == app.scorer.model.version
