@@ -173,7 +173,7 @@ def test_a_node_client_speaks_the_contract(app: App, channel: grpc.Channel) -> N
         pytest.skip("node is not installed: the Node.js client test is skipped")
     if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
         pytest.skip("tests/node/node_modules missing: run scripts/setup.sh (it runs npm ci)")
-    target = channel._channel.target().decode()  # type: ignore[attr-defined]
+    target = channel._channel.target().decode()
     out = subprocess.run(
         [node, str(NODE_DIR / "client.mjs"), target],
         capture_output=True,
