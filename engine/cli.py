@@ -248,9 +248,7 @@ def decide(
 def serve(
     model: Annotated[Path, typer.Option(help="model directory")],
     config: Annotated[Path | None, typer.Option(help="config TOML; default: shipped")] = None,
-    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="port; 0 picks a free one")] = 50051,
-    threads: Annotated[int, typer.Option(min=1, help="request threads")] = 8,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="override server.port")] = None,
 ) -> None:
     """Serve the AdMatching gRPC API (health checking and reflection included)."""
     import signal
@@ -261,20 +259,71 @@ def serve(
     from engine.rpc.server import build_server
 
     try:
-        application = build_app(load_config(config), model)
+        settings = load_config(config)
+        application = build_app(settings, model)
     except AdmatchError as exc:
         _fail(exc)
-    server, bound = build_server(application, f"{host}:{port}", threads)
-    console.print(
-        f"admatch serving on {host}:{bound} (model {application.scorer.model.version}); "
-        "Ctrl-C or SIGTERM to stop"
-    )
+    limits = settings.server
+    address = f"{limits.host}:{limits.port if port is None else port}"
+    server, bound = build_server(application, limits, address)
+    version = application.scorer.model.version
+    console.print(f"admatch serving on {limits.host}:{bound} (model {version}); Ctrl-C to stop")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     server.stop(grace=5).wait()  # finish in-flight requests, then close the store
     application.close()
+
+
+@app.command()
+def score(
+    target: Annotated[str, typer.Option(help="server host:port")],
+    request: Annotated[Path, typer.Option(help="request JSON (docs/scoring.md)")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    columnar: Annotated[bool, typer.Option(help="send the columnar candidate encoding")] = False,
+    timeout: Annotated[float, typer.Option(min=0.001, help="deadline, seconds")] = 5.0,
+) -> None:
+    """Send one request to a running server and print its decision."""
+    import json
+
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+
+    from admatch.v1 import admatch_pb2 as pb
+    from admatch.v1 import admatch_pb2_grpc as pb_grpc
+    from engine.rpc.convert import request_to_proto
+    from engine.scoring.jsonio import request_from_json
+
+    try:
+        message = request_to_proto(request_from_json(json.loads(request.read_text())), columnar)
+    except AdmatchError as exc:
+        _fail(exc)
+    except (OSError, ValueError) as exc:
+        _fail(AdmatchError(f"{request}: {exc}"))
+    try:
+        with grpc.insecure_channel(target) as channel:
+            reply = pb_grpc.AdMatchingStub(channel).Score(message, timeout=timeout)
+    except grpc.RpcError as exc:
+        err_console.print(
+            f"[bold red]error:[/] {exc.code().name}: {exc.details()}", highlight=False
+        )
+        raise typer.Exit(code=2) from None
+    if as_json:
+        console.print_json(json.dumps(MessageToDict(reply, preserving_proto_field_name=True)))
+        return
+    rows = [
+        {
+            "ad_id": d.ad_id,
+            "decision": pb.Reason.Name(d.reason).removeprefix("REASON_"),
+            "rank": d.rank or "",
+            "p_engage": d.score.p_engage,
+            "utility": d.score.utility,
+        }
+        for d in reply.decisions
+    ]
+    shown = ", ".join(reply.selected_ad_ids) or "no ad"
+    console.print(_table(pl.DataFrame(rows), f"{reply.request_id}: {shown}"))
 
 
 def main() -> None:

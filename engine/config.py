@@ -107,6 +107,19 @@ class StoreConfig(_Strict):
         return self
 
 
+class ServerConfig(_Strict):
+    """How ``admatch serve`` listens and what it accepts."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
+    threads: int = Field(8, ge=1, le=256, description="request threads per process")
+    max_candidates: int = Field(1000, ge=1, description="candidates per request")
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="per message")
+    max_concurrent: int = Field(
+        64, ge=1, description="requests in flight; more are refused with RESOURCE_EXHAUSTED"
+    )
+
+
 class AdmatchConfig(_Strict):
     """The whole configuration."""
 
@@ -116,6 +129,7 @@ class AdmatchConfig(_Strict):
     slots: dict[str, SlotRule]
     caps: CapsConfig = Field(default_factory=CapsConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
 
     @model_validator(mode="after")
     def _tables(self) -> AdmatchConfig:

@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from admatch.v1 import admatch_pb2 as pb
 from admatch.v1 import admatch_pb2_grpc as pb_grpc
 from engine.app import App
+from engine.config import ServerConfig
 from engine.rpc.errors import ErrorInterceptor
 from engine.rpc.service import AdMatchingServicer
 
@@ -19,19 +20,31 @@ log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["AdMatching"].full_name
 
 
-def build_server(app: App, address: str, threads: int = 8) -> tuple[grpc.Server, int]:
-    """A started server on ``address`` (``host:0`` picks a free port); returns it and the port.
+def build_server(
+    app: App, limits: ServerConfig, address: str | None = None
+) -> tuple[grpc.Server, int]:
+    """A started server (``address`` default: the config's host and port; port 0 picks a free
+    one); returns it and the bound port.
 
     Health checking reports SERVING for the service and the server; reflection lists it.
+    Requests beyond ``max_concurrent`` in flight are refused with RESOURCE_EXHAUSTED, messages
+    above ``max_message_bytes`` too (both by grpc itself, before any work).
     """
-    server = grpc.server(ThreadPoolExecutor(max_workers=threads), interceptors=[ErrorInterceptor()])
-    pb_grpc.add_AdMatchingServicer_to_server(AdMatchingServicer(app), server)
+    size = limits.max_message_bytes
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=limits.threads),
+        interceptors=[ErrorInterceptor()],
+        maximum_concurrent_rpcs=limits.max_concurrent,
+        options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
+    )
+    servicer = AdMatchingServicer(app, limits.max_candidates)
+    pb_grpc.add_AdMatchingServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(address)
+    port = server.add_insecure_port(address or f"{limits.host}:{limits.port}")
     server.start()
     for name in ("", SERVICE):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

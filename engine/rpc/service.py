@@ -22,11 +22,15 @@ _KIND = {v: k.removeprefix("NEGATIVE_KIND_").lower() for k, v in pb.Event.Negati
 class AdMatchingServicer(pb_grpc.AdMatchingServicer):
     """Thin: all decisions happen in ``App`` and the scoring core."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, max_candidates: int) -> None:
         self.app = app
+        self.max_candidates = max_candidates
 
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
         core_request = request_from_proto(request)
+        n = len(core_request.candidates["ad_id"])
+        if n > self.max_candidates:
+            raise InvalidArgument("candidates", f"{n} candidates, at most {self.max_candidates}")
         decision = self.app.decide(
             core_request, reserve=request.reserve_caps and not request.explain
         )

@@ -36,7 +36,8 @@ def app(model_dir: Path) -> Iterator[App]:
 
 @pytest.fixture
 def channel(app: App) -> Iterator[grpc.Channel]:
-    server, port = build_server(app, "127.0.0.1:0", threads=4)
+    limits = app.scorer.config.server.model_copy(update={"port": 0, "max_candidates": 6})
+    server, port = build_server(app, limits)
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
         yield ch
     server.stop(grace=1).wait()
@@ -186,3 +187,74 @@ def test_a_node_client_speaks_the_contract(app: App, channel: grpc.Channel) -> N
     assert (seen["recorded"], seen["duplicates"]) == (3, 1)
     assert seen["reasons"]["n1"] == "REASON_FREQUENCY_CAPPED"  # three impressions today
     assert seen["selected"] == ["n2"] and seen["model_version"] == app.scorer.model.version
+
+
+def test_limits_candidates_and_message_size(channel: grpc.Channel) -> None:
+    stub = pb_grpc.AdMatchingStub(channel)
+    request = golden("exemplary/ott_preroll_pod.json")
+    for i in range(2):  # 7 candidates; the fixture's limit is 6
+        request.candidates.items.add().CopyFrom(request.candidates.items[0])
+        request.candidates.items[-1].ad_id = f"extra{i}"
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Score(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "candidates: 7 candidates, at most 6" in info.value.details()
+    huge = golden("exemplary/iot_idle_screen.json")
+    huge.user.interests.append("x" * 5_000_000)  # above the 4 MiB message limit
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Score(huge)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_excess_concurrent_requests_are_shed(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    gate = threading.Event()
+    real = app.decide
+
+    def slow(*args: Any, **kw: Any) -> Any:
+        gate.wait(5)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(app, "decide", slow)
+    limits = app.scorer.config.server.model_copy(update={"port": 0, "max_concurrent": 1})
+    server, port = build_server(app, limits)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pb_grpc.AdMatchingStub(ch)
+            request = golden("exemplary/iot_idle_screen.json")
+            with ThreadPoolExecutor(2) as pool:
+                first = pool.submit(stub.Score, request, timeout=10)
+                time.sleep(0.3)  # the first is in flight, holding the only slot
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.Score(request, timeout=10)
+                gate.set()
+                assert first.result().request_id == "g-iot"
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        server.stop(grace=1).wait()
+
+
+def test_score_command_calls_a_running_server(channel: grpc.Channel, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from engine.cli import app as cli
+
+    request = tmp_path / "req.json"
+    request.write_text(
+        json.dumps(json.loads((GOLDEN / "exemplary/ott_preroll_pod.json").read_text())["request"])
+    )
+    target = channel._channel.target().decode()
+    result = CliRunner().invoke(cli, ["score", "--target", target, "--request", str(request)])
+    assert result.exit_code == 0, result.output
+    assert "g-preroll" in result.output and "COMPETITIVE_SEPARATION" in result.output
+    result = CliRunner().invoke(
+        cli, ["score", "--target", target, "--request", str(request), "--json", "--columnar"]
+    )
+    assert result.exit_code == 0 and json.loads(result.output)["request_id"] == "g-preroll"
+    result = CliRunner().invoke(
+        cli, ["score", "--target", "127.0.0.1:1", "--request", str(request), "--timeout", "0.5"]
+    )
+    assert result.exit_code == 2 and "UNAVAILABLE" in result.output

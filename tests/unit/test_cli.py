@@ -16,7 +16,18 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize(
-    "command", ["gen-logs", "import-log", "summary", "features", "quickstart", "train", "decide"]
+    "command",
+    [
+        "gen-logs",
+        "import-log",
+        "summary",
+        "features",
+        "quickstart",
+        "train",
+        "decide",
+        "serve",
+        "score",
+    ],
 )
 def test_every_command_has_help(command: str) -> None:
     result = runner.invoke(app, [command, "--help"])
