@@ -144,12 +144,28 @@ def quickstart(
         "data/quickstart"
     ),
     seed: Annotated[int, typer.Option(help="random seed")] = 7,
+    serve_after: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="start the service at the end")
+    ] = True,
+    port: Annotated[int | None, typer.Option(help="override server.port")] = None,
 ) -> None:
-    """The main job: generate a synthetic log, build its features, print a summary."""
-    log = directory / "log.parquet"
-    gen_logs(out=log, rows=rows, seed=seed, days=14, policy="uniform")
-    features(log=log, out=directory / "features.parquet", stats=None)
+    """The main job: a synthetic log and a default model (made once), then the service."""
+    log, model = directory / "log.parquet", directory / "model"
+    if not log.exists():
+        gen_logs(out=log, rows=rows, seed=seed, days=14, policy="uniform")
     summary(log=log)
+    if not (model / "metadata.json").exists():
+        train(log=log, out=model, seed=seed, compile_trees=None, threads=0)
+    else:
+        console.print(f"using the model in {model} (delete it to train again)")
+    if serve_after:
+        request = Path(__file__).resolve().parents[1] / "tests/golden/scoring/exemplary"
+        console.print(
+            "call it from another terminal, e.g.\n"
+            f"  .venv/bin/admatch score --target 127.0.0.1:{port or 50051} "
+            f"--request {request / 'ott_preroll_pod.json'}"
+        )
+        serve(model=model, config=None, port=port)
 
 
 @app.command()
@@ -218,8 +234,7 @@ def decide(
 
     try:
         scorer = Scorer(ModelBundle.load(model), load_config(config))
-        doc = json.loads(request.read_text())
-        decision = scorer.score(request_from_json(doc))
+        decision = scorer.score(request_from_json(_request_doc(request)))
     except AdmatchError as exc:
         _fail(exc)
     except (OSError, ValueError) as exc:
@@ -296,7 +311,7 @@ def score(
     from engine.scoring.jsonio import request_from_json
 
     try:
-        message = request_to_proto(request_from_json(json.loads(request.read_text())), columnar)
+        message = request_to_proto(request_from_json(_request_doc(request)), columnar)
     except AdmatchError as exc:
         _fail(exc)
     except (OSError, ValueError) as exc:
@@ -324,6 +339,16 @@ def score(
     ]
     shown = ", ".join(reply.selected_ad_ids) or "no ad"
     console.print(_table(pl.DataFrame(rows), f"{reply.request_id}: {shown}"))
+
+
+def _request_doc(path: Path) -> dict[str, Any]:
+    """A request JSON file, or a golden file's ``request`` (tests/golden/scoring)."""
+    import json
+
+    doc = json.loads(path.read_text())
+    if isinstance(doc, dict) and "candidates" not in doc and isinstance(doc.get("request"), dict):
+        return dict(doc["request"])
+    return dict(doc)
 
 
 def main() -> None:

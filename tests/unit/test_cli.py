@@ -47,10 +47,13 @@ def test_summary_and_features(model_log: Path, tmp_path: Path) -> None:
 
 
 def test_quickstart_runs_the_main_job(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["quickstart", "--rows", "5000", "--dir", str(tmp_path)])
+    args = ["quickstart", "--rows", "20000", "--dir", str(tmp_path), "--no-serve"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "log.parquet").exists() and (tmp_path / "features.parquet").exists()
-    assert "per slot" in result.output
+    assert (tmp_path / "log.parquet").exists() and (tmp_path / "model" / "metadata.json").exists()
+    assert "per slot" in result.output and "truth_auc" in result.output
+    again = runner.invoke(app, args)  # made once: the second run reuses log and model
+    assert again.exit_code == 0 and "using the model in" in again.output
 
 
 def test_decide_prints_a_table_and_json(model_dir: Path, tmp_path: Path) -> None:
