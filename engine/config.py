@@ -118,6 +118,9 @@ class ServerConfig(_Strict):
     max_concurrent: int = Field(
         64, ge=1, description="requests in flight; more are refused with RESOURCE_EXHAUSTED"
     )
+    operator_token: str = Field(
+        "", description="bearer token of operator RPCs; ADMATCH_OPERATOR_TOKEN overrides it"
+    )
 
 
 class AdmatchConfig(_Strict):

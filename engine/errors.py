@@ -84,3 +84,15 @@ class ModelError(AdmatchError):
         self.where = where
         self.problem = problem
         super().__init__(f"{where}: {problem}")
+
+
+class Unauthenticated(AdmatchError):
+    """No credentials where an operator RPC needs them."""
+
+    status = "UNAUTHENTICATED"
+
+
+class PermissionDenied(AdmatchError):
+    """Credentials given but not accepted (or operator RPCs disabled)."""
+
+    status = "PERMISSION_DENIED"

@@ -13,6 +13,7 @@ from admatch.v1 import admatch_pb2 as pb
 from admatch.v1 import admatch_pb2_grpc as pb_grpc
 from engine.app import App
 from engine.config import ServerConfig
+from engine.rpc.auth import operator_token
 from engine.rpc.errors import ErrorInterceptor
 from engine.rpc.service import AdMatchingServicer
 
@@ -37,7 +38,7 @@ def build_server(
         maximum_concurrent_rpcs=limits.max_concurrent,
         options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
     )
-    servicer = AdMatchingServicer(app, limits.max_candidates)
+    servicer = AdMatchingServicer(app, limits.max_candidates, operator_token(limits.operator_token))
     pb_grpc.add_AdMatchingServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -14,6 +14,7 @@ from admatch.v1 import admatch_pb2_grpc as pb_grpc
 from engine.app import App
 from engine.caps.store import Feedback, Impression
 from engine.errors import InvalidArgument
+from engine.rpc.auth import check_operator
 from engine.rpc.convert import SLOT, TOUCHPOINT, decision_to_proto, request_from_proto
 
 _KIND = {v: k.removeprefix("NEGATIVE_KIND_").lower() for k, v in pb.Event.NegativeKind.items()}
@@ -22,9 +23,10 @@ _KIND = {v: k.removeprefix("NEGATIVE_KIND_").lower() for k, v in pb.Event.Negati
 class AdMatchingServicer(pb_grpc.AdMatchingServicer):
     """Thin: all decisions happen in ``App`` and the scoring core."""
 
-    def __init__(self, app: App, max_candidates: int) -> None:
+    def __init__(self, app: App, max_candidates: int, operator_token: str = "") -> None:
         self.app = app
         self.max_candidates = max_candidates
+        self.operator_token = operator_token
 
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
         core_request = request_from_proto(request)
@@ -61,6 +63,7 @@ class AdMatchingServicer(pb_grpc.AdMatchingServicer):
     def ReloadModel(
         self, request: pb.ReloadModelRequest, context: grpc.ServicerContext
     ) -> pb.ModelInfo:
+        check_operator(context, self.operator_token)
         model_dir = Path(request.model_dir) if request.model_dir else None
         config = Path(request.config_path) if request.config_path else None
         self.app.reload(model_dir, config)

@@ -36,7 +36,9 @@ def app(model_dir: Path) -> Iterator[App]:
 
 @pytest.fixture
 def channel(app: App) -> Iterator[grpc.Channel]:
-    limits = app.scorer.config.server.model_copy(update={"port": 0, "max_candidates": 6})
+    limits = app.scorer.config.server.model_copy(
+        update={"port": 0, "max_candidates": 6, "operator_token": "op-secret"}
+    )
     server, port = build_server(app, limits)
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
         yield ch
@@ -141,11 +143,46 @@ def test_model_info_and_refused_reload(app: App, channel: grpc.Channel, tmp_path
     info = stub.GetModelInfo(pb.GetModelInfoRequest())
     assert info.model_version == app.scorer.model.version and info.feature_count == 51
     assert info.metrics["engaged.auc"] > 0.5
+    auth = (("authorization", "Bearer op-secret"),)
     with pytest.raises(grpc.RpcError) as err:
-        stub.ReloadModel(pb.ReloadModelRequest(model_dir=str(tmp_path)))
+        stub.ReloadModel(pb.ReloadModelRequest(model_dir=str(tmp_path)), metadata=auth)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert stub.GetModelInfo(pb.GetModelInfoRequest()).model_version == info.model_version
-    assert stub.ReloadModel(pb.ReloadModelRequest()).model_version == info.model_version
+    assert (
+        stub.ReloadModel(pb.ReloadModelRequest(), metadata=auth).model_version == info.model_version
+    )
+
+
+@pytest.mark.parametrize(
+    ("metadata", "code"),
+    [
+        ((), "UNAUTHENTICATED"),
+        ((("authorization", "Bearer wrong"),), "PERMISSION_DENIED"),
+        ((("authorization", "op-secret"),), "UNAUTHENTICATED"),
+    ],
+    ids=["no-token", "wrong-token", "not-bearer"],
+)
+def test_operator_rpc_needs_the_token(channel: grpc.Channel, metadata: Any, code: str) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        pb_grpc.AdMatchingStub(channel).ReloadModel(pb.ReloadModelRequest(), metadata=metadata)
+    assert err.value.code() == grpc.StatusCode[code]
+
+
+def test_operator_rpcs_are_off_without_a_configured_token(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ADMATCH_OPERATOR_TOKEN", raising=False)
+    limits = app.scorer.config.server.model_copy(update={"port": 0})
+    server, port = build_server(app, limits)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch, pytest.raises(grpc.RpcError) as err:
+            pb_grpc.AdMatchingStub(ch).ReloadModel(
+                pb.ReloadModelRequest(), metadata=(("authorization", "Bearer anything"),)
+            )
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "ADMATCH_OPERATOR_TOKEN" in err.value.details()
+    finally:
+        server.stop(grace=1).wait()
 
 
 def test_unexpected_errors_are_internal_and_generic(
