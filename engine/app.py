@@ -21,6 +21,7 @@ from engine.config import AdmatchConfig, load_config
 from engine.model.bundle import ModelBundle
 from engine.scoring.scorer import Scorer
 from engine.scoring.types import Decision, Reason, ScoreRequest
+from engine.timing import NULL_TIMER, StageTimer
 
 
 @dataclass(frozen=True)
@@ -47,17 +48,26 @@ class App:
         return CapGate(self.store, config.caps, retention, config.store.fail_mode == "open")
 
     @property
+    def cap_errors(self) -> int:
+        """Cap-store calls that failed or timed out so far."""
+        return self._gate.errors
+
+    @property
     def scorer(self) -> Scorer:
         """The scorer serving now (model and config)."""
         return self._scorer
 
-    def decide(self, request: ScoreRequest, reserve: bool = False) -> Decision:
+    def decide(
+        self, request: ScoreRequest, reserve: bool = False, timer: StageTimer = NULL_TIMER
+    ) -> Decision:
         """Read caps and exposures, score, and (``reserve``) atomically reserve the selected
         ads' caps, recording their impressions; an ad another server capped meanwhile is
         dropped with reason FREQUENCY_CAPPED."""
         scorer, gate = self._scorer, self._gate
         request.validate()  # before spending a cap-store round trip on it
-        decision = scorer.score(gate.prepare(request))
+        with timer.stage("caps"):
+            prepared = gate.prepare(request)
+        decision = scorer.score(prepared, timer)
         if not reserve or not decision.selected:
             return decision
         return self._reserve(request, decision, gate)

@@ -271,6 +271,7 @@ def serve(
 
     from engine.app import build_app
     from engine.config import load_config
+    from engine.rpc.metrics import Metrics
     from engine.rpc.server import build_server
 
     try:
@@ -279,8 +280,11 @@ def serve(
     except AdmatchError as exc:
         _fail(exc)
     limits = settings.server
+    metrics = Metrics()
+    if limits.metrics_port:
+        metrics.serve_http(limits.metrics_host, limits.metrics_port)
     address = f"{limits.host}:{limits.port if port is None else port}"
-    server, bound = build_server(application, limits, address)
+    server, bound = build_server(application, limits, address, metrics)
     version = application.scorer.model.version
     console.print(f"admatch serving on {limits.host}:{bound} (model {version}); Ctrl-C to stop")
     stop = threading.Event()

@@ -118,6 +118,8 @@ class ServerConfig(_Strict):
     max_concurrent: int = Field(
         64, ge=1, description="requests in flight; more are refused with RESOURCE_EXHAUSTED"
     )
+    metrics_host: str = Field("127.0.0.1", description="Prometheus /metrics binds here")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="0: no metrics endpoint")
     operator_token: str = Field(
         "", description="bearer token of operator RPCs; ADMATCH_OPERATOR_TOKEN overrides it"
     )

@@ -26,39 +26,62 @@ def _abort(context: grpc.ServicerContext, exc: Exception) -> None:
     context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
-def _unary(fn: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
+Count = Callable[[str], None]  # called once per RPC with its status code name
+
+
+def _code(exc: Exception) -> str:
+    return exc.status if isinstance(exc, AdmatchError) else "INTERNAL"
+
+
+def _unary(fn: Callable[[Any, grpc.ServicerContext], Any], count: Count) -> Callable[..., Any]:
     def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return fn(request, context)
+            reply = fn(request, context)
         except Exception as exc:  # mapped, never leaked
             if isinstance(exc, grpc.RpcError) or context.code() is not None:
                 raise
+            count(_code(exc))
             _abort(context, exc)
+        count("OK")
+        return reply
 
     return wrapped
 
 
-def _stream(fn: Callable[[Any, grpc.ServicerContext], Iterator[Any]]) -> Callable[..., Any]:
+def _stream(
+    fn: Callable[[Any, grpc.ServicerContext], Iterator[Any]], count: Count
+) -> Callable[..., Any]:
     def wrapped(requests: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
             yield from fn(requests, context)
         except Exception as exc:
             if isinstance(exc, grpc.RpcError) or context.code() is not None:
                 raise
+            count(_code(exc))
             _abort(context, exc)
+        count("OK")
 
     return wrapped
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
-    """Wraps every handler so errors leave as the right status code."""
+    """Wraps every handler so errors leave as the right status code, and counts each call's
+    code with ``count(method, code)`` when given."""
+
+    def __init__(self, count: Callable[[str, str], None] | None = None) -> None:
+        self.count = count or (lambda _method, _code: None)
 
     def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
         handler = continuation(details)
         if handler is None:
             return None
+        method = details.method.rsplit("/", 1)[-1]
+
+        def count(code: str) -> None:
+            self.count(method, code)
+
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_unary(handler.unary_unary))
+            return handler._replace(unary_unary=_unary(handler.unary_unary, count))
         if handler.stream_stream is not None:
-            return handler._replace(stream_stream=_stream(handler.stream_stream))
+            return handler._replace(stream_stream=_stream(handler.stream_stream, count))
         return handler

@@ -15,14 +15,15 @@ from engine.app import App
 from engine.config import ServerConfig
 from engine.rpc.auth import operator_token
 from engine.rpc.errors import ErrorInterceptor
-from engine.rpc.service import AdMatchingServicer
+from engine.rpc.metrics import Metrics
+from engine.rpc.service import AdMatchingServicer, model_info
 
 log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["AdMatching"].full_name
 
 
 def build_server(
-    app: App, limits: ServerConfig, address: str | None = None
+    app: App, limits: ServerConfig, address: str | None = None, metrics: Metrics | None = None
 ) -> tuple[grpc.Server, int]:
     """A started server (``address`` default: the config's host and port; port 0 picks a free
     one); returns it and the bound port.
@@ -31,14 +32,20 @@ def build_server(
     Requests beyond ``max_concurrent`` in flight are refused with RESOURCE_EXHAUSTED, messages
     above ``max_message_bytes`` too (both by grpc itself, before any work).
     """
+    metrics = metrics or Metrics()
     size = limits.max_message_bytes
     server = grpc.server(
         ThreadPoolExecutor(max_workers=limits.threads),
-        interceptors=[ErrorInterceptor()],
+        interceptors=[ErrorInterceptor(lambda m, c: metrics.requests.labels(m, c).inc())],
         maximum_concurrent_rpcs=limits.max_concurrent,
         options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
     )
-    servicer = AdMatchingServicer(app, limits.max_candidates, operator_token(limits.operator_token))
+    servicer = AdMatchingServicer(
+        app, limits.max_candidates, metrics, operator_token(limits.operator_token)
+    )
+    info = model_info(app)
+    metrics.serving(info.model_version, info.config_version, info.runtime)
+    metrics.watch_cap_errors(lambda: app.cap_errors)
     pb_grpc.add_AdMatchingServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -16,6 +16,7 @@ from engine.caps.store import Feedback, Impression
 from engine.errors import InvalidArgument
 from engine.rpc.auth import check_operator
 from engine.rpc.convert import SLOT, TOUCHPOINT, decision_to_proto, request_from_proto
+from engine.rpc.metrics import Metrics
 
 _KIND = {v: k.removeprefix("NEGATIVE_KIND_").lower() for k, v in pb.Event.NegativeKind.items()}
 
@@ -23,20 +24,27 @@ _KIND = {v: k.removeprefix("NEGATIVE_KIND_").lower() for k, v in pb.Event.Negati
 class AdMatchingServicer(pb_grpc.AdMatchingServicer):
     """Thin: all decisions happen in ``App`` and the scoring core."""
 
-    def __init__(self, app: App, max_candidates: int, operator_token: str = "") -> None:
+    def __init__(
+        self, app: App, max_candidates: int, metrics: Metrics, operator_token: str = ""
+    ) -> None:
         self.app = app
         self.max_candidates = max_candidates
+        self.metrics = metrics
         self.operator_token = operator_token
 
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
-        core_request = request_from_proto(request)
+        timer = self.metrics.timer()
+        with timer.stage("decode"):
+            core_request = request_from_proto(request)
         n = len(core_request.candidates["ad_id"])
         if n > self.max_candidates:
             raise InvalidArgument("candidates", f"{n} candidates, at most {self.max_candidates}")
-        decision = self.app.decide(
-            core_request, reserve=request.reserve_caps and not request.explain
-        )
-        return decision_to_proto(decision)
+        reserve = request.reserve_caps and not request.explain
+        decision = self.app.decide(core_request, reserve, timer)
+        with timer.stage("encode"):
+            reply = decision_to_proto(decision)
+        self.metrics.decision(decision)
+        return reply
 
     def ScoreStream(
         self, request_iterator: Iterator[pb.ScoreRequest], context: grpc.ServicerContext
@@ -67,7 +75,9 @@ class AdMatchingServicer(pb_grpc.AdMatchingServicer):
         model_dir = Path(request.model_dir) if request.model_dir else None
         config = Path(request.config_path) if request.config_path else None
         self.app.reload(model_dir, config)
-        return model_info(self.app)
+        info = model_info(self.app)
+        self.metrics.serving(info.model_version, info.config_version, info.runtime)
+        return info
 
 
 def model_info(app: App) -> pb.ModelInfo:

@@ -11,12 +11,14 @@ from collections.abc import Sequence
 from itertools import chain
 
 import numpy as np
+import polars as pl
 
 from engine.config import AdmatchConfig
 from engine.model.bundle import ModelBundle
 from engine.scoring import rules as R
 from engine.scoring.selection import CODE, REASONS, Capacity, select
 from engine.scoring.types import Decision, Reason, ScoreRequest
+from engine.timing import NULL_TIMER, StageTimer
 from features.schema import SLOTS
 
 
@@ -28,33 +30,49 @@ class Scorer:
         self.config = config
         self.rules = R.CompiledRules.build(config)
 
-    def score(self, request: ScoreRequest) -> Decision:
+    def score(self, request: ScoreRequest, timer: StageTimer = NULL_TIMER) -> Decision:
         """Decide one request (the batch form with one request)."""
-        return self.score_batch([request])[0]
+        return self.score_batch([request], timer)[0]
 
-    def score_batch(self, requests: Sequence[ScoreRequest]) -> list[Decision]:
-        """Decide many requests in one vectorised pass.
+    def score_batch(
+        self, requests: Sequence[ScoreRequest], timer: StageTimer = NULL_TIMER
+    ) -> list[Decision]:
+        """Decide many requests in one vectorised pass (stages timed by ``timer``).
 
         Raises:
             InvalidArgument: naming the first bad field (``requests[i]...``).
         """
         for i, req in enumerate(requests):
             req.validate(f"requests[{i}]")
-        batch = self.model.core.batch(
-            [r.context for r in requests],
-            [r.candidates for r in requests],
-            [r.exposures for r in requests],
-        )
-        rows = R.Rows.from_inputs(batch.inputs)
-        p_engage, p_neg = self.model.predict(batch.matrix())
+        with timer.stage("features"):
+            batch = self.model.core.batch(
+                [r.context for r in requests],
+                [r.candidates for r in requests],
+                [r.exposures for r in requests],
+            )
+            matrix = batch.matrix()
+        with timer.stage("model"):
+            p_engage, p_neg = self.model.predict(matrix)
+        with timer.stage("rank"):
+            return self._rank(requests, batch.inputs, batch.exposures, p_engage, p_neg)
+
+    def _rank(
+        self,
+        requests: Sequence[ScoreRequest],
+        inputs: pl.DataFrame,
+        exposures: np.ndarray,
+        p_engage: np.ndarray,
+        p_neg: np.ndarray | None,
+    ) -> list[Decision]:
+        rows = R.Rows.from_inputs(inputs)
         p_negative = p_neg if p_neg is not None else np.zeros_like(p_engage)
         s = self.config.scoring
         value = R.expected_value(rows, p_engage, s.conversion_prior)
-        costs = R.cost_components(self.rules, rows, p_engage, p_negative, batch.exposures)
+        costs = R.cost_components(self.rules, rows, p_engage, p_negative, exposures)
         weighted = costs * self.rules.weights
         cost = weighted.sum(axis=1)
         utility = value - s.cost_to_money * cost
-        capped = R.frequency_capped(self.rules, batch.exposures)
+        capped = R.frequency_capped(self.rules, exposures)
         sizes = [len(r.candidates["ad_id"]) for r in requests]
         start = 0
         for r, n in zip(requests, sizes, strict=True):

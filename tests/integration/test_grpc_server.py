@@ -295,3 +295,41 @@ def test_score_command_calls_a_running_server(channel: grpc.Channel, tmp_path: P
         cli, ["score", "--target", "127.0.0.1:1", "--request", str(request), "--timeout", "0.5"]
     )
     assert result.exit_code == 2 and "UNAVAILABLE" in result.output
+
+
+def test_metrics_count_requests_stages_and_decisions(app: App) -> None:
+    import urllib.request
+
+    from prometheus_client import generate_latest
+
+    from engine.rpc.metrics import Metrics
+
+    from .conftest import free_port
+
+    metrics = Metrics()
+    limits = app.scorer.config.server.model_copy(update={"port": 0})
+    server, port = build_server(app, limits, metrics=metrics)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pb_grpc.AdMatchingStub(ch)
+            stub.Score(golden("exemplary/ott_preroll_pod.json"))
+            stub.Score(golden("edge/all_zero_bids_no_ad.json"))
+            bad = golden("exemplary/iot_idle_screen.json")
+            bad.touchpoint = pb.TOUCHPOINT_UNSPECIFIED
+            with pytest.raises(grpc.RpcError):
+                stub.Score(bad)
+        text = generate_latest(metrics.registry).decode()
+        assert 'admatch_requests_total{code="OK",method="Score"} 2.0' in text
+        assert 'admatch_requests_total{code="INVALID_ARGUMENT",method="Score"} 1.0' in text
+        assert 'admatch_stage_seconds_count{stage="decode"} 3.0' in text  # a failed one too
+        for stage in ("caps", "features", "model", "rank", "encode"):
+            assert f'admatch_stage_seconds_count{{stage="{stage}"}} 2.0' in text, stage
+        assert 'admatch_decisions_total{reason="COMPETITIVE_SEPARATION"} 1.0' in text
+        assert "admatch_no_ad_total 1.0" in text and "admatch_scored_requests_total 2.0" in text
+        assert f'model_version="{app.scorer.model.version}"' in text
+        http_port = free_port()
+        metrics.serve_http("127.0.0.1", http_port)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5).read()
+        assert b"admatch_cap_store_errors 0.0" in body
+    finally:
+        server.stop(grace=1).wait()

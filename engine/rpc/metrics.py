@@ -1,0 +1,75 @@
+"""Prometheus metrics of the service, on a registry of their own (no module-level state).
+
+Exported: ``admatch_requests_total{method,code}``, ``admatch_stage_seconds{stage}`` (decode,
+caps, features, model, rank, encode), ``admatch_decisions_total{reason}``,
+``admatch_scored_requests_total``, ``admatch_no_ad_total``, ``admatch_cap_store_errors`` and
+``admatch_model_info{model_version,config_version,runtime}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from engine.scoring.types import Decision
+from engine.timing import CallbackTimer
+
+_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class Metrics:
+    """The service's metrics; ``timer()`` feeds the stage histogram."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "admatch_requests", "RPCs by method and status code", ["method", "code"], registry=r
+        )
+        self.stages = Histogram(
+            "admatch_stage_seconds",
+            "Seconds per stage of a request",
+            ["stage"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.decisions = Counter(
+            "admatch_decisions", "Candidate decisions by reason", ["reason"], registry=r
+        )
+        self.scored = Counter("admatch_scored_requests", "Requests scored", registry=r)
+        self.no_ad = Counter("admatch_no_ad", "Requests answered with no ad", registry=r)
+        self.cap_errors = Gauge(
+            "admatch_cap_store_errors", "Cap-store calls that failed or timed out", registry=r
+        )
+        self.model = Gauge(
+            "admatch_model_info",
+            "The model serving (value 1)",
+            ["model_version", "config_version", "runtime"],
+            registry=r,
+        )
+
+    def timer(self) -> CallbackTimer:
+        """A stage timer observing into ``admatch_stage_seconds``."""
+        return CallbackTimer(lambda stage, s: self.stages.labels(stage).observe(s))
+
+    def decision(self, decision: Decision) -> None:
+        """Count one request's decisions."""
+        self.scored.inc()
+        if decision.no_ad:
+            self.no_ad.inc()
+        for reason in decision.reason:
+            self.decisions.labels(str(reason)).inc()
+
+    def serving(self, model_version: str, config_version: str, runtime: str) -> None:
+        """Mark the model serving now (the previous one's series is removed)."""
+        self.model.clear()
+        self.model.labels(model_version, config_version, runtime).set(1)
+
+    def watch_cap_errors(self, errors: Callable[[], float]) -> None:
+        """Report the cap gate's error count when scraped."""
+        self.cap_errors.set_function(errors)
+
+    def serve_http(self, host: str, port: int) -> None:
+        """Expose /metrics on ``host:port`` (a thread of this process)."""
+        start_http_server(port, addr=host, registry=self.registry)
