@@ -118,11 +118,23 @@ class ServerConfig(_Strict):
     max_concurrent: int = Field(
         64, ge=1, description="requests in flight; more are refused with RESOURCE_EXHAUSTED"
     )
+    tls_cert_file: str = Field("", description="server certificate (PEM); with the key: TLS")
+    tls_key_file: str = Field("", description="server private key (PEM)")
+    tls_client_ca_file: str = Field("", description="CA of client certificates: mutual TLS")
     metrics_host: str = Field("127.0.0.1", description="Prometheus /metrics binds here")
     metrics_port: int = Field(9464, ge=0, le=65535, description="0: no metrics endpoint")
     operator_token: str = Field(
         "", description="bearer token of operator RPCs; ADMATCH_OPERATOR_TOKEN overrides it"
     )
+
+
+def _tls_problems(server: ServerConfig) -> list[str]:
+    if bool(server.tls_cert_file) != bool(server.tls_key_file):
+        return ["tls_cert_file and tls_key_file go together"]
+    if server.tls_client_ca_file and not server.tls_cert_file:
+        return ["tls_client_ca_file needs tls_cert_file and tls_key_file"]
+    files = (server.tls_cert_file, server.tls_key_file, server.tls_client_ca_file)
+    return [f"{f}: file not found" for f in files if f and not Path(f).is_file()]
 
 
 class AdmatchConfig(_Strict):
@@ -135,6 +147,13 @@ class AdmatchConfig(_Strict):
     caps: CapsConfig = Field(default_factory=CapsConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+
+    @model_validator(mode="after")
+    def _tls(self) -> AdmatchConfig:
+        problems = _tls_problems(self.server)
+        if problems:
+            raise ValueError("server TLS: " + "; ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _tables(self) -> AdmatchConfig:

@@ -22,6 +22,18 @@ log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["AdMatching"].full_name
 
 
+def tls_credentials(limits: ServerConfig) -> grpc.ServerCredentials:
+    """TLS from the config's PEM files; a client CA makes it mutual (client certs required)."""
+    from pathlib import Path
+
+    key = Path(limits.tls_key_file).read_bytes()
+    cert = Path(limits.tls_cert_file).read_bytes()
+    ca = Path(limits.tls_client_ca_file).read_bytes() if limits.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
 def build_server(
     app: App, limits: ServerConfig, address: str | None = None, metrics: Metrics | None = None
 ) -> tuple[grpc.Server, int]:
@@ -52,7 +64,12 @@ def build_server(
     reflection.enable_server_reflection(
         (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(address or f"{limits.host}:{limits.port}")
+    address = address or f"{limits.host}:{limits.port}"
+    port = (
+        server.add_secure_port(address, tls_credentials(limits))
+        if limits.tls_cert_file
+        else server.add_insecure_port(address)
+    )
     server.start()
     for name in ("", SERVICE):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
