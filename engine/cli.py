@@ -264,10 +264,18 @@ def serve(
     model: Annotated[Path, typer.Option(help="model directory")],
     config: Annotated[Path | None, typer.Option(help="config TOML; default: shipped")] = None,
     port: Annotated[int | None, typer.Option(min=0, max=65535, help="override server.port")] = None,
+    log_format: Annotated[str, typer.Option(help="text or json (one object per line)")] = "text",
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
 ) -> None:
     """Serve the AdMatching gRPC API (health checking and reflection included)."""
     import signal
     import threading
+
+    from engine.logs.jsonlog import configure
+
+    if log_format not in ("text", "json") or log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        _fail(AdmatchError("--log-format must be text or json; --log-level DEBUG..ERROR"))
+    configure(log_format, log_level)
 
     from engine.app import build_app
     from engine.config import load_config

@@ -91,3 +91,24 @@ def test_decide_reports_bad_input(model_dir: Path, tmp_path: Path) -> None:
     assert "requests[0].candidates: empty" in result.output
     result = runner.invoke(app, ["decide", "--model", str(tmp_path), "--request", str(bad)])
     assert result.exit_code == 2 and "metadata.json" in result.output
+
+
+def test_json_logs_are_one_object_per_line() -> None:
+    import logging
+
+    from engine.logs.jsonlog import JsonFormatter
+
+    record = logging.LogRecord(
+        "admatch.test", logging.WARNING, "f.py", 1, "store %s", ("down",), None
+    )
+    record.request_id = "r1"
+    doc = json.loads(JsonFormatter().format(record))
+    assert doc["level"] == "WARNING" and doc["message"] == "store down"
+    assert doc["logger"] == "admatch.test" and doc["request_id"] == "r1" and "ts" in doc
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    assert "ValueError: boom" in json.loads(JsonFormatter().format(record))["exc_info"]
