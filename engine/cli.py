@@ -264,43 +264,34 @@ def serve(
     model: Annotated[Path, typer.Option(help="model directory")],
     config: Annotated[Path | None, typer.Option(help="config TOML; default: shipped")] = None,
     port: Annotated[int | None, typer.Option(min=0, max=65535, help="override server.port")] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="server processes on one port")] = 1,
     log_format: Annotated[str, typer.Option(help="text or json (one object per line)")] = "text",
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
 ) -> None:
     """Serve the AdMatching gRPC API (health checking and reflection included)."""
-    import signal
-    import threading
-
+    from engine.config import load_config
     from engine.logs.jsonlog import configure
+    from engine.model.bundle import ModelBundle
+    from engine.rpc.run import free_port, serve_one, serve_workers
 
     if log_format not in ("text", "json") or log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         _fail(AdmatchError("--log-format must be text or json; --log-level DEBUG..ERROR"))
     configure(log_format, log_level)
-
-    from engine.app import build_app
-    from engine.config import load_config
-    from engine.rpc.metrics import Metrics
-    from engine.rpc.server import build_server
-
     try:
         settings = load_config(config)
-        application = build_app(settings, model)
+        version = ModelBundle.load(model, runtime="lightgbm").version  # refuse a broken model now
     except AdmatchError as exc:
         _fail(exc)
-    limits = settings.server
-    metrics = Metrics()
-    if limits.metrics_port:
-        metrics.serve_http(limits.metrics_host, limits.metrics_port)
-    address = f"{limits.host}:{limits.port if port is None else port}"
-    server, bound = build_server(application, limits, address, metrics)
-    version = application.scorer.model.version
-    console.print(f"admatch serving on {limits.host}:{bound} (model {version}); Ctrl-C to stop")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    server.stop(grace=5).wait()  # finish in-flight requests, then close the store
-    application.close()
+    host = settings.server.host
+    chosen = settings.server.port if port is None else port
+    bound = chosen or free_port(host)
+    console.print(
+        f"admatch serving on {host}:{bound} (model {version}, {workers} worker(s)); Ctrl-C to stop"
+    )
+    if workers == 1:
+        serve_one(settings, model, bound)
+    else:
+        serve_workers(settings, model, bound, workers, (log_format, log_level))
 
 
 @app.command()

@@ -50,7 +50,11 @@ def build_server(
         ThreadPoolExecutor(max_workers=limits.threads),
         interceptors=[ErrorInterceptor(lambda m, c: metrics.requests.labels(m, c).inc())],
         maximum_concurrent_rpcs=limits.max_concurrent,
-        options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
+        options=[
+            ("grpc.max_receive_message_length", size),
+            ("grpc.max_send_message_length", size),
+            ("grpc.so_reuseport", 1),  # several worker processes share the port
+        ],
     )
     servicer = AdMatchingServicer(
         app, limits.max_candidates, metrics, operator_token(limits.operator_token)

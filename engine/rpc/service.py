@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
@@ -89,6 +91,7 @@ def model_info(app: App) -> pb.ModelInfo:
         config_version=config.version,
         runtime=bundle.runtime,
         feature_count=len(bundle.core.names),
+        served_by=f"{socket.gethostname()}:{os.getpid()}",
         metrics={
             f"{t}.{k}": float(v)
             for t, m in meta.get("metrics", {}).items()

@@ -77,6 +77,7 @@ def test_sigterm_finishes_in_flight_calls(
         replies: list[pb.RecordEventsResponse] = []
         answered: list[float] = []
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
             stub = pb_grpc.AdMatchingStub(channel)
 
             def record() -> None:
@@ -101,3 +102,37 @@ def test_sigterm_finishes_in_flight_calls(
             proc.kill()
         for key in client.scan_iter(match=f"{prefix}:*", count=10_000):
             client.delete(key)
+
+
+def test_two_workers_share_the_port_and_the_store(model_dir: Path, tmp_path: Path) -> None:
+    """--workers 2: both answer on one port (SO_REUSEPORT) and see the same cap store."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(ADMATCH), "serve", "--model", str(model_dir), "--port", str(port), "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        seen: set[str] = set()
+        deadline = time.monotonic() + 90
+        while len(seen) < 2 and time.monotonic() < deadline:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:  # a new connection
+                try:
+                    grpc.channel_ready_future(channel).result(timeout=30)
+                    info = pb_grpc.AdMatchingStub(channel).GetModelInfo(pb.GetModelInfoRequest())
+                    seen.add(info.served_by)
+                except grpc.FutureTimeoutError:
+                    continue
+        assert len(seen) == 2, seen
+        recorded = []
+        for _ in range(6):  # the same impression through fresh connections: counted once
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                reply = pb_grpc.AdMatchingStub(channel).RecordEvents(_events(1), timeout=10)
+                recorded.append(reply.impressions_recorded)
+        assert sum(recorded) == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
