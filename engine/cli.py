@@ -289,9 +289,9 @@ def serve(
         f"admatch serving on {host}:{bound} (model {version}, {workers} worker(s)); Ctrl-C to stop"
     )
     if workers == 1:
-        serve_one(settings, model, bound)
+        serve_one(settings, model, bound, config_path=config)
     else:
-        serve_workers(settings, model, bound, workers, (log_format, log_level))
+        serve_workers(settings, model, bound, workers, (log_format, log_level), config)
 
 
 @app.command()

@@ -118,6 +118,9 @@ class ServerConfig(_Strict):
     max_concurrent: int = Field(
         64, ge=1, description="requests in flight; more are refused with RESOURCE_EXHAUSTED"
     )
+    reload_interval_s: float = Field(
+        5.0, ge=0, description="how often to look for a changed model or config; 0: never"
+    )
     tls_cert_file: str = Field("", description="server certificate (PEM); with the key: TLS")
     tls_key_file: str = Field("", description="server private key (PEM)")
     tls_client_ca_file: str = Field("", description="CA of client certificates: mutual TLS")

@@ -29,11 +29,20 @@ def _wait_for_signal() -> None:
     stop.wait()
 
 
-def serve_one(config: AdmatchConfig, model_dir: Path, port: int, index: int = 0) -> None:
-    """Serve in this process until SIGTERM/SIGINT (``index``: metrics port offset)."""
+def serve_one(
+    config: AdmatchConfig,
+    model_dir: Path,
+    port: int,
+    index: int = 0,
+    config_path: Path | None = None,
+) -> None:
+    """Serve in this process until SIGTERM/SIGINT (``index``: metrics port offset), reloading
+    a changed model directory or config file."""
     from engine.app import build_app
     from engine.rpc.metrics import Metrics
+    from engine.rpc.reload import ReloadWatcher
     from engine.rpc.server import build_server
+    from engine.rpc.service import model_info
 
     app = build_app(config, model_dir)
     limits = config.server
@@ -41,16 +50,32 @@ def serve_one(config: AdmatchConfig, model_dir: Path, port: int, index: int = 0)
     if limits.metrics_port:
         metrics.serve_http(limits.metrics_host, limits.metrics_port + index)
     server, _ = build_server(app, limits, f"{limits.host}:{port}", metrics)
+
+    def reloaded() -> None:
+        info = model_info(app)
+        metrics.serving(info.model_version, info.config_version, info.runtime)
+
+    watcher = None
+    if limits.reload_interval_s:
+        watcher = ReloadWatcher(app, config_path, limits.reload_interval_s, reloaded).start()
     _wait_for_signal()
+    if watcher is not None:
+        watcher.stop()
     server.stop(grace=GRACE_S).wait()
     app.close()
 
 
 def _worker(
-    config: dict[str, Any], model_dir: str, port: int, index: int, log: tuple[str, str]
+    config: dict[str, Any],
+    model_dir: str,
+    port: int,
+    index: int,
+    log: tuple[str, str],
+    config_path: str | None,
 ) -> None:
     configure(*log)
-    serve_one(AdmatchConfig.model_validate(config), Path(model_dir), port, index)
+    path = Path(config_path) if config_path else None
+    serve_one(AdmatchConfig.model_validate(config), Path(model_dir), port, index, path)
 
 
 def free_port(host: str) -> int:
@@ -61,7 +86,12 @@ def free_port(host: str) -> int:
 
 
 def serve_workers(
-    config: AdmatchConfig, model_dir: Path, port: int, workers: int, log: tuple[str, str]
+    config: AdmatchConfig,
+    model_dir: Path,
+    port: int,
+    workers: int,
+    log: tuple[str, str],
+    config_path: Path | None = None,
 ) -> None:
     """Run ``workers`` server processes on one port until SIGTERM/SIGINT."""
     embedded = None
@@ -70,10 +100,11 @@ def serve_workers(
         store = config.store.model_copy(update={"url": f"unix://{embedded.socket}"})
         config = config.model_copy(update={"store": store})
     ctx = multiprocessing.get_context("spawn")
+    path = str(config_path) if config_path else None
     procs = [
         ctx.Process(
             target=_worker,
-            args=(config.model_dump(), str(model_dir), port, i, log),
+            args=(config.model_dump(), str(model_dir), port, i, log, path),
             name=f"admatch-worker-{i}",
         )
         for i in range(workers)
