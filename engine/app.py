@@ -18,6 +18,7 @@ from engine.caps.gate import CapGate
 from engine.caps.rules import parse_duration
 from engine.caps.store import CapStore, Feedback, Impression
 from engine.config import AdmatchConfig, load_config
+from engine.deadline import NO_DEADLINE, Deadline
 from engine.model.bundle import ModelBundle
 from engine.scoring.scorer import Scorer
 from engine.scoring.types import Decision, Reason, ScoreRequest
@@ -58,18 +59,27 @@ class App:
         return self._scorer
 
     def decide(
-        self, request: ScoreRequest, reserve: bool = False, timer: StageTimer = NULL_TIMER
+        self,
+        request: ScoreRequest,
+        reserve: bool = False,
+        timer: StageTimer = NULL_TIMER,
+        deadline: Deadline = NO_DEADLINE,
     ) -> Decision:
         """Read caps and exposures, score, and (``reserve``) atomically reserve the selected
         ads' caps, recording their impressions; an ad another server capped meanwhile is
-        dropped with reason FREQUENCY_CAPPED."""
+        dropped with reason FREQUENCY_CAPPED. The deadline is checked between stages: once it
+        has passed nothing more is done, in particular no cap is reserved for an answer the
+        caller no longer waits for."""
         scorer, gate = self._scorer, self._gate
         request.validate()  # before spending a cap-store round trip on it
+        deadline.check("caps")
         with timer.stage("caps"):
             prepared = gate.prepare(request)
+        deadline.check("scoring")
         decision = scorer.score(prepared, timer)
         if not reserve or not decision.selected:
             return decision
+        deadline.check("reserving caps")
         return self._reserve(request, decision, gate)
 
     def _reserve(self, request: ScoreRequest, decision: Decision, gate: CapGate) -> Decision:

@@ -118,6 +118,12 @@ class ServerConfig(_Strict):
     max_concurrent: int = Field(
         64, ge=1, description="requests in flight; more are refused with RESOURCE_EXHAUSTED"
     )
+    default_deadline_ms: float = Field(
+        1000.0, gt=0, description="time budget of a request that comes without a deadline"
+    )
+    max_deadline_ms: float = Field(
+        10000.0, gt=0, description="longer client deadlines are cut to this"
+    )
     reload_interval_s: float = Field(
         5.0, ge=0, description="how often to look for a changed model or config; 0: never"
     )

@@ -72,6 +72,12 @@ class Overloaded(AdmatchError):
     status = "RESOURCE_EXHAUSTED"
 
 
+class DeadlineExceeded(AdmatchError):
+    """The request's time budget ran out; no further work (and no cap reservation) is done."""
+
+    status = "DEADLINE_EXCEEDED"
+
+
 class ModelError(AdmatchError):
     """A model directory is missing, corrupt, or does not fit the running feature core.
 

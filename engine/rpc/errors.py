@@ -2,8 +2,8 @@
 
 An ``AdmatchError`` carries its status (``engine.errors``): client faults become
 INVALID_ARGUMENT with the field named, a refused model FAILED_PRECONDITION, overload
-RESOURCE_EXHAUSTED, not ready UNAVAILABLE. Anything else is a server fault: INTERNAL with a
-generic message, and the traceback goes to the log.
+RESOURCE_EXHAUSTED, not ready UNAVAILABLE, a spent time budget DEADLINE_EXCEEDED. Anything
+else is a server fault: INTERNAL with a generic message, and the traceback goes to the log.
 """
 
 from __future__ import annotations

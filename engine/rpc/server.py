@@ -57,7 +57,11 @@ def build_server(
         ],
     )
     servicer = AdMatchingServicer(
-        app, limits.max_candidates, metrics, operator_token(limits.operator_token)
+        app,
+        limits.max_candidates,
+        metrics,
+        operator_token(limits.operator_token),
+        (limits.default_deadline_ms, limits.max_deadline_ms),
     )
     info = model_info(app)
     metrics.serving(info.model_version, info.config_version, info.runtime)

@@ -15,6 +15,7 @@ from admatch.v1 import admatch_pb2 as pb
 from admatch.v1 import admatch_pb2_grpc as pb_grpc
 from engine.app import App
 from engine.caps.store import Feedback, Impression
+from engine.deadline import Deadline
 from engine.errors import InvalidArgument
 from engine.rpc.auth import check_operator
 from engine.rpc.convert import SLOT, TOUCHPOINT, decision_to_proto, request_from_proto
@@ -27,22 +28,33 @@ class AdMatchingServicer(pb_grpc.AdMatchingServicer):
     """Thin: all decisions happen in ``App`` and the scoring core."""
 
     def __init__(
-        self, app: App, max_candidates: int, metrics: Metrics, operator_token: str = ""
+        self,
+        app: App,
+        max_candidates: int,
+        metrics: Metrics,
+        operator_token: str = "",
+        deadline_ms: tuple[float, float] = (1000.0, 10000.0),
     ) -> None:
         self.app = app
         self.max_candidates = max_candidates
         self.metrics = metrics
         self.operator_token = operator_token
+        self.default_s, self.max_s = deadline_ms[0] / 1000, deadline_ms[1] / 1000
+
+    def _deadline(self, context: grpc.ServicerContext) -> Deadline:
+        """The client's deadline, cut to the maximum; the default when it sent none."""
+        remaining = context.time_remaining()
+        return Deadline(self.default_s if remaining is None else min(remaining, self.max_s))
 
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
-        timer = self.metrics.timer()
+        timer, deadline = self.metrics.timer(), self._deadline(context)
         with timer.stage("decode"):
             core_request = request_from_proto(request)
         n = len(core_request.candidates["ad_id"])
         if n > self.max_candidates:
             raise InvalidArgument("candidates", f"{n} candidates, at most {self.max_candidates}")
         reserve = request.reserve_caps and not request.explain
-        decision = self.app.decide(core_request, reserve, timer)
+        decision = self.app.decide(core_request, reserve, timer, deadline)
         with timer.stage("encode"):
             reply = decision_to_proto(decision)
         self.metrics.decision(decision)

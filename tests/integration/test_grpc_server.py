@@ -333,3 +333,71 @@ def test_metrics_count_requests_stages_and_decisions(app: App) -> None:
         assert b"admatch_cap_store_errors 0.0" in body
     finally:
         server.stop(grace=1).wait()
+
+
+@pytest.mark.parametrize(
+    ("max_deadline_ms", "client_timeout_s", "server_says"),
+    [(100.0, 10.0, True), (10_000.0, 0.15, False)],
+    ids=["server-maximum", "client-deadline"],
+)
+def test_a_spent_deadline_ends_the_call_and_reserves_nothing(
+    app: App,
+    monkeypatch: pytest.MonkeyPatch,
+    max_deadline_ms: float,
+    client_timeout_s: float,
+    server_says: bool,
+) -> None:
+    import threading
+    import time
+
+    gate = app._gate
+    real_prepare, reserved, finished = gate.prepare, [], threading.Event()
+
+    def slow_prepare(*args: Any, **kw: Any) -> Any:
+        time.sleep(0.3)  # a slow cap store: the budget runs out during the read
+        return real_prepare(*args, **kw)
+
+    def spy_reserve(*args: Any, **kw: Any) -> bool:
+        reserved.append(args)
+        return True
+
+    real_decide = app.decide
+
+    def decide(*args: Any, **kw: Any) -> Any:
+        try:
+            return real_decide(*args, **kw)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(gate, "prepare", slow_prepare)
+    monkeypatch.setattr(gate, "reserve", spy_reserve)
+    monkeypatch.setattr(app, "decide", decide)
+    limits = app.scorer.config.server.model_copy(
+        update={"port": 0, "max_deadline_ms": max_deadline_ms}
+    )
+    server, port = build_server(app, limits)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            request = golden("exemplary/iot_idle_screen.json")
+            request.reserve_caps = True
+            with pytest.raises(grpc.RpcError) as info:
+                pb_grpc.AdMatchingStub(ch).Score(request, timeout=client_timeout_s)
+            assert finished.wait(5)  # the server-side call has ended too
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        if server_says:
+            assert info.value.details() == "deadline of 100 ms exceeded before scoring"
+        assert reserved == []
+    finally:
+        server.stop(grace=1).wait()
+
+
+def test_without_a_deadline_the_default_budget_applies(app: App) -> None:
+    from engine.rpc.metrics import Metrics
+    from engine.rpc.service import AdMatchingServicer
+
+    class NoDeadline:
+        def time_remaining(self) -> None:
+            return None
+
+    servicer = AdMatchingServicer(app, 10, Metrics(), "", (250.0, 1000.0))
+    assert servicer._deadline(NoDeadline()).budget_s == 0.25  # type: ignore[arg-type]
