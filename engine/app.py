@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.batching import Batcher
 from engine.caps.connect import open_store
 from engine.caps.gate import CapGate
 from engine.caps.rules import parse_duration
@@ -43,6 +44,12 @@ class App:
         self._lock = threading.Lock()
         self._scorer = Scorer(ModelBundle.load(model_dir), config)
         self._gate = self._make_gate(config)
+        server = config.server
+        self._batcher = (
+            Batcher(server.batch_window_ms / 1000, server.batch_max)
+            if server.batch_window_ms > 0
+            else None
+        )
 
     def _make_gate(self, config: AdmatchConfig) -> CapGate:
         retention = parse_duration(config.store.retention)
@@ -76,7 +83,10 @@ class App:
         with timer.stage("caps"):
             prepared = gate.prepare(request)
         deadline.check("scoring")
-        decision = scorer.score(prepared, timer)
+        if self._batcher is None:
+            decision = scorer.score(prepared, timer)
+        else:
+            decision = self._batcher.score(scorer, prepared, timer, deadline)
         if not reserve or not decision.selected:
             return decision
         deadline.check("reserving caps")
@@ -125,7 +135,9 @@ class App:
             self._scorer, self._gate, self.model_dir = scorer, gate, directory
 
     def close(self) -> None:
-        """Close the cap store (and stop an embedded Redis)."""
+        """Finish batched work, close the cap store (and stop an embedded Redis)."""
+        if self._batcher is not None:
+            self._batcher.close()
         self.store.close()
 
 

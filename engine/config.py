@@ -124,6 +124,10 @@ class ServerConfig(_Strict):
     max_deadline_ms: float = Field(
         10000.0, gt=0, description="longer client deadlines are cut to this"
     )
+    batch_window_ms: float = Field(
+        0.0, ge=0, le=100, description="merge Score calls arriving this close together; 0: off"
+    )
+    batch_max: int = Field(32, ge=1, le=1024, description="requests in one batched pass at most")
     reload_interval_s: float = Field(
         5.0, ge=0, description="how often to look for a changed model or config; 0: never"
     )
