@@ -24,3 +24,4 @@ bench: setup
 	taskset -c 0 $(VENV)/python -m benchmarks.bench_runtimes --model data/bench/model_1m
 	POLARS_MAX_THREADS=1 taskset -c 0 $(VENV)/python -m benchmarks.bench_scoring --model data/bench/model_1m --log data/bench/log_1m_c.parquet
 	$(VENV)/python -m benchmarks.bench_caps
+	$(VENV)/python -m benchmarks.bench_grpc --model data/bench/model_1m --log data/bench/log_1m_c.parquet
