@@ -400,4 +400,4 @@ def test_without_a_deadline_the_default_budget_applies(app: App) -> None:
             return None
 
     servicer = AdMatchingServicer(app, 10, Metrics(), "", (250.0, 1000.0))
-    assert servicer._deadline(NoDeadline()).budget_s == 0.25  # type: ignore[arg-type]
+    assert servicer._deadline(NoDeadline()).budget_s == 0.25
