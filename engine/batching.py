@@ -16,7 +16,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from engine.deadline import Deadline
-from engine.errors import DeadlineExceeded
 from engine.scoring.scorer import Scorer
 from engine.scoring.types import Decision, ScoreRequest
 from engine.timing import NULL_TIMER, StageTimer
@@ -51,8 +50,7 @@ class Batcher:
             try:
                 return job.future.result(timeout=deadline.remaining())
             except TimeoutError:
-                deadline.check("scoring finished")
-                raise DeadlineExceeded("scoring did not finish in time") from None
+                raise deadline.exceeded("scoring finished") from None
 
     def _gather(self) -> list[_Job] | None:
         first = self._queue.get()

@@ -20,13 +20,16 @@ class Deadline:
         """Seconds left (negative once over); ``None`` without a deadline."""
         return None if self.end is None else self.end - self.clock()
 
+    def exceeded(self, before: str) -> DeadlineExceeded:
+        """The error for a budget spent before stage ``before``."""
+        budget_ms = (self.budget_s or 0.0) * 1000
+        return DeadlineExceeded(f"deadline of {budget_ms:.0f} ms exceeded before {before}")
+
     def check(self, before: str) -> None:
-        """Raise :class:`DeadlineExceeded` if the budget is spent before stage ``before``."""
+        """Raise :meth:`exceeded` if the budget is spent before stage ``before``."""
         left = self.remaining()
         if left is not None and left <= 0:
-            raise DeadlineExceeded(
-                f"deadline of {(self.budget_s or 0.0) * 1000:.0f} ms exceeded before {before}"
-            )
+            raise self.exceeded(before)
 
 
 NO_DEADLINE = Deadline(None)

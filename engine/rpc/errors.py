@@ -33,15 +33,20 @@ def _code(exc: Exception) -> str:
     return exc.status if isinstance(exc, AdmatchError) else "INTERNAL"
 
 
+def _fail(context: grpc.ServicerContext, exc: Exception, count: Count) -> None:
+    """Abort with the mapped status (a status already set, or a gRPC error, passes through)."""
+    if isinstance(exc, grpc.RpcError) or context.code() is not None:
+        raise exc
+    count(_code(exc))
+    _abort(context, exc)
+
+
 def _unary(fn: Callable[[Any, grpc.ServicerContext], Any], count: Count) -> Callable[..., Any]:
     def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
         try:
             reply = fn(request, context)
         except Exception as exc:  # mapped, never leaked
-            if isinstance(exc, grpc.RpcError) or context.code() is not None:
-                raise
-            count(_code(exc))
-            _abort(context, exc)
+            _fail(context, exc, count)
         count("OK")
         return reply
 
@@ -55,10 +60,7 @@ def _stream(
         try:
             yield from fn(requests, context)
         except Exception as exc:
-            if isinstance(exc, grpc.RpcError) or context.code() is not None:
-                raise
-            count(_code(exc))
-            _abort(context, exc)
+            _fail(context, exc, count)
         count("OK")
 
     return wrapped

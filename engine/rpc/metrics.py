@@ -1,9 +1,9 @@
 """Prometheus metrics of the service, on a registry of their own (no module-level state).
 
 Exported: ``admatch_requests_total{method,code}``, ``admatch_stage_seconds{stage}`` (decode,
-caps, features, model, rank, encode), ``admatch_decisions_total{reason}``,
-``admatch_scored_requests_total``, ``admatch_no_ad_total``, ``admatch_cap_store_errors`` and
-``admatch_model_info{model_version,config_version,runtime}``.
+caps, features, model, rank, encode; with batching "batched" replaces features to rank),
+``admatch_decisions_total{reason}``, ``admatch_scored_requests_total``, ``admatch_no_ad_total``,
+``admatch_cap_store_errors`` and ``admatch_model_info{model_version,config_version,runtime}``.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ class ReloadWatcher:
         app: App,
         config_path: Path | None,
         interval_s: float,
-        on_reload: Callable[[], None] = lambda: None,
+        on_reload: Callable[[], object] = lambda: None,
     ) -> None:
         self.app = app
         self.config_path = config_path

@@ -42,7 +42,7 @@ def serve_one(
     from engine.rpc.metrics import Metrics
     from engine.rpc.reload import ReloadWatcher
     from engine.rpc.server import build_server
-    from engine.rpc.service import model_info
+    from engine.rpc.service import publish_serving
 
     app = build_app(config, model_dir)
     limits = config.server
@@ -51,13 +51,11 @@ def serve_one(
         metrics.serve_http(limits.metrics_host, limits.metrics_port + index)
     server, _ = build_server(app, limits, f"{limits.host}:{port}", metrics)
 
-    def reloaded() -> None:
-        info = model_info(app)
-        metrics.serving(info.model_version, info.config_version, info.runtime)
-
     watcher = None
     if limits.reload_interval_s:
-        watcher = ReloadWatcher(app, config_path, limits.reload_interval_s, reloaded).start()
+        watcher = ReloadWatcher(
+            app, config_path, limits.reload_interval_s, lambda: publish_serving(app, metrics)
+        ).start()
     _wait_for_signal()
     if watcher is not None:
         watcher.stop()

@@ -16,7 +16,7 @@ from engine.config import ServerConfig
 from engine.rpc.auth import operator_token
 from engine.rpc.errors import ErrorInterceptor
 from engine.rpc.metrics import Metrics
-from engine.rpc.service import AdMatchingServicer, model_info
+from engine.rpc.service import AdMatchingServicer, publish_serving
 
 log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["AdMatching"].full_name
@@ -63,8 +63,7 @@ def build_server(
         operator_token(limits.operator_token),
         (limits.default_deadline_ms, limits.max_deadline_ms),
     )
-    info = model_info(app)
-    metrics.serving(info.model_version, info.config_version, info.runtime)
+    publish_serving(app, metrics)
     metrics.watch_cap_errors(lambda: app.cap_errors)
     pb_grpc.add_AdMatchingServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()

@@ -89,9 +89,14 @@ class AdMatchingServicer(pb_grpc.AdMatchingServicer):
         model_dir = Path(request.model_dir) if request.model_dir else None
         config = Path(request.config_path) if request.config_path else None
         self.app.reload(model_dir, config)
-        info = model_info(self.app)
-        self.metrics.serving(info.model_version, info.config_version, info.runtime)
-        return info
+        return publish_serving(self.app, self.metrics)
+
+
+def publish_serving(app: App, metrics: Metrics) -> pb.ModelInfo:
+    """Set the metrics' model-info gauge to what is serving now, and return it."""
+    info = model_info(app)
+    metrics.serving(info.model_version, info.config_version, info.runtime)
+    return info
 
 
 def model_info(app: App) -> pb.ModelInfo:
