@@ -61,6 +61,11 @@ class App:
         return self._gate.errors
 
     @property
+    def gate(self) -> CapGate:
+        """The cap gate serving now (store and rules)."""
+        return self._gate
+
+    @property
     def scorer(self) -> Scorer:
         """The scorer serving now (model and config)."""
         return self._scorer
@@ -91,6 +96,14 @@ class App:
             return decision
         deadline.check("reserving caps")
         return self._reserve(request, decision, gate)
+
+    def reserve(self, request: ScoreRequest, decision: Decision) -> Decision:
+        """Atomically reserve the caps of ``decision``'s selected ads, recording their
+        impressions (id ``request_id:ad_id``); an ad a cap refuses now (another request got
+        there first) is dropped with reason FREQUENCY_CAPPED."""
+        if not decision.selected:
+            return decision
+        return self._reserve(request, decision, self._gate)
 
     def _reserve(self, request: ScoreRequest, decision: Decision, gate: CapGate) -> Decision:
         ctx = request.context

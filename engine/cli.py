@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import polars as pl
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from engine.cliutil import console, err_console
+from engine.cliutil import fail as _fail
+from engine.cliutil import table as _table
 from engine.errors import AdmatchError
 
 app = typer.Typer(
@@ -21,23 +21,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(width=None if Console().is_terminal else 140)
-err_console = Console(stderr=True, soft_wrap=True)  # errors are never wrapped
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _fail(exc: AdmatchError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-    raise typer.Exit(code=2)
-
-
-def _table(frame: pl.DataFrame, title: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    for name in frame.columns:
-        table.add_column(name, justify="right" if frame[name].dtype.is_numeric() else "left")
-    for row in frame.iter_rows():
-        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
-    return table
 
 
 @app.command("gen-logs")
@@ -352,6 +335,15 @@ def _request_doc(path: Path) -> dict[str, Any]:
     if isinstance(doc, dict) and "candidates" not in doc and isinstance(doc.get("request"), dict):
         return dict(doc["request"])
     return dict(doc)
+
+
+def _register() -> None:
+    from engine.cli_replay import replay_app
+
+    app.add_typer(replay_app, name="replay")
+
+
+_register()
 
 
 def main() -> None:

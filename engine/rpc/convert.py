@@ -16,6 +16,7 @@ import numpy as np
 
 from admatch.v1 import admatch_pb2 as pb
 from engine.caps.rules import CapRule
+from engine.caps.store import Feedback, Impression
 from engine.config import COST_COMPONENTS
 from engine.errors import InvalidArgument
 from engine.scoring.types import Decision, PodLimits, Reason, ScoreRequest
@@ -286,3 +287,68 @@ def decision_to_proto(decision: Decision) -> pb.ScoreResponse:
             )
         )
     return resp
+
+
+_REASON_OF = {number: reason for reason, number in _REASON.items()}
+
+
+def decision_from_proto(msg: pb.ScoreResponse) -> Decision:
+    """The core's ``Decision`` from its wire form (for clients: replay, tools, tests)."""
+    parts = [d.score for d in msg.decisions]
+    costs = np.array(
+        [[getattr(p.cost, c) for c in COST_COMPONENTS] for p in parts], dtype=np.float64
+    ).reshape(len(parts), len(COST_COMPONENTS))
+
+    def column(name: str) -> np.ndarray:
+        return np.array([getattr(p, name) for p in parts], dtype=np.float64)
+
+    return Decision(
+        request_id=msg.request_id,
+        selected=list(msg.selected_ad_ids),
+        ad_id=[d.ad_id for d in msg.decisions],
+        reason=[_REASON_OF[d.reason] for d in msg.decisions],
+        rank=np.array([d.rank for d in msg.decisions], dtype=np.int64),
+        p_engage=column("p_engage"),
+        p_negative=column("p_negative"),
+        expected_value=column("expected_value"),
+        costs=costs,
+        cost=column("cost_total"),
+        utility=column("utility"),
+        model_version=msg.model_version,
+        config_version=msg.config_version,
+    )
+
+
+_KIND_NUMBER = {
+    k.removeprefix("NEGATIVE_KIND_").lower(): v for k, v in pb.Event.NegativeKind.items() if v
+}
+
+
+def events_to_proto(
+    impressions: Sequence[Impression], feedback: Sequence[Feedback]
+) -> pb.EventBatch:
+    """The ``RecordEvents`` batch of impressions and negative feedback."""
+    batch = pb.EventBatch()
+    for imp in impressions:
+        e = batch.events.add(
+            type=pb.Event.TYPE_IMPRESSION,
+            impression_id=imp.impression_id,
+            user_id=imp.user_id,
+            touchpoint=_NUMBER["touchpoint"][imp.touchpoint],
+            slot=_NUMBER["slot"][imp.slot],
+            ad_id=imp.ad_id,
+            **{k: v or "" for k, v in imp.ids().items() if k not in ("user_id", "ad_id")},
+        )
+        e.time.FromDatetime(imp.ts)
+    for f in feedback:
+        e = batch.events.add(
+            type=pb.Event.TYPE_NEGATIVE_FEEDBACK,
+            impression_id=f.impression_id,
+            user_id=f.user_id,
+            household_id=f.household_id or "",
+            campaign_id=f.campaign_id or "",
+            advertiser_id=f.advertiser_id or "",
+            negative_kind=_KIND_NUMBER[f.kind],
+        )
+        e.time.FromDatetime(f.ts)
+    return batch

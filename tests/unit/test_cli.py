@@ -27,10 +27,12 @@ runner = CliRunner()
         "decide",
         "serve",
         "score",
+        "replay",
+        "replay compare",
     ],
 )
 def test_every_command_has_help(command: str) -> None:
-    result = runner.invoke(app, [command, "--help"])
+    result = runner.invoke(app, [*command.split(), "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
 
 

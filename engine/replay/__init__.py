@@ -1,0 +1,1 @@
+"""The log-replay harness: a log through the engine, measured (``admatch replay``)."""

@@ -1,0 +1,231 @@
+"""What a replay keeps of each chunk: timings, decisions, exposures and off-policy sums.
+
+Everything kept grows with requests or impressions, never with candidate rows (those are
+summed per request as each chunk passes), so a long log replays in bounded memory.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+
+from engine.errors import InvalidArgument
+from engine.ope import Contributions, LoggedRows
+from engine.replay.engines import STAGES, Result
+from engine.replay.requests import row_values
+from engine.replay.source import RequestChunk
+
+REWARDS = ("engagement", "revenue", "negative")
+EXPOSURE_COLUMNS = (
+    "request_id",
+    "ts",
+    "ad_id",
+    "user_id",
+    "household_id",
+    "device_id",
+    "touchpoint",
+    "slot",
+    "creative_id",
+    "campaign_id",
+    "advertiser_id",
+    "category",
+)
+
+
+@dataclass
+class ChunkDecisions:
+    """A chunk's decisions as row-aligned columns (failed requests: nothing selected)."""
+
+    rank: np.ndarray
+    p_engage: np.ndarray
+    p_negative: np.ndarray
+    expected_value: np.ndarray
+    utility: np.ndarray
+    reason: list[str]
+
+    @classmethod
+    def of(cls, chunk: RequestChunk, results: list[Result]) -> ChunkDecisions:
+        n = len(chunk.rows)
+        out = cls(
+            np.zeros(n, dtype=np.int64),
+            np.zeros(n),
+            np.zeros(n),
+            np.zeros(n),
+            np.zeros(n),
+            ["ERROR"] * n,
+        )
+        for i, r in enumerate(results):
+            d = r.decision
+            if d is None:
+                continue
+            lo, hi = int(chunk.bounds[i]), int(chunk.bounds[i + 1])
+            out.rank[lo:hi] = d.rank
+            out.p_engage[lo:hi] = d.p_engage
+            out.p_negative[lo:hi] = d.p_negative
+            out.expected_value[lo:hi] = d.expected_value
+            out.utility[lo:hi] = d.utility
+            out.reason[lo:hi] = [str(x) for x in d.reason]
+        return out
+
+    @property
+    def selected(self) -> np.ndarray:
+        """Per row, whether the engine shows it."""
+        return self.rank > 0
+
+
+@dataclass
+class Collector:
+    """Accumulates a replay's measurements chunk by chunk (see :meth:`add`)."""
+
+    decisions_path: Path | None = None
+    latency: list[np.ndarray] = field(default_factory=list)
+    stages: dict[str, list[np.ndarray]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    errors: Counter[str] = field(default_factory=Counter)
+    no_ad: Counter[str] = field(default_factory=Counter)
+    requests: int = 0
+    candidates: int = 0
+    filled: int = 0
+    timeline: list[tuple[float, int]] = field(default_factory=list)
+    selections: list[pl.DataFrame] = field(default_factory=list)
+    history: list[pl.DataFrame] = field(default_factory=list)
+    feedback: list[pl.DataFrame] = field(default_factory=list)
+    load: list[pl.DataFrame] = field(default_factory=list)
+    ope: dict[str, list[Contributions]] = field(default_factory=lambda: {r: [] for r in REWARDS})
+    logging_truth: dict[str, list[Contributions]] = field(
+        default_factory=lambda: {r: [] for r in REWARDS}
+    )
+    ope_problem: str | None = None
+    fit: dict[str, list[tuple[np.ndarray, np.ndarray]]] = field(
+        default_factory=lambda: {"engaged": [], "negative": []}
+    )
+    _writer: pq.ParquetWriter | None = None
+
+    def add(
+        self, chunk: RequestChunk, results: list[Result], record: str, elapsed_s: float
+    ) -> None:
+        """Take one chunk's results; ``record`` says which rows' impressions went into the
+        cap store: the engine's picks (``selected``), the log's (``logged``) or none."""
+        d = ChunkDecisions.of(chunk, results)
+        shown = chunk.rows["shown"].to_numpy()
+        recorded = {"selected": d.selected, "logged": shown}.get(record, np.zeros_like(shown))
+        self._timings(results)
+        self._decisions(chunk, results, d)
+        self._exposures(chunk, d, recorded)
+        self._quality(chunk, d)
+        self.timeline.append((elapsed_s, self.requests))
+        if self.decisions_path is not None:
+            self._write(chunk, d)
+
+    def _timings(self, results: list[Result]) -> None:
+        self.latency.append(np.array([r.latency_s for r in results]))
+        for s in STAGES:
+            self.stages[s].append(np.array([r.stages.get(s, np.nan) for r in results]))
+        self.errors.update(r.error for r in results if r.error is not None)
+
+    def _decisions(self, chunk: RequestChunk, results: list[Result], d: ChunkDecisions) -> None:
+        self.requests += chunk.requests
+        self.candidates += len(chunk.rows)
+        for r in results:
+            if r.decision is None:
+                continue
+            if r.decision.selected:
+                self.filled += 1
+            else:  # why not: the reason of the candidate with the highest utility
+                best = int(np.argmax(r.decision.utility))
+                self.no_ad[str(r.decision.reason[best])] += 1
+        self.load.append(
+            chunk.rows.select(
+                "user_id",
+                "touchpoint",
+                pl.col("ts").dt.date().alias("day"),
+                pl.Series("engine", d.selected.astype(np.int64)),
+                pl.col("shown").cast(pl.Int64).alias("logged"),
+            )
+            .group_by("user_id", "day", "touchpoint")
+            .agg(pl.col("engine").sum(), pl.col("logged").sum())
+        )
+
+    def _exposures(self, chunk: RequestChunk, d: ChunkDecisions, recorded: np.ndarray) -> None:
+        rows = chunk.rows
+        self.selections.append(rows.filter(pl.Series(d.selected)).select(EXPOSURE_COLUMNS))
+        kept = rows.filter(pl.Series(recorded))
+        self.history.append(kept.select(EXPOSURE_COLUMNS))
+        self.feedback.append(
+            kept.filter(pl.col("shown") & pl.col("negative_kind").is_not_null()).select(
+                "ts", "user_id", "household_id", "campaign_id", "advertiser_id", "negative_kind"
+            )
+        )
+
+    def _quality(self, chunk: RequestChunk, d: ChunkDecisions) -> None:
+        rows = chunk.rows
+        shown = rows["shown"].to_numpy()
+        for outcome, p in (("engaged", d.p_engage), ("negative", d.p_negative)):
+            y = rows[outcome]
+            known = shown & y.is_not_null().to_numpy()
+            self.fit[outcome].append((y.fill_null(False).to_numpy()[known], p[known]))
+        if self.ope_problem is not None:
+            return
+        try:
+            logged = LoggedRows(chunk.owner(), shown, row_values(rows, "propensity"))
+        except InvalidArgument as exc:
+            self.ope_problem = str(exc)
+            return
+        target = d.selected.astype(np.float64)
+        propensity = np.nan_to_num(row_values(rows, "propensity"))
+        for name, (reward, predicted, truth) in _rewards(rows, d).items():
+            self.ope[name].append(Contributions.of(logged, target, reward, predicted, truth))
+            self.logging_truth[name].append(
+                Contributions.of(logged, propensity, reward, None, truth)
+            )
+
+    def _write(self, chunk: RequestChunk, d: ChunkDecisions) -> None:
+        assert self.decisions_path is not None
+        frame = chunk.rows.select("request_id", "ad_id").with_columns(
+            rank=pl.Series(d.rank),
+            reason=pl.Series(d.reason),
+            p_engage=pl.Series(d.p_engage),
+            p_negative=pl.Series(d.p_negative),
+            expected_value=pl.Series(d.expected_value),
+            utility=pl.Series(d.utility),
+        )
+        table = frame.to_arrow()
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.decisions_path, table.schema)
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        """Finish the decisions file."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _rewards(
+    rows: pl.DataFrame, d: ChunkDecisions
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Per reward: observed value, the engine's prediction, and the truth if the log has it."""
+    engaged = row_values(rows, "engaged", 0.0)
+    converted = row_values(rows, "converted", 0.0)
+    bid = row_values(rows, "bid", 0.0)
+    pricing = rows["pricing"].cast(pl.String).to_numpy()
+    cpm, cpc = pricing == "cpm", pricing == "cpc"
+    revenue = np.where(cpm, bid / 1000, np.where(cpc, bid * engaged, bid * converted))
+    truth: dict[str, np.ndarray | None] = {"engagement": None, "revenue": None, "negative": None}
+    if rows["true_p_engaged"].null_count() < len(rows):
+        t_e = row_values(rows, "true_p_engaged")
+        t_c = row_values(rows, "true_p_converted")
+        truth = {
+            "engagement": t_e,
+            "negative": row_values(rows, "true_p_negative"),
+            "revenue": np.where(cpm, bid / 1000, np.where(cpc, bid * t_e, bid * t_c)),
+        }
+    return {
+        "engagement": (engaged, d.p_engage, truth["engagement"]),
+        "revenue": (revenue, d.expected_value, truth["revenue"]),
+        "negative": (row_values(rows, "negative", 0.0), d.p_negative, truth["negative"]),
+    }

@@ -1,0 +1,217 @@
+"""What a replay sends its requests to: the engine in this process, or a server over gRPC.
+
+Both take requests in log order, decide them, and record each request's exposure events the
+way production would (after the decision), so caps and fatigue evolve as the replay goes.
+
+In process, a worker's whole path runs except the network: each request arrives as the bytes
+of a ``ScoreRequest`` message, is decoded by the servicer's own conversion, reads the cap store,
+and waits for one scoring pass over its batch (``batch`` requests, as the server's batcher
+merges concurrent calls); the decision is encoded back to bytes, and the batch's events are
+recorded in one call. With ``batch=1`` it is the one-request-at-a-time path. With ``reserve``
+the selected ads' caps are reserved atomically after scoring (the server's ``reserve_caps``),
+which also records their impressions: requests of one user in one batch cannot then both take
+the last slot of a cap.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from admatch.v1 import admatch_pb2 as pb
+from engine.app import App
+from engine.caps.store import Feedback, Impression
+from engine.errors import AdmatchError
+from engine.replay.requests import Events
+from engine.rpc.convert import decision_to_proto, request_from_proto, request_to_proto
+from engine.scoring.types import Decision, ScoreRequest
+from engine.timing import CallbackTimer
+
+STAGES = ("decode", "caps", "features", "model", "rank", "reserve", "encode")
+EventsOf = Callable[[int, Decision | None], Events]
+
+
+@dataclass
+class Result:
+    """One request's outcome.
+
+    Attributes:
+        decision: the decision (``None`` when the request failed).
+        error: the gRPC status name of the failure, ``None`` on success.
+        latency_s: from the request's arrival to its encoded answer.
+        stages: seconds the request spent (or waited, for its batch's passes) per stage.
+    """
+
+    decision: Decision | None
+    error: str | None
+    latency_s: float
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+class ReplayEngine(Protocol):
+    """Decides requests in order and records their events as production would."""
+
+    name: str
+
+    def decide(self, requests: Sequence[ScoreRequest], events_of: EventsOf) -> list[Result]:
+        """Decide ``requests`` (in order); after each decision, record
+        ``events_of(i, decision)`` for request ``i`` of this call. One result per request."""
+        ...
+
+    def busy_seconds(self) -> float:
+        """Seconds the engine itself worked so far (in process) or 0 (remote)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the engine holds."""
+        ...
+
+
+class InProcessEngine:
+    """The scoring core and cap store of an :class:`App` in this process."""
+
+    name = "in-process"
+
+    def __init__(self, app: App, batch: int, reserve: bool = False) -> None:
+        self.app = app
+        self.batch = max(1, batch)
+        self.reserve = reserve
+        self.batches = 0
+        self._busy = 0.0
+
+    def busy_seconds(self) -> float:
+        """See :class:`ReplayEngine`."""
+        return self._busy
+
+    def decide(self, requests: Sequence[ScoreRequest], events_of: EventsOf) -> list[Result]:
+        """See :class:`ReplayEngine`."""
+        out: list[Result] = []
+        for span in causal_batches(requests, self.batch):
+            k, group = span.start, requests[span.start : span.stop]
+            self.batches += 1
+            results = self._batch(group)
+            start = time.perf_counter()
+            impressions: list[Impression] = []
+            feedback: list[Feedback] = []
+            for i, r in enumerate(results):
+                imp, fb = events_of(k + i, r.decision)
+                impressions += imp
+                feedback += fb
+            if impressions or feedback:
+                self.app.record(impressions, feedback)
+            self._busy += time.perf_counter() - start
+            out += results
+        return out
+
+    def _batch(self, group: Sequence[ScoreRequest]) -> list[Result]:
+        wire = [request_to_proto(r).SerializeToString() for r in group]  # the client's part
+        results = [Result(None, None, 0.0) for _ in group]
+        prepared: list[tuple[int, ScoreRequest]] = []
+        for i, blob in enumerate(wire):
+            timer = CallbackTimer(_adder(results[i].stages))
+            try:
+                with timer.stage("decode"):
+                    request = request_from_proto(pb.ScoreRequest.FromString(blob))
+                request.validate()
+                with timer.stage("caps"):
+                    prepared.append((i, self.app.gate.prepare(request)))
+            except AdmatchError as exc:
+                results[i].error = exc.status
+        shared: dict[str, float] = {}
+        decisions = self._score([r for _, r in prepared], CallbackTimer(_adder(shared)))
+        for (i, request), decision in zip(prepared, decisions, strict=True):
+            stages = results[i].stages
+            stages.update(shared)
+            if isinstance(decision, AdmatchError):
+                results[i].error = decision.status
+                continue
+            if self.reserve:
+                start = time.perf_counter()
+                decision = self.app.reserve(request, decision)
+                stages["reserve"] = time.perf_counter() - start
+            start = time.perf_counter()
+            decision_to_proto(decision).SerializeToString()
+            stages["encode"] = time.perf_counter() - start
+            results[i].decision = decision
+        for r in results:
+            r.latency_s = sum(r.stages.values())
+        self._busy += sum(shared.values()) + sum(
+            v for r in results for k, v in r.stages.items() if k not in shared
+        )
+        return results
+
+    def _score(
+        self, requests: list[ScoreRequest], timer: CallbackTimer
+    ) -> list[Decision | AdmatchError]:
+        """One pass over the batch; if it fails, each request alone (one bad request fails
+        alone, as in the server's batcher)."""
+        if not requests:
+            return []
+        scorer = self.app.scorer
+        try:
+            return list(scorer.score_batch(requests, timer))
+        except AdmatchError as exc:
+            if len(requests) == 1:
+                return [exc]
+        out: list[Decision | AdmatchError] = []
+        for r in requests:
+            try:
+                out.append(scorer.score(r, timer))
+            except AdmatchError as exc:
+                out.append(exc)
+        return out
+
+    def close(self) -> None:
+        """Close the app (its cap store, and an embedded Redis)."""
+        self.app.close()
+
+
+def _adder(stages: dict[str, float]) -> Callable[[str, float], None]:
+    def observe(name: str, seconds: float) -> None:
+        stages[name] = stages.get(name, 0.0) + seconds
+
+    return observe
+
+
+def _entities(request: ScoreRequest) -> set[tuple[str, str]]:
+    ctx = request.context
+    ids = (("user", ctx.user_id), ("household", ctx.household_id), ("device", ctx.device_id))
+    return {(kind, value) for kind, value in ids if value}
+
+
+def causal_batches(requests: Sequence[ScoreRequest], max_batch: int) -> list[range]:
+    """Consecutive runs of at most ``max_batch`` requests in which no user, household or
+    device appears twice.
+
+    A server's batcher merges requests that arrive within a millisecond, which in real time
+    never holds two requests of one user: the second comes after the first's ad was shown. A
+    replay runs far faster than real time, so it cuts a batch where a user, household or device
+    repeats; otherwise the later request could not see the earlier one's exposure and a cap
+    could be overrun only because the log was replayed fast.
+    """
+    out, start, seen = [], 0, set[tuple[str, str]]()
+    for i, r in enumerate(requests):
+        ids = _entities(r)
+        if i - start >= max_batch or not seen.isdisjoint(ids):
+            out.append(range(start, i))
+            start, seen = i, set()
+        seen |= ids
+    if start < len(requests):
+        out.append(range(start, len(requests)))
+    return out
+
+
+def previous_conflict(requests: Sequence[ScoreRequest]) -> list[int]:
+    """Per request, the index of the latest earlier request sharing its user, household or
+    device (-1 if none): a concurrent replay waits for that one before sending (see
+    :func:`causal_batches` for why)."""
+    last: dict[tuple[str, str], int] = {}
+    out = []
+    for i, r in enumerate(requests):
+        ids = _entities(r)
+        out.append(max((last.get(e, -1) for e in ids), default=-1))
+        for e in ids:
+            last[e] = i
+    return out

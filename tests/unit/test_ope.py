@@ -1,0 +1,103 @@
+"""Off-policy estimators: hand-computed values on a tiny log, and unbiasedness on synthetic ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from engine.errors import InvalidArgument
+from engine.ope import Z95, Contributions, LoggedRows, doubly_robust, ips, on_policy, snips
+from engine.synth.generator import generate
+from engine.synth.params import WorldParams
+
+# Three requests. Request 0: rows a (shown, p=.25, clicked), b (unshown). Request 1: c (shown,
+# p=.25, no click), d (unshown, p=.75). Request 2: e (shown, p=1, no click). The target shows
+# a, d and e.
+GROUP = np.array([0, 0, 1, 1, 2])
+SHOWN = np.array([True, False, True, False, True])
+PROPENSITY = np.array([0.25, 0.75, 0.25, 0.75, 1.0])
+REWARD = np.array([1.0, np.nan, 0.0, np.nan, 0.0])
+TARGET = np.array([1.0, 0.0, 0.0, 1.0, 1.0])
+PREDICTED = np.array([0.6, 0.2, 0.1, 0.3, 0.5])
+
+
+@pytest.fixture
+def rows() -> LoggedRows:
+    return LoggedRows(GROUP, SHOWN, PROPENSITY)
+
+
+def test_ips_by_hand(rows: LoggedRows) -> None:
+    # per request: 1 * 1 / .25 = 4, 0, 0 -> mean 4/3; sd (ddof 1) sqrt(16/3), se sqrt(16/9)
+    e = ips(rows, TARGET, REWARD)
+    assert e.value == pytest.approx(4 / 3)
+    assert e.stderr == pytest.approx(4 / 3)
+    assert e.low == pytest.approx(4 / 3 - Z95 * 4 / 3)
+    assert (e.requests, e.matched) == (3, 2)  # a and e: shown by both policies
+    assert e.ess == pytest.approx(25 / 17)  # weights 4 and 1: (4+1)^2 / (16+1)
+
+
+def test_snips_by_hand(rows: LoggedRows) -> None:
+    # weighted reward 4, weights 4 + 1 = 5: 0.8 per shown ad, times 1 ad per request
+    assert snips(rows, TARGET, REWARD).value == pytest.approx(0.8)
+
+
+def test_doubly_robust_by_hand(rows: LoggedRows) -> None:
+    # request 0: .6 + 4 (1 - .6) = 2.2; request 1: .3; request 2: .5 + 1 (0 - .5) = 0
+    assert doubly_robust(rows, TARGET, REWARD, PREDICTED).value == pytest.approx(2.5 / 3)
+
+
+def test_on_policy_by_hand(rows: LoggedRows) -> None:
+    assert on_policy(rows, REWARD).value == pytest.approx(1 / 3)
+
+
+def test_chunks_concatenate_to_the_whole(rows: LoggedRows) -> None:
+    whole = Contributions.of(rows, TARGET, REWARD, PREDICTED)
+    first = LoggedRows(GROUP[:2], SHOWN[:2], PROPENSITY[:2])
+    rest = LoggedRows(GROUP[2:] - 1, SHOWN[2:], PROPENSITY[2:])
+    parts = Contributions.concat(
+        [
+            Contributions.of(first, TARGET[:2], REWARD[:2], PREDICTED[:2]),
+            Contributions.of(rest, TARGET[2:], REWARD[2:], PREDICTED[2:]),
+        ]
+    )
+    for est in ("ips_estimate", "snips_estimate", "dr_estimate", "on_policy"):
+        assert getattr(parts, est)() == getattr(whole, est)()
+
+
+def test_shown_rows_need_propensities() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        LoggedRows(GROUP, SHOWN, np.array([0.25, np.nan, np.nan, 0.5, 1.0]))
+    assert err.value.field == "propensity"
+    assert "1 shown row(s)" in err.value.problem
+    assert "doubly robust" in err.value.problem
+    # an unshown row may lack one: nothing divides by it
+    LoggedRows(GROUP, SHOWN, np.array([0.25, np.nan, 0.25, np.nan, 1.0]))
+
+
+def _highest_bid(log: pl.DataFrame) -> np.ndarray:
+    """A deterministic target: the highest bid of each request."""
+    best = log.select(
+        pl.int_range(pl.len()).over("request_id") == pl.col("bid").arg_max().over("request_id")
+    )
+    return best.to_series().to_numpy().astype(np.float64)
+
+
+def test_unbiased_on_synthetic_logs() -> None:
+    """The true value of a fixed policy lies in the 95% interval in most of 8 seeds, for IPS
+    and for doubly robust with a deliberately wrong (constant) reward model."""
+    covered = {"ips": 0, "dr": 0}
+    for seed in range(8):
+        log = generate(WorldParams(rows=30_000, seed=100 + seed)).log
+        group = log.select(pl.col("request_id").rle_id()).to_series().to_numpy()
+        rows = LoggedRows(group, log["shown"].to_numpy(), log["propensity"].to_numpy())
+        target = _highest_bid(log)
+        reward = log["engaged"].cast(pl.Float64).to_numpy()
+        c = Contributions.of(
+            rows, target, reward, np.full(len(log), 0.05), log["true_p_engaged"].to_numpy()
+        )
+        truth = c.true_value()
+        covered["ips"] += c.ips_estimate().covers(truth)
+        covered["dr"] += c.dr_estimate().covers(truth)
+    assert covered["ips"] >= 6, covered
+    assert covered["dr"] >= 6, covered

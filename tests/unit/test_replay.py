@@ -1,0 +1,201 @@
+"""``admatch replay`` in process: the report, its checks and its quality figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from engine.cli import app
+from engine.config import load_config
+from engine.replay.compare import compare, load_report
+from engine.replay.run import ReplayOptions, replay
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+# Keys report.json promises (docs/replay.md); a rename breaks users' scripts.
+STABLE_KEYS = [
+    "requests",
+    "candidates",
+    "throughput.requests_per_s",
+    "throughput.candidates_per_s",
+    "latency_ms.p50",
+    "latency_ms.p95",
+    "latency_ms.p99",
+    "latency_ms.max",
+    "floor.model_candidates_per_s",
+    "floor.ratio",
+    "decisions.fill_rate",
+    "decisions.cap_violations",
+    "decisions.no_ad_share",
+    "decisions.ads_per_user_day",
+    "quality.user_fit.engaged.auc",
+    "quality.off_policy.engine.revenue.dr.value",
+    "environment.cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def memory_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped config with the in-memory cap store (offline, one process)."""
+    text = (ROOT / "engine" / "default_config.toml").read_text()
+    path = tmp_path_factory.mktemp("config") / "config.toml"
+    path.write_text(text.replace('url = ""', 'url = "memory://"', 1))
+    assert load_config(path).store.url == "memory://"
+    return path
+
+
+def run(model_log: Path, model_dir: Path, config: Path, out: Path, **options: object) -> dict:
+    base = dict(log=model_log, report_dir=out, model_dir=model_dir, config_path=config)
+    return replay(ReplayOptions(**{**base, **options}))  # type: ignore[arg-type]
+
+
+def dig(doc: dict, key: str) -> object:
+    for part in key.split("."):
+        doc = doc[part]
+    return doc
+
+
+@pytest.fixture(scope="module")
+def batched(
+    model_log: Path, model_dir: Path, memory_config: Path, tmp_path_factory
+) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("batched")
+    doc = run(
+        model_log, model_dir, memory_config, out, batch=16, max_requests=1500, save_decisions=True
+    )
+    return doc, out
+
+
+def test_report_has_every_stable_key_and_file(batched: tuple[dict, Path]) -> None:
+    doc, out = batched
+    for key in STABLE_KEYS:
+        assert dig(doc, key) is not None, key
+    assert json.loads((out / "report.json").read_text())["requests"] == doc["requests"] == 1500
+    for name in ("report.md", "latency.png", "throughput.png", "revenue_vs_cost.png"):
+        assert (out / name).stat().st_size > 500, name
+    assert "## Decisions" in (out / "report.md").read_text()
+
+
+def test_decisions_are_consistent(batched: tuple[dict, Path]) -> None:
+    doc, out = batched
+    d = doc["decisions"]
+    decisions = pl.read_parquet(out / "decisions.parquet")
+    assert len(decisions) == doc["candidates"]
+    filled = decisions.group_by("request_id").agg((pl.col("rank") > 0).any())["rank"].mean()
+    assert d["fill_rate"] == pytest.approx(filled)
+    assert d["selected_ads"] == int((decisions["rank"] > 0).sum())
+    assert d["cap_violations"] == 0  # batches never hold one user twice
+    assert 1 < doc["throughput"]["mean_batch_requests"] <= 16
+    no_ad = sum(d["no_ad_share"].values())
+    assert no_ad == pytest.approx(1 - d["fill_rate"])
+    assert set(d["ads_per_user_day"]) <= {"ai_voice", "ott", "iot", "mobile"}
+
+
+def test_stage_times_add_up(batched: tuple[dict, Path]) -> None:
+    doc, _ = batched
+    stages = doc["stages_ms"]
+    assert {"decode", "caps", "features", "model", "rank", "encode"} <= set(stages)
+    total = sum(s["mean"] for s in stages.values() if s["mean"] is not None)
+    assert total == pytest.approx(doc["latency_ms"]["mean"], rel=1e-6)
+    f = doc["floor"]
+    assert f["ratio"] == pytest.approx(
+        doc["throughput"]["candidates_per_s"] / f["model_candidates_per_s"]
+    )
+
+
+def test_quality_against_the_truth(batched: tuple[dict, Path]) -> None:
+    doc, _ = batched
+    fit = doc["quality"]["user_fit"]
+    assert 0.55 < fit["engaged"]["auc"] < 1 and fit["engaged"]["rows"] > 100
+    ope = doc["quality"]["off_policy"]
+    assert ope["available"]
+    for reward in ("engagement", "revenue", "negative"):
+        e = ope["engine"][reward]
+        assert e["truth"] is not None
+        for name in ("ips", "snips", "dr"):
+            assert e[name]["low"] <= e[name]["value"] <= e[name]["high"]
+            assert e[name]["error"] == pytest.approx(e[name]["value"] - e["truth"])
+        logged = ope["logging"][reward]["on_policy"]
+        assert logged["low"] <= logged["value"] <= logged["high"]
+    # the engine shows fewer ads than the log's policy but picks them for engagement
+    assert ope["engine"]["ads_per_request"] < ope["logging"]["ads_per_request"]
+
+
+def test_record_logged_replays_the_logs_exposures(model_log, model_dir, memory_config, tmp_path):
+    doc = run(
+        model_log,
+        model_dir,
+        memory_config,
+        tmp_path,
+        record="logged",
+        max_requests=400,
+        plots=False,
+    )
+    assert doc["engine"]["record"] == "logged"
+    assert doc["requests"] == 400 and doc["errors"]["total"] == 0
+
+
+def test_reserve_keeps_caps_and_needs_selected(model_log, model_dir, memory_config, tmp_path):
+    doc = run(
+        model_log,
+        model_dir,
+        memory_config,
+        tmp_path,
+        batch=32,
+        reserve=True,
+        max_requests=600,
+        plots=False,
+    )
+    assert doc["decisions"]["cap_violations"] == 0 and doc["engine"]["reserve"] is True
+    assert doc["stages_ms"]["reserve"]["mean"] is not None
+    from engine.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="record selected"):
+        run(model_log, model_dir, memory_config, tmp_path, reserve=True, record="logged")
+
+
+def test_a_log_without_propensities_says_why(model_log, model_dir, memory_config, tmp_path):
+    log = tmp_path / "no_propensity.parquet"
+    pl.read_parquet(model_log).drop("propensity").write_parquet(log)
+    doc = run(log, model_dir, memory_config, tmp_path / "r", max_requests=200, plots=False)
+    ope = doc["quality"]["off_policy"]
+    assert ope["available"] is False and "propensity" in ope["reason"]
+    assert doc["quality"]["user_fit"]["engaged"]["auc"] is not None
+
+
+def test_bounds(model_log, model_dir, memory_config, tmp_path):
+    doc = run(model_log, model_dir, memory_config, tmp_path, duration_s=0.01, plots=False)
+    assert 0 < doc["requests"] < 2000
+
+
+def test_compare_two_reports(
+    batched: tuple[dict, Path], model_log, model_dir, memory_config, tmp_path
+):
+    _, out_a = batched
+    run(model_log, model_dir, memory_config, tmp_path, batch=1, max_requests=300, plots=False)
+    rows = {r[0]: r for r in compare(load_report(out_a), load_report(tmp_path))}
+    label, a, b, ratio, _ = rows["requests"]
+    assert (a, b, ratio) == (1500, 300, pytest.approx(0.2))
+    assert rows["cap violations"][4] in ("same", "")
+    result = runner.invoke(app, ["replay", "compare", str(out_a), str(tmp_path / "report.json")])
+    assert result.exit_code == 0, result.output
+    assert "requests/s" in result.output and "0.200" in result.output
+    bad = runner.invoke(app, ["replay", "compare", str(out_a), str(tmp_path / "nope.json")])
+    assert bad.exit_code == 2 and "no such report" in bad.output
+
+
+def test_cli_replay(model_log, model_dir, memory_config, tmp_path):
+    args = ["replay", "--log", str(model_log), "--report", str(tmp_path), "--model", str(model_dir)]
+    args += ["--config", str(memory_config), "--max-requests", "200", "--no-plots"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "cap violations" in result.output and (tmp_path / "report.json").exists()
+    missing = runner.invoke(app, ["replay", "--report", str(tmp_path)])
+    assert missing.exit_code == 2 and "--log: required" in missing.output
+    no_model = runner.invoke(app, ["replay", "--log", str(model_log), "--report", str(tmp_path)])
+    assert no_model.exit_code == 2 and "--model" in no_model.output
