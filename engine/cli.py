@@ -339,8 +339,10 @@ def _request_doc(path: Path) -> dict[str, Any]:
 
 def _register() -> None:
     from engine.cli_replay import replay_app
+    from engine.cli_tune import tune
 
     app.add_typer(replay_app, name="replay")
+    app.command("tune")(tune)
 
 
 _register()

@@ -141,6 +141,68 @@ class ServerConfig(_Strict):
     )
 
 
+UserCost = Literal["negative", "ads_per_user_day", "ads_per_household_day"]
+TUNABLE = (*(f"weights.{c}" for c in COST_COMPONENTS), "cost_to_money", "reserve")
+
+
+def _default_ranges() -> dict[str, tuple[float, float]]:
+    ranges = {f"weights.{c}": (0.0, 4.0) for c in COST_COMPONENTS}
+    return {**ranges, "cost_to_money": (0.0, 0.05), "reserve": (0.0, 0.02)}
+
+
+class TuningConstraints(_Strict):
+    """What a recommended weight set must satisfy (by its estimates)."""
+
+    max_negative_rate: float | None = Field(
+        None, ge=0, description="negative feedback per request at most this"
+    )
+    negative_vs_current: float | None = Field(
+        1.0, ge=0, description="else: at most this multiple of the current weights' rate"
+    )
+    max_ads_per_household_day: dict[str, int] = Field(
+        default_factory=dict, description="per touchpoint: no household-day above this"
+    )
+    min_revenue_pct: float | None = Field(
+        None, ge=0, description="revenue at least this percent of the current weights'"
+    )
+
+    @model_validator(mode="after")
+    def _touchpoints(self) -> TuningConstraints:
+        unknown = [t for t in self.max_ads_per_household_day if t not in TOUCHPOINTS]
+        if unknown:
+            raise ValueError(f"max_ads_per_household_day: unknown touchpoints {unknown}")
+        return self
+
+
+class TuningConfig(_Strict):
+    """``admatch tune``: search ranges, the estimator trials are judged by, constraints."""
+
+    ranges: dict[str, tuple[float, float]] = Field(
+        default_factory=_default_ranges,
+        description="parameter -> [low, high]; parameters not listed keep their config value",
+    )
+    estimator: Literal["dr", "snips"] = "dr"
+    objectives: list[UserCost] = Field(
+        default_factory=lambda: list[UserCost](["negative"]),
+        min_length=1,
+        description="user costs minimised beside revenue (more objectives, sparser frontier)",
+    )
+    sampler: Literal["tpe", "nsga2"] = "tpe"
+    min_matched_events: int = Field(
+        100, ge=1, description="trials resting on fewer matched logged events are flagged"
+    )
+    constraints: TuningConstraints = Field(default_factory=TuningConstraints)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> TuningConfig:
+        for name, (low, high) in self.ranges.items():
+            if name not in TUNABLE:
+                raise ValueError(f"ranges: unknown parameter {name!r} (tunable: {TUNABLE})")
+            if not 0 <= low <= high:
+                raise ValueError(f"ranges.{name}: need 0 <= low <= high, got [{low}, {high}]")
+        return self
+
+
 def _tls_problems(server: ServerConfig) -> list[str]:
     if bool(server.tls_cert_file) != bool(server.tls_key_file):
         return ["tls_cert_file and tls_key_file go together"]
@@ -160,6 +222,7 @@ class AdmatchConfig(_Strict):
     caps: CapsConfig = Field(default_factory=CapsConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
 
     @model_validator(mode="after")
     def _tls(self) -> AdmatchConfig:

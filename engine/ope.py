@@ -193,15 +193,17 @@ class Contributions:
         """Inverse propensity scoring."""
         return self._mean(self.ips, int(self.matched.sum()), self._ess())
 
-    def snips_estimate(self) -> Estimate:
-        """Self-normalised IPS (reward per shown ad times the target's ads per request)."""
+    def snips_estimate(self, ads_per_request: float | None = None) -> Estimate:
+        """Self-normalised IPS: the weighted reward per shown ad times the target's ads per
+        request, by default the target's sum over the rows (right when the rows are every
+        candidate of a request); give it when the log holds only the shown candidates."""
         n, matched = self.requests, int(self.matched.sum())
         total = float(self.weight.sum())
         if n < 2 or total <= 0:
             nan = float("nan")
             return Estimate(nan, nan, nan, nan, n, matched, 0.0)
         ratio = float(self.ips.sum()) / total
-        ads = float(self.target_ads.mean())
+        ads = float(self.target_ads.mean()) if ads_per_request is None else ads_per_request
         resid = (self.ips - ratio * self.weight) / self.weight.mean()
         se = float(resid.std(ddof=1) / np.sqrt(n)) * ads
         value = ratio * ads
@@ -240,3 +242,13 @@ def doubly_robust(
 def on_policy(rows: LoggedRows, reward: np.ndarray) -> Estimate:
     """The logging policy's value: the mean observed reward per request."""
     return Contributions.of(rows, rows.shown.astype(np.float64), reward).on_policy()
+
+
+def direct_method(group: np.ndarray, target: np.ndarray, predicted: np.ndarray) -> Estimate:
+    """The reward model's own value of the target: needs no propensities, and is exactly as
+    biased as the model (its interval covers only the spread over requests)."""
+    n = int(group[-1]) + 1 if len(group) else 0
+    c = np.bincount(group, weights=np.asarray(target) * np.asarray(predicted), minlength=n)
+    value = float(c.mean()) if n else float("nan")
+    se = float(c.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    return Estimate(value, value - Z95 * se, value + Z95 * se, se, n, 0, 0.0)

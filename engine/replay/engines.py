@@ -191,15 +191,19 @@ def causal_batches(requests: Sequence[ScoreRequest], max_batch: int) -> list[ran
     repeats; otherwise the later request could not see the earlier one's exposure and a cap
     could be overrun only because the log was replayed fast.
     """
+    return causal_spans([_entities(r) for r in requests], max_batch)
+
+
+def causal_spans(entities: Sequence[set[tuple[str, str]]], max_batch: int) -> list[range]:
+    """:func:`causal_batches` over each request's set of (kind, id) entities."""
     out, start, seen = [], 0, set[tuple[str, str]]()
-    for i, r in enumerate(requests):
-        ids = _entities(r)
+    for i, ids in enumerate(entities):
         if i - start >= max_batch or not seen.isdisjoint(ids):
             out.append(range(start, i))
             start, seen = i, set()
         seen |= ids
-    if start < len(requests):
-        out.append(range(start, len(requests)))
+    if start < len(entities):
+        out.append(range(start, len(entities)))
     return out
 
 

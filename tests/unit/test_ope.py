@@ -101,3 +101,16 @@ def test_unbiased_on_synthetic_logs() -> None:
         covered["dr"] += c.dr_estimate().covers(truth)
     assert covered["ips"] >= 6, covered
     assert covered["dr"] >= 6, covered
+
+
+def test_open_bandit_bts_click_rate_from_random_logs(shared_data) -> None:
+    """The standard check on real data: estimated from the uniform-random logs, the click rate
+    of Bernoulli Thompson Sampling lands inside the interval of the rate BTS got itself."""
+    from engine.logs.open_bandit import bts_check
+
+    obd = shared_data / "open_bandit"
+    doc = bts_check(obd / "random_men" / "men.csv", obd / "bts_men" / "men.csv")
+    assert doc["random_rows"] == 10_000 and doc["bts_on_policy"]["rows"] == 10_000
+    assert doc["bts_on_policy"]["value"] > doc["random_click_rate"]  # BTS learned something
+    for name in ("ips", "snips"):
+        assert doc["estimates"][name]["inside_bts_interval"], doc["estimates"][name]

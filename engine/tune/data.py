@@ -1,0 +1,235 @@
+"""Everything a tuning trial reads, computed once per log: arrays over the log's rows.
+
+What does not depend on the weights is computed here, with the engine's own code: the
+features (offline, point in time) and both models' predictions, the expected value, the
+unweighted experience-cost components (``engine.scoring.rules.cost_components``; the fatigue
+column is recomputed per trial from the policy's own exposures), the eligibility rules that
+do not depend on exposures, the keys of every counter family the caps and the fatigue cost
+read, the requests' capacities, and the logged outcomes and propensities the estimators need.
+
+The models see the exposure history of the log (what the logging policy showed), as the
+estimators' rewards do: a trial's own exposures move its caps and its fatigue cost, not the
+models' predictions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from engine.caps.rules import SCOPE_COLUMN, TARGET_COLUMN, Family
+from engine.config import COST_COMPONENTS, AdmatchConfig
+from engine.errors import InvalidArgument
+from engine.model.bundle import ModelBundle
+from engine.replay.engines import causal_spans
+from engine.replay.source import prepare_log
+from engine.scoring import rules as R
+from engine.scoring.selection import Capacity
+from features.logio import read_log
+from features.schema import SLOTS
+
+FATIGUE = COST_COMPONENTS.index("fatigue")
+FATIGUE_FAMILIES = (  # the fatigue cost's three counts (engine.scoring.rules.cost_components)
+    (Family(scope="user", target="any"), 3_600, 1.0),
+    (Family(scope="user", target="campaign"), 86_400, 1.0),
+    (Family(scope="household", target="any"), 86_400, 0.5),
+)
+BLOCK = 256  # requests per simulation step at most
+PREDICT_ROWS = 131_072  # feature matrix rows per model call (bounds memory)
+
+
+@dataclass
+class TuningData:
+    """The log's rows in replay order, with what every trial reads (see the module doc).
+
+    Row arrays have one entry per candidate row; request arrays one per request.
+    """
+
+    rows: int
+    owner: np.ndarray  # request index per row
+    bounds: np.ndarray  # request row offsets, requests + 1
+    t_us: np.ndarray  # time per row, epoch microseconds
+    value: np.ndarray  # expected value per impression (money)
+    components: np.ndarray  # (rows, components) unweighted costs, fatigue column zero
+    static_ok: np.ndarray  # format allowed and brand suitable
+    p_engage: np.ndarray
+    p_negative: np.ndarray
+    ad_code: np.ndarray  # order-preserving code of ad_id (ties break by ad id)
+    advertiser: list[str | None]
+    category: list[str | None]
+    duration_s: np.ndarray
+    capacity: Capacity | None  # per request
+    family_keys: dict[Family, np.ndarray]  # per family, key per row (-1: not applicable)
+    blocks: list[range]  # causal batches of requests (no user/household/device twice)
+    shown: np.ndarray
+    propensity: np.ndarray
+    rewards: dict[str, np.ndarray]  # observed per row: engagement, revenue, negative
+    predicted: dict[str, np.ndarray]  # the reward model per row
+    truth: dict[str, np.ndarray] | None  # true expected rewards per row (synthetic logs)
+    touchpoint: np.ndarray  # code per row
+    user_day: np.ndarray  # code of (user, UTC day) per row
+    household_day: np.ndarray  # code of (household or user, UTC day) per row
+    feedback_kind: np.ndarray  # per row: negative kind the log records when shown, else ""
+    model_version: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def requests(self) -> int:
+        """Number of requests."""
+        return len(self.bounds) - 1
+
+
+def family_key(frame: pl.DataFrame, family: Family) -> np.ndarray:
+    """Dense key per row of ``family`` (-1 where it does not apply)."""
+    scope = pl.col(SCOPE_COLUMN[family.scope])
+    target = TARGET_COLUMN[family.target]
+    key = scope if target is None else pl.concat_str([scope, pl.col(target)], separator="\x1f")
+    applies = pl.lit(True)
+    if family.touchpoint is not None:
+        applies &= pl.col("touchpoint").cast(pl.String) == family.touchpoint
+    if family.slot is not None:
+        applies &= pl.col("slot").cast(pl.String) == family.slot
+    codes = frame.select(pl.when(applies).then(key).rank("dense").fill_null(0).cast(pl.Int64) - 1)
+    return codes.to_series().to_numpy()
+
+
+def needed_families(config: AdmatchConfig) -> list[Family]:
+    """Every family the caps, gaps, feedback blocks and fatigue cost read (each once)."""
+    caps = config.caps
+    fams = [r.family() for r in caps.rules] + [g.family() for g in caps.min_gaps]
+    fams += [Family(scope="user", target=caps.feedback.target)]
+    if caps.feedback.household:
+        fams.append(Family(scope="household", target=caps.feedback.target))
+    fams += [f for f, _, _ in FATIGUE_FAMILIES]
+    return list(dict.fromkeys(fams))
+
+
+def prepare(log_path: Path, model_dir: Path, config: AdmatchConfig, workdir: Path) -> TuningData:
+    """Read the log, score it once with the model, and build every array (see the module doc).
+
+    Raises:
+        LogSchemaError: the log breaks the schema (naming the column).
+        ModelError: the model cannot be loaded.
+    """
+    frame = read_log(prepare_log(log_path, workdir))
+    if frame.is_empty():
+        raise InvalidArgument("--log", "the log has no rows")
+    bundle = ModelBundle.load(model_dir)
+    features = bundle.core.offline(frame.lazy()).collect()
+    p_engage, p_negative = _predict(bundle, features)
+    rules = R.CompiledRules.build(config)
+    rows = R.Rows.from_inputs(features)
+    comps = R.cost_components(rules, rows, p_engage, p_negative, np.zeros((len(features), 30)))
+    comps[:, FATIGUE] = 0.0
+    value = R.expected_value(rows, p_engage, config.scoring.conversion_prior)
+    ok = ~R.format_not_allowed(rules, rows) & ~R.brand_unsuitable(rows)
+    outcomes = _outcomes(features, p_engage, p_negative, value)
+    owner = features.select(pl.col("request_id").rle_id()).to_series().to_numpy().astype(np.int64)
+    bounds = np.r_[0, np.flatnonzero(np.diff(owner)) + 1, len(owner)]
+    return TuningData(
+        rows=len(features),
+        owner=owner,
+        bounds=bounds,
+        t_us=features["ts"].dt.epoch("us").to_numpy(),
+        value=value,
+        components=comps,
+        static_ok=ok,
+        p_engage=p_engage,
+        p_negative=p_negative,
+        ad_code=features["ad_id"].rank("dense").to_numpy().astype(np.int64),
+        advertiser=features["advertiser_id"].to_list(),
+        category=features["category"].to_list(),
+        duration_s=rows.duration_s,
+        capacity=_capacity(features, bounds, config),
+        family_keys={f: family_key(features, f) for f in needed_families(config)},
+        blocks=_blocks(features, bounds),
+        shown=features["shown"].to_numpy(),
+        propensity=features["propensity"].fill_null(np.nan).to_numpy(),
+        rewards=outcomes.rewards,
+        predicted=outcomes.predicted,
+        truth=outcomes.truth,
+        touchpoint=rows.touchpoint,
+        user_day=_day_code(features, "user_id"),
+        household_day=_day_code(features, "household_id"),
+        feedback_kind=features["negative_kind"].cast(pl.String).fill_null("").to_numpy(),
+        model_version=bundle.version,
+    )
+
+
+def _predict(bundle: ModelBundle, features: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    engaged, negative = [], []
+    for part in features.iter_slices(PREDICT_ROWS):
+        p_e, p_n = bundle.predict(bundle.core.offline_matrix(part))
+        engaged.append(p_e)
+        negative.append(p_n if p_n is not None else np.zeros(len(part)))
+    return np.concatenate(engaged), np.concatenate(negative)
+
+
+def _blocks(features: pl.DataFrame, bounds: np.ndarray) -> list[range]:
+    """Causal batches of requests (as the replay forms them), up to ``BLOCK`` requests."""
+    heads = features[bounds[:-1]].select("user_id", "household_id", "device_id")
+    entities = [
+        {(k, v) for k, v in zip(("user", "household", "device"), ids, strict=True) if v}
+        for ids in heads.iter_rows()
+    ]
+    return causal_spans(entities, BLOCK)
+
+
+def _capacity(features: pl.DataFrame, bounds: np.ndarray, config: AdmatchConfig) -> Capacity:
+    slot = features["slot"].to_physical().to_numpy()[bounds[:-1]]
+    max_ads = np.array([config.slots[s].max_ads for s in SLOTS])
+    total = np.array(
+        [config.slots[s].max_total_duration_s or np.nan for s in SLOTS], dtype=np.float64
+    )
+    return Capacity(max_ads[slot], total[slot])
+
+
+def _day_code(features: pl.DataFrame, column: str) -> np.ndarray:
+    who = pl.col(column)
+    if column == "household_id":
+        who = who.fill_null(pl.lit("u:") + pl.col("user_id"))
+    day = pl.col("ts").dt.date().cast(pl.String)
+    code = features.select(pl.concat_str([who, day], separator="|").rank("dense") - 1)
+    return code.to_series().to_numpy().astype(np.int64)
+
+
+@dataclass(frozen=True)
+class _Outcomes:
+    rewards: dict[str, np.ndarray]
+    predicted: dict[str, np.ndarray]
+    truth: dict[str, np.ndarray] | None
+
+
+def _outcomes(
+    features: pl.DataFrame, p_engage: np.ndarray, p_negative: np.ndarray, value: np.ndarray
+) -> _Outcomes:
+    """Observed rewards, the reward model (the engine's predictions) and the truth."""
+
+    def col(name: str) -> np.ndarray:
+        return features[name].cast(pl.Float64).fill_null(0.0).to_numpy()
+
+    bid = col("bid")
+    pricing = features["pricing"].cast(pl.String).to_numpy()
+    cpm, cpc = pricing == "cpm", pricing == "cpc"
+
+    def revenue(engaged: np.ndarray, converted: np.ndarray) -> np.ndarray:
+        return np.where(cpm, bid / 1000, np.where(cpc, bid * engaged, bid * converted))
+
+    rewards = {
+        "engagement": col("engaged"),
+        "revenue": revenue(col("engaged"), col("converted")),
+        "negative": col("negative"),
+    }
+    predicted = {"engagement": p_engage, "revenue": value, "negative": p_negative}
+    truth = None
+    if features["true_p_engaged"].null_count() < len(features):
+        t_e = col("true_p_engaged")
+        truth = {
+            "engagement": t_e,
+            "revenue": revenue(t_e, col("true_p_converted")),
+            "negative": col("true_p_negative"),
+        }
+    return _Outcomes(rewards, predicted, truth)
