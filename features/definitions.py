@@ -60,14 +60,24 @@ for _col in (
     )
 
 
+_HOURS = pl.DataFrame({"local_hour": pl.Series(list(range(-128, 128)), dtype=pl.Int8)})
+
+
+def _by_hour(of_hour: pl.Expr) -> pl.Expr:
+    """``of_hour`` (an expression of ``local_hour``, an Int8) as a lookup: tabulated once by
+    polars over every Int8 value, so the values are the expression's own, bit for bit."""
+    table = _HOURS.select(of_hour).to_series()
+    return pl.lit(table).gather(pl.col("local_hour").cast(pl.Int16) + 128)
+
+
 @FEATURES.register("hour_sin", F64, "sine of the local hour on the 24 h circle")
 def hour_sin(_p: FeatureParams) -> pl.Expr:
-    return (pl.col("local_hour").cast(F64) * (2 * math.pi / 24)).sin()
+    return _by_hour((pl.col("local_hour").cast(F64) * (2 * math.pi / 24)).sin())
 
 
 @FEATURES.register("hour_cos", F64, "cosine of the local hour on the 24 h circle")
 def hour_cos(_p: FeatureParams) -> pl.Expr:
-    return (pl.col("local_hour").cast(F64) * (2 * math.pi / 24)).cos()
+    return _by_hour((pl.col("local_hour").cast(F64) * (2 * math.pi / 24)).cos())
 
 
 @FEATURES.register(
@@ -100,14 +110,14 @@ def bid_amount(_p: FeatureParams) -> pl.Expr:
     "bid as money per impression: cpm bid/1000, cpc bid x ctr_ad, cpa bid x ctr_ad x conv prior",
 )
 def expected_value(p: FeatureParams) -> pl.Expr:
-    ctr = p.stats.rate_expr("ad")
-    pricing = pl.col("pricing")
+    pricing, bid = pl.col("pricing"), pl.col("bid")
+    # cpc: bid x ctr; cpa (and unknown pricing): (bid x ctr) x prior. One ctr lookup for both:
+    # multiplying by 1.0 leaves a float as it is.
+    per_click = pl.when(pricing == "cpc").then(1.0).otherwise(p.priors.conversion_prior)
     return (
         pl.when(pricing == "cpm")
-        .then(pl.col("bid") / 1000.0)
-        .when(pricing == "cpc")
-        .then(pl.col("bid") * ctr)
-        .otherwise(pl.col("bid") * ctr * p.priors.conversion_prior)
+        .then(bid / 1000.0)
+        .otherwise(bid * p.stats.rate_expr("ad") * per_click)
     )
 
 

@@ -12,9 +12,10 @@ Definitions (the contract shared with the online counters and the Redis cap stor
   campaign (no window), null when there is none.
 * A null scope id or target id counts nothing: its counts are 0 and its recency null.
 
-Offline, :func:`point_in_time_exposures` computes these over a whole log with sorted searches
-(no loop over rows). Online, the caller hands in the same columns (see ``features.history`` for the
-in-memory reference counter and, later, the Redis cap store).
+Offline, :func:`point_in_time_exposures` computes these over a whole log by sorting each key's
+rows once and merging its impressions in (see ``features.counting``; no loop over rows). Online,
+the caller hands in the same columns (see ``features.history`` for the in-memory reference
+counter and, later, the Redis cap store).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+
+from features import counting
 
 SCOPES: dict[str, str] = {"user": "user_id", "household": "household_id", "device": "device_id"}
 TARGETS: dict[str, str | None] = {
@@ -76,67 +79,42 @@ _MAX_WINDOW_US = max(WINDOWS_S.values()) * _US
 
 @dataclass(frozen=True)
 class _KeyCounts:
-    counts: list[np.ndarray]  # one int array per window, in WINDOWS_S order
+    counts: list[np.ndarray]  # one int32 array per window, in WINDOWS_S order
     since_s: np.ndarray | None  # float seconds, NaN when no earlier exposure
 
 
-def _count(
-    key: np.ndarray, valid: np.ndarray, t: np.ndarray, shown: np.ndarray, want_since: bool
-) -> _KeyCounts:
-    """Counts for rows sorted by time, keyed by ``key`` (rows with ``valid`` false count 0).
+def _window_counts(rows: np.ndarray, events: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Events strictly before each row, and per window the events inside it (sorted order)."""
+    before = counting.events_left_of(rows, events, 0, inclusive=False)
+    counts = [
+        before - counting.events_left_of(rows, events, seconds * _US, inclusive=True)
+        for seconds in WINDOWS_S.values()
+    ]
+    return before, counts
 
-    One stable argsort puts rows in (key, time) order; a composite ``group * span + time`` is then
-    sorted, so every count is a difference of two ``searchsorted`` positions among the events.
-    """
-    n = len(key)
-    order = (
-        pl.DataFrame({"k": key})
-        .select(pl.arg_sort_by("k", maintain_order=True))
-        .to_series()
-        .to_numpy()
-    )
-    k, ts = key[order], t[order]
-    is_event = (shown & valid)[order]
-    new_group = np.ones(n, dtype=bool)
-    new_group[1:] = k[1:] != k[:-1]
-    group = np.cumsum(new_group, dtype=np.int64) - 1
-    t0 = int(t.min()) - _MAX_WINDOW_US - 1 if n else 0
-    span = (int(t.max()) - t0 + 1) if n else 1
-    if (int(group[-1]) + 1 if n else 0) * span >= 2**62:
-        raise OverflowError("log too long or too many keys for one pass")  # ~100 days x 1e6 keys
-    comp = group * span + (ts - t0)
-    ev_comp = comp[is_event]
-    n_before = np.searchsorted(ev_comp, comp, side="left")
-    counts = []
-    for seconds in WINDOWS_S.values():
-        n_old = np.searchsorted(ev_comp, comp - seconds * _US, side="right")
-        c = np.empty(n, dtype=np.int32)
-        c[order] = n_before - n_old
-        c[~valid] = 0
-        counts.append(c)
+
+def _count(
+    codes: counting.Codes, offset: np.ndarray, shown: np.ndarray, span: int, want_since: bool
+) -> _KeyCounts:
+    """Counts for rows in time order keyed by ``codes`` (null keys count nothing)."""
+    line = counting.line(codes, offset, span)
+    events = line.pos[(shown & codes.valid)[line.order]]
+    before, counts = _window_counts(line.pos, events)
     since = None
     if want_since:
-        last = n_before - 1
-        ev_group, ev_ts = group[is_event], ts[is_event]
-        has = last >= 0
-        has[has] = ev_group[last[has]] == group[has]
-        sorted_since = np.full(n, np.nan)
-        sorted_since[has] = (ts[has] - ev_ts[last[has]]) / _US
-        since = np.empty(n)
-        since[order] = sorted_since
-        since[~valid] = np.nan
-    return _KeyCounts(counts, since)
+        since = counting.unsort(counting.since_last(line, events, before) / _US, line.order, float)
+    return _KeyCounts([counting.unsort(c, line.order, np.int32) for c in counts], since)
 
 
-def _codes(frame: pl.DataFrame, columns: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Exact integer codes of id columns (any strings) and their not-null masks."""
-    coded = frame.select(
-        [pl.col(c).cast(pl.String).cast(pl.Categorical).to_physical().alias(c) for c in columns]
-    )
-    return {
-        c: (coded[c].fill_null(0).cast(pl.UInt64).to_numpy(), coded[c].is_not_null().to_numpy())
-        for c in columns
-    }
+def _count_runs(
+    codes: counting.Codes, offset: np.ndarray, n_shown: np.ndarray, span: int
+) -> _KeyCounts:
+    """Like ``_count`` for one row per request run carrying its number of impressions."""
+    line = counting.line(codes, offset, span)
+    weight = np.where(codes.valid, n_shown, 0)[line.order]
+    events = np.repeat(line.pos, weight)  # each impression of a run at the run's position
+    _, counts = _window_counts(line.pos, events)
+    return _KeyCounts([counting.unsort(c, line.order, np.int32) for c in counts], None)
 
 
 def point_in_time_exposures(log: pl.LazyFrame) -> pl.LazyFrame:
@@ -154,23 +132,26 @@ def point_in_time_exposures(log: pl.LazyFrame) -> pl.LazyFrame:
     if not frame["ts"].is_sorted():
         frame = frame.sort("ts", maintain_order=True)
     t = frame["ts"].dt.epoch("us").to_numpy()
+    origin = int(t.min()) - 1 if len(t) else 0
+    offset = t - origin  # >= 1
+    span = (int(t.max()) - origin if len(t) else 0) + _MAX_WINDOW_US + 1
     shown = frame["shown"].to_numpy()
-    codes = _codes(frame, [*SCOPES.values(), "campaign_id", "advertiser_id"])
+    codes = counting.dense_codes(frame, [*SCOPES.values(), "campaign_id", "advertiser_id"])
     # Request-level ("any" target) counts once per run of a request's rows.
     run = frame["request_id"].rle_id().to_numpy()
     firsts = np.flatnonzero(np.r_[True, run[1:] != run[:-1]]) if len(run) else run
     # A run's impressions all share its time, so it counts as one row with its shown total.
-    run_shown = np.add.reduceat(shown.astype(np.int64), firsts) if len(run) else shown
+    run_shown = np.add.reduceat(shown.astype(np.int64), firsts) if len(run) else run
 
     def one_key(key: ExposureKey) -> _KeyCounts:
-        scope, valid = codes[SCOPES[key.scope]]
+        scope = codes[SCOPES[key.scope]]
         target_col = TARGETS[key.target]
         if target_col is None:
-            res = _count_runs(scope[firsts], valid[firsts], t[firsts], run_shown)
+            at_firsts = counting.Codes(scope.code[firsts], scope.size, scope.valid[firsts])
+            res = _count_runs(at_firsts, offset[firsts], run_shown, span)
             return _KeyCounts([c[run] for c in res.counts], None)
-        target, target_valid = codes[target_col]
-        combined = scope * np.uint64(1 << 32) + target
-        return _count(combined, valid & target_valid, t, shown, key.target == "campaign")
+        pair = counting.pair_codes(scope, codes[target_col])
+        return _count(pair, offset, shown, span, key.target == "campaign")
 
     # numpy releases the GIL while sorting and searching: key types run side by side.
     with ThreadPoolExecutor(max_workers=pl.thread_pool_size()) as pool:
@@ -186,20 +167,3 @@ def point_in_time_exposures(log: pl.LazyFrame) -> pl.LazyFrame:
         for name, dtype in EXPOSURE_SCHEMA.items()
     ]
     return frame.with_columns(series).lazy()
-
-
-def _count_runs(
-    key: np.ndarray, valid: np.ndarray, t: np.ndarray, n_shown: np.ndarray
-) -> _KeyCounts:
-    """Like ``_count`` for one row per request run carrying its number of impressions."""
-    expanded = np.repeat(np.arange(len(key)), n_shown)
-    # Repeat each run once per impression (events) and keep the run itself as the query.
-    rows = np.concatenate([np.arange(len(key)), expanded])
-    is_event = np.r_[np.zeros(len(key), dtype=bool), np.ones(len(expanded), dtype=bool)]
-    order = np.argsort(t[rows], kind="stable")
-    rows, is_event = rows[order], is_event[order]
-    res = _count(key[rows], valid[rows], t[rows], is_event, want_since=False)
-    query = ~is_event
-    back = np.empty(len(key), dtype=np.int64)
-    back[rows[query]] = np.flatnonzero(query)
-    return _KeyCounts([c[back] for c in res.counts], None)

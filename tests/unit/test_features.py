@@ -24,7 +24,8 @@ from features.exposure import (
 )
 from features.history import ExposureHistory
 from features.logio import validate_log
-from features.schema import CANDIDATE_COLUMNS, OUTCOME_COLUMNS, TRUTH_COLUMNS
+from features.schema import CANDIDATE_COLUMNS, OUTCOME_COLUMNS, SLOTS, TRUTH_COLUMNS
+from features.stats import STATS_KEYS
 
 T0 = datetime(2026, 3, 2, 12, tzinfo=UTC)
 
@@ -242,6 +243,71 @@ def test_smoothed_rates_and_unseen_keys() -> None:
     assert stats.prior == 0.25
     rates = pl.DataFrame({"ad_id": ["a", "b", "zzz"]}).select(stats.rate_expr("ad"))
     assert rates.to_series().to_list() == pytest.approx([(1 + 1) / 6, (0 + 1) / 6, 0.25])
+
+
+def test_category_slot_rate_is_the_rate_of_the_joined_key() -> None:
+    """The pair lookup answers what a lookup of the fitted ``category|slot`` string would."""
+    log = exposure_log([(timedelta(seconds=i), "c1", True) for i in range(6)]).with_columns(
+        pl.Series("engaged", [True, False, True, False, False, True]),
+        pl.Series("category", [None, None, "a|b", "a|b", "food", "~"]),
+        pl.Series("slot", ["ott_pause", "ott_boot"] * 3).cast(pl.Enum(SLOTS)),
+    )
+    stats = EngagementStats.fit(log, strength=2.0)
+    assert "~|ott_pause" in stats.tables["category_slot"].keys
+    rows = pl.DataFrame(
+        {
+            "category": [None, "~", "a|b", "a|b", "food", "food", "zzz", None, "a|b"],
+            "slot": ["ott_pause", "ott_pause", "ott_pause", "ott_boot", "ott_pause", None]
+            + ["ott_pause", "ott_boot", "mobile_feed"],
+        },
+        schema={"category": pl.String, "slot": pl.Enum(SLOTS)},
+    )
+    table = stats.tables["category_slot"]
+    pairs = zip(table.engaged, table.impressions, strict=True)
+    rates = [(e + 2.0 * stats.prior) / (n + 2.0) for e, n in pairs]
+    by_key = dict(zip(table.keys, rates, strict=True))
+    keys = rows.select(STATS_KEYS["category_slot"]).to_series().to_list()
+    expected = [by_key.get(k, stats.prior) if k is not None else stats.prior for k in keys]
+    got = rows.select(stats.rate_expr("category_slot")).to_series().to_list()
+    assert got == expected
+
+
+def test_hour_features_are_their_formula_for_every_hour() -> None:
+    hours = pl.DataFrame({"local_hour": [*range(-128, 128), None]}, schema={"local_hour": pl.Int8})
+    p = FeatureParams(EngagementStats.empty(), Priors.default())
+    for name, fn in (("hour_sin", np.sin), ("hour_cos", np.cos)):
+        got = hours.select(FEATURES[name].expr(p)).to_series()
+        formula = hours.select(pl.col("local_hour").cast(pl.Float64) * (2 * np.pi / 24))
+        direct = getattr(formula.to_series(), name.split("_")[1])()
+        assert got.equals(direct, check_names=False), name
+        assert got[3] == pytest.approx(fn((3 - 128) * 2 * np.pi / 24))
+
+
+def test_expected_value_per_pricing_model(core: FeatureCore) -> None:
+    cands = {**CANDS, "ad_id": ["a1"] * 4, "format": ["video"] * 4, "bid": [2.0] * 4}
+    cands["pricing"] = ["cpm", "cpc", "cpa", None]
+    out = core.online(request(), cands).to_frame()
+    ctr = out["ctr_ad"][0]
+    prior = core.params.priors.conversion_prior
+    assert out["expected_value"].to_list() == [2.0 / 1000.0, 2.0 * ctr] + [2.0 * ctr * prior] * 2
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [[("auto", "food"), (), ("food",), ("kids",)], [("auto", "food"), (), ("food",), (None,)]],
+    ids=["strings", "a-null-tag"],  # built from flat offsets / as a list of lists
+)
+def test_interest_tags_of_many_requests(
+    core: FeatureCore, tags: list[tuple[str | None, ...]]
+) -> None:
+    reqs = [request(request_id=f"r{i}", user_interests=t) for i, t in enumerate(tags)]
+    cands = [{**CANDS, "category": ["food", "auto"]} for _ in reqs]
+    batch = core.batch(reqs, cands)
+    assert batch.inputs["user_interests"].to_list() == [list(t) for t in tags for _ in range(2)]
+    assert batch.to_frame()["interest_affinity"].to_list() == [0.5, 1.0, 0, 0, 1.0, 0, 0, 0]
+    with pytest.raises(InvalidArgument) as info:
+        core.batch([*reqs, request(user_interests=("a", 3))], [*cands, CANDS])
+    assert info.value.field == "request.user_interests"
 
 
 def test_stats_round_trip_and_corrupt_file(tmp_path: Path, small_world: GeneratedLog) -> None:
