@@ -35,6 +35,15 @@ def medium_world() -> GeneratedLog:
 
 
 @pytest.fixture(scope="session")
+def memory_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped config with the in-memory cap store (offline, one process)."""
+    text = (ROOT / "engine" / "default_config.toml").read_text()
+    path = tmp_path_factory.mktemp("config") / "memory.toml"
+    path.write_text(text.replace('url = ""', 'url = "memory://"', 1))
+    return path
+
+
+@pytest.fixture(scope="session")
 def model_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 60k-row log on disk for training tests."""
     from engine.synth.generator import write_generated

@@ -15,16 +15,6 @@ from engine.rpc.metrics import Metrics
 from engine.rpc.run import free_port
 from engine.rpc.server import build_server
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def memory_config(tmp_path: Path) -> Path:
-    text = (ROOT / "engine" / "default_config.toml").read_text()
-    path = tmp_path / "config.toml"
-    path.write_text(text.replace('url = ""', 'url = "memory://"', 1))
-    return path
-
 
 @pytest.fixture
 def server(model_dir: Path, memory_config: Path) -> Iterator[tuple[str, str]]:

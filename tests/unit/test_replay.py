@@ -10,11 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from engine.cli import app
-from engine.config import load_config
 from engine.replay.compare import compare, load_report
 from engine.replay.run import ReplayOptions, replay
 
-ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 # Keys report.json promises (docs/replay.md); a rename breaks users' scripts.
@@ -37,16 +35,6 @@ STABLE_KEYS = [
     "quality.off_policy.engine.revenue.dr.value",
     "environment.cpu",
 ]
-
-
-@pytest.fixture(scope="module")
-def memory_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped config with the in-memory cap store (offline, one process)."""
-    text = (ROOT / "engine" / "default_config.toml").read_text()
-    path = tmp_path_factory.mktemp("config") / "config.toml"
-    path.write_text(text.replace('url = ""', 'url = "memory://"', 1))
-    assert load_config(path).store.url == "memory://"
-    return path
 
 
 def run(model_log: Path, model_dir: Path, config: Path, out: Path, **options: object) -> dict:

@@ -72,20 +72,17 @@ def test_simulated_picks_keep_every_cap(data: TuningData, model_log: Path) -> No
 
 
 def test_simulation_matches_a_replay_of_the_engine(
-    data: TuningData, model_log: Path, model_dir: Path, tmp_path: Path
+    data: TuningData, model_log: Path, model_dir: Path, memory_config: Path, tmp_path: Path
 ) -> None:
     """The simulation decides like the real engine (cap store, scorer) replaying the log;
     the models' exposure inputs are the log's in the simulation, so not all requests agree."""
     from engine.replay.run import ReplayOptions, replay
 
-    text = (Path(__file__).resolve().parents[2] / "engine" / "default_config.toml").read_text()
-    config = tmp_path / "memory.toml"
-    config.write_text(text.replace('url = ""', 'url = "memory://"', 1))
     options = ReplayOptions(
         log=model_log,
         report_dir=tmp_path,
         model_dir=model_dir,
-        config_path=config,
+        config_path=memory_config,
         max_requests=800,
         save_decisions=True,
         plots=False,
