@@ -7,25 +7,31 @@ Records one day of synthetic traffic (every impression of a generated one-day lo
 500), then prints: events recorded per second; Redis memory per active user; and for requests of
 100 and 500 candidates (each candidate its own campaign: the worst case for key count) the
 latency of one read (exposure counts + cap decision) and of one atomic check-and-record, with
-the number of round trips per call taken from Redis' own command statistics.
+the number of round trips per call and the microseconds Redis spent per call, both taken from
+Redis' own command statistics, and the Python part of a read alone (no I/O). Reads happen at
+their requests' own times, inside the recorded day (later impressions are already stored: the
+store must search for "before t"); the "live" row reads the same requests just after the day,
+as a server does.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import numpy as np
 import polars as pl
 
+from engine.caps import evaluate
 from engine.caps.connect import open_store
 from engine.caps.gate import CapGate
-from engine.caps.plan import plan_request
-from engine.caps.redis_store import RedisCapStore
+from engine.caps.redis_store import RedisCapStore, decode_read
 from engine.caps.rules import parse_duration
-from engine.caps.store import Impression
+from engine.caps.store import Impression, scatter
 from engine.config import load_config
 from engine.synth.generator import generate
 from engine.synth.params import WorldParams
@@ -80,78 +86,97 @@ def main() -> None:
     events = impressions(log)
     users = log.filter("shown")["user_id"].n_unique()
     before = int(store.client.info("memory")["used_memory"])
+    stats_before = _script_stats(store)
     start = time.perf_counter()
     for k in range(0, len(events), 500):
         gate.record(events[k : k + 500])
     seconds = time.perf_counter() - start
+    calls, usec = np.subtract(_script_stats(store), stats_before)
     after = int(store.client.info("memory")["used_memory"])
     print(f"store: {'embedded (unix socket)' if not args.url else args.url}")
     print(
         f"recorded {len(events):,} impressions of {users:,} active users in {seconds:.1f} s: "
-        f"{len(events) / seconds:,.0f} events/s (batches of 500, one round trip each)"
+        f"{len(events) / seconds:,.0f} events/s (batches of 500, one round trip each); "
+        f"Redis {usec / max(calls, 1):.0f} us per event"
     )
     print(
         f"memory: {(after - before) / users / 1024:.1f} KiB per active user "
         f"({(after - before) / len(events):.0f} bytes per impression, all families)"
     )
-    print("| call | candidates | p50 ms | p99 ms | round trips per call |")
-    print("|---|---|---|---|---|")
+    print("| call | candidates | p50 ms | p99 ms | round trips per call | Redis us per call |")
+    print("|---|---|---|---|---|---|")
+    end_of_day = max(e.ts for e in events) + timedelta(minutes=1)
     for n in (100, 500):
-        reqs = requests(log, n, 50)
-        plans = [
-            plan_request(
-                c,
-                cands,
-                config.caps.rules,
-                config.caps.min_gaps,
-                config.caps.feedback,
-                gate.retention_s,
-            )
-            for c, cands in reqs
-        ]
-        wire = [store._read_keys_args(p) for p in plans]
-        for label, fn in (
-            (
-                "read: round trip only (EVALSHA)",
-                lambda i, w=wire: store._read(keys=w[i % len(w)][0], args=w[i % len(w)][1]),
-            ),
-            ("read: plan + round trip + decode", lambda i, r=reqs: gate.read(*r[i % len(r)])),
-            (
-                "check-and-record",
-                lambda i, r=reqs, n=n: gate.reserve(
-                    r[i % len(r)][0],
-                    {c: v[:1] for c, v in r[i % len(r)][1].items()},
-                    Impression(
-                        f"x{n}-{i}",
-                        r[i % len(r)][0].ts,
-                        r[i % len(r)][0].user_id,
-                        r[i % len(r)][0].touchpoint,
-                        r[i % len(r)][0].slot,
-                        "ad-x",
-                    ),
-                ),
-            ),
-        ):
-            calls_before = _script_calls(store)
+        for label, fn in _calls(store, gate, requests(log, n, 50), n, end_of_day):
+            stats_before = _script_stats(store)
             t = timed(fn, args.repeat) * 1e3
-            trips = (_script_calls(store) - calls_before) / args.repeat
+            calls, usec = np.subtract(_script_stats(store), stats_before)
             if label == "check-and-record" and n == 500:
                 continue  # one candidate either way
-            shown_n = n if label.startswith("read") else 1
+            shown_n = 1 if label == "check-and-record" else n
+            redis_us = f"{usec / calls:.0f}" if calls else "-"
             print(
                 f"| {label} | {shown_n} | {np.percentile(t, 50):.3f} | "
-                f"{np.percentile(t, 99):.3f} | {trips:.2f} |"
+                f"{np.percentile(t, 99):.3f} | {calls / args.repeat:.2f} | {redis_us} |"
             )
     for key in store.client.scan_iter(match=f"{prefix}:*", count=10_000):
         store.client.delete(key)
     store.close()
 
 
-def _script_calls(store: RedisCapStore) -> int:
+def _calls(
+    store: RedisCapStore,
+    gate: CapGate,
+    reqs: list[tuple[RequestContext, dict]],
+    n: int,
+    end_of_day: datetime,
+) -> list[tuple[str, Callable[[int], object]]]:
+    """The timed calls: the read's round trip alone (at the requests' own times, inside the
+    recorded day, and "live": after every recorded impression), the whole read, the read
+    without I/O (plan, arguments, decoding and decision on a reply fetched before),
+    check-and-record."""
+    plans = [gate.planner.plan(c, cands) for c, cands in reqs]
+    wire = [store._read_keys_args(p) for p in plans]
+    live = [
+        store._read_keys_args(gate.planner.plan(dataclasses.replace(c, ts=end_of_day), cands))
+        for c, cands in reqs
+    ]
+    replies = [store._read(keys=k, args=a) for k, a in wire]
+
+    def python_only(i: int) -> object:  # what gate.read does, minus the round trip
+        plan = gate.planner.plan(*reqs[i % len(reqs)])
+        store._read_keys_args(plan)
+        reading = scatter(plan, *decode_read(plan, replies[i % len(reqs)]))
+        return evaluate.refused(reading, *gate._thresholds)
+
+    def reserve(i: int) -> object:
+        context, cands = reqs[i % len(reqs)]
+        one = {c: v[:1] for c, v in cands.items()}
+        event = Impression(
+            f"x{n}-{i}", context.ts, context.user_id, context.touchpoint, context.slot, "ad-x"
+        )
+        return gate.reserve(context, one, event)
+
+    return [
+        (
+            "read: round trip only (EVALSHA)",
+            lambda i: store._read(keys=wire[i % len(wire)][0], args=wire[i % len(wire)][1]),
+        ),
+        (
+            "read: round trip only, live (after the day)",
+            lambda i: store._read(keys=live[i % len(live)][0], args=live[i % len(live)][1]),
+        ),
+        ("read: plan + round trip + decode", lambda i: gate.read(*reqs[i % len(reqs)])),
+        ("read: Python only (plan, arguments, decode, decision)", python_only),
+        ("check-and-record", reserve),
+    ]
+
+
+def _script_stats(store: RedisCapStore) -> tuple[int, int]:
+    """Script calls and the microseconds Redis spent in them so far (command statistics)."""
     stats = store.client.info("commandstats")
-    return sum(
-        int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval")
-    )
+    rows = [v for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval")]
+    return sum(int(v["calls"]) for v in rows), sum(int(v["usec"]) for v in rows)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -15,13 +16,15 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from engine.caps.embedded import EmbeddedRedis
+from engine.caps.embedded import HASH_MAX_COMPACT_ENTRIES, EmbeddedRedis
 from engine.caps.keys import KeySpace
 from engine.caps.memory_store import MemoryCapStore
 from engine.caps.redis_store import RedisCapStore
 from engine.caps.rules import parse_duration
 from engine.caps.store import CapStore
 from engine.config import AdmatchConfig
+
+log = logging.getLogger(__name__)
 
 
 def client_options(deadline_ms: float) -> dict[str, Any]:
@@ -48,7 +51,26 @@ def _url(config: AdmatchConfig) -> CapStore:
         client = RedisCluster.from_url(config.store.url, **options)
     else:
         client = redis.Redis.from_url(config.store.url, **options)
+    warn_compact_hashes(client)
     return _redis(config, client)
+
+
+def warn_compact_hashes(client: Any) -> None:
+    """Log a warning when the server keeps hashes of more than HASH_MAX_COMPACT_ENTRIES
+    fields compact-encoded (a request read then scans a big family hash once per candidate
+    id; docs/caps.md). Best effort: managed servers may refuse CONFIG."""
+    try:
+        settings = client.config_get("hash-max-*-entries")
+        entries = max(int(v) for v in settings.values())
+    except (redis.exceptions.RedisError, ValueError, TypeError, AttributeError):
+        return
+    if entries > HASH_MAX_COMPACT_ENTRIES:
+        log.warning(
+            "cap store server has hash-max-listpack-entries %d: set it to %d or less, or "
+            "reads of households with many targets scan their hashes (docs/caps.md)",
+            entries,
+            HASH_MAX_COMPACT_ENTRIES,
+        )
 
 
 def _redis(

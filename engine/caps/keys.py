@@ -1,21 +1,18 @@
 """The Redis key layout of the cap store: a versioned contract, written in one place.
 
-Changing any byte of a key here changes where live counters are found: bump ``KEY_VERSION``
-and migrate. ``tests/unit/test_cap_keys.py`` pins the exact bytes.
+Changing any byte of a key here, or of a value's encoding (``lua.py``), changes where and how
+live counters are found: bump ``KEY_VERSION`` and migrate. ``tests/unit/test_cap_keys.py`` pins
+the exact bytes.
 
-Layout (``P`` = configured prefix, ``T`` = hash tag, ``FAM`` = counter family, ``S`` = scope id).
-Each key is a hash whose fields are target ids (``*`` for the target any), so one HMGET reads a
-family for all of a request's candidates:
+Layout (``P`` = configured prefix, ``T`` = hash tag, ``FAM`` = counter family, ``S`` = scope id):
 
-* ``P:v1:{T}:r:FAM:S``  field -> the target's impression times within the retention (7 days by
-  default): sorted 16-digit zero-padded epoch microseconds, concatenated; exact rolling windows.
-  (For the target any, a sorted set: member impression id, score time.)
-* ``P:v1:{T}:d:FAM:S``  field -> ``day:count`` pairs (days since epoch, UTC), 181 days: windows
-  up to 180 days, exact to the day.
-* ``P:v1:{T}:l:FAM:S``  field -> lifetime count.
-* ``P:v1:{T}:b:SC:S:TG``  field -> end of a block set by the user's negative feedback (epoch
-  microseconds, event time); ``SC`` scope letter, ``TG`` target (cmp or adv).
-* ``P:v1:{T}:i:IMPRESSION_ID``  marks an impression as recorded (idempotency).
+* ``P:v2:{T}:c:FAM:S``  hash, field = target id (``*`` for the target any) -> the target's
+  *counter*, one binary string: lifetime count, day counts (181 days) and the sorted impression
+  times within the retention (see ``lua.py`` for the bytes). One HMGET reads a family for all of
+  a request's candidates.
+* ``P:v2:{T}:b:SC:S:TG``  hash, field = campaign or advertiser id -> end of a block set by the
+  user's negative feedback (epoch microseconds, event time); ``SC`` scope letter, ``TG`` target.
+* ``P:v2:{T}:i:IMPRESSION_ID``  marks an impression as recorded (idempotency).
 
 ``FAM`` is the scope letter (u, h, d), the target (cr, ad, cmp, adv, cat, any) and an optional
 filter (``tp=ott`` or ``sl=ott_boot``), joined by dots: ``u.cmp``, ``h.any.sl=ott_boot``.
@@ -30,7 +27,7 @@ from __future__ import annotations
 
 from engine.caps.rules import Family
 
-KEY_VERSION = 1
+KEY_VERSION = 2
 _SCOPE = {"user": "u", "household": "h", "device": "d"}
 _TARGET = {
     "creative": "cr",
@@ -67,25 +64,23 @@ class KeySpace:
         """The hash tag shared by all keys of one household (or of a user with none)."""
         return f"h={escape(household_id)}" if household_id else f"u={escape(user_id)}"
 
-    def _base(self, tag: str) -> str:
+    def base(self, tag: str) -> str:
+        """The start shared by every key of one hash tag."""
         return f"{self.prefix}:{{{tag}}}"
 
-    def recent(self, tag: str, family: Family, scope_id: str) -> str:
-        """Impression times per target within the retention."""
-        return f"{self._base(tag)}:r:{family_code(family)}:{escape(scope_id)}"
+    def counters(self, tag: str, family: Family, scope_id: str) -> str:
+        """Counters per target id: lifetime, day counts and recent impression times."""
+        return self.counters_at(self.base(tag), family_code(family), escape(scope_id))
 
-    def days(self, tag: str, family: Family, scope_id: str) -> str:
-        """Day counts per target (181 days)."""
-        return f"{self._base(tag)}:d:{family_code(family)}:{escape(scope_id)}"
-
-    def lifetime(self, tag: str, family: Family, scope_id: str) -> str:
-        """Lifetime counts per target."""
-        return f"{self._base(tag)}:l:{family_code(family)}:{escape(scope_id)}"
+    @staticmethod
+    def counters_at(base: str, code: str, scope: str) -> str:
+        """:meth:`counters` from parts already built (base, family code, escaped scope id)."""
+        return f"{base}:c:{code}:{scope}"
 
     def blocks(self, tag: str, scope: str, scope_id: str, target: str) -> str:
         """Blocks from negative feedback: field = target id, value = block end."""
-        return f"{self._base(tag)}:b:{_SCOPE[scope]}:{escape(scope_id)}:{_TARGET[target]}"
+        return f"{self.base(tag)}:b:{_SCOPE[scope]}:{escape(scope_id)}:{_TARGET[target]}"
 
     def impression(self, tag: str, impression_id: str) -> str:
         """The idempotency marker of one impression."""
-        return f"{self._base(tag)}:i:{escape(impression_id)}"
+        return f"{self.base(tag)}:i:{escape(impression_id)}"

@@ -1,175 +1,297 @@
 """Lua scripts of the Redis cap store. Each runs as one EVALSHA: one round trip, atomic.
 
 KEYS of every script share one hash tag (see ``keys.py``), so they run on one cluster node.
-Per family lookup the first key is the recent-impressions store: for a target id family a hash
-(field = target id, value = comma-separated impression times), for the target "any" a sorted
-set (member = impression id, score = time); then the day-count hash and the lifetime hash.
 
-``READ``: ``ARGV[1]`` is the request as JSON (decoded by Redis' cjson; one argument instead of
-hundreds): ``t``, ``fs`` (the distinct field lists), ``lk`` (per lookup: ``k`` T for target
-ids or A for any, ``f`` its field list, ``w`` window lower bounds ``t - w`` in us, ``d`` first
-days, -1 for lifetime, ``l`` 1 if the latest time is wanted), ``bf`` (the blocks' field list,
--1 for none) and ``nb``; ``KEYS = per lookup its three keys, then the block hashes``. Returns
-per lookup the number of values that follow and, for each field with history, its 1-based
-index and answers (window counts, day sums, latest time or -1); then per block hash and field
-1 while the block's end is after ``t``. Counts see impressions strictly before ``t``.
+**Counters.** A family's hash maps each target id (``*`` for the target any) to one binary
+string, read with Redis' ``struct``: ``>I4I2`` the lifetime count and the number ``m`` of day
+counts, then ``m`` pairs ``>I4I4`` (day since the epoch, UTC, and its count; ascending days,
+the last 181), then the impression times ``>i8`` (epoch microseconds, ascending) within the
+retention (trimmed an hour's worth at a time). Families without long windows keep lifetime 0
+and no days. A window count is a search over the times (galloping down from the newest for
+window bounds; none at all when the oldest time is inside the window); reading builds no
+string.
 
-``RECORD``: ``KEYS = marker, then per family its three keys``; ``ARGV = impression id, ts, day,
-retention_us, ttl_s, day_ttl_s, marker_ttl_s, then per family: kind and field``. Returns 1 when
-recorded, 0 when the impression id was recorded before (idempotent).
+Arguments are packed so that a script splits each with one ``struct.unpack``: *numbers* are
+big-endian doubles (exact integers below 2**53), *names* are their count ``>I4``, their byte
+lengths ``>I2`` each, then their bytes.
 
-``CHECK_RECORD``: ``ARGV[1]`` the READ request, but counting every recorded impression from
-``t - window`` on, also those at or after ``t`` (so concurrent servers cannot both take the last
-slot); ``ARGV[2]`` the checks as JSON ``[[lookup, kind (w, d or g), answer slot, threshold]]``
-(gap thresholds in us); then the RECORD arguments (its keys follow the READ keys). Records only
-when nothing refuses; returns 1, ``-(i+1)`` for failing check ``i``, ``-1000000`` for a block,
-0 for a duplicate impression id.
+``READ``: ``ARGV = t, day, spec (numbers), then per group its field names (names)``. ``spec``
+is fixed per request shape: ``G``, then per group ``width, K`` and per lookup of the group
+``mode, offset, nw, nd, last (0 or 1), nw windows (us, ascending), nd day windows (days; 0
+lifetime)``; then the block group (0: none) and the number of block hashes. ``KEYS`` = per
+lookup its family's hash, then the block hashes. A lookup's mode is 0 (read every field of its
+group), 1 (the same, noting the fields that have history) or 2 (read only the fields the
+group's mode-1 lookup found: its family is a subset). Returns, per group, ``r`` then ``r``
+values: the rows of the fields with history, each its 1-based field index and ``width``
+answers (per lookup at its offset: window counts, day sums, latest time or -1); then the
+number of blocked fields and their 1-based indices. Counts see impressions strictly before
+``t``; day sums every impression of their days.
+
+``RECORD``: ``KEYS = marker, then per family its hash``; ``ARGV = ts, day, retention_us,
+ttl_s, long_ttl_s, marker_ttl_s, longs, targets (names)``: per family one character in
+``longs`` (1: keep day and lifetime counts, else 0) and its target id in ``targets``. Returns
+1 when recorded, 0 when the impression was recorded before (idempotent: the marker).
+
+``CHECK_RECORD``: ``ARGV = the number of RECORD keys, the 8 RECORD arguments, the READ
+arguments, checks``; ``KEYS`` = the RECORD keys, then the READ keys. ``checks`` are numbers:
+per check ``group, column (1-based in the group's row), gap (0 or 1), threshold`` (a limit, or
+a gap in us). Counts every recorded impression from ``t - window`` on, also those at or after
+``t`` (so concurrent servers cannot both take the last slot). Returns 0 for a duplicate
+impression; else records only when nothing refuses and returns 1, ``-i`` for failing check
+``i`` or -1000000 for a block.
 """
 
 from __future__ import annotations
 
 _COMMON = r"""
--- A target's recent impressions: a string of sorted, fixed-width (16-digit, zero-padded)
--- epoch-microsecond stamps; fixed width makes string order numeric order, so counting a window
--- is two binary searches with string comparisons, and no number is parsed.
-local W = 16
-local function stamp(x) return string.format('%016.0f', x) end
-local function record_at(list, i) return string.sub(list, (i - 1) * W + 1, i * W) end
--- first record index with record >= key (strict = false) or > key (strict = true); n+1 if none
-local function search(list, key, strict)
-  local lo, hi = 1, #list / W + 1
+local up, pk, floor = struct.unpack, struct.pack, math.floor
+local sub, rep, byte = string.sub, string.rep, string.byte
+local call, unpack, tonumber = redis.call, unpack, tonumber
+local HOUR = 3600e6
+
+-- first index in [lo, hi) (0-based) of the times at v[o...] that is >= x (> x when strict)
+local function bound(v, o, lo, hi, x, strict)
   while lo < hi do
-    local mid = math.floor((lo + hi) / 2)
-    local r = record_at(list, mid)
-    if r < key or (strict and r == key) then lo = mid + 1 else hi = mid end
+    local mid = floor((lo + hi) / 2)
+    local s = up('>i8', v, o + 8 * mid)
+    if s < x or (strict and s == x) then lo = mid + 1 else hi = mid end
   end
   return lo
 end
 
-local function read_lookup(keys, k, req, lk, inclusive, out)
-  local t, fields, lows, firsts = req.t, req.fs[lk.f + 1], lk.w, lk.d
-  local nf, nw, nd, want_last = #fields, #lows, #firsts, lk.l == 1
-  local need_days, need_life = false, false
+-- the numbers packed in a string of big-endian doubles: one call, no parsing
+local function numbers(blob)
+  if blob == '' then return {} end
+  local out = {up('>' .. rep('d', #blob / 8), blob)}
+  out[#out] = nil  -- unpack's next position
+  return out
+end
+
+-- Lua's stack holds about 8,000 values: longer lists go through it in chunks
+local CHUNK = 4000
+
+-- the names packed in a string: their count (>I4), their lengths (>I2 each), then their bytes
+local function names_of(blob)
+  if blob == '' then return {} end
+  local n = up('>I4', blob)
+  local lens = {up('>' .. rep('H', math.min(n, CHUNK)), blob, 5)}
+  for first = CHUNK + 1, n, CHUNK do
+    local part = {up('>' .. rep('H', math.min(n - first + 1, CHUNK)), blob, 3 + 2 * first)}
+    for j = 1, #part - 1 do lens[first + j - 1] = part[j] end
+  end
+  local out, pos = {}, 5 + 2 * n
+  for i = 1, n do
+    local e = pos + lens[i]
+    out[i] = sub(blob, pos, e - 1)
+    pos = e
+  end
+  return out
+end
+
+-- HMGET of any number of fields
+local function hmget(key, names)
+  local n = #names
+  if n <= CHUNK then return call('HMGET', key, unpack(names)) end
+  local out = {}
+  for first = 1, n, CHUNK do
+    local part = call('HMGET', key, unpack(names, first, math.min(n, first + CHUNK - 1)))
+    for j = 1, #part do out[first + j - 1] = part[j] end
+  end
+  return out
+end
+
+-- how many of the first hi times are <= x, given that the first one is: galloping down from
+-- hi (window bounds are usually near the newest times), then bisecting
+local function count_le(v, o, hi, x)
+  local lo, step = 1, 1  -- the answer is in [lo, hi]
+  while true do
+    local i = hi - step
+    if i < lo then break end
+    if up('>i8', v, o + 8 * i) <= x then lo = i + 1; break end
+    hi, step = i, step + step
+  end
+  while lo < hi do
+    local mid = lo + hi + 1
+    mid = (mid - mid % 2) / 2
+    if up('>i8', v, o + 8 * mid - 8) <= x then lo = mid else hi = mid - 1 end
+  end
+  return lo
+end
+
+-- The answers of one counter v into out[p + 1 ...]: per window (ascending) the count of times
+-- in (t - w, t) (or from t - w on, inclusive), per day window the day sum, then the latest time.
+-- The nw windows (us) are at spec[w + 1 ...], the nd day windows (0: lifetime) after them.
+local function answer(v, out, p, t, day_t, spec, w, nw, nd, want_last, inclusive)
+  local life, m = up('>I4I2', v)
+  if nw > 0 or want_last then
+    local o = 7 + 8 * m
+    local n = (#v - o + 1) / 8
+    local stop = n  -- the times before index stop count
+    if not inclusive and n > 0 and up('>i8', v, o + 8 * n - 8) >= t then
+      stop = bound(v, o, 0, n, t, false)
+    end
+    local hi = stop
+    for i = 1, nw do  -- longer windows have lower bounds: the times below are fewer
+      local low, below = t - spec[w + i], 0
+      if hi > 0 and up('>i8', v, o) <= low then below = count_le(v, o, hi, low) end
+      out[p + i] = stop - below
+      hi = below
+    end
+    if want_last and stop > 0 then out[p + nw + nd + 1] = up('>i8', v, o + 8 * stop - 8) end
+  end
+  p, w = p + nw, w + nw
   for i = 1, nd do
-    if firsts[i] < 0 then need_life = true else need_days = true end
-  end
-  local rkey, dkey, lkey = keys[k], keys[k + 1], keys[k + 2]
-  local days, life, recent = {}, {}, {}
-  if need_days then days = redis.call('HMGET', dkey, unpack(fields)) end
-  if need_life then life = redis.call('HMGET', lkey, unpack(fields)) end
-  if lk.k == 'T' and (nw > 0 or want_last) then
-    recent = redis.call('HMGET', rkey, unpack(fields))
-  end
-  local upper = '(' .. string.format('%.0f', t)
-  if inclusive then upper = '+inf' end
-  local t_stamp, low_stamps = stamp(t), {}
-  for i = 1, nw do low_stamps[i] = stamp(lows[i]) end
-  local is_any = lk.k == 'A'
-  local n = out.n
-  for f = 1, nf do
-    -- no history: every answer is 0 (last: -1), so nothing is emitted; the caller fills defaults
-    if is_any or recent[f] or days[f] or life[f] then
-      local counts, last = {}, -1
-      if is_any then
-        for i = 1, nw do
-          counts[i] = redis.call('ZCOUNT', rkey, '(' .. string.format('%.0f', lows[i]), upper)
-        end
-        if want_last then
-          local r = redis.call('ZREVRANGEBYSCORE', rkey, upper, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
-          if r[2] then last = tonumber(r[2]) end
-        end
-      else
-        local list = recent[f] or ''
-        local stop = #list / W + 1  -- records before stop are counted
-        if not inclusive then stop = search(list, t_stamp, false) end
-        for i = 1, nw do counts[i] = stop - search(list, low_stamps[i], true) end
-        if stop > 1 then last = tonumber(record_at(list, stop - 1)) end
+    local sum, days = life, spec[w + i]
+    if days > 0 then
+      sum = 0
+      local first = day_t - days + 1
+      for q = m, 1, -1 do
+        local day, c = up('>I4I4', v, 8 * q - 1)
+        if day < first then break end
+        sum = sum + c
       end
-      n = n + 1; out[n] = f
-      for i = 1, nw do out[n + i] = counts[i] end
-      n = n + nw
-      for i = 1, nd do
-        local sum = 0
-        if firsts[i] < 0 then
-          sum = tonumber(life[f] or 0)
-        elseif days[f] then
-          for d, c in string.gmatch(days[f], '(%d+):(%d+)') do
-            if tonumber(d) >= firsts[i] then sum = sum + tonumber(c) end
+    end
+    out[p + i] = sum
+  end
+end
+
+-- Reads a request (its arguments from argv[a], keys from keys[k]) into out: per group the
+-- number of values that follow, then its rows (field index, answers). Returns out, its length,
+-- per group the position of its first field's row (for atomic checks) and its default row,
+-- and the blocked field indices.
+local function read_all(keys, k, argv, a, inclusive)
+  local t, day_t, spec = tonumber(argv[a]), tonumber(argv[a + 1]), numbers(argv[a + 2])
+  local ng, s = spec[1], 2
+  local out, n, firsts, defaults, fields = {}, 0, {}, {}, {}
+  for g = 1, ng do
+    local width, nk = spec[s], spec[s + 1]
+    s = s + 2
+    local def, first_lookup = {}, s
+    for c = 1, width do def[c] = 0 end
+    for _ = 1, nk do  -- a lookup: mode, offset, nw, nd, last, windows, day windows
+      if spec[s + 4] == 1 then def[spec[s + 1] + spec[s + 2] + spec[s + 3] + 1] = -1 end
+      s = s + 5 + spec[s + 2] + spec[s + 3]
+    end
+    local names = names_of(argv[a + 2 + g])
+    fields[g] = names
+    defaults[g] = def
+    n = n + 1
+    local head, at, hit_names, hits = n, {}, {}, {}
+    local l = first_lookup
+    for _ = 1, nk do
+      local mode, off, nw, nd, last = spec[l], spec[l + 1], spec[l + 2], spec[l + 3], spec[l + 4]
+      local vals, idx = {}, nil
+      if mode == 2 then
+        idx = hits
+        if #hit_names > 0 then vals = hmget(keys[k], hit_names) end
+      elseif #names > 0 then
+        vals = hmget(keys[k], names)
+      end
+      for i = 1, #vals do
+        local v = vals[i]
+        if v then
+          local f = i
+          if idx then f = idx[i] end
+          if mode == 1 then hit_names[#hit_names + 1] = names[i]; hits[#hits + 1] = i end
+          local p = at[f]
+          if not p then  -- the field's row, with default answers
+            p = n + 1
+            at[f] = p
+            out[p] = f
+            for c = 1, width do out[p + c] = def[c] end
+            n = p + width
           end
-        end
-        out[n + i] = sum
-      end
-      n = n + nd
-      if want_last then n = n + 1; out[n] = last end
-    end
-  end
-  out.n = n
-end
-
--- req (JSON): t, fs (distinct field lists), lk (lookups: k = T or A, f = field list index,
--- w = window lower bounds, d = first days (-1: lifetime), l = 1 if the latest time is wanted),
--- bf (field list of the blocks, -1: none), nb (number of block hashes, after the lookup keys).
--- inclusive: count every recorded impression from t - window on (atomic checks), else only
--- those strictly before t (reads).
-local function read_all(keys, req, inclusive)
-  local per_lookup = {}
-  for l, lk in ipairs(req.lk) do
-    local out = {n = 0}
-    read_lookup(keys, 3 * l - 2, req, lk, inclusive, out)
-    per_lookup[l] = out
-  end
-  local blocks = {}
-  local nl = #req.lk
-  if req.bf >= 0 then
-    local bfields = req.fs[req.bf + 1]
-    for b = 1, req.nb do
-      for _, v in ipairs(redis.call('HMGET', keys[3 * nl + b], unpack(bfields))) do
-        if v and tonumber(v) > req.t then blocks[#blocks + 1] = 1 else blocks[#blocks + 1] = 0 end
-      end
-    end
-  end
-  return per_lookup, blocks, 3 * nl + req.nb
-end
-
-local function record(keys, argv, kbase, abase)
-  local member, ts, day = argv[abase], tonumber(argv[abase + 1]), argv[abase + 2]
-  local retention, ttl = tonumber(argv[abase + 3]), tonumber(argv[abase + 4])
-  local day_ttl, marker_ttl = tonumber(argv[abase + 5]), tonumber(argv[abase + 6])
-  if not redis.call('SET', keys[kbase], '1', 'NX', 'EX', marker_ttl) then return 0 end
-  local s = stamp(ts)
-  local pos, k = abase + 7, kbase + 1
-  while k <= #keys do
-    local kind, field, long = argv[pos], argv[pos + 1], argv[pos + 2] == '1'
-    local r, d, l = keys[k], keys[k + 1], keys[k + 2]
-    if kind == 'A' then
-      redis.call('ZADD', r, 'NX', ts, member)
-      local newest = tonumber(redis.call('ZREVRANGE', r, 0, 0, 'WITHSCORES')[2])
-      redis.call('ZREMRANGEBYSCORE', r, '-inf', '(' .. string.format('%.0f', newest - retention))
-    else
-      local list = redis.call('HGET', r, field) or ''
-      local at = search(list, s, true)  -- keep the stamps sorted (late events go in place)
-      list = string.sub(list, 1, (at - 1) * W) .. s .. string.sub(list, (at - 1) * W + 1)
-      local newest = tonumber(record_at(list, #list / W))
-      local first = search(list, stamp(newest - retention), false)  -- drop what left retention
-      if first > 1 then list = string.sub(list, (first - 1) * W + 1) end
-      redis.call('HSET', r, field, list)
-    end
-    redis.call('EXPIRE', r, ttl)
-    if long then
-      local pairs_, kept, found = redis.call('HGET', d, field), {}, false
-      if pairs_ then
-        for dd, c in string.gmatch(pairs_, '(%d+):(%d+)') do
-          if dd == day then c = tostring(tonumber(c) + 1); found = true end
-          if tonumber(dd) > tonumber(day) - 181 then kept[#kept + 1] = dd .. ':' .. c end
+          answer(v, out, p + off, t, day_t, spec, l + 4, nw, nd, last == 1, inclusive)
         end
       end
-      if not found then kept[#kept + 1] = day .. ':1' end
-      redis.call('HSET', d, field, table.concat(kept, ','))
-      redis.call('EXPIRE', d, day_ttl)
-      redis.call('HINCRBY', l, field, 1)
-      redis.call('EXPIRE', l, day_ttl)
+      k = k + 1
+      l = l + 5 + nw + nd
     end
-    pos, k = pos + 3, k + 3
+    out[head] = n - head
+    firsts[g] = at[1]
+  end
+  local bg, nb = spec[s], spec[s + 1]
+  local blocked = {}
+  if bg > 0 and #fields[bg] > 0 then
+    local names, flags = fields[bg], {}
+    for b = 0, nb - 1 do
+      if call('EXISTS', keys[k + b]) == 1 then  -- feedback is rare: mostly no hash
+        local vals = hmget(keys[k + b], names)
+        for i = 1, #names do
+          if vals[i] and tonumber(vals[i]) > t then flags[i] = true end
+        end
+      end
+    end
+    for i = 1, #names do if flags[i] then blocked[#blocked + 1] = i end end
+  end
+  return out, n, firsts, defaults, blocked
+end
+
+-- the day counts (m pairs) with one more impression on day
+local function add_day(days, m, day)
+  local last = -1
+  if m > 0 then last = up('>I4', days, 8 * m - 7) end
+  if day == last then
+    local c = up('>I4', days, 8 * m - 3)
+    days = sub(days, 1, 8 * m - 4) .. pk('>I4', c + 1)
+  elseif day > last then
+    days, m, last = days .. pk('>I4I4', day, 1), m + 1, day
+  else  -- a late impression: rebuild in day order
+    local out, n, done = {}, 0, false
+    for p = 1, m do
+      local d, c = up('>I4I4', days, 8 * p - 7)
+      if not done and d >= day then
+        done = true
+        if d == day then c = c + 1 else n = n + 1; out[n] = pk('>I4I4', day, 1) end
+      end
+      n = n + 1; out[n] = pk('>I4I4', d, c)
+    end
+    days, m = table.concat(out), n
+  end
+  local drop = 0  -- keep the days after last - 181
+  while drop < m and up('>I4', days, 8 * drop + 1) <= last - 181 do drop = drop + 1 end
+  if drop > 0 then days, m = sub(days, 8 * drop + 1), m - drop end
+  return days, m
+end
+
+local function write_counter(key, field, ts, day, retention, long, ttl)
+  local v = call('HGET', key, field)
+  local life, m, days, times = 0, 0, '', ''
+  if v then
+    life, m = up('>I4I2', v)
+    days, times = sub(v, 7, 6 + 8 * m), sub(v, 7 + 8 * m)
+  end
+  local n = #times / 8
+  local at = n  -- after every time <= ts: late impressions go in place
+  if n > 0 and up('>i8', times, 8 * n - 7) > ts then at = bound(times, 1, 0, n, ts, true) end
+  if at == n then
+    times = times .. pk('>i8', ts)
+  else
+    times = sub(times, 1, 8 * at) .. pk('>i8', ts) .. sub(times, 8 * at + 1)
+  end
+  -- drop what left the retention, an hour's worth at a time (not a copy per impression)
+  local low = up('>i8', times, #times - 7) - retention
+  if up('>i8', times, 1) < low - HOUR then
+    times = sub(times, 8 * bound(times, 1, 0, n + 1, low, false) + 1)
+  end
+  if long then
+    life = life + 1
+    days, m = add_day(days, m, day)
+  end
+  call('HSET', key, field, pk('>I4I2', life, m) .. days .. times)
+  call('EXPIRE', key, ttl)
+end
+
+local function record(keys, k, argv, a)
+  local ts, day, retention = tonumber(argv[a]), tonumber(argv[a + 1]), tonumber(argv[a + 2])
+  local ttl, long_ttl = argv[a + 3], argv[a + 4]
+  if not call('SET', keys[k], '1', 'NX', 'EX', argv[a + 5]) then return 0 end
+  local longs, targets = argv[a + 6], names_of(argv[a + 7])
+  for i = 1, #targets do
+    local long = byte(longs, i) == 49  -- '1'
+    local key_ttl = ttl
+    if long then key_ttl = long_ttl end
+    write_counter(keys[k + i], targets[i], ts, day, retention, long, key_ttl)
   end
   return 1
 end
@@ -178,46 +300,44 @@ end
 READ = (
     _COMMON
     + r"""
-local per_lookup, blocks = read_all(KEYS, cjson.decode(ARGV[1]), false)
-local flat, n = {}, 0
-for _, out in ipairs(per_lookup) do
-  n = n + 1; flat[n] = out.n
-  for i = 1, out.n do flat[n + i] = out[i] end
-  n = n + out.n
-end
-for _, v in ipairs(blocks) do n = n + 1; flat[n] = v end
-return flat
+local out, n, _, _, blocked = read_all(KEYS, 1, ARGV, 1, false)
+n = n + 1; out[n] = #blocked
+for i, f in ipairs(blocked) do out[n + i] = f end
+return out
 """
 )
 
 RECORD = (
     _COMMON
     + r"""
-return record(KEYS, ARGV, 1, 1)
+return record(KEYS, 1, ARGV, 1)
 """
 )
 
 CHECK_RECORD = (
     _COMMON
     + r"""
-local req = cjson.decode(ARGV[1])
-local per_lookup, blocks, used = read_all(KEYS, req, true)
-for _, b in ipairs(blocks) do
-  if b == 1 then return -1000000 end
-end
-for i, chk in ipairs(cjson.decode(ARGV[2])) do
-  local l, kind, slot, threshold = chk[1], chk[2], chk[3], chk[4]
-  local v = per_lookup[l][slot + 1]  -- answers of the one field follow its index
-  if v == nil then v = 0; if kind == 'g' then v = -1 end end
-  if kind == 'g' then  -- threshold in microseconds
-    if v >= 0 and req.t - v < threshold then return -i end
+if call('EXISTS', KEYS[1]) == 1 then return 0 end  -- the marker: recorded before
+local nrk = tonumber(ARGV[1])
+local t = tonumber(ARGV[10])
+local out, _, firsts, defaults, blocked = read_all(KEYS, nrk + 1, ARGV, 10, true)
+if #blocked > 0 then return -1000000 end
+local checks = numbers(ARGV[#ARGV])
+for i = 1, #checks / 4 do
+  local g, col, gap = checks[4 * i - 3], checks[4 * i - 2], checks[4 * i - 1] == 1
+  local threshold = checks[4 * i]
+  local v = defaults[g][col]
+  if firsts[g] then v = out[firsts[g] + col] end
+  if gap then
+    if v >= 0 and t - v < threshold then return -i end
   elseif v >= threshold then
     return -i
   end
 end
-return record(KEYS, ARGV, used + 1, 3)
+return record(KEYS, 1, ARGV, 2)
 """
 )
+
 
 BLOCK = r"""
 -- KEYS[1]: a block hash; ARGV: field, end (us), ttl_s. Keeps the later end.

@@ -14,11 +14,17 @@ from collections import defaultdict
 
 import numpy as np
 
-from engine.caps.plan import US, Plan, impression_writes, micros
+from engine.caps.plan import DAY_US, US, Plan, impression_writes, micros
 from engine.caps.rules import CapRule, Family, FeedbackBlock, GapRule
-from engine.caps.store import Answers, CapReading, Check, Feedback, Impression, scatter
-
-_DAY = 86_400 * US
+from engine.caps.store import (
+    CapReading,
+    Check,
+    Feedback,
+    Impression,
+    Matrices,
+    group_matrices,
+    scatter,
+)
 
 
 class MemoryCapStore:
@@ -31,27 +37,27 @@ class MemoryCapStore:
         self._blocks: dict[tuple[str, str, str, str], int] = {}
         self._lock = threading.Lock()
 
-    def _answers(self, plan: Plan, k: int, inclusive: bool) -> np.ndarray:
+    def _answers(self, plan: Plan, inclusive: bool) -> Matrices:
         """Like the Redis READ; ``inclusive`` counts impressions at or after ``t`` too."""
-        lk = plan.lookups[k]
-        slots = lk.slots()
-        out = np.zeros((len(lk.fields), len(slots)))
-        day_t = plan.t_us // _DAY
-        for f, target in enumerate(lk.fields):
-            times = self._times.get((lk.family, lk.scope_id, target), [])
-            hi = len(times) if inclusive else bisect_left(times, plan.t_us)
-            for j, (kind, w) in enumerate(slots):
-                if kind == "window":
-                    out[f, j] = hi - bisect_right(times, plan.t_us - w * US)
-                elif kind == "days":
-                    first = 0 if w == 0 else (day_t - w + 1) * _DAY
-                    out[f, j] = len(times) - bisect_left(times, first)
-                else:
-                    out[f, j] = times[hi - 1] if hi else -1.0
-        return out
+        matrices = group_matrices(plan)
+        t, day_t = plan.t_us, plan.t_us // DAY_US
+        for lk in plan.lookups:
+            scope_id, answers = plan.scope_id(lk), matrices[lk.group]
+            for f, target in enumerate(plan.fields[lk.group]):
+                times = self._times.get((lk.family, scope_id, target))
+                if not times:
+                    continue  # the defaults stand
+                hi = len(times) if inclusive else bisect_left(times, t)
+                values = [hi - bisect_right(times, t - w * US) for w in lk.windows]
+                for d in lk.day_windows:
+                    first = 0 if d == 0 else (day_t - d + 1) * DAY_US
+                    values.append(len(times) - bisect_left(times, first))
+                if lk.last:
+                    values.append(times[hi - 1] if hi else -1)
+                answers[f, lk.offset : lk.offset + lk.width] = values
+        return matrices
 
-    def _read(self, plan: Plan, inclusive: bool = False) -> tuple[Answers, np.ndarray]:
-        answers = [self._answers(plan, k, inclusive) for k in range(len(plan.lookups))]
+    def _read(self, plan: Plan, inclusive: bool = False) -> tuple[Matrices, np.ndarray]:
         blocks = np.zeros(len(plan.block_fields), dtype=bool)
         for scope, scope_id, target in plan.blocks:
             blocks |= np.asarray(
@@ -61,13 +67,13 @@ class MemoryCapStore:
                 ],
                 dtype=bool,
             )
-        return answers, blocks
+        return self._answers(plan, inclusive), blocks
 
-    def read(self, plan: Plan, n_rules: int, n_gaps: int) -> CapReading:
+    def read(self, plan: Plan) -> CapReading:
         """See :class:`CapStore`."""
         with self._lock:
-            answers, blocks = self._read(plan)
-        return scatter(plan, answers, blocks, n_rules, n_gaps)
+            matrices, blocks = self._read(plan)
+        return scatter(plan, matrices, blocks)
 
     def _record(self, imp: Impression) -> int:
         if imp.impression_id in self._seen:
@@ -90,12 +96,11 @@ class MemoryCapStore:
         with self._lock:
             if impression.impression_id in self._seen:
                 return 0
-            answers, blocks = self._read(plan, inclusive=True)
+            matrices, blocks = self._read(plan, inclusive=True)
             if blocks.any():
                 return -1_000_000
             for i, chk in enumerate(checks):
-                lk = plan.lookups[chk.lookup]
-                value = answers[chk.lookup][0, lk.slots().index((chk.kind, chk.window))]
+                value = matrices[chk.group][0, chk.column]
                 if chk.kind == "since":
                     if value >= 0 and plan.t_us - value < chk.threshold * US:
                         return -(i + 1)

@@ -4,30 +4,56 @@ Planning is pure: it turns a request (or an impression) and the rules into looku
 *families* of counters. A family (scope x target, optionally filtered) of one scope id (a user,
 a household, a device) is one unit of storage whose fields are target ids ("*" for any ad), so a
 request reads each family once, for all its candidates' ids. Backends only execute the lookups,
-so every backend counts the same way by construction; answers are scattered back to candidates
-with numpy.
+so every backend counts the same way by construction.
+
+The candidate-independent part of a plan, its :class:`~engine.caps.shape.Shape`, is cached per
+situation by the :class:`Planner`; a request only adds its time, scope ids and the distinct ids
+of its candidates (a :class:`Plan`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 
 from engine.caps.rules import SCOPE_COLUMN, TARGET_COLUMN, CapRule, Family, FeedbackBlock, GapRule
-from features.exposure import EXPOSURE_SCHEMA, WINDOWS_S, count_column, since_column
+from engine.caps.shape import (
+    FEATURE_FAMILIES,
+    N_EXPOSURES,
+    SUPERSET_TARGETS,
+    Lookup,
+    Shape,
+    Target,
+    build_shape,
+)
 from features.online import CandidateColumns, RequestContext
 
+__all__ = [
+    "ANY",
+    "DAY_US",
+    "FEATURE_FAMILIES",
+    "N_EXPOSURES",
+    "SUPERSET_TARGETS",
+    "US",
+    "Lookup",
+    "Plan",
+    "Planner",
+    "Shape",
+    "Target",
+    "impression_families",
+    "impression_writes",
+    "micros",
+    "plan_request",
+]
+
 US = 1_000_000
+DAY_US = 86_400 * US
 ANY = "*"
-FEATURE_FAMILIES = tuple(
-    Family(scope=s, target=t)
-    for s in ("user", "household", "device")
-    for t in ("campaign", "advertiser", "any")
-)
-_EXPOSURE_INDEX = {name: i for i, name in enumerate(EXPOSURE_SCHEMA.names())}
+_CACHE_SIZE = 4_096
 
 
 def micros(ts: datetime) -> int:
@@ -36,88 +62,149 @@ def micros(ts: datetime) -> int:
 
 
 @dataclass
-class Lookup:
-    """One family of one scope id, read for a set of target ids.
-
-    Attributes:
-        fields: distinct target ids to read (``["*"]`` for the target any).
-        rows_field: per candidate, the index of its field (-1: null id, nothing to read).
-        windows: rolling windows in seconds (<= retention), counted exactly.
-        day_windows: longer windows in days (0 = lifetime), counted from day buckets.
-        last: whether the time of the latest impression is wanted.
-    """
-
-    family: Family
-    scope_id: str
-    fields: list[str]
-    rows_field: np.ndarray
-    windows: set[int] = field(default_factory=set)
-    day_windows: set[int] = field(default_factory=set)
-    last: bool = False
-
-    def slots(self) -> list[tuple[str, int]]:
-        """The answers per field, in order: windows, day windows, last."""
-        out = [("window", w) for w in sorted(self.windows)]
-        out += [("days", d) for d in sorted(self.day_windows)]
-        return out + ([("since", 0)] if self.last else [])
-
-
-@dataclass
 class Plan:
-    """Lookups for one request and where their answers go.
+    """One request's lookups: its shape, time, scope ids and candidate ids.
 
-    ``targets``: (output name, column, lookup index, answer kind, window, only) -- every
-    candidate of the lookup with a field gets that answer in that column; with ``only`` >= 0,
-    only the candidates of that field (a campaign's own cap). Outputs: ``exposures`` (n x 30, the
-    feature core's EXPOSURE_SCHEMA), ``rule_counts`` (n x rules, NaN where a rule does not apply),
-    ``gap_since`` (n x gaps), and ``blocked`` from ``blocks`` (scope, scope id, target, ids).
+    ``fields[g]`` are the distinct ids of group ``g`` (``["*"]`` for the target any) and
+    ``rows[g]`` each candidate's index among them (-1: a null id, nothing to read). ``only``
+    maps a campaign's own cap (rule index) to the field of its campaign (-1: not a candidate).
     """
 
+    shape: Shape
     t_us: int
     n: int
     user_id: str
     household_id: str | None
-    lookups: list[Lookup] = field(default_factory=list)
-    targets: list[tuple[str, int, int, str, int, int]] = field(default_factory=list)
-    blocks: list[tuple[str, str, str]] = field(default_factory=list)
-    block_fields: list[str] = field(default_factory=list)
-    block_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    _index: dict[tuple[Family, str], int] = field(default_factory=dict)
-    _fields: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)
+    device_id: str | None
+    fields: list[list[str]]
+    rows: list[np.ndarray]
+    only: dict[int, int]
 
-    def lookup(self, family: Family, scope_id: str, candidates: CandidateColumns) -> int:
-        """Index of the family's lookup for this scope id, adding it on first use."""
-        key = (family, scope_id)
-        if key not in self._index:
-            column = TARGET_COLUMN[family.target]
-            if column not in self._fields:  # each id column is reduced to fields once
-                ids = _ids(candidates, column, self.n)
-                self._fields[str(column)] = _fields(ids, column is None, self.n)
-            fields, rows_field = self._fields[str(column)]
-            self._index[key] = len(self.lookups)
-            self.lookups.append(Lookup(family, scope_id, fields, rows_field))
-        return self._index[key]
+    @property
+    def lookups(self) -> tuple[Lookup, ...]:
+        """The shape's lookups."""
+        return self.shape.lookups
+
+    def scope_id(self, lookup: Lookup) -> str:
+        """The user, household or device id a lookup reads."""
+        scope = lookup.family.scope
+        value = {"user": self.user_id, "household": self.household_id, "device": self.device_id}
+        return str(value[scope])
+
+    @property
+    def blocks(self) -> list[tuple[str, str, str]]:
+        """(scope, scope id, target) of each block hash the request reads."""
+        ids = {"user": self.user_id, "household": self.household_id}
+        return [(s, str(ids[s]), self.shape.block_target) for s in self.shape.block_scopes]
+
+    @property
+    def block_fields(self) -> list[str]:
+        """The campaign (or advertiser) ids blocks are looked up for."""
+        return self.fields[self.shape.block_group]
+
+    @property
+    def block_rows(self) -> np.ndarray:
+        """Per candidate, its index in :attr:`block_fields` (-1: none)."""
+        return self.rows[self.shape.block_group]
+
+    def applies(self, target: Target) -> np.ndarray:
+        """Candidates a target's answer applies to (they have its id; its campaign's own)."""
+        rows = self.rows[target.group]
+        if target.rule < 0:
+            return rows >= 0
+        campaign = self.only.get(target.rule, -1)
+        return rows == campaign if campaign >= 0 else np.zeros(self.n, dtype=bool)
 
 
-def _fields(ids: list[str | None], any_target: bool, n: int) -> tuple[list[str], np.ndarray]:
-    if any_target:
-        return [ANY], np.zeros(n, dtype=np.int64)
-    keys = np.asarray(["" if i is None else i for i in ids], dtype=object)
-    uniq, inverse = np.unique(keys, return_inverse=True)
-    inverse = inverse.astype(np.int64)
-    known = np.asarray([i is not None for i in ids], dtype=bool)
-    fields = [str(u) for u in uniq]
-    if "" in fields and not all(known):  # "" is the stand-in for null ids: drop it
-        drop = fields.index("")
-        fields.pop(drop)
-        inverse = np.where(inverse > drop, inverse - 1, inverse)
-        inverse[~known] = -1
-    return fields, inverse
+def _distinct(values: Sequence[object] | np.ndarray | None, n: int) -> tuple[list[str], np.ndarray]:
+    """Distinct non-null ids in first-seen order, and each candidate's index among them (-1 for
+    a null id). C-level passes over the candidates only."""
+    if values is None:
+        return [], np.full(n, -1, dtype=np.int64)
+    index: dict[Any, int] = dict.fromkeys(values, -1)
+    index.pop(None, None)
+    for i, value in enumerate(index):  # the distinct ids, not the candidates
+        index[value] = i
+    fields = list(index)
+    index[None] = -1
+    return fields, np.fromiter(map(index.__getitem__, values), dtype=np.int64, count=n)
 
 
-def _ids(candidates: CandidateColumns, column: str | None, n: int) -> list[str | None]:
-    values = candidates.get(column) if column is not None else None
-    return [None] * n if values is None else list(values)
+class Planner:
+    """Plans requests against fixed global rules; shapes are cached per situation."""
+
+    def __init__(
+        self,
+        rules: Sequence[CapRule],
+        gaps: Sequence[GapRule],
+        feedback: FeedbackBlock,
+        retention_s: int,
+    ) -> None:
+        self.rules, self.gaps, self.feedback = list(rules), list(gaps), feedback
+        self.retention_s = retention_s
+        self._shapes: dict[tuple[object, ...], Shape] = {}
+
+    def shape(self, context: RequestContext, own: Sequence[CapRule] = ()) -> Shape:
+        """The cached shape of a request's situation (``own``: its campaigns' own caps)."""
+        scopes = frozenset(
+            s for s in ("user", "household", "device") if getattr(context, SCOPE_COLUMN[s])
+        )
+        key = (
+            context.touchpoint,
+            context.slot,
+            scopes,
+            tuple((r.scope, r.target, r.touchpoint, r.slot, r.window) for r in own),
+        )
+        shape = self._shapes.get(key)
+        if shape is None:
+            if len(self._shapes) >= _CACHE_SIZE:
+                self._shapes.clear()
+            shape = build_shape(
+                context.touchpoint,
+                context.slot,
+                scopes,
+                [*self.rules, *own],
+                self.gaps,
+                self.feedback,
+                self.retention_s,
+            )
+            self._shapes[key] = shape
+        return shape
+
+    def plan(
+        self, context: RequestContext, candidates: CandidateColumns, own: Sequence[CapRule] = ()
+    ) -> Plan:
+        """Every lookup the request needs: feature exposures, cap counts, gaps and blocks.
+        ``own`` are its campaigns' own caps (each with its ``campaign_id``); they follow the
+        global rules in the rule order of the answers."""
+        shape = self.shape(context, own)
+        n = len(candidates["ad_id"])
+        fields, rows = [], []
+        for column in shape.columns:
+            if column is None:
+                fields.append([ANY])
+                rows.append(np.zeros(n, dtype=np.int64))
+            else:
+                f, r = _distinct(candidates.get(column), n)
+                fields.append(f)
+                rows.append(r)
+        only: dict[int, int] = {}
+        if own:
+            campaigns = {c: i for i, c in enumerate(fields[shape.columns.index("campaign_id")])}
+            base = len(self.rules)
+            for j, rule in enumerate(own):
+                only[base + j] = campaigns.get(str(rule.campaign_id), -1)
+        return Plan(
+            shape,
+            micros(context.ts),
+            n,
+            context.user_id,
+            context.household_id,
+            context.device_id,
+            fields,
+            rows,
+            only,
+        )
 
 
 def plan_request(
@@ -128,67 +215,12 @@ def plan_request(
     feedback: FeedbackBlock,
     retention_s: int,
 ) -> Plan:
-    """Every lookup the request needs: feature exposures, cap counts, gaps and blocks."""
-    n = len(candidates["ad_id"])
-    plan = Plan(micros(context.ts), n, context.user_id, context.household_id)
-
-    def lookup(fam: Family) -> int | None:
-        scope_id = getattr(context, SCOPE_COLUMN[fam.scope])
-        if scope_id is None:
-            return None
-        return plan.lookup(fam, scope_id, candidates)
-
-    for fam in FEATURE_FAMILIES:
-        if (k := lookup(fam)) is None:
-            continue
-        for window, seconds in WINDOWS_S.items():
-            plan.lookups[k].windows.add(seconds)
-            col = _EXPOSURE_INDEX[count_column(fam.scope, fam.target, window)]
-            plan.targets.append(("exposures", col, k, "window", seconds, -1))
-        if fam.target == "campaign":
-            plan.lookups[k].last = True
-            plan.targets.append(
-                ("exposures", _EXPOSURE_INDEX[since_column(fam.scope)], k, "since", 0, -1)
-            )
-    for j, rule in enumerate(rules):
-        if (
-            rule.matches(context.touchpoint, context.slot)
-            and (k := lookup(rule.family())) is not None
-        ):
-            only = -1
-            if rule.campaign_id is not None:
-                if rule.campaign_id not in plan.lookups[k].fields:
-                    continue  # none of this campaign's ads is a candidate
-                only = plan.lookups[k].fields.index(rule.campaign_id)
-            w = rule.window_s
-            if w is not None and w <= retention_s:
-                plan.lookups[k].windows.add(w)
-                plan.targets.append(("rule_counts", j, k, "window", w, only))
-            else:
-                days = 0 if w is None else -(-w // 86_400)
-                plan.lookups[k].day_windows.add(days)
-                plan.targets.append(("rule_counts", j, k, "days", days, only))
-    for j, gap in enumerate(gaps):
-        if (
-            gap.matches(context.touchpoint, context.slot)
-            and (k := lookup(gap.family())) is not None
-        ):
-            plan.lookups[k].last = True
-            plan.targets.append(("gap_since", j, k, "since", 0, -1))
-    _plan_blocks(plan, context, candidates, feedback)
-    return plan
-
-
-def _plan_blocks(
-    plan: Plan, context: RequestContext, candidates: CandidateColumns, fb: FeedbackBlock
-) -> None:
-    column = str(TARGET_COLUMN[fb.target])
-    if column not in plan._fields:
-        plan._fields[column] = _fields(_ids(candidates, column, plan.n), False, plan.n)
-    plan.block_fields, plan.block_rows = plan._fields[column]
-    plan.blocks.append(("user", context.user_id, fb.target))
-    if fb.household and context.household_id:
-        plan.blocks.append(("household", context.household_id, fb.target))
+    """One uncached plan (tests, tools): ``rules`` may include campaigns' own caps."""
+    own = [r for r in rules if r.campaign_id is not None]
+    plain = [r for r in rules if r.campaign_id is None]
+    if [*plain, *own] != list(rules):
+        raise ValueError("campaigns' own caps must follow the global rules")
+    return Planner(plain, gaps, feedback, retention_s).plan(context, candidates, own)
 
 
 def impression_families(

@@ -1,30 +1,99 @@
-"""The Redis cap store: one EVALSHA per request read, per impression, per atomic check."""
+"""The Redis cap store: one EVALSHA per request read, per impression batch, per atomic check.
+
+This module turns plans and impressions into the scripts' KEYS and ARGV (see ``lua.py`` for
+their layout) and the read's reply into answer matrices; the counting happens in Redis.
+"""
 
 from __future__ import annotations
 
-import json
+import struct
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import numpy as np
 import redis
 
 from engine.caps import lua
-from engine.caps.keys import KeySpace
-from engine.caps.plan import US, Plan, impression_writes, micros
-from engine.caps.rules import CapRule, Family, FeedbackBlock, GapRule
+from engine.caps.keys import KeySpace, escape, family_code
+from engine.caps.plan import (
+    ANY,
+    DAY_US,
+    SUPERSET_TARGETS,
+    US,
+    Plan,
+    Shape,
+    impression_families,
+    micros,
+)
+from engine.caps.rules import SCOPE_COLUMN, TARGET_COLUMN, CapRule, Family, FeedbackBlock, GapRule
 from engine.caps.store import (
     CapReading,
     Check,
     Feedback,
     Impression,
+    Matrices,
     StoreUnavailable,
-    encode,
+    group_matrices,
     scatter,
-    split_answers,
 )
+from engine.errors import InvalidArgument
 
 T = TypeVar("T")
-DAY_TTL_S = 400 * 86_400  # day buckets and lifetime counts live this long after the last write
+DAY_TTL_S = 400 * 86_400  # day and lifetime counts live this long after the last write
+_CACHE_SIZE = 4_096
+_Spec = tuple[Shape, bytes, list[str]]  # shape, READ spec, per lookup its family code
+_Write = tuple[str, str, str | None, str]  # family code, scope column, target column, long
+
+
+def long_families(rules: list[CapRule], retention_s: int) -> set[Family]:
+    """Families that keep day and lifetime counts: those a long-window rule reads, the
+    campaign families (campaigns may bring their own long caps with a request), and, for the
+    campaign and advertiser targets, the user and household families whenever any family of
+    that target is long (they are the supersets reads narrow the others with, so they must
+    live at least as long)."""
+    out = {r.family() for r in rules if r.window_s is None or r.window_s > retention_s}
+    out |= {Family(scope=s, target="campaign") for s in ("user", "household", "device")}
+    for target in SUPERSET_TARGETS:
+        if any(f.target == target for f in out):
+            out |= {Family(scope=s, target=target) for s in ("user", "household")}
+    return out
+
+
+def decode_read(plan: Plan, reply: list[int]) -> tuple[Matrices, np.ndarray]:
+    """The READ reply as answer matrices (one per group) and per-field block flags."""
+    values = np.asarray(reply, dtype=np.float64)
+    matrices = group_matrices(plan)
+    pos = 0
+    for answers, width in zip(matrices, plan.shape.widths, strict=True):
+        size = int(values[pos])
+        if size:
+            rows = values[pos + 1 : pos + 1 + size].reshape(-1, width + 1)
+            answers[rows[:, 0].astype(np.int64) - 1] = rows[:, 1:]
+        pos += 1 + size
+    blocked = np.zeros(len(plan.block_fields), dtype=bool)
+    blocked[values[pos + 1 :].astype(np.int64) - 1] = True
+    return matrices, blocked
+
+
+def _names(ids: list[str], column: str | None) -> bytes:
+    """Ids as one script argument: their count, their byte lengths, then their bytes."""
+    if not ids:
+        return b""
+    try:
+        text = "".join(ids)
+        if text.isascii():  # one byte per character: no per-id encoding
+            data, sizes = text.encode("ascii"), list(map(len, ids))
+        else:
+            encoded = [i.encode() for i in ids]
+            data, sizes = b"".join(encoded), list(map(len, encoded))
+        return struct.pack(f">I{len(ids)}H", len(ids), *sizes) + data
+    except (TypeError, struct.error) as exc:
+        raise InvalidArgument(str(column), f"ids must be strings under 64 KiB: {exc}") from exc
+
+
+def _numbers(values: list[int]) -> bytes:
+    """Integers as one script argument of big-endian doubles (exact below 2**53)."""
+    return struct.pack(f">{len(values)}d", *values)
 
 
 class RedisCapStore:
@@ -48,11 +117,9 @@ class RedisCapStore:
         self.retention_s = retention_s
         self.marker_ttl_s = marker_ttl_s
         self._on_close = on_close
-        # Families that keep day and lifetime counts: those a long-window rule reads, and the
-        # campaign families, since campaigns may bring their own long caps with a request.
-        long_rules = {r.family() for r in rules if r.window_s is None or r.window_s > retention_s}
-        campaigns = {Family(scope=s, target="campaign") for s in ("user", "household", "device")}
-        self._long = long_rules | campaigns
+        self._long = long_families(rules, retention_s)
+        self._specs: dict[int, _Spec] = {}
+        self._writes: dict[tuple[str, str], list[_Write]] = {}
         self._read = client.register_script(lua.READ)
         self._record = client.register_script(lua.RECORD)
         self._check_record = client.register_script(lua.CHECK_RECORD)
@@ -64,86 +131,130 @@ class RedisCapStore:
         except redis.exceptions.RedisError as exc:
             raise StoreUnavailable(f"cap store: {type(exc).__name__}: {exc}") from exc
 
-    def _family_keys(self, tag: str, family: Family, scope_id: str) -> list[str]:
-        return [
-            self.keys.recent(tag, family, scope_id),
-            self.keys.days(tag, family, scope_id),
-            self.keys.lifetime(tag, family, scope_id),
-        ]
+    def _spec(self, shape: Shape) -> _Spec:
+        """The shape's READ spec (see ``lua.py``) and its lookups' family codes (cached)."""
+        spec = self._specs.get(id(shape))
+        if spec is None or spec[0] is not shape:
+            numbers: list[int] = [len(shape.columns)]
+            for g, width in enumerate(shape.widths):
+                mine = [lk for lk in shape.lookups if lk.group == g]
+                numbers += [width, len(mine)]
+                for lk in mine:
+                    numbers += [lk.mode, lk.offset, len(lk.windows), len(lk.day_windows)]
+                    numbers += [int(lk.last), *(w * US for w in lk.windows), *lk.day_windows]
+            numbers += [shape.block_group + 1, len(shape.block_scopes)]
+            codes = [family_code(lk.family) for lk in shape.lookups]
+            if len(self._specs) >= _CACHE_SIZE:
+                self._specs.clear()
+            spec = self._specs[id(shape)] = (shape, _numbers(numbers), codes)
+        return spec
 
-    def _read_keys_args(self, plan: Plan) -> tuple[list[str], list[str]]:
+    def _read_keys_args(self, plan: Plan) -> tuple[list[str], list[object]]:
+        shape, spec, codes = self._spec(plan.shape)
         tag = self.keys.tag(plan.household_id, plan.user_id)
-        keys: list[str] = []
-        for lk in plan.lookups:
-            keys += self._family_keys(tag, lk.family, lk.scope_id)
+        base = self.keys.base(tag)
+        scope_ids = {
+            "user": escape(plan.user_id),
+            "household": escape(plan.household_id or ""),
+            "device": escape(plan.device_id or ""),
+        }
+        keys = [
+            self.keys.counters_at(base, code, scope_ids[lk.family.scope])
+            for lk, code in zip(shape.lookups, codes, strict=True)
+        ]
         keys += [self.keys.blocks(tag, *b) for b in plan.blocks]
-        return keys, [encode(plan)]
+        args: list[object] = [plan.t_us, plan.t_us // DAY_US, spec]
+        args += [_names(f, c) for f, c in zip(plan.fields, shape.columns, strict=True)]
+        return keys, args
 
-    def read(self, plan: Plan, n_rules: int, n_gaps: int) -> CapReading:
+    def read(self, plan: Plan) -> CapReading:
         """See :class:`CapStore`."""
         keys, args = self._read_keys_args(plan)
-        flat = self._call(lambda: self._read(keys=keys, args=args))
-        answers, blocks = split_answers(plan, flat)
-        return scatter(plan, answers, blocks, n_rules, n_gaps)
+        reply = self._call(lambda: self._read(keys=keys, args=args))
+        return scatter(plan, *decode_read(plan, reply))
 
-    def _record_keys_args(self, imp: Impression) -> tuple[list[str], list[str]]:
-        tag = self.keys.tag(imp.household_id, imp.user_id)
-        keys = [self.keys.impression(tag, imp.impression_id)]
-        writes: list[str] = []
-        for family, scope_id, field in impression_writes(
-            imp.ids(), imp.touchpoint, imp.slot, self.rules, self.gaps
-        ):
-            keys += self._family_keys(tag, family, scope_id)
-            writes += [
-                "A" if family.target == "any" else "T",
-                field,
-                "1" if family in self._long else "0",
+    def _family_writes(self, touchpoint: str, slot: str) -> list[_Write]:
+        """What an impression on this touchpoint and slot writes (cached)."""
+        writes = self._writes.get((touchpoint, slot))
+        if writes is None:
+            writes = [
+                (
+                    family_code(fam),
+                    SCOPE_COLUMN[fam.scope],
+                    TARGET_COLUMN[fam.target],
+                    "1" if fam in self._long else "0",
+                )
+                for fam in impression_families(touchpoint, slot, self.rules, self.gaps)
             ]
+            self._writes[(touchpoint, slot)] = writes
+        return writes
+
+    def _record_keys_args(self, imp: Impression) -> tuple[list[str], list[object]]:
+        tag = self.keys.tag(imp.household_id, imp.user_id)
+        base = self.keys.base(tag)
+        keys = [self.keys.impression(tag, imp.impression_id)]
+        longs, targets = [], []
+        for code, scope_column, target_column, long in self._family_writes(
+            imp.touchpoint, imp.slot
+        ):
+            scope_id = getattr(imp, scope_column)
+            target_id = ANY if target_column is None else getattr(imp, target_column)
+            if scope_id is not None and target_id is not None:
+                keys.append(self.keys.counters_at(base, code, escape(scope_id)))
+                longs.append(long)
+                targets.append(target_id)
         t = micros(imp.ts)
-        args = [
-            imp.impression_id,
-            str(t),
-            str(t // (86_400 * US)),
-            str(self.retention_s * US),
-            str(self.retention_s + 3_600),
-            str(DAY_TTL_S),
-            str(self.marker_ttl_s),
-            *writes,
+        args: list[object] = [
+            t,
+            t // DAY_US,
+            self.retention_s * US,
+            self.retention_s + 3_600,
+            DAY_TTL_S,
+            self.marker_ttl_s,
+            "".join(longs),
+            _names(targets, "impression"),
         ]
         return keys, args
 
     def record(self, impressions: list[Impression]) -> int:
-        """See :class:`CapStore`. One pipelined round trip on a standalone server."""
+        """See :class:`CapStore`. One pipelined round trip (per cluster node)."""
         if not impressions:
             return 0
+        calls = [self._record_keys_args(imp) for imp in impressions]
+        return self._call(lambda: self._pipelined(calls))
 
-        def run() -> int:
-            if isinstance(self.client, redis.cluster.RedisCluster):
-                total = 0
-                for imp in impressions:
-                    keys, args = self._record_keys_args(imp)
-                    total += int(self._record(keys=keys, args=args))
-                return total
-            pipe = self.client.pipeline(transaction=False)
-            for imp in impressions:
-                keys, args = self._record_keys_args(imp)
-                self._record(keys=keys, args=args, client=pipe)
-            return sum(int(v) for v in pipe.execute())
-
-        return self._call(run)
+    def _pipelined(self, calls: list[tuple[list[str], list[object]]]) -> int:
+        """RECORD calls in one pipeline (a cluster's: one round trip per node), without the
+        SCRIPT EXISTS redis-py sends first for scripts; a server that lost the script (restart,
+        SCRIPT FLUSH) gets it again and the refused calls are re-run."""
+        pipe = self.client.pipeline(transaction=False)
+        cluster = isinstance(self.client, redis.cluster.RedisCluster)
+        for keys, args in calls:
+            # a cluster pipeline would ask the server for an EVALSHA's keys (COMMAND GETKEYS,
+            # one round trip each) unless told the node
+            node = {"target_nodes": self.client.get_node_from_key(keys[0])} if cluster else {}
+            pipe.execute_command("EVALSHA", self._record.sha, len(keys), *keys, *args, **node)
+        results = pipe.execute(raise_on_error=False)
+        total = 0
+        for (keys, args), result in zip(calls, results, strict=True):
+            if isinstance(result, redis.exceptions.NoScriptError):
+                result = self._record(keys=keys, args=args)
+            elif isinstance(result, Exception):
+                raise result
+            total += int(result)
+        return total
 
     def check_and_record(self, impression: Impression, plan: Plan, checks: list[Check]) -> int:
         """See :class:`CapStore`."""
         read_keys, read_args = self._read_keys_args(plan)
         rec_keys, rec_args = self._record_keys_args(impression)
-        encoded = []
+        encoded: list[int] = []
         for chk in checks:
-            slot = plan.lookups[chk.lookup].slots().index((chk.kind, chk.window)) + 1
-            kind = {"window": "w", "days": "d", "since": "g"}[chk.kind]
-            threshold = chk.threshold * US if kind == "g" else chk.threshold
-            encoded.append([chk.lookup + 1, kind, slot, threshold])
-        keys = read_keys + rec_keys
-        args = [*read_args, json.dumps(encoded), *rec_args]
+            gap = chk.kind == "since"
+            threshold = round(chk.threshold * US) if gap else round(chk.threshold)
+            encoded += [chk.group + 1, chk.column + 1, int(gap), threshold]
+        keys = rec_keys + read_keys
+        args = [len(rec_keys), *rec_args, *read_args, _numbers(encoded)]
         return int(self._call(lambda: self._check_record(keys=keys, args=args)))
 
     def block(self, feedback: list[Feedback]) -> int:

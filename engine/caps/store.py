@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 import numpy as np
 
-from engine.caps.plan import US, Plan
+from engine.caps.plan import N_EXPOSURES, US, Plan
 from engine.errors import AdmatchError
-from features.exposure import EXPOSURE_SCHEMA, SINCE_COLUMNS
-
-_SINCE_INDEX = [EXPOSURE_SCHEMA.names().index(c) for c in SINCE_COLUMNS]
 
 
 class StoreUnavailable(AdmatchError):
@@ -102,98 +98,58 @@ class CapReading:
     blocked: np.ndarray
 
 
-Answers = list[np.ndarray]  # per lookup: (fields x slots), see Lookup.slots()
+Matrices = list[np.ndarray]  # per group of a plan: (fields + 1) x row width, see group_matrices
 
 
-def encode(plan: Plan) -> str:
-    """The READ request as JSON (see ``lua.py``), each distinct field list sent once."""
-    field_sets: list[list[str]] = []
-    index: dict[int, int] = {}
-
-    def field_set(fields: list[str]) -> int:
-        if id(fields) not in index:  # lookups of one id column share its list object
-            index[id(fields)] = len(field_sets)
-            field_sets.append(fields)
-        return index[id(fields)]
-
-    day_t = plan.t_us // (86_400 * US)
-    lookups = [
-        {
-            "k": "A" if lk.family.target == "any" else "T",
-            "f": field_set(lk.fields),
-            "w": [plan.t_us - w * US for w in sorted(lk.windows)],
-            "d": [-1 if d == 0 else day_t - d + 1 for d in sorted(lk.day_windows)],
-            "l": 1 if lk.last else 0,
-        }
-        for lk in plan.lookups
-    ]
-    blocks = field_set(plan.block_fields) if plan.block_fields else -1
-    request = {
-        "t": plan.t_us,
-        "fs": field_sets,
-        "lk": lookups,
-        "bf": blocks,
-        "nb": len(plan.blocks),
-    }
-    return json.dumps(request, separators=(",", ":"))
-
-
-def empty_answers(plan: Plan, k: int) -> np.ndarray:
-    """Answers of a lookup with no history: counts 0, latest time -1."""
-    lk = plan.lookups[k]
-    out = np.zeros((len(lk.fields), len(lk.slots())))
-    if lk.last:
-        out[:, -1] = -1.0
+def group_matrices(plan: Plan) -> Matrices:
+    """Per group, one row of default answers (counts 0, latest time -1) per field, plus a last
+    row that stays default: candidates with a null id (row -1) gather it."""
+    out = []
+    for defaults, fields in zip(plan.shape.row_defaults, plan.fields, strict=True):
+        answers = np.empty((len(fields) + 1, len(defaults)))
+        answers[:] = defaults
+        out.append(answers)
     return out
 
 
-def split_answers(plan: Plan, flat: list[int]) -> tuple[Answers, np.ndarray]:
-    """Cut the READ reply into per-lookup (fields x slots) arrays and per-field block flags.
+def scatter(plan: Plan, matrices: Matrices, blocked_fields: np.ndarray) -> CapReading:
+    """Place the answers where the plan says they go: one gather per group of ids.
 
-    The reply lists, per lookup, only the fields with history: ``m`` then ``m`` values made of
-    the field's 1-based index and its answers; every other field keeps the empty answers.
+    Args:
+        plan: the request's plan.
+        matrices: the answers per group (see :func:`group_matrices`).
+        blocked_fields: per block field, whether a feedback block covers it.
     """
-    values = np.asarray(flat, dtype=np.float64)
-    answers: Answers = []
-    pos = 0
-    for k, lk in enumerate(plan.lookups):
-        a = empty_answers(plan, k)
-        width = len(lk.slots()) + 1
-        m = int(values[pos])
-        entries = values[pos + 1 : pos + 1 + m].reshape(-1, width)
-        a[entries[:, 0].astype(np.int64) - 1] = entries[:, 1:]
-        answers.append(a)
-        pos += 1 + m
-    n_fields = len(plan.block_fields)
-    blocks = np.zeros(n_fields, dtype=bool)
-    if n_fields:
-        blocks = np.asarray(values[pos:].reshape(-1, n_fields).any(axis=0), dtype=bool)
-    return answers, blocks
-
-
-def scatter(
-    plan: Plan, answers: Answers, blocks: np.ndarray, n_rules: int, n_gaps: int
-) -> CapReading:
-    """Place the answers where the plan says they go (vectorised per target)."""
-    out = {
-        "exposures": np.zeros((plan.n, len(EXPOSURE_SCHEMA))),
-        "rule_counts": np.full((plan.n, n_rules), np.nan),
-        "gap_since": np.full((plan.n, n_gaps), np.nan),
-    }
-    out["exposures"][:, _SINCE_INDEX] = np.nan
-    for name, col, k, kind, w, only in plan.targets:
-        lk = plan.lookups[k]
-        values = answers[k][:, lk.slots().index((kind, w))]
-        if kind == "since":
-            values = np.where(values < 0, np.nan, (plan.t_us - values) / US)
-        rows = lk.rows_field
-        known = rows >= 0 if only < 0 else rows == only
-        out[name][known, col] = values[rows[known]]
+    shape = plan.shape
+    out = np.empty((plan.n, len(shape.output_defaults)))
+    out[:] = shape.output_defaults
+    for g, (src, dest, refusals) in enumerate(shape.gathers):
+        if len(src):
+            rows = plan.rows[g]
+            out[:, dest] = matrices[g][:, src][rows]
+            if len(refusals) and plan.n and rows.min() < 0:  # no id: the rule does not apply
+                out[np.ix_(rows < 0, refusals)] = np.nan
+    for t in shape.targets:
+        if t.rule >= 0:  # a campaign's own cap: only that campaign's candidates
+            applies = plan.applies(t)
+            rows = plan.rows[t.group][applies]
+            out[applies, shape.output_column(t)] = matrices[t.group][rows, t.column]
+    since = shape.since_outputs
+    if len(since):
+        latest = out[:, since]
+        latest[latest < 0] = np.nan
+        out[:, since] = (plan.t_us - latest) / US
     blocked = np.zeros(plan.n, dtype=bool)
-    if len(plan.block_fields):
+    if len(blocked_fields) and blocked_fields.any():
         known = plan.block_rows >= 0
-        blocked[known] = blocks[plan.block_rows[known]]
-    return CapReading(out["exposures"], out["rule_counts"], out["gap_since"], blocked)
+        blocked[known] = blocked_fields[plan.block_rows[known]]
+    n_exp, n_rules = N_EXPOSURES, shape.n_rules
+    return CapReading(
+        np.ascontiguousarray(out[:, :n_exp]),
+        out[:, n_exp : n_exp + n_rules],
+        out[:, n_exp + n_rules :],
+        blocked,
+    )
 
 
 class CapStore(Protocol):
@@ -206,7 +162,7 @@ class CapStore(Protocol):
     block refuses it, atomically with respect to every other call.
     """
 
-    def read(self, plan: Plan, n_rules: int, n_gaps: int) -> CapReading:
+    def read(self, plan: Plan) -> CapReading:
         """Answer a request's plan in one round trip.
 
         Raises:
@@ -219,9 +175,9 @@ class CapStore(Protocol):
         ...
 
     def check_and_record(self, impression: Impression, plan: Plan, checks: list[Check]) -> int:
-        """Atomically: if no check fails, record the impression and return 1; else return
-        ``-(i+1)`` for failing check ``i`` (or ``-(1000000+j+1)`` for block ``j``); 0 if the
-        impression id was already recorded."""
+        """Atomically: return 0 if the impression id was already recorded; else, if no check
+        fails and no block covers the candidate, record the impression and return 1; else
+        return ``-(i+1)`` for failing check ``i``, or -1000000 for a block."""
         ...
 
     def block(self, feedback: list[Feedback]) -> int:
@@ -235,11 +191,12 @@ class CapStore(Protocol):
 
 @dataclass(frozen=True)
 class Check:
-    """One condition of an atomic check on a one-candidate plan: lookup ``lookup``'s answer
-    ``kind``/``window`` must stay below ``threshold`` (a count limit), or, for ``since``, be at
-    least ``threshold`` seconds old."""
+    """One condition of an atomic check on a one-candidate plan: the answer in ``column`` of
+    group ``group``'s row must stay below ``threshold`` (``kind`` "count": a limit), or (``kind``
+    "since": the latest impression's time) be at least ``threshold`` seconds before the
+    request."""
 
-    lookup: int
+    group: int
+    column: int
     kind: str
-    window: int
     threshold: float

@@ -9,6 +9,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -350,7 +351,7 @@ def test_every_key_expires(backend: tuple[str, Factory, Any]) -> None:
     store.block([Feedback("imp-1", T0, "hide", "u1", household_id="h1", campaign_id="c1")])
     assert isinstance(store, RedisCapStore)
     keys = list(client.scan_iter(match=f"{store.keys.prefix}:*", count=1000))
-    assert len(keys) > 20
+    assert len(keys) >= 17  # 9 counter hashes, 4 sorted sets, 2 markers, 2 block hashes
     ttls = [client.ttl(k) for k in keys]
     assert all(t > 0 for t in ttls), [k for k, t in zip(keys, ttls, strict=True) if t <= 0]
 
@@ -393,3 +394,163 @@ def test_campaigns_bring_their_own_caps(backend: tuple[str, Factory, Any]) -> No
         imp(4, 0, campaign_id="c3", creative_id="k3", advertiser_id="w3", category="x3"),
         own,
     )
+
+
+def test_day_windows_count_late_events_in_their_own_day(backend: tuple[str, Factory, Any]) -> None:
+    """30-day windows count the last 30 calendar days (today included), whatever order the
+    impressions arrive in; the day before them is out."""
+    store = backend[1]()
+    days = [-1, -29, -31, -2, -29.9, -30]  # T0 is 20:00 UTC: -29.9 days is on day -30
+    store.record(
+        [
+            imp(k, d * 1440, creative_id=f"k{k}", campaign_id=f"c{k}", category="toys")
+            for k, d in enumerate(days)
+        ]
+    )
+    other = {"creative_id": "k-new", "campaign_id": "cx", "advertiser_id": "vx"}
+    assert not ask(store, 0, category="toys", **other)[0][0]  # 3 in 30 days, limit 4
+    store.record([imp(9, -3 * 1440, creative_id="k9", campaign_id="c9", category="toys")])
+    assert ask(store, 0, category="toys", **other)[0][0]
+
+
+def test_long_campaign_caps_keep_180_days(backend: tuple[str, Factory, Any]) -> None:
+    """A campaign's own 180-day cap counts the last 180 days; older days leave the day counts
+    while lifetime counts keep them."""
+    store = backend[1]()
+    store.record(
+        [
+            imp(k, d * 1440, campaign_id="c5", creative_id=f"k{k}", category=f"x{k}")
+            for k, d in enumerate([-200, -179, -1])
+        ]
+    )
+    ctx = RequestContext("r", T0, "u1", "ott", "ott_pause", household_id="h1", device_id="tv1")
+    cand: dict[str, list[Any]] = {
+        "ad_id": ["a"],
+        "campaign_id": ["c5"],
+        "creative_id": ["k-new"],
+        "format": ["image"],
+        "bid": [1.0],
+        "pricing": ["cpm"],
+    }
+    g = gate(store)
+
+    def own(window: str, limit: int) -> dict[str, list[CapRule]]:
+        return {"c5": [CapRule(scope="user", target="campaign", window=window, limit=limit)]}
+
+    assert not g.read(ctx, cand, own("180d", 3)).capped[0]  # -200 is out
+    assert g.read(ctx, cand, own("180d", 2)).capped[0]
+    assert g.read(ctx, cand, own("lifetime", 3)).capped[0]
+    assert not g.read(ctx, cand, own("lifetime", 4)).capped[0]
+
+
+def test_a_retried_reservation_counts_once(backend: tuple[str, Factory, Any]) -> None:
+    store = backend[1]()
+    ctx = RequestContext("r", T0, "u1", "ott", "ott_pause", household_id="h1", device_id="tv1")
+    cand: dict[str, list[Any]] = {
+        "ad_id": ["ad1"],
+        "campaign_id": ["c1"],
+        "format": ["image"],
+        "bid": [1.0],
+        "pricing": ["cpm"],
+    }
+    g = CapGate(
+        store,
+        CapsConfig(rules=[CapRule(scope="user", target="campaign", window="1h", limit=1)]),
+        7 * 86_400,
+        fail_open=False,
+    )
+    assert g.reserve(ctx, cand, imp(1, 0))
+    assert g.reserve(ctx, cand, imp(1, 0))  # the same impression again: already reserved
+    assert not g.reserve(ctx, cand, imp(2, 0))
+    assert ask(store, 1)[1][0, EXP["exp_user_campaign_1h"]] == 1
+
+
+def test_one_round_trip_per_call(
+    backend: tuple[str, Factory, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request read, an atomic check and an impression batch each send one command."""
+    name, factory, client = backend
+    if client is None:
+        pytest.skip("the in-memory store makes no calls")
+    store = factory()
+    g = gate(store)
+    context, candidates = _hundred_candidates()
+    g.read(context, candidates)  # scripts loaded: no NOSCRIPT retry below
+    g.reserve(context, _first(candidates), imp("warm", 0))
+    store.record([imp("warm2", 0)])
+    sent: list[int] = []
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(1)
+        original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    g.read(context, candidates)
+    assert len(sent) == 1
+    g.reserve(context, _first(candidates), imp("one", 0))
+    assert len(sent) == 2
+    store.record([imp(f"batch-{k}", k) for k in range(5)])
+    assert len(sent) == 3
+
+
+def _hundred_candidates() -> tuple[RequestContext, dict[str, list[Any]]]:
+    ctx = RequestContext("r", T0, "u1", "ott", "ott_pause", household_id="h1", device_id="tv1")
+    n = 100
+    return ctx, {
+        "ad_id": [f"a{i}" for i in range(n)],
+        "campaign_id": [f"c{i % 40}" for i in range(n)],
+        "advertiser_id": [f"v{i % 7}" for i in range(n)],
+        "creative_id": [f"k{i}" for i in range(n)],
+        "category": ["food"] * n,
+        "format": ["image"] * n,
+        "bid": [1.0] * n,
+        "pricing": ["cpm"] * n,
+    }
+
+
+def _first(candidates: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    return {k: v[:1] for k, v in candidates.items()}
+
+
+def test_scripts_lost_by_the_server_are_loaded_again(backend: tuple[str, Factory, Any]) -> None:
+    """After a restart or SCRIPT FLUSH the next calls load the scripts again (only on the
+    servers the tests own: flushing the shared local server would disturb others)."""
+    name, factory, client = backend
+    if name in ("memory", "local"):
+        pytest.skip("no private server to flush")
+    store = factory()
+    store.record([imp(1, 0)])
+    client.script_flush()
+    assert store.record([imp(2, 1), imp(3, 2)]) == 2
+    client.script_flush()
+    assert ask(store, 10)[1][0, EXP["exp_user_campaign_1h"]] == 3
+
+
+def test_a_request_without_candidates(backend: tuple[str, Factory, Any]) -> None:
+    store = backend[1]()
+    store.record([imp(1, 0)])
+    ctx = RequestContext("r", T0, "u1", "ott", "ott_pause", household_id="h1", device_id="tv1")
+    empty: dict[str, list[Any]] = {"ad_id": [], "campaign_id": [], "format": [], "bid": []}
+    reading = gate(store).read(ctx, empty)
+    assert reading.exposures.shape == (0, len(EXP)) and reading.capped.shape == (0,)
+
+
+def test_a_request_of_ten_thousand_candidates(backend: tuple[str, Factory, Any]) -> None:
+    """More ids than Lua's stack holds at once (about 8,000) still read in one call."""
+    store = backend[1]()
+    store.record([imp(1, 0), imp(2, 1, campaign_id="c9999x", advertiser_id="v9999")])
+    ctx = RequestContext("r", T0, "u1", "ott", "ott_pause", household_id="h1", device_id="tv1")
+    n = 10_000
+    cands: dict[str, list[Any]] = {
+        "ad_id": [f"a{i}" for i in range(n)],
+        "campaign_id": ["c1"] + [f"c{i}x" for i in range(1, n)],
+        "advertiser_id": [f"v{i}" for i in range(n)],
+        "format": ["image"] * n,
+        "bid": [1.0] * n,
+        "pricing": ["cpm"] * n,
+    }
+    exposures = gate(store).read(replace(ctx, ts=T0 + timedelta(minutes=2)), cands).exposures
+    assert exposures[[0, 9_999], EXP["exp_user_campaign_1h"]].tolist() == [1, 1]
+    assert exposures[[1, 9_999], EXP["exp_user_advertiser_1h"]].tolist() == [1, 1]
+    assert exposures[2:9_999, EXP["exp_user_campaign_1h"]].sum() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,9 @@ from engine.caps.connect import client_options, open_store
 from engine.caps.embedded import EmbeddedRedis
 from engine.caps.gate import CapGate
 from engine.caps.keys import KeySpace
+from engine.caps.plan import micros
 from engine.caps.redis_store import RedisCapStore
+from engine.caps.rules import Family
 from engine.caps.store import Impression
 from engine.config import AdmatchConfig, load_config
 from engine.synth.generator import GeneratedLog, generate
@@ -22,12 +25,51 @@ from features.exposure import EXPOSURE_SCHEMA, point_in_time_exposures
 from features.online import RequestContext
 from features.schema import CANDIDATE_COLUMNS
 
-from .test_cap_store_contract import CAPS, EXP, FEEDBACK, GAPS, RULES, ask, imp
+from .test_cap_store_contract import CAPS, EXP, FEEDBACK, GAPS, RULES, T0, ask, imp
 
 
 def with_store(url: str, **kw: Any) -> AdmatchConfig:
     config = load_config()
     return config.model_copy(update={"store": config.store.model_copy(update={"url": url, **kw})})
+
+
+def test_counter_bytes_are_the_documented_layout() -> None:
+    """The value layout is part of the versioned contract (``lua.py``): lifetime and day-pair
+    count, day pairs, then the times; families without long windows keep no days."""
+    server = EmbeddedRedis().start()
+    try:
+        client = server.client()
+        store = RedisCapStore(client, RULES, GAPS, FEEDBACK, KeySpace("bytes"))
+        store.record([imp(1, 0), imp(2, -1440), imp(3, 5)])  # the second arrives late
+        t0, day = micros(T0), micros(T0) // 86_400_000_000
+        times = [t0 - 86_400_000_000, t0, t0 + 300_000_000]
+        tag = store.keys.tag("h1", "u1")
+        campaign = client.hget(
+            store.keys.counters(tag, Family(scope="user", target="campaign"), "u1"), "c1"
+        )
+        assert campaign == struct.pack(">IHIIII", 3, 2, day - 1, 1, day, 2) + struct.pack(
+            ">qqq", *times
+        )
+        advertiser = Family(scope="user", target="advertiser")
+        assert client.hget(store.keys.counters(tag, advertiser, "u1"), "v1") == struct.pack(
+            ">IHqqq", 0, 0, *times
+        )
+        any_user = store.keys.counters(tag, Family(scope="user", target="any"), "u1")
+        assert client.hget(any_user, "*") == struct.pack(">IHqqq", 0, 0, *times)
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("url", ["memory://", ""], ids=["memory", "embedded"])
+def test_any_string_is_an_id(url: str) -> None:
+    """Ids travel as counted bytes: separators, NUL, key syntax and non-ASCII are all fine."""
+    store = open_store(with_store(url, prefix=f"ids-{time.monotonic_ns()}"))
+    odd = ["c\x001", "c\x00", "c:{1}%", "cé", ""]
+    store.record([imp(k, k, campaign_id=c) for k, c in enumerate(odd)])
+    store.record([imp(9, 9, campaign_id="cé")])
+    for c, expected in zip(odd, [1, 1, 1, 2, 1], strict=True):
+        assert ask(store, 30, campaign_id=c)[1][0, EXP["exp_user_campaign_1h"]] == expected
+    store.close()
 
 
 def test_counts_survive_a_restart_with_aof(tmp_path: Path) -> None:

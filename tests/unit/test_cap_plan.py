@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from engine.caps import evaluate
-from engine.caps.plan import FEATURE_FAMILIES, impression_writes, plan_request
+from engine.caps.plan import FEATURE_FAMILIES, Planner, impression_writes, plan_request
 from engine.caps.rules import CapRule, FeedbackBlock, GapRule, parse_duration
 from engine.caps.store import CapReading
 from features.online import RequestContext
@@ -40,11 +41,67 @@ def test_plan_reads_each_family_once_and_skips_rules_that_do_not_apply() -> None
     assert len(families) == len(set(families)) == len(FEATURE_FAMILIES) + 1
     assert ("household", "any", "ott_boot") in families
     lk = next(x for x in plan.lookups if (x.family.scope, x.family.target) == ("user", "campaign"))
-    assert lk.fields == ["c1"] and lk.rows_field.tolist() == [0, 0, -1]  # null id reads nothing
-    assert lk.day_windows == {30} and 3_600 in lk.windows and lk.last  # shared by rule and gap
-    rule_cols = {col for name, col, *_ in plan.targets if name == "rule_counts"}
+    assert plan.fields[lk.group] == ["c1"]
+    assert plan.rows[lk.group].tolist() == [0, 0, -1]  # a null id reads nothing
+    assert lk.day_windows == (30,) and 3_600 in lk.windows and lk.last  # shared by rule and gap
+    rule_cols = {t.index for t in plan.shape.targets if t.output == "rule_counts"}
     assert rule_cols == {0, 1}  # the mobile-only rule does not apply on OTT
     assert plan.blocks == [("user", "u1", "campaign")] and plan.block_fields == ["c1"]
+
+
+def test_the_tag_scope_family_narrows_the_others_of_its_group() -> None:
+    """The household's campaign family holds every campaign its members' (and its filtered)
+    families hold, so it is read first (mode 1) and the others only for its hits (mode 2)."""
+    plan = plan_request(CTX, CANDS, RULES, GAPS, FeedbackBlock(), retention_s=7 * 86_400)
+    modes = {
+        (lk.family.scope, lk.family.target, lk.family.slot): lk.mode
+        for lk in plan.lookups
+        if lk.family.target != "any"
+    }
+    assert modes[("household", "campaign", None)] == 1
+    assert modes[("user", "campaign", None)] == modes[("device", "campaign", None)] == 2
+    assert modes[("household", "advertiser", None)] == 1
+    first = [lk for lk in plan.lookups if lk.group == plan.lookups[0].group][0]
+    assert first.mode == 1 and first.family.scope == "household"
+    alone = RequestContext("r", T, "u1", "ott", "ott_boot")  # no household: the user's tag
+    lone = plan_request(alone, CANDS, RULES, GAPS, FeedbackBlock(), retention_s=7 * 86_400)
+    users = {(lk.family.scope, lk.family.target): lk.mode for lk in lone.lookups}
+    assert users[("user", "campaign")] == 1 and ("household", "campaign") not in users
+    creative = Planner(
+        [CapRule(scope="user", target="creative", window="1h", limit=1)],
+        [],
+        FeedbackBlock(),
+        7 * 86_400,
+    ).plan(CTX, {**CANDS, "creative_id": ["k"] * 3})
+    assert [lk.mode for lk in creative.lookups if lk.family.target == "creative"] == [0]
+
+
+def test_shapes_are_cached_per_situation_and_bind_campaign_caps() -> None:
+    planner = Planner(RULES, GAPS, FeedbackBlock(), 7 * 86_400)
+    assert planner.shape(CTX) is planner.shape(CTX)
+    assert planner.shape(CTX) is not planner.shape(replace(CTX, slot="ott_pause"))
+    own = [CapRule(scope="user", target="campaign", window="1h", limit=1, campaign_id="c1")]
+    plan = planner.plan(CTX, CANDS, own)
+    target = next(t for t in plan.shape.targets if t.rule >= 0)
+    assert target.index == len(RULES) and plan.applies(target).tolist() == [True, True, False]
+    absent = [CapRule(scope="user", target="campaign", window="1h", limit=1, campaign_id="c9")]
+    other = planner.plan(CTX, CANDS, absent)
+    assert other.shape is plan.shape  # same shape: only the campaign differs
+    assert not other.applies(next(t for t in other.shape.targets if t.rule >= 0)).any()
+
+
+def test_candidate_ids_are_read_once_each() -> None:
+    plan = plan_request(
+        CTX,
+        {**CANDS, "advertiser_id": np.array(["v2", "v1", "v2"], dtype=object)},
+        RULES,
+        GAPS,
+        FeedbackBlock(),
+        retention_s=7 * 86_400,
+    )
+    g = plan.shape.columns.index("advertiser_id")
+    assert plan.fields[g] == ["v2", "v1"] and plan.rows[g].tolist() == [0, 1, 0]
+    assert plan.fields[plan.shape.columns.index(None)] == ["*"]
 
 
 def test_capped_takes_the_strictest_rule_and_ignores_nan() -> None:

@@ -1,0 +1,267 @@
+"""The shape of a request's cap-store lookups: everything a plan needs that does not depend on
+its candidates, built once per situation (touchpoint, slot, which scope ids the request has,
+the shapes of its campaigns' own caps) and cached by ``plan.Planner``.
+
+A shape lists *lookups*: families of counters (scope x target, optionally filtered) read for
+one group of candidate ids (campaign_id, advertiser_id, ...; the target any is a group of its
+own with the one field "*"). Every answer of a group's lookups for one field forms one *row*,
+so the answers of a whole request are one small matrix per group, gathered to candidates by
+one numpy indexing per group (the shape precomputes where each answer goes).
+
+Every impression writes the feature families, so the family of the tag's own scope (the
+household, or the user when there is none) holds every campaign or advertiser the other
+families of that tag hold: it is read first for all ids, the others only for the ids it has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from engine.caps.rules import TARGET_COLUMN, CapRule, Family, FeedbackBlock, GapRule
+from features.exposure import EXPOSURE_SCHEMA, WINDOWS_S, count_column, since_column
+
+FEATURE_FAMILIES = tuple(
+    Family(scope=s, target=t)
+    for s in ("user", "household", "device")
+    for t in ("campaign", "advertiser", "any")
+)
+SUPERSET_TARGETS = ("campaign", "advertiser")  # feature targets: their tag-scope family holds all
+N_EXPOSURES = len(EXPOSURE_SCHEMA)
+_EXPOSURE_INDEX = {name: i for i, name in enumerate(EXPOSURE_SCHEMA.names())}
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """One family read for one group of target ids.
+
+    Attributes:
+        family: the counter family (its scope id comes from the request).
+        group: the group of target ids it reads (see :attr:`Shape.columns`).
+        windows: rolling windows in seconds (<= retention), counted exactly; ascending.
+        day_windows: longer windows in days (0 = lifetime), from day counts; ascending.
+        last: whether the time of the latest impression is wanted.
+        mode: 0 reads every field of its group; 1 (the group's first lookup) also notes which
+            fields have history; 2 reads only those (its family is a subset of the first's).
+        offset: where its answers start in its group's rows.
+    """
+
+    family: Family
+    group: int
+    windows: tuple[int, ...]
+    day_windows: tuple[int, ...]
+    last: bool
+    mode: int
+    offset: int
+
+    @property
+    def width(self) -> int:
+        """Answers per field: window counts, day sums, latest time."""
+        return len(self.windows) + len(self.day_windows) + int(self.last)
+
+    def column(self, kind: str, window: int) -> int:
+        """Column in the group's rows of the answer ``kind`` (window, days, since)."""
+        if kind == "window":
+            return self.offset + self.windows.index(window)
+        if kind == "days":
+            return self.offset + len(self.windows) + self.day_windows.index(window)
+        return self.offset + self.width - 1
+
+
+@dataclass(frozen=True)
+class Target:
+    """An answer placed in an output column: ``output`` is ``exposures``, ``rule_counts`` or
+    ``gap_since``; ``index`` its column there; ``column`` the answer's column in the group's
+    rows; ``rule`` >= 0 binds it to the candidates of that rule's campaign only."""
+
+    output: str
+    index: int
+    group: int
+    column: int
+    since: bool
+    rule: int = -1
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The candidate-independent part of a plan (cached per situation)."""
+
+    columns: tuple[str | None, ...]
+    lookups: tuple[Lookup, ...]
+    targets: tuple[Target, ...]
+    widths: tuple[int, ...]
+    block_group: int
+    block_scopes: tuple[str, ...]
+    block_target: str
+    n_rules: int
+    n_gaps: int
+    row_defaults: tuple[np.ndarray, ...] = field(repr=False)
+    gathers: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...] = field(repr=False)
+    since_outputs: np.ndarray = field(repr=False)
+    output_defaults: np.ndarray = field(repr=False)
+
+    def output_column(self, target: Target) -> int:
+        """Column of a target in the concatenated outputs (exposures, rule_counts, gap_since)."""
+        return _output_column(target, self.n_rules)
+
+
+def _output_column(target: Target, n_rules: int) -> int:
+    base = {"exposures": 0, "rule_counts": N_EXPOSURES, "gap_since": N_EXPOSURES + n_rules}
+    return base[target.output] + target.index
+
+
+class _Builder:
+    """Collects a shape's lookups and targets, then orders and indexes them."""
+
+    def __init__(self, superset_scope: str) -> None:
+        self.superset_scope = superset_scope
+        self.specs: dict[Family, tuple[set[int], set[int], list[bool]]] = {}
+        self.raw: list[tuple[str, int, Family, str, int, int]] = []
+
+    def need(self, fam: Family, kind: str, window: int, output: str, index: int, rule: int) -> None:
+        windows, days, last = self.specs.setdefault(fam, (set(), set(), [False]))
+        if kind == "window":
+            windows.add(window)
+        elif kind == "days":
+            days.add(window)
+        else:
+            last[0] = True
+        self.raw.append((output, index, fam, kind, window, rule))
+
+    def _is_superset(self, fam: Family) -> bool:
+        return (
+            fam.target in SUPERSET_TARGETS
+            and fam.scope == self.superset_scope
+            and fam.touchpoint is None
+            and fam.slot is None
+        )
+
+    def build(
+        self,
+        block_column: str,
+        block_scopes: tuple[str, ...],
+        block_target: str,
+        counts: tuple[int, int],
+    ) -> Shape:
+        columns: list[str | None] = []
+        for fam in self.specs:
+            if TARGET_COLUMN[fam.target] not in columns:
+                columns.append(TARGET_COLUMN[fam.target])
+        if block_column not in columns:
+            columns.append(block_column)
+        order = sorted(
+            self.specs,
+            key=lambda f: (columns.index(TARGET_COLUMN[f.target]), not self._is_superset(f)),
+        )
+        lookups: dict[Family, Lookup] = {}
+        widths = [0] * len(columns)
+        for fam in order:
+            windows, days, last = self.specs[fam]
+            g = columns.index(TARGET_COLUMN[fam.target])
+            has_superset = any(self._is_superset(f) for f in lookups if lookups[f].group == g)
+            mode = 1 if self._is_superset(fam) else 2 if has_superset else 0
+            lk = Lookup(
+                fam, g, tuple(sorted(windows)), tuple(sorted(days)), last[0], mode, widths[g]
+            )
+            lookups[fam] = lk
+            widths[g] += lk.width
+        targets = tuple(
+            Target(
+                output,
+                index,
+                lookups[fam].group,
+                lookups[fam].column(kind, window),
+                kind == "since",
+                rule,
+            )
+            for output, index, fam, kind, window, rule in self.raw
+        )
+        return _finish(
+            Shape(
+                tuple(columns),
+                tuple(lookups.values()),
+                targets,
+                tuple(widths),
+                columns.index(block_column),
+                block_scopes,
+                block_target,
+                *counts,
+                (),
+                (),
+                np.zeros(0, dtype=np.int64),
+                np.zeros(0),
+            )
+        )
+
+
+def _finish(shape: Shape) -> Shape:
+    """The shape with its decoding tables: default rows, per-group gathers, output defaults."""
+    defaults = [np.zeros(w) for w in shape.widths]
+    for lk in shape.lookups:
+        if lk.last:
+            defaults[lk.group][lk.offset + lk.width - 1] = -1.0
+    gathers = []
+    for g in range(len(shape.columns)):
+        mine = [t for t in shape.targets if t.group == g and t.rule < 0]
+        gathers.append(
+            (
+                np.asarray([t.column for t in mine], dtype=np.int64),
+                np.asarray([shape.output_column(t) for t in mine], dtype=np.int64),
+                np.asarray(
+                    [shape.output_column(t) for t in mine if t.output != "exposures"],
+                    dtype=np.int64,
+                ),
+            )
+        )
+    out = np.full(N_EXPOSURES + shape.n_rules + shape.n_gaps, np.nan)
+    out[:N_EXPOSURES] = [0.0 if name.startswith("exp_") else np.nan for name in _EXPOSURE_INDEX]
+    since = sorted({shape.output_column(t) for t in shape.targets if t.since})
+    return replace(
+        shape,
+        row_defaults=tuple(defaults),
+        gathers=tuple(gathers),
+        since_outputs=np.asarray(since, dtype=np.int64),
+        output_defaults=out,
+    )
+
+
+def build_shape(
+    touchpoint: str,
+    slot: str,
+    scopes: frozenset[str],
+    rules: Sequence[CapRule],
+    gaps: Sequence[GapRule],
+    feedback: FeedbackBlock,
+    retention_s: int,
+) -> Shape:
+    """The lookups a request in this situation needs (``scopes``: the scope ids it has)."""
+    builder = _Builder("household" if "household" in scopes else "user")
+    for fam in FEATURE_FAMILIES:
+        if fam.scope not in scopes:
+            continue
+        for window, seconds in WINDOWS_S.items():
+            col = _EXPOSURE_INDEX[count_column(fam.scope, fam.target, window)]
+            builder.need(fam, "window", seconds, "exposures", col, -1)
+        if fam.target == "campaign":
+            builder.need(fam, "since", 0, "exposures", _EXPOSURE_INDEX[since_column(fam.scope)], -1)
+    for j, rule in enumerate(rules):
+        if rule.scope in scopes and rule.matches(touchpoint, slot):
+            w = rule.window_s
+            only = j if rule.campaign_id is not None else -1
+            if w is not None and w <= retention_s:
+                builder.need(rule.family(), "window", w, "rule_counts", j, only)
+            else:
+                days = 0 if w is None else -(-w // 86_400)
+                builder.need(rule.family(), "days", days, "rule_counts", j, only)
+    for j, gap in enumerate(gaps):
+        if gap.scope in scopes and gap.matches(touchpoint, slot):
+            builder.need(gap.family(), "since", 0, "gap_since", j, -1)
+    household = feedback.household and "household" in scopes
+    return builder.build(
+        str(TARGET_COLUMN[feedback.target]),
+        ("user", "household") if household else ("user",),
+        feedback.target,
+        (len(rules), len(gaps)),
+    )
