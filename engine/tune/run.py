@@ -20,7 +20,7 @@ from typing import Any
 
 import optuna
 
-from engine.config import AdmatchConfig, load_config
+from engine.config import AdmatchConfig, TuningConfig, load_config
 from engine.errors import InvalidArgument
 from engine.tune.choice import TrialRecord, frontier, recommend
 from engine.tune.data import prepare
@@ -32,9 +32,9 @@ from engine.tune.search import (
     measures,
     open_study,
     storage,
-    warm_starts,
 )
 from engine.tune.simulate import Policy, Simulator
+from engine.tune.warm import SCALES, scaled, to_the_bound
 
 Progress = Callable[[int, int], None]  # trials complete, trials wanted
 
@@ -133,6 +133,27 @@ def run_trials(
     return study
 
 
+def warm_start(
+    study: optuna.Study, objective: Objective, base: Policy, tuning: TuningConfig, budget: int
+) -> None:
+    """Run the warm start (``engine.tune.warm``) as the study's first trials, in this
+    process, within the trial budget."""
+    negative: dict[float, float] = {}
+
+    def run(params: dict[str, float]) -> float:
+        if len(study.trials) >= budget:
+            return float("nan")
+        study.enqueue_trial(params)
+        study.optimize(objective, n_trials=1)
+        return float(study.trials[-1].user_attrs["measures"]["negative"])
+
+    factors = [1.0, *(f for f in SCALES if f != 1.0)]
+    for f in factors:
+        negative[f] = run(scaled(base, tuning, f))
+    if objective.limits.max_negative is not None:
+        to_the_bound(run, base, tuning, objective.limits.max_negative, negative)
+
+
 def tune(o: TuneOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Run the tuning job and write its outputs; return the report.
 
@@ -165,8 +186,7 @@ def tune(o: TuneOptions, progress: Progress | None = None) -> dict[str, Any]:
 
     first = make(0)
     if not first.trials:  # a new study starts from the current weights (trial 0)
-        for params in warm_starts(base, tuning):
-            first.enqueue_trial(params)
+        warm_start(first, objective, base, tuning, o.trials)
     study = run_trials(make, objective, o.trials, o.jobs, progress)
     records = [TrialRecord.of(t) for t in completed(study)]
     chosen = recommend(records)

@@ -191,21 +191,3 @@ def open_study(
 def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """The study's complete trials, in order."""
     return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-
-
-WARM_LAMBDA = (1.0, 0.5, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
-
-
-def warm_starts(base: Policy, tuning: TuningConfig) -> list[dict[str, float]]:
-    """The first trials of a new study: the current weights, then the same weights with
-    lambda scaled (a walk along the revenue / user-cost trade-off the current mix makes),
-    clipped to the ranges. Measured on synthetic logs, this walk alone comes close to the
-    constrained optimum, so the sampler refines from there instead of searching blind."""
-    params = base.to_params()
-    out = []
-    for factor in WARM_LAMBDA:
-        p = {**params, "cost_to_money": params["cost_to_money"] * factor}
-        clipped = {n: min(max(p[n], lo), hi) for n, (lo, hi) in tuning.ranges.items()}
-        if clipped not in out:
-            out.append(clipped)
-    return out

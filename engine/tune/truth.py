@@ -4,7 +4,7 @@ The stated objective (most revenue under the constraints) is solved again with t
 generator's true expected rewards in place of the estimates: a seeded single-objective TPE
 search over the same ranges with the true constraint values (relative constraints resolved
 against the current weights' true values), started from the current and the recommended
-weights and the same walk along lambda the tuner starts with. Every trial of the tuner's own
+weights and the fixed scales of lambda the tuner starts with. Every trial of the tuner's own
 study was also measured against the truth, so the
 true optimum is the best truly feasible point of both. ``regret_pct`` is the share of that
 optimum's revenue the recommendation gives up (0 when it matches or beats it).
@@ -19,7 +19,8 @@ import optuna
 from engine.config import TuningConfig
 from engine.tune.choice import TrialRecord
 from engine.tune.evaluate import Evaluation
-from engine.tune.search import Limits, Objective, measures, warm_starts
+from engine.tune.search import Limits, Objective, measures
+from engine.tune.warm import fixed_starts
 
 
 def _truth_of(record: TrialRecord) -> dict[str, float] | None:
@@ -69,7 +70,7 @@ def true_optimum(
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=12),
     )
-    for params in warm_starts(objective.base, tuning):  # the tuner's own start
+    for params in fixed_starts(objective.base, tuning):  # the tuner's own fixed start
         study.enqueue_trial(params)
     if chosen is not None:
         study.enqueue_trial(chosen.params)
