@@ -112,7 +112,9 @@ class ServerConfig(_Strict):
 
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
-    threads: int = Field(8, ge=1, le=256, description="request threads per process")
+    threads: int = Field(
+        64, ge=1, le=256, description="request threads per process; a stream holds one"
+    )
     max_candidates: int = Field(1000, ge=1, description="candidates per request")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="per message")
     max_concurrent: int = Field(
@@ -124,10 +126,15 @@ class ServerConfig(_Strict):
     max_deadline_ms: float = Field(
         10000.0, gt=0, description="longer client deadlines are cut to this"
     )
-    batch_window_ms: float = Field(
-        0.0, ge=0, le=100, description="merge Score calls arriving this close together; 0: off"
+    batch_max: int = Field(
+        32, ge=1, le=1024, description="requests decided in one pass at most; 1: no batching"
     )
-    batch_max: int = Field(32, ge=1, le=1024, description="requests in one batched pass at most")
+    batch_window_ms: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="a pass waits this long for more requests; 0: takes those queued",
+    )
     reload_interval_s: float = Field(
         5.0, ge=0, description="how often to look for a changed model or config; 0: never"
     )
@@ -182,6 +189,11 @@ class TuningConfig(_Strict):
         description="parameter -> [low, high]; parameters not listed keep their config value",
     )
     estimator: Literal["dr", "snips"] = "dr"
+    revenue: Literal["smoothed", "realised"] = Field(
+        "smoothed",
+        description="trials compared by revenue with CPA conversions as engagement x the log's "
+        "conversion rate given engagement (smoothed), or by realised conversions",
+    )
     objectives: list[UserCost] = Field(
         default_factory=lambda: list[UserCost](["negative"]),
         min_length=1,

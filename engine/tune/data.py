@@ -196,6 +196,34 @@ def _day_code(features: pl.DataFrame, column: str) -> np.ndarray:
     return code.to_series().to_numpy().astype(np.int64)
 
 
+SHRINK = 200.0  # engaged impressions' worth of the overall rate in each category's rate
+
+
+def conversion_given_engagement(features: pl.DataFrame) -> np.ndarray:
+    """Per row, the log's rate of conversions among engaged shown impressions of its category,
+    shrunk toward the overall rate (``SHRINK`` pseudo-impressions).
+
+    A CPA ad's revenue is its bid times a conversion, and conversions are rare enough that a
+    handful of them decide an estimate. Counting an engagement as this rate of a conversion
+    (the expected conversion given the engagement) keeps the estimate's target and cuts its
+    standard error about threefold on the synthetic world; the rate's own error is shared by
+    every trial, which comparing trials cancels.
+    """
+    engaged = features.filter(pl.col("shown") & pl.col("engaged").fill_null(False))
+    conversions = engaged["converted"].cast(pl.Float64).fill_null(0.0).to_numpy()
+    overall = float(conversions.mean()) if len(conversions) else 0.0
+    rates = engaged.group_by("category").agg(
+        (
+            (pl.col("converted").cast(pl.Float64).fill_null(0.0).sum() + SHRINK * overall)
+            / (pl.len() + SHRINK)
+        ).alias("rate")
+    )
+    per_row = features.select("category").join(
+        rates, on="category", how="left", maintain_order="left"
+    )
+    return per_row["rate"].fill_null(overall).to_numpy()
+
+
 @dataclass(frozen=True)
 class _Outcomes:
     rewards: dict[str, np.ndarray]
@@ -218,18 +246,27 @@ def _outcomes(
     def revenue(engaged: np.ndarray, converted: np.ndarray) -> np.ndarray:
         return np.where(cpm, bid / 1000, np.where(cpc, bid * engaged, bid * converted))
 
+    engaged = col("engaged")
     rewards = {
-        "engagement": col("engaged"),
-        "revenue": revenue(col("engaged"), col("converted")),
+        "engagement": engaged,
+        "revenue": revenue(engaged, col("converted")),
+        "revenue_smoothed": revenue(engaged, engaged * conversion_given_engagement(features)),
         "negative": col("negative"),
     }
-    predicted = {"engagement": p_engage, "revenue": value, "negative": p_negative}
+    predicted = {
+        "engagement": p_engage,
+        "revenue": value,
+        "revenue_smoothed": value,
+        "negative": p_negative,
+    }
     truth = None
     if features["true_p_engaged"].null_count() < len(features):
         t_e = col("true_p_engaged")
+        true_revenue = revenue(t_e, col("true_p_converted"))
         truth = {
             "engagement": t_e,
-            "revenue": revenue(t_e, col("true_p_converted")),
+            "revenue": true_revenue,
+            "revenue_smoothed": true_revenue,
             "negative": col("true_p_negative"),
         }
     return _Outcomes(rewards, predicted, truth)

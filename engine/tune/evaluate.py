@@ -20,7 +20,7 @@ from engine.ope import Contributions, Estimate, LoggedRows, direct_method
 from engine.tune.data import TuningData
 from features.schema import TOUCHPOINTS
 
-REWARDS = ("revenue", "negative", "engagement")
+REWARDS = ("revenue", "revenue_smoothed", "negative", "engagement")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,8 @@ class Evaluation:
     """A policy's measures.
 
     Attributes:
-        estimates: per reward (revenue, negative, engagement), per estimator, per request.
+        estimates: per reward (revenue, revenue_smoothed, negative, engagement), per
+            estimator, per request (see ``engine.tune.data`` for the smoothed revenue).
         truth: per reward, the true value (synthetic logs), else ``None``.
         ads_per_user_day: mean ads per active user and UTC day.
         ads_per_household_day: mean ads per active household and UTC day (a user without a

@@ -65,6 +65,8 @@ def _row(r: TrialRecord, estimator: str) -> dict[str, Any]:
         "trial": r.number,
         "params": r.params,
         "revenue": est["revenue"][estimator],
+        "revenue_smoothed": est["revenue_smoothed"][estimator],
+        "objectives": r.objectives,
         "negative": est["negative"][estimator],
         "engagement": est["engagement"][estimator],
         "ads_per_user_day": e["ads_per_user_day"],

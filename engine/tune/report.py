@@ -22,6 +22,8 @@ COSTS = (
 
 
 def _value(row: dict[str, Any], key: str) -> float:
+    if key == "revenue":  # what trials were compared by
+        return float(row["objectives"]["revenue"])
     v = row[key]
     return float(v["value"]) if isinstance(v, dict) else float(v)
 
@@ -97,7 +99,7 @@ def markdown(r: dict[str, Any]) -> str:
             "| measure (per request, 95% interval) | current weights | recommended |",
             "|---|---|---|",
         ]
-        for key in ("revenue", "negative", "engagement"):
+        for key in ("revenue", "revenue_smoothed", "negative", "engagement"):
             out.append(f"| {key} | {_est(cur[key]) if 'trial' in cur else '-'} | {_est(ch[key])} |")
         for key in ("ads_per_user_day", "ads_per_household_day", "fill_rate"):
             level = f"{cur[key]:.4g}" if "trial" in cur else "-"
@@ -117,7 +119,7 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     for f in r["frontier"]:
         out.append(
-            f"| {f['trial']} | {f['revenue']['value']:.5g} | {f['negative']['value']:.5g} | "
+            f"| {f['trial']} | {f['objectives']['revenue']:.5g} | {f['negative']['value']:.5g} | "
             f"{f['ads_per_user_day']:.3g} | {f['fill_rate']:.3f} | "
             f"{'yes' if f['feasible'] else 'no'} |"
         )

@@ -87,19 +87,19 @@ class Limits:
         }
 
 
-def measures(e: Evaluation, estimator: str) -> dict[str, float]:
-    """The objectives of an evaluation by one estimator (``truth`` for the true values)."""
+def measures(e: Evaluation, estimator: str, revenue: str = "revenue_smoothed") -> dict[str, float]:
+    """Revenue (by the ``revenue`` reward), negative feedback and ad load of an evaluation,
+    by one estimator (``truth`` for the true values)."""
     if estimator == "truth":
         assert e.truth is not None
-        return {
-            "revenue": e.truth["revenue"],
-            "negative": e.truth["negative"],
-            "ads_per_user_day": e.ads_per_user_day,
-        }
+        money, negative = e.truth[revenue], e.truth["negative"]
+    else:
+        money, negative = e.value(revenue, estimator), e.value("negative", estimator)
     return {
-        "revenue": e.value("revenue", estimator),
-        "negative": e.value("negative", estimator),
+        "revenue": money,
+        "negative": negative,
         "ads_per_user_day": e.ads_per_user_day,
+        "ads_per_household_day": e.ads_per_household_day,
     }
 
 
@@ -120,6 +120,7 @@ class Objective:
         self.base = base
         self.limits = limits
         self.estimator = tuning.estimator if evaluator.logged is not None else "dm"
+        self.revenue = "revenue_smoothed" if tuning.revenue == "smoothed" else "revenue"
 
     def params(self, trial: optuna.Trial) -> dict[str, float]:
         """Sample every tunable parameter in its range."""
@@ -134,7 +135,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         e = self.evaluate(self.params(trial))
-        m = measures(e, self.estimator)
+        m = measures(e, self.estimator, self.revenue)
         trusted = e.matched >= self.limits.min_matched or self.estimator == "dm"
         trial.set_user_attr("evaluation", e.to_dict())
         trial.set_user_attr("measures", m)

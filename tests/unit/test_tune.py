@@ -156,7 +156,7 @@ def test_proof_against_the_truth(model_log: Path, model_dir: Path, tmp_path: Pat
     assert "regret" in (report / "report.md").read_text()
     assert (report / "frontier.png").stat().st_size > 1000
     front = doc["frontier"]
-    revenue = [f["revenue"]["value"] for f in front]
+    revenue = [f["objectives"]["revenue"] for f in front]
     negative = [f["negative"]["value"] for f in front]
     assert revenue == sorted(revenue) and negative == sorted(negative)  # a true trade-off
 
