@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from itertools import accumulate, chain
 from typing import Any
 
@@ -79,7 +80,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 
 
-def _request_frame(requests: Sequence[RequestContext], needed: Collection[str]) -> pl.DataFrame:
+def _request_columns(
+    requests: Sequence[RequestContext], needed: Collection[str]
+) -> list[pl.Series]:
     for r in requests:  # checked even when no feature reads the time
         if not isinstance(r.ts, datetime) or r.ts.tzinfo is None:
             raise InvalidArgument("request.ts", f"must be a UTC-aware datetime, got {r.ts!r}")
@@ -90,9 +93,27 @@ def _request_frame(requests: Sequence[RequestContext], needed: Collection[str]) 
         values = [getattr(r, name) for r in requests]
         if name == "user_interests":
             cols.append(_tags(values))
+        elif len(values) == 1 and name in _FEW_VALUES and isinstance(values[0], str | int | None):
+            cols.append(_one_value(name, values[0]))
         else:
             cols.append(_series(name, values, f"request.{name}"))
-    return pl.DataFrame(cols)
+    return cols
+
+
+_FEW_VALUES = frozenset(  # request columns with a small domain: enums and the local hour
+    name
+    for name in REQUEST_FIELDS
+    if name in COLUMN_BY_NAME and isinstance(COLUMN_BY_NAME[name].dtype, pl.Enum | pl.Int8)
+)
+
+
+@lru_cache(maxsize=1024, typed=True)
+def _one_value(name: str, value: Any) -> pl.Series:
+    """A one-row column of ``name``, kept: a single request's enum or hour takes ~8 us to
+    build and has a handful of possible values (the caller passes only str, int or None). A
+    value that cannot be read raises (and is not kept); ``typed`` keeps ``1`` and ``True``
+    apart."""
+    return _series(name, [value], f"request.{name}")
 
 
 def _tags(values: list[Any]) -> pl.Series:
@@ -115,9 +136,9 @@ def _tags(values: list[Any]) -> pl.Series:
 _CANDIDATE_SET = frozenset(CANDIDATE_COLUMNS)
 
 
-def _candidate_frame(
+def _candidate_columns(
     candidates: Sequence[CandidateColumns], n: int, needed: Collection[str]
-) -> pl.DataFrame:
+) -> list[pl.Series]:
     for i, cand in enumerate(candidates):
         for name in REQUIRED_CANDIDATE_COLUMNS:
             if name not in cand:
@@ -141,7 +162,7 @@ def _candidate_frame(
             cols.append(pl.Series(name, [None] * n, dtype=COLUMN_BY_NAME[name].dtype))
             continue
         cols.append(_series(name, values, f"candidates.{name}"))
-    return pl.DataFrame(cols)
+    return cols
 
 
 def exposure_matrix(exposures: Sequence[np.ndarray | None], sizes: Sequence[int]) -> np.ndarray:
@@ -193,14 +214,13 @@ def assemble(
     if len(candidates) != len(requests):
         raise InvalidArgument("candidates", "one candidate set per request is required")
     sizes = candidate_counts(candidates)
-    req = _request_frame(requests, columns)
+    req = _request_columns(requests, columns)
     if len(requests) == 1:  # broadcast: cheaper than a gather for one request
-        broadcast = [s.new_from_index(0, sizes[0]) for s in req.get_columns()]
+        broadcast = [s.new_from_index(0, sizes[0]) for s in req]
     else:
         owner = pl.Series(np.repeat(np.arange(len(requests), dtype=np.uint32), sizes))
-        broadcast = req[owner].get_columns()
-    cands = _candidate_frame(candidates, sum(sizes), columns)
-    return pl.DataFrame(broadcast + cands.get_columns())
+        broadcast = pl.DataFrame(req)[owner].get_columns()
+    return pl.DataFrame(broadcast + _candidate_columns(candidates, sum(sizes), columns))
 
 
 def candidate_counts(candidates: Sequence[CandidateColumns]) -> list[int]:

@@ -8,7 +8,7 @@ The same inputs always give the same decisions.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import chain
+from itertools import accumulate, chain
 
 import numpy as np
 import polars as pl
@@ -72,40 +72,38 @@ class Scorer:
         weighted = costs * self.rules.weights
         cost = weighted.sum(axis=1)
         utility = value - s.cost_to_money * cost
-        capped = R.frequency_capped(self.rules, exposures)
         sizes = [len(r.candidates["ad_id"]) for r in requests]
-        start = 0
-        for r, n in zip(requests, sizes, strict=True):
-            if r.capped is not None:
-                capped[start : start + n] = r.capped
-            start += n
-        blocked = self._blocked(rows, capped, utility)
+        bounds = list(accumulate(sizes, initial=0))
+        blocked = self._blocked(rows, self._capped(requests, exposures, bounds), utility)
         owner = np.repeat(np.arange(len(requests)), sizes)
         ad_id = list(chain.from_iterable(r.candidates["ad_id"] for r in requests))
+        capacity = self._capacity(requests)
         rank, reason = select(
             owner,
             blocked < 0,
             utility,
-            np.asarray(ad_id, dtype=str),
-            _column(requests, "advertiser_id", sizes),
-            _column(requests, "category", sizes),
+            ad_id,
+            *_separation(requests, sizes, capacity),
             rows.duration_s,
-            self._capacity(requests),
+            capacity,
         )
         reason = np.where(blocked >= 0, blocked, reason)
-        return self._decisions(
-            requests,
-            sizes,
-            ad_id,
-            rank,
-            reason,
-            p_engage,
-            p_negative,
-            value,
-            weighted,
-            cost,
-            utility,
-        )
+        columns = (p_engage, p_negative, value, weighted, cost, utility)
+        return self._decisions(requests, bounds, owner, ad_id, rank, reason, *columns)
+
+    def _capped(
+        self, requests: Sequence[ScoreRequest], exposures: np.ndarray, bounds: list[int]
+    ) -> np.ndarray:
+        """Per row, whether a cap refuses it: the store's decision where the request carries
+        one, else the caps its exposure counts express."""
+        if all(r.capped is not None for r in requests):
+            capped = np.empty(len(exposures), dtype=bool)
+        else:
+            capped = R.frequency_capped(self.rules, exposures)
+        for i, r in enumerate(requests):  # a loop over requests
+            if r.capped is not None:
+                capped[bounds[i] : bounds[i + 1]] = r.capped
+        return capped
 
     def _blocked(self, rows: R.Rows, capped: np.ndarray, utility: np.ndarray) -> np.ndarray:
         """Reason code of the first failed eligibility rule per row, -1 when eligible."""
@@ -115,7 +113,10 @@ class Scorer:
             (capped, Reason.FREQUENCY_CAPPED),
             (utility <= self.config.scoring.reserve, Reason.BELOW_RESERVE),
         ]
-        return np.select([m for m, _ in checks], [CODE[r] for _, r in checks], default=-1)
+        blocked = np.full(len(utility), -1)
+        for mask, r in reversed(checks):  # a loop over the rules: the first failed one wins
+            blocked[mask] = CODE[r]
+        return blocked
 
     def _capacity(self, requests: Sequence[ScoreRequest]) -> Capacity:
         slots = self.config.slots
@@ -132,28 +133,29 @@ class Scorer:
     def _decisions(
         self,
         requests: Sequence[ScoreRequest],
-        sizes: list[int],
+        bounds: list[int],
+        owner: np.ndarray,
         ad_id: list[str],
         rank: np.ndarray,
         reason: np.ndarray,
         *columns: np.ndarray,
     ) -> list[Decision]:
         p_engage, p_negative, value, weighted, cost, utility = columns
-        reasons = np.asarray(REASONS, dtype=object)[reason]
+        reasons = _REASONS[reason].tolist()
+        picked = np.flatnonzero(rank > 0)
+        picked = picked[np.lexsort((rank[picked], owner[picked]))]  # by request, then rank
+        cuts = np.searchsorted(owner[picked], np.arange(len(requests) + 1)).tolist()
+        chosen = picked.tolist()
         out = []
-        bounds = np.r_[0, np.cumsum(sizes)]
-        for i, req in enumerate(requests):
-            lo, hi = int(bounds[i]), int(bounds[i + 1])
-            r = rank[lo:hi]
-            chosen = np.flatnonzero(r > 0)
-            ids = ad_id[lo:hi]
+        for i, req in enumerate(requests):  # a loop over requests
+            lo, hi = bounds[i], bounds[i + 1]
             out.append(
                 Decision(
                     request_id=req.context.request_id,
-                    selected=[ids[j] for j in chosen[np.argsort(r[chosen])]],
-                    ad_id=ids,
-                    reason=list(reasons[lo:hi]),
-                    rank=r,
+                    selected=[ad_id[j] for j in chosen[cuts[i] : cuts[i + 1]]],
+                    ad_id=ad_id[lo:hi],
+                    reason=reasons[lo:hi],
+                    rank=rank[lo:hi],
                     p_engage=p_engage[lo:hi],
                     p_negative=p_negative[lo:hi],
                     expected_value=value[lo:hi],
@@ -165,6 +167,20 @@ class Scorer:
                 )
             )
         return out
+
+
+_REASONS = np.array(REASONS, dtype=object)
+
+
+def _separation(
+    requests: Sequence[ScoreRequest], sizes: list[int], capacity: Capacity
+) -> tuple[list[str | None], list[str | None]]:
+    """Per row, the advertiser and category that pods keep apart (all None when no request
+    is a pod: nothing to keep apart, nothing to build)."""
+    if not capacity.pods().any():
+        nothing: list[str | None] = [None] * sum(sizes)
+        return nothing, nothing
+    return _column(requests, "advertiser_id", sizes), _column(requests, "category", sizes)
 
 
 def _column(requests: Sequence[ScoreRequest], name: str, sizes: list[int]) -> list[str | None]:

@@ -9,7 +9,9 @@ the one sequential step, and it stops as soon as the pod is full.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 import numpy as np
 
@@ -26,12 +28,16 @@ class Capacity:
     max_ads: np.ndarray
     max_total_s: np.ndarray
 
+    def pods(self) -> np.ndarray:
+        """Per request, whether its slot is a pod (more than one ad or a duration cap)."""
+        return (self.max_ads != 1) | ~np.isnan(self.max_total_s)
+
 
 def select(
     owner: np.ndarray,
     eligible: np.ndarray,
     utility: np.ndarray,
-    ad_id: np.ndarray,
+    ad_id: np.ndarray | Sequence[str],
     advertiser: list[str | None],
     category: list[str | None],
     duration_s: np.ndarray,
@@ -42,7 +48,8 @@ def select(
     Args:
         owner: request index of each row (non-decreasing).
         eligible: rows that passed every eligibility rule.
-        utility, ad_id, duration_s: per row.
+        utility, ad_id, duration_s: per row (``ad_id``: strings or integer codes, whose
+            order breaks ties in utility).
         advertiser, category: per row, for separation in pods (None never conflicts).
         capacity: per request.
 
@@ -52,14 +59,15 @@ def select(
         -1, to be filled by the caller with their eligibility reason).
     """
     n = len(owner)
-    order = np.lexsort((ad_id, -utility, ~eligible, owner))
+    order = _order(owner, eligible, utility, ad_id)  # the eligible rows only
     rank = np.zeros(n, dtype=np.int64)
     reason = np.full(n, -1, dtype=np.int64)
     reason[eligible] = CODE[Reason.OUTRANKED]
     sorted_owner = owner[order]
-    first = np.r_[True, sorted_owner[1:] != sorted_owner[:-1]] if n else np.zeros(0, bool)
-    single = (capacity.max_ads == 1) & np.isnan(capacity.max_total_s)
-    winners = order[first & eligible[order] & single[sorted_owner]]
+    first = np.ones(len(order), dtype=bool)  # the best eligible row of its request
+    first[1:] = sorted_owner[1:] != sorted_owner[:-1]
+    single = ~capacity.pods()
+    winners = order[first & single[sorted_owner]]
     rank[winners] = 1
     reason[winners] = CODE[Reason.SELECTED]
     pods = np.flatnonzero(~single)
@@ -67,18 +75,36 @@ def select(
         starts = np.searchsorted(sorted_owner, pods, side="left")
         ends = np.searchsorted(sorted_owner, pods, side="right")
         for req, lo, hi in zip(pods, starts, ends, strict=True):
-            rows = order[lo:hi]
-            _fill_pod(
-                rows[eligible[rows]],
-                int(req),
-                capacity,
-                advertiser,
-                category,
-                duration_s,
-                rank,
-                reason,
-            )
+            fill = (order[lo:hi], int(req), capacity, advertiser, category, duration_s)
+            _fill_pod(*fill, rank, reason)
     return rank, reason
+
+
+def _order(
+    owner: np.ndarray, eligible: np.ndarray, utility: np.ndarray, ad_id: np.ndarray | Sequence[str]
+) -> np.ndarray:
+    """The eligible rows by request, utility descending (NaN last), ties broken by ad id.
+
+    Only the rows that tie with a neighbour in request and utility (rare) have their ad ids
+    read and sorted: sorting every row by its string id would cost far more.
+    """
+    rows = np.flatnonzero(eligible)
+    order = rows[np.lexsort((-utility[rows], owner[rows]))]
+    u, o = utility[order], owner[order]
+    tie = (o[1:] == o[:-1]) & ((u[1:] == u[:-1]) | (np.isnan(u[1:]) & np.isnan(u[:-1])))
+    if not tie.any():
+        return order
+    starts = np.ones(len(order), dtype=bool)
+    starts[1:] = ~tie
+    run = np.cumsum(starts)  # tied rows share a run number
+    tied = np.flatnonzero(~(starts & np.append(starts[1:], True)))  # in a run of >= 2
+    at = order[tied]
+    if isinstance(ad_id, np.ndarray):
+        ids = ad_id[at]
+    else:
+        ids = np.asarray(itemgetter(*at.tolist())(ad_id), dtype=str)  # >= 2 rows: a tuple
+    order[tied] = at[np.lexsort((ids, run[tied]))]
+    return order
 
 
 def _fill_pod(
