@@ -10,10 +10,11 @@ import dataclasses
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
-from engine.batching import Batcher
+from engine.batching import Batcher, Job, Work, run_alone
 from engine.caps.connect import open_store
 from engine.caps.gate import CapGate
 from engine.caps.rules import parse_duration
@@ -24,6 +25,42 @@ from engine.model.bundle import ModelBundle
 from engine.scoring.scorer import Scorer
 from engine.scoring.types import Decision, Reason, ScoreRequest
 from engine.timing import NULL_TIMER, StageTimer
+
+R = TypeVar("R")
+
+
+class Decide:
+    """``App.decide`` as batchable work: validate and read the cap store before the scoring
+    pass, reserve after it. Each request keeps the scorer and gate it was prepared with."""
+
+    def __init__(
+        self,
+        app: App,
+        request: ScoreRequest,
+        reserve: bool,
+        timer: StageTimer,
+        deadline: Deadline,
+    ) -> None:
+        self.app, self.request, self.reserve = app, request, reserve
+        self.timer, self.deadline = timer, deadline
+        self.gate = app.gate
+
+    def prepare(self) -> tuple[Scorer, ScoreRequest]:
+        """See :class:`engine.batching.Work`."""
+        scorer, self.gate = self.app.scorer, self.app.gate
+        self.request.validate()  # before spending a cap-store round trip on it
+        self.deadline.check("caps")
+        with self.timer.stage("caps"):
+            prepared = self.gate.prepare(self.request)
+        self.deadline.check("scoring")
+        return scorer, prepared
+
+    def complete(self, decision: Decision) -> Decision:
+        """See :class:`engine.batching.Work`."""
+        if not self.reserve or not decision.selected:
+            return decision
+        self.deadline.check("reserving caps")
+        return self.app._reserve(self.request, decision, self.gate)
 
 
 @dataclass(frozen=True)
@@ -47,13 +84,18 @@ class App:
         server = config.server
         self._batcher = (
             Batcher(server.batch_window_ms / 1000, server.batch_max)
-            if server.batch_window_ms > 0
+            if server.batch_max > 1
             else None
         )
 
     def _make_gate(self, config: AdmatchConfig) -> CapGate:
         retention = parse_duration(config.store.retention)
         return CapGate(self.store, config.caps, retention, config.store.fail_mode == "open")
+
+    @property
+    def batch_max(self) -> int:
+        """Requests decided in one scoring pass at most (1: no batching)."""
+        return 1 if self._batcher is None else self._batcher.max_batch
 
     @property
     def cap_errors(self) -> int:
@@ -81,21 +123,24 @@ class App:
         ads' caps, recording their impressions; an ad another server capped meanwhile is
         dropped with reason FREQUENCY_CAPPED. The deadline is checked between stages: once it
         has passed nothing more is done, in particular no cap is reserved for an answer the
-        caller no longer waits for."""
-        scorer, gate = self._scorer, self._gate
-        request.validate()  # before spending a cap-store round trip on it
-        deadline.check("caps")
-        with timer.stage("caps"):
-            prepared = gate.prepare(request)
-        deadline.check("scoring")
+        caller no longer waits for. With batching on, the request joins the next pass."""
+        return self.run(Decide(self, request, reserve, timer, deadline), timer, deadline)
+
+    def run(self, work: Work[R], timer: StageTimer, deadline: Deadline) -> R:
+        """Do ``work`` (a :class:`Decide`, or a transport's wrapping of one): in the next
+        batched pass, or alone in this thread when batching is off."""
+        return self.wait(self.submit(work), timer, deadline)
+
+    def submit(self, work: Work[R]) -> Job[R]:
+        """Queue ``work`` for the next pass without waiting (batching off: nothing is queued,
+        ``wait`` does the work). A caller may submit several before waiting for the first."""
+        return Job(work) if self._batcher is None else self._batcher.submit(work)
+
+    def wait(self, job: Job[R], timer: StageTimer, deadline: Deadline) -> R:
+        """The outcome of a submitted job (it may lead a pass in this thread)."""
         if self._batcher is None:
-            decision = scorer.score(prepared, timer)
-        else:
-            decision = self._batcher.score(scorer, prepared, timer, deadline)
-        if not reserve or not decision.selected:
-            return decision
-        deadline.check("reserving caps")
-        return self._reserve(request, decision, gate)
+            return run_alone(job.work, timer)
+        return self._batcher.wait(job, timer, deadline)
 
     def reserve(self, request: ScoreRequest, decision: Decision) -> Decision:
         """Atomically reserve the caps of ``decision``'s selected ads, recording their

@@ -19,6 +19,7 @@ from engine.caps.rules import CapRule
 from engine.caps.store import Feedback, Impression
 from engine.config import COST_COMPONENTS
 from engine.errors import InvalidArgument
+from engine.rpc.wire import score_response
 from engine.scoring.types import Decision, PodLimits, Reason, ScoreRequest
 from features.online import RequestContext
 
@@ -106,12 +107,11 @@ _REQUIRED = ("ad_id", "format", "pricing", "bid")
 def _enum_column(
     numbers: Sequence[int], table: list[str | None], field: str, required: bool
 ) -> list[str | None]:
-    arr = np.asarray(numbers, dtype=np.int64)
-    bad = np.flatnonzero((arr < 0) | (arr >= len(table)) | ((arr == 0) & required))
-    if len(bad):
-        i = int(bad[0])
-        raise InvalidArgument(f"{field}[{i}]", "required" if arr[i] == 0 else "unknown value")
-    return list(np.asarray(table, dtype=object)[arr])
+    values, low = list(numbers), 1 if required else 0
+    if values and (min(values) < low or max(values) >= len(table)):
+        i = next(i for i, v in enumerate(values) if not low <= v < len(table))
+        raise InvalidArgument(f"{field}[{i}]", "required" if values[i] == 0 else "unknown value")
+    return list(map(table.__getitem__, values))
 
 
 def _raw(msg: pb.ScoreRequest) -> tuple[dict[str, Sequence[Any]], str]:
@@ -261,6 +261,22 @@ def request_to_proto(request: ScoreRequest, columnar: bool = False) -> pb.ScoreR
 
 def decision_to_proto(decision: Decision) -> pb.ScoreResponse:
     """The wire form of a decision: selected ads in order and every candidate's parts."""
+    d = decision
+    wire = score_response(
+        d.request_id,
+        d.selected,
+        d.ad_id,
+        np.array([_REASON[r] for r in d.reason], dtype=np.uint8),
+        d.rank,
+        (d.p_engage, d.p_negative, d.expected_value, d.cost, d.utility),
+        d.costs,
+        (d.model_version, d.config_version),
+    )
+    return pb.ScoreResponse.FromString(wire) if wire is not None else decision_message(d)
+
+
+def decision_message(decision: Decision) -> pb.ScoreResponse:
+    """``decision_to_proto`` built message by message (values the fast path cannot write)."""
     resp = pb.ScoreResponse(
         request_id=decision.request_id,
         selected_ad_ids=decision.selected,

@@ -1,14 +1,17 @@
 """Prometheus metrics of the service, on a registry of their own (no module-level state).
 
 Exported: ``admatch_requests_total{method,code}``, ``admatch_stage_seconds{stage}`` (decode,
-caps, features, model, rank, encode; with batching "batched" replaces features to rank),
+caps, features, model, rank, encode; with batching also "batched", a request's time from
+queueing to its decision, while features, model and rank are observed once per pass),
 ``admatch_decisions_total{reason}``, ``admatch_scored_requests_total``, ``admatch_no_ad_total``,
 ``admatch_cap_store_errors`` and ``admatch_model_info{model_version,config_version,runtime}``.
 """
 
 from __future__ import annotations
 
+from collections import Counter as Tally
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -48,18 +51,37 @@ class Metrics:
             ["model_version", "config_version", "runtime"],
             registry=r,
         )
+        self._stage: dict[str, Any] = {}  # labelled children, looked up once
+        self._reason: dict[str, Any] = {}
+        self._request: dict[tuple[str, str], Any] = {}
 
     def timer(self) -> CallbackTimer:
         """A stage timer observing into ``admatch_stage_seconds``."""
-        return CallbackTimer(lambda stage, s: self.stages.labels(stage).observe(s))
+        return CallbackTimer(self._observe)
+
+    def _observe(self, stage: str, seconds: float) -> None:
+        child = self._stage.get(stage)
+        if child is None:  # labels() takes a lock and builds a key: once per stage name
+            child = self._stage.setdefault(stage, self.stages.labels(stage))
+        child.observe(seconds)
+
+    def request(self, method: str, code: str) -> None:
+        """Count one RPC by method and status code."""
+        child = self._request.get((method, code))
+        if child is None:
+            child = self._request.setdefault((method, code), self.requests.labels(method, code))
+        child.inc()
 
     def decision(self, decision: Decision) -> None:
-        """Count one request's decisions."""
+        """Count one request's decisions (one counter update per reason, not per candidate)."""
         self.scored.inc()
         if decision.no_ad:
             self.no_ad.inc()
-        for reason in decision.reason:
-            self.decisions.labels(str(reason)).inc()
+        for reason, n in Tally(decision.reason).items():
+            child = self._reason.get(reason)
+            if child is None:
+                child = self._reason.setdefault(reason, self.decisions.labels(str(reason)))
+            child.inc(n)
 
     def serving(self, model_version: str, config_version: str, runtime: str) -> None:
         """Mark the model serving now (the previous one's series is removed)."""

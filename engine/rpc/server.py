@@ -48,7 +48,7 @@ def build_server(
     size = limits.max_message_bytes
     server = grpc.server(
         ThreadPoolExecutor(max_workers=limits.threads),
-        interceptors=[ErrorInterceptor(lambda m, c: metrics.requests.labels(m, c).inc())],
+        interceptors=[ErrorInterceptor(metrics.request)],
         maximum_concurrent_rpcs=limits.max_concurrent,
         options=[
             ("grpc.max_receive_message_length", size),

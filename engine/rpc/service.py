@@ -13,15 +13,44 @@ import grpc
 
 from admatch.v1 import admatch_pb2 as pb
 from admatch.v1 import admatch_pb2_grpc as pb_grpc
-from engine.app import App
+from engine.app import App, Decide
+from engine.batching import Job
 from engine.caps.store import Feedback, Impression
 from engine.deadline import Deadline
 from engine.errors import InvalidArgument
 from engine.rpc.auth import check_operator
 from engine.rpc.convert import SLOT, TOUCHPOINT, decision_to_proto, request_from_proto
 from engine.rpc.metrics import Metrics
+from engine.rpc.stream import read_ahead
+from engine.scoring.scorer import Scorer
+from engine.scoring.types import Decision, ScoreRequest
+from engine.timing import StageTimer
 
 _KIND = {v: k.removeprefix("NEGATIVE_KIND_").lower() for k, v in pb.Event.NegativeKind.items()}
+
+
+class _ScoreCall:
+    """One Score request as batchable work: decode before the pass, encode after it."""
+
+    def __init__(
+        self,
+        servicer: AdMatchingServicer,
+        message: pb.ScoreRequest,
+        timer: StageTimer,
+        deadline: Deadline,
+    ) -> None:
+        self.servicer, self.message, self.timer, self.deadline = servicer, message, timer, deadline
+        self.decide: Decide | None = None
+
+    def prepare(self) -> tuple[Scorer, ScoreRequest]:
+        request = self.servicer._decode(self.message, self.timer)
+        reserve = self.message.reserve_caps and not self.message.explain
+        self.decide = Decide(self.servicer.app, request, reserve, self.timer, self.deadline)
+        return self.decide.prepare()
+
+    def complete(self, decision: Decision) -> pb.ScoreResponse:
+        assert self.decide is not None
+        return self.servicer._encode(self.decide.complete(decision), self.timer)
 
 
 class AdMatchingServicer(pb_grpc.AdMatchingServicer):
@@ -47,24 +76,40 @@ class AdMatchingServicer(pb_grpc.AdMatchingServicer):
         return Deadline(self.default_s if remaining is None else min(remaining, self.max_s))
 
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
-        timer, deadline = self.metrics.timer(), self._deadline(context)
+        call = _ScoreCall(self, request, self.metrics.timer(), self._deadline(context))
+        return self.app.run(call, call.timer, call.deadline)
+
+    def ScoreStream(
+        self, request_iterator: Iterator[pb.ScoreRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.ScoreResponse]:
+        """Answers in order. With batching on, messages are queued for the next pass up to
+        ``batch_max`` ahead of the answers, so that a client sending several before reading
+        has them decided in one pass."""
+        if self.app.batch_max <= 1:
+            for request in request_iterator:
+                yield self.Score(request, context)
+            return
+
+        def submit(request: pb.ScoreRequest) -> tuple[_ScoreCall, Job[pb.ScoreResponse]]:
+            call = _ScoreCall(self, request, self.metrics.timer(), self._deadline(context))
+            return call, self.app.submit(call)
+
+        for call, job in read_ahead(request_iterator, submit, self.app.batch_max):
+            yield self.app.wait(job, call.timer, call.deadline)
+
+    def _decode(self, request: pb.ScoreRequest, timer: StageTimer) -> ScoreRequest:
         with timer.stage("decode"):
             core_request = request_from_proto(request)
         n = len(core_request.candidates["ad_id"])
         if n > self.max_candidates:
             raise InvalidArgument("candidates", f"{n} candidates, at most {self.max_candidates}")
-        reserve = request.reserve_caps and not request.explain
-        decision = self.app.decide(core_request, reserve, timer, deadline)
+        return core_request
+
+    def _encode(self, decision: Decision, timer: StageTimer) -> pb.ScoreResponse:
         with timer.stage("encode"):
             reply = decision_to_proto(decision)
         self.metrics.decision(decision)
         return reply
-
-    def ScoreStream(
-        self, request_iterator: Iterator[pb.ScoreRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.ScoreResponse]:
-        for request in request_iterator:
-            yield self.Score(request, context)
 
     def RecordEvents(
         self, request: pb.EventBatch, context: grpc.ServicerContext

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,12 +15,13 @@ import grpc
 import numpy as np
 import pytest
 
+from admatch.v1 import admatch_pb2 as pb
 from admatch.v1 import admatch_pb2_grpc as pb_grpc
 from engine.app import App, build_app
 from engine.batching import Batcher
 from engine.config import load_config
 from engine.deadline import Deadline
-from engine.errors import InvalidArgument
+from engine.errors import DeadlineExceeded, InvalidArgument
 from engine.rpc.convert import request_to_proto
 from engine.rpc.server import build_server
 from engine.scoring.jsonio import request_from_json
@@ -41,13 +43,13 @@ def requests(copies: int) -> list[ScoreRequest]:
     return out
 
 
-def build(model_dir: Path, window_ms: float) -> App:
+def build(model_dir: Path, window_ms: float, batch_max: int) -> App:
     config = load_config()
     config = config.model_copy(
         update={
             "store": config.store.model_copy(update={"url": "memory://"}),
             "server": config.server.model_copy(
-                update={"batch_window_ms": window_ms, "batch_max": 8}
+                update={"batch_window_ms": window_ms, "batch_max": batch_max}
             ),
         }
     )
@@ -56,7 +58,8 @@ def build(model_dir: Path, window_ms: float) -> App:
 
 @pytest.fixture
 def apps(model_dir: Path) -> Iterator[tuple[App, App]]:
-    batched, plain = build(model_dir, 20.0), build(model_dir, 0.0)
+    batched, plain = build(model_dir, 20.0, 8), build(model_dir, 0.0, 1)
+    assert plain._batcher is None
     yield batched, plain
     batched.close()
     plain.close()
@@ -115,28 +118,146 @@ class FlakyScorer:
         return self.inner.score_batch(reqs, timer)
 
 
-def test_one_bad_request_fails_alone(apps: tuple[App, App]) -> None:
-    batched, _ = apps
-    scorer: Any = FlakyScorer(batched.scorer)
-    batcher = Batcher(0.2, 8)
-    reqs = requests(1)
-    bad = dataclasses.replace(
-        reqs[0], context=dataclasses.replace(reqs[0].context, request_id="bad")
-    )
+class Plain:
+    """Work that scores a ready request; ``hold`` (if given) blocks its ``prepare``."""
+
+    def __init__(self, scorer: Any, request: ScoreRequest, hold: threading.Event | None = None):
+        self.scorer, self.request, self.hold = scorer, request, hold
+        self.prepared_in: int | None = None
+
+    def prepare(self) -> tuple[Any, ScoreRequest]:
+        self.prepared_in = threading.get_ident()
+        if self.hold is not None:
+            assert self.hold.wait(10)
+        if self.request.context.request_id == "bad-prepare":
+            raise InvalidArgument("request_id", "rejected before scoring by the test")
+        return self.scorer, self.request
+
+    def complete(self, decision: Decision) -> Decision:
+        if decision.request_id == "bad-complete":
+            raise InvalidArgument("request_id", "rejected after scoring by the test")
+        return decision
+
+
+def renamed(request: ScoreRequest, request_id: str) -> ScoreRequest:
+    context = dataclasses.replace(request.context, request_id=request_id)
+    return dataclasses.replace(request, context=context)
+
+
+def run_all(batcher: Batcher, works: list[Plain]) -> dict[str, Any]:
+    """Each work's outcome (or error) by request id, each from a thread of its own."""
     results: dict[str, Any] = {}
 
-    def call(req: ScoreRequest) -> None:
+    def call(work: Plain) -> None:
         try:
-            results[req.context.request_id] = batcher.score(scorer, req, NULL_TIMER, Deadline(10))
+            results[work.request.context.request_id] = batcher.run(work, NULL_TIMER, Deadline(10))
         except InvalidArgument as exc:
-            results[req.context.request_id] = exc
+            results[work.request.context.request_id] = exc
 
-    threads = [threading.Thread(target=call, args=(r,)) for r in [*reqs, bad]]
+    threads = [threading.Thread(target=call, args=(w,)) for w in works]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    batcher.close()
-    assert isinstance(results.pop("bad"), InvalidArgument)
-    assert all(isinstance(d, Decision) for d in results.values()) and len(results) == len(reqs)
+    return results
+
+
+def test_one_bad_request_fails_alone(apps: tuple[App, App]) -> None:
+    batched, _ = apps
+    scorer: Any = FlakyScorer(batched.scorer)
+    batcher = Batcher(0.2, 8)  # the window gathers all of them into one pass
+    good = requests(1)
+    bad = [renamed(good[0], name) for name in ("bad", "bad-prepare", "bad-complete")]
+    results = run_all(batcher, [Plain(scorer, r) for r in [*good, *bad]])
+    for name in ("bad", "bad-prepare", "bad-complete"):
+        assert isinstance(results.pop(name), InvalidArgument), name
+    assert all(isinstance(d, Decision) for d in results.values()) and len(results) == len(good)
     assert batcher.batches == 1  # they did share the pass that failed
+
+
+def test_without_a_window_a_pass_takes_what_queued_meanwhile(apps: tuple[App, App]) -> None:
+    batched, plain = apps
+    batcher = Batcher(0.0, 8)
+    reqs = requests(1)
+    hold = threading.Event()
+    first = Plain(batched.scorer, reqs[0], hold)
+    caller = threading.Thread(target=lambda: batcher.run(first, NULL_TIMER, Deadline(10)))
+    caller.start()
+    while first.prepared_in is None:  # the first caller leads a pass of its own at once ...
+        time.sleep(0.001)
+    assert first.prepared_in == caller.ident  # ... in its own thread, no hand-off
+    others = [Plain(batched.scorer, r) for r in reqs[1:]]
+    results: dict[str, Any] = {}
+    waiting = threading.Thread(target=lambda: results.update(run_all(batcher, others)))
+    waiting.start()
+    while len(batcher._queue) < len(others):  # the others queue up meanwhile
+        time.sleep(0.001)
+    hold.set()
+    caller.join()
+    waiting.join()
+    assert (batcher.batches, batcher.requests) == (2, len(reqs))  # one pass for all the others
+    assert all(same(results[r.context.request_id], plain.decide(r)) for r in reqs[1:])
+    assert len({w.prepared_in for w in others}) == 1  # prepared by the pass's leader
+
+
+def test_a_queued_request_past_its_deadline_is_withdrawn(apps: tuple[App, App]) -> None:
+    batched, _ = apps
+    batcher = Batcher(0.0, 8)
+    reqs = requests(1)
+    hold = threading.Event()
+    first = Plain(batched.scorer, reqs[0], hold)
+    caller = threading.Thread(target=lambda: batcher.run(first, NULL_TIMER, Deadline(10)))
+    caller.start()
+    while first.prepared_in is None:
+        time.sleep(0.001)
+    late = Plain(batched.scorer, reqs[1])
+    with pytest.raises(DeadlineExceeded, match="exceeded before scoring finished"):
+        batcher.run(late, NULL_TIMER, Deadline(0.05))
+    hold.set()
+    caller.join()
+    assert late.prepared_in is None and len(batcher._queue) == 0  # never prepared, not queued
+    assert batcher.requests == 1
+
+
+def test_a_streams_messages_share_passes(apps: tuple[App, App]) -> None:
+    batched, plain = apps
+    server, port = build_server(
+        batched, batched.scorer.config.server.model_copy(update={"port": 0})
+    )
+    try:
+        reqs = requests(2)
+        batcher = batched._batcher
+        assert batcher is not None
+        before = batcher.batches
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            replies = list(  # the client sends them all without waiting for answers
+                pb_grpc.AdMatchingStub(ch).ScoreStream(iter([request_to_proto(r) for r in reqs]))
+            )
+        assert [r.request_id for r in replies] == [r.context.request_id for r in reqs]
+        for reply, req in zip(replies, reqs, strict=True):
+            assert list(reply.selected_ad_ids) == plain.decide(req).selected
+        assert batcher.batches - before < len(reqs)
+    finally:
+        server.stop(grace=1).wait()
+
+
+def test_a_bad_stream_message_ends_the_stream_after_the_answers_before_it(
+    apps: tuple[App, App],
+) -> None:
+    batched, _ = apps
+    server, port = build_server(
+        batched, batched.scorer.config.server.model_copy(update={"port": 0})
+    )
+    try:
+        messages = [request_to_proto(r) for r in requests(1)]
+        messages[2].touchpoint = pb.TOUCHPOINT_UNSPECIFIED  # required
+        got: list[str] = []
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            with pytest.raises(grpc.RpcError) as info:
+                for reply in pb_grpc.AdMatchingStub(ch).ScoreStream(iter(messages), timeout=10):
+                    got.append(reply.request_id)
+        assert got == [m.request_id for m in messages[:2]]
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "touchpoint" in info.value.details()
+    finally:
+        server.stop(grace=1).wait()

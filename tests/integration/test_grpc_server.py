@@ -191,7 +191,7 @@ def test_unexpected_errors_are_internal_and_generic(
     def boom(*_: Any, **__: Any) -> None:
         raise RuntimeError("secret detail")
 
-    monkeypatch.setattr(app, "decide", boom)
+    monkeypatch.setattr(app.scorer, "score_batch", boom)  # fails inside the scoring pass
     with pytest.raises(grpc.RpcError) as info:
         pb_grpc.AdMatchingStub(channel).Score(golden("exemplary/iot_idle_screen.json"))
     assert info.value.code() == grpc.StatusCode.INTERNAL
@@ -249,13 +249,13 @@ def test_excess_concurrent_requests_are_shed(app: App, monkeypatch: pytest.Monke
     from concurrent.futures import ThreadPoolExecutor
 
     gate = threading.Event()
-    real = app.decide
+    real = app.run
 
     def slow(*args: Any, **kw: Any) -> Any:
         gate.wait(5)
         return real(*args, **kw)
 
-    monkeypatch.setattr(app, "decide", slow)
+    monkeypatch.setattr(app, "run", slow)
     limits = app.scorer.config.server.model_copy(update={"port": 0, "max_concurrent": 1})
     server, port = build_server(app, limits)
     try:
@@ -361,17 +361,17 @@ def test_a_spent_deadline_ends_the_call_and_reserves_nothing(
         reserved.append(args)
         return True
 
-    real_decide = app.decide
+    real_run = app.run
 
-    def decide(*args: Any, **kw: Any) -> Any:
+    def run(*args: Any, **kw: Any) -> Any:
         try:
-            return real_decide(*args, **kw)
+            return real_run(*args, **kw)
         finally:
             finished.set()
 
     monkeypatch.setattr(gate, "prepare", slow_prepare)
     monkeypatch.setattr(gate, "reserve", spy_reserve)
-    monkeypatch.setattr(app, "decide", decide)
+    monkeypatch.setattr(app, "run", run)
     limits = app.scorer.config.server.model_copy(
         update={"port": 0, "max_deadline_ms": max_deadline_ms}
     )

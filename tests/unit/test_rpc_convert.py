@@ -5,13 +5,19 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from admatch.v1 import admatch_pb2 as pb
 from engine.errors import InvalidArgument
-from engine.rpc.convert import decision_to_proto, request_from_proto, request_to_proto
+from engine.rpc.convert import (
+    decision_message,
+    decision_to_proto,
+    request_from_proto,
+    request_to_proto,
+)
 from engine.scoring.jsonio import request_from_json
 from engine.scoring.scorer import Scorer
 
@@ -93,3 +99,30 @@ def test_columnar_columns_must_line_up() -> None:
     msg = request_to_proto(request_from_proto(base()), columnar=True)
     del msg.candidate_columns.category[:]  # an optional column may be left out entirely
     assert "category" not in request_from_proto(msg).candidates
+
+
+@pytest.mark.parametrize("path", CASES, ids=[f"{p.parent.name}/{p.stem}" for p in CASES])
+def test_written_responses_equal_built_messages(scorer: Scorer, path: Path) -> None:
+    decision = scorer.score(request_from_json(json.loads(path.read_text())["request"]))
+    fast = decision_to_proto(decision)
+    assert fast == decision_message(decision)
+    assert fast.SerializeToString() == decision_message(decision).SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: {"ad_id": [f"é{i}" * 20 for i in range(len(d.ad_id))]},  # 2-byte varint lengths
+        lambda d: {"ad_id": ["x" * 200 + str(i) for i in range(len(d.ad_id))]},  # message path
+        lambda d: {"rank": np.arange(200, 200 + len(d.ad_id))},  # message path
+        lambda d: {"request_id": "", "model_version": "", "selected": []},
+        lambda d: {"p_engage": -d.p_engage, "utility": np.full(len(d.ad_id), np.nan)},
+    ],
+    ids=["unicode-ids", "long-ids", "large-ranks", "empty-strings", "signs-and-nan"],
+)
+def test_written_responses_cover_edge_values(scorer: Scorer, change: Any) -> None:
+    doc = json.loads((GOLDEN / "exemplary" / "ott_preroll_pod.json").read_text())["request"]
+    decision = scorer.score(request_from_json(doc))
+    edited = dataclasses.replace(decision, **change(decision))
+    fast, built = decision_to_proto(edited), decision_message(edited)
+    assert fast.SerializeToString() == built.SerializeToString()  # NaN != NaN: compare bytes
