@@ -45,8 +45,8 @@ class ReplayOptions:
         config_path: the config (default: the shipped one). Over gRPC it must be the one the
             server runs with: the cap check applies its rules.
         target: ``host:port`` of a server; ``None`` decides in process.
-        batch: in process, requests per scoring pass (``None``: the server config's
-            ``batch_max`` when batching is on, else 1).
+        batch: in process, requests per scoring pass at most (``None``: the server
+            config's ``batch_max``; 1: one at a time).
         concurrency: over gRPC, requests in flight.
         rate: over gRPC, open-loop arrivals per second (``None``: closed loop).
         stream: over gRPC, one ScoreStream per in-flight slot instead of unary calls.
@@ -129,7 +129,7 @@ def _in_process(o: ReplayOptions, config: AdmatchConfig) -> Session:
         store = config.store.model_copy(update={"url": "", "cluster": False})
         config = config.model_copy(update={"store": store})
     server = config.server
-    batch = o.batch or (server.batch_max if server.batch_window_ms > 0 else 1)
+    batch = o.batch or server.batch_max
     app = build_app(config, o.model_dir)
     bundle = app.scorer.model
     describe = {
