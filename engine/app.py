@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from engine.batching import Batcher, Job, Work, run_alone
+from engine.batching import Batcher, Job, Prepared, Work, run_alone
 from engine.caps.connect import open_store
 from engine.caps.gate import CapGate
 from engine.caps.rules import parse_duration
@@ -30,30 +30,18 @@ R = TypeVar("R")
 
 
 class Decide:
-    """``App.decide`` as batchable work: validate and read the cap store before the scoring
-    pass, reserve after it. Each request keeps the scorer and gate it was prepared with."""
+    """``App.decide`` as batchable work: validate before the pass (which reads the cap store),
+    reserve after it. Each request keeps the scorer and gate it was prepared with."""
 
-    def __init__(
-        self,
-        app: App,
-        request: ScoreRequest,
-        reserve: bool,
-        timer: StageTimer,
-        deadline: Deadline,
-    ) -> None:
-        self.app, self.request, self.reserve = app, request, reserve
-        self.timer, self.deadline = timer, deadline
+    def __init__(self, app: App, request: ScoreRequest, reserve: bool, deadline: Deadline) -> None:
+        self.app, self.request, self.reserve, self.deadline = app, request, reserve, deadline
         self.gate = app.gate
 
-    def prepare(self) -> tuple[Scorer, ScoreRequest]:
+    def prepare(self) -> Prepared:
         """See :class:`engine.batching.Work`."""
         scorer, self.gate = self.app.scorer, self.app.gate
-        self.request.validate()  # before spending a cap-store round trip on it
-        self.deadline.check("caps")
-        with self.timer.stage("caps"):
-            prepared = self.gate.prepare(self.request)
-        self.deadline.check("scoring")
-        return scorer, prepared
+        self.request.validate()  # before spending a cap-store read on it
+        return Prepared(scorer, self.gate, self.request, self.deadline)
 
     def complete(self, decision: Decision) -> Decision:
         """See :class:`engine.batching.Work`."""
@@ -124,7 +112,7 @@ class App:
         dropped with reason FREQUENCY_CAPPED. The deadline is checked between stages: once it
         has passed nothing more is done, in particular no cap is reserved for an answer the
         caller no longer waits for. With batching on, the request joins the next pass."""
-        return self.run(Decide(self, request, reserve, timer, deadline), timer, deadline)
+        return self.run(Decide(self, request, reserve, deadline), timer, deadline)
 
     def run(self, work: Work[R], timer: StageTimer, deadline: Deadline) -> R:
         """Do ``work`` (a :class:`Decide`, or a transport's wrapping of one): in the next

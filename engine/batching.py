@@ -1,23 +1,29 @@
 """Batching across requests: concurrent requests share one pass of the scoring core.
 
-A request is queued as ``Work``: what must happen before scoring (``prepare``: decoding, the
-cap-store read) and after (``complete``: reserving caps, encoding). There is no scoring thread:
-the first waiting caller that finds no pass running runs one (it "leads") over everything
-queued, its own request included, up to ``max_batch``: each request's ``prepare``, one
-``Scorer.score_batch`` (one polars and one model pass instead of one per request), each
-``complete``. Requests that arrive meanwhile queue up for the next pass, so the batch grows
-with the load by itself ("natural" batching), and one request at a time is decided at once in
-its caller's thread, with no hand-off and no added latency. ``window_s`` > 0 makes a leader
-wait that long for more requests before its pass.
+A request is queued as ``Work``: what must happen before scoring (``prepare``: decoding and
+validation) and after (``complete``: reserving caps, encoding). There is no scoring thread: the
+first waiting caller that finds no pass running runs one (it "leads") over everything queued,
+its own request included, up to ``max_batch``: each request's ``prepare``, one cap-store read
+for all of them (``CapGate.prepare_many``: one round trip), one ``Scorer.score_batch`` (one
+polars and one model pass instead of one per request), each ``complete``. Requests that arrive
+meanwhile queue up for the next pass, so the batch grows with the load by itself ("natural"
+batching), and one request at a time is decided at once in its caller's thread, with no
+hand-off and no added latency. ``window_s`` > 0 makes a leader wait that long for more
+requests before its pass.
 
 Doing all of a pass's work in one thread is cheaper than having each request thread do its own
 decoding and cap read: on a 2-core machine shared with Redis and the clients, threads running
-Python side by side cost 20-25% more CPU per request (GIL hand-offs, context switches), more
-than the leader loses waiting on the cap store's round trips one after another.
+Python side by side cost 20-25% more CPU per request (GIL hand-offs, context switches); and
+the leader waits for the cap store once per pass, not once per request.
 
-Each caller gets its own outcome; a request whose ``prepare`` or ``complete`` fails fails
-alone, and if a pass's ``score_batch`` fails, its requests are scored one by one, so one bad
-request fails alone there too.
+Each caller gets its own outcome; a request whose ``prepare``, cap read or ``complete`` fails
+fails alone (a cap store that does not answer fails each request closed or open, as
+``CapGate`` does for one), a request whose deadline has passed before the cap read or before
+scoring fails with ``DeadlineExceeded``, and if a pass's ``score_batch`` fails, its requests
+are scored one by one, so one bad request fails alone there too. Each request keeps the scorer
+and gate it was prepared with (``Prepared``): after a reload, a pass reads the store once per
+gate and scores once per scorer. The pass's cap read, features, model and rank are timed by the
+leader's timer.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
+from engine.caps.gate import CapGate
 from engine.deadline import Deadline
+from engine.errors import DeadlineExceeded
 from engine.scoring.scorer import Scorer
 from engine.scoring.types import Decision, ScoreRequest
 from engine.timing import StageTimer
@@ -37,12 +45,23 @@ R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A request ready for its pass: decoded and validated (no exposures or caps read yet),
+    with the scorer and cap gate serving when it was prepared and its deadline."""
+
+    scorer: Scorer
+    gate: CapGate
+    request: ScoreRequest
+    deadline: Deadline
+
+
 class Work(Protocol[R_co]):
     """One request's part of a pass; both methods run in the leading caller's thread."""
 
-    def prepare(self) -> tuple[Scorer, ScoreRequest]:
-        """The scorer and the request ready to score (exposures and caps read). Raises to
-        fail this request alone."""
+    def prepare(self) -> Prepared:
+        """The request decoded and validated, with the scorer and gate to decide it with (the
+        pass reads the cap store for it). Raises to fail this request alone."""
         ...
 
     def complete(self, decision: Decision) -> R_co:
@@ -51,9 +70,14 @@ class Work(Protocol[R_co]):
 
 
 def run_alone(work: Work[R], timer: StageTimer) -> R:
-    """``work`` without batching: prepare, score, complete in this thread."""
-    scorer, request = work.prepare()
-    return work.complete(scorer.score(request, timer))
+    """``work`` without batching: prepare, read the cap store, score, complete in this
+    thread."""
+    ready = work.prepare()
+    ready.deadline.check("caps")
+    with timer.stage("caps"):
+        request = ready.gate.prepare(ready.request)
+    ready.deadline.check("scoring")
+    return work.complete(ready.scorer.score(request, timer))
 
 
 @dataclass(eq=False)
@@ -180,16 +204,21 @@ class Batcher:
         """Nothing to stop: passes run in the callers' threads."""
 
 
+Scored = tuple[Job[object], Scorer, ScoreRequest]  # a job with its scorer and prepared request
+
+
 def run_pass(jobs: list[Job[object]], timer: StageTimer) -> None:
-    """Prepare every job, score them together (grouped by scorer: after a reload, a request
-    keeps the scorer it was prepared with), complete each; set each job's result or error."""
-    groups: dict[int, list[tuple[Job[object], Scorer, ScoreRequest]]] = {}
+    """Prepare every job, read the cap store for them together, score them together (grouped
+    by scorer: after a reload, a request keeps the scorer it was prepared with), complete each;
+    set each job's result or error."""
+    ready: list[tuple[Job[object], Prepared]] = []
     for job in jobs:
         try:
-            scorer, request = job.work.prepare()
+            ready.append((job, job.work.prepare()))
         except Exception as exc:  # delivered to the caller, mapped by the interceptor there
             job.error = exc
-            continue
+    groups: dict[int, list[Scored]] = {}
+    for job, scorer, request in _read_caps(ready, timer):
         groups.setdefault(id(scorer), []).append((job, scorer, request))
     for group in groups.values():
         for job, decision in _score(group, timer):
@@ -199,9 +228,39 @@ def run_pass(jobs: list[Job[object]], timer: StageTimer) -> None:
                 job.error = exc
 
 
-def _score(
-    group: list[tuple[Job[object], Scorer, ScoreRequest]], timer: StageTimer
-) -> list[tuple[Job[object], Decision]]:
+def _read_caps(ready: list[tuple[Job[object], Prepared]], timer: StageTimer) -> list[Scored]:
+    """Exposures and caps of the jobs' requests: one ``prepare_many`` per gate (one round trip;
+    after a reload a pass may hold requests of two gates). A request whose deadline has passed
+    is not read; one whose deadline passes during the read is not scored."""
+    by_gate: dict[int, list[tuple[Job[object], Prepared]]] = {}
+    for job, p in ready:
+        try:
+            p.deadline.check("caps")
+        except DeadlineExceeded as exc:
+            job.error = exc
+            continue
+        by_gate.setdefault(id(p.gate), []).append((job, p))
+    out: list[Scored] = []
+    for group in by_gate.values():
+        try:
+            with timer.stage("caps"):
+                results = group[0][1].gate.prepare_many([p.request for _, p in group])
+        except Exception as exc:  # not a request's fault: each fails with it
+            results = [exc] * len(group)
+        for (job, p), result in zip(group, results, strict=True):
+            if isinstance(result, Exception):
+                job.error = result
+                continue
+            try:
+                p.deadline.check("scoring")
+            except DeadlineExceeded as exc:
+                job.error = exc
+                continue
+            out.append((job, p.scorer, result))
+    return out
+
+
+def _score(group: list[Scored], timer: StageTimer) -> list[tuple[Job[object], Decision]]:
     """Decisions of a group's jobs; when the batch fails, each is scored alone (a job that
     still fails gets its error and no decision)."""
     scorer = group[0][1]

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from engine.caps import evaluate
-from engine.caps.plan import Planner
+from engine.caps.plan import Plan, Planner
 from engine.caps.rules import CampaignCaps, CapRule, CapsConfig
-from engine.caps.store import CapStore, Feedback, Impression, StoreUnavailable
+from engine.caps.store import CapReading, CapStore, Feedback, Impression, StoreUnavailable
+from engine.errors import AdmatchError
 from engine.scoring.types import ScoreRequest
 from features.exposure import EXPOSURE_SCHEMA, SINCE_COLUMNS
 from features.online import CandidateColumns, RequestContext
@@ -73,25 +75,71 @@ class CapGate:
         try:
             reading = self.store.read(plan)
         except StoreUnavailable as exc:
-            self.errors += 1
-            mode = "open" if self.fail_open else "closed"
-            log.warning("cap store unavailable, failing %s: %s", mode, exc)
-            unknown = (
-                np.zeros(plan.n, dtype=bool) if self.fail_open else evaluate.subject_to_caps(plan)
-            )
-            return GateReading(np.tile(_NO_HISTORY, (plan.n, 1)), unknown, False)
+            return self._unavailable(plan, exc)
+        return self._decide(reading, own)
+
+    def _decide(self, reading: CapReading, own: list[CapRule]) -> GateReading:
         limits = (
             evaluate.thresholds([*self.caps.rules, *own], self.caps.min_gaps)
             if own
             else self._thresholds
         )
-        capped = evaluate.refused(reading, *limits)
-        return GateReading(reading.exposures, capped, True)
+        return GateReading(reading.exposures, evaluate.refused(reading, *limits), True)
+
+    def _unavailable(self, plan: Plan, exc: StoreUnavailable) -> GateReading:
+        """Fail closed (every candidate some rule applies to is capped) or open; count it."""
+        self.errors += 1
+        mode = "open" if self.fail_open else "closed"
+        log.warning("cap store unavailable, failing %s: %s", mode, exc)
+        unknown = np.zeros(plan.n, dtype=bool) if self.fail_open else evaluate.subject_to_caps(plan)
+        return GateReading(np.tile(_NO_HISTORY, (plan.n, 1)), unknown, False)
 
     def prepare(self, request: ScoreRequest) -> ScoreRequest:
         """The request with the store's exposures and cap decision filled in."""
         reading = self.read(request.context, request.candidates, request.campaign_caps)
-        return dataclasses.replace(request, exposures=reading.exposures, capped=reading.capped)
+        return _filled(request, reading)
+
+    def prepare_many(self, requests: Sequence[ScoreRequest]) -> list[ScoreRequest | Exception]:
+        """:meth:`prepare` for several requests with one round trip (``CapStore.read_many``).
+
+        Returns:
+            Per request, in order, the prepared request or the error :meth:`prepare` would
+            raise for it: a request whose plan or read fails fails alone. A store that does not
+            answer fails each request closed or open, each counted in ``errors`` as if read
+            alone. A lone request takes :meth:`prepare` (no pipeline).
+        """
+        if len(requests) == 1:
+            try:
+                return [self.prepare(requests[0])]
+            except Exception as exc:  # the caller's to deliver, as for the others
+                return [exc]
+        plans: dict[int, tuple[Plan, list[CapRule]]] = {}
+        failed: dict[int, Exception] = {}
+        for i, request in enumerate(requests):
+            try:
+                own = self.own_rules(request.campaign_caps)
+                plans[i] = (self.planner.plan(request.context, request.candidates, own), own)
+            except Exception as exc:
+                failed[i] = exc
+        answers = self.store.read_many([plan for plan, _ in plans.values()])
+        readings = dict(zip(plans, answers, strict=True))
+        return [
+            failed[i] if i in failed else self._prepared(request, *plans[i], readings[i])
+            for i, request in enumerate(requests)
+        ]
+
+    def _prepared(
+        self,
+        request: ScoreRequest,
+        plan: Plan,
+        own: list[CapRule],
+        reading: CapReading | AdmatchError,
+    ) -> ScoreRequest | Exception:
+        if isinstance(reading, StoreUnavailable):
+            return _filled(request, self._unavailable(plan, reading))
+        if isinstance(reading, Exception):
+            return reading
+        return _filled(request, self._decide(reading, own))
 
     def reserve(
         self,
@@ -123,3 +171,7 @@ class CapGate:
         if feedback:
             self.store.block(feedback)
         return recorded
+
+
+def _filled(request: ScoreRequest, reading: GateReading) -> ScoreRequest:
+    return dataclasses.replace(request, exposures=reading.exposures, capped=reading.capped)

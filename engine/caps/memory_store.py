@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left, bisect_right, insort
 from collections import defaultdict
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from engine.caps.store import (
     group_matrices,
     scatter,
 )
+from engine.errors import AdmatchError
 
 
 class MemoryCapStore:
@@ -74,6 +76,12 @@ class MemoryCapStore:
         with self._lock:
             matrices, blocks = self._read(plan)
         return scatter(plan, matrices, blocks)
+
+    def read_many(self, plans: Sequence[Plan]) -> list[CapReading | AdmatchError]:
+        """See :class:`CapStore`: every plan under one hold of the lock."""
+        with self._lock:
+            answers = [self._read(plan) for plan in plans]
+        return [scatter(plan, *a) for plan, a in zip(plans, answers, strict=True)]
 
     def _record(self, imp: Impression) -> int:
         if imp.impression_id in self._seen:

@@ -7,11 +7,13 @@ their layout) and the read's reply into answer matrices; the counting happens in
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import redis
+from redis.commands.core import Script
+from redis.typing import EncodableT
 
 from engine.caps import lua
 from engine.caps.keys import KeySpace, escape, family_code
@@ -36,13 +38,14 @@ from engine.caps.store import (
     group_matrices,
     scatter,
 )
-from engine.errors import InvalidArgument
+from engine.errors import AdmatchError, InvalidArgument
 
 T = TypeVar("T")
 DAY_TTL_S = 400 * 86_400  # day and lifetime counts live this long after the last write
 _CACHE_SIZE = 4_096
 _Spec = tuple[Shape, bytes, list[str]]  # shape, READ spec, per lookup its family code
 _Write = tuple[str, str, str | None, str]  # family code, scope column, target column, long
+_Call = tuple[list[str], list[EncodableT]]  # a script call's KEYS and ARGV
 
 
 def long_families(rules: list[CapRule], retention_s: int) -> set[Family]:
@@ -73,6 +76,19 @@ def decode_read(plan: Plan, reply: list[int]) -> tuple[Matrices, np.ndarray]:
     blocked = np.zeros(len(plan.block_fields), dtype=bool)
     blocked[values[pos + 1 :].astype(np.int64) - 1] = True
     return matrices, blocked
+
+
+def _reading(plan: Plan, reply: object) -> CapReading | AdmatchError:
+    """A plan's reading from its READ reply, or the error the store answered it with."""
+    if isinstance(reply, AdmatchError):
+        return reply
+    if isinstance(reply, Exception):
+        return _unavailable(reply)
+    return scatter(plan, *decode_read(plan, cast("list[int]", reply)))
+
+
+def _unavailable(exc: Exception) -> StoreUnavailable:
+    return StoreUnavailable(f"cap store: {type(exc).__name__}: {exc}")
 
 
 def _names(ids: list[str], column: str | None) -> bytes:
@@ -129,7 +145,7 @@ class RedisCapStore:
         try:
             return fn()
         except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(f"cap store: {type(exc).__name__}: {exc}") from exc
+            raise _unavailable(exc) from exc
 
     def _spec(self, shape: Shape) -> _Spec:
         """The shape's READ spec (see ``lua.py``) and its lookups' family codes (cached)."""
@@ -149,7 +165,7 @@ class RedisCapStore:
             spec = self._specs[id(shape)] = (shape, _numbers(numbers), codes)
         return spec
 
-    def _read_keys_args(self, plan: Plan) -> tuple[list[str], list[object]]:
+    def _read_keys_args(self, plan: Plan) -> _Call:
         shape, spec, codes = self._spec(plan.shape)
         tag = self.keys.tag(plan.household_id, plan.user_id)
         base = self.keys.base(tag)
@@ -163,7 +179,7 @@ class RedisCapStore:
             for lk, code in zip(shape.lookups, codes, strict=True)
         ]
         keys += [self.keys.blocks(tag, *b) for b in plan.blocks]
-        args: list[object] = [plan.t_us, plan.t_us // DAY_US, spec]
+        args: list[EncodableT] = [plan.t_us, plan.t_us // DAY_US, spec]
         args += [_names(f, c) for f, c in zip(plan.fields, shape.columns, strict=True)]
         return keys, args
 
@@ -172,6 +188,28 @@ class RedisCapStore:
         keys, args = self._read_keys_args(plan)
         reply = self._call(lambda: self._read(keys=keys, args=args))
         return scatter(plan, *decode_read(plan, reply))
+
+    def read_many(self, plans: Sequence[Plan]) -> list[CapReading | AdmatchError]:
+        """See :class:`CapStore`: the plans' READ calls in one pipeline (:meth:`_pipeline`); a
+        plan whose ids cannot be sent is not sent."""
+        calls: list[_Call] = []
+        refused: dict[int, AdmatchError] = {}
+        for i, plan in enumerate(plans):
+            try:
+                calls.append(self._read_keys_args(plan))
+            except InvalidArgument as exc:
+                refused[i] = exc
+        replies: list[object] = []
+        if calls:
+            try:
+                replies = self._call(lambda: self._pipeline(self._read, calls))
+            except StoreUnavailable as exc:  # no answer at all: every plan sent fails
+                replies = [exc] * len(calls)
+        answers = iter(replies)
+        return [
+            refused[i] if i in refused else _reading(plan, next(answers))
+            for i, plan in enumerate(plans)
+        ]
 
     def _family_writes(self, touchpoint: str, slot: str) -> list[_Write]:
         """What an impression on this touchpoint and slot writes (cached)."""
@@ -189,7 +227,7 @@ class RedisCapStore:
             self._writes[(touchpoint, slot)] = writes
         return writes
 
-    def _record_keys_args(self, imp: Impression) -> tuple[list[str], list[object]]:
+    def _record_keys_args(self, imp: Impression) -> _Call:
         tag = self.keys.tag(imp.household_id, imp.user_id)
         base = self.keys.base(tag)
         keys = [self.keys.impression(tag, imp.impression_id)]
@@ -204,7 +242,7 @@ class RedisCapStore:
                 longs.append(long)
                 targets.append(target_id)
         t = micros(imp.ts)
-        args: list[object] = [
+        args: list[EncodableT] = [
             t,
             t // DAY_US,
             self.retention_s * US,
@@ -221,28 +259,39 @@ class RedisCapStore:
         if not impressions:
             return 0
         calls = [self._record_keys_args(imp) for imp in impressions]
-        return self._call(lambda: self._pipelined(calls))
+        results = self._call(lambda: self._pipeline(self._record, calls))
+        for result in results:
+            if isinstance(result, Exception):
+                raise _unavailable(result) from result
+        return sum(cast("list[int]", results))
 
-    def _pipelined(self, calls: list[tuple[list[str], list[object]]]) -> int:
-        """RECORD calls in one pipeline (a cluster's: one round trip per node), without the
-        SCRIPT EXISTS redis-py sends first for scripts; a server that lost the script (restart,
-        SCRIPT FLUSH) gets it again and the refused calls are re-run."""
+    def _pipeline(self, script: Script, calls: list[_Call]) -> list[object]:
+        """Calls of one script in one pipeline (a cluster's: one round trip per node, every
+        node's calls sent before any answer is read), without the SCRIPT EXISTS redis-py sends
+        first for scripts; a server that lost the script (restart, SCRIPT FLUSH) gets it again
+        and the refused calls are re-run.
+
+        Returns:
+            Per call, in order, its reply, or the error the server answered it with.
+
+        Raises:
+            redis.exceptions.RedisError: no answer (connection lost, timeout).
+        """
         pipe = self.client.pipeline(transaction=False)
         cluster = isinstance(self.client, redis.cluster.RedisCluster)
         for keys, args in calls:
             # a cluster pipeline would ask the server for an EVALSHA's keys (COMMAND GETKEYS,
             # one round trip each) unless told the node
             node = {"target_nodes": self.client.get_node_from_key(keys[0])} if cluster else {}
-            pipe.execute_command("EVALSHA", self._record.sha, len(keys), *keys, *args, **node)
-        results = pipe.execute(raise_on_error=False)
-        total = 0
-        for (keys, args), result in zip(calls, results, strict=True):
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args, **node)
+        results: list[object] = pipe.execute(raise_on_error=False)
+        for k, ((keys, args), result) in enumerate(zip(calls, results, strict=True)):
             if isinstance(result, redis.exceptions.NoScriptError):
-                result = self._record(keys=keys, args=args)
-            elif isinstance(result, Exception):
-                raise result
-            total += int(result)
-        return total
+                try:
+                    results[k] = script(keys=keys, args=args)
+                except redis.exceptions.ResponseError as exc:
+                    results[k] = exc
+        return results
 
     def check_and_record(self, impression: Impression, plan: Plan, checks: list[Check]) -> int:
         """See :class:`CapStore`."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -166,7 +167,20 @@ class CapStore(Protocol):
         """Answer a request's plan in one round trip.
 
         Raises:
+            InvalidArgument: the plan's ids cannot be sent (a backend's limit, e.g. over 64 KiB).
             StoreUnavailable: the store did not answer within its deadline.
+        """
+        ...
+
+    def read_many(self, plans: Sequence[Plan]) -> list[CapReading | AdmatchError]:
+        """Answer several requests' plans in one round trip (on a cluster, one per node, all
+        sent before any answer is read).
+
+        Returns:
+            One answer per plan, in order: what :meth:`read` returns for it, or the error
+            :meth:`read` would raise for it (``InvalidArgument``, ``StoreUnavailable``), so that
+            one plan's failure does not spoil the others'. A store that does not answer at all
+            gives every plan ``StoreUnavailable``. No plans: an empty list, no round trip.
         """
         ...
 

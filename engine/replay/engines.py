@@ -108,19 +108,29 @@ class InProcessEngine:
     def _batch(self, group: Sequence[ScoreRequest]) -> list[Result]:
         wire = [request_to_proto(r).SerializeToString() for r in group]  # the client's part
         results = [Result(None, None, 0.0) for _ in group]
-        prepared: list[tuple[int, ScoreRequest]] = []
+        decoded: list[tuple[int, ScoreRequest]] = []
         for i, blob in enumerate(wire):
             timer = CallbackTimer(_adder(results[i].stages))
             try:
                 with timer.stage("decode"):
                     request = request_from_proto(pb.ScoreRequest.FromString(blob))
                 request.validate()
-                with timer.stage("caps"):
-                    prepared.append((i, self.app.gate.prepare(request)))
+                decoded.append((i, request))
             except AdmatchError as exc:
                 results[i].error = exc.status
         shared: dict[str, float] = {}
-        decisions = self._score([r for _, r in prepared], CallbackTimer(_adder(shared)))
+        pass_timer = CallbackTimer(_adder(shared))
+        with pass_timer.stage("caps"):  # one read for the batch, as the server's pass
+            read = self.app.gate.prepare_many([r for _, r in decoded])
+        prepared: list[tuple[int, ScoreRequest]] = []
+        for (i, _), outcome in zip(decoded, read, strict=True):
+            if isinstance(outcome, AdmatchError):
+                results[i].error = outcome.status
+            elif isinstance(outcome, Exception):
+                raise outcome
+            else:
+                prepared.append((i, outcome))
+        decisions = self._score([r for _, r in prepared], pass_timer)
         for (i, request), decision in zip(prepared, decisions, strict=True):
             stages = results[i].stages
             stages.update(shared)

@@ -14,7 +14,7 @@ import grpc
 from admatch.v1 import admatch_pb2 as pb
 from admatch.v1 import admatch_pb2_grpc as pb_grpc
 from engine.app import App, Decide
-from engine.batching import Job
+from engine.batching import Job, Prepared
 from engine.caps.store import Feedback, Impression
 from engine.deadline import Deadline
 from engine.errors import InvalidArgument
@@ -22,7 +22,6 @@ from engine.rpc.auth import check_operator
 from engine.rpc.convert import SLOT, TOUCHPOINT, decision_to_proto, request_from_proto
 from engine.rpc.metrics import Metrics
 from engine.rpc.stream import read_ahead
-from engine.scoring.scorer import Scorer
 from engine.scoring.types import Decision, ScoreRequest
 from engine.timing import StageTimer
 
@@ -42,10 +41,10 @@ class _ScoreCall:
         self.servicer, self.message, self.timer, self.deadline = servicer, message, timer, deadline
         self.decide: Decide | None = None
 
-    def prepare(self) -> tuple[Scorer, ScoreRequest]:
+    def prepare(self) -> Prepared:
         request = self.servicer._decode(self.message, self.timer)
         reserve = self.message.reserve_caps and not self.message.explain
-        self.decide = Decide(self.servicer.app, request, reserve, self.timer, self.deadline)
+        self.decide = Decide(self.servicer.app, request, reserve, self.deadline)
         return self.decide.prepare()
 
     def complete(self, decision: Decision) -> pb.ScoreResponse:

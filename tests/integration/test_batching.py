@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +18,19 @@ import pytest
 
 from admatch.v1 import admatch_pb2 as pb
 from admatch.v1 import admatch_pb2_grpc as pb_grpc
-from engine.app import App, build_app
-from engine.batching import Batcher
+from engine.app import App, Decide, build_app
+from engine.batching import Batcher, Prepared
+from engine.caps.gate import CapGate
+from engine.caps.plan import Plan
+from engine.caps.store import CapReading, CapStore, Impression, StoreUnavailable
 from engine.config import load_config
 from engine.deadline import Deadline
-from engine.errors import DeadlineExceeded, InvalidArgument
+from engine.errors import AdmatchError, DeadlineExceeded, InvalidArgument
 from engine.rpc.convert import request_to_proto
 from engine.rpc.server import build_server
 from engine.scoring.jsonio import request_from_json
 from engine.scoring.scorer import Scorer
-from engine.scoring.types import Decision, ScoreRequest
+from engine.scoring.types import Decision, Reason, ScoreRequest
 from engine.timing import NULL_TIMER
 
 EXEMPLARY = sorted(
@@ -119,19 +123,26 @@ class FlakyScorer:
 
 
 class Plain:
-    """Work that scores a ready request; ``hold`` (if given) blocks its ``prepare``."""
+    """Work that scores a request with a given scorer and gate; ``hold`` (if given) blocks its
+    ``prepare``."""
 
-    def __init__(self, scorer: Any, request: ScoreRequest, hold: threading.Event | None = None):
-        self.scorer, self.request, self.hold = scorer, request, hold
+    def __init__(
+        self,
+        scorer: Any,
+        gate: CapGate,
+        request: ScoreRequest,
+        hold: threading.Event | None = None,
+    ):
+        self.scorer, self.gate, self.request, self.hold = scorer, gate, request, hold
         self.prepared_in: int | None = None
 
-    def prepare(self) -> tuple[Any, ScoreRequest]:
+    def prepare(self) -> Prepared:
         self.prepared_in = threading.get_ident()
         if self.hold is not None:
             assert self.hold.wait(10)
         if self.request.context.request_id == "bad-prepare":
             raise InvalidArgument("request_id", "rejected before scoring by the test")
-        return self.scorer, self.request
+        return Prepared(self.scorer, self.gate, self.request, Deadline(10))
 
     def complete(self, decision: Decision) -> Decision:
         if decision.request_id == "bad-complete":
@@ -144,14 +155,14 @@ def renamed(request: ScoreRequest, request_id: str) -> ScoreRequest:
     return dataclasses.replace(request, context=context)
 
 
-def run_all(batcher: Batcher, works: list[Plain]) -> dict[str, Any]:
+def run_all(batcher: Batcher, works: Sequence[Plain | Decide]) -> dict[str, Any]:
     """Each work's outcome (or error) by request id, each from a thread of its own."""
     results: dict[str, Any] = {}
 
-    def call(work: Plain) -> None:
+    def call(work: Plain | Decide) -> None:
         try:
             results[work.request.context.request_id] = batcher.run(work, NULL_TIMER, Deadline(10))
-        except InvalidArgument as exc:
+        except AdmatchError as exc:
             results[work.request.context.request_id] = exc
 
     threads = [threading.Thread(target=call, args=(w,)) for w in works]
@@ -168,7 +179,7 @@ def test_one_bad_request_fails_alone(apps: tuple[App, App]) -> None:
     batcher = Batcher(0.2, 8)  # the window gathers all of them into one pass
     good = requests(1)
     bad = [renamed(good[0], name) for name in ("bad", "bad-prepare", "bad-complete")]
-    results = run_all(batcher, [Plain(scorer, r) for r in [*good, *bad]])
+    results = run_all(batcher, [Plain(scorer, batched.gate, r) for r in [*good, *bad]])
     for name in ("bad", "bad-prepare", "bad-complete"):
         assert isinstance(results.pop(name), InvalidArgument), name
     assert all(isinstance(d, Decision) for d in results.values()) and len(results) == len(good)
@@ -180,13 +191,13 @@ def test_without_a_window_a_pass_takes_what_queued_meanwhile(apps: tuple[App, Ap
     batcher = Batcher(0.0, 8)
     reqs = requests(1)
     hold = threading.Event()
-    first = Plain(batched.scorer, reqs[0], hold)
+    first = Plain(batched.scorer, batched.gate, reqs[0], hold)
     caller = threading.Thread(target=lambda: batcher.run(first, NULL_TIMER, Deadline(10)))
     caller.start()
     while first.prepared_in is None:  # the first caller leads a pass of its own at once ...
         time.sleep(0.001)
     assert first.prepared_in == caller.ident  # ... in its own thread, no hand-off
-    others = [Plain(batched.scorer, r) for r in reqs[1:]]
+    others = [Plain(batched.scorer, batched.gate, r) for r in reqs[1:]]
     results: dict[str, Any] = {}
     waiting = threading.Thread(target=lambda: results.update(run_all(batcher, others)))
     waiting.start()
@@ -205,12 +216,12 @@ def test_a_queued_request_past_its_deadline_is_withdrawn(apps: tuple[App, App]) 
     batcher = Batcher(0.0, 8)
     reqs = requests(1)
     hold = threading.Event()
-    first = Plain(batched.scorer, reqs[0], hold)
+    first = Plain(batched.scorer, batched.gate, reqs[0], hold)
     caller = threading.Thread(target=lambda: batcher.run(first, NULL_TIMER, Deadline(10)))
     caller.start()
     while first.prepared_in is None:
         time.sleep(0.001)
-    late = Plain(batched.scorer, reqs[1])
+    late = Plain(batched.scorer, batched.gate, reqs[1])
     with pytest.raises(DeadlineExceeded, match="exceeded before scoring finished"):
         batcher.run(late, NULL_TIMER, Deadline(0.05))
     hold.set()
@@ -261,3 +272,146 @@ def test_a_bad_stream_message_ends_the_stream_after_the_answers_before_it(
         assert "touchpoint" in info.value.details()
     finally:
         server.stop(grace=1).wait()
+
+
+class SpyStore:
+    """A cap store that notes the reads it is asked for; ``before_read`` runs first (to move
+    a test clock), and ``down`` makes every read fail as a store that does not answer."""
+
+    def __init__(self, inner: CapStore, before_read: Any = None, down: bool = False) -> None:
+        self.inner, self.before_read, self.down = inner, before_read, down
+        self.reads: list[tuple[str, int]] = []  # (method, plans)
+
+    def read(self, plan: Plan) -> CapReading:
+        self.reads.append(("read", 1))
+        if self.before_read is not None:
+            self.before_read()
+        if self.down:
+            raise StoreUnavailable("down for the test")
+        return self.inner.read(plan)
+
+    def read_many(self, plans: Sequence[Plan]) -> list[CapReading | AdmatchError]:
+        self.reads.append(("read_many", len(plans)))
+        if self.before_read is not None:
+            self.before_read()
+        if self.down:
+            return [StoreUnavailable("down for the test") for _ in plans]
+        return self.inner.read_many(plans)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def with_history(app: App) -> None:
+    """Exposures for the exemplary requests' user in the last hour: three of the first
+    request's first campaign (the shipped daily cap per user and campaign is three), two of
+    the last one's."""
+    reqs = requests(1)
+    impressions = []
+    for k, times in ((0, 3), (len(reqs) - 1, 2)):
+        ctx, cands = reqs[k].context, reqs[k].candidates
+        for j in range(times):
+            impressions.append(
+                Impression(
+                    f"hist-{k}-{j}",
+                    ctx.ts - timedelta(minutes=10 + 10 * j),
+                    ctx.user_id,
+                    ctx.touchpoint,
+                    ctx.slot,
+                    str(cands["ad_id"][0]),
+                    ctx.household_id,
+                    ctx.device_id,
+                    str(cands["creative_id"][0]),
+                    str(cands["campaign_id"][0]),
+                    str(cands["advertiser_id"][0]),
+                    str(cands["category"][0]),
+                )
+            )
+    assert app.store.record(impressions) == len(impressions)
+
+
+def decide_all(app: App, batcher: Batcher, reqs: list[ScoreRequest]) -> dict[str, Any]:
+    """The requests decided as the server does (``Decide`` work), in passes of ``batcher``."""
+    return run_all(batcher, [Decide(app, r, False, Deadline(10)) for r in reqs])
+
+
+def test_a_pass_reads_the_store_once_and_decides_as_requests_read_alone(
+    apps: tuple[App, App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One ``read_many`` for the pass; a request that fails validation is not read and fails
+    alone; the others' exposures and caps are those a read of their own gives."""
+    batched, plain = apps
+    with_history(batched)
+    with_history(plain)
+    spy = SpyStore(batched.store)
+    monkeypatch.setattr(batched.gate, "store", spy)
+    good = requests(1)
+    invalid = renamed(good[0], "invalid")
+    invalid = dataclasses.replace(invalid, context=dataclasses.replace(invalid.context, slot="x"))
+    results = decide_all(batched, Batcher(0.2, 8), [*good, invalid])
+    assert spy.reads == [("read_many", len(good))]
+    assert isinstance(results.pop("invalid"), InvalidArgument)
+    alone = {r.context.request_id: plain.decide(r) for r in good}
+    assert all(same(results[k], alone[k]) for k in alone)
+    capped = [k for k, d in alone.items() if Reason.FREQUENCY_CAPPED in d.reason]
+    assert capped, "the history caps a candidate: the comparison covers caps"
+
+
+def test_deadlines_are_checked_before_the_read_and_before_scoring(
+    apps: tuple[App, App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batched, plain = apps
+    now = [0.0]
+
+    def read_takes_two_seconds() -> None:
+        now[0] += 2.0
+
+    spy = SpyStore(batched.store, before_read=read_takes_two_seconds)
+    monkeypatch.setattr(batched.gate, "store", spy)
+    reqs = requests(1)[:3]
+    budgets = {"spent": 0.0, "ends during the read": 1.0, "in time": 10.0}
+    works = []
+    for (name, budget), request in zip(budgets.items(), reqs, strict=True):
+        work = Decide(batched, renamed(request, name), False, Deadline(budget, lambda: now[0]))
+        works.append(work)
+    results = run_all(Batcher(0.2, 8), works)
+    assert spy.reads == [("read_many", 2)]  # the spent one is not read
+    assert str(results["spent"]) == "deadline of 0 ms exceeded before caps"
+    assert str(results["ends during the read"]) == "deadline of 1000 ms exceeded before scoring"
+    assert same(results["in time"], plain.decide(renamed(reqs[2], "in time")))
+
+
+@pytest.mark.parametrize("fail_open", [False, True], ids=["closed", "open"])
+def test_a_store_that_does_not_answer_fails_each_request_of_the_pass(
+    apps: tuple[App, App], fail_open: bool
+) -> None:
+    """Closed: every candidate a rule applies to is capped (the shipped rules cover every
+    candidate: nothing is shown); open: nothing is capped. Each request counts as one
+    cap-store error, as if read alone."""
+    batched, _ = apps
+    config = batched.scorer.config
+    gate = CapGate(SpyStore(batched.store, down=True), config.caps, 7 * 86_400, fail_open)
+    reqs = requests(1)
+    results = run_all(Batcher(0.2, 8), [Plain(batched.scorer, gate, r) for r in reqs])
+    assert gate.store.reads == [("read_many", len(reqs))]  # type: ignore[attr-defined]
+    assert gate.errors == len(reqs)
+    for decision in results.values():
+        assert isinstance(decision, Decision)
+        if fail_open:
+            assert Reason.FREQUENCY_CAPPED not in decision.reason
+        else:
+            assert Reason.FREQUENCY_CAPPED in decision.reason and decision.selected == []
+
+
+def test_after_a_reload_a_pass_reads_once_per_gate(apps: tuple[App, App]) -> None:
+    """Requests prepared with the gate before a reload and with the one after share a pass;
+    each is read through its own gate."""
+    batched, plain = apps
+    config = batched.scorer.config
+    old, new = (CapGate(SpyStore(batched.store), config.caps, 7 * 86_400, False) for _ in range(2))
+    reqs = requests(1)
+    works = [Plain(batched.scorer, old if k % 2 else new, r) for k, r in enumerate(reqs)]
+    results = run_all(Batcher(0.2, 8), works)
+    assert old.store.reads == [("read_many", len(reqs) // 2)]  # type: ignore[attr-defined]
+    assert new.store.reads == [("read_many", len(reqs) - len(reqs) // 2)]  # type: ignore[attr-defined]
+    assert all(same(results[r.context.request_id], plain.decide(r)) for r in reqs)

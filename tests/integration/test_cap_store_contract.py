@@ -22,9 +22,12 @@ from engine.caps.embedded import EmbeddedRedis
 from engine.caps.gate import CapGate
 from engine.caps.keys import KeySpace
 from engine.caps.memory_store import MemoryCapStore
+from engine.caps.plan import Plan
 from engine.caps.redis_store import RedisCapStore
-from engine.caps.rules import CapRule, CapsConfig, FeedbackBlock, GapRule
-from engine.caps.store import CapStore, Feedback, Impression
+from engine.caps.rules import CapRule, CapsConfig, Family, FeedbackBlock, GapRule
+from engine.caps.store import CapReading, CapStore, Feedback, Impression, StoreUnavailable
+from engine.errors import AdmatchError, InvalidArgument
+from engine.scoring.types import ScoreRequest
 from features.exposure import EXPOSURE_SCHEMA
 from features.online import RequestContext
 
@@ -465,6 +468,19 @@ def test_a_retried_reservation_counts_once(backend: tuple[str, Factory, Any]) ->
     assert ask(store, 1)[1][0, EXP["exp_user_campaign_1h"]] == 1
 
 
+def count_sends(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one for every command (or pipeline) any Redis client sends."""
+    sent: list[int] = []
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(1)
+        original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    return sent
+
+
 def test_one_round_trip_per_call(
     backend: tuple[str, Factory, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -478,20 +494,58 @@ def test_one_round_trip_per_call(
     g.read(context, candidates)  # scripts loaded: no NOSCRIPT retry below
     g.reserve(context, _first(candidates), imp("warm", 0))
     store.record([imp("warm2", 0)])
-    sent: list[int] = []
-    original = redis.connection.AbstractConnection.send_packed_command
-
-    def counting(self: Any, command: Any, check_health: bool = True) -> None:
-        sent.append(1)
-        original(self, command, check_health)
-
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    sent = count_sends(monkeypatch)
     g.read(context, candidates)
     assert len(sent) == 1
     g.reserve(context, _first(candidates), imp("one", 0))
     assert len(sent) == 2
     store.record([imp(f"batch-{k}", k) for k in range(5)])
     assert len(sent) == 3
+
+
+class CountingLock:
+    """A lock that counts how often it is taken."""
+
+    def __init__(self) -> None:
+        self.inner, self.taken = threading.Lock(), 0
+
+    def __enter__(self) -> None:
+        self.inner.acquire()
+        self.taken += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.inner.release()
+
+
+def test_one_round_trip_for_the_requests_of_a_pass(
+    backend: tuple[str, Factory, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``read_many`` of many requests sends one command (a pipeline) to each Redis node their
+    households live on: one on a single server; the in-memory store takes its lock once. No
+    plans: nothing is sent."""
+    name, factory, client = backend
+    store = factory()
+    g = gate(store)
+    plans = _plans(g, _household_requests(12))
+    store.read_many(plans)  # scripts loaded on every node, connections open: no retry below
+    if client is None:
+        assert isinstance(store, MemoryCapStore)
+        lock = CountingLock()
+        monkeypatch.setattr(store, "_lock", lock)
+        store.read_many(plans)
+        assert lock.taken == 1
+        return
+    sent = count_sends(monkeypatch)
+    answers = store.read_many(plans)
+    assert all(isinstance(a, CapReading) for a in answers)
+    nodes = 1
+    if name == "cluster":
+        assert isinstance(store, RedisCapStore)
+        tags = [store.keys.base(store.keys.tag(p.household_id, p.user_id)) for p in plans]
+        nodes = len({client.get_node_from_key(tag).name for tag in tags})
+        assert nodes > 1  # the requests do span several nodes
+    assert len(sent) == nodes
+    assert store.read_many([]) == [] and len(sent) == nodes
 
 
 def _hundred_candidates() -> tuple[RequestContext, dict[str, list[Any]]]:
@@ -525,6 +579,12 @@ def test_scripts_lost_by_the_server_are_loaded_again(backend: tuple[str, Factory
     assert store.record([imp(2, 1), imp(3, 2)]) == 2
     client.script_flush()
     assert ask(store, 10)[1][0, EXP["exp_user_campaign_1h"]] == 3
+    g = gate(store)
+    plans = _plans(g, _household_requests(4))
+    alone = [store.read(plan) for plan in plans]
+    client.script_flush()  # a pass's pipelined reads load the script again too
+    for together, one in zip(store.read_many(plans), alone, strict=True):
+        _same(together, one)
 
 
 def test_a_request_without_candidates(backend: tuple[str, Factory, Any]) -> None:
@@ -554,3 +614,132 @@ def test_a_request_of_ten_thousand_candidates(backend: tuple[str, Factory, Any])
     assert exposures[[0, 9_999], EXP["exp_user_campaign_1h"]].tolist() == [1, 1]
     assert exposures[[1, 9_999], EXP["exp_user_advertiser_1h"]].tolist() == [1, 1]
     assert exposures[2:9_999, EXP["exp_user_campaign_1h"]].sum() == 0
+
+
+def _household_requests(n: int, minutes: float = 45) -> list[tuple[RequestContext, Any]]:
+    """``n`` requests of 100 candidates, each of its own user and household (the last one
+    without a household), at T0 + minutes."""
+    out = []
+    for k in range(n):
+        ctx, cands = _hundred_candidates()
+        household = f"h{k}" if k < n - 1 else None
+        ctx = replace(
+            ctx,
+            ts=T0 + timedelta(minutes=minutes),
+            user_id=f"u{k}",
+            household_id=household,
+            device_id=f"tv{k}",
+        )
+        out.append((ctx, cands))
+    return out
+
+
+def _history(store: CapStore, n: int) -> None:
+    """Impressions for the users and households of :func:`_household_requests`, a feedback
+    block for one of them."""
+    impressions = []
+    for k in range(n):
+        household = f"h{k}" if k < n - 1 else None
+        for j in range(k % 4 + 1):
+            impressions.append(
+                imp(
+                    f"h{k}-{j}",
+                    10 * j,
+                    user_id=f"u{k}",
+                    household_id=household,
+                    device_id=f"tv{k}",
+                    campaign_id=f"c{(k + j) % 40}",
+                    advertiser_id=f"v{j % 7}",
+                    creative_id=f"k{k + j}",
+                )
+            )
+    assert store.record(impressions) == len(impressions)
+    store.block([Feedback("h1-0", T0, "hide", "u1", "h1", campaign_id="c1")])
+
+
+OWN_CAPS = {"c2": [CapRule(scope="user", target="campaign", window="24h", limit=1)]}
+
+
+def _plans(g: CapGate, requests: list[tuple[RequestContext, Any]]) -> list[Plan]:
+    """Plans of the requests, every other one with campaigns' own caps."""
+    own = g.own_rules(OWN_CAPS)
+    return [
+        g.planner.plan(ctx, cands, own if k % 2 else []) for k, (ctx, cands) in enumerate(requests)
+    ]
+
+
+def _same(a: CapReading | AdmatchError, b: CapReading) -> None:
+    assert isinstance(a, CapReading)
+    for name in ("exposures", "rule_counts", "gap_since", "blocked"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+def test_a_read_of_many_plans_equals_reads_of_each(backend: tuple[str, Factory, Any]) -> None:
+    """Store and gate: ``read_many`` / ``prepare_many`` answer each request as a read of its
+    own does (users with and without a household, campaigns' own caps, a feedback block)."""
+    store = backend[1]()
+    _history(store, 8)
+    g = gate(store)
+    requests = _household_requests(8)
+    plans = _plans(g, requests)
+    alone = [store.read(plan) for plan in plans]
+    assert sum(np.nansum(a.exposures) for a in alone) > 0 and alone[1].blocked.any()
+    for together, one in zip(store.read_many(plans), alone, strict=True):
+        _same(together, one)
+    scoring = [
+        ScoreRequest(ctx, cands, campaign_caps=OWN_CAPS if k % 2 else None)
+        for k, (ctx, cands) in enumerate(requests)
+    ]
+    for prepared, request in zip(g.prepare_many(scoring), scoring, strict=True):
+        assert isinstance(prepared, ScoreRequest)
+        single = g.prepare(request)
+        assert prepared.exposures is not None and single.exposures is not None
+        np.testing.assert_array_equal(prepared.exposures, single.exposures)
+        assert prepared.capped is not None and single.capped is not None
+        np.testing.assert_array_equal(prepared.capped, single.capped)
+    assert store.read_many([]) == []
+
+
+def test_a_plan_that_cannot_be_sent_fails_alone(backend: tuple[str, Factory, Any]) -> None:
+    """Redis refuses ids over 64 KiB (the in-memory store takes them): that plan's answer is
+    the error a read of its own raises; the others are read."""
+    name, factory, _ = backend
+    store = factory()
+    _history(store, 3)
+    g = gate(store)
+    requests = _household_requests(3)
+    ctx, cands = requests[1]
+    requests[1] = (ctx, {**cands, "campaign_id": ["c" * 70_000, *cands["campaign_id"][1:]]})
+    plans = _plans(g, requests)
+    answers = store.read_many(plans)
+    if name == "memory":
+        _same(answers[1], store.read(plans[1]))
+    else:
+        assert isinstance(answers[1], InvalidArgument)
+        with pytest.raises(InvalidArgument):
+            store.read(plans[1])
+    _same(answers[0], store.read(plans[0]))
+    _same(answers[2], store.read(plans[2]))
+
+
+def test_a_plan_the_server_refuses_fails_alone(backend: tuple[str, Factory, Any]) -> None:
+    """A key of the wrong type (a corrupted counter) makes the server refuse that plan's call:
+    its request fails closed, alone, and counts one error; the others are read."""
+    name, factory, client = backend
+    if client is None:
+        pytest.skip("the in-memory store has no keys to corrupt")
+    store = factory()
+    _history(store, 3)
+    assert isinstance(store, RedisCapStore)
+    tag = store.keys.tag("h1", "u1")
+    client.set(store.keys.counters(tag, Family(scope="household", target="campaign"), "h1"), "x")
+    g = gate(store)
+    requests = _household_requests(3)
+    answers = store.read_many(_plans(g, requests))
+    assert isinstance(answers[1], StoreUnavailable) and "WRONGTYPE" in str(answers[1])
+    assert isinstance(answers[0], CapReading) and isinstance(answers[2], CapReading)
+    prepared = g.prepare_many([ScoreRequest(ctx, cands) for ctx, cands in requests])
+    assert g.errors == 1
+    capped = [p.capped for p in prepared if isinstance(p, ScoreRequest)]
+    assert len(capped) == 3 and capped[1] is not None and capped[1].all()
+    assert capped[0] is not None and not capped[0].all()
