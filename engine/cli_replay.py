@@ -56,6 +56,10 @@ def replay(
         bool, typer.Option(help="write every decision to decisions.parquet")
     ] = False,
     plots: Annotated[bool, typer.Option(help="write the PNG plots")] = True,
+    store_deadline_ms: Annotated[
+        float,
+        typer.Option(min=0.001, help="in process: cap-store call deadline (not the server's)"),
+    ] = 5_000.0,
 ) -> None:
     """Replay a log in time order through the engine, in process or over gRPC, recording
     exposures as it goes; write report.json, report.md and plots to --report."""
@@ -88,6 +92,7 @@ def replay(
             metrics_url=metrics_url,
             save_decisions=save_decisions,
             plots=plots,
+            store_deadline_ms=store_deadline_ms,
         )
         doc = _run(run_replay, options)
     except AdmatchError as exc:
@@ -128,6 +133,10 @@ def _print(doc: dict[str, Any], report: Path | None) -> None:
         {"figure": "cap violations", "value": str(d["cap_violations"])},
         {"figure": "errors", "value": str(doc["errors"]["total"])},
     ]
+    errors = doc["errors"]
+    failed = (errors.get("cap_read_errors") or 0) + sum(errors["record_errors"].values())
+    if failed:
+        rows.append({"figure": "cap-store calls failed", "value": f"{failed:,}"})
     console.print(table(pl.DataFrame(rows), f"replay -> {report}"))
 
 

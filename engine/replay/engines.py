@@ -79,7 +79,13 @@ class InProcessEngine:
         self.batch = max(1, batch)
         self.reserve = reserve
         self.batches = 0
+        self.record_errors: dict[str, int] = {}  # gRPC status name -> failed record calls
         self._busy = 0.0
+
+    @property
+    def cap_read_errors(self) -> int:
+        """Cap-store reads that failed or timed out (their requests failed closed or open)."""
+        return self.app.cap_errors
 
     def busy_seconds(self) -> float:
         """See :class:`ReplayEngine`."""
@@ -100,7 +106,10 @@ class InProcessEngine:
                 impressions += imp
                 feedback += fb
             if impressions or feedback:
-                self.app.record(impressions, feedback)
+                try:
+                    self.app.record(impressions, feedback)
+                except AdmatchError as exc:  # counted, as the gRPC engine counts them
+                    self.record_errors[exc.status] = self.record_errors.get(exc.status, 0) + 1
             self._busy += time.perf_counter() - start
             out += results
         return out

@@ -128,6 +128,10 @@ def markdown(r: dict[str, Any]) -> str:
     out += _table(["stage", "p50", "p95", "p99", "max", "mean"], stages)
     if r["errors"]["by_status"]:
         out += _table(["status", "requests"], [[k, v] for k, v in r["errors"]["by_status"].items()])
+    store = _store_errors(r["errors"])
+    if store:
+        out += ["Cap-store calls that failed (their requests failed closed or open; events lost):"]
+        out += ["", *_table(["call", "status", "count"], store)]
     f = r["floor"]
     out += ["## Floor: the raw model call alone on the same rows", ""]
     out += _table(
@@ -186,3 +190,12 @@ def _quality_md(q: dict[str, Any]) -> list[str]:
         f"{_num(ope['logging']['ads_per_request'])}; matched events {ope['matched_events']:,}."
     )
     return out + [""]
+
+
+def _store_errors(errors: dict[str, Any]) -> list[list[Any]]:
+    """Rows of failed cap-store reads (in process) and event records, if any."""
+    rows: list[list[Any]] = []
+    if errors.get("cap_read_errors"):
+        rows.append(["read", "UNAVAILABLE", errors["cap_read_errors"]])
+    rows += [["record", k, v] for k, v in errors.get("record_errors", {}).items()]
+    return rows

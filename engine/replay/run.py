@@ -63,6 +63,10 @@ class ReplayOptions:
         floor_requests: requests whose rows the floor measures.
         plots: write the PNG plots.
         connect_timeout_s: over gRPC, how long to wait for the server at the start.
+        store_deadline_ms: in process, the cap store's per-call deadline. A replay is not a
+            serving call: on a busy machine a read that takes longer than the server's budget
+            (``store.deadline_ms``, 50 ms) must not fail its request closed and change the
+            decisions measured. ``None``: the config's.
     """
 
     log: Path
@@ -86,6 +90,7 @@ class ReplayOptions:
     floor_requests: int = 2_048
     plots: bool = True
     connect_timeout_s: float = 30.0
+    store_deadline_ms: float | None = 5_000.0
 
 
 @dataclass
@@ -125,9 +130,12 @@ def _in_process(o: ReplayOptions, config: AdmatchConfig) -> Session:
 
     if o.model_dir is None:
         raise InvalidArgument("--model", "required to replay in process")
+    store = config.store
     if o.fresh_state:
-        store = config.store.model_copy(update={"url": "", "cluster": False})
-        config = config.model_copy(update={"store": store})
+        store = store.model_copy(update={"url": "", "cluster": False})
+    if o.store_deadline_ms is not None:
+        store = store.model_copy(update={"deadline_ms": o.store_deadline_ms})
+    config = config.model_copy(update={"store": store})
     server = config.server
     batch = o.batch or server.batch_max
     app = build_app(config, o.model_dir)

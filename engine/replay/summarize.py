@@ -71,6 +71,7 @@ def build_report(o: ReplayOptions, s: Session, r: Replayed, floor: Floor | None)
             "total": sum(c.errors.values()),
             "by_status": dict(c.errors),
             "record_errors": dict(getattr(s.engine, "record_errors", {})),
+            "cap_read_errors": getattr(s.engine, "cap_read_errors", None),
         },
         "floor": _floor(floor, cand_per_s, s.group),
         "decisions": {

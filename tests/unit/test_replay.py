@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from engine.caps.memory_store import MemoryCapStore
+from engine.caps.store import StoreUnavailable
 from engine.cli import app
 from engine.replay.compare import compare, load_report
-from engine.replay.run import ReplayOptions, replay
+from engine.replay.run import ReplayOptions, open_session, replay
 
 runner = CliRunner()
 
@@ -187,3 +190,51 @@ def test_cli_replay(model_log, model_dir, memory_config, tmp_path):
     assert missing.exit_code == 2 and "--log: required" in missing.output
     no_model = runner.invoke(app, ["replay", "--log", str(model_log), "--report", str(tmp_path)])
     assert no_model.exit_code == 2 and "--model" in no_model.output
+
+
+def test_a_failing_cap_store_is_counted_and_the_replay_goes_on(
+    model_log, model_dir, memory_config, tmp_path, monkeypatch
+):
+    """Every third pass's cap read and every fourth event record fail as a store that does
+    not answer: the replay finishes (those requests fail closed, as the config says) and
+    report.json and report.md count the failed calls."""
+    calls = {"read": 0, "record": 0}
+    read_many, record = MemoryCapStore.read_many, MemoryCapStore.record
+
+    def flaky_read_many(self: MemoryCapStore, plans: Any) -> Any:
+        calls["read"] += 1
+        if calls["read"] % 3 == 0:
+            return [StoreUnavailable("down for the test") for _ in plans]
+        return read_many(self, plans)
+
+    def flaky_record(self: MemoryCapStore, impressions: Any) -> int:
+        calls["record"] += 1
+        if calls["record"] % 4 == 0:
+            raise StoreUnavailable("down for the test")
+        return record(self, impressions)
+
+    monkeypatch.setattr(MemoryCapStore, "read_many", flaky_read_many)
+    monkeypatch.setattr(MemoryCapStore, "record", flaky_record)
+    doc = run(
+        model_log, model_dir, memory_config, tmp_path, batch=16, max_requests=600, plots=False
+    )
+    errors = doc["errors"]
+    assert doc["requests"] == 600 and errors["total"] == 0
+    assert errors["cap_read_errors"] > 0 and errors["record_errors"]["UNAVAILABLE"] > 0
+    assert errors["record_errors"]["UNAVAILABLE"] == calls["record"] // 4
+    text = (tmp_path / "report.md").read_text()
+    assert "Cap-store calls that failed" in text and "| record | UNAVAILABLE |" in text
+
+
+def test_in_process_the_store_deadline_is_the_replays(
+    model_log, model_dir, memory_config, tmp_path
+):
+    """A replay is not a serving call: the store's deadline is its own (5 s by default, or
+    as given); ``None`` keeps the config's."""
+    base = dict(log=model_log, report_dir=tmp_path, model_dir=model_dir, config_path=memory_config)
+    for given, expected in ((5_000.0, 5_000.0), (120.0, 120.0), (None, 50.0)):
+        session = open_session(ReplayOptions(**base, store_deadline_ms=given))
+        try:
+            assert session.config.store.deadline_ms == expected
+        finally:
+            session.engine.close()
