@@ -179,47 +179,147 @@ class Contributions:
         """Number of requests."""
         return len(self.ips)
 
-    def _ess(self) -> float:
-        sq = float(self.weight_sq.sum())
-        return float(self.weight.sum() ** 2 / sq) if sq > 0 else 0.0
+    def moments(self) -> Moments:
+        """The sums the estimators need (what a streaming caller keeps instead)."""
+        return Moments.of(self)
 
-    def _mean(self, c: np.ndarray, matched: int, ess: float) -> Estimate:
-        n = len(c)
-        value = float(c.mean()) if n else float("nan")
-        se = float(c.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    def ips_estimate(self) -> Estimate:
+        """Inverse propensity scoring."""
+        return self.moments().ips_estimate()
+
+    def snips_estimate(self, ads_per_request: float | None = None) -> Estimate:
+        """See :meth:`Moments.snips_estimate`."""
+        return self.moments().snips_estimate(ads_per_request)
+
+    def dr_estimate(self) -> Estimate:
+        """Doubly robust (NaN when no reward model was given)."""
+        return self.moments().dr_estimate()
+
+    def on_policy(self) -> Estimate:
+        """The logging policy's own value: the mean observed reward per request."""
+        return self.moments().on_policy()
+
+    def true_value(self) -> float:
+        """The target's true value (NaN unless expected rewards were given)."""
+        return self.moments().true_value()
+
+
+@dataclass
+class Moments:
+    """Per-request contributions reduced to the sums every estimator needs: counts, sums,
+    sums of squares and the one cross product self-normalised IPS needs. Chunks add up
+    (``+=``), so a replay of any length keeps a fixed amount of memory per reward; the
+    estimates equal those of the concatenated contributions up to rounding.
+
+    Attributes:
+        n: requests.
+        ips, dr, logged, weight: sums of the per-request values; ``*_sq`` their squares.
+        ips_weight: sum of per-request ``ips * weight``.
+        weight_sq: sum over rows of the squared weights (for the effective sample size).
+        target_ads, matched, shown: sums of the per-request counts.
+        truth: sum of the per-request true values (NaN without a truth).
+    """
+
+    n: int = 0
+    ips: float = 0.0
+    ips_sq: float = 0.0
+    dr: float = 0.0
+    dr_sq: float = 0.0
+    logged: float = 0.0
+    logged_sq: float = 0.0
+    weight: float = 0.0
+    weight_sum_sq: float = 0.0
+    ips_weight: float = 0.0
+    weight_sq: float = 0.0
+    target_ads: float = 0.0
+    matched: float = 0.0
+    shown: float = 0.0
+    truth: float = 0.0
+
+    @classmethod
+    def of(cls, c: Contributions) -> Moments:
+        """The sums of one chunk's contributions."""
+
+        def total(x: np.ndarray) -> float:
+            return float(x.sum())
+
+        return cls(
+            n=c.requests,
+            ips=total(c.ips),
+            ips_sq=total(c.ips * c.ips),
+            dr=total(c.dr),
+            dr_sq=total(c.dr * c.dr),
+            logged=total(c.logged),
+            logged_sq=total(c.logged * c.logged),
+            weight=total(c.weight),
+            weight_sum_sq=total(c.weight * c.weight),
+            ips_weight=total(c.ips * c.weight),
+            weight_sq=total(c.weight_sq),
+            target_ads=total(c.target_ads),
+            matched=total(c.matched),
+            shown=total(c.shown),
+            truth=total(c.truth),
+        )
+
+    def __iadd__(self, other: Moments) -> Moments:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+    @property
+    def requests(self) -> int:
+        """Number of requests."""
+        return self.n
+
+    def _ess(self) -> float:
+        return self.weight**2 / self.weight_sq if self.weight_sq > 0 else 0.0
+
+    def _mean(self, total: float, squares: float, matched: int, ess: float) -> Estimate:
+        n = self.n
+        value = total / n if n else float("nan")
+        se = _stderr(squares - total * value, n) if n > 1 else float("nan")
         return Estimate(value, value - Z95 * se, value + Z95 * se, se, n, matched, ess)
 
     def ips_estimate(self) -> Estimate:
         """Inverse propensity scoring."""
-        return self._mean(self.ips, int(self.matched.sum()), self._ess())
+        return self._mean(self.ips, self.ips_sq, int(self.matched), self._ess())
 
     def snips_estimate(self, ads_per_request: float | None = None) -> Estimate:
         """Self-normalised IPS: the weighted reward per shown ad times the target's ads per
-        request, by default the target's sum over the rows (right when the rows are every
-        candidate of a request); give it when the log holds only the shown candidates."""
-        n, matched = self.requests, int(self.matched.sum())
-        total = float(self.weight.sum())
-        if n < 2 or total <= 0:
+        request, by default the target's mean over the requests (right when the rows are
+        every candidate of a request); give it when the log holds only the shown candidates.
+        Its interval is the delta method's: the spread of ``(ips - ratio * weight) / mean
+        weight`` over requests."""
+        n, matched = self.n, int(self.matched)
+        if n < 2 or self.weight <= 0:
             nan = float("nan")
             return Estimate(nan, nan, nan, nan, n, matched, 0.0)
-        ratio = float(self.ips.sum()) / total
-        ads = float(self.target_ads.mean()) if ads_per_request is None else ads_per_request
-        resid = (self.ips - ratio * self.weight) / self.weight.mean()
-        se = float(resid.std(ddof=1) / np.sqrt(n)) * ads
+        ratio = self.ips / self.weight
+        ads = self.target_ads / n if ads_per_request is None else ads_per_request
+        mean_weight = self.weight / n
+        # sum of (ips - ratio w)^2; its plain sum is 0 by the choice of ratio
+        squares = self.ips_sq - 2 * ratio * self.ips_weight + ratio**2 * self.weight_sum_sq
+        se = _stderr(squares / mean_weight**2, n) * ads
         value = ratio * ads
         return Estimate(value, value - Z95 * se, value + Z95 * se, se, n, matched, self._ess())
 
     def dr_estimate(self) -> Estimate:
         """Doubly robust (NaN when no reward model was given)."""
-        return self._mean(self.dr, int(self.matched.sum()), self._ess())
+        return self._mean(self.dr, self.dr_sq, int(self.matched), self._ess())
 
     def on_policy(self) -> Estimate:
         """The logging policy's own value: the mean observed reward per request."""
-        return self._mean(self.logged, int(self.shown.sum()), 0.0)
+        return self._mean(self.logged, self.logged_sq, int(self.shown), 0.0)
 
     def true_value(self) -> float:
         """The target's true value (NaN unless expected rewards were given)."""
-        return float(self.truth.mean()) if self.requests else float("nan")
+        return self.truth / self.n if self.n else float("nan")
+
+
+def _stderr(centred_squares: float, n: int) -> float:
+    """Standard error of a mean from the sum of squared deviations (rounding can leave a
+    tiny negative sum where every value is equal: that is zero spread)."""
+    return float(np.sqrt(max(centred_squares, 0.0) / (n - 1) / n))
 
 
 def ips(rows: LoggedRows, target: np.ndarray, reward: np.ndarray) -> Estimate:

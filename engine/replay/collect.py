@@ -7,6 +7,7 @@ summed per request as each chunk passes), so a long log replays in bounded memor
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from engine.errors import InvalidArgument
-from engine.ope import Contributions, LoggedRows
+from engine.ope import Contributions, LoggedRows, Moments
 from engine.replay.engines import STAGES, Result
 from engine.replay.requests import row_values
 from engine.replay.source import RequestChunk
@@ -78,6 +79,57 @@ class ChunkDecisions:
         return self.rank > 0
 
 
+class Frames:
+    """Frames added chunk by chunk, gathered into one block every ``block`` additions: a
+    replay adds a few small frames per 256 requests, and thousands of small frames cost far
+    more memory than one frame of their rows. With ``reduce`` every gathering aggregates all
+    that was kept into one frame (for sums whose size is bounded by their keys)."""
+
+    def __init__(
+        self, block: int = 64, reduce: Callable[[pl.DataFrame], pl.DataFrame] | None = None
+    ) -> None:
+        self.block, self.reduce = block, reduce
+        self._blocks: list[pl.DataFrame] = []
+        self._pending: list[pl.DataFrame] = []
+        self.rows = 0
+
+    def append(self, frame: pl.DataFrame) -> None:
+        """Keep ``frame``'s rows."""
+        self._pending.append(frame)
+        self.rows += len(frame)
+        if len(self._pending) >= self.block:
+            self._gather()
+
+    def _gather(self) -> None:
+        if self.reduce is not None:
+            self._blocks = [self.reduce(pl.concat([*self._blocks, *self._pending]))]
+        else:
+            self._blocks.append(pl.concat(self._pending, rechunk=True))
+        self._pending = []
+
+    def __bool__(self) -> bool:
+        return bool(self._blocks or self._pending)
+
+    def frame(self) -> pl.DataFrame:
+        """Everything kept, as one frame (reduced, with ``reduce``).
+
+        Raises:
+            ValueError: nothing was added (there is no schema to give an empty frame).
+        """
+        if self._pending:
+            self._gather()
+        if not self._blocks:
+            raise ValueError("no frames added")
+        return self._blocks[0] if len(self._blocks) == 1 else pl.concat(self._blocks)
+
+
+def _user_day_load(frame: pl.DataFrame) -> pl.DataFrame:
+    """Ads shown by the engine and by the log per user, day and touchpoint."""
+    return frame.group_by("user_id", "day", "touchpoint").agg(
+        pl.col("engine").sum(), pl.col("logged").sum()
+    )
+
+
 @dataclass
 class Collector:
     """Accumulates a replay's measurements chunk by chunk (see :meth:`add`)."""
@@ -91,13 +143,14 @@ class Collector:
     candidates: int = 0
     filled: int = 0
     timeline: list[tuple[float, int]] = field(default_factory=list)
-    selections: list[pl.DataFrame] = field(default_factory=list)
-    history: list[pl.DataFrame] = field(default_factory=list)
-    feedback: list[pl.DataFrame] = field(default_factory=list)
-    load: list[pl.DataFrame] = field(default_factory=list)
-    ope: dict[str, list[Contributions]] = field(default_factory=lambda: {r: [] for r in REWARDS})
-    logging_truth: dict[str, list[Contributions]] = field(
-        default_factory=lambda: {r: [] for r in REWARDS}
+    selections: Frames = field(default_factory=Frames)
+    history: Frames = field(default_factory=Frames)  # empty when it is ``selections``
+    history_is_selections: bool = False
+    feedback: Frames = field(default_factory=Frames)
+    load: Frames = field(default_factory=lambda: Frames(reduce=_user_day_load))
+    ope: dict[str, Moments] = field(default_factory=lambda: {r: Moments() for r in REWARDS})
+    logging_truth: dict[str, Moments] = field(
+        default_factory=lambda: {r: Moments() for r in REWARDS}
     )
     ope_problem: str | None = None
     fit: dict[str, list[tuple[np.ndarray, np.ndarray]]] = field(
@@ -111,20 +164,20 @@ class Collector:
         """Take one chunk's results; ``record`` says which rows' impressions went into the
         cap store: the engine's picks (``selected``), the log's (``logged``) or none."""
         d = ChunkDecisions.of(chunk, results)
-        shown = chunk.rows["shown"].to_numpy()
-        recorded = {"selected": d.selected, "logged": shown}.get(record, np.zeros_like(shown))
         self._timings(results)
         self._decisions(chunk, results, d)
-        self._exposures(chunk, d, recorded)
+        self._exposures(chunk, d, record)
         self._quality(chunk, d)
         self.timeline.append((elapsed_s, self.requests))
         if self.decisions_path is not None:
             self._write(chunk, d)
 
     def _timings(self, results: list[Result]) -> None:
-        self.latency.append(np.array([r.latency_s for r in results]))
+        # float32: seconds to ~0.1 us, and half the memory of a long replay's timings
+        self.latency.append(np.array([r.latency_s for r in results], dtype=np.float32))
         for s in STAGES:
-            self.stages[s].append(np.array([r.stages.get(s, np.nan) for r in results]))
+            times = [r.stages.get(s, np.nan) for r in results]
+            self.stages[s].append(np.array(times, dtype=np.float32))
         self.errors.update(r.error for r in results if r.error is not None)
 
     def _decisions(self, chunk: RequestChunk, results: list[Result], d: ChunkDecisions) -> None:
@@ -139,22 +192,29 @@ class Collector:
                 best = int(np.argmax(r.decision.utility))
                 self.no_ad[str(r.decision.reason[best])] += 1
         self.load.append(
-            chunk.rows.select(
-                "user_id",
-                "touchpoint",
-                pl.col("ts").dt.date().alias("day"),
-                pl.Series("engine", d.selected.astype(np.int64)),
-                pl.col("shown").cast(pl.Int64).alias("logged"),
+            _user_day_load(
+                chunk.rows.select(
+                    "user_id",
+                    "touchpoint",
+                    pl.col("ts").dt.date().alias("day"),
+                    pl.Series("engine", d.selected.astype(np.int64)),
+                    pl.col("shown").cast(pl.Int64).alias("logged"),
+                )
             )
-            .group_by("user_id", "day", "touchpoint")
-            .agg(pl.col("engine").sum(), pl.col("logged").sum())
         )
 
-    def _exposures(self, chunk: RequestChunk, d: ChunkDecisions, recorded: np.ndarray) -> None:
+    def _exposures(self, chunk: RequestChunk, d: ChunkDecisions, record: str) -> None:
+        """The engine's picks, the exposures recorded into the store (the picks themselves
+        with ``selected``: kept once) and the negative feedback recorded with them."""
         rows = chunk.rows
-        self.selections.append(rows.filter(pl.Series(d.selected)).select(EXPOSURE_COLUMNS))
+        selections = rows.filter(pl.Series(d.selected)).select(EXPOSURE_COLUMNS)
+        self.selections.append(selections)
+        shown = rows["shown"].to_numpy()
+        recorded = {"selected": d.selected, "logged": shown}.get(record, np.zeros_like(shown))
         kept = rows.filter(pl.Series(recorded))
-        self.history.append(kept.select(EXPOSURE_COLUMNS))
+        self.history_is_selections = record == "selected"
+        if not self.history_is_selections:
+            self.history.append(kept.select(EXPOSURE_COLUMNS))
         self.feedback.append(
             kept.filter(pl.col("shown") & pl.col("negative_kind").is_not_null()).select(
                 "ts", "user_id", "household_id", "campaign_id", "advertiser_id", "negative_kind"
@@ -178,8 +238,8 @@ class Collector:
         target = d.selected.astype(np.float64)
         propensity = np.nan_to_num(row_values(rows, "propensity"))
         for name, (reward, predicted, truth) in _rewards(rows, d).items():
-            self.ope[name].append(Contributions.of(logged, target, reward, predicted, truth))
-            self.logging_truth[name].append(
+            self.ope[name] += Contributions.of(logged, target, reward, predicted, truth).moments()
+            self.logging_truth[name] += Moments.of(
                 Contributions.of(logged, propensity, reward, None, truth)
             )
 

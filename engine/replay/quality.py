@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from engine.model.metrics import auc, log_loss
-from engine.ope import Contributions, Estimate
+from engine.ope import Estimate
 from engine.replay.collect import REWARDS, Collector
 
 ESTIMATORS = ("ips", "snips", "dr")
@@ -51,12 +51,12 @@ def off_policy(collector: Collector) -> dict[str, Any]:
     """The engine's and the logging policy's values per reward (see the module doc)."""
     if collector.ope_problem is not None:
         return {"available": False, "reason": collector.ope_problem}
-    if not any(collector.ope[r] for r in REWARDS):
+    if not any(collector.ope[r].requests for r in REWARDS):
         return {"available": False, "reason": "no requests replayed"}
     doc: dict[str, Any] = {"available": True, "engine": {}, "logging": {}}
     for reward in REWARDS:
-        engine = Contributions.concat(collector.ope[reward])
-        logging = Contributions.concat(collector.logging_truth[reward])
+        engine = collector.ope[reward]
+        logging = collector.logging_truth[reward]
         truth = engine.true_value()
         has_truth = bool(np.isfinite(truth))
         doc["engine"][reward] = {
@@ -70,10 +70,10 @@ def off_policy(collector: Collector) -> dict[str, Any]:
             "on_policy": _estimate(engine.on_policy(), logged_truth),
             "truth": logged_truth if has_truth else None,
         }
-    engine = Contributions.concat(collector.ope["engagement"])
-    doc["engine"]["ads_per_request"] = float(engine.target_ads.mean())
-    doc["logging"]["ads_per_request"] = float(engine.shown.mean())
-    doc["matched_events"] = int(engine.matched.sum())
+    engine = collector.ope["engagement"]
+    doc["engine"]["ads_per_request"] = engine.target_ads / engine.requests
+    doc["logging"]["ads_per_request"] = engine.shown / engine.requests
+    doc["matched_events"] = int(engine.matched)
     return doc
 
 

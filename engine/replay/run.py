@@ -278,15 +278,10 @@ def _floor(s: Session, requests: list[ScoreRequest]) -> Floor | None:
 
 def ads_per_user_day(collector: Collector) -> dict[str, Any]:
     """Per touchpoint, the engine's and the log's ads per active user and day."""
-    import polars as pl
 
     if not collector.load:
         return {}
-    load = (
-        pl.concat(collector.load)
-        .group_by("user_id", "day", "touchpoint")
-        .agg(pl.col("engine").sum(), pl.col("logged").sum())
-    )
+    load = collector.load.frame()
     out = {}
     for (tp,), part in load.group_by("touchpoint", maintain_order=True):
         out[str(tp)] = {who: _spread(part[who].to_numpy()) for who in ("engine", "logged")}

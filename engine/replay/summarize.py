@@ -76,7 +76,7 @@ def build_report(o: ReplayOptions, s: Session, r: Replayed, floor: Floor | None)
         "floor": _floor(floor, cand_per_s, s.group),
         "decisions": {
             "fill_rate": c.filled / c.requests if c.requests else 0.0,
-            "selected_ads": sum(len(x) for x in c.selections),
+            "selected_ads": c.selections.rows,
             "no_ad_requests": sum(c.no_ad.values()),
             "no_ad_share": {
                 k: v / c.requests for k, v in sorted(c.no_ad.items(), key=lambda kv: -kv[1])
@@ -116,12 +116,15 @@ def _violations(s: Session, r: Replayed) -> pl.DataFrame:
     c = r.collector
     if not c.selections:
         return pl.DataFrame(schema=capcheck.VIOLATION_SCHEMA)
-    empty = c.selections[0].clear()
-    feedback = pl.concat(c.feedback) if c.feedback else None
+    selections = c.selections.frame()
+    if c.history_is_selections:
+        history = selections
+    else:
+        history = c.history.frame() if c.history else selections.clear()
     return capcheck.violations(
-        pl.concat(c.selections),
-        pl.concat(c.history) if c.history else empty,
-        feedback if feedback is not None else pl.DataFrame(),
+        selections,
+        history,
+        c.feedback.frame() if c.feedback else pl.DataFrame(),
         s.config.caps,
         parse_duration(s.config.store.retention),
     )

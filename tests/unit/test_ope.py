@@ -7,7 +7,16 @@ import polars as pl
 import pytest
 
 from engine.errors import InvalidArgument
-from engine.ope import Z95, Contributions, LoggedRows, doubly_robust, ips, on_policy, snips
+from engine.ope import (
+    Z95,
+    Contributions,
+    LoggedRows,
+    Moments,
+    doubly_robust,
+    ips,
+    on_policy,
+    snips,
+)
 from engine.synth.generator import generate
 from engine.synth.params import WorldParams
 
@@ -114,3 +123,43 @@ def test_open_bandit_bts_click_rate_from_random_logs(shared_data) -> None:
     assert doc["bts_on_policy"]["value"] > doc["random_click_rate"]  # BTS learned something
     for name in ("ips", "snips"):
         assert doc["estimates"][name]["inside_bts_interval"], doc["estimates"][name]
+
+
+def test_sums_added_chunk_by_chunk_give_the_whole_estimates() -> None:
+    """A streaming caller keeps ``Moments`` only: added up over chunks they give the
+    estimates of all the contributions at once, to rounding (a random log of 2,000
+    requests at most, cut into uneven chunks)."""
+    rng = np.random.default_rng(5)
+    group = np.sort(rng.integers(0, 2_000, 9_000))
+    group = np.unique(group, return_inverse=True)[1]
+    shown = rng.random(len(group)) < 0.4
+    propensity = rng.uniform(0.05, 1.0, len(group))
+    target = (rng.random(len(group)) < 0.3).astype(float)
+    reward, predicted = rng.random(len(group)), rng.random(len(group))
+    truth = rng.random(len(group))
+    whole = Contributions.of(LoggedRows(group, shown, propensity), target, reward, predicted, truth)
+    total = Moments()
+    n = int(group[-1]) + 1
+    cuts = [0, 1, 700, 701, 1_500, n]  # requests per chunk: 1, 699, 1, 799, the rest
+    for lo, hi in zip(cuts, cuts[1:], strict=False):
+        rows = (group >= lo) & (group < hi)
+        part = LoggedRows(group[rows] - lo, shown[rows], propensity[rows])
+        total += Contributions.of(
+            part, target[rows], reward[rows], predicted[rows], truth[rows]
+        ).moments()
+    assert total.requests == whole.requests == n
+    for est in ("ips_estimate", "snips_estimate", "dr_estimate", "on_policy"):
+        a, b = getattr(total, est)(), getattr(whole, est)()
+        for name in ("value", "low", "high", "stderr", "ess"):
+            assert getattr(a, name) == pytest.approx(getattr(b, name), rel=1e-9), (est, name)
+        assert (a.requests, a.matched) == (b.requests, b.matched)
+    assert total.true_value() == pytest.approx(whole.true_value(), rel=1e-12)
+
+
+def test_equal_contributions_have_no_spread() -> None:
+    """Rounding in the sums of squares must not turn zero spread into NaN."""
+    n = 1_000
+    rows = LoggedRows(np.arange(n), np.ones(n, dtype=bool), np.full(n, 0.1))
+    e = Contributions.of(rows, np.ones(n), np.full(n, 0.3)).ips_estimate()
+    assert e.value == pytest.approx(3.0) and e.stderr == pytest.approx(0.0, abs=1e-12)
+    assert e.low == pytest.approx(e.high)
