@@ -186,16 +186,25 @@ def test_one_bad_request_fails_alone(apps: tuple[App, App]) -> None:
     assert batcher.batches == 1  # they did share the pass that failed
 
 
+def leading(
+    app: App, batcher: Batcher, request: ScoreRequest
+) -> tuple[threading.Event, threading.Thread, Plain]:
+    """A caller whose request leads a pass of its own at once and is held in ``prepare``
+    until the returned event is set."""
+    hold = threading.Event()
+    first = Plain(app.scorer, app.gate, request, hold)
+    caller = threading.Thread(target=lambda: batcher.run(first, NULL_TIMER, Deadline(10)))
+    caller.start()
+    while first.prepared_in is None:
+        time.sleep(0.001)
+    return hold, caller, first
+
+
 def test_without_a_window_a_pass_takes_what_queued_meanwhile(apps: tuple[App, App]) -> None:
     batched, plain = apps
     batcher = Batcher(0.0, 8)
     reqs = requests(1)
-    hold = threading.Event()
-    first = Plain(batched.scorer, batched.gate, reqs[0], hold)
-    caller = threading.Thread(target=lambda: batcher.run(first, NULL_TIMER, Deadline(10)))
-    caller.start()
-    while first.prepared_in is None:  # the first caller leads a pass of its own at once ...
-        time.sleep(0.001)
+    hold, caller, first = leading(batched, batcher, reqs[0])
     assert first.prepared_in == caller.ident  # ... in its own thread, no hand-off
     others = [Plain(batched.scorer, batched.gate, r) for r in reqs[1:]]
     results: dict[str, Any] = {}
@@ -215,12 +224,7 @@ def test_a_queued_request_past_its_deadline_is_withdrawn(apps: tuple[App, App]) 
     batched, _ = apps
     batcher = Batcher(0.0, 8)
     reqs = requests(1)
-    hold = threading.Event()
-    first = Plain(batched.scorer, batched.gate, reqs[0], hold)
-    caller = threading.Thread(target=lambda: batcher.run(first, NULL_TIMER, Deadline(10)))
-    caller.start()
-    while first.prepared_in is None:
-        time.sleep(0.001)
+    hold, caller, _ = leading(batched, batcher, reqs[0])
     late = Plain(batched.scorer, batched.gate, reqs[1])
     with pytest.raises(DeadlineExceeded, match="exceeded before scoring finished"):
         batcher.run(late, NULL_TIMER, Deadline(0.05))
