@@ -234,12 +234,9 @@ def _read_caps(ready: list[tuple[Job[object], Prepared]], timer: StageTimer) -> 
     is not read; one whose deadline passes during the read is not scored."""
     by_gate: dict[int, list[tuple[Job[object], Prepared]]] = {}
     for job, p in ready:
-        try:
-            p.deadline.check("caps")
-        except DeadlineExceeded as exc:
-            job.error = exc
-            continue
-        by_gate.setdefault(id(p.gate), []).append((job, p))
+        job.error = _past(p.deadline, "caps")
+        if job.error is None:
+            by_gate.setdefault(id(p.gate), []).append((job, p))
     out: list[Scored] = []
     for group in by_gate.values():
         try:
@@ -251,13 +248,19 @@ def _read_caps(ready: list[tuple[Job[object], Prepared]], timer: StageTimer) -> 
             if isinstance(result, Exception):
                 job.error = result
                 continue
-            try:
-                p.deadline.check("scoring")
-            except DeadlineExceeded as exc:
-                job.error = exc
-                continue
-            out.append((job, p.scorer, result))
+            job.error = _past(p.deadline, "scoring")
+            if job.error is None:
+                out.append((job, p.scorer, result))
     return out
+
+
+def _past(deadline: Deadline, stage: str) -> DeadlineExceeded | None:
+    """The error of a deadline that has passed before ``stage``, or ``None``."""
+    try:
+        deadline.check(stage)
+    except DeadlineExceeded as exc:
+        return exc
+    return None
 
 
 def _score(group: list[Scored], timer: StageTimer) -> list[tuple[Job[object], Decision]]:

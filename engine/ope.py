@@ -212,7 +212,7 @@ class Moments:
     estimates equal those of the concatenated contributions up to rounding.
 
     Attributes:
-        n: requests.
+        requests: requests.
         ips, dr, logged, weight: sums of the per-request values; ``*_sq`` their squares.
         ips_weight: sum of per-request ``ips * weight``.
         weight_sq: sum over rows of the squared weights (for the effective sample size).
@@ -220,7 +220,7 @@ class Moments:
         truth: sum of the per-request true values (NaN without a truth).
     """
 
-    n: int = 0
+    requests: int = 0
     ips: float = 0.0
     ips_sq: float = 0.0
     dr: float = 0.0
@@ -244,7 +244,7 @@ class Moments:
             return float(x.sum())
 
         return cls(
-            n=c.requests,
+            requests=c.requests,
             ips=total(c.ips),
             ips_sq=total(c.ips * c.ips),
             dr=total(c.dr),
@@ -266,16 +266,11 @@ class Moments:
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         return self
 
-    @property
-    def requests(self) -> int:
-        """Number of requests."""
-        return self.n
-
     def _ess(self) -> float:
         return self.weight**2 / self.weight_sq if self.weight_sq > 0 else 0.0
 
     def _mean(self, total: float, squares: float, matched: int, ess: float) -> Estimate:
-        n = self.n
+        n = self.requests
         value = total / n if n else float("nan")
         se = _stderr(squares - total * value, n) if n > 1 else float("nan")
         return Estimate(value, value - Z95 * se, value + Z95 * se, se, n, matched, ess)
@@ -290,7 +285,7 @@ class Moments:
         every candidate of a request); give it when the log holds only the shown candidates.
         Its interval is the delta method's: the spread of ``(ips - ratio * weight) / mean
         weight`` over requests."""
-        n, matched = self.n, int(self.matched)
+        n, matched = self.requests, int(self.matched)
         if n < 2 or self.weight <= 0:
             nan = float("nan")
             return Estimate(nan, nan, nan, nan, n, matched, 0.0)
@@ -313,7 +308,7 @@ class Moments:
 
     def true_value(self) -> float:
         """The target's true value (NaN unless expected rewards were given)."""
-        return self.truth / self.n if self.n else float("nan")
+        return self.truth / self.requests if self.requests else float("nan")
 
 
 def _stderr(centred_squares: float, n: int) -> float:

@@ -135,6 +135,7 @@ class Collector:
     """Accumulates a replay's measurements chunk by chunk (see :meth:`add`)."""
 
     decisions_path: Path | None = None
+    record: str = "selected"  # which rows went into the cap store: see :meth:`add`
     latency: list[np.ndarray] = field(default_factory=list)
     stages: dict[str, list[np.ndarray]] = field(default_factory=lambda: {s: [] for s in STAGES})
     errors: Counter[str] = field(default_factory=Counter)
@@ -145,7 +146,6 @@ class Collector:
     timeline: list[tuple[float, int]] = field(default_factory=list)
     selections: Frames = field(default_factory=Frames)
     history: Frames = field(default_factory=Frames)  # empty when it is ``selections``
-    history_is_selections: bool = False
     feedback: Frames = field(default_factory=Frames)
     load: Frames = field(default_factory=lambda: Frames(reduce=_user_day_load))
     ope: dict[str, Moments] = field(default_factory=lambda: {r: Moments() for r in REWARDS})
@@ -158,15 +158,19 @@ class Collector:
     )
     _writer: pq.ParquetWriter | None = None
 
-    def add(
-        self, chunk: RequestChunk, results: list[Result], record: str, elapsed_s: float
-    ) -> None:
-        """Take one chunk's results; ``record`` says which rows' impressions went into the
-        cap store: the engine's picks (``selected``), the log's (``logged``) or none."""
+    @property
+    def history_is_selections(self) -> bool:
+        """Whether the exposures recorded into the store are the engine's picks (kept once,
+        in :attr:`selections`)."""
+        return self.record == "selected"
+
+    def add(self, chunk: RequestChunk, results: list[Result], elapsed_s: float) -> None:
+        """Take one chunk's results (``record`` says which rows' impressions went into the
+        cap store: the engine's picks, ``selected``; the log's, ``logged``; or ``none``)."""
         d = ChunkDecisions.of(chunk, results)
         self._timings(results)
         self._decisions(chunk, results, d)
-        self._exposures(chunk, d, record)
+        self._exposures(chunk, d)
         self._quality(chunk, d)
         self.timeline.append((elapsed_s, self.requests))
         if self.decisions_path is not None:
@@ -203,16 +207,15 @@ class Collector:
             )
         )
 
-    def _exposures(self, chunk: RequestChunk, d: ChunkDecisions, record: str) -> None:
+    def _exposures(self, chunk: RequestChunk, d: ChunkDecisions) -> None:
         """The engine's picks, the exposures recorded into the store (the picks themselves
         with ``selected``: kept once) and the negative feedback recorded with them."""
         rows = chunk.rows
         selections = rows.filter(pl.Series(d.selected)).select(EXPOSURE_COLUMNS)
         self.selections.append(selections)
         shown = rows["shown"].to_numpy()
-        recorded = {"selected": d.selected, "logged": shown}.get(record, np.zeros_like(shown))
+        recorded = {"selected": d.selected, "logged": shown}.get(self.record, np.zeros_like(shown))
         kept = rows.filter(pl.Series(recorded))
-        self.history_is_selections = record == "selected"
         if not self.history_is_selections:
             self.history.append(kept.select(EXPOSURE_COLUMNS))
         self.feedback.append(
@@ -239,9 +242,9 @@ class Collector:
         propensity = np.nan_to_num(row_values(rows, "propensity"))
         for name, (reward, predicted, truth) in _rewards(rows, d).items():
             self.ope[name] += Contributions.of(logged, target, reward, predicted, truth).moments()
-            self.logging_truth[name] += Moments.of(
-                Contributions.of(logged, propensity, reward, None, truth)
-            )
+            self.logging_truth[name] += Contributions.of(
+                logged, propensity, reward, None, truth
+            ).moments()
 
     def _write(self, chunk: RequestChunk, d: ChunkDecisions) -> None:
         assert self.decisions_path is not None

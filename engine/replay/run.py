@@ -212,7 +212,7 @@ def run_loop(o: ReplayOptions, s: Session, log: Path, progress: Progress | None)
     """Replay the prepared log through the session's engine."""
     total = count_rows(log)
     decisions = o.report_dir / "decisions.parquet" if o.save_decisions else None
-    collector = Collector(decisions_path=decisions)
+    collector = Collector(decisions_path=decisions, record=o.record)
     keep: list[ScoreRequest] = []
     step = max(256, 32 * o.concurrency)
     start, cpu0 = time.perf_counter(), time.process_time()
@@ -222,7 +222,7 @@ def run_loop(o: ReplayOptions, s: Session, log: Path, progress: Progress | None)
             chunk = namespaced(chunk, s.namespace)
             requests = to_requests(chunk)
             results = s.engine.decide(requests, _events_of(o.record, chunk, o.reserve))
-            collector.add(chunk, results, o.record, time.perf_counter() - start)
+            collector.add(chunk, results, time.perf_counter() - start)
             keep += requests[: max(0, o.floor_requests - len(keep))]
             rows_done += len(chunk.rows)
             if progress is not None:
@@ -278,7 +278,6 @@ def _floor(s: Session, requests: list[ScoreRequest]) -> Floor | None:
 
 def ads_per_user_day(collector: Collector) -> dict[str, Any]:
     """Per touchpoint, the engine's and the log's ads per active user and day."""
-
     if not collector.load:
         return {}
     load = collector.load.frame()
