@@ -141,7 +141,7 @@ def _calls(
         store._read_keys_args(gate.planner.plan(dataclasses.replace(c, ts=end_of_day), cands))
         for c, cands in reqs
     ]
-    replies = [store._read(keys=k, args=a) for k, a in wire]
+    replies = [store._eval(store._read, k, a) for k, a in wire]
 
     def python_only(i: int) -> object:  # what gate.read does, minus the round trip
         plan = gate.planner.plan(*reqs[i % len(reqs)])
@@ -160,11 +160,11 @@ def _calls(
     return [
         (
             "read: round trip only (EVALSHA)",
-            lambda i: store._read(keys=wire[i % len(wire)][0], args=wire[i % len(wire)][1]),
+            lambda i: store._eval(store._read, *wire[i % len(wire)]),
         ),
         (
             "read: round trip only, live (after the day)",
-            lambda i: store._read(keys=live[i % len(live)][0], args=live[i % len(live)][1]),
+            lambda i: store._eval(store._read, *live[i % len(live)]),
         ),
         ("read: plan + round trip + decode", lambda i: gate.read(*reqs[i % len(reqs)])),
         ("read: Python only (plan, arguments, decode, decision)", python_only),

@@ -585,6 +585,12 @@ def test_scripts_lost_by_the_server_are_loaded_again(backend: tuple[str, Factory
     client.script_flush()  # a pass's pipelined reads load the script again too
     for together, one in zip(store.read_many(plans), alone, strict=True):
         _same(together, one)
+    client.script_flush()  # and a reservation
+    ctx = RequestContext("r", T0, "u9", "ott", "ott_pause", household_id="h9", device_id="tv9")
+    cand: dict[str, list[Any]] = {"ad_id": ["ad1"], "campaign_id": ["c1"], "format": ["image"]}
+    where = {"user_id": "u9", "household_id": "h9", "device_id": "tv9"}
+    assert g.reserve(ctx, cand, imp("after-flush", 0, **where))
+    assert ask(store, 1, **where)[1][0, EXP["exp_user_campaign_1h"]] == 1
 
 
 def test_a_request_without_candidates(backend: tuple[str, Factory, Any]) -> None:

@@ -7,6 +7,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,28 @@ def test_fail_closed_and_fail_open_when_the_store_is_down() -> None:
     assert not opened.read(*_request()).capped.any() and opened.errors == 1
     assert not closed.reserve(*_request(), imp(1, 0))
     assert opened.reserve(*_request(), imp(1, 0))
+
+
+def test_a_call_that_times_out_leaves_no_reply_behind() -> None:
+    """A read that misses its deadline closes its connection: its late reply is never taken
+    for the answer to the next call on that connection."""
+    server = EmbeddedRedis().start()
+    try:
+        store = RedisCapStore(server.client(**client_options(100)), RULES, GAPS, FEEDBACK)
+        store.record([imp(1, 0)])
+        ask(store, 5, user_id="u2")  # the pool's connection exists and has served a read
+        busy = server.client()
+        spin = "local t = redis.call('TIME')[1] while redis.call('TIME')[1] - t < 2 do end"
+        blocker = threading.Thread(target=lambda: busy.eval(spin, 0))
+        blocker.start()
+        time.sleep(0.2)  # the server is inside the spinning script: the next read times out
+        capped, _ = ask(store, 5, user_id="u2")
+        assert capped.all()  # failed closed
+        blocker.join()
+        # u1's answer, not u2's late one (which would show no exposure)
+        assert ask(store, 5)[1][0, EXP["exp_user_campaign_1h"]] == 1
+    finally:
+        server.stop()
 
 
 def _request() -> tuple[RequestContext, dict[str, list[Any]]]:
