@@ -414,7 +414,6 @@ def print_overhead(rounds: list[dict[str, float]]) -> float:
 
 def print_targets(rows: list[tuple[str, int, str, int, dict[str, Any]]], over: float) -> None:
     ok = [x for x in rows if x[4]["rps"] >= TARGET_RPS and x[4]["p99"] < TARGET_P99_MS]
-    best = max(rows, key=lambda x: x[4]["rps"])
     fast = [x for x in rows if x[4]["p99"] < TARGET_P99_MS]
 
     def describe(x: tuple[str, int, str, int, dict[str, Any]]) -> str:
@@ -424,10 +423,12 @@ def print_targets(rows: list[tuple[str, int, str, int, dict[str, Any]]], over: f
             f"worker(s), {c} in flight)"
         )
 
-    print(
-        f"target >= {TARGET_RPS:,.0f} req/s of {CANDIDATES} candidates with p99 < "
-        f"{TARGET_P99_MS:g} ms: {verdict(bool(ok))}; best throughput: {describe(best)}"
-    )
+    if rows:
+        best = max(rows, key=lambda x: x[4]["rps"])
+        print(
+            f"target >= {TARGET_RPS:,.0f} req/s of {CANDIDATES} candidates with p99 < "
+            f"{TARGET_P99_MS:g} ms: {verdict(bool(ok))}; best throughput: {describe(best)}"
+        )
     if fast:
         best_fast = max(fast, key=lambda x: x[4]["rps"])
         print(f"  best with p99 < {TARGET_P99_MS:g} ms: {describe(best_fast)}")
@@ -447,7 +448,9 @@ def main() -> None:
     parser.add_argument("--workers", default=",".join(map(str, WORKERS)))
     parser.add_argument("--batching", default=",".join(BATCHING), help="on, off or both")
     parser.add_argument("--calls", default=",".join(CALLS), help="unary, stream or both")
-    parser.add_argument("--in-flight", default=",".join(map(str, IN_FLIGHT)))
+    parser.add_argument(
+        "--in-flight", default=",".join(map(str, IN_FLIGHT)), help="empty: only the overhead"
+    )
     parser.add_argument("--columnar", action="store_true", help="columnar candidate encoding")
     parser.add_argument("--quick", action="store_true", help="1 s points, 200 calls: a smoke run")
     args = parser.parse_args()
@@ -469,7 +472,7 @@ def main() -> None:
     print("batching: on (batch_max 32, no window: each pass takes what is queued) or off")
     print()
     workers = [int(w) for w in args.workers.split(",")]
-    in_flight = [int(c) for c in args.in_flight.split(",")]
+    in_flight = [int(c) for c in args.in_flight.split(",") if c]
     rows: list[tuple[str, int, str, int, dict[str, Any]]] = []
     rounds: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -484,7 +487,7 @@ def main() -> None:
                 )
             finally:
                 stop_server(proc)
-        for batching in args.batching.split(","):
+        for batching in args.batching.split(",") if in_flight else []:
             config = bench_config(Path(tmp), 0.0, 32 if batching == "on" else 1)
             for w in workers:
                 proc, target = start_server(args.model, config, w)
@@ -497,8 +500,9 @@ def main() -> None:
                 finally:
                     stop_server(proc)
     print()
-    print_rows(rows)
-    print()
+    if rows:
+        print_rows(rows)
+        print()
     over = print_overhead(rounds) if rounds else float("nan")
     print()
     print_targets(rows, over)

@@ -25,7 +25,7 @@ from engine.app import App
 from engine.caps.store import Feedback, Impression
 from engine.errors import AdmatchError
 from engine.replay.requests import Events
-from engine.rpc.convert import decision_to_proto, request_from_proto, request_to_proto
+from engine.rpc.convert import decision_to_wire, request_from_proto, request_to_proto
 from engine.scoring.types import Decision, ScoreRequest
 from engine.timing import CallbackTimer
 
@@ -151,7 +151,7 @@ class InProcessEngine:
                 decision = self.app.reserve(request, decision)
                 stages["reserve"] = time.perf_counter() - start
             start = time.perf_counter()
-            decision_to_proto(decision).SerializeToString()
+            decision_to_wire(decision)
             stages["encode"] = time.perf_counter() - start
             results[i].decision = decision
         for r in results:

@@ -259,10 +259,10 @@ def request_to_proto(request: ScoreRequest, columnar: bool = False) -> pb.ScoreR
     return msg
 
 
-def decision_to_proto(decision: Decision) -> pb.ScoreResponse:
-    """The wire form of a decision: selected ads in order and every candidate's parts."""
-    d = decision
-    wire = score_response(
+def _written(d: Decision) -> bytes | None:
+    """The serialized response written column by column (``wire``), or ``None`` when a value
+    needs the message path."""
+    return score_response(
         d.request_id,
         d.selected,
         d.ad_id,
@@ -272,7 +272,19 @@ def decision_to_proto(decision: Decision) -> pb.ScoreResponse:
         d.costs,
         (d.model_version, d.config_version),
     )
-    return pb.ScoreResponse.FromString(wire) if wire is not None else decision_message(d)
+
+
+def decision_to_wire(decision: Decision) -> bytes:
+    """The serialized ``ScoreResponse`` of a decision: what the server sends (no message is
+    built, parsed or serialized on the fast path)."""
+    wire = _written(decision)
+    return wire if wire is not None else decision_message(decision).SerializeToString()
+
+
+def decision_to_proto(decision: Decision) -> pb.ScoreResponse:
+    """The wire form of a decision: selected ads in order and every candidate's parts."""
+    wire = _written(decision)
+    return pb.ScoreResponse.FromString(wire) if wire is not None else decision_message(decision)
 
 
 def decision_message(decision: Decision) -> pb.ScoreResponse:

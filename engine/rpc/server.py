@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -34,6 +36,24 @@ def tls_credentials(limits: ServerConfig) -> grpc.ServerCredentials:
     )
 
 
+class PassBytes(grpc.ServerInterceptor):
+    """Responses a servicer method returns already serialized (``bytes``: ``Score`` writes its
+    response with ``engine.rpc.wire``) leave as they are; messages are serialized as usual.
+    Parsing the written bytes into a message only for gRPC to serialize it again cost ~30 us a
+    response of 100 candidates."""
+
+    def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.response_serializer is None:
+            return handler
+        serialize = handler.response_serializer
+
+        def serialize_unless_bytes(reply: Any) -> bytes:
+            return reply if isinstance(reply, bytes) else serialize(reply)
+
+        return handler._replace(response_serializer=serialize_unless_bytes)
+
+
 def build_server(
     app: App, limits: ServerConfig, address: str | None = None, metrics: Metrics | None = None
 ) -> tuple[grpc.Server, int]:
@@ -48,7 +68,7 @@ def build_server(
     size = limits.max_message_bytes
     server = grpc.server(
         ThreadPoolExecutor(max_workers=limits.threads),
-        interceptors=[ErrorInterceptor(metrics.request)],
+        interceptors=[ErrorInterceptor(metrics.request), PassBytes()],
         maximum_concurrent_rpcs=limits.max_concurrent,
         options=[
             ("grpc.max_receive_message_length", size),

@@ -19,7 +19,7 @@ from engine.caps.store import Feedback, Impression
 from engine.deadline import Deadline
 from engine.errors import InvalidArgument
 from engine.rpc.auth import check_operator
-from engine.rpc.convert import SLOT, TOUCHPOINT, decision_to_proto, request_from_proto
+from engine.rpc.convert import SLOT, TOUCHPOINT, decision_to_wire, request_from_proto
 from engine.rpc.metrics import Metrics
 from engine.rpc.stream import read_ahead
 from engine.scoring.types import Decision, ScoreRequest
@@ -47,7 +47,7 @@ class _ScoreCall:
         self.decide = Decide(self.servicer.app, request, reserve, self.deadline)
         return self.decide.prepare()
 
-    def complete(self, decision: Decision) -> pb.ScoreResponse:
+    def complete(self, decision: Decision) -> bytes:
         assert self.decide is not None
         return self.servicer._encode(self.decide.complete(decision), self.timer)
 
@@ -74,13 +74,15 @@ class AdMatchingServicer(pb_grpc.AdMatchingServicer):
         remaining = context.time_remaining()
         return Deadline(self.default_s if remaining is None else min(remaining, self.max_s))
 
-    def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
+    def Score(  # type: ignore[override]  # the serialized response (``server.PassBytes``)
+        self, request: pb.ScoreRequest, context: grpc.ServicerContext
+    ) -> bytes:
         call = _ScoreCall(self, request, self.metrics.timer(), self._deadline(context))
         return self.app.run(call, call.timer, call.deadline)
 
-    def ScoreStream(
+    def ScoreStream(  # type: ignore[override]  # serialized responses, as ``Score``
         self, request_iterator: Iterator[pb.ScoreRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.ScoreResponse]:
+    ) -> Iterator[bytes]:
         """Answers in order. With batching on, messages are queued for the next pass up to
         ``batch_max`` ahead of the answers, so that a client sending several before reading
         has them decided in one pass."""
@@ -89,7 +91,7 @@ class AdMatchingServicer(pb_grpc.AdMatchingServicer):
                 yield self.Score(request, context)
             return
 
-        def submit(request: pb.ScoreRequest) -> tuple[_ScoreCall, Job[pb.ScoreResponse]]:
+        def submit(request: pb.ScoreRequest) -> tuple[_ScoreCall, Job[bytes]]:
             call = _ScoreCall(self, request, self.metrics.timer(), self._deadline(context))
             return call, self.app.submit(call)
 
@@ -104,9 +106,10 @@ class AdMatchingServicer(pb_grpc.AdMatchingServicer):
             raise InvalidArgument("candidates", f"{n} candidates, at most {self.max_candidates}")
         return core_request
 
-    def _encode(self, decision: Decision, timer: StageTimer) -> pb.ScoreResponse:
+    def _encode(self, decision: Decision, timer: StageTimer) -> bytes:
+        """The serialized ``ScoreResponse``: it leaves as it is (``server.PassBytes``)."""
         with timer.stage("encode"):
-            reply = decision_to_proto(decision)
+            reply = decision_to_wire(decision)
         self.metrics.decision(decision)
         return reply
 

@@ -1,8 +1,9 @@
 """The wire bytes of a ``ScoreResponse``, written with numpy instead of one message per candidate.
 
 Building 100 ``CandidateDecision`` messages field by field costs ~0.35-0.5 ms in Python; the
-bytes of the same response, written column by column here, ~0.05 ms, and parsing them back into
-a message ~0.01 ms. The layout is protobuf's (field numbers of ``admatch.proto``): every
+bytes of the same response, written column by column here, ~0.05 ms. The server sends them as
+they are (``server.PassBytes``); ``convert.decision_to_proto`` parses them into a message for
+clients and tests. The layout is protobuf's (field numbers of ``admatch.proto``): every
 candidate's reason, rank and score parts have a fixed width (one-byte varints, 64-bit doubles,
 zeros written too, which parse to the same message), so they are one (n x 116) byte matrix;
 only the ad id, before them, varies in length. Values a one-byte varint cannot hold (a rank or

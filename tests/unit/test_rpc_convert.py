@@ -15,6 +15,7 @@ from engine.errors import InvalidArgument
 from engine.rpc.convert import (
     decision_message,
     decision_to_proto,
+    decision_to_wire,
     request_from_proto,
     request_to_proto,
 )
@@ -107,6 +108,8 @@ def test_written_responses_equal_built_messages(scorer: Scorer, path: Path) -> N
     fast = decision_to_proto(decision)
     assert fast == decision_message(decision)
     assert fast.SerializeToString() == decision_message(decision).SerializeToString()
+    # what the server sends (zeros written out: other bytes, the same message)
+    assert pb.ScoreResponse.FromString(decision_to_wire(decision)) == fast
 
 
 @pytest.mark.parametrize(
@@ -126,3 +129,5 @@ def test_written_responses_cover_edge_values(scorer: Scorer, change: Any) -> Non
     edited = dataclasses.replace(decision, **change(decision))
     fast, built = decision_to_proto(edited), decision_message(edited)
     assert fast.SerializeToString() == built.SerializeToString()  # NaN != NaN: compare bytes
+    sent = pb.ScoreResponse.FromString(decision_to_wire(edited))
+    assert sent.SerializeToString() == built.SerializeToString()
