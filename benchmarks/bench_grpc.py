@@ -15,6 +15,8 @@ requests/s, p50/p99 latency, errors, and the CPU each part used per request: the
 processes and the embedded Redis (from ``/proc``) and the clients (``time.process_time``), so
 that the load generator's share of the 2 cores is visible. Requests are plain Score calls
 (``reserve_caps`` false) against an empty cap store: they read it but record nothing.
+``--warm`` first records, after each server start for the load points, every logged impression
+of the requests' users (``RecordEvents``), so that reads find histories, as for active users.
 
 The gRPC overhead is the p50 of a unary Score through gRPC (1 in flight, 1 worker, a
 synchronous client in this process) minus the p50 of ``App.decide`` in this process on the
@@ -53,6 +55,7 @@ from engine.rpc.run import free_port
 SCORE = "/admatch.v1.AdMatching/Score"
 STREAM = "/admatch.v1.AdMatching/ScoreStream"
 INFO = "/admatch.v1.AdMatching/GetModelInfo"
+RECORD = "/admatch.v1.AdMatching/RecordEvents"
 IN_FLIGHT = (1, 8, 16, 32, 64)
 WORKERS = (1, 2)
 CALLS = ("unary", "stream")
@@ -94,6 +97,37 @@ def make_requests(log_path: Path, count: int, columnar: bool = False) -> list[by
     for ctx, cands, _ in feature_requests(log, CANDIDATES, count, seed=CANDIDATES):
         out.append(request_to_proto(ScoreRequest(ctx, cands), columnar).SerializeToString())
     return out
+
+
+def warm_events(log_path: Path, payloads: list[bytes], batch: int = 500) -> list[bytes]:
+    """Serialized ``RecordEvents`` batches of every logged impression of the requests' users
+    (their whole history in the log, before and after each request's time): a warm store,
+    whose reads find counters for the users, households, devices and most candidates."""
+    import polars as pl
+
+    from admatch.v1 import admatch_pb2 as pb
+    from engine.caps.store import Impression
+    from engine.rpc.convert import events_to_proto
+    from features.logio import read_log
+
+    users = sorted({pb.ScoreRequest.FromString(p).user.user_id for p in payloads})
+    shown = read_log(log_path).filter(pl.col("shown") & pl.col("user_id").is_in(users))
+    events = [
+        Impression.from_row(f"warm-{k}", r) for k, r in enumerate(shown.iter_rows(named=True))
+    ]
+    return [
+        events_to_proto(events[k : k + batch], []).SerializeToString()
+        for k in range(0, len(events), batch)
+    ]
+
+
+def warm(target: str, batches: list[bytes]) -> int:
+    """Record the batches through the server (``RecordEvents``); the impressions recorded."""
+    from admatch.v1 import admatch_pb2 as pb
+
+    with grpc.insecure_channel(target) as ch:
+        record = ch.unary_unary(RECORD, response_deserializer=pb.RecordEventsResponse.FromString)
+        return sum(record(b, timeout=60).impressions_recorded for b in batches)
 
 
 def pctl(t: np.ndarray, q: float) -> float:
@@ -452,6 +486,11 @@ def main() -> None:
         "--in-flight", default=",".join(map(str, IN_FLIGHT)), help="empty: only the overhead"
     )
     parser.add_argument("--columnar", action="store_true", help="columnar candidate encoding")
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="record the requests' users' logged impressions first (default: an empty store)",
+    )
     parser.add_argument("--quick", action="store_true", help="1 s points, 200 calls: a smoke run")
     args = parser.parse_args()
     if args.quick:
@@ -461,13 +500,17 @@ def main() -> None:
     started = time.perf_counter()
 
     payloads = make_requests(args.log, 64, args.columnar)
+    warm_batches = warm_events(args.log, payloads) if args.warm else []
+    store = "empty"
+    if args.warm:
+        store = f"warm for the load points ({len(warm_batches)} batches of the users' impressions)"
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cpus, load average "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; model {args.model}; {CANDIDATES} "
         f"candidates per request, {len(payloads)} distinct requests "
         f"({np.mean([len(p) for p in payloads]) / 1024:.1f} KiB each); Score without "
         f"reserve_caps; {'columnar' if args.columnar else 'row'} candidate encoding; "
-        f"embedded Redis, empty; {args.duration:g} s per point"
+        f"embedded Redis, {store}; {args.duration:g} s per point"
     )
     print("batching: on (batch_max 32, no window: each pass takes what is queued) or off")
     print()
@@ -492,6 +535,8 @@ def main() -> None:
             for w in workers:
                 proc, target = start_server(args.model, config, w)
                 try:
+                    if warm_batches:
+                        print(f"  recorded {warm(target, warm_batches):,} impressions")
                     for kind in args.calls.split(","):
                         for c in in_flight:
                             point = load(kind, target, payloads, c, args.duration, proc.pid)
