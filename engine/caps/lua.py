@@ -21,10 +21,12 @@ is fixed per request shape: ``G``, then per group ``width, K`` and per lookup of
 lifetime)``; then the block group (0: none) and the number of block hashes. ``KEYS`` = per
 lookup its family's hash, then the block hashes. A lookup's mode is 0 (read every field of its
 group), 1 (the same, noting the fields that have history) or 2 (read only the fields the
-group's mode-1 lookup found: its family is a subset). Returns, per group, ``r`` then ``r``
-values: the rows of the fields with history, each its 1-based field index and ``width``
-answers (per lookup at its offset: window counts, day sums, latest time or -1); then the
-number of blocked fields and their 1-based indices. Counts see impressions strictly before
+group's mode-1 lookup found: its family is a subset). Returns one string of big-endian doubles
+(decoded as an array at once: a reply of one integer per value cost the client ~0.1 us each,
+70 us for a warm read): per group, ``r`` then ``r`` values: the rows of the fields with
+history, each its 1-based field index and ``width`` answers (per lookup at its offset: window
+counts, day sums, latest time or -1); then the number of blocked fields and their 1-based
+indices. Counts see impressions strictly before
 ``t``; day sums every impression of their days.
 
 ``RECORD``: ``KEYS = marker, then per family its hash``; ``ARGV = ts, day, retention_us,
@@ -303,7 +305,17 @@ READ = (
 local out, n, _, _, blocked = read_all(KEYS, 1, ARGV, 1, false)
 n = n + 1; out[n] = #blocked
 for i, f in ipairs(blocked) do out[n + i] = f end
-return out
+n = n + #blocked
+-- one string of doubles: the client reads it as an array at once, instead of one integer reply
+-- each (Lua's stack holds about 8,000 values: packed in chunks)
+local parts, full = {}, '>' .. rep('d', 200)
+for i = 1, n, 200 do
+  local j = math.min(n, i + 199)
+  local format = full
+  if j - i < 199 then format = '>' .. rep('d', j - i + 1) end
+  parts[#parts + 1] = pk(format, unpack(out, i, j))
+end
+return table.concat(parts)
 """
 )
 

@@ -62,9 +62,10 @@ def long_families(rules: list[CapRule], retention_s: int) -> set[Family]:
     return out
 
 
-def decode_read(plan: Plan, reply: list[int]) -> tuple[Matrices, np.ndarray]:
-    """The READ reply as answer matrices (one per group) and per-field block flags."""
-    values = np.asarray(reply, dtype=np.float64)
+def decode_read(plan: Plan, reply: bytes) -> tuple[Matrices, np.ndarray]:
+    """The READ reply (big-endian doubles) as answer matrices (one per group) and per-field
+    block flags."""
+    values = np.frombuffer(reply, dtype=">f8")
     matrices = group_matrices(plan)
     pos = 0
     for answers, width in zip(matrices, plan.shape.widths, strict=True):
@@ -84,7 +85,7 @@ def _reading(plan: Plan, reply: object) -> CapReading | AdmatchError:
         return reply
     if isinstance(reply, Exception):
         return _unavailable(reply)
-    return scatter(plan, *decode_read(plan, cast("list[int]", reply)))
+    return scatter(plan, *decode_read(plan, cast("bytes", reply)))
 
 
 def _unavailable(exc: Exception) -> StoreUnavailable:
@@ -151,21 +152,28 @@ class RedisCapStore:
         """One EVALSHA. On a standalone server it goes straight through a pooled connection:
         the client's per-command path (retry wrapper, observability hooks) costs 40-60 us a
         call here, a tenth of a read's round trip (BENCHMARKS.md), and buys nothing with
-        retries off (``connect.client_options``). A connection that fails is closed before it
-        goes back to the pool, as redis-py does; a server that lost the script gets it again.
+        retries off (``connect.client_options``). A server that lost the script (restart,
+        ``SCRIPT FLUSH``) gets it again and the call is made once more.
 
         Raises:
             redis.exceptions.RedisError: no answer, or the server's error reply.
         """
         if isinstance(self.client, redis.cluster.RedisCluster):
             return script(keys=keys, args=args)
+        try:
+            return self._evalsha(script.sha, keys, args)
+        except redis.exceptions.NoScriptError:
+            self.client.script_load(script.script)
+            return self._evalsha(script.sha, keys, args)
+
+    def _evalsha(self, sha: str, keys: list[str], args: list[EncodableT]) -> Any:
+        """EVALSHA on a connection of the pool; one that fails is closed before it goes back
+        (as redis-py does), so that a late reply is never read as the next call's."""
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
-            conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
             return conn.read_response()
-        except redis.exceptions.NoScriptError:
-            pass  # below, once the connection is back
         except redis.exceptions.ResponseError:
             raise  # the server answered: the connection is fine
         except BaseException:
@@ -173,7 +181,6 @@ class RedisCapStore:
             raise
         finally:
             pool.release(conn)
-        return script(keys=keys, args=args)  # loads the script, then runs it
 
     def _spec(self, shape: Shape) -> _Spec:
         """The shape's READ spec (see ``lua.py``) and its lookups' family codes (cached)."""
