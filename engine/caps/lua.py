@@ -26,8 +26,8 @@ group's mode-1 lookup found: its family is a subset). Returns one string of big-
 70 us for a warm read): per group, ``r`` then ``r`` values: the rows of the fields with
 history, each its 1-based field index and ``width`` answers (per lookup at its offset: window
 counts, day sums, latest time or -1); then the number of blocked fields and their 1-based
-indices. Counts see impressions strictly before
-``t``; day sums every impression of their days.
+indices. Counts see impressions strictly before ``t``; day sums every impression of their
+days.
 
 ``RECORD``: ``KEYS = marker, then per family its hash``; ``ARGV = ts, day, retention_us,
 ttl_s, long_ttl_s, marker_ttl_s, longs, targets (names)``: per family one character in
