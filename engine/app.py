@@ -48,7 +48,7 @@ class Decide:
         if not self.reserve or not decision.selected:
             return decision
         self.deadline.check("reserving caps")
-        return self.app._reserve(self.request, decision, self.gate)
+        return self.app._reserve(self.request, decision, self.gate, self.deadline)
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,13 @@ class App:
             return decision
         return self._reserve(request, decision, self._gate)
 
-    def _reserve(self, request: ScoreRequest, decision: Decision, gate: CapGate) -> Decision:
+    def _reserve(
+        self,
+        request: ScoreRequest,
+        decision: Decision,
+        gate: CapGate,
+        deadline: Deadline = NO_DEADLINE,
+    ) -> Decision:
         ctx = request.context
         rank, reasons, kept = decision.rank.copy(), list(decision.reason), []
         for ad in decision.selected:
@@ -158,7 +164,7 @@ class App:
                     for c in ("creative_id", "campaign_id", "advertiser_id", "category")
                 ),
             )
-            if gate.reserve(ctx, one, impression, request.campaign_caps):
+            if gate.reserve(ctx, one, impression, request.campaign_caps, deadline.remaining()):
                 kept.append(ad)
             else:
                 rank[i], reasons[i] = 0, Reason.FREQUENCY_CAPPED

@@ -18,8 +18,9 @@ the leader waits for the cap store once per pass, not once per request.
 
 Each caller gets its own outcome; a request whose ``prepare``, cap read or ``complete`` fails
 fails alone (a cap store that does not answer fails each request closed or open, as
-``CapGate`` does for one), a request whose deadline has passed before the cap read or before
-scoring fails with ``DeadlineExceeded``, and if a pass's ``score_batch`` fails, its requests
+``CapGate`` does for one; the read waits at most as long as the pass's most patient request
+has left), a request whose deadline has passed before the cap read or before scoring fails
+with ``DeadlineExceeded``, and if a pass's ``score_batch`` fails, its requests
 are scored one by one, so one bad request fails alone there too. Each request keeps the scorer
 and gate it was prepared with (``Prepared``): after a reload, a pass reads the store once per
 gate and scores once per scorer. The pass's cap read, features, model and rank are timed by the
@@ -31,6 +32,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -75,7 +77,7 @@ def run_alone(work: Work[R], timer: StageTimer) -> R:
     ready = work.prepare()
     ready.deadline.check("caps")
     with timer.stage("caps"):
-        request = ready.gate.prepare(ready.request)
+        request = ready.gate.prepare(ready.request, ready.deadline.remaining())
     ready.deadline.check("scoring")
     return work.complete(ready.scorer.score(request, timer))
 
@@ -241,7 +243,9 @@ def _read_caps(ready: list[tuple[Job[object], Prepared]], timer: StageTimer) -> 
     for group in by_gate.values():
         try:
             with timer.stage("caps"):
-                results = group[0][1].gate.prepare_many([p.request for _, p in group])
+                results = group[0][1].gate.prepare_many(
+                    [p.request for _, p in group], _longest_wait(p.deadline for _, p in group)
+                )
         except Exception as exc:  # not a request's fault: each fails with it
             results = [exc] * len(group)
         for (job, p), result in zip(group, results, strict=True):
@@ -252,6 +256,13 @@ def _read_caps(ready: list[tuple[Job[object], Prepared]], timer: StageTimer) -> 
             if job.error is None:
                 out.append((job, p.scorer, result))
     return out
+
+
+def _longest_wait(deadlines: Iterable[Deadline]) -> float | None:
+    """How long a pass's cap read may wait: as long as its most patient request has left
+    (``None``: one has no deadline); requests whose time runs out meanwhile are not scored."""
+    left = [d.remaining() for d in deadlines]
+    return None if any(x is None for x in left) else max(x for x in left if x is not None)
 
 
 def _past(deadline: Deadline, stage: str) -> DeadlineExceeded | None:

@@ -85,6 +85,7 @@ def _redis(
         KeySpace(config.store.prefix),
         retention_s=parse_duration(config.store.retention),
         on_close=on_close,
+        deadline_s=config.store.deadline_ms / 1000,
     )
 
 

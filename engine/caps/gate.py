@@ -67,13 +67,15 @@ class CapGate:
         context: RequestContext,
         candidates: CandidateColumns,
         campaign_caps: CampaignCaps | None = None,
+        budget_s: float | None = None,
     ) -> GateReading:
         """One round trip: exposure counts and which candidates the caps refuse. Campaigns'
-        own caps add to the global rules; the strictest applicable rule decides."""
+        own caps add to the global rules; the strictest applicable rule decides. The store
+        waits at most ``budget_s`` (the request's time left), never longer than its deadline."""
         own = self.own_rules(campaign_caps)
         plan = self.planner.plan(context, candidates, own)
         try:
-            reading = self.store.read(plan)
+            reading = self.store.read(plan, budget_s=budget_s)
         except StoreUnavailable as exc:
             return self._unavailable(plan, exc)
         return self._decide(reading, own)
@@ -94,13 +96,16 @@ class CapGate:
         unknown = np.zeros(plan.n, dtype=bool) if self.fail_open else evaluate.subject_to_caps(plan)
         return GateReading(np.tile(_NO_HISTORY, (plan.n, 1)), unknown, False)
 
-    def prepare(self, request: ScoreRequest) -> ScoreRequest:
+    def prepare(self, request: ScoreRequest, budget_s: float | None = None) -> ScoreRequest:
         """The request with the store's exposures and cap decision filled in."""
-        reading = self.read(request.context, request.candidates, request.campaign_caps)
+        reading = self.read(request.context, request.candidates, request.campaign_caps, budget_s)
         return _filled(request, reading)
 
-    def prepare_many(self, requests: Sequence[ScoreRequest]) -> list[ScoreRequest | Exception]:
-        """:meth:`prepare` for several requests with one round trip (``CapStore.read_many``).
+    def prepare_many(
+        self, requests: Sequence[ScoreRequest], budget_s: float | None = None
+    ) -> list[ScoreRequest | Exception]:
+        """:meth:`prepare` for several requests with one round trip (``CapStore.read_many``),
+        waiting at most ``budget_s``.
 
         Returns:
             Per request, in order, the prepared request or the error :meth:`prepare` would
@@ -110,7 +115,7 @@ class CapGate:
         """
         if len(requests) == 1:
             try:
-                return [self.prepare(requests[0])]
+                return [self.prepare(requests[0], budget_s)]
             except Exception as exc:  # the caller's to deliver, as for the others
                 return [exc]
         plans: dict[int, tuple[Plan, list[CapRule]]] = {}
@@ -121,7 +126,7 @@ class CapGate:
                 plans[i] = (self.planner.plan(request.context, request.candidates, own), own)
             except Exception as exc:
                 failed[i] = exc
-        answers = self.store.read_many([plan for plan, _ in plans.values()])
+        answers = self.store.read_many([plan for plan, _ in plans.values()], budget_s=budget_s)
         readings = dict(zip(plans, answers, strict=True))
         return [
             failed[i] if i in failed else self._prepared(request, *plans[i], readings[i])
@@ -147,8 +152,10 @@ class CapGate:
         candidate: CandidateColumns,
         impression: Impression,
         campaign_caps: CampaignCaps | None = None,
+        budget_s: float | None = None,
     ) -> bool:
-        """Atomically re-check the caps of one selected candidate and record its impression.
+        """Atomically re-check the caps of one selected candidate and record its impression,
+        the store waiting at most ``budget_s``.
 
         Returns False when a cap, gap or block refuses it now (another server got there first)
         or the store is unavailable and the gate fails closed.
@@ -158,7 +165,7 @@ class CapGate:
         rules = [*self.caps.rules, *own]
         try:
             result = self.store.check_and_record(
-                impression, plan, evaluate.checks(plan, rules, self.caps.min_gaps)
+                impression, plan, evaluate.checks(plan, rules, self.caps.min_gaps), budget_s
             )
         except StoreUnavailable:
             self.errors += 1

@@ -71,13 +71,15 @@ class MemoryCapStore:
             )
         return self._answers(plan, inclusive), blocks
 
-    def read(self, plan: Plan) -> CapReading:
-        """See :class:`CapStore`."""
+    def read(self, plan: Plan, budget_s: float | None = None) -> CapReading:
+        """See :class:`CapStore` (in memory: nothing to wait for)."""
         with self._lock:
             matrices, blocks = self._read(plan)
         return scatter(plan, matrices, blocks)
 
-    def read_many(self, plans: Sequence[Plan]) -> list[CapReading | AdmatchError]:
+    def read_many(
+        self, plans: Sequence[Plan], budget_s: float | None = None
+    ) -> list[CapReading | AdmatchError]:
         """See :class:`CapStore`: every plan under one hold of the lock."""
         with self._lock:
             answers = [self._read(plan) for plan in plans]
@@ -99,7 +101,9 @@ class MemoryCapStore:
         with self._lock:
             return sum(self._record(imp) for imp in impressions)
 
-    def check_and_record(self, impression: Impression, plan: Plan, checks: list[Check]) -> int:
+    def check_and_record(
+        self, impression: Impression, plan: Plan, checks: list[Check], budget_s: float | None = None
+    ) -> int:
         """See :class:`CapStore`."""
         with self._lock:
             if impression.impression_id in self._seen:

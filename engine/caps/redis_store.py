@@ -7,6 +7,7 @@ their layout) and the read's reply into answer matrices; the counting happens in
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
@@ -127,8 +128,10 @@ class RedisCapStore:
         retention_s: int = 7 * 86_400,
         marker_ttl_s: int = 8 * 86_400,
         on_close: Callable[[], None] | None = None,
+        deadline_s: float | None = None,
     ) -> None:
         self.client = client
+        self.deadline_s = deadline_s  # the longest any call waits (requests may allow less)
         self.rules, self.gaps, self.feedback = rules, gaps, feedback
         self.keys = keys or KeySpace()
         self.retention_s = retention_s
@@ -148,34 +151,63 @@ class RedisCapStore:
         except redis.exceptions.RedisError as exc:
             raise _unavailable(exc) from exc
 
-    def _eval(self, script: Script, keys: list[str], args: list[EncodableT]) -> Any:
+    def _timeout(self, budget_s: float | None) -> float | None:
+        """How long a call may wait for a reply: the request's time left, never longer than
+        the store's deadline (``None``: the connection's own timeout, the deadline)."""
+        if budget_s is None:
+            return None
+        if self.deadline_s is not None:
+            budget_s = min(budget_s, self.deadline_s)
+        return max(budget_s, 0.001)
+
+    def _eval(
+        self, script: Script, keys: list[str], args: list[EncodableT], budget_s: float | None = None
+    ) -> Any:
         """One EVALSHA. On a standalone server it goes straight through a pooled connection:
         the client's per-command path (retry wrapper, observability hooks) costs 40-60 us a
         call here, a tenth of a read's round trip (BENCHMARKS.md), and buys nothing with
-        retries off (``connect.client_options``). A server that lost the script (restart,
-        ``SCRIPT FLUSH``) gets it again and the call is made once more.
+        retries off (``connect.client_options``). It waits at most ``budget_s`` for the reply
+        (:meth:`_timeout`; on a cluster, the deadline). A server that lost the script
+        (restart, ``SCRIPT FLUSH``) gets it again and the call is made once more.
 
         Raises:
-            redis.exceptions.RedisError: no answer, or the server's error reply.
+            redis.exceptions.RedisError: no answer in time, or the server's error reply.
         """
         if isinstance(self.client, redis.cluster.RedisCluster):
             return script(keys=keys, args=args)
-        try:
-            return self._evalsha(script.sha, keys, args)
-        except redis.exceptions.NoScriptError:
+        calls = [(keys, args)]
+        timeout = self._timeout(budget_s)
+        reply = self._evalsha_all(script.sha, calls, timeout)[0]
+        if isinstance(reply, redis.exceptions.NoScriptError):
             self.client.script_load(script.script)
-            return self._evalsha(script.sha, keys, args)
+            reply = self._evalsha_all(script.sha, calls, timeout)[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
-    def _evalsha(self, sha: str, keys: list[str], args: list[EncodableT]) -> Any:
-        """EVALSHA on a connection of the pool; one that fails is closed before it goes back
-        (as redis-py does), so that a late reply is never read as the next call's."""
+    def _evalsha_all(self, sha: str, calls: list[_Call], timeout: float | None) -> list[object]:
+        """EVALSHA calls written at once on a connection of the pool, then their replies (an
+        error reply in its call's place), all within ``timeout`` (``None``: the connection's
+        timeout per read). A connection that fails is closed before it goes back (as redis-py
+        does), so that a late reply is never read as the next call's.
+
+        Raises:
+            redis.exceptions.RedisError: no answer (connection lost, timeout).
+        """
         pool = self.client.connection_pool
         conn = pool.get_connection()
+        end = None if timeout is None else time.monotonic() + timeout
         try:
-            conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
-            return conn.read_response()
-        except redis.exceptions.ResponseError:
-            raise  # the server answered: the connection is fine
+            commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
+            conn.send_packed_command(conn.pack_commands(commands))
+            replies: list[object] = []
+            for _ in calls:
+                wait = {} if end is None else {"timeout": max(end - time.monotonic(), 0.001)}
+                try:
+                    replies.append(conn.read_response(**wait))
+                except redis.exceptions.ResponseError as exc:  # the server answered
+                    replies.append(exc)
+            return replies
         except BaseException:
             conn.disconnect()
             raise
@@ -218,13 +250,15 @@ class RedisCapStore:
         args += [_names(f, c) for f, c in zip(plan.fields, shape.columns, strict=True)]
         return keys, args
 
-    def read(self, plan: Plan) -> CapReading:
+    def read(self, plan: Plan, budget_s: float | None = None) -> CapReading:
         """See :class:`CapStore`."""
         keys, args = self._read_keys_args(plan)
-        reply = self._call(lambda: self._eval(self._read, keys, args))
+        reply = self._call(lambda: self._eval(self._read, keys, args, budget_s))
         return scatter(plan, *decode_read(plan, reply))
 
-    def read_many(self, plans: Sequence[Plan]) -> list[CapReading | AdmatchError]:
+    def read_many(
+        self, plans: Sequence[Plan], budget_s: float | None = None
+    ) -> list[CapReading | AdmatchError]:
         """See :class:`CapStore`: the plans' READ calls in one pipeline (:meth:`_pipeline`); a
         plan whose ids cannot be sent is not sent."""
         calls: list[_Call] = []
@@ -237,7 +271,7 @@ class RedisCapStore:
         replies: list[object] = []
         if calls:
             try:
-                replies = self._call(lambda: self._pipeline(self._read, calls))
+                replies = self._call(lambda: self._pipeline(self._read, calls, budget_s))
             except StoreUnavailable as exc:  # no answer at all: every plan sent fails
                 replies = [exc] * len(calls)
         answers = iter(replies)
@@ -300,11 +334,14 @@ class RedisCapStore:
                 raise _unavailable(result) from result
         return sum(cast("list[int]", results))
 
-    def _pipeline(self, script: Script, calls: list[_Call]) -> list[object]:
-        """Calls of one script in one pipeline (a cluster's: one round trip per node, every
-        node's calls sent before any answer is read), without the SCRIPT EXISTS redis-py sends
-        first for scripts; a server that lost the script (restart, SCRIPT FLUSH) gets it again
-        and the refused calls are re-run.
+    def _pipeline(
+        self, script: Script, calls: list[_Call], budget_s: float | None = None
+    ) -> list[object]:
+        """Calls of one script in one round trip (a cluster's: one per node, every node's
+        calls sent before any answer is read: redis-py's cluster pipeline), without the SCRIPT
+        EXISTS redis-py sends first for scripts; waiting at most ``budget_s`` on a standalone
+        server (:meth:`_timeout`); a server that lost the script (restart, SCRIPT FLUSH) gets it
+        again and the refused calls are re-run.
 
         Returns:
             Per call, in order, its reply, or the error the server answered it with.
@@ -312,14 +349,19 @@ class RedisCapStore:
         Raises:
             redis.exceptions.RedisError: no answer (connection lost, timeout).
         """
-        pipe = self.client.pipeline(transaction=False)
-        cluster = isinstance(self.client, redis.cluster.RedisCluster)
-        for keys, args in calls:
-            # a cluster pipeline would ask the server for an EVALSHA's keys (COMMAND GETKEYS,
-            # one round trip each) unless told the node
-            node = {"target_nodes": self.client.get_node_from_key(keys[0])} if cluster else {}
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args, **node)
-        results: list[object] = pipe.execute(raise_on_error=False)
+        results: list[object]
+        if isinstance(self.client, redis.cluster.RedisCluster):
+            pipe = self.client.pipeline(transaction=False)
+            for keys, args in calls:
+                # a cluster pipeline would ask the server for an EVALSHA's keys (COMMAND
+                # GETKEYS, one round trip each) unless told the node
+                node = self.client.get_node_from_key(keys[0])
+                pipe.execute_command(
+                    "EVALSHA", script.sha, len(keys), *keys, *args, target_nodes=node
+                )
+            results = pipe.execute(raise_on_error=False)
+        else:
+            results = self._evalsha_all(script.sha, calls, self._timeout(budget_s))
         for k, ((keys, args), result) in enumerate(zip(calls, results, strict=True)):
             if isinstance(result, redis.exceptions.NoScriptError):
                 try:
@@ -328,7 +370,9 @@ class RedisCapStore:
                     results[k] = exc
         return results
 
-    def check_and_record(self, impression: Impression, plan: Plan, checks: list[Check]) -> int:
+    def check_and_record(
+        self, impression: Impression, plan: Plan, checks: list[Check], budget_s: float | None = None
+    ) -> int:
         """See :class:`CapStore`."""
         read_keys, read_args = self._read_keys_args(plan)
         rec_keys, rec_args = self._record_keys_args(impression)
@@ -339,7 +383,7 @@ class RedisCapStore:
             encoded += [chk.group + 1, chk.column + 1, int(gap), threshold]
         keys = rec_keys + read_keys
         args = [len(rec_keys), *rec_args, *read_args, _numbers(encoded)]
-        return int(self._call(lambda: self._eval(self._check_record, keys, args)))
+        return int(self._call(lambda: self._eval(self._check_record, keys, args, budget_s)))
 
     def block(self, feedback: list[Feedback]) -> int:
         """See :class:`CapStore`. Each block stores its end (event time); a later end wins."""

@@ -163,8 +163,9 @@ class CapStore(Protocol):
     block refuses it, atomically with respect to every other call.
     """
 
-    def read(self, plan: Plan) -> CapReading:
-        """Answer a request's plan in one round trip.
+    def read(self, plan: Plan, budget_s: float | None = None) -> CapReading:
+        """Answer a request's plan in one round trip, waiting at most ``budget_s`` (the
+        request's time left; never longer than the store's own deadline).
 
         Raises:
             InvalidArgument: the plan's ids cannot be sent (a backend's limit, e.g. over 64 KiB).
@@ -172,9 +173,11 @@ class CapStore(Protocol):
         """
         ...
 
-    def read_many(self, plans: Sequence[Plan]) -> list[CapReading | AdmatchError]:
+    def read_many(
+        self, plans: Sequence[Plan], budget_s: float | None = None
+    ) -> list[CapReading | AdmatchError]:
         """Answer several requests' plans in one round trip (on a cluster, one per node, all
-        sent before any answer is read).
+        sent before any answer is read), waiting at most ``budget_s`` for all of them.
 
         Returns:
             One answer per plan, in order: what :meth:`read` returns for it, or the error
@@ -188,10 +191,13 @@ class CapStore(Protocol):
         """Record impressions; return how many were new (duplicates are ignored)."""
         ...
 
-    def check_and_record(self, impression: Impression, plan: Plan, checks: list[Check]) -> int:
+    def check_and_record(
+        self, impression: Impression, plan: Plan, checks: list[Check], budget_s: float | None = None
+    ) -> int:
         """Atomically: return 0 if the impression id was already recorded; else, if no check
         fails and no block covers the candidate, record the impression and return 1; else
-        return ``-(i+1)`` for failing check ``i``, or -1000000 for a block."""
+        return ``-(i+1)`` for failing check ``i``, or -1000000 for a block. Waits at most
+        ``budget_s``, as :meth:`read`."""
         ...
 
     def block(self, feedback: list[Feedback]) -> int:

@@ -285,22 +285,27 @@ class SpyStore:
     def __init__(self, inner: CapStore, before_read: Any = None, down: bool = False) -> None:
         self.inner, self.before_read, self.down = inner, before_read, down
         self.reads: list[tuple[str, int]] = []  # (method, plans)
+        self.budgets: list[float | None] = []  # how long each read was allowed to wait
 
-    def read(self, plan: Plan) -> CapReading:
+    def read(self, plan: Plan, budget_s: float | None = None) -> CapReading:
         self.reads.append(("read", 1))
+        self.budgets.append(budget_s)
         if self.before_read is not None:
             self.before_read()
         if self.down:
             raise StoreUnavailable("down for the test")
-        return self.inner.read(plan)
+        return self.inner.read(plan, budget_s)
 
-    def read_many(self, plans: Sequence[Plan]) -> list[CapReading | AdmatchError]:
+    def read_many(
+        self, plans: Sequence[Plan], budget_s: float | None = None
+    ) -> list[CapReading | AdmatchError]:
         self.reads.append(("read_many", len(plans)))
+        self.budgets.append(budget_s)
         if self.before_read is not None:
             self.before_read()
         if self.down:
             return [StoreUnavailable("down for the test") for _ in plans]
-        return self.inner.read_many(plans)
+        return self.inner.read_many(plans, budget_s)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -380,6 +385,7 @@ def test_deadlines_are_checked_before_the_read_and_before_scoring(
         works.append(work)
     results = run_all(Batcher(0.2, 8), works)
     assert spy.reads == [("read_many", 2)]  # the spent one is not read
+    assert spy.budgets == [10.0]  # the read may wait as long as the most patient has left
     assert str(results["spent"]) == "deadline of 0 ms exceeded before caps"
     assert str(results["ends during the read"]) == "deadline of 1000 ms exceeded before scoring"
     assert same(results["in time"], plain.decide(renamed(reqs[2], "in time")))

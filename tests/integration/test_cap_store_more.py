@@ -22,7 +22,7 @@ from engine.caps.keys import KeySpace
 from engine.caps.plan import micros
 from engine.caps.redis_store import RedisCapStore
 from engine.caps.rules import Family
-from engine.caps.store import Impression
+from engine.caps.store import Impression, StoreUnavailable
 from engine.config import AdmatchConfig, load_config
 from engine.synth.generator import GeneratedLog, generate
 from engine.synth.params import WorldParams
@@ -150,6 +150,50 @@ def test_a_call_that_times_out_leaves_no_reply_behind() -> None:
         blocker.join()
         # u1's answer, not u2's late one (which would show no exposure)
         assert ask(store, 5)[1][0, EXP["exp_user_campaign_1h"]] == 1
+    finally:
+        server.stop()
+
+
+def test_a_read_waits_no_longer_than_the_request_has_left() -> None:
+    """The request's time left is passed down: with the server busy, a read, a pass's
+    pipelined reads and a reservation allowed 0.2 s give up then (failing closed), not at the
+    store's 5 s deadline. (Each on a connection made before: a new connection's handshake
+    waits up to the store's deadline.)"""
+    server = EmbeddedRedis().start()
+    try:
+        ctx, cands = _request()
+        gates = []
+        for k in range(3):  # one per call below, each with its connection and scripts ready
+            store = RedisCapStore(
+                server.client(**client_options(5000)), RULES, GAPS, FEEDBACK, deadline_s=5.0
+            )
+            gate = CapGate(store, CAPS, 7 * 86_400, fail_open=False)
+            gate.read(ctx, cands)
+            warm = imp(f"warm-{k}", -30, ad_id=f"w{k}", campaign_id=f"w{k}", advertiser_id=f"w{k}")
+            assert gate.reserve(ctx, cands, warm)
+            gates.append(gate)
+        plan = gates[1].planner.plan(ctx, cands)
+        busy = server.client()
+        spin = "local t = redis.call('TIME')[1] while redis.call('TIME')[1] - t < 3 do end"
+        blocker = threading.Thread(target=lambda: busy.eval(spin, 0))
+        blocker.start()
+        time.sleep(0.2)  # the server is inside the spinning script
+        waits = []
+        start = time.monotonic()
+        assert gates[0].read(ctx, cands, budget_s=0.2).capped.all()  # failed closed
+        waits.append(time.monotonic() - start)
+        start = time.monotonic()
+        answers = gates[1].store.read_many([plan, plan], budget_s=0.2)
+        assert all(isinstance(a, StoreUnavailable) for a in answers)
+        waits.append(time.monotonic() - start)
+        start = time.monotonic()
+        assert not gates[2].reserve(ctx, cands, imp(2, 1), budget_s=0.2)
+        waits.append(time.monotonic() - start)
+        assert max(waits) < 1.5, waits  # the 0.2 s allowed, not the 5 s deadline
+        blocker.join()
+        # the server free again: the 3 impressions reserved before, not the refused one
+        reading = gates[1].store.read(plan, budget_s=1.0)
+        assert reading.exposures[0, EXP["exp_user_any_1h"]] == 3
     finally:
         server.stop()
 

@@ -201,11 +201,11 @@ def test_a_failing_cap_store_is_counted_and_the_replay_goes_on(
     calls = {"read": 0, "record": 0}
     read_many, record = MemoryCapStore.read_many, MemoryCapStore.record
 
-    def flaky_read_many(self: MemoryCapStore, plans: Any) -> Any:
+    def flaky_read_many(self: MemoryCapStore, plans: Any, budget_s: Any = None) -> Any:
         calls["read"] += 1
         if calls["read"] % 3 == 0:
             return [StoreUnavailable("down for the test") for _ in plans]
-        return read_many(self, plans)
+        return read_many(self, plans, budget_s)
 
     def flaky_record(self: MemoryCapStore, impressions: Any) -> int:
         calls["record"] += 1
