@@ -77,7 +77,7 @@ def _redis(
     config: AdmatchConfig, client: object, on_close: Callable[[], None] | None = None
 ) -> CapStore:
     caps = config.caps
-    return RedisCapStore(
+    store = RedisCapStore(
         client,
         caps.rules,
         caps.min_gaps,
@@ -87,6 +87,8 @@ def _redis(
         on_close=on_close,
         deadline_s=config.store.deadline_ms / 1000,
     )
+    store.load_scripts()
+    return store
 
 
 def _memory(config: AdmatchConfig) -> CapStore:

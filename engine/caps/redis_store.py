@@ -6,6 +6,7 @@ their layout) and the read's reply into answer matrices; the counting happens in
 
 from __future__ import annotations
 
+import logging
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ from engine.caps.store import (
 )
 from engine.errors import AdmatchError, InvalidArgument
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 DAY_TTL_S = 400 * 86_400  # day and lifetime counts live this long after the last write
 _CACHE_SIZE = 4_096
@@ -144,6 +146,18 @@ class RedisCapStore:
         self._record = client.register_script(lua.RECORD)
         self._check_record = client.register_script(lua.CHECK_RECORD)
         self._block = client.register_script(lua.BLOCK)
+
+    def load_scripts(self) -> bool:
+        """Load the scripts into the server now, so that the first calls after a start do not
+        meet NOSCRIPT and pay a round trip more. Best effort: ``False`` when the server does
+        not answer (each script is then loaded on first use, as after a restart)."""
+        try:
+            for script in (self._read, self._record, self._check_record, self._block):
+                self.client.script_load(script.script)
+        except redis.exceptions.RedisError as exc:
+            log.warning("cap store scripts not loaded now (%s): loaded on first use", exc)
+            return False
+        return True
 
     def _call(self, fn: Callable[[], T]) -> T:
         try:

@@ -122,6 +122,7 @@ def test_fail_closed_and_fail_open_when_the_store_is_down() -> None:
     server = EmbeddedRedis().start()
     store = RedisCapStore(server.client(**client_options(50)), RULES, GAPS, FEEDBACK)
     server.stop()
+    assert not store.load_scripts()  # best effort: loaded on first use instead
     closed = CapGate(store, CAPS, 7 * 86_400, fail_open=False)
     capped, exposures = closed.read(*_request()).capped, closed.read(*_request()).exposures
     assert capped.all() and closed.errors == 2
@@ -219,6 +220,17 @@ def test_open_store_by_url(local_redis_url: str) -> None:
         if isinstance(store, RedisCapStore):
             for key in store.client.scan_iter(match=f"{store.keys.prefix}:*"):
                 store.client.delete(key)
+        store.close()
+
+
+def test_the_scripts_are_loaded_when_the_store_opens() -> None:
+    """The first calls after a start meet no NOSCRIPT: open_store loads every script."""
+    store = open_store(with_store(""))
+    try:
+        assert isinstance(store, RedisCapStore)
+        scripts = [store._read, store._record, store._check_record, store._block]
+        assert store.client.script_exists(*(s.sha for s in scripts)) == [True] * len(scripts)
+    finally:
         store.close()
 
 
