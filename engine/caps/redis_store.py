@@ -177,24 +177,12 @@ class RedisCapStore:
     def _eval(
         self, script: Script, keys: list[str], args: list[EncodableT], budget_s: float | None = None
     ) -> Any:
-        """One EVALSHA. On a standalone server it goes straight through a pooled connection:
-        the client's per-command path (retry wrapper, observability hooks) costs 40-60 us a
-        call here, a tenth of a read's round trip (BENCHMARKS.md), and buys nothing with
-        retries off (``connect.client_options``). It waits at most ``budget_s`` for the reply
-        (:meth:`_timeout`; on a cluster, the deadline). A server that lost the script
-        (restart, ``SCRIPT FLUSH``) gets it again and the call is made once more.
+        """One EVALSHA: a pipeline of one call (:meth:`_pipeline`).
 
         Raises:
             redis.exceptions.RedisError: no answer in time, or the server's error reply.
         """
-        if isinstance(self.client, redis.cluster.RedisCluster):
-            return script(keys=keys, args=args)
-        calls = [(keys, args)]
-        timeout = self._timeout(budget_s)
-        reply = self._evalsha_all(script.sha, calls, timeout)[0]
-        if isinstance(reply, redis.exceptions.NoScriptError):
-            self.client.script_load(script.script)
-            reply = self._evalsha_all(script.sha, calls, timeout)[0]
+        reply = self._pipeline(script, [(keys, args)], budget_s)[0]
         if isinstance(reply, Exception):
             raise reply
         return reply
@@ -351,11 +339,9 @@ class RedisCapStore:
     def _pipeline(
         self, script: Script, calls: list[_Call], budget_s: float | None = None
     ) -> list[object]:
-        """Calls of one script in one round trip (a cluster's: one per node, every node's
-        calls sent before any answer is read: redis-py's cluster pipeline), without the SCRIPT
-        EXISTS redis-py sends first for scripts; waiting at most ``budget_s`` on a standalone
-        server (:meth:`_timeout`); a server that lost the script (restart, SCRIPT FLUSH) gets it
-        again and the refused calls are re-run.
+        """Calls of one script in one round trip (a cluster's: one per node), without the
+        SCRIPT EXISTS redis-py sends first for scripts; a server that lost the script (restart,
+        SCRIPT FLUSH) gets it again and the refused calls are sent once more.
 
         Returns:
             Per call, in order, its reply, or the error the server answered it with.
@@ -363,25 +349,33 @@ class RedisCapStore:
         Raises:
             redis.exceptions.RedisError: no answer (connection lost, timeout).
         """
-        results: list[object]
-        if isinstance(self.client, redis.cluster.RedisCluster):
-            pipe = self.client.pipeline(transaction=False)
-            for keys, args in calls:
-                # a cluster pipeline would ask the server for an EVALSHA's keys (COMMAND
-                # GETKEYS, one round trip each) unless told the node
-                node = self.client.get_node_from_key(keys[0])
-                pipe.execute_command(
-                    "EVALSHA", script.sha, len(keys), *keys, *args, target_nodes=node
-                )
-            results = pipe.execute(raise_on_error=False)
-        else:
-            results = self._evalsha_all(script.sha, calls, self._timeout(budget_s))
-        for k, ((keys, args), result) in enumerate(zip(calls, results, strict=True)):
-            if isinstance(result, redis.exceptions.NoScriptError):
-                try:
-                    results[k] = script(keys=keys, args=args)
-                except redis.exceptions.ResponseError as exc:
-                    results[k] = exc
+        results = self._send(script.sha, calls, budget_s)
+        refused = [
+            k for k, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)
+        ]
+        if refused:
+            self.client.script_load(script.script)  # on a cluster: every primary
+            again = self._send(script.sha, [calls[k] for k in refused], budget_s)
+            for k, result in zip(refused, again, strict=True):
+                results[k] = result
+        return results
+
+    def _send(self, sha: str, calls: list[_Call], budget_s: float | None) -> list[object]:
+        """EVALSHA calls in one round trip. On a standalone server straight through a pooled
+        connection (:meth:`_evalsha_all`): the client's per-command path (retry wrapper,
+        observability hooks) costs 40-60 us a call here (BENCHMARKS.md) and buys nothing with
+        retries off (``connect.client_options``); it waits at most ``budget_s``
+        (:meth:`_timeout`). On a cluster, redis-py's cluster pipeline (one round trip per node,
+        every node's calls sent before any answer is read; the deadline bounds it)."""
+        if not isinstance(self.client, redis.cluster.RedisCluster):
+            return self._evalsha_all(sha, calls, self._timeout(budget_s))
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in calls:
+            # a cluster pipeline would ask the server for an EVALSHA's keys (COMMAND GETKEYS,
+            # one round trip each) unless told the node
+            node = self.client.get_node_from_key(keys[0])
+            pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args, target_nodes=node)
+        results: list[object] = pipe.execute(raise_on_error=False)
         return results
 
     def check_and_record(
