@@ -9,12 +9,14 @@ encodings, a list of messages and one packed column per attribute, give the same
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from admatch.v1 import admatch_pb2 as pb
+from engine.caps.plan import check_time
 from engine.caps.rules import CapRule
 from engine.caps.store import Feedback, Impression
 from engine.config import COST_COMPONENTS
@@ -70,6 +72,21 @@ def _opt(text: str) -> str | None:
     return text or None
 
 
+def timestamp(ts: Timestamp, field: str) -> datetime:
+    """A wire timestamp as a UTC datetime, within the times the cap store counts.
+
+    Raises:
+        InvalidArgument: naming ``field``: seconds or nanos outside what a Timestamp allows
+            (a client can send any), or a time outside ``plan.check_time``'s range.
+    """
+    try:
+        value = ts.ToDatetime(tzinfo=UTC)
+    except ValueError as exc:
+        raise InvalidArgument(field, f"not a valid timestamp: {exc}") from exc
+    check_time(value, field)
+    return value
+
+
 def _context(msg: pb.ScoreRequest) -> RequestContext:
     if not msg.request_id:
         raise InvalidArgument("request_id", "required")
@@ -79,7 +96,7 @@ def _context(msg: pb.ScoreRequest) -> RequestContext:
         raise InvalidArgument("user.user_id", "required")
     return RequestContext(
         request_id=msg.request_id,
-        ts=msg.time.ToDatetime(tzinfo=UTC),
+        ts=timestamp(msg.time, "time"),
         user_id=msg.user.user_id,
         touchpoint=str(_enum(TOUCHPOINT, msg.touchpoint, "touchpoint", True)),
         slot=str(_enum(SLOT, msg.slot, "slot", True)),

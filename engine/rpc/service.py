@@ -6,7 +6,6 @@ import json
 import os
 import socket
 from collections.abc import Iterator
-from datetime import UTC
 from pathlib import Path
 
 import grpc
@@ -19,7 +18,7 @@ from engine.caps.store import Feedback, Impression
 from engine.deadline import Deadline
 from engine.errors import InvalidArgument
 from engine.rpc.auth import check_operator
-from engine.rpc.convert import SLOT, TOUCHPOINT, decision_to_wire, request_from_proto
+from engine.rpc.convert import SLOT, TOUCHPOINT, decision_to_wire, request_from_proto, timestamp
 from engine.rpc.metrics import Metrics
 from engine.rpc.stream import read_ahead
 from engine.scoring.types import Decision, ScoreRequest
@@ -186,7 +185,7 @@ def events_from_proto(batch: pb.EventBatch) -> tuple[list[Impression], list[Feed
             raise InvalidArgument(f"{field}.time", "required")
         if not e.user_id:
             raise InvalidArgument(f"{field}.user_id", "required")
-        ts = e.time.ToDatetime(tzinfo=UTC)
+        ts = timestamp(e.time, f"{field}.time")
         if e.type == pb.Event.TYPE_IMPRESSION:
             touchpoint = TOUCHPOINT[e.touchpoint] if 0 <= e.touchpoint < len(TOUCHPOINT) else None
             slot = SLOT[e.slot] if 0 <= e.slot < len(SLOT) else None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 import numpy as np
 
+from engine.caps.plan import check_time
 from engine.caps.rules import CampaignCaps
 from engine.config import COST_COMPONENTS
 from engine.errors import InvalidArgument
@@ -63,10 +65,16 @@ class ScoreRequest:
         """Reject what the feature core would not catch, naming the field.
 
         Raises:
-            InvalidArgument: unknown touchpoint, slot of another touchpoint, no candidates,
+            InvalidArgument: a time outside ``plan.check_time``'s range, a local hour outside
+                0-23, unknown touchpoint, slot of another touchpoint, no candidates,
                 duplicated ad ids, a bid that is NaN, infinite or negative.
         """
         ctx = self.context
+        if isinstance(ctx.ts, datetime) and ctx.ts.tzinfo is not None:  # else features refuse
+            check_time(ctx.ts, f"{where}.time")
+        hour = ctx.local_hour
+        if hour is not None and (isinstance(hour, bool) or hour not in range(24)):
+            raise InvalidArgument(f"{where}.local_hour", f"must be an hour 0-23, got {hour!r}")
         if ctx.touchpoint not in TOUCHPOINTS:
             raise InvalidArgument(f"{where}.touchpoint", f"unknown touchpoint {ctx.touchpoint!r}")
         if SLOT_TOUCHPOINT.get(ctx.slot) != ctx.touchpoint:
