@@ -38,6 +38,8 @@ from engine.synth.params import WorldParams
 from features.online import RequestContext
 from features.schema import CANDIDATE_COLUMNS
 
+from .machine import describe
+
 
 def impressions(log: pl.DataFrame) -> list[Impression]:
     shown = log.filter("shown")
@@ -93,6 +95,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
     calls, usec = np.subtract(_script_stats(store), stats_before)
     after = int(store.client.info("memory")["used_memory"])
+    print(describe())
     print(f"store: {'embedded (unix socket)' if not args.url else args.url}")
     print(
         f"recorded {len(events):,} impressions of {users:,} active users in {seconds:.1f} s: "

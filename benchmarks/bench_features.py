@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import platform
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +25,8 @@ from features import EngagementStats, FeatureCore, FeatureParams, Priors, Reques
 from features.exposure import EXPOSURE_SCHEMA
 from features.logio import read_log
 from features.schema import CANDIDATE_COLUMNS
+
+from .machine import describe
 
 
 def timings(fn: Callable[[], object], repeat: int) -> np.ndarray:
@@ -74,8 +74,8 @@ def main() -> None:
     log = read_log(args.log)
     stats = EngagementStats.fit(log)
     core = FeatureCore(FeatureParams(stats, Priors.default()))
+    print(describe())
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
         f"polars {pl.__version__} with {pl.thread_pool_size()} thread(s), "
         f"{len(core.names)} features"
     )

@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -53,6 +52,8 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine.rpc.run import free_port
+
+from .machine import describe
 
 SCORE = "/admatch.v1.AdMatching/Score"
 STREAM = "/admatch.v1.AdMatching/ScoreStream"
@@ -540,9 +541,9 @@ def main() -> None:
     store = "empty"
     if args.warm:
         store = f"warm for the load points ({len(warm_batches)} batches of the users' impressions)"
+    print(describe())
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cpus, load average "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; model {args.model}; {CANDIDATES} "
+        f"model {args.model}; {CANDIDATES} "
         f"candidates per request, {len(payloads)} distinct requests "
         f"({np.mean([len(p) for p in payloads]) / 1024:.1f} KiB each); Score without "
         f"reserve_caps; {'columnar' if args.columnar else 'row'} candidate encoding; "

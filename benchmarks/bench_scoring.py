@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import platform
 from collections import defaultdict
 from collections.abc import Iterator
 from functools import partial
@@ -38,6 +36,7 @@ from features.logio import read_log
 
 from .bench_features import requests as feature_requests
 from .bench_features import timings as timed
+from .machine import describe
 
 
 def score_requests(log_path: Path, n: int, count: int, seed: int) -> list[ScoreRequest]:
@@ -109,10 +108,8 @@ def main() -> None:
     bundle = ModelBundle.load(args.model, runtime=args.runtime)
     scorer = Scorer(bundle, load_config())
     plain = {t: LightGBMPredictor(args.model / f"{t}.txt") for t in ("engaged", "negative")}
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cpus; model {bundle.version} "
-        f"({bundle.runtime}); {len(bundle.core.names)} features"
-    )
+    print(describe())
+    print(f"model {bundle.version} ({bundle.runtime}); {len(bundle.core.names)} features")
     print(
         "| mode | p50 ms | p99 ms | features / model / rank p50 ms | engine candidates/s "
         "| LightGBM predict p50 ms | LightGBM candidates/s | ratio |"
