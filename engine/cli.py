@@ -13,7 +13,7 @@ import typer
 from engine.cliutil import console, err_console
 from engine.cliutil import fail as _fail
 from engine.cliutil import table as _table
-from engine.errors import AdmatchError
+from engine.errors import AdmatchError, InvalidArgument
 
 app = typer.Typer(
     help="admatch: user-first ad matching for AI voice, OTT, IoT and mobile touchpoints.",
@@ -332,9 +332,11 @@ def _request_doc(path: Path) -> dict[str, Any]:
     import json
 
     doc = json.loads(path.read_text())
-    if isinstance(doc, dict) and "candidates" not in doc and isinstance(doc.get("request"), dict):
+    if not isinstance(doc, dict):
+        raise InvalidArgument("request", f"{path} holds a {type(doc).__name__}, not an object")
+    if "candidates" not in doc and isinstance(doc.get("request"), dict):
         return dict(doc["request"])
-    return dict(doc)
+    return doc
 
 
 def _register() -> None:

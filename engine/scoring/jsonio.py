@@ -26,16 +26,45 @@ from features.schema import CANDIDATE_COLUMNS
 _EXPOSURE_INDEX = {name: i for i, name in enumerate(EXPOSURE_SCHEMA.names())}
 
 
+def _object(value: Any, field: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidArgument(field, f"must be an object, got {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, field: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise InvalidArgument(field, f"must be a list, got {type(value).__name__}")
+    return value
+
+
+def _number(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgument(field, f"must be a number, got {value!r}")
+    return float(value)
+
+
 def _context(doc: dict[str, Any]) -> RequestContext:
     fields: dict[str, Any] = {k: doc.get(k) for k in REQUEST_FIELDS}
     for key in ("request_id", "ts", "user_id", "touchpoint", "slot"):
         if fields[key] is None:
             raise InvalidArgument(f"request.{key}", "required")
+    for key in ("request_id", "user_id"):  # not feature columns: nothing else checks them
+        if not isinstance(fields[key], str) or not fields[key]:
+            raise InvalidArgument(
+                f"request.{key}", f"must be a non-empty string, got {fields[key]!r}"
+            )
+    if not isinstance(fields["ts"], str | datetime):
+        raise InvalidArgument("request.ts", f"must be an ISO 8601 string, got {fields['ts']!r}")
     try:
-        fields["ts"] = datetime.fromisoformat(str(fields["ts"]))
+        if isinstance(fields["ts"], str):
+            fields["ts"] = datetime.fromisoformat(fields["ts"])
     except ValueError as exc:
         raise InvalidArgument("request.ts", f"not an ISO 8601 time: {exc}") from exc
-    fields["user_interests"] = tuple(doc.get("user_interests") or ())
+    interests = _list(doc.get("user_interests") or [], "request.user_interests")
+    if not all(isinstance(t, str) for t in interests):
+        raise InvalidArgument("request.user_interests", "must be a list of strings")
+    fields["user_interests"] = tuple(interests)
     return RequestContext(**fields)
 
 
@@ -46,10 +75,12 @@ def _exposures(candidates: list[dict[str, Any]]) -> np.ndarray | None:
     for name in SINCE_COLUMNS:
         out[:, _EXPOSURE_INDEX[name]] = np.nan
     for i, cand in enumerate(candidates):
-        for name, value in (cand.get("exposures") or {}).items():
+        field = f"candidates[{i}].exposures"
+        for name, value in _object(cand.get("exposures") or {}, field).items():
             if name not in _EXPOSURE_INDEX:
-                raise InvalidArgument(f"candidates[{i}].exposures.{name}", "unknown column")
-            out[i, _EXPOSURE_INDEX[name]] = float(value)
+                raise InvalidArgument(f"{field}.{name}", "unknown column")
+            if value is not None or name not in SINCE_COLUMNS:  # a null recency: none
+                out[i, _EXPOSURE_INDEX[name]] = _number(value, f"{field}.{name}")
     return out
 
 
@@ -59,24 +90,39 @@ def request_from_json(doc: dict[str, Any]) -> ScoreRequest:
     Raises:
         InvalidArgument: a missing or unknown field, naming it.
     """
+    _object(doc, "request")
     candidates = doc.get("candidates")
     if not isinstance(candidates, list):
         raise InvalidArgument("request.candidates", "must be a list of candidate objects")
     allowed = set(CANDIDATE_COLUMNS) | {"exposures"}
     for i, cand in enumerate(candidates):
-        unknown = set(cand) - allowed
+        unknown = set(_object(cand, f"candidates[{i}]")) - allowed
         if unknown:
             raise InvalidArgument(f"candidates[{i}].{sorted(unknown)[0]}", "unknown field")
     present = [c for c in CANDIDATE_COLUMNS if any(c in cand for cand in candidates)]
     columns = {c: [cand.get(c) for cand in candidates] for c in present}
-    pod = doc.get("pod")
     return ScoreRequest(
         context=_context(doc),
         candidates=columns,
         exposures=_exposures(candidates),
-        pod=PodLimits(**pod) if pod else None,
-        campaign_caps=_campaign_caps(doc.get("campaign_caps") or {}),
+        pod=_pod(doc.get("pod")),
+        campaign_caps=_campaign_caps(
+            _object(doc.get("campaign_caps") or {}, "request.campaign_caps")
+        ),
     )
+
+
+def _pod(doc: Any) -> PodLimits | None:
+    """``{"max_ads": 2, "max_total_duration_s": 60}`` (the total optional); types and ranges
+    are checked by ``ScoreRequest.validate``."""
+    if not doc:
+        return None
+    unknown = set(_object(doc, "request.pod")) - {"max_ads", "max_total_duration_s"}
+    if unknown:
+        raise InvalidArgument(f"request.pod.{sorted(unknown)[0]}", "unknown field")
+    if "max_ads" not in doc:
+        raise InvalidArgument("request.pod.max_ads", "required")
+    return PodLimits(doc["max_ads"], doc.get("max_total_duration_s"))
 
 
 def _campaign_caps(doc: dict[str, Any]) -> dict[str, list[CapRule]]:
@@ -84,14 +130,21 @@ def _campaign_caps(doc: dict[str, Any]) -> dict[str, list[CapRule]]:
     out: dict[str, list[CapRule]] = {}
     for campaign, rules in doc.items():
         out[campaign] = []
-        for i, rule in enumerate(rules):
+        field = f"request.campaign_caps.{campaign}"
+        for i, rule in enumerate(_list(rules, field)):
             try:
                 out[campaign].append(
-                    CapRule.model_validate({"target": "campaign", **rule, "campaign_id": campaign})
+                    CapRule.model_validate(
+                        {
+                            "target": "campaign",
+                            **_object(rule, f"{field}[{i}]"),
+                            "campaign_id": campaign,
+                        }
+                    )
                 )
             except ValidationError as exc:
                 problem = exc.errors()[0]["msg"].removeprefix("Value error, ")
-                raise InvalidArgument(f"request.campaign_caps.{campaign}[{i}]", problem) from exc
+                raise InvalidArgument(f"{field}[{i}]", problem) from exc
     return out
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -69,21 +71,16 @@ class ScoreRequest:
                 0-23, unknown touchpoint, slot of another touchpoint, no candidates,
                 duplicated ad ids, a bid that is NaN, infinite or negative.
         """
-        ctx = self.context
-        if isinstance(ctx.ts, datetime) and ctx.ts.tzinfo is not None:  # else features refuse
-            check_time(ctx.ts, f"{where}.time")
-        hour = ctx.local_hour
-        if hour is not None and (isinstance(hour, bool) or hour not in range(24)):
-            raise InvalidArgument(f"{where}.local_hour", f"must be an hour 0-23, got {hour!r}")
-        if ctx.touchpoint not in TOUCHPOINTS:
-            raise InvalidArgument(f"{where}.touchpoint", f"unknown touchpoint {ctx.touchpoint!r}")
-        if SLOT_TOUCHPOINT.get(ctx.slot) != ctx.touchpoint:
-            raise InvalidArgument(
-                f"{where}.slot", f"{ctx.slot!r} is not a slot of {ctx.touchpoint}"
-            )
+        _check_context(self.context, where)
         ads = self.candidates.get("ad_id")
         if ads is None or len(ads) == 0:
             raise InvalidArgument(f"{where}.candidates", "empty: at least one candidate needed")
+        if set(map(type, ads)) != {str} or "" in ads:  # C-level passes; the search is rare
+            first = next((i for i, a in enumerate(ads) if not isinstance(a, str) or not a), -1)
+            if first >= 0:
+                raise InvalidArgument(
+                    f"{where}.candidates[{first}].ad_id", f"required, got {ads[first]!r}"
+                )
         if len(set(ads)) != len(ads):
             dup = next(a for a in ads if list(ads).count(a) > 1)
             raise InvalidArgument(f"{where}.candidates.ad_id", f"duplicated ad id {dup!r}")
@@ -95,8 +92,34 @@ class ScoreRequest:
         if len(bad):
             i = int(bad[0])
             raise InvalidArgument(f"{where}.candidates[{i}].bid", f"must be >= 0, got {bids[i]!r}")
-        if self.pod is not None and self.pod.max_ads < 1:
-            raise InvalidArgument(f"{where}.pod.max_ads", "must be >= 1")
+        if self.pod is not None:
+            _check_pod(self.pod, f"{where}.pod")
+
+
+def _check_context(ctx: RequestContext, where: str) -> None:
+    """The request-level checks of ``ScoreRequest.validate``."""
+    if isinstance(ctx.ts, datetime) and ctx.ts.tzinfo is not None:  # else features refuse
+        check_time(ctx.ts, f"{where}.ts")
+    hour = ctx.local_hour
+    if hour is not None and (not isinstance(hour, Integral) or not 0 <= hour <= 23):
+        raise InvalidArgument(f"{where}.local_hour", f"must be an hour 0-23, got {hour!r}")
+    if not isinstance(ctx.touchpoint, str) or ctx.touchpoint not in TOUCHPOINTS:
+        raise InvalidArgument(f"{where}.touchpoint", f"unknown touchpoint {ctx.touchpoint!r}")
+    if not isinstance(ctx.slot, str) or SLOT_TOUCHPOINT.get(ctx.slot) != ctx.touchpoint:
+        raise InvalidArgument(f"{where}.slot", f"{ctx.slot!r} is not a slot of {ctx.touchpoint}")
+
+
+def _check_pod(pod: PodLimits, where: str) -> None:
+    """A pod's limits: at least one ad, a total length >= 0 (``None``: none)."""
+    ads, total = pod.max_ads, pod.max_total_duration_s
+    if isinstance(ads, bool) or not isinstance(ads, Integral) or ads < 1:
+        raise InvalidArgument(f"{where}.max_ads", f"must be an integer >= 1, got {ads!r}")
+    if total is not None and (
+        isinstance(total, bool) or not isinstance(total, Real) or not 0 <= total < math.inf
+    ):
+        raise InvalidArgument(
+            f"{where}.max_total_duration_s", f"must be a number >= 0, got {total!r}"
+        )
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,10 @@ def test_decide_reports_bad_input(model_dir: Path, tmp_path: Path) -> None:
     assert "requests[0].candidates: empty" in result.output
     result = runner.invoke(app, ["decide", "--model", str(tmp_path), "--request", str(bad)])
     assert result.exit_code == 2 and "metadata.json" in result.output
+    for text, message in [("[1, 2]", "holds a list, not an object"), ("{", "Expecting")]:
+        bad.write_text(text)
+        result = runner.invoke(app, ["decide", "--model", str(model_dir), "--request", str(bad)])
+        assert result.exit_code == 2 and message in result.output, result.output
 
 
 def test_json_logs_are_one_object_per_line() -> None:

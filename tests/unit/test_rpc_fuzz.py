@@ -299,4 +299,4 @@ def test_the_core_refuses_a_time_out_of_range(servicer: AdMatchingServicer) -> N
     doc["ts"] = "1969-12-31T23:59:59Z"
     with pytest.raises(InvalidArgument) as info:
         request_from_json(doc).validate()
-    assert info.value.field == "request.time"
+    assert info.value.field == "request.ts"
