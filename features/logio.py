@@ -14,7 +14,14 @@ from pathlib import Path
 import polars as pl
 
 from engine.errors import LogSchemaError
-from features.schema import COLUMNS, REQUEST_COLUMNS, REQUIRED_COLUMNS, Column
+from features.schema import (
+    COLUMNS,
+    EARLIEST_TS,
+    LATEST_TS,
+    REQUEST_COLUMNS,
+    REQUIRED_COLUMNS,
+    Column,
+)
 
 _INTEGER = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)
 _FLOAT = (pl.Float32, pl.Float64)
@@ -115,11 +122,13 @@ def _value_problems(raw: pl.DataFrame, out: pl.DataFrame) -> None:
     checks: list[pl.Expr] = []
     for col in COLUMNS:
         c = pl.col(col.name)
-        if col.name in raw.columns and isinstance(col.dtype, pl.Enum):
+        if col.name in raw.columns and raw.schema[col.name] != col.dtype:  # cast: nothing lost
             lost = c.is_null() & pl.lit(raw[col.name]).is_not_null()
-            checks.append(
-                lost.sum().alias(f"{col.name}\tvalues outside {'|'.join(col.dtype.categories)}")
-            )
+            if isinstance(col.dtype, pl.Enum):
+                problem = f"values outside {'|'.join(col.dtype.categories)}"
+            else:
+                problem = f"values that do not fit {col.dtype}"
+            checks.append(lost.sum().alias(f"{col.name}\t{problem}"))
         if not col.nullable:
             checks.append(c.is_null().sum().alias(f"{col.name}\tnull values"))
         if col.low is not None or col.high is not None:
@@ -128,6 +137,8 @@ def _value_problems(raw: pl.DataFrame, out: pl.DataFrame) -> None:
     checks.append(
         (pl.col("propensity") == 0).fill_null(False).sum().alias("propensity\tzero propensities")
     )
+    early, late = pl.col("ts") < EARLIEST_TS, pl.col("ts") >= LATEST_TS
+    checks.append((early | late).fill_null(False).sum().alias("ts\ttimes before 1970 or from 2200"))
     counts = out.select(checks).row(0, named=True)
     for key, n in counts.items():
         if n:
@@ -140,7 +151,7 @@ def _example(raw: pl.DataFrame, out: pl.DataFrame, name: str) -> str:
     if name not in raw.columns:
         return ""
     values = raw[name]
-    if isinstance(COLUMN_DTYPES[name], pl.Enum):
+    if raw.schema[name] != COLUMN_DTYPES[name]:  # a value the cast lost
         bad = values.filter(out[name].is_null() & values.is_not_null())
         if len(bad):
             return f", e.g. {bad[0]!r}"
@@ -188,15 +199,21 @@ def scan_log(path: str | Path) -> pl.LazyFrame:
     if not p.exists():
         raise LogSchemaError("log", f"file not found: {p}")
     lf = pl.scan_ipc(p) if p.suffix in {".arrow", ".ipc"} else pl.scan_parquet(p)
-    return conform(lf)
+    try:
+        return conform(lf)
+    except (pl.exceptions.PolarsError, OSError) as exc:  # not a Parquet / Arrow file
+        raise LogSchemaError("log", f"cannot read {p}: {exc}") from exc
 
 
 def _read(path: Path) -> pl.DataFrame:
     if not path.exists():
         raise LogSchemaError("log", f"file not found: {path}")
-    if path.suffix in {".arrow", ".ipc"}:
-        return pl.read_ipc(path)
-    return pl.read_parquet(path)
+    try:
+        if path.suffix in {".arrow", ".ipc"}:
+            return pl.read_ipc(path)
+        return pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise LogSchemaError("log", f"cannot read {path}: {exc}") from exc
 
 
 def write_log(frame: pl.DataFrame, path: str | Path) -> None:

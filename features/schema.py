@@ -8,6 +8,7 @@ so a value outside the vocabulary is caught when a log is read, not deep inside 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 import polars as pl
@@ -122,6 +123,11 @@ def _c(
 STR = pl.String()
 F64 = pl.Float64()
 BOOL = pl.Boolean()
+
+# The times a log or a request may carry: the cap store counts days since 1970 unsigned, and
+# Redis's Lua reads epoch microseconds as doubles, exact below 2**53 (the year 2255).
+EARLIEST_TS = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TS = datetime(2200, 1, 1, tzinfo=UTC)
 
 COLUMNS: tuple[Column, ...] = (
     # --- request: the same value on every candidate row of one request ---

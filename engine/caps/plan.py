@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,7 @@ from engine.caps.shape import (
 )
 from engine.errors import InvalidArgument
 from features.online import CandidateColumns, RequestContext
+from features.schema import EARLIEST_TS, LATEST_TS
 
 __all__ = [
     "ANY",
@@ -58,24 +59,19 @@ ANY = "*"
 _CACHE_SIZE = 4_096
 
 
-# The times the stores count in: day indices are unsigned, and Redis's Lua reads times (epoch
-# microseconds) as doubles, exact below 2**53 (the year 2255).
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-LATEST = datetime(2200, 1, 1, tzinfo=UTC)
-
-
 def micros(ts: datetime) -> int:
     """Epoch microseconds of an aware datetime."""
     return int(ts.timestamp()) * US + ts.microsecond
 
 
 def check_time(ts: datetime, field: str) -> None:
-    """Refuse an aware time outside [``EARLIEST``, ``LATEST``), naming ``field``.
+    """Refuse an aware time outside [``EARLIEST_TS``, ``LATEST_TS``) (``features.schema``: the
+    times the cap store counts), naming ``field``.
 
     Raises:
         InvalidArgument: the time is outside the range.
     """
-    if not EARLIEST <= ts < LATEST:
+    if not EARLIEST_TS <= ts < LATEST_TS:
         raise InvalidArgument(
             field, f"{ts.isoformat()} is outside the times counted (1970-01-01 to 2200-01-01)"
         )

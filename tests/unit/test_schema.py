@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from engine.errors import LogSchemaError
-from features.logio import read_log, validate_log, write_log
+from features.logio import read_log, scan_log, validate_log, write_log
 from features.schema import COLUMNS, REQUIRED_COLUMNS, polars_schema
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,6 +75,12 @@ def test_mistyped_column_is_named(column: str, values: list[object], message: st
         ("propensity", [0.0, 0.5], "propensity: 1 row(s) with zero propensities"),
         ("ad_id", ["a1", None], "ad_id: 1 row(s) with null values"),
         ("user_id", ["u1", "u2"], "user_id: differs between rows of the same request_id"),
+        ("local_hour", [300, 3], "local_hour: 1 row(s) with values that do not fit Int8, e.g. 300"),
+        (
+            "ts",
+            [datetime(1969, 12, 31, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC)],
+            "ts: 2 row(s) with times before 1970 or from 2200",
+        ),
     ],
     ids=[
         "touchpoint",
@@ -86,6 +92,8 @@ def test_mistyped_column_is_named(column: str, values: list[object], message: st
         "propensity-0",
         "null-ad",
         "user-varies",
+        "hour-overflow",
+        "ts-range",
     ],
 )
 def test_bad_values_are_named(column: str, values: list[object], message: str) -> None:
@@ -131,6 +139,15 @@ def test_extra_columns_are_kept_after_the_schema(tmp_path: Path) -> None:
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(LogSchemaError, match="file not found"):
         read_log(tmp_path / "nope.parquet")
+
+
+@pytest.mark.parametrize("name", ["log.parquet", "log.arrow"])
+def test_a_file_that_is_no_log_is_a_clear_error(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text("request_id,ts\n")
+    for read in (read_log, scan_log):
+        with pytest.raises(LogSchemaError, match=f"^log: cannot read {re.escape(str(path))}"):
+            read(path)
 
 
 def test_docs_describe_every_column() -> None:
