@@ -98,6 +98,25 @@ def test_bad_requests_are_invalid_argument(channel: grpc.Channel, mutate: Any, f
     assert field in info.value.details()
 
 
+def test_bytes_that_are_no_message_are_invalid_argument(channel: grpc.Channel) -> None:
+    """grpc alone would answer INTERNAL ("Exception deserializing request!") and log a
+    traceback; a stream answers the messages before the bad one."""
+    for method in ("Score", "RecordEvents", "GetModelInfo"):
+        call = channel.unary_unary(f"/{SERVICE}/{method}")
+        with pytest.raises(grpc.RpcError) as info:
+            call(b"\xff\xff\xff", timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+        assert info.value.details().startswith("request: the bytes are not a valid request")
+    good = golden("exemplary/ott_pause_family_evening.json").SerializeToString()
+    stream = channel.stream_stream(f"/{SERVICE}/ScoreStream")
+    answers = []
+    with pytest.raises(grpc.RpcError) as info:
+        for answer in stream(iter([good, b"\x0a\x05ab"]), timeout=10):
+            answers.append(pb.ScoreResponse.FromString(answer))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [a.request_id for a in answers] == [pb.ScoreRequest.FromString(good).request_id]
+
+
 def event(i: int, campaign: str, **kw: Any) -> pb.Event:
     e = pb.Event(
         type=pb.Event.TYPE_IMPRESSION,
