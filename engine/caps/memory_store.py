@@ -35,7 +35,7 @@ class MemoryCapStore:
     def __init__(self, rules: list[CapRule], gaps: list[GapRule], feedback: FeedbackBlock) -> None:
         self.rules, self.gaps, self.feedback = rules, gaps, feedback
         self._times: dict[tuple[Family, str, str], list[int]] = defaultdict(list)
-        self._seen: set[str] = set()
+        self._seen: set[tuple[str | None, str, str]] = set()  # see _marker
         self._blocks: dict[tuple[str, str, str, str], int] = {}
         self._lock = threading.Lock()
 
@@ -85,10 +85,16 @@ class MemoryCapStore:
             answers = [self._read(plan) for plan in plans]
         return [scatter(plan, *a) for plan, a in zip(plans, answers, strict=True)]
 
+    @staticmethod
+    def _marker(imp: Impression) -> tuple[str | None, str, str]:
+        """An impression id is unique within its household (or its user's, without one), as
+        the Redis store's idempotency markers, which live under the household's hash tag."""
+        return (imp.household_id, "" if imp.household_id else imp.user_id, imp.impression_id)
+
     def _record(self, imp: Impression) -> int:
-        if imp.impression_id in self._seen:
+        if self._marker(imp) in self._seen:
             return 0
-        self._seen.add(imp.impression_id)
+        self._seen.add(self._marker(imp))
         t = micros(imp.ts)
         for fam, scope_id, field in impression_writes(
             imp.ids(), imp.touchpoint, imp.slot, self.rules, self.gaps
@@ -106,7 +112,7 @@ class MemoryCapStore:
     ) -> int:
         """See :class:`CapStore`."""
         with self._lock:
-            if impression.impression_id in self._seen:
+            if self._marker(impression) in self._seen:
                 return 0
             matrices, blocks = self._read(plan, inclusive=True)
             if blocks.any():

@@ -158,7 +158,8 @@ class CapStore(Protocol):
 
     Contract (checked by ``tests/integration/test_cap_store_contract.py`` on every backend):
     windows are ``(t - window, t)`` exclusive at both ends; an impression counts under its own
-    timestamp whatever order events arrive in; an ``impression_id`` counts once however often it
+    timestamp whatever order events arrive in; an ``impression_id`` (unique within a household, or
+    a user without one: a retry is the same event) counts once however often it
     is recorded; ``check_and_record`` admits an impression only if no applicable cap, gap or
     block refuses it, atomically with respect to every other call.
     """
