@@ -9,6 +9,8 @@ vocabulary or range, a null where none is allowed. Columns the schema does not k
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -138,7 +140,8 @@ def _value_problems(raw: pl.DataFrame, out: pl.DataFrame) -> None:
         (pl.col("propensity") == 0).fill_null(False).sum().alias("propensity\tzero propensities")
     )
     early, late = pl.col("ts") < EARLIEST_TS, pl.col("ts") >= LATEST_TS
-    checks.append((early | late).fill_null(False).sum().alias("ts\ttimes before 1970 or from 2200"))
+    label = f"ts\ttimes before {EARLIEST_TS.year} or from {LATEST_TS.year}"
+    checks.append((early | late).fill_null(False).sum().alias(label))
     counts = out.select(checks).row(0, named=True)
     for key, n in counts.items():
         if n:
@@ -196,22 +199,23 @@ def read_log(path: str | Path) -> pl.DataFrame:
 def scan_log(path: str | Path) -> pl.LazyFrame:
     """Lazily scan a log, checking dtypes now and values never (callers stream batches)."""
     p = Path(path)
-    if not p.exists():
-        raise LogSchemaError("log", f"file not found: {p}")
-    lf = pl.scan_ipc(p) if p.suffix in {".arrow", ".ipc"} else pl.scan_parquet(p)
-    try:
+    with _opening(p):  # conform reads the file's schema
+        lf = pl.scan_ipc(p) if p.suffix in {".arrow", ".ipc"} else pl.scan_parquet(p)
         return conform(lf)
-    except (pl.exceptions.PolarsError, OSError) as exc:  # not a Parquet / Arrow file
-        raise LogSchemaError("log", f"cannot read {p}: {exc}") from exc
 
 
 def _read(path: Path) -> pl.DataFrame:
+    with _opening(path):
+        return pl.read_ipc(path) if path.suffix in {".arrow", ".ipc"} else pl.read_parquet(path)
+
+
+@contextmanager
+def _opening(path: Path) -> Iterator[None]:
+    """A missing file, or one that is not Parquet / Arrow IPC, as ``LogSchemaError``."""
     if not path.exists():
         raise LogSchemaError("log", f"file not found: {path}")
     try:
-        if path.suffix in {".arrow", ".ipc"}:
-            return pl.read_ipc(path)
-        return pl.read_parquet(path)
+        yield
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise LogSchemaError("log", f"cannot read {path}: {exc}") from exc
 

@@ -92,9 +92,10 @@ class MemoryCapStore:
         return (imp.household_id, "" if imp.household_id else imp.user_id, imp.impression_id)
 
     def _record(self, imp: Impression) -> int:
-        if self._marker(imp) in self._seen:
+        marker = self._marker(imp)
+        if marker in self._seen:
             return 0
-        self._seen.add(self._marker(imp))
+        self._seen.add(marker)
         t = micros(imp.ts)
         for fam, scope_id, field in impression_writes(
             imp.ids(), imp.touchpoint, imp.slot, self.rules, self.gaps

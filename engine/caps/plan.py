@@ -72,9 +72,8 @@ def check_time(ts: datetime, field: str) -> None:
         InvalidArgument: the time is outside the range.
     """
     if not EARLIEST_TS <= ts < LATEST_TS:
-        raise InvalidArgument(
-            field, f"{ts.isoformat()} is outside the times counted (1970-01-01 to 2200-01-01)"
-        )
+        span = f"{EARLIEST_TS.date()} to {LATEST_TS.date()}"
+        raise InvalidArgument(field, f"{ts.isoformat()} is outside the times counted ({span})")
 
 
 @dataclass
