@@ -46,7 +46,7 @@ impression; else records only when nothing refuses and returns 1, ``-i`` for fai
 from __future__ import annotations
 
 _COMMON = r"""
-local up, pk, floor = struct.unpack, struct.pack, math.floor
+local up, pk = struct.unpack, struct.pack
 local sub, rep, byte = string.sub, string.rep, string.byte
 local call, unpack, tonumber = redis.call, unpack, tonumber
 local HOUR = 3600e6
@@ -54,7 +54,8 @@ local HOUR = 3600e6
 -- first index in [lo, hi) (0-based) of the times at v[o...] that is >= x (> x when strict)
 local function bound(v, o, lo, hi, x, strict)
   while lo < hi do
-    local mid = floor((lo + hi) / 2)
+    local mid = lo + hi
+    mid = (mid - mid % 2) / 2  -- the floor of the mean, without a call
     local s = up('>i8', v, o + 8 * mid)
     if s < x or (strict and s == x) then lo = mid + 1 else hi = mid end
   end
@@ -132,10 +133,10 @@ local function answer(v, out, p, t, day_t, spec, w, nw, nd, want_last, inclusive
     if not inclusive and n > 0 and up('>i8', v, o + 8 * n - 8) >= t then
       stop = bound(v, o, 0, n, t, false)
     end
-    local hi = stop
+    local hi, first = stop, n > 0 and up('>i8', v, o)
     for i = 1, nw do  -- longer windows have lower bounds: the times below are fewer
       local low, below = t - spec[w + i], 0
-      if hi > 0 and up('>i8', v, o) <= low then below = count_le(v, o, hi, low) end
+      if hi > 0 and first <= low then below = count_le(v, o, hi, low) end
       out[p + i] = stop - below
       hi = below
     end
@@ -224,7 +225,9 @@ local function read_all(keys, k, argv, a, inclusive)
         end
       end
     end
-    for i = 1, #names do if flags[i] then blocked[#blocked + 1] = i end end
+    if next(flags) then  -- mostly none: no pass over every id
+      for i = 1, #names do if flags[i] then blocked[#blocked + 1] = i end end
+    end
   end
   return out, n, firsts, defaults, blocked
 end

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import logging
 import struct
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import numpy as np
 import redis
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.typing import EncodableT
 
 from engine.caps import lua
+from engine.caps.direct import DirectConnections
 from engine.caps.keys import KeySpace, escape, family_code
 from engine.caps.plan import (
     ANY,
@@ -146,6 +147,7 @@ class RedisCapStore:
         self._record = client.register_script(lua.RECORD)
         self._check_record = client.register_script(lua.CHECK_RECORD)
         self._block = client.register_script(lua.BLOCK)
+        self._direct = None if isinstance(client, RedisCluster) else DirectConnections(client)
 
     def load_scripts(self) -> bool:
         """Load the scripts into the server now, so that the first calls after a start do not
@@ -186,35 +188,6 @@ class RedisCapStore:
         if isinstance(reply, Exception):
             raise reply
         return reply
-
-    def _evalsha_all(self, sha: str, calls: list[_Call], timeout: float | None) -> list[object]:
-        """EVALSHA calls written at once on a connection of the pool, then their replies (an
-        error reply in its call's place), all within ``timeout`` (``None``: the connection's
-        timeout per read). A connection that fails is closed before it goes back (as redis-py
-        does), so that a late reply is never read as the next call's.
-
-        Raises:
-            redis.exceptions.RedisError: no answer (connection lost, timeout).
-        """
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
-        end = None if timeout is None else time.monotonic() + timeout
-        try:
-            commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
-            conn.send_packed_command(conn.pack_commands(commands))
-            replies: list[object] = []
-            for _ in calls:
-                wait = {} if end is None else {"timeout": max(end - time.monotonic(), 0.001)}
-                try:
-                    replies.append(conn.read_response(**wait))
-                except redis.exceptions.ResponseError as exc:  # the server answered
-                    replies.append(exc)
-            return replies
-        except BaseException:
-            conn.disconnect()
-            raise
-        finally:
-            pool.release(conn)
 
     def _spec(self, shape: Shape) -> _Spec:
         """The shape's READ spec (see ``lua.py``) and its lookups' family codes (cached)."""
@@ -361,14 +334,15 @@ class RedisCapStore:
         return results
 
     def _send(self, sha: str, calls: list[_Call], budget_s: float | None) -> list[object]:
-        """EVALSHA calls in one round trip. On a standalone server straight through a pooled
-        connection (:meth:`_evalsha_all`): the client's per-command path (retry wrapper,
-        observability hooks) costs 40-60 us a call here (BENCHMARKS.md) and buys nothing with
-        retries off (``connect.client_options``); it waits at most ``budget_s``
-        (:meth:`_timeout`). On a cluster, redis-py's cluster pipeline (one round trip per node,
-        every node's calls sent before any answer is read; the deadline bounds it)."""
-        if not isinstance(self.client, redis.cluster.RedisCluster):
-            return self._evalsha_all(sha, calls, self._timeout(budget_s))
+        """EVALSHA calls in one round trip. On a standalone server straight through a
+        connection of the store's own (``direct.py``: redis-py's pool and per-command path cost
+        50-70 us a call here, and its retries are off anyway, ``connect.client_options``); it
+        waits at most ``budget_s`` (:meth:`_timeout`). On a cluster, redis-py's cluster
+        pipeline (one round trip per node, every node's calls sent before any answer is read;
+        the deadline bounds it)."""
+        if self._direct is not None:
+            commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
+            return self._direct.execute(commands, self._timeout(budget_s))
         pipe = self.client.pipeline(transaction=False)
         for keys, args in calls:
             # a cluster pipeline would ask the server for an EVALSHA's keys (COMMAND GETKEYS,
@@ -416,8 +390,10 @@ class RedisCapStore:
         return self._call(run)
 
     def close(self) -> None:
-        """Close the connection pool (and stop the embedded server, if any)."""
+        """Close the connections (and stop the embedded server, if any)."""
         try:
+            if self._direct is not None:
+                self._direct.close()
             self.client.close()
         finally:
             if self._on_close is not None:
