@@ -49,8 +49,17 @@ _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else
 class EmbeddedRedis:
     """A private Redis on a unix socket. No persistence unless ``appendonly`` is set."""
 
-    def __init__(self, directory: Path | None = None, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        directory: Path | None = None,
+        appendonly: bool = False,
+        command_prefix: tuple[str, ...] = (),
+    ) -> None:
+        """``directory``: where the socket, log and any data files live (default: a new private
+        one, removed on stop); a ``dump.rdb`` there is loaded at start. ``command_prefix`` runs
+        the server under another program (``taskset -c 1``, ``valgrind``)."""
         self._own_dir = directory is None
+        self.command_prefix = command_prefix
         self.directory = Path(directory or tempfile.mkdtemp(prefix="admatch-redis-"))
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o700)
@@ -65,6 +74,7 @@ class EmbeddedRedis:
             NotReady: it did not come up in time (its log is quoted).
         """
         args = [
+            *self.command_prefix,
             redis_binary(),
             "--port",
             "0",
