@@ -125,22 +125,41 @@ end
 -- in (t - w, t) (or from t - w on, inclusive), per day window the day sum, then the latest time.
 -- The nw windows (us) are at spec[w + 1 ...], the nd day windows (0: lifetime) after them.
 local function answer(v, out, p, t, day_t, spec, w, nw, nd, want_last, inclusive)
-  local life, m = up('>I4I2', v)
+  local len, life, m, first = #v, 0, 0, nil
+  if len >= 14 then  -- the header and, when there are no day counts, the oldest time: one call
+    life, m, first = up('>I4I2i8', v)
+  else
+    life, m = up('>I4I2', v)
+  end
   if nw > 0 or want_last then
     local o = 7 + 8 * m
-    local n = (#v - o + 1) / 8
-    local stop = n  -- the times before index stop count
-    if not inclusive and n > 0 and up('>i8', v, o + 8 * n - 8) >= t then
-      stop = bound(v, o, 0, n, t, false)
+    local n = (len - o + 1) / 8
+    local stop, top, latest = n, nil, nil  -- the times before index stop count
+    if n > 0 then
+      if m > 0 then first = up('>i8', v, o) end
+      top = up('>i8', v, len - 7)  -- the latest of the first hi times, while known
+      if not inclusive and top >= t then
+        stop = bound(v, o, 0, n, t, false)
+        top = nil
+      end
+      latest = top
     end
-    local hi, first = stop, n > 0 and up('>i8', v, o)
+    local hi = stop
     for i = 1, nw do  -- longer windows have lower bounds: the times below are fewer
       local low, below = t - spec[w + i], 0
-      if hi > 0 and first <= low then below = count_le(v, o, hi, low) end
+      if hi > 0 and first <= low then
+        if top and top <= low then
+          below = hi  -- all of them: none in the window
+        else
+          below, top = count_le(v, o, hi, low), nil
+        end
+      end
       out[p + i] = stop - below
       hi = below
     end
-    if want_last and stop > 0 then out[p + nw + nd + 1] = up('>i8', v, o + 8 * stop - 8) end
+    if want_last and stop > 0 then
+      out[p + nw + nd + 1] = latest or up('>i8', v, o + 8 * stop - 8)
+    end
   end
   p, w = p + nw, w + nw
   for i = 1, nd do
