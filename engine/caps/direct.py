@@ -1,6 +1,6 @@
 """Commands to a standalone Redis straight through connections of its own, not redis-py's pool.
 
-A cap read has 500 us in all (issue 4), and redis-py's way to a reply costs 50-70 us of it
+A cap read has 500 us in all (issue 4), and redis-py's way to a reply costs 20-50 us of it
 here (BENCHMARKS.md): taking a connection from the pool and giving it back (a lock, a health
 check, observability hooks), packing in Python, and setting a socket timeout before each read
 and resetting it after. :class:`DirectConnections` keeps its own idle list of redis-py

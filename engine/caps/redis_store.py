@@ -336,7 +336,7 @@ class RedisCapStore:
     def _send(self, sha: str, calls: list[_Call], budget_s: float | None) -> list[object]:
         """EVALSHA calls in one round trip. On a standalone server straight through a
         connection of the store's own (``direct.py``: redis-py's pool and per-command path cost
-        50-70 us a call here, and its retries are off anyway, ``connect.client_options``); it
+        20-50 us a call here, and its retries are off anyway, ``connect.client_options``); it
         waits at most ``budget_s`` (:meth:`_timeout`). On a cluster, redis-py's cluster
         pipeline (one round trip per node, every node's calls sent before any answer is read;
         the deadline bounds it)."""
