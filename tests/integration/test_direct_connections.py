@@ -62,7 +62,10 @@ def test_a_failed_call_closes_its_connection(server: EmbeddedRedis) -> None:
     as the next call's."""
     direct = DirectConnections(server.client(**client_options(1000)))
     before = _client_id(direct)
-    spin = "local t = redis.call('TIME')[1] while redis.call('TIME')[1] - t < 1 do end return 1"
+    spin = (  # a second by the microsecond clock (whole seconds could end at once)
+        "local function now() local t = redis.call('TIME') return t[1] + t[2] / 1e6 end "
+        "local start = now() while now() - start < 1 do end return 1"
+    )
     with pytest.raises(redis.exceptions.TimeoutError):
         direct.execute([("EVAL", spin, 0)], 0.1)
     after = _client_id(direct)  # waits for the script to end, on a new connection
