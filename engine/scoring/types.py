@@ -16,7 +16,7 @@ from engine.caps.rules import CampaignCaps
 from engine.config import COST_COMPONENTS
 from engine.errors import InvalidArgument
 from features.online import CandidateColumns, RequestContext
-from features.schema import SLOT_TOUCHPOINT, TOUCHPOINTS
+from features.schema import COLUMNS, SLOT_TOUCHPOINT, TOUCHPOINTS, Column
 
 
 class Reason(StrEnum):
@@ -69,7 +69,9 @@ class ScoreRequest:
         Raises:
             InvalidArgument: a time outside ``plan.check_time``'s range, a local hour outside
                 0-23, unknown touchpoint, slot of another touchpoint, no candidates,
-                duplicated ad ids, a bid that is NaN, infinite or negative.
+                duplicated ad ids, a bid or duration that is not a finite number in its
+                column's range (``features.schema``: bid >= 0, duration 0-3600 s; a duration
+                may be null).
         """
         _check_context(self.context, where)
         ads = self.candidates.get("ad_id")
@@ -84,16 +86,36 @@ class ScoreRequest:
         if len(set(ads)) != len(ads):
             dup = next(a for a in ads if list(ads).count(a) > 1)
             raise InvalidArgument(f"{where}.candidates.ad_id", f"duplicated ad id {dup!r}")
-        try:
-            bids = np.asarray(self.candidates.get("bid", []), dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgument(f"{where}.candidates.bid", f"not numbers: {exc}") from exc
-        bad = np.flatnonzero(~np.isfinite(bids) | (bids < 0))
-        if len(bad):
-            i = int(bad[0])
-            raise InvalidArgument(f"{where}.candidates[{i}].bid", f"must be >= 0, got {bids[i]!r}")
+        for column in _RANGED:
+            _check_numbers(self.candidates.get(column.name), column, f"{where}.candidates")
         if self.pod is not None:
             _check_pod(self.pod, f"{where}.pod")
+
+
+# candidate columns with a declared range (bid, duration_s): the log's ranges hold online too
+_RANGED = tuple(
+    c for c in COLUMNS if c.group == "candidate" and (c.low is not None or c.high is not None)
+)
+
+
+def _check_numbers(values: Any, column: Column, where: str) -> None:
+    """A candidate column's values: finite numbers in the column's range; nulls only where the
+    column allows them (an absent column is the feature core's to refuse)."""
+    if values is None:
+        return
+    try:
+        numbers = np.asarray(values, dtype=np.float64)  # None -> NaN
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{where}.{column.name}", f"not numbers: {exc}") from exc
+    low = -math.inf if column.low is None else column.low
+    high = math.inf if column.high is None else column.high
+    bad = ~(np.isfinite(numbers) & (numbers >= low) & (numbers <= high))
+    for i in np.flatnonzero(bad):  # the common case: none
+        value = values[i]
+        if value is None and column.nullable:
+            continue
+        bound = f">= {column.low}" if column.high is None else f"in {column.range_text}"
+        raise InvalidArgument(f"{where}[{i}].{column.name}", f"must be {bound}, got {value!r}")
 
 
 def _check_context(ctx: RequestContext, where: str) -> None:

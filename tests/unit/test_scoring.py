@@ -184,6 +184,15 @@ def test_decision_carries_versions_and_parts(scorer: Scorer) -> None:
         (lambda: request([cand("a")], slot="voice_reply"), "requests[0].slot"),
         (lambda: request([cand("a", bid=math.nan)]), "requests[0].candidates[0].bid"),
         (lambda: request([cand("a"), cand("b", bid=-1.0)]), "requests[0].candidates[1].bid"),
+        (lambda: request([cand("a", bid=math.inf)]), "requests[0].candidates[0].bid"),
+        (lambda: request([cand("a", bid=None)]), "requests[0].candidates[0].bid"),
+        (
+            lambda: request([cand("a", duration_s=-math.inf)]),
+            "requests[0].candidates[0].duration_s",
+        ),
+        (lambda: request([cand("a", duration_s=-1.0)]), "requests[0].candidates[0].duration_s"),
+        (lambda: request([cand("a", duration_s=math.nan)]), "requests[0].candidates[0].duration_s"),
+        (lambda: request([cand("a"), cand("b", duration_s=3601.0)]), "candidates[1].duration_s"),
         (lambda: request([cand("a"), cand("a")]), "requests[0].candidates.ad_id"),
         (lambda: ScoreRequest(ctx(), {"ad_id": []}), "requests[0].candidates"),
         (lambda: request([cand("a", format="hologram")]), "candidates.format"),
@@ -193,6 +202,12 @@ def test_decision_carries_versions_and_parts(scorer: Scorer) -> None:
         "slot-of-other-touchpoint",
         "nan-bid",
         "negative-bid",
+        "infinite-bid",
+        "null-bid",
+        "minus-infinite-duration",
+        "negative-duration",
+        "nan-duration",
+        "duration-over-an-hour",
         "duplicate-ad",
         "empty",
         "unknown-format",
@@ -201,7 +216,12 @@ def test_decision_carries_versions_and_parts(scorer: Scorer) -> None:
 def test_bad_requests_name_the_field(scorer: Scorer, build: Any, field: str) -> None:
     with pytest.raises(InvalidArgument) as info:
         scorer.score(build())
-    assert info.value.field == field
+    assert info.value.field.endswith(field)
+
+
+def test_a_missing_duration_is_no_error(scorer: Scorer) -> None:
+    decision = scorer.score(request([cand("a", duration_s=None), cand("b")]))
+    assert len(decision.ad_id) == 2
 
 
 # --- properties
