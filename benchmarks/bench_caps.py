@@ -59,6 +59,23 @@ def requests(log: pl.DataFrame, n: int, count: int) -> list[tuple[RequestContext
     return out
 
 
+def reserving(
+    gate: CapGate, reqs: list[tuple[RequestContext, dict]], prefix: str
+) -> Callable[[int], object]:
+    """A call that reserves (check-and-record) request i's first candidate as impression
+    ``prefix-i``."""
+
+    def reserve(i: int) -> object:
+        context, cands = reqs[i % len(reqs)]
+        one = {c: v[:1] for c, v in cands.items()}
+        event = Impression(
+            f"{prefix}-{i}", context.ts, context.user_id, context.touchpoint, context.slot, "ad-x"
+        )
+        return gate.reserve(context, one, event)
+
+    return reserve
+
+
 def timed(fn: Callable[[int], object], repeat: int) -> np.ndarray:
     out = np.empty(repeat)
     for i in range(repeat):
@@ -152,14 +169,6 @@ def _calls(
         reading = scatter(plan, *decode_read(plan, replies[i % len(reqs)]))
         return evaluate.refused(reading, *gate._thresholds)
 
-    def reserve(i: int) -> object:
-        context, cands = reqs[i % len(reqs)]
-        one = {c: v[:1] for c, v in cands.items()}
-        event = Impression(
-            f"x{n}-{i}", context.ts, context.user_id, context.touchpoint, context.slot, "ad-x"
-        )
-        return gate.reserve(context, one, event)
-
     return [
         (
             "read: round trip only (EVALSHA)",
@@ -171,7 +180,7 @@ def _calls(
         ),
         ("read: plan + round trip + decode", lambda i: gate.read(*reqs[i % len(reqs)])),
         ("read: Python only (plan, arguments, decode, decision)", python_only),
-        ("check-and-record", reserve),
+        ("check-and-record", reserving(gate, reqs, f"x{n}")),
     ]
 
 

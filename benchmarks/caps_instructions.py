@@ -34,7 +34,7 @@ from engine.config import load_config
 from engine.synth.generator import generate
 from engine.synth.params import WorldParams
 
-from .bench_caps import impressions, requests
+from .bench_caps import impressions, requests, reserving
 
 CALLS = 100  # calls counted per figure
 
@@ -114,7 +114,7 @@ def main() -> None:
             rows.append(("read, at the requests' own times", str(n), _reads(store, wire)))
             rows.append(("read, live (after the day)", str(n), _reads(store, live)))
             if n == 100:
-                rows.append(("check-and-record", "1", _reserve(gate, reqs)))
+                rows.append(("check-and-record", "1", reserving(gate, reqs, "x")))
         batch = [
             dataclasses.replace(e, impression_id=f"again-{k}", ts=end_of_day)
             for k, e in enumerate(events[:100])
@@ -139,18 +139,6 @@ def _reads(store: RedisCapStore, wire: list) -> Callable[[int], object]:
         return store._eval(store._read, *wire[i % len(wire)])
 
     return read
-
-
-def _reserve(gate: CapGate, reqs: list) -> Callable[[int], object]:
-    def reserve(i: int) -> object:
-        context, cands = reqs[i % len(reqs)]
-        one = {c: v[:1] for c, v in cands.items()}
-        event = Impression(
-            f"x-{i}", context.ts, context.user_id, context.touchpoint, context.slot, "ad-x"
-        )
-        return gate.reserve(context, one, event)
-
-    return reserve
 
 
 def _record(gate: CapGate, batch: list[Impression]) -> Callable[[int], object]:
