@@ -33,6 +33,7 @@ class DirectConnections:
         self._socket_timeout: float | None = None if timeout is None else float(timeout)
         self._idle: list[Any] = []
         self._pid = os.getpid()
+        self._closed = False
 
     def _take(self) -> Any:
         if self._pid != os.getpid():
@@ -60,12 +61,11 @@ class DirectConnections:
         Raises:
             redis.exceptions.RedisError: no answer (connection lost, timeout).
         """
+        packed = b"".join(hiredis.pack_command(tuple(c)) for c in commands)  # before a connection
         conn = self._take()
         end = None if timeout is None else time.monotonic() + timeout
         try:
-            conn.send_packed_command(
-                [b"".join(hiredis.pack_command(tuple(c)) for c in commands)], check_health=False
-            )
+            conn.send_packed_command([packed], check_health=False)
             replies: list[object] = []
             for _ in commands:
                 try:
@@ -75,7 +75,10 @@ class DirectConnections:
         except BaseException:
             conn.disconnect()
             raise
-        self._idle.append(conn)
+        if self._closed:
+            conn.disconnect()
+        else:
+            self._idle.append(conn)
         return replies
 
     def _read(self, conn: Any, end: float | None) -> object:
@@ -89,7 +92,9 @@ class DirectConnections:
         return conn.read_response(timeout=left)
 
     def close(self) -> None:
-        """Close the idle connections (those in use close when their call ends in error)."""
+        """Close the idle connections; those in use close when their call ends. A call after
+        this makes a connection again (as redis-py's pool does) and closes it after."""
+        self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.disconnect()

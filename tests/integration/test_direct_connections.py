@@ -24,12 +24,16 @@ def _client_id(direct: DirectConnections) -> int:
     return int(direct.execute([("CLIENT", "ID")], None)[0])  # type: ignore[call-overload]
 
 
+def _open_ids(server: EmbeddedRedis) -> set[int]:
+    return {int(c["id"]) for c in server.client().client_list()}
+
+
 def test_sequential_calls_share_one_connection(server: EmbeddedRedis) -> None:
     direct = DirectConnections(server.client(**client_options(1000)))
     first = _client_id(direct)
     assert [_client_id(direct) for _ in range(5)] == [first] * 5
     direct.close()
-    assert first not in {c["id"] for c in server.client().client_list()}  # closed by close()
+    assert first not in _open_ids(server)  # closed by close()
 
 
 def test_replies_in_order_and_an_error_reply_in_its_place(server: EmbeddedRedis) -> None:
@@ -90,3 +94,20 @@ def test_a_forked_child_leaves_the_parents_connections_alone(server: EmbeddedRed
     assert child_id != parent
     assert _client_id(direct) == parent  # the parent's connection still answers in order
     direct.close()
+
+
+def test_a_command_that_cannot_be_packed_spends_no_connection(server: EmbeddedRedis) -> None:
+    direct = DirectConnections(server.client(**client_options(1000)))
+    before = _client_id(direct)
+    with pytest.raises(TypeError):
+        direct.execute([("GET", None)], 1.0)
+    assert _client_id(direct) == before
+    direct.close()
+
+
+def test_calls_after_close_leave_no_connection_open(server: EmbeddedRedis) -> None:
+    direct = DirectConnections(server.client(**client_options(1000)))
+    first = _client_id(direct)
+    direct.close()
+    again = _client_id(direct)  # still answers, on a new connection closed after the call
+    assert first not in _open_ids(server) and again not in _open_ids(server)
