@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
-from engine.caps.connect import client_options
+from engine.caps.connect import client_options, open_store
 from engine.caps.direct import DirectConnections
-from engine.caps.embedded import EmbeddedRedis
+from engine.caps.embedded import EmbeddedRedis, redis_binary
+from engine.caps.redis_store import RedisCapStore
+from engine.config import load_config
+
+from .conftest import free_port
+from .test_cap_store_contract import EXP, ask, imp
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +119,41 @@ def test_calls_after_close_leave_no_connection_open(server: EmbeddedRedis) -> No
     direct.close()
     again = _client_id(direct)  # still answers, on a new connection closed after the call
     assert first not in _open_ids(server) and again not in _open_ids(server)
+
+
+def test_a_password_and_database_from_the_url_hold_on_these_connections(
+    tmp_path: Path,
+) -> None:
+    """The store's own connections are made with the client's settings: a password and a
+    database number in the URL apply to them (the store's keys land in that database)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--requirepass", "s3cret"]
+        + ["--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        admin = redis.Redis(port=port, password="s3cret", db=3)
+        for _ in range(200):
+            try:
+                admin.ping()
+                break
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.02)
+        config = load_config()
+        url = f"redis://:s3cret@127.0.0.1:{port}/3"
+        store = open_store(
+            config.model_copy(update={"store": config.store.model_copy(update={"url": url})})
+        )
+        assert isinstance(store, RedisCapStore) and store._direct is not None
+        assert store.record([imp(1, 0)]) == 1
+        assert ask(store, 5)[1][0, EXP["exp_user_campaign_1h"]] == 1
+        assert admin.dbsize() > 0
+        assert redis.Redis(port=port, password="s3cret", db=0).dbsize() == 0
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis(port=port, password="wrong").ping()
+        store.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
