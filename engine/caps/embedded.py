@@ -104,7 +104,8 @@ class EmbeddedRedis:
             preexec_fn=partial(_die_with_parent, os.getpid()),
         )
         atexit.register(self.stop)
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        deadline = started + timeout_s
         while time.monotonic() < deadline:
             if self.socket.exists():
                 try:
@@ -115,13 +116,13 @@ class EmbeddedRedis:
             if self._proc.poll() is not None:
                 break
             time.sleep(0.02)
-        log = (
-            (self.directory / "redis.log").read_text()
-            if (self.directory / "redis.log").exists()
-            else ""
-        )
+        code = self._proc.poll()
+        elapsed = time.monotonic() - started
+        how = f"no answer in {elapsed:.1f} s" if code is None else f"exited with {code}"
+        log_file = self.directory / "redis.log"
+        log = log_file.read_text()[-500:] if log_file.exists() else "(no log written)"
         self.stop()
-        raise NotReady(f"embedded redis did not start: {log[-500:]}")
+        raise NotReady(f"embedded redis did not start ({how}): {log}")
 
     def client(self, **kwargs: object) -> redis.Redis:
         """A client on the server's socket."""

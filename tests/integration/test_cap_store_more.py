@@ -24,6 +24,7 @@ from engine.caps.redis_store import RedisCapStore
 from engine.caps.rules import Family
 from engine.caps.store import Impression, StoreUnavailable
 from engine.config import AdmatchConfig, load_config
+from engine.errors import NotReady
 from engine.synth.generator import GeneratedLog, generate
 from engine.synth.params import WorldParams
 from features.exposure import EXPOSURE_SCHEMA, point_in_time_exposures
@@ -278,3 +279,12 @@ def _running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+def test_an_embedded_server_that_does_not_start_says_how() -> None:
+    """A server that exits at once (here: ``false`` run in its place through the command
+    prefix) is reported with its exit code and the absent log, and its directory is removed."""
+    server = EmbeddedRedis(command_prefix=("false",))
+    with pytest.raises(NotReady, match=r"exited with 1\): \(no log written\)"):
+        server.start(timeout_s=5)
+    assert not server.directory.exists()
