@@ -20,6 +20,10 @@ import hiredis
 import redis
 
 Command = Sequence[Any]  # a command's name and arguments: str, bytes, int or float
+# Writes go out in pieces of this size: a socket timeout bounds each piece, not the whole (a
+# batch of thousands of impressions takes Redis longer than the deadline to take in), as with
+# redis-py's own packing; a few pieces keep a read pipeline to one or two system calls.
+WRITE_PIECE = 64 * 1024
 
 
 class DirectConnections:
@@ -61,11 +65,12 @@ class DirectConnections:
         Raises:
             redis.exceptions.RedisError: no answer (connection lost, timeout).
         """
-        packed = b"".join(hiredis.pack_command(tuple(c)) for c in commands)  # before a connection
-        conn = self._take()
+        packed = memoryview(b"".join(hiredis.pack_command(tuple(c)) for c in commands))
+        pieces = [packed[i : i + WRITE_PIECE] for i in range(0, len(packed), WRITE_PIECE)]
+        conn = self._take()  # after packing: an argument that cannot be packed spends none
         end = None if timeout is None else time.monotonic() + timeout
         try:
-            conn.send_packed_command([packed], check_health=False)
+            conn.send_packed_command(pieces, check_health=False)
             replies: list[object] = []
             for _ in commands:
                 try:

@@ -157,3 +157,17 @@ def test_a_password_and_database_from_the_url_hold_on_these_connections(
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_batch_longer_than_the_deadline_to_take_in_is_recorded() -> None:
+    """A socket timeout bounds each piece of a write, not the whole: 3,000 impressions in one
+    batch take Redis longer than a 50 ms deadline to take in (its socket buffer fills while it
+    runs the scripts), and are all recorded."""
+    config = load_config()
+    store_cfg = config.store.model_copy(update={"url": "", "deadline_ms": 50, "prefix": "big"})
+    store = open_store(config.model_copy(update={"store": store_cfg}))
+    try:
+        events = [imp(f"big-{k}", -k % 600, user_id=f"u{k % 50}") for k in range(3000)]
+        assert store.record(events) == 3000
+    finally:
+        store.close()
