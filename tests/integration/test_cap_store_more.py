@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from engine.caps.connect import client_options, open_store
-from engine.caps.embedded import EmbeddedRedis
+from engine.caps.embedded import EmbeddedRedis, parent_death_prefix
 from engine.caps.gate import CapGate
 from engine.caps.keys import KeySpace
 from engine.caps.plan import micros
@@ -243,7 +243,10 @@ def test_embedded_server_cleans_up() -> None:
     assert not directory.exists()
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="the kernel's parent-death signal is Linux's")
+@pytest.mark.skipif(
+    not parent_death_prefix(),
+    reason="the parent-death signal needs Linux and util-linux's setpriv (absent here)",
+)
 def test_the_embedded_server_ends_with_a_killed_admatch(tmp_path: Path) -> None:
     """A process that started the embedded Redis and is then killed (no atexit runs) takes the
     server with it."""
