@@ -59,6 +59,21 @@ def requests(log: pl.DataFrame, n: int, count: int) -> list[tuple[RequestContext
     return out
 
 
+def read_calls(
+    store: RedisCapStore,
+    gate: CapGate,
+    reqs: list[tuple[RequestContext, dict]],
+    at: datetime | None = None,
+) -> list[tuple[list[str], list]]:
+    """Each request's READ keys and arguments, at its own time or at ``at``."""
+    return [
+        store._read_keys_args(
+            gate.planner.plan(c if at is None else dataclasses.replace(c, ts=at), cands)
+        )
+        for c, cands in reqs
+    ]
+
+
 def reserving(
     gate: CapGate, reqs: list[tuple[RequestContext, dict]], prefix: str
 ) -> Callable[[int], object]:
@@ -155,12 +170,8 @@ def _calls(
     recorded day, and "live": after every recorded impression), the whole read, the read
     without I/O (plan, arguments, decoding and decision on a reply fetched before),
     check-and-record."""
-    plans = [gate.planner.plan(c, cands) for c, cands in reqs]
-    wire = [store._read_keys_args(p) for p in plans]
-    live = [
-        store._read_keys_args(gate.planner.plan(dataclasses.replace(c, ts=end_of_day), cands))
-        for c, cands in reqs
-    ]
+    wire = read_calls(store, gate, reqs)
+    live = read_calls(store, gate, reqs, at=end_of_day)
     replies = [store._eval(store._read, k, a) for k, a in wire]
 
     def python_only(i: int) -> object:  # what gate.read does, minus the round trip

@@ -1,6 +1,6 @@
 """Instructions Redis executes per cap-store call, counted by valgrind's callgrind.
 
-    .venv/bin/python -m benchmarks.caps_instructions      # about 2 minutes; needs valgrind
+    .venv/bin/python -m benchmarks.caps_instructions      # about 30 s; needs valgrind
 
 Time on these shared VMs moves with their load and their speed of the day (the same reads have
 taken 250 to 650 us of Redis time), so a change to the Lua scripts is judged better by the
@@ -34,7 +34,7 @@ from engine.config import load_config
 from engine.synth.generator import generate
 from engine.synth.params import WorldParams
 
-from .bench_caps import impressions, requests, reserving
+from .bench_caps import impressions, read_calls, requests, reserving
 
 CALLS = 100  # calls counted per figure
 
@@ -104,13 +104,8 @@ def main() -> None:
         rows = [("empty script (the floor of a call)", "-", lambda i: store.client.eval("", 0))]
         for n in (100, 500):
             reqs = requests(log, n, 50)
-            wire = [store._read_keys_args(gate.planner.plan(c, cands)) for c, cands in reqs]
-            live = [
-                store._read_keys_args(
-                    gate.planner.plan(dataclasses.replace(c, ts=end_of_day), cands)
-                )
-                for c, cands in reqs
-            ]
+            wire = read_calls(store, gate, reqs)
+            live = read_calls(store, gate, reqs, at=end_of_day)
             rows.append(("read, at the requests' own times", str(n), _reads(store, wire)))
             rows.append(("read, live (after the day)", str(n), _reads(store, live)))
             if n == 100:
