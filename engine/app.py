@@ -66,6 +66,9 @@ class App:
     def __init__(self, config: AdmatchConfig, model_dir: Path, store: CapStore) -> None:
         self.store = store
         self.model_dir = model_dir
+        # how far ahead of a transport's clock recorded times may lie: the store was opened
+        # keeping this much more than its retention (a reload does not reopen it)
+        self.max_ahead_s = parse_duration(config.store.max_ahead)
         self._lock = threading.Lock()
         self._scorer = Scorer(ModelBundle.load(model_dir), config)
         self._gate = self._make_gate(config)

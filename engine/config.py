@@ -96,6 +96,7 @@ class StoreConfig(_Strict):
     deadline_ms: float = Field(50, gt=0)
     fail_mode: Literal["closed", "open"] = "closed"
     retention: str = "7d"
+    max_ahead: str = "5m"
 
     @model_validator(mode="after")
     def _url(self) -> StoreConfig:
@@ -104,6 +105,8 @@ class StoreConfig(_Strict):
         days = parse_duration(self.retention) / 86_400
         if not 1 <= days <= 31:
             raise ValueError("retention must be between 1d and 31d")
+        if parse_duration(self.max_ahead) > 86_400:
+            raise ValueError("max_ahead must be at most 1d")
         return self
 
 

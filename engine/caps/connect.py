@@ -86,6 +86,7 @@ def _redis(
         retention_s=parse_duration(config.store.retention),
         on_close=on_close,
         deadline_s=config.store.deadline_ms / 1000,
+        ahead_s=parse_duration(config.store.max_ahead),
     )
     store.load_scripts()
     return store

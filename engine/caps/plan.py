@@ -42,6 +42,7 @@ __all__ = [
     "SUPERSET_TARGETS",
     "US",
     "Lookup",
+    "check_not_ahead",
     "check_time",
     "Plan",
     "Planner",
@@ -74,6 +75,23 @@ def check_time(ts: datetime, field: str) -> None:
     if not EARLIEST_TS <= ts < LATEST_TS:
         span = f"{EARLIEST_TS.date()} to {LATEST_TS.date()}"
         raise InvalidArgument(field, f"{ts.isoformat()} is outside the times counted ({span})")
+
+
+def check_not_ahead(ts: datetime, now: datetime, ahead_s: int, field: str) -> None:
+    """Refuse a time to be recorded that lies more than ``ahead_s`` after ``now`` (the
+    service's clock), naming ``field``. A counter keeps the times of its last retention (plus
+    ``ahead_s``) behind its newest, so one impression timed a month ahead would push every
+    real one out.
+
+    Raises:
+        InvalidArgument: the time is too far ahead.
+    """
+    if (ts - now).total_seconds() > ahead_s:
+        raise InvalidArgument(
+            field,
+            f"{ts.isoformat()} is more than {ahead_s} s after the server's clock "
+            f"({now.isoformat()}); times that far ahead are refused (store.max_ahead)",
+        )
 
 
 @dataclass

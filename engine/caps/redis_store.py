@@ -132,12 +132,17 @@ class RedisCapStore:
         marker_ttl_s: int = 8 * 86_400,
         on_close: Callable[[], None] | None = None,
         deadline_s: float | None = None,
+        ahead_s: int = 0,
     ) -> None:
+        """Impression times stay ``retention_s + ahead_s`` behind a counter's newest, so that
+        an impression timed up to ``ahead_s`` ahead of the live reads (the service refuses
+        later ones: ``store.max_ahead``) pushes out nothing their windows count."""
         self.client = client
         self.deadline_s = deadline_s  # the longest any call waits (requests may allow less)
         self.rules, self.gaps, self.feedback = rules, gaps, feedback
         self.keys = keys or KeySpace()
         self.retention_s = retention_s
+        self.kept_s = retention_s + ahead_s  # how long before the newest impression times stay
         self.marker_ttl_s = marker_ttl_s
         self._on_close = on_close
         self._long = long_families(rules, retention_s)
@@ -289,8 +294,8 @@ class RedisCapStore:
         args: list[EncodableT] = [
             t,
             t // DAY_US,
-            self.retention_s * US,
-            self.retention_s + 3_600,
+            self.kept_s * US,
+            self.kept_s + 3_600,
             DAY_TTL_S,
             self.marker_ttl_s,
             "".join(longs),

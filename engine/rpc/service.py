@@ -6,6 +6,7 @@ import json
 import os
 import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -14,6 +15,7 @@ from admatch.v1 import admatch_pb2 as pb
 from admatch.v1 import admatch_pb2_grpc as pb_grpc
 from engine.app import App, Decide
 from engine.batching import Job, Prepared
+from engine.caps.plan import check_not_ahead
 from engine.caps.store import Feedback, Impression
 from engine.deadline import Deadline
 from engine.errors import InvalidArgument
@@ -43,6 +45,10 @@ class _ScoreCall:
     def prepare(self) -> Prepared:
         request = self.servicer._decode(self.message, self.timer)
         reserve = self.message.reserve_caps and not self.message.explain
+        if reserve:  # its impressions are recorded at the request's time
+            check_not_ahead(
+                request.context.ts, datetime.now(UTC), self.servicer.app.max_ahead_s, "time"
+            )
         self.decide = Decide(self.servicer.app, request, reserve, self.deadline)
         return self.decide.prepare()
 
@@ -115,7 +121,7 @@ class AdMatchingServicer(pb_grpc.AdMatchingServicer):
     def RecordEvents(
         self, request: pb.EventBatch, context: grpc.ServicerContext
     ) -> pb.RecordEventsResponse:
-        impressions, feedback = events_from_proto(request)
+        impressions, feedback = events_from_proto(request, datetime.now(UTC), self.app.max_ahead_s)
         done = self.app.record(impressions, feedback)
         return pb.RecordEventsResponse(
             impressions_recorded=done.impressions_recorded,
@@ -169,12 +175,16 @@ def model_info(app: App) -> pb.ModelInfo:
     return info
 
 
-def events_from_proto(batch: pb.EventBatch) -> tuple[list[Impression], list[Feedback]]:
+def events_from_proto(
+    batch: pb.EventBatch, now: datetime, max_ahead_s: int
+) -> tuple[list[Impression], list[Feedback]]:
     """Impressions and negative feedback of a batch (engagements and conversions are
     accepted and counted by the caller's logs; caps need only impressions and feedback).
 
     Raises:
-        InvalidArgument: naming ``events[i].field``.
+        InvalidArgument: naming ``events[i].field``; also for an event timed more than
+            ``max_ahead_s`` after ``now`` (``plan.check_not_ahead``). Nothing of a refused
+            batch is recorded.
     """
     impressions, feedback = [], []
     for i, e in enumerate(batch.events):
@@ -186,6 +196,7 @@ def events_from_proto(batch: pb.EventBatch) -> tuple[list[Impression], list[Feed
         if not e.user_id:
             raise InvalidArgument(f"{field}.user_id", "required")
         ts = timestamp(e.time, f"{field}.time")
+        check_not_ahead(ts, now, max_ahead_s, f"{field}.time")
         if e.type == pb.Event.TYPE_IMPRESSION:
             touchpoint = TOUCHPOINT[e.touchpoint] if 0 <= e.touchpoint < len(TOUCHPOINT) else None
             slot = SLOT[e.slot] if 0 <= e.slot < len(SLOT) else None

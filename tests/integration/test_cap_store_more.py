@@ -66,6 +66,29 @@ def test_counter_bytes_are_the_documented_layout() -> None:
         server.stop()
 
 
+def test_an_impression_ahead_within_max_ahead_pushes_out_no_count() -> None:
+    """A counter keeps ``retention + ahead`` behind its newest time. An impression timed 4
+    minutes ahead of the reads (inside a 5-minute ``max_ahead``) keeps the one a 7-day window
+    still counts; without the margin it was trimmed (what a month-ahead impression did to every
+    real one, which is why the service refuses those: ``check_not_ahead``)."""
+    server = EmbeddedRedis().start()
+    try:
+        week = 7 * 1440
+        counts = []
+        for ahead_s in (300, 0):
+            store = RedisCapStore(
+                server.client(), RULES, GAPS, FEEDBACK, KeySpace(f"ahead{ahead_s}"), ahead_s=ahead_s
+            )
+            # outside any window (and old enough to start a trim), then just inside the week
+            store.record([imp("old", -week - 120), imp("edge", -week + 1)])
+            before = ask(store, 0)[1][0, EXP["exp_user_any_7d"]]
+            store.record([imp("ahead", 4)])
+            counts.append((before, ask(store, 0)[1][0, EXP["exp_user_any_7d"]]))
+        assert counts == [(1, 1), (1, 0)]  # kept with the margin; trimmed without it
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("url", ["memory://", ""], ids=["memory", "embedded"])
 def test_any_string_is_an_id(url: str) -> None:
     """Ids travel as counted bytes: separators, NUL, key syntax and non-ASCII are all fine."""

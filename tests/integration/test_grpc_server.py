@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,33 @@ def test_reserve_caps_records_the_selected_ads(channel: grpc.Channel) -> None:
     replay = event(9, "x")
     replay.impression_id = f"g-pod-override:{chosen[0]}"  # the id the reservation recorded
     assert stub.RecordEvents(pb.EventBatch(events=[replay])).duplicates == 1
+
+
+def test_times_too_far_ahead_of_the_clock_are_refused_naming_them(channel: grpc.Channel) -> None:
+    """An impression (or a reservation) timed more than ``store.max_ahead`` (5 minutes) after
+    the server's clock would push real counts out of the store: refused naming its time, and
+    nothing of its batch is recorded. One inside the margin is recorded."""
+    stub = pb_grpc.AdMatchingStub(channel)
+    now = datetime.now(UTC)
+    near, far = event(1, "c_near"), event(2, "c_far")
+    near.time.FromDatetime(now + timedelta(minutes=4))
+    far.time.FromDatetime(now + timedelta(minutes=6))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.RecordEvents(pb.EventBatch(events=[near, far]))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("events[1].time: ")
+    assert "store.max_ahead" in info.value.details()
+    reply = stub.RecordEvents(pb.EventBatch(events=[near]))
+    assert (reply.impressions_recorded, reply.duplicates) == (1, 0)  # the refused batch: nothing
+
+    request = golden("edge/pod_override_one_ad.json")
+    request.time.FromDatetime(now + timedelta(days=30))
+    assert stub.Score(request).selected_ad_ids  # a read at any time records nothing
+    request.reserve_caps = True
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Score(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("time: ")
 
 
 def test_model_info_and_refused_reload(app: App, channel: grpc.Channel, tmp_path: Path) -> None:

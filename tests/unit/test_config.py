@@ -132,6 +132,18 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
         "url must start with redis://, rediss://, unix:// or memory://",
     ),
     (
+        "store-max-ahead",
+        lambda d: d["store"].update(max_ahead="2d"),
+        "store",
+        "max_ahead must be at most 1d",
+    ),
+    (
+        "store-max-ahead-form",
+        lambda d: d["store"].update(max_ahead="soon"),
+        "store",
+        "'soon' is not a duration",
+    ),
+    (
         "store-fail-mode",
         lambda d: d["store"].update(fail_mode="maybe"),
         "store.fail_mode",
