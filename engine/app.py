@@ -33,14 +33,25 @@ class Decide:
     """``App.decide`` as batchable work: validate before the pass (which reads the cap store),
     reserve after it. Each request keeps the scorer and gate it was prepared with."""
 
-    def __init__(self, app: App, request: ScoreRequest, reserve: bool, deadline: Deadline) -> None:
+    def __init__(
+        self,
+        app: App,
+        request: ScoreRequest,
+        reserve: bool,
+        deadline: Deadline,
+        validated: bool = False,
+    ) -> None:
+        """``validated``: the caller has run ``request.validate()`` (a transport naming its
+        own fields); else ``prepare`` runs it."""
         self.app, self.request, self.reserve, self.deadline = app, request, reserve, deadline
+        self.validated = validated
         self.gate = app.gate
 
     def prepare(self) -> Prepared:
         """See :class:`engine.batching.Work`."""
         scorer, self.gate = self.app.scorer, self.app.gate
-        self.request.validate()  # before spending a cap-store read on it
+        if not self.validated:
+            self.request.validate()  # before spending a cap-store read on it
         return Prepared(scorer, self.gate, self.request, self.deadline)
 
     def complete(self, decision: Decision) -> Decision:

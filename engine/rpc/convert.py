@@ -8,6 +8,7 @@ encodings, a list of messages and one packed column per attribute, give the same
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -121,13 +122,20 @@ _ENUM_TABLES = {
 _REQUIRED = ("ad_id", "format", "pricing", "bid")
 
 
+def _at(prefix: str, name: str, i: int | str) -> str:
+    """The path of candidate ``i``'s attribute ``name`` in either encoding (``prefix``:
+    ``candidates.items`` or ``candidate_columns``)."""
+    return f"{prefix}.{name}[{i}]" if prefix == "candidate_columns" else f"{prefix}[{i}].{name}"
+
+
 def _enum_column(
-    numbers: Sequence[int], table: list[str | None], field: str, required: bool
+    numbers: Sequence[int], table: list[str | None], prefix: str, name: str, required: bool
 ) -> list[str | None]:
     values, low = list(numbers), 1 if required else 0
     if values and (min(values) < low or max(values) >= len(table)):
         i = next(i for i, v in enumerate(values) if not low <= v < len(table))
-        raise InvalidArgument(f"{field}[{i}]", "required" if values[i] == 0 else "unknown value")
+        problem = "required" if values[i] == 0 else "unknown value"
+        raise InvalidArgument(_at(prefix, name, i), problem)
     return list(map(table.__getitem__, values))
 
 
@@ -174,7 +182,7 @@ def _columns(msg: pb.ScoreRequest) -> dict[str, Any]:
             raise InvalidArgument(f"{prefix}.{name}", f"has {len(values)} values for {n} ads")
         if name in _ENUM_TABLES:
             table, required = _ENUM_TABLES[name]
-            out[name] = _enum_column(values, table, f"{prefix}.{name}", required)
+            out[name] = _enum_column(values, table, prefix, name, required)
         elif name == "duration_s":
             out[name] = [v or None for v in values]
         elif name in ("ad_id", "bid"):
@@ -217,6 +225,35 @@ def request_from_proto(msg: pb.ScoreRequest) -> ScoreRequest:
             raise InvalidArgument("pod.max_ads", "must be >= 1")
         pod = PodLimits(msg.pod.max_ads, msg.pod.max_total_duration_s or None)
     return ScoreRequest(_context(msg), _columns(msg), None, pod, None, _campaign_caps(msg))
+
+
+_CANDIDATE_AT = re.compile(r"request\.candidates\[(\d+)\]\.(\w+)")
+_CANDIDATES_COLUMN = re.compile(r"request\.candidates\.(\w+)")
+
+
+def wire_field(field: str, msg: pb.ScoreRequest) -> str:
+    """A field named by ``ScoreRequest.validate`` (the core's names, ``request.candidates[3].bid``)
+    as the message's own path: ``candidates.items[3].bid``, or ``candidate_columns.bid[3]``."""
+    columnar = msg.WhichOneof("candidate_encoding") == "candidate_columns"
+    prefix = "candidate_columns" if columnar else "candidates.items"
+    if at := _CANDIDATE_AT.fullmatch(field):
+        return _at(prefix, at.group(2), at.group(1))
+    if column := _CANDIDATES_COLUMN.fullmatch(field):
+        return f"{prefix}.{column.group(1)}"
+    return "time" if field == "request.ts" else field.removeprefix("request.")
+
+
+def validate_request(request: ScoreRequest, msg: pb.ScoreRequest) -> None:
+    """``ScoreRequest.validate`` of a request decoded from ``msg``, naming the message's own
+    fields.
+
+    Raises:
+        InvalidArgument: naming the proto field that is invalid.
+    """
+    try:
+        request.validate()
+    except InvalidArgument as exc:
+        raise InvalidArgument(wire_field(exc.field, msg), exc.problem) from exc
 
 
 def request_to_proto(request: ScoreRequest, columnar: bool = False) -> pb.ScoreRequest:

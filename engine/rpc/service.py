@@ -20,7 +20,14 @@ from engine.caps.store import Feedback, Impression
 from engine.deadline import Deadline
 from engine.errors import InvalidArgument
 from engine.rpc.auth import check_operator
-from engine.rpc.convert import SLOT, TOUCHPOINT, decision_to_wire, request_from_proto, timestamp
+from engine.rpc.convert import (
+    SLOT,
+    TOUCHPOINT,
+    decision_to_wire,
+    request_from_proto,
+    timestamp,
+    validate_request,
+)
 from engine.rpc.metrics import Metrics
 from engine.rpc.stream import read_ahead
 from engine.scoring.types import Decision, ScoreRequest
@@ -49,7 +56,7 @@ class _ScoreCall:
             check_not_ahead(
                 request.context.ts, datetime.now(UTC), self.servicer.app.max_ahead_s, "time"
             )
-        self.decide = Decide(self.servicer.app, request, reserve, self.deadline)
+        self.decide = Decide(self.servicer.app, request, reserve, self.deadline, validated=True)
         return self.decide.prepare()
 
     def complete(self, decision: Decision) -> bytes:
@@ -106,9 +113,12 @@ class AdMatchingServicer(pb_grpc.AdMatchingServicer):
     def _decode(self, request: pb.ScoreRequest, timer: StageTimer) -> ScoreRequest:
         with timer.stage("decode"):
             core_request = request_from_proto(request)
-        n = len(core_request.candidates["ad_id"])
-        if n > self.max_candidates:
-            raise InvalidArgument("candidates", f"{n} candidates, at most {self.max_candidates}")
+            n = len(core_request.candidates["ad_id"])
+            if n > self.max_candidates:
+                raise InvalidArgument(
+                    "candidates", f"{n} candidates, at most {self.max_candidates}"
+                )
+            validate_request(core_request, request)
         return core_request
 
     def _encode(self, decision: Decision, timer: StageTimer) -> bytes:

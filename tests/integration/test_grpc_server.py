@@ -86,9 +86,13 @@ def test_score_over_grpc_equals_in_process(app: App, channel: grpc.Channel) -> N
     [
         (lambda m: setattr(m, "touchpoint", 0), "touchpoint"),
         (lambda m: m.ClearField("time"), "time"),
-        (lambda m: setattr(m.candidates.items[0], "bid", float("nan")), "candidates[0].bid"),
+        (
+            lambda m: setattr(m.candidates.items[0], "bid", float("nan")),
+            "candidates.items[0].bid",
+        ),
+        (lambda m: setattr(m, "local_hour", 24), "local_hour"),
     ],
-    ids=["touchpoint", "time", "nan-bid"],
+    ids=["touchpoint", "time", "nan-bid", "local-hour"],
 )
 def test_bad_requests_are_invalid_argument(channel: grpc.Channel, mutate: Any, field: str) -> None:
     request = golden("exemplary/ott_pause_family_evening.json")
@@ -96,7 +100,7 @@ def test_bad_requests_are_invalid_argument(channel: grpc.Channel, mutate: Any, f
     with pytest.raises(grpc.RpcError) as info:
         pb_grpc.AdMatchingStub(channel).Score(request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert field in info.value.details()
+    assert info.value.details().startswith(f"{field}: ")
 
 
 def test_bytes_that_are_no_message_are_invalid_argument(channel: grpc.Channel) -> None:

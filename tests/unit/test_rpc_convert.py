@@ -18,6 +18,7 @@ from engine.rpc.convert import (
     decision_to_wire,
     request_from_proto,
     request_to_proto,
+    validate_request,
 )
 from engine.scoring.jsonio import request_from_json
 from engine.scoring.scorer import Scorer
@@ -64,7 +65,7 @@ def edit(fn) -> pb.ScoreRequest:
         (lambda: edit(lambda m: m.ClearField("candidates")), "candidates"),
         (
             lambda: edit(lambda m: setattr(m.candidates.items[2], "format", 0)),
-            "candidates.items.format[2]",
+            "candidates.items[2].format",
         ),
         (
             lambda: edit(
@@ -89,6 +90,66 @@ def test_bad_wire_requests_name_the_field(build, field: str) -> None:
     with pytest.raises(InvalidArgument) as info:
         request_from_proto(build())
     assert info.value.field == field
+
+
+def _set(msg: pb.ScoreRequest, name: str, i: int, value: Any) -> None:
+    """Candidate ``i``'s attribute ``name`` in whichever encoding ``msg`` has."""
+    if msg.WhichOneof("candidate_encoding") == "candidate_columns":
+        getattr(msg.candidate_columns, name)[i] = value
+    else:
+        setattr(msg.candidates.items[i], name, value)
+
+
+def _first_ad(msg: pb.ScoreRequest) -> str:
+    if msg.WhichOneof("candidate_encoding") == "candidate_columns":
+        return str(msg.candidate_columns.ad_id[0])
+    return str(msg.candidates.items[0].ad_id)
+
+
+@pytest.mark.parametrize(
+    ("change", "rows", "columns"),
+    [
+        (lambda m: _set(m, "bid", 1, -1.0), "candidates.items[1].bid", "candidate_columns.bid[1]"),
+        (
+            lambda m: _set(m, "duration_s", 2, 4000.0),
+            "candidates.items[2].duration_s",
+            "candidate_columns.duration_s[2]",
+        ),
+        (
+            lambda m: _set(m, "ad_id", 1, ""),
+            "candidates.items[1].ad_id",
+            "candidate_columns.ad_id[1]",
+        ),
+        (
+            lambda m: _set(m, "ad_id", 1, _first_ad(m)),
+            "candidates.items.ad_id",
+            "candidate_columns.ad_id",
+        ),
+        (lambda m: setattr(m, "local_hour", 30), "local_hour", "local_hour"),
+        (lambda m: setattr(m, "slot", pb.SLOT_MOBILE_FEED), "slot", "slot"),
+        (
+            lambda m: m.pod.MergeFrom(pb.Pod(max_ads=2, max_total_duration_s=float("nan"))),
+            "pod.max_total_duration_s",
+            "pod.max_total_duration_s",
+        ),
+    ],
+    ids=["bid", "duration", "empty-ad-id", "duplicate-ad-id", "local-hour", "slot", "pod-total"],
+)
+@pytest.mark.parametrize("columnar", [False, True], ids=["rows", "columns"])
+def test_what_validation_refuses_is_named_by_the_message_path(
+    change: Any, rows: str, columns: str, columnar: bool
+) -> None:
+    """``ScoreRequest.validate`` names the core's fields (``request.candidates[1].bid``);
+    a wire request's error names the field of the message the client sent."""
+    msg = request_to_proto(request_from_proto(base()), columnar=columnar)
+    change(msg)
+    request = request_from_proto(msg)
+    with pytest.raises(InvalidArgument) as info:
+        validate_request(request, msg)
+    assert info.value.field == (columns if columnar else rows)
+    with pytest.raises(InvalidArgument) as core:
+        request.validate()
+    assert core.value.problem == info.value.problem
 
 
 def test_columnar_columns_must_line_up() -> None:

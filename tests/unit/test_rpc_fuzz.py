@@ -162,6 +162,7 @@ def _assert_refused_well(exc: BaseException) -> None:
     assert exc.status != "INTERNAL", f"{type(exc).__name__}: {exc}"
     if isinstance(exc, InvalidArgument):
         assert exc.field and exc.problem, exc
+        assert not exc.field.startswith("request."), f"the core's name, not the wire's: {exc}"
         event(f"refused: {exc.field.split('[')[0]}")
     else:
         event(f"refused: {exc.status}")
