@@ -4,7 +4,9 @@
     .venv/bin/python -m benchmarks.bench_caps --url redis://127.0.0.1:6379/0
 
 Records one day of synthetic traffic (every impression of a generated one-day log, in batches of
-500), then prints: events recorded per second; Redis memory per active user; and for requests of
+500; ``--days``, ``--rows`` and ``--rows-per-household`` record a longer history, e.g. 30 days
+of ~40 impressions a household a day: ``--days 30 --rows 900000 --rows-per-household 6000``),
+then prints: events recorded per second; Redis memory per active user; and for requests of
 100 and 500 candidates (each candidate its own campaign: the worst case for key count) the
 latency of one read (exposure counts + cap decision) and of one atomic check-and-record, with
 the number of round trips per call and the microseconds Redis spent per call, both taken from
@@ -103,7 +105,14 @@ def timed(fn: Callable[[int], object], repeat: int) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="", help="store URL; empty: embedded Redis")
-    parser.add_argument("--rows", type=int, default=300_000, help="rows of the one-day log")
+    parser.add_argument("--rows", type=int, default=300_000, help="rows of the log")
+    parser.add_argument("--days", type=int, default=1, help="days of traffic the log spans")
+    parser.add_argument(
+        "--rows-per-household",
+        type=int,
+        default=2_000,
+        help="log rows per household over all days (sets the population; rows / this)",
+    )
     parser.add_argument("--repeat", type=int, default=300)
     args = parser.parse_args()
 
@@ -116,9 +125,13 @@ def main() -> None:
     store = open_store(config)
     assert isinstance(store, RedisCapStore)
     gate = CapGate(store, config.caps, parse_duration(config.store.retention), fail_open=False)
-    log = generate(WorldParams(rows=args.rows, seed=4, days=1)).log
+    world = WorldParams(
+        rows=args.rows, seed=4, days=args.days, rows_per_household=args.rows_per_household
+    )
+    log = generate(world).log
     events = impressions(log)
     users = log.filter("shown")["user_id"].n_unique()
+    households = max(log.filter("shown")["household_id"].n_unique(), 1)
     before = int(store.client.info("memory")["used_memory"])
     stats_before = _script_stats(store)
     start = time.perf_counter()
@@ -130,7 +143,8 @@ def main() -> None:
     print(describe())
     print(f"store: {'embedded (unix socket)' if not args.url else args.url}")
     print(
-        f"recorded {len(events):,} impressions of {users:,} active users in {seconds:.1f} s: "
+        f"recorded {len(events):,} impressions of {users:,} active users ({args.days} days, "
+        f"{len(events) / households / args.days:.0f} a household a day) in {seconds:.1f} s: "
         f"{len(events) / seconds:,.0f} events/s (batches of 500, one round trip each); "
         f"Redis {usec / max(calls, 1):.0f} us per event"
     )
