@@ -143,7 +143,8 @@ def main() -> None:
     print(describe())
     print(f"store: {'embedded (unix socket)' if not args.url else args.url}")
     print(
-        f"recorded {len(events):,} impressions of {users:,} active users ({args.days} days, "
+        f"recorded {len(events):,} impressions of {users:,} active users "
+        f"({args.days} day{'s' if args.days > 1 else ''}, "
         f"{len(events) / households / args.days:.0f} a household a day) in {seconds:.1f} s: "
         f"{len(events) / seconds:,.0f} events/s (batches of 500, one round trip each); "
         f"Redis {usec / max(calls, 1):.0f} us per event"
