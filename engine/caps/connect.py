@@ -51,26 +51,44 @@ def _url(config: AdmatchConfig) -> CapStore:
         client = RedisCluster.from_url(config.store.url, **options)
     else:
         client = redis.Redis.from_url(config.store.url, **options)
-    warn_compact_hashes(client)
+    check_server(client)
     return _redis(config, client)
 
 
-def warn_compact_hashes(client: Any) -> None:
-    """Log a warning when the server keeps hashes of more than HASH_MAX_COMPACT_ENTRIES
-    fields compact-encoded (a request read then scans a big family hash once per candidate
-    id; docs/caps.md). Best effort: managed servers may refuse CONFIG."""
+def check_server(client: Any) -> list[str]:
+    """Warn (log and return the warnings) about server settings that break the store's promises.
+    Best effort: managed servers may refuse CONFIG, and then nothing is checked.
+
+    * A ``maxmemory`` with a policy that evicts keys: under memory pressure Redis drops
+      counters and idempotency markers, so caps stop holding and retries count twice.
+    * Hashes of more than ``HASH_MAX_COMPACT_ENTRIES`` fields kept compact: a read then scans a
+      big family hash once per candidate id (docs/caps.md).
+    """
     try:
         settings = client.config_get("hash-max-*-entries")
-        entries = max(int(v) for v in settings.values())
-    except (redis.exceptions.RedisError, ValueError, TypeError, AttributeError):
-        return
-    if entries > HASH_MAX_COMPACT_ENTRIES:
-        log.warning(
-            "cap store server has hash-max-listpack-entries %d: set it to %d or less, or "
-            "reads of households with many targets scan their hashes (docs/caps.md)",
-            entries,
-            HASH_MAX_COMPACT_ENTRIES,
+        settings |= client.config_get("maxmemory")
+        settings |= client.config_get("maxmemory-policy")
+        entries = max(int(v) for k, v in settings.items() if k.startswith("hash-max"))
+        maxmemory, policy = int(settings["maxmemory"]), str(settings["maxmemory-policy"])
+    except (redis.exceptions.RedisError, ValueError, TypeError, AttributeError, KeyError):
+        return []
+    warnings = []
+    if maxmemory > 0 and policy != "noeviction":
+        warnings.append(
+            f"cap store server evicts keys under memory pressure (maxmemory {maxmemory}, "
+            f"maxmemory-policy {policy}): counters and idempotency markers would be lost and "
+            "caps stop holding; set maxmemory-policy noeviction (a full server then refuses "
+            "calls and the gate fails closed, instead of forgetting)"
         )
+    if entries > HASH_MAX_COMPACT_ENTRIES:
+        warnings.append(
+            f"cap store server has hash-max-listpack-entries {entries}: set it to "
+            f"{HASH_MAX_COMPACT_ENTRIES} or less, or reads of households with many targets "
+            "scan their hashes (docs/caps.md)"
+        )
+    for warning in warnings:
+        log.warning("%s", warning)
+    return warnings
 
 
 def _redis(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import struct
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.caps.connect import client_options, open_store
+from engine.caps.connect import check_server, client_options, open_store
 from engine.caps.embedded import EmbeddedRedis, parent_death_prefix
 from engine.caps.gate import CapGate
 from engine.caps.keys import KeySpace
@@ -325,3 +326,26 @@ def test_an_embedded_server_that_does_not_start_says_how() -> None:
     with pytest.raises(NotReady, match=r"exited with 1\): \(no log written\)"):
         server.start(timeout_s=5)
     assert not server.directory.exists()
+
+
+def test_server_settings_that_break_the_store_are_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An evicting maxmemory policy would drop counters (caps stop holding) and markers
+    (retries count twice); big compact hashes make reads scan. Both are logged at connect."""
+    server = EmbeddedRedis().start()
+    try:
+        client = server.client()
+        assert check_server(client) == []  # the embedded server's own settings
+        client.config_set("maxmemory", "1gb")
+        assert check_server(client) == []  # noeviction: a full server refuses, loses nothing
+        client.config_set("maxmemory-policy", "volatile-lru")  # every cap key has a TTL
+        client.config_set("hash-max-ziplist-entries", "512")
+        with caplog.at_level(logging.WARNING, logger="engine.caps.connect"):
+            warnings = check_server(client)
+        assert len(warnings) == 2
+        assert "maxmemory-policy volatile-lru" in warnings[0]
+        assert "hash-max-listpack-entries 512" in warnings[1]
+        assert [r.getMessage() for r in caplog.records] == warnings
+    finally:
+        server.stop()
