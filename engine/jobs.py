@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 
 from features import EngagementStats, FeatureCore, FeatureParams, Priors
-from features.logio import scan_log
+from features.logio import read_log
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,13 @@ def build_features(log_path: Path, out: Path, stats_dir: Path | None = None) -> 
         out: output Parquet: the log's key and label columns plus one column per feature.
         stats_dir: where fitted statistics are read from (``feature_stats.json``); when
             ``None``, they are fitted on this log and saved to ``<out>.stats/``.
+
+    Raises:
+        LogSchemaError: the log breaks the schema, its values included (as ``train``): nothing
+            is written.
     """
     start = time.perf_counter()
-    log = scan_log(log_path)
+    log = read_log(log_path).lazy()  # values checked too: training refuses what this would
     if stats_dir is None:
         stats = EngagementStats.fit(log)
         stats_dir = out.with_name(out.name + ".stats")

@@ -48,6 +48,23 @@ def test_summary_and_features(model_log: Path, tmp_path: Path) -> None:
     assert (tmp_path / "features.parquet.stats" / "feature_stats.json").exists()
 
 
+def test_features_refuse_a_log_whose_values_break_the_schema(
+    model_log: Path, tmp_path: Path
+) -> None:
+    """As training does: a negative bid is named, and no features are written."""
+    bad = tmp_path / "bad.parquet"
+    log = pl.read_parquet(model_log)
+    log = log.with_columns(
+        pl.when(pl.int_range(pl.len()) == 7).then(-1.0).otherwise(pl.col("bid")).alias("bid")
+    )
+    log.write_parquet(bad)
+    out = tmp_path / "features.parquet"
+    result = runner.invoke(app, ["features", "--log", str(bad), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "bid: 1 row(s) with values outside" in result.output
+    assert not out.exists()
+
+
 def test_quickstart_runs_the_main_job(tmp_path: Path) -> None:
     args = ["quickstart", "--rows", "20000", "--dir", str(tmp_path), "--no-serve"]
     result = runner.invoke(app, args)
