@@ -42,7 +42,7 @@ def build_features(log_path: Path, out: Path, stats_dir: Path | None = None) -> 
             is written.
     """
     start = time.perf_counter()
-    log = read_log(log_path).lazy()  # values checked too: training refuses what this would
+    log = read_log(log_path).lazy()  # its values checked too, as training checks them
     if stats_dir is None:
         stats = EngagementStats.fit(log)
         stats_dir = out.with_name(out.name + ".stats")
