@@ -79,7 +79,7 @@ def run_alone(work: Work[R], timer: StageTimer) -> R:
     with timer.stage("caps"):
         request = ready.gate.prepare(ready.request, ready.deadline.remaining())
     ready.deadline.check("scoring")
-    return work.complete(ready.scorer.score(request, timer))
+    return work.complete(ready.scorer.score(request, timer, validated=True))
 
 
 @dataclass(eq=False)
@@ -279,7 +279,7 @@ def _score(group: list[Scored], timer: StageTimer) -> list[tuple[Job[object], De
     still fails gets its error and no decision)."""
     scorer = group[0][1]
     try:
-        decisions = scorer.score_batch([request for _, _, request in group], timer)
+        decisions = scorer.score_batch([request for _, _, request in group], timer, validated=True)
         return [(job, d) for (job, _, _), d in zip(group, decisions, strict=True)]
     except Exception as exc:
         if len(group) == 1:
@@ -288,7 +288,7 @@ def _score(group: list[Scored], timer: StageTimer) -> list[tuple[Job[object], De
     out = []
     for job, _, request in group:  # find the bad one
         try:
-            out.append((job, scorer.score_batch([request], timer)[0]))
+            out.append((job, scorer.score_batch([request], timer, validated=True)[0]))
         except Exception as exc:
             job.error = exc
     return out

@@ -30,20 +30,28 @@ class Scorer:
         self.config = config
         self.rules = R.CompiledRules.build(config)
 
-    def score(self, request: ScoreRequest, timer: StageTimer = NULL_TIMER) -> Decision:
+    def score(
+        self, request: ScoreRequest, timer: StageTimer = NULL_TIMER, validated: bool = False
+    ) -> Decision:
         """Decide one request (the batch form with one request)."""
-        return self.score_batch([request], timer)[0]
+        return self.score_batch([request], timer, validated)[0]
 
     def score_batch(
-        self, requests: Sequence[ScoreRequest], timer: StageTimer = NULL_TIMER
+        self,
+        requests: Sequence[ScoreRequest],
+        timer: StageTimer = NULL_TIMER,
+        validated: bool = False,
     ) -> list[Decision]:
         """Decide many requests in one vectorised pass (stages timed by ``timer``).
+        ``validated``: the caller has run each request's ``validate()`` (the service's passes,
+        whose requests were validated before their cap-store read).
 
         Raises:
             InvalidArgument: naming the first bad field (``requests[i]...``).
         """
-        for i, req in enumerate(requests):
-            req.validate(f"requests[{i}]")
+        if not validated:
+            for i, req in enumerate(requests):
+                req.validate(f"requests[{i}]")
         with timer.stage("features"):
             batch = self.model.core.batch(
                 [r.context for r in requests],

@@ -116,10 +116,12 @@ class FlakyScorer:
     def __init__(self, inner: Scorer) -> None:
         self.inner = inner
 
-    def score_batch(self, reqs: Sequence[ScoreRequest], timer: Any = NULL_TIMER) -> list[Decision]:
+    def score_batch(
+        self, reqs: Sequence[ScoreRequest], timer: Any = NULL_TIMER, validated: bool = False
+    ) -> list[Decision]:
         if any(r.context.request_id == "bad" for r in reqs):
             raise InvalidArgument("requests[0].candidates", "rejected by the test")
-        return self.inner.score_batch(reqs, timer)
+        return self.inner.score_batch(reqs, timer, validated)
 
 
 class Plain:
@@ -171,6 +173,39 @@ def run_all(batcher: Batcher, works: Sequence[Plain | Decide]) -> dict[str, Any]
     for t in threads:
         t.join()
     return results
+
+
+def test_each_request_is_validated_once(
+    apps: tuple[App, App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before its cap-store read, not again in the pass (batched or alone); over gRPC too,
+    where the servicer validates while decoding (naming the message's fields)."""
+    calls: list[str] = []
+    validate = ScoreRequest.validate
+
+    def counting(self: ScoreRequest, where: str = "request") -> None:
+        calls.append(self.context.request_id)
+        validate(self, where)
+
+    monkeypatch.setattr(ScoreRequest, "validate", counting)
+    batched, plain = apps
+    reqs = requests(2)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(batched.decide, reqs))
+    for r in reqs:
+        plain.decide(r)
+    server, port = build_server(
+        batched, batched.scorer.config.server.model_copy(update={"port": 0})
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            pb_grpc.AdMatchingStub(ch).Score(request_to_proto(reqs[0]), timeout=10)
+    finally:
+        server.stop(grace=1).wait()
+    ids = [r.context.request_id for r in reqs]
+    assert sorted(calls) == sorted([*ids, *ids, reqs[0].context.request_id])
+    with pytest.raises(InvalidArgument):  # still validated
+        plain.decide(dataclasses.replace(reqs[0], candidates={**reqs[0].candidates, "ad_id": []}))
 
 
 def test_one_bad_request_fails_alone(apps: tuple[App, App]) -> None:
