@@ -122,10 +122,17 @@ _ENUM_TABLES = {
 _REQUIRED = ("ad_id", "format", "pricing", "bid")
 
 
+_ROWS, _COLUMNS = "candidates.items", "candidate_columns"  # the candidates' paths, by encoding
+
+
+def _prefix(msg: pb.ScoreRequest) -> str:
+    """The path of the candidates in the message's encoding."""
+    return _COLUMNS if msg.WhichOneof("candidate_encoding") == _COLUMNS else _ROWS
+
+
 def _at(prefix: str, name: str, i: int | str) -> str:
-    """The path of candidate ``i``'s attribute ``name`` in either encoding (``prefix``:
-    ``candidates.items`` or ``candidate_columns``)."""
-    return f"{prefix}.{name}[{i}]" if prefix == "candidate_columns" else f"{prefix}[{i}].{name}"
+    """The path of candidate ``i``'s attribute ``name`` under ``prefix`` (:func:`_prefix`)."""
+    return f"{prefix}.{name}[{i}]" if prefix == _COLUMNS else f"{prefix}[{i}].{name}"
 
 
 def _enum_column(
@@ -141,12 +148,12 @@ def _enum_column(
 
 def _raw(msg: pb.ScoreRequest) -> tuple[dict[str, Sequence[Any]], str]:
     """The candidates' attributes as sequences, from either encoding, and the field prefix."""
-    kind = msg.WhichOneof("candidate_encoding")
-    if kind is None:
+    if msg.WhichOneof("candidate_encoding") is None:
         raise InvalidArgument("candidates", "required: candidates or candidate_columns")
-    if kind == "candidate_columns":
+    prefix = _prefix(msg)
+    if prefix == _COLUMNS:
         c = msg.candidate_columns
-        return {name: getattr(c, name) for name in _ATTRS}, "candidate_columns"
+        return {name: getattr(c, name) for name in _ATTRS}, prefix
     rows = [
         (
             c.ad_id,
@@ -163,7 +170,7 @@ def _raw(msg: pb.ScoreRequest) -> tuple[dict[str, Sequence[Any]], str]:
         for c in msg.candidates.items
     ]  # one pass over the messages
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in _ATTRS]
-    return dict(zip(_ATTRS, columns, strict=True)), "candidates.items"
+    return dict(zip(_ATTRS, columns, strict=True)), prefix
 
 
 def _columns(msg: pb.ScoreRequest) -> dict[str, Any]:
@@ -234,8 +241,7 @@ _CANDIDATES_COLUMN = re.compile(r"request\.candidates\.(\w+)")
 def wire_field(field: str, msg: pb.ScoreRequest) -> str:
     """A field named by ``ScoreRequest.validate`` (the core's names, ``request.candidates[3].bid``)
     as the message's own path: ``candidates.items[3].bid``, or ``candidate_columns.bid[3]``."""
-    columnar = msg.WhichOneof("candidate_encoding") == "candidate_columns"
-    prefix = "candidate_columns" if columnar else "candidates.items"
+    prefix = _prefix(msg)
     if at := _CANDIDATE_AT.fullmatch(field):
         return _at(prefix, at.group(2), at.group(1))
     if column := _CANDIDATES_COLUMN.fullmatch(field):

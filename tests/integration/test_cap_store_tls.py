@@ -115,8 +115,11 @@ def test_a_store_over_tls_counts_reads_and_reserves(tls_redis: tuple[int, Path])
 
         def one(i: int) -> bool:  # each thread its own store: its own TLS connections
             racer = _store(_url(port, d), f"{prefix}-race")
-            barrier.wait()
-            return _admit(racer, i)
+            try:
+                barrier.wait()
+                return _admit(racer, i)
+            finally:
+                racer.close()
 
         with ThreadPoolExecutor(16) as pool:
             admitted = list(pool.map(one, range(16)))
