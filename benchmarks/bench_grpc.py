@@ -38,6 +38,7 @@ import multiprocessing
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -50,8 +51,6 @@ from typing import Any
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from engine.rpc.run import free_port
 
 from .machine import describe
 
@@ -140,6 +139,13 @@ def pctl(t: np.ndarray, q: float) -> float:
 # --- the server -------------------------------------------------------------------------------
 
 
+def free_port() -> int:
+    """A TCP port free now on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _served_by(target: str) -> str:
     """The ``host:pid`` of the worker a new connection reaches (GetModelInfo)."""
     from admatch.v1 import admatch_pb2 as pb
@@ -153,7 +159,7 @@ def _served_by(target: str) -> str:
 def start_server(model: Path, config: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
     """``admatch serve`` on a free port, once its health check says SERVING and (several
     workers) every worker has answered."""
-    port = free_port("127.0.0.1")
+    port = free_port()
     admatch = Path(sys.executable).with_name("admatch")
     cmd = [str(admatch), "serve", "--model", str(model), "--config", str(config)]
     cmd += ["--port", str(port), "--workers", str(workers), "--log-level", "WARNING"]
@@ -386,14 +392,15 @@ def overhead(
     from admatch.v1 import admatch_pb2 as pb
     from engine.app import build_app
     from engine.config import load_config
-    from engine.rpc.convert import decision_to_wire, request_from_proto
+    from engine.rpc.convert import decision_to_wire
+    from engine.rpc.decode import decode_request
 
     app = build_app(load_config(config), model)  # embedded Redis, as the server
     msgs = [pb.ScoreRequest.FromString(b) for b in payloads]
-    cores = [request_from_proto(m) for m in msgs]
+    cores = [decode_request(m) for m in msgs]
 
     def converted(m: Any) -> None:
-        decision_to_wire(app.decide(request_from_proto(m)))
+        decision_to_wire(app.decide(decode_request(m)))
 
     out = []
     ctx = multiprocessing.get_context("spawn")
@@ -557,7 +564,7 @@ def main() -> None:
     rounds: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.rounds:  # 1 worker, batching on, with its metrics endpoint
-            metrics_port = free_port("127.0.0.1")
+            metrics_port = free_port()
             config = bench_config(Path(tmp), 0.0, 32, metrics_port)
             proc, target = start_server(args.model, config, 1)
             try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -15,18 +16,45 @@ from typing import TypeVar
 import numpy as np
 
 from engine.batching import Batcher, Job, Prepared, Work, run_alone
+from engine.caps.breaker import GuardedStore
 from engine.caps.connect import open_store
-from engine.caps.gate import CapGate
+from engine.caps.gate import CapGate, Reservation
 from engine.caps.rules import parse_duration
-from engine.caps.store import CapStore, Feedback, Impression
+from engine.caps.store import Feedback, Impression
 from engine.config import AdmatchConfig, load_config
 from engine.deadline import NO_DEADLINE, Deadline
 from engine.model.bundle import ModelBundle
 from engine.scoring.scorer import Scorer
 from engine.scoring.types import Decision, Reason, ScoreRequest
 from engine.timing import NULL_TIMER, StageTimer
+from features.online import CandidateColumns, RequestContext
 
 R = TypeVar("R")
+_REFUSED = {
+    Reservation.CAPPED: Reason.FREQUENCY_CAPPED,
+    Reservation.UNAVAILABLE: Reason.CAP_STORE_UNAVAILABLE,
+}
+
+
+_IMPRESSION_IDS = ("creative_id", "campaign_id", "advertiser_id", "category")
+
+
+def _impression(ctx: RequestContext, ad: str, one: CandidateColumns) -> Impression:
+    """The impression a reservation records for ad ``ad`` (id ``request_id:ad_id``)."""
+    return Impression(
+        f"{ctx.request_id}:{ad}",
+        ctx.ts,
+        ctx.user_id,
+        ctx.touchpoint,
+        ctx.slot,
+        ad,
+        ctx.household_id,
+        ctx.device_id,
+        *(
+            one.get(c, [None])[0]
+            for c in ("creative_id", "campaign_id", "advertiser_id", "category")
+        ),
+    )
 
 
 class Decide:
@@ -63,6 +91,15 @@ class Decide:
 
 
 @dataclass(frozen=True)
+class Staged:
+    """A model and config loaded by :meth:`App.stage`, not serving yet."""
+
+    scorer: Scorer
+    gate: CapGate
+    model_dir: Path
+
+
+@dataclass(frozen=True)
 class Recorded:
     """What ``App.record`` did."""
 
@@ -74,13 +111,14 @@ class Recorded:
 class App:
     """Decides and records; swaps model and config atomically on reload."""
 
-    def __init__(self, config: AdmatchConfig, model_dir: Path, store: CapStore) -> None:
+    def __init__(self, config: AdmatchConfig, model_dir: Path, store: GuardedStore) -> None:
         self.store = store
         self.model_dir = model_dir
         # how far ahead of a transport's clock recorded times may lie: the store was opened
         # keeping this much more than its retention (a reload does not reopen it)
         self.max_ahead_s = parse_duration(config.store.max_ahead)
         self._lock = threading.Lock()
+        self._committed: list[Callable[[], object]] = []
         self._scorer = Scorer(ModelBundle.load(model_dir), config)
         self._gate = self._make_gate(config)
         server = config.server
@@ -159,29 +197,30 @@ class App:
         gate: CapGate,
         deadline: Deadline = NO_DEADLINE,
     ) -> Decision:
+        """Reserve each selected ad in turn. The store is not asked again once it has not
+        answered for this request (its cap read, or one of these reservations, failed): the
+        rest get the fail mode's outcome at once, so a request waits for a dead store once."""
         ctx = request.context
         rank, reasons, kept = decision.rank.copy(), list(decision.reason), []
+        store_ok = decision.cap_store_ok
         for ad in decision.selected:
             i = decision.ad_id.index(ad)
             one = {k: [v[i]] for k, v in request.candidates.items()}
-            impression = Impression(
-                f"{ctx.request_id}:{ad}",
-                ctx.ts,
-                ctx.user_id,
-                ctx.touchpoint,
-                ctx.slot,
-                ad,
-                ctx.household_id,
-                ctx.device_id,
-                *(
-                    one.get(c, [None])[0]
-                    for c in ("creative_id", "campaign_id", "advertiser_id", "category")
-                ),
-            )
-            if gate.reserve(ctx, one, impression, request.campaign_caps, deadline.remaining()):
+            if store_ok:
+                outcome = gate.reserve(
+                    ctx,
+                    one,
+                    _impression(ctx, ad, one),
+                    request.campaign_caps,
+                    deadline.remaining(),
+                )
+                store_ok = outcome not in (Reservation.UNAVAILABLE, Reservation.UNRESERVED)
+            else:
+                outcome = gate.unavailable()
+            if outcome in (Reservation.RESERVED, Reservation.UNRESERVED):
                 kept.append(ad)
             else:
-                rank[i], reasons[i] = 0, Reason.FREQUENCY_CAPPED
+                rank[i], reasons[i] = 0, _REFUSED[outcome]
         rank[rank > 0] = np.argsort(np.argsort(rank[rank > 0])) + 1
         return dataclasses.replace(decision, selected=kept, rank=rank, reason=reasons)
 
@@ -191,14 +230,39 @@ class App:
         blocks = self.store.block(feedback) if feedback else 0
         return Recorded(new, len(impressions) - new, blocks)
 
-    def reload(self, model_dir: Path | None = None, config_path: Path | None = None) -> None:
-        """Load a model (and config); raise and keep the current ones if either is broken."""
+    def stage(self, model_dir: Path | None = None, config_path: Path | None = None) -> Staged:
+        """Load a model (``None``: the current directory again) and config (``None``: keep
+        the current one), ready to :meth:`commit`; nothing changes yet.
+
+        Raises:
+            ModelError, ConfigError: either is broken (what serves stays as it is).
+        """
         config = load_config(config_path) if config_path else self._scorer.config
         directory = model_dir or self.model_dir
-        scorer = Scorer(ModelBundle.load(directory), config)  # raises before anything changes
-        gate = self._make_gate(config)
+        scorer = Scorer(ModelBundle.load(directory), config)
+        return Staged(scorer, self._make_gate(config), directory)
+
+    def commit(self, staged: Staged) -> None:
+        """Serve what :meth:`stage` loaded (requests in flight finish on what they began with);
+        then tell the listeners (:meth:`after_commit`)."""
         with self._lock:
-            self._scorer, self._gate, self.model_dir = scorer, gate, directory
+            self._scorer, self._gate, self.model_dir = staged.scorer, staged.gate, staged.model_dir
+        for listener in self._committed:
+            listener()
+
+    def after_commit(self, listener: Callable[[], object]) -> None:
+        """Call ``listener()`` after each commit (health, metrics: the fail mode may change)."""
+        self._committed.append(listener)
+
+    def reload(self, model_dir: Path | None = None, config_path: Path | None = None) -> None:
+        """Load a model (and config) and serve it; raise and keep the current ones if either
+        is broken (:meth:`stage`, then :meth:`commit`)."""
+        self.commit(self.stage(model_dir, config_path))
+
+    @property
+    def store_up(self) -> bool:
+        """False while the cap store's circuit is open (it stopped answering)."""
+        return self.store.breaker.up
 
     def close(self) -> None:
         """Finish batched work, close the cap store (and stop an embedded Redis)."""

@@ -251,11 +251,14 @@ def serve(
     log_format: Annotated[str, typer.Option(help="text or json (one object per line)")] = "text",
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
 ) -> None:
-    """Serve the AdMatching gRPC API (health checking and reflection included)."""
+    """Serve the AdMatching gRPC API (health checking and reflection included): a parent
+    process that owns the port and the store, and --workers processes that serve
+    (docs/operations.md). Exits 1 when it cannot start (the port is in use, a worker cannot
+    load the model or bind)."""
     from engine.config import load_config
     from engine.logs.jsonlog import configure
     from engine.model.bundle import ModelBundle
-    from engine.rpc.run import free_port, serve_one, serve_workers
+    from engine.rpc.run import Server
 
     if log_format not in ("text", "json") or log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         _fail(AdmatchError("--log-format must be text or json; --log-level DEBUG..ERROR"))
@@ -265,16 +268,23 @@ def serve(
         version = ModelBundle.load(model, runtime="lightgbm").version  # refuse a broken model now
     except AdmatchError as exc:
         _fail(exc)
+    if port is not None:
+        settings = settings.model_copy(
+            update={"server": settings.server.model_copy(update={"port": port})}
+        )
     host = settings.server.host
-    chosen = settings.server.port if port is None else port
-    bound = chosen or free_port(host)
-    console.print(
-        f"admatch serving on {host}:{bound} (model {version}, {workers} worker(s)); Ctrl-C to stop"
-    )
-    if workers == 1:
-        serve_one(settings, model, bound, config_path=config)
-    else:
-        serve_workers(settings, model, bound, workers, (log_format, log_level), config)
+
+    def ready(bound: int, names: list[str]) -> None:
+        console.print(
+            f"admatch serving on {host}:{bound} (model {version}, {len(names)} worker(s)); "
+            "Ctrl-C to stop"
+        )
+
+    try:
+        Server(settings, model, workers, (log_format, log_level), config).serve(ready)
+    except AdmatchError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(code=1) from None
 
 
 @app.command()

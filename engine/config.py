@@ -8,6 +8,7 @@ problem with its dotted key. ``docs/config.md`` documents each key.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -29,6 +30,9 @@ COST_COMPONENTS = (
     "quiet_hours",
     "family_scene",
 )
+
+
+MAX_POD_ADS = 10  # ads in one pod at most (a slot's max_ads, a request's pod override)
 
 
 class _Strict(BaseModel):
@@ -76,7 +80,7 @@ class SlotRule(_Strict):
 
     formats: list[str] = Field(min_length=1)
     max_duration_s: float = Field(gt=0)
-    max_ads: int = Field(1, ge=1, le=10)
+    max_ads: int = Field(1, ge=1, le=MAX_POD_ADS)
     max_total_duration_s: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
@@ -97,6 +101,15 @@ class StoreConfig(_Strict):
     fail_mode: Literal["closed", "open"] = "closed"
     retention: str = "7d"
     max_ahead: str = "5m"
+    breaker_failures: int = Field(
+        1, ge=1, le=100, description="calls in a row finding the store unavailable open the circuit"
+    )
+    breaker_backoff_ms: float = Field(
+        100, gt=0, description="then the first probe after this; each failed probe doubles it"
+    )
+    breaker_max_backoff_ms: float = Field(
+        1000, gt=0, le=60_000, description="probes at least this often while the store is down"
+    )
 
     @model_validator(mode="after")
     def _url(self) -> StoreConfig:
@@ -110,24 +123,110 @@ class StoreConfig(_Strict):
         return self
 
 
+Role = Literal["score", "events", "operator"]
+ROLES: tuple[Role, ...] = ("score", "events", "operator")
+
+
+class Principal(_Strict):
+    """A caller the server knows: a name, its roles, and how it proves who it is (a bearer
+    token, given as its SHA-256 or the environment variable holding it, and/or the identity in
+    its client certificate under mutual TLS). Roles: ``score`` (Score, ScoreStream),
+    ``events`` (RecordEvents), ``operator`` (ReloadModel)."""
+
+    name: str = Field(min_length=1, description="who this is, in logs and refusals")
+    roles: list[Role] = Field(min_length=1)
+    token_sha256: str = Field("", description="hex SHA-256 of its bearer token")
+    token_env: str = Field("", description="environment variable holding its bearer token")
+    certificate: str = Field(
+        "", description="its client certificate's common name or a subject alternative name"
+    )
+
+    @model_validator(mode="after")
+    def _proof(self) -> Principal:
+        if not (self.token_sha256 or self.token_env or self.certificate):
+            raise ValueError(f"{self.name}: needs token_sha256, token_env or certificate")
+        digest = self.token_sha256
+        if digest and (len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)):
+            raise ValueError(f"{self.name}: token_sha256 must be 64 lower-case hex digits")
+        return self
+
+
+class AuthConfig(_Strict):
+    """Who may call what (docs/operations.md). ``required``: ``auto`` (on when principals are
+    configured; with none, off on a loopback host and refused at start on any other), ``on``
+    or ``off`` (anyone who reaches the port, even off loopback). Operator RPCs always need a
+    credential with the operator role (or ``server.operator_token``)."""
+
+    required: Literal["auto", "on", "off"] = "auto"
+    principals: list[Principal] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _names(self) -> AuthConfig:
+        names = [p.name for p in self.principals]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"principals: names given twice: {twice}")
+        if self.required == "on" and not self.principals:
+            raise ValueError("required = on needs at least one principal")
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class ServerConfig(_Strict):
-    """How ``admatch serve`` listens and what it accepts."""
+    """How ``admatch serve`` listens and what it accepts (docs/operations.md)."""
 
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
     threads: int = Field(
-        64, ge=1, le=256, description="request threads per process; a stream holds one"
+        256,
+        ge=1,
+        le=1024,
+        description="request threads per process: at least max_streams + max_concurrent + 8",
     )
-    max_candidates: int = Field(1000, ge=1, description="candidates per request")
+    max_candidates: int = Field(1000, ge=1, le=100_000, description="candidates per request")
+    max_campaign_caps: int = Field(256, ge=0, le=100_000, description="per request")
+    max_interests: int = Field(64, ge=0, le=10_000, description="interest tags per user")
+    max_string_chars: int = Field(
+        128, ge=16, le=4096, description="every id, category and tag of a message"
+    )
+    max_events: int = Field(10_000, ge=1, le=1_000_000, description="per RecordEvents call")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="per message")
     max_concurrent: int = Field(
-        64, ge=1, description="requests in flight; more are refused with RESOURCE_EXHAUSTED"
+        64,
+        ge=1,
+        description="requests in flight (Score calls, ScoreStream messages, RecordEvents "
+        "calls); more are refused with RESOURCE_EXHAUSTED. Health is never refused.",
+    )
+    max_streams: int = Field(
+        128, ge=0, description="open ScoreStreams; more are refused with RESOURCE_EXHAUSTED"
+    )
+    stream_idle_timeout_s: float = Field(
+        60.0, gt=0, description="a ScoreStream with no request in flight for this long ends"
     )
     default_deadline_ms: float = Field(
         1000.0, gt=0, description="time budget of a request that comes without a deadline"
     )
     max_deadline_ms: float = Field(
         10000.0, gt=0, description="longer client deadlines are cut to this"
+    )
+    drain_s: float = Field(
+        0.0,
+        ge=0,
+        le=600,
+        description="after SIGTERM, health says NOT_SERVING and calls are still answered this "
+        "long, so that load balancers stop sending first",
+    )
+    shutdown_grace_s: float = Field(
+        5.0, ge=0, le=600, description="then calls in flight get this long to finish"
     )
     batch_max: int = Field(
         32, ge=1, le=1024, description="requests decided in one pass at most; 1: no batching"
@@ -149,6 +248,41 @@ class ServerConfig(_Strict):
     operator_token: str = Field(
         "", description="bearer token of operator RPCs; ADMATCH_OPERATOR_TOKEN overrides it"
     )
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+
+    @model_validator(mode="after")
+    def _capacity(self) -> ServerConfig:
+        need = self.max_streams + self.max_concurrent + 8
+        if self.threads < need:
+            raise ValueError(
+                f"threads {self.threads} < max_streams + max_concurrent + 8 = {need}: open "
+                "streams and requests in flight would leave no thread for health checks"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _auth(self) -> ServerConfig:
+        auth = self.auth
+        if auth.required == "auto" and not auth.principals and not is_loopback(self.host):
+            raise ValueError(
+                f"auth: host {self.host!r} is not loopback and no credentials are configured: "
+                'add [[server.auth.principals]], or set server.auth.required = "off" to '
+                "serve anyone who reaches the port"
+            )
+        certified = [p.name for p in auth.principals if p.certificate]
+        if certified and not self.tls_client_ca_file:
+            raise ValueError(
+                f"auth: principals {certified} prove themselves by certificate: that needs "
+                "mutual TLS (tls_client_ca_file)"
+            )
+        return self
+
+    @property
+    def auth_on(self) -> bool:
+        """Whether calls must carry credentials (``auth.required`` resolved)."""
+        return self.auth.required == "on" or (
+            self.auth.required == "auto" and bool(self.auth.principals)
+        )
 
 
 UserCost = Literal["negative", "ads_per_user_day", "ads_per_household_day"]

@@ -10,11 +10,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+SHOWN_CHARS = 40  # how much of a value an error message quotes
+
+
+def shown(value: object, width: int = SHOWN_CHARS) -> str:
+    """A value as an error message quotes it: its ``repr``, cut to ``width`` characters (a
+    3 MiB id is not sent back whole)."""
+    text = repr(value)
+    return text if len(text) <= width else f"{text[: width - 3]}..."
+
 
 class AdmatchError(Exception):
     """Base of all admatch errors. Unknown subclasses are server faults (INTERNAL)."""
 
     status: str = "INTERNAL"
+
+    def violations(self) -> list[tuple[str, str]]:
+        """``(field, problem)`` pairs of a client fault, for machine-readable details (a
+        google.rpc.BadRequest); none for other errors."""
+        return []
 
 
 class InvalidArgument(AdmatchError):
@@ -31,6 +45,10 @@ class InvalidArgument(AdmatchError):
         self.field = field
         self.problem = problem
         super().__init__(f"{field}: {problem}")
+
+    def violations(self) -> list[tuple[str, str]]:
+        """See :meth:`AdmatchError.violations`: this error's field and problem."""
+        return [(self.field, self.problem)]
 
 
 class LogSchemaError(InvalidArgument):
@@ -58,6 +76,10 @@ class ConfigError(InvalidArgument):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+    def violations(self) -> list[tuple[str, str]]:
+        """Every problem found."""
+        return list(self.problems)
 
 
 class NotReady(AdmatchError):

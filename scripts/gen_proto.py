@@ -7,6 +7,7 @@ Output: the package ``admatch.v1`` at the repository root (``admatch/v1/*_pb2*.p
 
 from __future__ import annotations
 
+import importlib
 import sys
 from importlib import resources
 from pathlib import Path
@@ -19,6 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     protos = sorted(str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto").rglob("*.proto"))
     well_known = str(resources.files("grpc_tools") / "_proto")
+    # google/rpc/status.proto (ScoreResponse.error) ships with googleapis-common-protos, whose
+    # generated google.rpc modules the admatch code imports at run time
+    common = str(Path(importlib.import_module("google.rpc.status_pb2").__file__ or "").parents[2])
     bin_dir = Path(sys.executable).parent  # the plugins sit next to the interpreter
     args = [
         "protoc",
@@ -26,6 +30,7 @@ def main() -> int:
         f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
         f"-I{ROOT / 'proto'}",
         f"-I{well_known}",
+        f"-I{common}",
         f"--python_out={ROOT}",
         f"--grpc_python_out={ROOT}",
         f"--mypy_out={ROOT}",

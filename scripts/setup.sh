@@ -19,7 +19,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ ! -f "$generated" ]
     # The gRPC code is generated first (its tools come from the project's build requirements),
     # so the editable install sees the generated package.
     .venv/bin/python -m pip install --quiet --disable-pip-version-check \
-        "grpcio-tools>=1.60,<2" "mypy-protobuf>=3.5"
+        "grpcio-tools>=1.60,<2" "mypy-protobuf>=3.5" "googleapis-common-protos>=1.60"
     .venv/bin/python scripts/gen_proto.py
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
     touch "$stamp"

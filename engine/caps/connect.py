@@ -16,6 +16,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
+from engine.caps.breaker import Breaker, GuardedStore
 from engine.caps.embedded import HASH_MAX_COMPACT_ENTRIES, EmbeddedRedis
 from engine.caps.keys import KeySpace
 from engine.caps.memory_store import MemoryCapStore
@@ -123,7 +124,17 @@ BACKENDS: dict[str, Callable[[AdmatchConfig], CapStore]] = {
 }
 
 
-def open_store(config: AdmatchConfig) -> CapStore:
-    """The cap store the config names (see the module doc)."""
+def open_store(config: AdmatchConfig) -> GuardedStore:
+    """The cap store the config names (see the module doc), behind its circuit breaker
+    (``breaker.py``; ``store.breaker_*``)."""
     scheme = config.store.url.split("://", 1)[0] if "://" in config.store.url else ""
-    return BACKENDS[scheme](config)
+    store = BACKENDS[scheme](config)
+    settings = config.store
+    deadline_s = settings.deadline_ms / 1000
+    breaker = Breaker(
+        lambda: store.ping(deadline_s),
+        failures=settings.breaker_failures,
+        backoff_s=settings.breaker_backoff_ms / 1000,
+        max_backoff_s=settings.breaker_max_backoff_ms / 1000,
+    )
+    return GuardedStore(store, breaker)

@@ -114,6 +114,10 @@ class EmbeddedRedis:
         self.stop()
         raise NotReady(f"embedded redis did not start ({how}): {log}")
 
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
     def client(self, **kwargs: object) -> redis.Redis:
         """A client on the server's socket."""
         return redis.Redis(unix_socket_path=str(self.socket), **kwargs)  # type: ignore[arg-type]

@@ -1,8 +1,10 @@
 """The edge between requests and the cap store: read counts, decide caps, record impressions.
 
 The gate does the I/O and applies the pure decision (``evaluate.capped``). When the store does
-not answer within its deadline it fails closed (default: every candidate some rule applies to is
-capped) or open (nothing is capped, exposures count as zero), and counts the event.
+not answer within its deadline (or its circuit breaker is open) it fails closed (default: every
+candidate some rule applies to is refused, with reason CAP_STORE_UNAVAILABLE, not
+FREQUENCY_CAPPED) or open (nothing is capped, exposures count as zero), and counts the event.
+The breaker logs the store's outages (``breaker.py``), not the gate each request.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 
@@ -29,11 +32,21 @@ _NO_HISTORY = np.array([np.nan if c in SINCE_COLUMNS else 0.0 for c in EXPOSURE_
 
 @dataclass(frozen=True)
 class GateReading:
-    """Exposures for the features and the cap decision for one request."""
+    """Exposures for the features and the cap decision for one request (``store_ok`` False:
+    the store did not answer and ``capped`` is the fail mode's)."""
 
     exposures: np.ndarray
     capped: np.ndarray
     store_ok: bool
+
+
+class Reservation(Enum):
+    """What a reservation of one selected ad came to."""
+
+    RESERVED = "reserved"  # recorded (or recorded before: a retry)
+    CAPPED = "capped"  # a cap, gap or block refuses it now
+    UNAVAILABLE = "unavailable"  # the store did not answer, failing closed: not shown
+    UNRESERVED = "unreserved"  # the store did not answer, failing open: shown, not recorded
 
 
 class CapGate:
@@ -49,6 +62,11 @@ class CapGate:
         self.errors = 0
         self.planner = Planner(caps.rules, caps.min_gaps, caps.feedback, retention_s)
         self._thresholds = evaluate.thresholds(caps.rules, caps.min_gaps)
+
+    @property
+    def mode(self) -> str:
+        """``open`` or ``closed``: what a request gets when the store does not answer."""
+        return "open" if self.fail_open else "closed"
 
     def own_rules(self, campaign_caps: CampaignCaps | None) -> list[CapRule]:
         """The campaigns' own caps, each bound to its campaign."""
@@ -91,8 +109,7 @@ class CapGate:
     def _unavailable(self, plan: Plan, exc: StoreUnavailable) -> GateReading:
         """Fail closed (every candidate some rule applies to is capped) or open; count it."""
         self.errors += 1
-        mode = "open" if self.fail_open else "closed"
-        log.warning("cap store unavailable, failing %s: %s", mode, exc)
+        log.debug("cap store unavailable, failing %s: %s", self.mode, exc)
         unknown = np.zeros(plan.n, dtype=bool) if self.fail_open else evaluate.subject_to_caps(plan)
         return GateReading(np.tile(_NO_HISTORY, (plan.n, 1)), unknown, False)
 
@@ -153,12 +170,14 @@ class CapGate:
         impression: Impression,
         campaign_caps: CampaignCaps | None = None,
         budget_s: float | None = None,
-    ) -> bool:
+    ) -> Reservation:
         """Atomically re-check the caps of one selected candidate and record its impression,
         the store waiting at most ``budget_s``.
 
-        Returns False when a cap, gap or block refuses it now (another server got there first)
-        or the store is unavailable and the gate fails closed.
+        Returns:
+            RESERVED, CAPPED (a cap, gap or block refuses it now: another server got there
+            first), or, when the store does not answer, UNAVAILABLE (failing closed) or
+            UNRESERVED (failing open).
         """
         own = self.own_rules(campaign_caps)
         plan = self.planner.plan(context, candidate, own)
@@ -168,9 +187,13 @@ class CapGate:
                 impression, plan, evaluate.checks(plan, rules, self.caps.min_gaps), budget_s
             )
         except StoreUnavailable:
-            self.errors += 1
-            return self.fail_open
-        return result >= 0
+            return self.unavailable()
+        return Reservation.RESERVED if result >= 0 else Reservation.CAPPED
+
+    def unavailable(self) -> Reservation:
+        """The reservation the fail mode gives when the store does not answer (counted)."""
+        self.errors += 1
+        return Reservation.UNRESERVED if self.fail_open else Reservation.UNAVAILABLE
 
     def record(self, impressions: list[Impression], feedback: list[Feedback] | None = None) -> int:
         """Record impressions (idempotent) and apply feedback blocks; return new impressions."""
@@ -181,4 +204,9 @@ class CapGate:
 
 
 def _filled(request: ScoreRequest, reading: GateReading) -> ScoreRequest:
-    return dataclasses.replace(request, exposures=reading.exposures, capped=reading.capped)
+    return dataclasses.replace(
+        request,
+        exposures=reading.exposures,
+        capped=reading.capped,
+        cap_store_ok=reading.store_ok,
+    )

@@ -146,5 +146,8 @@ class MemoryCapStore:
                     n += 1
         return n
 
+    def ping(self, budget_s: float | None = None) -> None:
+        """See :class:`CapStore`: in memory, always there."""
+
     def close(self) -> None:
         """Nothing to release."""

@@ -394,6 +394,15 @@ class RedisCapStore:
 
         return self._call(run)
 
+    def ping(self, budget_s: float | None = None) -> None:
+        """See :class:`CapStore`: one PING."""
+        direct = self._direct
+        if direct is not None:
+            timeout = self._timeout(budget_s)
+            self._call(lambda: direct.execute([("PING",)], timeout))
+        else:
+            self._call(self.client.ping)
+
     def close(self) -> None:
         """Close the connections (and stop the embedded server, if any)."""
         try:

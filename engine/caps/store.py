@@ -205,6 +205,15 @@ class CapStore(Protocol):
         """Apply negative feedback; return how many blocks were set."""
         ...
 
+    def ping(self, budget_s: float | None = None) -> None:
+        """Return when the store answers, waiting at most ``budget_s`` (never longer than its
+        deadline).
+
+        Raises:
+            StoreUnavailable: it did not answer.
+        """
+        ...
+
     def close(self) -> None:
         """Release connections (and stop an embedded server)."""
         ...

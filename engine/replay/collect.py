@@ -140,6 +140,7 @@ class Collector:
     stages: dict[str, list[np.ndarray]] = field(default_factory=lambda: {s: [] for s in STAGES})
     errors: Counter[str] = field(default_factory=Counter)
     no_ad: Counter[str] = field(default_factory=Counter)
+    store_unavailable: int = 0  # requests decided without the cap store (failing closed or open)
     requests: int = 0
     candidates: int = 0
     filled: int = 0
@@ -190,6 +191,7 @@ class Collector:
         for r in results:
             if r.decision is None:
                 continue
+            self.store_unavailable += not r.decision.cap_store_ok
             if r.decision.selected:
                 self.filled += 1
             else:  # why not: the reason of the candidate with the highest utility

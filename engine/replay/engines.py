@@ -25,7 +25,9 @@ from engine.app import App
 from engine.caps.store import Feedback, Impression
 from engine.errors import AdmatchError
 from engine.replay.requests import Events
-from engine.rpc.convert import decision_to_wire, request_from_proto, request_to_proto
+from engine.rpc.convert import decision_to_wire, request_to_proto
+from engine.rpc.decode import decode_request
+from engine.rpc.limits import Limits
 from engine.scoring.types import Decision, ScoreRequest
 from engine.timing import CallbackTimer
 
@@ -78,6 +80,7 @@ class InProcessEngine:
         self.app = app
         self.batch = max(1, batch)
         self.reserve = reserve
+        self.limits = Limits.from_config(app.scorer.config.server)  # the server's bounds
         self.batches = 0
         self.record_errors: dict[str, int] = {}  # gRPC status name -> failed record calls
         self._busy = 0.0
@@ -122,8 +125,7 @@ class InProcessEngine:
             timer = CallbackTimer(_adder(results[i].stages))
             try:
                 with timer.stage("decode"):
-                    request = request_from_proto(pb.ScoreRequest.FromString(blob))
-                request.validate()
+                    request = decode_request(pb.ScoreRequest.FromString(blob), self.limits)
                 decoded.append((i, request))
             except AdmatchError as exc:
                 results[i].error = exc.status

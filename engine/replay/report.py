@@ -141,8 +141,16 @@ def markdown(r: dict[str, Any]) -> str:
     d = r["decisions"]
     out += ["## Decisions", ""]
     out += _table(
-        ["fill rate", "ads selected", "cap violations", "no-ad requests"],
-        [[d["fill_rate"], d["selected_ads"], d["cap_violations"], d["no_ad_requests"]]],
+        ["fill rate", "ads selected", "cap violations", "no-ad requests", "without cap store"],
+        [
+            [
+                d["fill_rate"],
+                d["selected_ads"],
+                d["cap_violations"],
+                d["no_ad_requests"],
+                d.get("cap_store_unavailable_requests", 0),
+            ]
+        ],
     )
     if d["no_ad_share"]:
         out += _table(["no-ad reason", "share of requests"], list(d["no_ad_share"].items()))

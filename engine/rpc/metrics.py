@@ -3,8 +3,13 @@
 Exported: ``admatch_requests_total{method,code}``, ``admatch_stage_seconds{stage}`` (decode,
 caps, features, model, rank, encode; with batching also "batched", a request's time from
 queueing to its decision, while features, model and rank are observed once per pass),
-``admatch_decisions_total{reason}``, ``admatch_scored_requests_total``, ``admatch_no_ad_total``,
-``admatch_cap_store_errors`` and ``admatch_model_info{model_version,config_version,runtime}``.
+``admatch_decisions_total{reason}`` (CAP_STORE_UNAVAILABLE among them: candidates refused
+because the store did not answer, failing closed), ``admatch_scored_requests_total``,
+``admatch_no_ad_total``, ``admatch_cap_store_errors`` (store calls that failed, timed out or
+were refused by the open circuit, answered with the fail mode), ``admatch_cap_store_up`` (0
+while the store's circuit is open) and
+``admatch_model_info{model_version,config_version,runtime}``. ScoreStream is counted per
+message in ``admatch_requests_total``.
 """
 
 from __future__ import annotations
@@ -43,7 +48,14 @@ class Metrics:
         self.scored = Counter("admatch_scored_requests", "Requests scored", registry=r)
         self.no_ad = Counter("admatch_no_ad", "Requests answered with no ad", registry=r)
         self.cap_errors = Gauge(
-            "admatch_cap_store_errors", "Cap-store calls that failed or timed out", registry=r
+            "admatch_cap_store_errors",
+            "Cap-store calls that failed, timed out or met the open circuit",
+            registry=r,
+        )
+        self.cap_store_up = Gauge(
+            "admatch_cap_store_up",
+            "1 while the cap store answers, 0 while its circuit is open",
+            registry=r,
         )
         self.model = Gauge(
             "admatch_model_info",
@@ -88,9 +100,10 @@ class Metrics:
         self.model.clear()
         self.model.labels(model_version, config_version, runtime).set(1)
 
-    def watch_cap_errors(self, errors: Callable[[], float]) -> None:
-        """Report the cap gate's error count when scraped."""
+    def watch_cap_store(self, errors: Callable[[], float], up: Callable[[], bool]) -> None:
+        """Report the cap gate's error count and the store's state when scraped."""
         self.cap_errors.set_function(errors)
+        self.cap_store_up.set_function(lambda: float(up()))
 
     def serve_http(self, host: str, port: int) -> None:
         """Expose /metrics on ``host:port`` (a thread of this process)."""

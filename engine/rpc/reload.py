@@ -1,9 +1,10 @@
-"""Hot reload: a thread that watches the model directory (and config file) and swaps them in.
+"""Hot reload: a thread that watches the model directory (and config file) for a change.
 
-A changed ``metadata.json`` (written last by training) or config file triggers
-``App.reload``; a broken model or config is refused with a logged warning and the current one
-keeps serving. Requests in flight finish on the objects they started with (the swap replaces
-references atomically), so a reload never fails a request.
+A changed ``metadata.json`` (written last by training) or config file triggers ``reload()``:
+in ``admatch serve`` the parent's all-or-nothing reload of every worker (``supervisor``), in a
+lone server ``App.reload``. A broken model or config is refused with a logged warning and the
+current one keeps serving. Requests in flight finish on the objects they started with (the swap
+replaces references atomically), so a reload never fails a request.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.app import App
 from engine.errors import AdmatchError
 
 log = logging.getLogger(__name__)
+
+Watched = Callable[[], tuple[Path, Path | None]]  # the model directory and config file now
 
 
 def _stamp(path: Path | None) -> int:
@@ -27,25 +29,21 @@ def _stamp(path: Path | None) -> int:
 
 
 class ReloadWatcher:
-    """Polls every ``interval_s`` seconds; ``on_reload()`` runs after each successful swap."""
+    """Polls ``watched()`` every ``interval_s`` seconds and calls ``reload()`` when the model's
+    ``metadata.json`` or the config file changed (a refused reload is logged, not retried
+    until the files change again)."""
 
-    def __init__(
-        self,
-        app: App,
-        config_path: Path | None,
-        interval_s: float,
-        on_reload: Callable[[], object] = lambda: None,
-    ) -> None:
-        self.app = app
-        self.config_path = config_path
+    def __init__(self, watched: Watched, reload: Callable[[], object], interval_s: float) -> None:
+        self.watched = watched
+        self.reload = reload
         self.interval_s = interval_s
-        self.on_reload = on_reload
         self._seen = self._stamps()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="admatch-reload", daemon=True)
 
     def _stamps(self) -> tuple[int, int]:
-        return _stamp(self.app.model_dir / "metadata.json"), _stamp(self.config_path)
+        model_dir, config = self.watched()
+        return _stamp(model_dir / "metadata.json"), _stamp(config)
 
     def start(self) -> ReloadWatcher:
         """Start watching."""
@@ -59,15 +57,11 @@ class ReloadWatcher:
                 continue
             self._seen = now
             try:
-                self.app.reload(config_path=self.config_path)
+                self.reload()
             except AdmatchError as exc:
                 log.warning("reload refused, still serving the current model: %s", exc)
-                continue
             except Exception:  # the watcher must outlive any surprise; the service keeps going
                 log.exception("reload failed, still serving the current model")
-                continue
-            log.info("reloaded model %s", self.app.scorer.model.version)
-            self.on_reload()
 
     def stop(self) -> None:
         """Stop watching (waits for the thread)."""

@@ -1,33 +1,41 @@
-"""The gRPC server: servicer, error interceptor, health checking and reflection."""
+"""The gRPC server: servicer, interceptors (errors, credentials), health and reflection."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from admatch.v1 import admatch_pb2 as pb
 from admatch.v1 import admatch_pb2_grpc as pb_grpc
 from engine.app import App
 from engine.config import ServerConfig
-from engine.rpc.auth import operator_token
+from engine.errors import AdmatchError
+from engine.rpc.auth import Authenticator, AuthInterceptor
 from engine.rpc.errors import ErrorInterceptor
+from engine.rpc.health import Health
 from engine.rpc.metrics import Metrics
-from engine.rpc.service import AdMatchingServicer, publish_serving
+from engine.rpc.service import AdMatchingServicer, Reloader, publish_serving
 
 log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["AdMatching"].full_name
 
 
+class BindError(AdmatchError):
+    """The server could not listen on its address."""
+
+    status = "UNAVAILABLE"
+
+
 def tls_credentials(limits: ServerConfig) -> grpc.ServerCredentials:
     """TLS from the config's PEM files; a client CA makes it mutual (client certs required)."""
-    from pathlib import Path
-
     key = Path(limits.tls_key_file).read_bytes()
     cert = Path(limits.tls_cert_file).read_bytes()
     ca = Path(limits.tls_client_ca_file).read_bytes() if limits.tls_client_ca_file else None
@@ -54,37 +62,58 @@ class PassBytes(grpc.ServerInterceptor):
         return handler._replace(response_serializer=serialize_unless_bytes)
 
 
-def build_server(
-    app: App, limits: ServerConfig, address: str | None = None, metrics: Metrics | None = None
-) -> tuple[grpc.Server, int]:
-    """A started server (``address`` default: the config's host and port; port 0 picks a free
-    one); returns it and the bound port.
+@dataclass
+class Serving:
+    """A started server: the bound port, its health, and how to stop it."""
 
-    Health checking reports SERVING for the service and the server; reflection lists it.
-    Requests beyond ``max_concurrent`` in flight are refused with RESOURCE_EXHAUSTED, messages
-    above ``max_message_bytes`` too (both by grpc itself, before any work).
+    server: grpc.Server
+    port: int
+    health: Health
+    servicer: AdMatchingServicer
+
+    def stop(self, grace_s: float) -> None:
+        """Report NOT_SERVING, stop taking calls, give those in flight ``grace_s`` to finish."""
+        self.health.drain()
+        self.server.stop(grace=grace_s).wait()
+
+
+def build_server(
+    app: App,
+    limits: ServerConfig,
+    address: str | None = None,
+    metrics: Metrics | None = None,
+    reloader: Reloader | None = None,
+) -> Serving:
+    """A started server (``address`` default: the config's host and port; port 0 picks a free
+    one) sharing its port only with the other workers of its ``admatch serve``
+    (``port.claim_port`` keeps everyone else out).
+
+    Health checking follows ``health.Health``; reflection lists the service. Requests beyond
+    ``max_concurrent`` in flight and streams beyond ``max_streams`` are refused with
+    RESOURCE_EXHAUSTED (``admission``), messages above ``max_message_bytes`` by grpc itself;
+    health is never refused (there are threads for it: ``ServerConfig.threads``).
+
+    Raises:
+        BindError: the address could not be bound (in use, not an address of this host).
     """
     metrics = metrics or Metrics()
     size = limits.max_message_bytes
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=limits.threads),
-        interceptors=[ErrorInterceptor(metrics.request), PassBytes()],
-        maximum_concurrent_rpcs=limits.max_concurrent,
+        ThreadPoolExecutor(max_workers=limits.threads, thread_name_prefix="admatch-rpc"),
+        interceptors=[
+            ErrorInterceptor(metrics.request),
+            AuthInterceptor(Authenticator(limits)),
+            PassBytes(),
+        ],
         options=[
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size),
-            ("grpc.so_reuseport", 1),  # several worker processes share the port
+            ("grpc.so_reuseport", 1),  # the workers of one admatch serve share the port
         ],
     )
-    servicer = AdMatchingServicer(
-        app,
-        limits.max_candidates,
-        metrics,
-        operator_token(limits.operator_token),
-        (limits.default_deadline_ms, limits.max_deadline_ms),
-    )
+    servicer = AdMatchingServicer(app, limits, metrics, reloader)
     publish_serving(app, metrics)
-    metrics.watch_cap_errors(lambda: app.cap_errors)
+    metrics.watch_cap_store(lambda: app.gate.errors, lambda: app.store_up)
     pb_grpc.add_AdMatchingServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -92,13 +121,18 @@ def build_server(
         (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = address or f"{limits.host}:{limits.port}"
-    port = (
-        server.add_secure_port(address, tls_credentials(limits))
-        if limits.tls_cert_file
-        else server.add_insecure_port(address)
-    )
+    try:
+        port = (
+            server.add_secure_port(address, tls_credentials(limits))
+            if limits.tls_cert_file
+            else server.add_insecure_port(address)
+        )
+    except RuntimeError as exc:  # grpc: "Failed to bind to address ..."
+        raise BindError(f"cannot listen on {address}: {exc}") from exc
+    if port == 0:
+        raise BindError(f"cannot listen on {address}")
+    state = Health(health_servicer, app, SERVICE)
+    state.update()
     server.start()
-    for name in ("", SERVICE):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("admatch serving %s on port %d", SERVICE, port)
-    return server, port
+    return Serving(server, port, state, servicer)

@@ -1,11 +1,17 @@
-"""The AdMatching servicer: each method is validate -> from_proto -> core -> to_proto."""
+"""The AdMatching servicer: each method is admit -> decode -> core -> encode.
+
+Decoding (``decode``) checks every size and value once, where a message enters; the core takes
+the request as valid. Requests in flight and open streams are counted (``admission``) and
+refused beyond their bounds; a ScoreStream answers a refused message with its own ``error`` and
+goes on. Credentials are the auth interceptor's (``auth``), before any method runs.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,24 +22,41 @@ from admatch.v1 import admatch_pb2_grpc as pb_grpc
 from engine.app import App, Decide
 from engine.batching import Job, Prepared
 from engine.caps.plan import check_not_ahead
-from engine.caps.store import Feedback, Impression
+from engine.config import ServerConfig
 from engine.deadline import Deadline
-from engine.errors import InvalidArgument
-from engine.rpc.auth import check_operator
-from engine.rpc.convert import (
-    SLOT,
-    TOUCHPOINT,
-    decision_to_wire,
-    request_from_proto,
-    timestamp,
-    validate_request,
-)
+from engine.errors import DeadlineExceeded
+from engine.rpc.admission import Admission
+from engine.rpc.convert import decision_to_wire
+from engine.rpc.decode import decode_events, decode_request
+from engine.rpc.errors import code_name, parsed, status_of
+from engine.rpc.limits import PATH_CHARS, Limits
 from engine.rpc.metrics import Metrics
-from engine.rpc.stream import read_ahead
-from engine.scoring.types import Decision, ScoreRequest
+from engine.rpc.stream import Idle, read_ahead
+from engine.scoring.types import Decision
 from engine.timing import StageTimer
 
-_KIND = {v: k.removeprefix("NEGATIVE_KIND_").lower() for k, v in pb.Event.NegativeKind.items()}
+# Loads a model directory and/or config file into every worker of the server, all or nothing
+# (``None``: the current directory, the current config); returns the workers now serving it.
+Reloader = Callable[[Path | None, Path | None], list[str]]
+
+
+def worker_name() -> str:
+    """This process as ``ModelInfo`` names a worker: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def local_reloader(app: App) -> Reloader:
+    """The reload of a server of one process: this app is every worker."""
+
+    def reload(model_dir: Path | None, config_path: Path | None) -> list[str]:
+        app.reload(model_dir, config_path)
+        return [worker_name()]
+
+    return reload
+
+
+class StreamIdle(DeadlineExceeded):
+    """A ScoreStream had nothing in flight for ``server.stream_idle_timeout_s``."""
 
 
 class _ScoreCall:
@@ -50,7 +73,8 @@ class _ScoreCall:
         self.decide: Decide | None = None
 
     def prepare(self) -> Prepared:
-        request = self.servicer._decode(self.message, self.timer)
+        with self.timer.stage("decode"):
+            request = decode_request(self.message, self.servicer.limits)
         reserve = self.message.reserve_caps and not self.message.explain
         if reserve:  # its impressions are recorded at the request's time
             check_not_ahead(
@@ -61,7 +85,21 @@ class _ScoreCall:
 
     def complete(self, decision: Decision) -> bytes:
         assert self.decide is not None
-        return self.servicer._encode(self.decide.complete(decision), self.timer)
+        decision = self.decide.complete(decision)
+        with self.timer.stage("encode"):
+            reply = decision_to_wire(decision)
+        self.servicer.metrics.decision(decision)
+        return reply
+
+
+@dataclass
+class _Pending:
+    """A stream message admitted and queued (``job``), or refused already (``error``)."""
+
+    request_id: str
+    call: _ScoreCall | None = None
+    job: Job[bytes] | None = None
+    error: BaseException | None = None
 
 
 class AdMatchingServicer(pb_grpc.AdMatchingServicer):
@@ -70,16 +108,25 @@ class AdMatchingServicer(pb_grpc.AdMatchingServicer):
     def __init__(
         self,
         app: App,
-        max_candidates: int,
+        server: ServerConfig,
         metrics: Metrics,
-        operator_token: str = "",
-        deadline_ms: tuple[float, float] = (1000.0, 10000.0),
+        reloader: Reloader | None = None,
     ) -> None:
         self.app = app
-        self.max_candidates = max_candidates
         self.metrics = metrics
-        self.operator_token = operator_token
-        self.default_s, self.max_s = deadline_ms[0] / 1000, deadline_ms[1] / 1000
+        self.limits = Limits.from_config(server)
+        self.admission = Admission(server.max_concurrent, server.max_streams)
+        self.default_s = server.default_deadline_ms / 1000
+        self.max_s = server.max_deadline_ms / 1000
+        idle_s = server.stream_idle_timeout_s
+        self.idle = Idle(
+            idle_s,
+            lambda: StreamIdle(
+                f"stream idle for {idle_s:g} s with nothing in flight "
+                "(server.stream_idle_timeout_s): ended; open a new one when you have requests"
+            ),
+        )
+        self.reloader = reloader or local_reloader(app)
 
     def _deadline(self, context: grpc.ServicerContext) -> Deadline:
         """The client's deadline, cut to the maximum; the default when it sent none."""
@@ -89,50 +136,65 @@ class AdMatchingServicer(pb_grpc.AdMatchingServicer):
     def Score(  # type: ignore[override]  # the serialized response (``server.PassBytes``)
         self, request: pb.ScoreRequest, context: grpc.ServicerContext
     ) -> bytes:
-        call = _ScoreCall(self, request, self.metrics.timer(), self._deadline(context))
-        return self.app.run(call, call.timer, call.deadline)
+        with self.admission.request():
+            call = _ScoreCall(self, request, self.metrics.timer(), self._deadline(context))
+            return self.app.run(call, call.timer, call.deadline)
 
     def ScoreStream(  # type: ignore[override]  # serialized responses, as ``Score``
         self, request_iterator: Iterator[pb.ScoreRequest], context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        """Answers in order. With batching on, messages are queued for the next pass up to
+        """Answers in order, each message on its own: a refused one gets a response with its
+        ``error``. Messages are admitted and queued for the next pass as they are read, up to
         ``batch_max`` ahead of the answers, so that a client sending several before reading
         has them decided in one pass."""
-        if self.app.batch_max <= 1:
-            for request in request_iterator:
-                yield self.Score(request, context)
-            return
+        with self.admission.stream():
 
-        def submit(request: pb.ScoreRequest) -> tuple[_ScoreCall, Job[bytes]]:
-            call = _ScoreCall(self, request, self.metrics.timer(), self._deadline(context))
-            return call, self.app.submit(call)
+            def start(message: pb.ScoreRequest) -> _Pending:
+                return self._start(message, context)
 
-        for call, job in read_ahead(request_iterator, submit, self.app.batch_max):
-            yield self.app.wait(job, call.timer, call.deadline)
+            depth = max(self.app.batch_max, 1)
+            for pending in read_ahead(request_iterator, start, depth, self.idle):
+                yield self._answer(pending)
 
-    def _decode(self, request: pb.ScoreRequest, timer: StageTimer) -> ScoreRequest:
-        with timer.stage("decode"):
-            core_request = request_from_proto(request)
-            n = len(core_request.candidates["ad_id"])
-            if n > self.max_candidates:
-                raise InvalidArgument(
-                    "candidates", f"{n} candidates, at most {self.max_candidates}"
-                )
-            validate_request(core_request, request)
-        return core_request
+    def _start(self, message: pb.ScoreRequest, context: grpc.ServicerContext) -> _Pending:
+        """Admit and queue one stream message (in the stream's reader thread)."""
+        try:
+            message = parsed(message)
+            pending = _Pending(message.request_id)
+            self.admission.enter()
+        except Exception as exc:  # answered in order as this message's error
+            return _Pending(getattr(message, "request_id", ""), error=exc)
+        call = _ScoreCall(self, message, self.metrics.timer(), self._deadline(context))
+        pending.call, pending.job = call, self.app.submit(call)
+        return pending
 
-    def _encode(self, decision: Decision, timer: StageTimer) -> bytes:
-        """The serialized ``ScoreResponse``: it leaves as it is (``server.PassBytes``)."""
-        with timer.stage("encode"):
-            reply = decision_to_wire(decision)
-        self.metrics.decision(decision)
-        return reply
+    def _answer(self, pending: _Pending) -> bytes:
+        """The response to one stream message: its decision, or its error."""
+        error = pending.error
+        if error is None:
+            assert pending.call is not None and pending.job is not None
+            try:
+                reply = self.app.wait(pending.job, pending.call.timer, pending.call.deadline)
+            except Exception as exc:
+                error = exc
+            finally:
+                self.admission.leave()
+        self.metrics.request("ScoreStream", "OK" if error is None else code_name(error))
+        if error is None:
+            return reply
+        request_id = pending.request_id
+        if len(request_id) > self.limits.string_chars:
+            request_id = ""  # not echoed: the error says it is too long
+        response = pb.ScoreResponse(request_id=request_id, error=status_of(error, "ScoreStream"))
+        return response.SerializeToString()
 
     def RecordEvents(
         self, request: pb.EventBatch, context: grpc.ServicerContext
     ) -> pb.RecordEventsResponse:
-        impressions, feedback = events_from_proto(request, datetime.now(UTC), self.app.max_ahead_s)
-        done = self.app.record(impressions, feedback)
+        with self.admission.request():
+            now = datetime.now(UTC)
+            impressions, feedback = decode_events(request, now, self.app.max_ahead_s, self.limits)
+            done = self.app.record(impressions, feedback)
         return pb.RecordEventsResponse(
             impressions_recorded=done.impressions_recorded,
             duplicates=done.duplicates,
@@ -147,11 +209,14 @@ class AdMatchingServicer(pb_grpc.AdMatchingServicer):
     def ReloadModel(
         self, request: pb.ReloadModelRequest, context: grpc.ServicerContext
     ) -> pb.ModelInfo:
-        check_operator(context, self.operator_token)
+        self.limits.text("model_dir", request.model_dir, PATH_CHARS)
+        self.limits.text("config_path", request.config_path, PATH_CHARS)
         model_dir = Path(request.model_dir) if request.model_dir else None
         config = Path(request.config_path) if request.config_path else None
-        self.app.reload(model_dir, config)
-        return publish_serving(self.app, self.metrics)
+        workers = self.reloader(model_dir, config)
+        info = publish_serving(self.app, self.metrics)
+        info.workers.extend(workers)
+        return info
 
 
 def publish_serving(app: App, metrics: Metrics) -> pb.ModelInfo:
@@ -170,7 +235,7 @@ def model_info(app: App) -> pb.ModelInfo:
         config_version=config.version,
         runtime=bundle.runtime,
         feature_count=len(bundle.core.names),
-        served_by=f"{socket.gethostname()}:{os.getpid()}",
+        served_by=worker_name(),
         metrics={
             f"{t}.{k}": float(v)
             for t, m in meta.get("metrics", {}).items()
@@ -179,81 +244,5 @@ def model_info(app: App) -> pb.ModelInfo:
         },
     )
     if "created_at" in meta:
-        from datetime import datetime
-
         info.trained_at.FromDatetime(datetime.fromisoformat(meta["created_at"]))
     return info
-
-
-def events_from_proto(
-    batch: pb.EventBatch, now: datetime, max_ahead_s: int
-) -> tuple[list[Impression], list[Feedback]]:
-    """Impressions and negative feedback of a batch (engagements and conversions are
-    accepted and counted by the caller's logs; caps need only impressions and feedback).
-
-    Raises:
-        InvalidArgument: naming ``events[i].field``; also for an event timed more than
-            ``max_ahead_s`` after ``now`` (``plan.check_not_ahead``). Nothing of a refused
-            batch is recorded.
-    """
-    impressions, feedback = [], []
-    for i, e in enumerate(batch.events):
-        field = f"events[{i}]"
-        if not e.impression_id:
-            raise InvalidArgument(f"{field}.impression_id", "required")
-        if not e.HasField("time"):
-            raise InvalidArgument(f"{field}.time", "required")
-        if not e.user_id:
-            raise InvalidArgument(f"{field}.user_id", "required")
-        ts = timestamp(e.time, f"{field}.time")
-        check_not_ahead(ts, now, max_ahead_s, f"{field}.time")
-        if e.type == pb.Event.TYPE_IMPRESSION:
-            touchpoint = TOUCHPOINT[e.touchpoint] if 0 <= e.touchpoint < len(TOUCHPOINT) else None
-            slot = SLOT[e.slot] if 0 <= e.slot < len(SLOT) else None
-            if touchpoint is None or slot is None or not e.ad_id:
-                raise InvalidArgument(field, "an impression needs touchpoint, slot and ad_id")
-            impressions.append(
-                Impression(
-                    e.impression_id,
-                    ts,
-                    e.user_id,
-                    touchpoint,
-                    slot,
-                    e.ad_id,
-                    e.household_id or None,
-                    e.device_id or None,
-                    e.creative_id or None,
-                    e.campaign_id or None,
-                    e.advertiser_id or None,
-                    e.category or None,
-                )
-            )
-        elif e.type == pb.Event.TYPE_NEGATIVE_FEEDBACK:
-            kind = _KIND.get(e.negative_kind)
-            if not kind or kind == "unspecified":
-                raise InvalidArgument(f"{field}.negative_kind", "required for negative feedback")
-            feedback.append(
-                Feedback(
-                    e.impression_id,
-                    ts,
-                    kind,
-                    e.user_id,
-                    e.household_id or None,
-                    e.campaign_id or None,
-                    e.advertiser_id or None,
-                )
-            )
-        elif e.type == pb.Event.TYPE_UNSPECIFIED:
-            raise InvalidArgument(f"{field}.type", "required")
-    return impressions, feedback
-
-
-def describe(info: pb.ModelInfo) -> str:
-    """Model info as JSON text (for logs and the CLI)."""
-    return json.dumps(
-        {
-            "model_version": info.model_version,
-            "config_version": info.config_version,
-            "runtime": info.runtime,
-        }
-    )

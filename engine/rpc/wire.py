@@ -40,6 +40,7 @@ _SCORE_LEN = 9 * 5 + 2 + _COST_LEN
 # CandidateDecision after its ad id: reason 2, rank 3, score 4.
 _TAIL = 2 + 2 + 2 + _SCORE_LEN
 _MAX_ID = 127  # an ad id longer than this needs a longer varint: not written here
+_STORE_UNAVAILABLE = bytes([_tag(7, _VARINT), 1])  # ScoreResponse.cap_store_unavailable
 _HEADS = [  # CandidateDecision as a field of ScoreResponse (3), then its ad id field (1)
     bytes([_tag(3, _LEN)]) + _varint(2 + n + _TAIL) + bytes([_tag(1, _LEN), n])
     for n in range(_MAX_ID + 1)
@@ -91,6 +92,7 @@ def score_response(
     score: tuple[np.ndarray, ...],
     costs: np.ndarray,
     versions: tuple[str, str],
+    store_unavailable: bool = False,
 ) -> bytes | None:
     """The serialized ``ScoreResponse``; ``None`` when a value needs the message path.
 
@@ -100,6 +102,7 @@ def score_response(
         score: p_engage, p_negative, expected_value, cost_total, utility (one per candidate).
         costs: (n x len(COST_COMPONENTS)) weighted cost components.
         versions: model version, config version.
+        store_unavailable: the cap store did not answer for the request (field 7).
     """
     ids = [a.encode() for a in ad_id]
     if len(ids) and (max(map(len, ids)) > _MAX_ID or not 0 <= rank.min() <= rank.max() <= 0x7F):
@@ -114,5 +117,6 @@ def score_response(
             (_text(2, a) for a in selected),
             candidates,
             [_text(4, versions[0]), _text(5, versions[1])],
+            [_STORE_UNAVAILABLE] if store_unavailable else [],
         )
     )

@@ -82,8 +82,10 @@ class Scorer:
         utility = value - s.cost_to_money * cost
         sizes = [len(r.candidates["ad_id"]) for r in requests]
         bounds = list(accumulate(sizes, initial=0))
-        blocked = self._blocked(rows, self._capped(requests, exposures, bounds), utility)
         owner = np.repeat(np.arange(len(requests)), sizes)
+        capped = self._capped(requests, exposures, bounds)
+        store_down = np.array([not r.cap_store_ok for r in requests])[owner]
+        blocked = self._blocked(rows, capped, store_down, utility)
         ad_id = list(chain.from_iterable(r.candidates["ad_id"] for r in requests))
         capacity = self._capacity(requests)
         rank, reason = select(
@@ -113,11 +115,16 @@ class Scorer:
                 capped[bounds[i] : bounds[i + 1]] = r.capped
         return capped
 
-    def _blocked(self, rows: R.Rows, capped: np.ndarray, utility: np.ndarray) -> np.ndarray:
-        """Reason code of the first failed eligibility rule per row, -1 when eligible."""
+    def _blocked(
+        self, rows: R.Rows, capped: np.ndarray, store_down: np.ndarray, utility: np.ndarray
+    ) -> np.ndarray:
+        """Reason code of the first failed eligibility rule per row, -1 when eligible. A row
+        capped because the cap store did not answer (``store_down``: the fail mode's) is not
+        FREQUENCY_CAPPED but CAP_STORE_UNAVAILABLE."""
         checks = [
             (R.format_not_allowed(self.rules, rows), Reason.FORMAT_NOT_ALLOWED),
             (R.brand_unsuitable(rows), Reason.BRAND_UNSUITABLE),
+            (capped & store_down, Reason.CAP_STORE_UNAVAILABLE),
             (capped, Reason.FREQUENCY_CAPPED),
             (utility <= self.config.scoring.reserve, Reason.BELOW_RESERVE),
         ]
@@ -172,6 +179,7 @@ class Scorer:
                     utility=utility[lo:hi],
                     model_version=self.model.version,
                     config_version=self.config.version,
+                    cap_store_ok=req.cap_store_ok,
                 )
             )
         return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -13,10 +14,10 @@ import numpy as np
 
 from engine.caps.plan import check_time
 from engine.caps.rules import CampaignCaps
-from engine.config import COST_COMPONENTS
-from engine.errors import InvalidArgument
+from engine.config import COST_COMPONENTS, MAX_POD_ADS
+from engine.errors import InvalidArgument, shown
 from features.online import CandidateColumns, RequestContext
-from features.schema import COLUMNS, SLOT_TOUCHPOINT, TOUCHPOINTS, Column
+from features.schema import COLUMN_BY_NAME, COLUMNS, SLOT_TOUCHPOINT, TOUCHPOINTS, Column
 
 
 class Reason(StrEnum):
@@ -30,6 +31,7 @@ class Reason(StrEnum):
     COMPETITIVE_SEPARATION = "COMPETITIVE_SEPARATION"  # pod already has its advertiser/category
     POD_FULL = "POD_FULL"  # pod's ad count or total duration would be exceeded
     OUTRANKED = "OUTRANKED"  # eligible, but the slot went to higher-utility ads
+    CAP_STORE_UNAVAILABLE = "CAP_STORE_UNAVAILABLE"  # caps unknown (store down), failing closed
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,9 @@ class ScoreRequest:
             ``engine.caps.gate``); ``None``: judge only the caps the exposures express.
         campaign_caps: campaigns' own caps (by campaign id), added to the global rules by the
             cap gate.
+        cap_store_ok: False when the cap store did not answer for this request: ``capped``
+            is then the fail mode's (fail closed: every candidate a rule applies to, refused
+            with reason CAP_STORE_UNAVAILABLE), and no reservation is tried.
     """
 
     context: RequestContext
@@ -62,6 +67,7 @@ class ScoreRequest:
     pod: PodLimits | None = None
     capped: np.ndarray | None = None
     campaign_caps: CampaignCaps | None = None
+    cap_store_ok: bool = True
 
     def validate(self, where: str = "request") -> None:
         """Reject what the feature core would not catch, naming the field.
@@ -71,34 +77,60 @@ class ScoreRequest:
                 0-23, unknown touchpoint, slot of another touchpoint, no candidates,
                 duplicated ad ids, a bid or duration that is not a finite number in its
                 column's range (``features.schema``: bid >= 0, duration 0-3600 s; a duration
-                may be null).
+                may be null), a pod outside ``check_pod``'s bounds.
         """
         _check_context(self.context, where)
         ads = self.candidates.get("ad_id")
         if ads is None or len(ads) == 0:
             raise InvalidArgument(f"{where}.candidates", "empty: at least one candidate needed")
-        if set(map(type, ads)) != {str} or "" in ads:  # C-level passes; the search is rare
-            first = next((i for i, a in enumerate(ads) if not isinstance(a, str) or not a), -1)
-            if first >= 0:
-                raise InvalidArgument(
-                    f"{where}.candidates[{first}].ad_id", f"required, got {ads[first]!r}"
-                )
-        if len(set(ads)) != len(ads):
-            dup = next(a for a in ads if list(ads).count(a) > 1)
-            raise InvalidArgument(f"{where}.candidates.ad_id", f"duplicated ad id {dup!r}")
-        for column in _RANGED:
-            _check_numbers(self.candidates.get(column.name), column, f"{where}.candidates")
-        if self.pod is not None:
-            _check_pod(self.pod, f"{where}.pod")
 
+        def at(name: str, i: int) -> str:
+            return f"{where}.candidates[{i}].{name}"
+
+        check_ad_ids(ads, at)
+        check_ranged(self.candidates, at)
+        if self.pod is not None:
+            check_pod(self.pod, f"{where}.pod")
+
+
+FieldAt = Callable[[str, int], str]  # the path of candidate i's attribute, as the caller names it
 
 # candidate columns with a declared range (bid, duration_s): the log's ranges hold online too
-_RANGED = tuple(
+RANGED = tuple(
     c for c in COLUMNS if c.group == "candidate" and (c.low is not None or c.high is not None)
 )
+MAX_POD_SECONDS = COLUMN_BY_NAME["duration_s"].high or 3600.0
 
 
-def _check_numbers(values: Any, column: Column, where: str) -> None:
+def check_ad_ids(ads: Any, at: FieldAt) -> None:
+    """Every ad id a non-empty string, and none twice (C-level passes; the search for the
+    culprit only when there is one).
+
+    Raises:
+        InvalidArgument: naming the ad id's path (``at("ad_id", i)``), the value and the rule.
+    """
+    if set(map(type, ads)) != {str} or "" in ads:
+        first = next((i for i, a in enumerate(ads) if not isinstance(a, str) or not a), -1)
+        if first >= 0:
+            raise InvalidArgument(at("ad_id", first), f"required, got {shown(ads[first])}")
+    if len(set(ads)) != len(ads):
+        seen: dict[str, int] = {}
+        for i, ad in enumerate(ads):  # the rare case: find the second of a pair
+            if ad in seen:
+                earlier = at("ad_id", seen[ad])
+                raise InvalidArgument(
+                    at("ad_id", i), f"{shown(ad)} is given twice (first at {earlier})"
+                )
+            seen[ad] = i
+
+
+def check_ranged(candidates: CandidateColumns, at: FieldAt) -> None:
+    """The candidate columns with a range (:data:`RANGED`) hold to it."""
+    for column in RANGED:
+        _check_numbers(candidates.get(column.name), column, at)
+
+
+def _check_numbers(values: Any, column: Column, at: FieldAt) -> None:
     """A candidate column's values: finite numbers in the column's range; nulls only where the
     column allows them (an absent column is the feature core's to refuse)."""
     if values is None:
@@ -106,7 +138,7 @@ def _check_numbers(values: Any, column: Column, where: str) -> None:
     try:
         numbers = np.asarray(values, dtype=np.float64)  # None -> NaN
     except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"{where}.{column.name}", f"not numbers: {exc}") from exc
+        raise InvalidArgument(at(column.name, 0), f"not numbers: {exc}") from exc
     low = -math.inf if column.low is None else column.low
     high = math.inf if column.high is None else column.high
     bad = ~(np.isfinite(numbers) & (numbers >= low) & (numbers <= high))
@@ -115,7 +147,7 @@ def _check_numbers(values: Any, column: Column, where: str) -> None:
         if value is None and column.nullable:
             continue
         bound = f">= {column.low}" if column.high is None else f"in {column.range_text}"
-        raise InvalidArgument(f"{where}[{i}].{column.name}", f"must be {bound}, got {value!r}")
+        raise InvalidArgument(at(column.name, int(i)), f"must be {bound}, got {shown(value)}")
 
 
 def _check_context(ctx: RequestContext, where: str) -> None:
@@ -124,23 +156,33 @@ def _check_context(ctx: RequestContext, where: str) -> None:
         check_time(ctx.ts, f"{where}.ts")
     hour = ctx.local_hour
     if hour is not None and (not isinstance(hour, Integral) or not 0 <= hour <= 23):
-        raise InvalidArgument(f"{where}.local_hour", f"must be an hour 0-23, got {hour!r}")
+        raise InvalidArgument(f"{where}.local_hour", f"must be an hour 0-23, got {shown(hour)}")
     if not isinstance(ctx.touchpoint, str) or ctx.touchpoint not in TOUCHPOINTS:
-        raise InvalidArgument(f"{where}.touchpoint", f"unknown touchpoint {ctx.touchpoint!r}")
+        raise InvalidArgument(f"{where}.touchpoint", f"unknown touchpoint {shown(ctx.touchpoint)}")
     if not isinstance(ctx.slot, str) or SLOT_TOUCHPOINT.get(ctx.slot) != ctx.touchpoint:
-        raise InvalidArgument(f"{where}.slot", f"{ctx.slot!r} is not a slot of {ctx.touchpoint}")
+        raise InvalidArgument(
+            f"{where}.slot", f"{shown(ctx.slot)} is not a slot of {ctx.touchpoint}"
+        )
 
 
-def _check_pod(pod: PodLimits, where: str) -> None:
-    """A pod's limits: at least one ad, a total length >= 0 (``None``: none)."""
+def check_pod(pod: PodLimits, where: str) -> None:
+    """A pod's limits: 1 to ``MAX_POD_ADS`` ads (as a configured slot), a total length of 0 to
+    ``MAX_POD_SECONDS`` (``None``: none).
+
+    Raises:
+        InvalidArgument: naming ``where.max_ads`` or ``where.max_total_duration_s``.
+    """
     ads, total = pod.max_ads, pod.max_total_duration_s
-    if isinstance(ads, bool) or not isinstance(ads, Integral) or ads < 1:
-        raise InvalidArgument(f"{where}.max_ads", f"must be an integer >= 1, got {ads!r}")
+    if isinstance(ads, bool) or not isinstance(ads, Integral) or not 1 <= ads <= MAX_POD_ADS:
+        raise InvalidArgument(
+            f"{where}.max_ads", f"must be an integer 1 to {MAX_POD_ADS}, got {shown(ads)}"
+        )
     if total is not None and (
-        isinstance(total, bool) or not isinstance(total, Real) or not 0 <= total < math.inf
+        isinstance(total, bool) or not isinstance(total, Real) or not 0 <= total <= MAX_POD_SECONDS
     ):
         raise InvalidArgument(
-            f"{where}.max_total_duration_s", f"must be a number >= 0, got {total!r}"
+            f"{where}.max_total_duration_s",
+            f"must be a number 0 to {MAX_POD_SECONDS:g}, got {shown(total)}",
         )
 
 
@@ -159,6 +201,8 @@ class Decision:
         costs: (n x len(COST_COMPONENTS)) weighted cost components, unitless.
         cost: sum of ``costs``; ``utility = expected_value - cost_to_money x cost``.
         model_version, config_version: what produced the decision.
+        cap_store_ok: False when the cap store did not answer for the request (its caps
+            are the fail mode's).
     """
 
     request_id: str
@@ -175,6 +219,7 @@ class Decision:
     model_version: str
     config_version: str
     extra: dict[str, Any] = field(default_factory=dict)
+    cap_store_ok: bool = True
 
     @property
     def no_ad(self) -> bool:

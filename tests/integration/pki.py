@@ -57,7 +57,7 @@ def _pem(obj: x509.Certificate | ec.EllipticCurvePrivateKey) -> bytes:
 def make_pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     ca_key, rogue_key = _key(), _key()
     ca = _cert("admatch test CA", ca_key, None, ca=True)
-    server_key, client_key, bad_key = _key(), _key(), _key()
+    server_key, client_key, bad_key, other_key = _key(), _key(), _key(), _key()
     out = {
         "ca": _pem(ca),
         "server_key": _pem(server_key),
@@ -66,6 +66,8 @@ def make_pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
         ),
         "client_key": _pem(client_key),
         "client_cert": _pem(_cert("ad-server", client_key, ("admatch test CA", ca_key))),
+        "other_key": _pem(other_key),  # a good certificate of another identity
+        "other_cert": _pem(_cert("reporting-job", other_key, ("admatch test CA", ca_key))),
         "rogue_key": _pem(bad_key),
         "rogue_cert": _pem(_cert("intruder", bad_key, ("rogue CA", rogue_key))),
     }

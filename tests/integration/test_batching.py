@@ -91,9 +91,8 @@ def test_concurrent_decisions_are_merged_and_equal_unbatched(apps: tuple[App, Ap
 
 def test_batching_over_grpc_gives_the_in_process_answers(apps: tuple[App, App]) -> None:
     batched, plain = apps
-    server, port = build_server(
-        batched, batched.scorer.config.server.model_copy(update={"port": 0})
-    )
+    serving = build_server(batched, batched.scorer.config.server.model_copy(update={"port": 0}))
+    port = serving.port
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = pb_grpc.AdMatchingStub(ch)
@@ -107,7 +106,7 @@ def test_batching_over_grpc_gives_the_in_process_answers(apps: tuple[App, App]) 
             assert reply.request_id == expected.request_id
             assert list(reply.selected_ad_ids) == expected.selected
     finally:
-        server.stop(grace=1).wait()
+        serving.stop(1)
 
 
 class FlakyScorer:
@@ -178,8 +177,8 @@ def run_all(batcher: Batcher, works: Sequence[Plain | Decide]) -> dict[str, Any]
 def test_each_request_is_validated_once(
     apps: tuple[App, App], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Before its cap-store read, not again in the pass (batched or alone); over gRPC too,
-    where the servicer validates while decoding (naming the message's fields)."""
+    """Before its cap-store read, not again in the pass (batched or alone); over gRPC the
+    decoder validates every field (naming the message's), and nothing after it again."""
     calls: list[str] = []
     validate = ScoreRequest.validate
 
@@ -194,16 +193,15 @@ def test_each_request_is_validated_once(
         list(pool.map(batched.decide, reqs))
     for r in reqs:
         plain.decide(r)
-    server, port = build_server(
-        batched, batched.scorer.config.server.model_copy(update={"port": 0})
-    )
+    serving = build_server(batched, batched.scorer.config.server.model_copy(update={"port": 0}))
+    port = serving.port
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             pb_grpc.AdMatchingStub(ch).Score(request_to_proto(reqs[0]), timeout=10)
     finally:
-        server.stop(grace=1).wait()
+        serving.stop(1)
     ids = [r.context.request_id for r in reqs]
-    assert sorted(calls) == sorted([*ids, *ids, reqs[0].context.request_id])
+    assert sorted(calls) == sorted([*ids, *ids])  # the gRPC request: by the decoder alone
     with pytest.raises(InvalidArgument):  # still validated
         plain.decide(dataclasses.replace(reqs[0], candidates={**reqs[0].candidates, "ad_id": []}))
 
@@ -271,9 +269,8 @@ def test_a_queued_request_past_its_deadline_is_withdrawn(apps: tuple[App, App]) 
 
 def test_a_streams_messages_share_passes(apps: tuple[App, App]) -> None:
     batched, plain = apps
-    server, port = build_server(
-        batched, batched.scorer.config.server.model_copy(update={"port": 0})
-    )
+    serving = build_server(batched, batched.scorer.config.server.model_copy(update={"port": 0}))
+    port = serving.port
     try:
         reqs = requests(2)
         batcher = batched._batcher
@@ -288,29 +285,41 @@ def test_a_streams_messages_share_passes(apps: tuple[App, App]) -> None:
             assert list(reply.selected_ad_ids) == plain.decide(req).selected
         assert batcher.batches - before < len(reqs)
     finally:
-        server.stop(grace=1).wait()
+        serving.stop(1)
 
 
-def test_a_bad_stream_message_ends_the_stream_after_the_answers_before_it(
+def test_a_bad_stream_message_gets_its_own_error_and_the_stream_goes_on(
     apps: tuple[App, App],
 ) -> None:
-    batched, _ = apps
-    server, port = build_server(
-        batched, batched.scorer.config.server.model_copy(update={"port": 0})
-    )
+    """One bad message used to end the whole stream ("touchpoint: required", no index) and the
+    valid ones after it got no answer. Now it gets a response of its own whose ``error`` names
+    the field (with the standard BadRequest detail), and every message is answered in order."""
+    from google.rpc import error_details_pb2
+
+    batched, plain = apps
+    serving = build_server(batched, batched.scorer.config.server.model_copy(update={"port": 0}))
     try:
-        messages = [request_to_proto(r) for r in requests(1)]
+        reqs = requests(1)
+        messages = [request_to_proto(r) for r in reqs]
         messages[2].touchpoint = pb.TOUCHPOINT_UNSPECIFIED  # required
-        got: list[str] = []
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            with pytest.raises(grpc.RpcError) as info:
-                for reply in pb_grpc.AdMatchingStub(ch).ScoreStream(iter(messages), timeout=10):
-                    got.append(reply.request_id)
-        assert got == [m.request_id for m in messages[:2]]
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "touchpoint" in info.value.details()
+        with grpc.insecure_channel(f"127.0.0.1:{serving.port}") as ch:
+            stub = pb_grpc.AdMatchingStub(ch)
+            replies = list(stub.ScoreStream(iter(messages), timeout=10))
+        assert [r.request_id for r in replies] == [m.request_id for m in messages]
+        bad = replies[2]
+        assert bad.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert bad.error.message == "touchpoint: required" and not bad.decisions
+        detail = error_details_pb2.BadRequest()
+        assert bad.error.details[0].Unpack(detail)
+        assert [(v.field, v.description) for v in detail.field_violations] == [
+            ("touchpoint", "required")
+        ]
+        for i, (reply, req) in enumerate(zip(replies, reqs, strict=True)):
+            if i != 2:
+                assert not reply.HasField("error")
+                assert list(reply.selected_ad_ids) == plain.decide(req).selected
     finally:
-        server.stop(grace=1).wait()
+        serving.stop(1)
 
 
 class SpyStore:
@@ -430,9 +439,9 @@ def test_deadlines_are_checked_before_the_read_and_before_scoring(
 def test_a_store_that_does_not_answer_fails_each_request_of_the_pass(
     apps: tuple[App, App], fail_open: bool
 ) -> None:
-    """Closed: every candidate a rule applies to is capped (the shipped rules cover every
-    candidate: nothing is shown); open: nothing is capped. Each request counts as one
-    cap-store error, as if read alone."""
+    """Closed: every candidate a rule applies to is refused with CAP_STORE_UNAVAILABLE, not
+    FREQUENCY_CAPPED (the shipped rules cover every candidate: nothing is shown); open:
+    nothing is refused. Each request counts as one cap-store error, as if read alone."""
     batched, _ = apps
     config = batched.scorer.config
     gate = CapGate(SpyStore(batched.store, down=True), config.caps, 7 * 86_400, fail_open)
@@ -442,10 +451,10 @@ def test_a_store_that_does_not_answer_fails_each_request_of_the_pass(
     assert gate.errors == len(reqs)
     for decision in results.values():
         assert isinstance(decision, Decision)
-        if fail_open:
-            assert Reason.FREQUENCY_CAPPED not in decision.reason
-        else:
-            assert Reason.FREQUENCY_CAPPED in decision.reason and decision.selected == []
+        assert Reason.FREQUENCY_CAPPED not in decision.reason  # no cap was seen
+        if not fail_open:  # not capped: the caps are unknown
+            assert Reason.CAP_STORE_UNAVAILABLE in decision.reason
+            assert decision.selected == []
 
 
 def test_after_a_reload_a_pass_reads_once_per_gate(apps: tuple[App, App]) -> None:

@@ -19,7 +19,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from engine.caps.embedded import EmbeddedRedis
-from engine.caps.gate import CapGate
+from engine.caps.gate import CapGate, Reservation
 from engine.caps.keys import KeySpace
 from engine.caps.memory_store import MemoryCapStore
 from engine.caps.plan import Plan
@@ -299,7 +299,7 @@ def _admit(store: CapStore, i: int) -> bool:
     caps = CapsConfig(rules=[CapRule(scope="user", target="campaign", window="24h", limit=10)])
     g = CapGate(store, caps, 7 * 86_400, fail_open=False)
     event = imp(i, 0, creative_id=f"cr{i}", advertiser_id=f"v{i}", category=f"cat{i}")
-    return g.reserve(ctx, cand, event)
+    return g.reserve(ctx, cand, event) is Reservation.RESERVED
 
 
 def test_concurrent_check_and_record_never_exceeds(backend: tuple[str, Factory, Any]) -> None:
@@ -390,12 +390,15 @@ def test_campaigns_bring_their_own_caps(backend: tuple[str, Factory, Any]) -> No
     assert g.read(ctx, cands, own).capped.tolist() == [True, True, False]
     event = imp(3, 0, campaign_id="c3", creative_id="k3", advertiser_id="w3", category="x3")
     single = {k: v[2:] for k, v in cands.items()}
-    assert g.reserve(ctx, single, event, own)
-    assert not g.reserve(
-        ctx,
-        single,
-        imp(4, 0, campaign_id="c3", creative_id="k3", advertiser_id="w3", category="x3"),
-        own,
+    assert g.reserve(ctx, single, event, own) is Reservation.RESERVED
+    assert (
+        g.reserve(
+            ctx,
+            single,
+            imp(4, 0, campaign_id="c3", creative_id="k3", advertiser_id="w3", category="x3"),
+            own,
+        )
+        is Reservation.CAPPED
     )
 
 
@@ -462,9 +465,10 @@ def test_a_retried_reservation_counts_once(backend: tuple[str, Factory, Any]) ->
         7 * 86_400,
         fail_open=False,
     )
-    assert g.reserve(ctx, cand, imp(1, 0))
-    assert g.reserve(ctx, cand, imp(1, 0))  # the same impression again: already reserved
-    assert not g.reserve(ctx, cand, imp(2, 0))
+    assert g.reserve(ctx, cand, imp(1, 0)) is Reservation.RESERVED
+    # the same impression again: already reserved
+    assert g.reserve(ctx, cand, imp(1, 0)) is Reservation.RESERVED
+    assert g.reserve(ctx, cand, imp(2, 0)) is Reservation.CAPPED
     assert ask(store, 1)[1][0, EXP["exp_user_campaign_1h"]] == 1
 
 
@@ -589,7 +593,7 @@ def test_scripts_lost_by_the_server_are_loaded_again(backend: tuple[str, Factory
     ctx = RequestContext("r", T0, "u9", "ott", "ott_pause", household_id="h9", device_id="tv9")
     cand: dict[str, list[Any]] = {"ad_id": ["ad1"], "campaign_id": ["c1"], "format": ["image"]}
     where = {"user_id": "u9", "household_id": "h9", "device_id": "tv9"}
-    assert g.reserve(ctx, cand, imp("after-flush", 0, **where))
+    assert g.reserve(ctx, cand, imp("after-flush", 0, **where)) is Reservation.RESERVED
     assert ask(store, 1, **where)[1][0, EXP["exp_user_campaign_1h"]] == 1
 
 

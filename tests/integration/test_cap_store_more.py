@@ -18,7 +18,7 @@ import pytest
 
 from engine.caps.connect import check_server, client_options, open_store
 from engine.caps.embedded import EmbeddedRedis, parent_death_prefix
-from engine.caps.gate import CapGate
+from engine.caps.gate import CapGate, Reservation
 from engine.caps.keys import KeySpace
 from engine.caps.plan import micros
 from engine.caps.redis_store import RedisCapStore
@@ -154,8 +154,8 @@ def test_fail_closed_and_fail_open_when_the_store_is_down() -> None:
     assert np.nansum(exposures) == 0
     opened = CapGate(store, CAPS, 7 * 86_400, fail_open=True)
     assert not opened.read(*_request()).capped.any() and opened.errors == 1
-    assert not closed.reserve(*_request(), imp(1, 0))
-    assert opened.reserve(*_request(), imp(1, 0))
+    assert closed.reserve(*_request(), imp(1, 0)) is Reservation.UNAVAILABLE  # not shown
+    assert opened.reserve(*_request(), imp(1, 0)) is Reservation.UNRESERVED  # shown
 
 
 def test_a_call_that_times_out_leaves_no_reply_behind() -> None:
@@ -196,7 +196,7 @@ def test_a_read_waits_no_longer_than_the_request_has_left() -> None:
             gate = CapGate(store, CAPS, 7 * 86_400, fail_open=False)
             gate.read(ctx, cands)
             warm = imp(f"warm-{k}", -30, ad_id=f"w{k}", campaign_id=f"w{k}", advertiser_id=f"w{k}")
-            assert gate.reserve(ctx, cands, warm)
+            assert gate.reserve(ctx, cands, warm) is Reservation.RESERVED
             gates.append(gate)
         plan = gates[1].planner.plan(ctx, cands)
         busy = server.client()
@@ -213,7 +213,7 @@ def test_a_read_waits_no_longer_than_the_request_has_left() -> None:
         assert all(isinstance(a, StoreUnavailable) for a in answers)
         waits.append(time.monotonic() - start)
         start = time.monotonic()
-        assert not gates[2].reserve(ctx, cands, imp(2, 1), budget_s=0.2)
+        assert gates[2].reserve(ctx, cands, imp(2, 1), budget_s=0.2) is Reservation.UNAVAILABLE
         waits.append(time.monotonic() - start)
         assert max(waits) < 1.5, waits  # the 0.2 s allowed, not the 5 s deadline
         blocker.join()
@@ -239,7 +239,7 @@ def _request() -> tuple[RequestContext, dict[str, list[Any]]]:
 
 def test_open_store_by_url(local_redis_url: str) -> None:
     for url in ("", "memory://", local_redis_url):
-        store = open_store(with_store(url, prefix=f"open-{time.monotonic_ns()}"))
+        store = open_store(with_store(url, prefix=f"open-{time.monotonic_ns()}")).store
         assert store.record([imp("x", 0)]) == 1
         assert ask(store, 1)[1][0, EXP["exp_user_any_1h"]] == 1
         if isinstance(store, RedisCapStore):
@@ -250,7 +250,7 @@ def test_open_store_by_url(local_redis_url: str) -> None:
 
 def test_the_scripts_are_loaded_when_the_store_opens() -> None:
     """The first calls after a start meet no NOSCRIPT: open_store loads every script."""
-    store = open_store(with_store(""))
+    store = open_store(with_store("")).store  # the backend behind its breaker
     try:
         assert isinstance(store, RedisCapStore)
         scripts = [store._read, store._record, store._check_record, store._block]

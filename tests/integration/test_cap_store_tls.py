@@ -132,7 +132,7 @@ def test_a_store_over_tls_counts_reads_and_reserves(tls_redis: tuple[int, Path])
 
 def test_open_store_takes_a_rediss_url(tls_redis: tuple[int, Path]) -> None:
     port, d = tls_redis
-    store = open_store(with_store(_url(port, d), prefix=f"tls-{uuid.uuid4().hex[:8]}"))
+    store = open_store(with_store(_url(port, d), prefix=f"tls-{uuid.uuid4().hex[:8]}")).store
     assert isinstance(store, RedisCapStore)
     try:
         assert store.load_scripts()

@@ -145,7 +145,7 @@ def test_a_password_and_database_from_the_url_hold_on_these_connections(
         url = f"redis://:s3cret@127.0.0.1:{port}/3"
         store = open_store(
             config.model_copy(update={"store": config.store.model_copy(update={"url": url})})
-        )
+        ).store
         assert isinstance(store, RedisCapStore) and store._direct is not None
         assert store.record([imp(1, 0)]) == 1
         assert ask(store, 5)[1][0, EXP["exp_user_campaign_1h"]] == 1

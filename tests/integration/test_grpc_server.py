@@ -40,10 +40,10 @@ def channel(app: App) -> Iterator[grpc.Channel]:
     limits = app.scorer.config.server.model_copy(
         update={"port": 0, "max_candidates": 6, "operator_token": "op-secret"}
     )
-    server, port = build_server(app, limits)
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+    serving = build_server(app, limits)
+    with grpc.insecure_channel(f"127.0.0.1:{serving.port}") as ch:
         yield ch
-    server.stop(grace=1).wait()
+    serving.stop(1)
 
 
 def golden(name: str, **changes: Any) -> pb.ScoreRequest:
@@ -114,12 +114,11 @@ def test_bytes_that_are_no_message_are_invalid_argument(channel: grpc.Channel) -
         assert info.value.details().startswith("request: the bytes are not a valid request")
     good = golden("exemplary/ott_pause_family_evening.json").SerializeToString()
     stream = channel.stream_stream(f"/{SERVICE}/ScoreStream")
-    answers = []
-    with pytest.raises(grpc.RpcError) as info:
-        for answer in stream(iter([good, b"\x0a\x05ab"]), timeout=10):
-            answers.append(pb.ScoreResponse.FromString(answer))
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert [a.request_id for a in answers] == [pb.ScoreRequest.FromString(good).request_id]
+    answers = [pb.ScoreResponse.FromString(a) for a in stream(iter([good, b"\x0a\x05ab", good]))]
+    assert [a.request_id for a in answers] == ["g-ott-pause", "", "g-ott-pause"]
+    assert answers[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert answers[1].error.message.startswith("request: the bytes are not a valid request")
+    assert not answers[0].HasField("error") and answers[2].decisions  # the stream went on
 
 
 def event(i: int, campaign: str, **kw: Any) -> pb.Event:
@@ -208,14 +207,22 @@ def test_model_info_and_refused_reload(app: App, channel: grpc.Channel, tmp_path
     ("metadata", "code"),
     [
         ((), "UNAUTHENTICATED"),
-        ((("authorization", "Bearer wrong"),), "PERMISSION_DENIED"),
+        ((("authorization", "Bearer wrong"),), "UNAUTHENTICATED"),
         ((("authorization", "op-secret"),), "UNAUTHENTICATED"),
+        ((("authorization", "bearer op-secret"),), "OK"),
+        ((("authorization", "BEARER  op-secret "),), "OK"),
     ],
-    ids=["no-token", "wrong-token", "not-bearer"],
+    ids=["no-token", "wrong-token", "not-bearer", "lower-case-scheme", "upper-case-spaces"],
 )
 def test_operator_rpc_needs_the_token(channel: grpc.Channel, metadata: Any, code: str) -> None:
+    """The scheme is case-insensitive (RFC 7235); a token no principal holds is not valid
+    credentials (UNAUTHENTICATED)."""
+    stub = pb_grpc.AdMatchingStub(channel)
+    if code == "OK":
+        assert stub.ReloadModel(pb.ReloadModelRequest(), metadata=metadata).workers
+        return
     with pytest.raises(grpc.RpcError) as err:
-        pb_grpc.AdMatchingStub(channel).ReloadModel(pb.ReloadModelRequest(), metadata=metadata)
+        stub.ReloadModel(pb.ReloadModelRequest(), metadata=metadata)
     assert err.value.code() == grpc.StatusCode[code]
 
 
@@ -224,7 +231,8 @@ def test_operator_rpcs_are_off_without_a_configured_token(
 ) -> None:
     monkeypatch.delenv("ADMATCH_OPERATOR_TOKEN", raising=False)
     limits = app.scorer.config.server.model_copy(update={"port": 0})
-    server, port = build_server(app, limits)
+    serving = build_server(app, limits)
+    port = serving.port
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch, pytest.raises(grpc.RpcError) as err:
             pb_grpc.AdMatchingStub(ch).ReloadModel(
@@ -233,7 +241,7 @@ def test_operator_rpcs_are_off_without_a_configured_token(
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "ADMATCH_OPERATOR_TOKEN" in err.value.details()
     finally:
-        server.stop(grace=1).wait()
+        serving.stop(1)
 
 
 def test_unexpected_errors_are_internal_and_generic(
@@ -275,6 +283,14 @@ def test_a_node_client_speaks_the_contract(app: App, channel: grpc.Channel) -> N
     assert (seen["recorded"], seen["duplicates"]) == (3, 1)
     assert seen["reasons"]["n1"] == "REASON_FREQUENCY_CAPPED"  # three impressions today
     assert seen["selected"] == ["n2"] and seen["model_version"] == app.scorer.model.version
+    # the standard details of a refusal, read by another implementation
+    assert seen["refused"] == {"code": 3, "status_code": 3, "fields": ["candidates.items[1].bid"]}
+    # a bad message in a stream: its own error, and the stream goes on
+    assert seen["stream"] == [
+        {"request_id": "node-s1", "error": None, "decisions": 2},
+        {"request_id": "node-s2", "error": [3, "touchpoint: required"], "decisions": 0},
+        {"request_id": "node-s3", "error": None, "decisions": 2},
+    ]
 
 
 def test_limits_candidates_and_message_size(channel: grpc.Channel) -> None:
@@ -286,7 +302,7 @@ def test_limits_candidates_and_message_size(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as info:
         stub.Score(request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "candidates: 7 candidates, at most 6" in info.value.details()
+    assert info.value.details() == "candidates.items: 7 entries, at most 6 (server.max_candidates)"
     huge = golden("exemplary/iot_idle_screen.json")
     huge.user.interests.append("x" * 5_000_000)  # above the 4 MiB message limit
     with pytest.raises(grpc.RpcError) as info:
@@ -308,7 +324,8 @@ def test_excess_concurrent_requests_are_shed(app: App, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(app, "run", slow)
     limits = app.scorer.config.server.model_copy(update={"port": 0, "max_concurrent": 1})
-    server, port = build_server(app, limits)
+    serving = build_server(app, limits)
+    port = serving.port
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = pb_grpc.AdMatchingStub(ch)
@@ -322,7 +339,7 @@ def test_excess_concurrent_requests_are_shed(app: App, monkeypatch: pytest.Monke
                 assert first.result().request_id == "g-iot"
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
-        server.stop(grace=1).wait()
+        serving.stop(1)
 
 
 def test_score_command_calls_a_running_server(channel: grpc.Channel, tmp_path: Path) -> None:
@@ -359,7 +376,8 @@ def test_metrics_count_requests_stages_and_decisions(app: App) -> None:
 
     metrics = Metrics()
     limits = app.scorer.config.server.model_copy(update={"port": 0})
-    server, port = build_server(app, limits, metrics=metrics)
+    serving = build_server(app, limits, metrics=metrics)
+    port = serving.port
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = pb_grpc.AdMatchingStub(ch)
@@ -383,7 +401,7 @@ def test_metrics_count_requests_stages_and_decisions(app: App) -> None:
         body = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5).read()
         assert b"admatch_cap_store_errors 0.0" in body
     finally:
-        server.stop(grace=1).wait()
+        serving.stop(1)
 
 
 @pytest.mark.parametrize(
@@ -426,7 +444,8 @@ def test_a_spent_deadline_ends_the_call_and_reserves_nothing(
     limits = app.scorer.config.server.model_copy(
         update={"port": 0, "max_deadline_ms": max_deadline_ms}
     )
-    server, port = build_server(app, limits)
+    serving = build_server(app, limits)
+    port = serving.port
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             request = golden("exemplary/iot_idle_screen.json")
@@ -439,7 +458,7 @@ def test_a_spent_deadline_ends_the_call_and_reserves_nothing(
             assert info.value.details() == "deadline of 100 ms exceeded before scoring"
         assert reserved == []
     finally:
-        server.stop(grace=1).wait()
+        serving.stop(1)
 
 
 def test_without_a_deadline_the_default_budget_applies(app: App) -> None:
@@ -450,5 +469,8 @@ def test_without_a_deadline_the_default_budget_applies(app: App) -> None:
         def time_remaining(self) -> None:
             return None
 
-    servicer = AdMatchingServicer(app, 10, Metrics(), "", (250.0, 1000.0))
+    server = app.scorer.config.server.model_copy(
+        update={"default_deadline_ms": 250.0, "max_deadline_ms": 1000.0}
+    )
+    servicer = AdMatchingServicer(app, server, Metrics())
     assert servicer._deadline(NoDeadline()).budget_s == 0.25

@@ -41,11 +41,12 @@ def _serve(model_dir: Path, pki: dict[str, bytes], mutual: bool) -> Iterator[tup
         update={"server": server_cfg, "store": config.store.model_copy(update={"url": "memory://"})}
     )
     app = build_app(config, model_dir)
-    server, port = build_server(app, config.server)
+    serving = build_server(app, config.server)
+    port = serving.port
     try:
         yield port, app
     finally:
-        server.stop(grace=1).wait()
+        serving.stop(1)
         app.close()
 
 

@@ -55,12 +55,17 @@ def served(
     config = load_config(config_file)
     assert config.store.url == "memory://"
     app = build_app(config, watched)
-    server, port = build_server(app, config.server.model_copy(update={"port": 0}))
-    watcher = ReloadWatcher(app, config_file, INTERVAL_S).start()
+    serving = build_server(app, config.server.model_copy(update={"port": 0}))
+    port = serving.port
+    watcher = ReloadWatcher(
+        lambda: (app.model_dir, config_file),
+        lambda: app.reload(config_path=config_file),
+        INTERVAL_S,
+    ).start()
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield app, watched, config_file, pb_grpc.AdMatchingStub(channel)
     watcher.stop()
-    server.stop(grace=1).wait()
+    serving.stop(1)
     app.close()
 
 

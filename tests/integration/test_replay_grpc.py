@@ -12,8 +12,9 @@ from engine.app import App, build_app
 from engine.config import load_config
 from engine.replay.run import ReplayOptions, replay
 from engine.rpc.metrics import Metrics
-from engine.rpc.run import free_port
 from engine.rpc.server import build_server
+
+from .conftest import free_port
 
 
 @pytest.fixture
@@ -22,12 +23,13 @@ def server(model_dir: Path, memory_config: Path) -> Iterator[tuple[str, str]]:
     config = load_config(memory_config)
     app: App = build_app(config, model_dir)
     metrics = Metrics()
-    metrics_port = free_port("127.0.0.1")
+    metrics_port = free_port()
     metrics.serve_http("127.0.0.1", metrics_port)
     limits = config.server.model_copy(update={"port": 0})
-    srv, port = build_server(app, limits, metrics=metrics)
+    serving = build_server(app, limits, metrics=metrics)
+    port = serving.port
     yield f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
-    srv.stop(grace=1).wait()
+    serving.stop(1)
     app.close()
 
 
@@ -117,7 +119,7 @@ def test_open_loop_rate(
 def test_no_server_is_a_clear_error(model_log: Path, tmp_path: Path) -> None:
     from engine.errors import InvalidArgument
 
-    target = f"127.0.0.1:{free_port('127.0.0.1')}"
+    target = f"127.0.0.1:{free_port()}"
     options = ReplayOptions(
         log=model_log, report_dir=tmp_path, target=target, connect_timeout_s=0.5
     )

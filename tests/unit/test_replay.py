@@ -197,7 +197,8 @@ def test_a_failing_cap_store_is_counted_and_the_replay_goes_on(
 ):
     """Every third pass's cap read and every fourth event record fail as a store that does
     not answer: the replay finishes (those requests fail closed, as the config says) and
-    report.json and report.md count the failed calls."""
+    report.json and report.md count the failed calls, and the requests decided without the
+    store under their own reason (CAP_STORE_UNAVAILABLE, not FREQUENCY_CAPPED)."""
     calls = {"read": 0, "record": 0}
     read_many, record = MemoryCapStore.read_many, MemoryCapStore.record
 
@@ -224,6 +225,10 @@ def test_a_failing_cap_store_is_counted_and_the_replay_goes_on(
     assert errors["record_errors"]["UNAVAILABLE"] == calls["record"] // 4
     text = (tmp_path / "report.md").read_text()
     assert "Cap-store calls that failed" in text and "| record | UNAVAILABLE |" in text
+    decisions = doc["decisions"]
+    assert 0 < decisions["cap_store_unavailable_requests"] < 600
+    assert decisions["no_ad_share"]["CAP_STORE_UNAVAILABLE"] > 0
+    assert "without cap store" in text
 
 
 def test_in_process_the_store_deadline_is_the_replays(

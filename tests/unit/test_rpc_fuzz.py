@@ -25,7 +25,8 @@ from engine.app import App, build_app
 from engine.caps.store import StoreUnavailable
 from engine.config import load_config
 from engine.errors import AdmatchError, InvalidArgument
-from engine.rpc.convert import request_from_proto, request_to_proto
+from engine.rpc.convert import request_to_proto
+from engine.rpc.decode import decode_request
 from engine.rpc.metrics import Metrics
 from engine.rpc.service import AdMatchingServicer
 from engine.scoring.jsonio import request_from_json
@@ -73,7 +74,8 @@ def app(model_dir: Path, request: pytest.FixtureRequest) -> Iterator[App]:
 
 @pytest.fixture(scope="module")
 def servicer(app: App) -> AdMatchingServicer:
-    return AdMatchingServicer(app, max_candidates=8, metrics=Metrics())
+    server = app.scorer.config.server.model_copy(update={"max_candidates": 8})
+    return AdMatchingServicer(app, server, Metrics())
 
 
 def _golden(name: str) -> pb.ScoreRequest:
@@ -188,7 +190,7 @@ def test_any_score_request_is_answered_or_refused_by_field(
         assert servicer.app.cap_errors == 0
     response = pb.ScoreResponse.FromString(reply)
     event("answered, ads" if response.selected_ad_ids else "answered, no ad")
-    n = len(request_from_proto(wire).candidates["ad_id"])
+    n = len(decode_request(wire).candidates["ad_id"])
     assert len(response.decisions) == n
     assert len(response.selected_ad_ids) <= n
     assert all(
@@ -273,7 +275,7 @@ def test_a_time_out_of_range_is_refused_naming_it(
     msg.time.seconds, msg.time.nanos = seconds, nanos
     with pytest.raises(InvalidArgument) as info:
         servicer.Score(msg, _Context())
-    assert info.value.field == "time"
+    assert info.value.field == ("time.nanos" if nanos else "time")
     event_ = pb.Event(
         type=pb.Event.TYPE_IMPRESSION,
         impression_id="late",
@@ -289,7 +291,7 @@ def test_a_time_out_of_range_is_refused_naming_it(
     good.time.seconds, good.time.nanos = 1_767_225_600, 0
     with pytest.raises(InvalidArgument) as info:
         servicer.RecordEvents(pb.EventBatch(events=[good, event_]), _Context())
-    assert info.value.field == "events[1].time"
+    assert info.value.field == ("events[1].time.nanos" if nanos else "events[1].time")
     # the refused batch recorded nothing: its valid impression is new when sent again
     reply = servicer.RecordEvents(pb.EventBatch(events=[good]), _Context())
     assert (reply.impressions_recorded, reply.duplicates) == (1, 0)

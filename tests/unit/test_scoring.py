@@ -193,7 +193,7 @@ def test_decision_carries_versions_and_parts(scorer: Scorer) -> None:
         (lambda: request([cand("a", duration_s=-1.0)]), "requests[0].candidates[0].duration_s"),
         (lambda: request([cand("a", duration_s=math.nan)]), "requests[0].candidates[0].duration_s"),
         (lambda: request([cand("a"), cand("b", duration_s=3601.0)]), "candidates[1].duration_s"),
-        (lambda: request([cand("a"), cand("a")]), "requests[0].candidates.ad_id"),
+        (lambda: request([cand("a"), cand("a")]), "requests[0].candidates[1].ad_id"),
         (lambda: ScoreRequest(ctx(), {"ad_id": []}), "requests[0].candidates"),
         (lambda: request([cand("a", format="hologram")]), "candidates.format"),
     ],

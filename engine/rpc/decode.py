@@ -1,0 +1,372 @@
+"""Decoding what a client sends: the one place a wire message is checked and turned into the
+core's types.
+
+``decode_request`` takes a ``ScoreRequest`` message to a validated core ``ScoreRequest`` and
+``decode_events`` an ``EventBatch`` to impressions and feedback. Both check the sizes first
+(``limits``), then every value, and raise ``InvalidArgument`` naming the field as the message
+spells it (``candidates.items[3].bid``, ``candidate_columns.bid[3]``, ``events[2].time``), the
+value (cut) and the rule. Both candidate encodings, a list of messages and one packed column per
+attribute, give the same request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from admatch.v1 import admatch_pb2 as pb
+from engine.caps.plan import check_not_ahead, check_time
+from engine.caps.rules import MAX_WINDOW_S, CapRule, parse_duration
+from engine.caps.store import Feedback, Impression
+from engine.errors import InvalidArgument, shown
+from engine.rpc.enums import (
+    ACTIVITY,
+    AGE_BAND,
+    FORMAT,
+    NEGATIVE_KIND,
+    PRICING,
+    RATING,
+    SCENE,
+    SCOPE,
+    SLOT,
+    TOUCHPOINT,
+)
+from engine.rpc.limits import DEFAULT_LIMITS, WINDOW_CHARS, Limits
+from engine.scoring.types import (
+    PodLimits,
+    ScoreRequest,
+    check_ad_ids,
+    check_pod,
+    check_ranged,
+)
+from features.online import RequestContext
+from features.schema import SLOT_TOUCHPOINT
+
+MAX_CAP_LIMIT = 1_000_000
+_NANOS = 1_000_000_000
+
+
+def _enum(table: list[str | None], number: int, field: str, required: bool) -> str | None:
+    value = table[number] if 0 <= number < len(table) else None
+    if value is None and (required or number != 0):
+        raise InvalidArgument(field, "required" if number == 0 else f"unknown value {number}")
+    return value
+
+
+def _opt(text: str) -> str | None:
+    return text or None
+
+
+def timestamp(ts: Timestamp, field: str) -> datetime:
+    """A wire timestamp as a UTC datetime, within the times the cap store counts.
+
+    Raises:
+        InvalidArgument: naming ``field``: nanos outside [0, 999,999,999] (a client can send
+            any), or a time outside ``plan.check_time``'s range.
+    """
+    if not 0 <= ts.nanos < _NANOS:
+        raise InvalidArgument(f"{field}.nanos", f"must be 0 to 999,999,999, got {ts.nanos:,}")
+    try:
+        value = ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        seconds = f"{ts.seconds:,} seconds after 1970-01-01"
+        raise InvalidArgument(field, f"{seconds} is not a time a Timestamp can hold") from exc
+    check_time(value, field)
+    return value
+
+
+def _required(value: str, field: str) -> str:
+    if not value:
+        raise InvalidArgument(field, "required")
+    return value
+
+
+def _context(msg: pb.ScoreRequest, limits: Limits) -> RequestContext:
+    user = msg.user
+    for name, value in (
+        ("request_id", msg.request_id),
+        ("user.user_id", user.user_id),
+        ("household_id", msg.household_id),
+        ("device_id", msg.device_id),
+    ):
+        limits.text(name, value)
+    limits.count("user.interests", len(user.interests), limits.interests, "max_interests")
+    limits.texts(user.interests, lambda i: f"user.interests[{i}]")
+    _required(msg.request_id, "request_id")
+    if not msg.HasField("time"):
+        raise InvalidArgument("time", "required")
+    touchpoint = str(_enum(TOUCHPOINT, msg.touchpoint, "touchpoint", True))
+    slot = str(_enum(SLOT, msg.slot, "slot", True))
+    if SLOT_TOUCHPOINT[slot] != touchpoint:
+        raise InvalidArgument("slot", f"{slot_name(msg.slot)} is not a slot of {touchpoint}")
+    hour = msg.local_hour if msg.HasField("local_hour") else None
+    if hour is not None and not 0 <= hour <= 23:
+        raise InvalidArgument("local_hour", f"must be an hour 0-23, got {hour}")
+    return RequestContext(
+        request_id=msg.request_id,
+        ts=timestamp(msg.time, "time"),
+        user_id=_required(user.user_id, "user.user_id"),
+        touchpoint=touchpoint,
+        slot=slot,
+        household_id=_opt(msg.household_id),
+        device_id=_opt(msg.device_id),
+        scene=_enum(SCENE, msg.scene, "scene", False),
+        local_hour=hour,
+        user_interests=tuple(user.interests),
+        age_band=_enum(AGE_BAND, user.age_band, "user.age_band", False),
+        activity_level=_enum(ACTIVITY, user.activity_level, "user.activity_level", False),
+        content_rating=_enum(RATING, msg.content_rating, "content_rating", False),
+    )
+
+
+def slot_name(number: int) -> str:
+    """A ``Slot`` number as the contract spells it (``SLOT_OTT_PAUSE``)."""
+    return pb.Slot.Name(number) if number in pb.Slot.values() else str(number)  # type: ignore[arg-type]
+
+
+_TEXT = ("ad_id", "creative_id", "campaign_id", "advertiser_id", "category")
+_ATTRS = (*_TEXT, "format", "pricing", "suitability_tier", "duration_s", "bid")
+_ENUM_TABLES = {
+    "format": (FORMAT, True),
+    "pricing": (PRICING, True),
+    "suitability_tier": (RATING, False),
+}
+_REQUIRED = ("ad_id", "format", "pricing", "bid")
+_ROWS, _COLUMNS = "candidates.items", "candidate_columns"  # the candidates' paths, by encoding
+
+
+class _Paths:
+    """Field paths of the candidates in one message's encoding."""
+
+    def __init__(self, msg: pb.ScoreRequest) -> None:
+        columnar = msg.WhichOneof("candidate_encoding") == _COLUMNS
+        self.prefix = _COLUMNS if columnar else _ROWS
+
+    def at(self, name: str, i: int) -> str:
+        """The path of candidate ``i``'s attribute ``name``."""
+        if self.prefix == _COLUMNS:
+            return f"{self.prefix}.{name}[{i}]"
+        return f"{self.prefix}[{i}].{name}"
+
+    def column(self, name: str) -> str:
+        """The path of the attribute ``name`` of every candidate."""
+        return f"{self.prefix}.{name}"
+
+
+def _enum_column(
+    numbers: Sequence[int], table: list[str | None], paths: _Paths, name: str, required: bool
+) -> list[str | None]:
+    values, low = list(numbers), 1 if required else 0
+    if values and (min(values) < low or max(values) >= len(table)):
+        i = next(i for i, v in enumerate(values) if not low <= v < len(table))
+        problem = "required" if values[i] == 0 else f"unknown value {values[i]}"
+        raise InvalidArgument(paths.at(name, i), problem)
+    return list(map(table.__getitem__, values))
+
+
+def _raw(msg: pb.ScoreRequest, paths: _Paths) -> dict[str, Sequence[Any]]:
+    """The candidates' attributes as sequences, from either encoding."""
+    if paths.prefix == _COLUMNS:
+        c = msg.candidate_columns
+        return {name: getattr(c, name) for name in _ATTRS}
+    rows = [
+        (
+            c.ad_id,
+            c.creative_id,
+            c.campaign_id,
+            c.advertiser_id,
+            c.category,
+            c.format,
+            c.pricing,
+            c.suitability_tier,
+            c.duration_s,
+            c.bid,
+        )
+        for c in msg.candidates.items
+    ]  # one pass over the messages
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in _ATTRS]
+    return dict(zip(_ATTRS, columns, strict=True))
+
+
+def _count(msg: pb.ScoreRequest, limits: Limits) -> int:
+    """The number of candidates, within the limit (before anything is read of them)."""
+    encoding = msg.WhichOneof("candidate_encoding")
+    if encoding is None:
+        raise InvalidArgument("candidates", "required: candidates or candidate_columns")
+    field = f"{_ROWS}" if encoding == "candidates" else f"{_COLUMNS}.ad_id"
+    n = len(msg.candidates.items if encoding == "candidates" else msg.candidate_columns.ad_id)
+    limits.count(field, n, limits.candidates, "max_candidates")
+    if n == 0:
+        raise InvalidArgument(field, "empty: at least one candidate needed")
+    return n
+
+
+def _columns(msg: pb.ScoreRequest, limits: Limits) -> dict[str, Any]:
+    """Candidate columns in the core's vocabulary, each value checked; empty strings and a zero
+    duration mean unknown; a column left empty in the columnar encoding is absent."""
+    n = _count(msg, limits)
+    paths = _Paths(msg)
+    raw = _raw(msg, paths)
+    out: dict[str, Any] = {}
+    for name in _ATTRS:
+        values = raw[name]
+        if len(values) == 0:
+            if name in _REQUIRED:
+                raise InvalidArgument(paths.column(name), "required")
+            continue
+        if len(values) != n:
+            raise InvalidArgument(paths.column(name), f"has {len(values)} values for {n} ads")
+        if name in _TEXT:
+            limits.texts(values, lambda i, name=name: paths.at(name, i))  # type: ignore[misc]
+        if name in _ENUM_TABLES:
+            table, required = _ENUM_TABLES[name]
+            out[name] = _enum_column(values, table, paths, name, required)
+        elif name in ("ad_id", "bid"):
+            out[name] = list(values)
+        else:
+            out[name] = [v or None for v in values]
+    check_ad_ids(out["ad_id"], paths.at)
+    check_ranged(out, paths.at)
+    return out
+
+
+def _window(cap: pb.CampaignCap, field: str) -> str:
+    window = cap.window
+    if len(window) > WINDOW_CHARS:
+        raise InvalidArgument(field, f"{shown(window)}: at most {WINDOW_CHARS} characters")
+    if window == "lifetime":
+        return window
+    try:
+        seconds = parse_duration(window)
+    except ValueError:
+        rule = "a duration like 90m, 24h or 30d (at most 180d), or lifetime"
+        raise InvalidArgument(field, f"{shown(window)} is not {rule}") from None
+    if seconds > MAX_WINDOW_S:
+        raise InvalidArgument(field, f"{shown(window)} is longer than 180d; use lifetime")
+    return window
+
+
+def _campaign_caps(msg: pb.ScoreRequest, limits: Limits) -> dict[str, list[CapRule]] | None:
+    caps = msg.campaign_caps
+    limits.count("campaign_caps", len(caps), limits.campaign_caps, "max_campaign_caps")
+    if not caps:
+        return None
+    out: dict[str, list[CapRule]] = {}
+    for i, cap in enumerate(caps):
+        field = f"campaign_caps[{i}]"
+        limits.text(f"{field}.campaign_id", cap.campaign_id)
+        campaign = _required(cap.campaign_id, f"{field}.campaign_id")
+        scope = _enum(SCOPE, cap.scope, f"{field}.scope", True)
+        window = _window(cap, f"{field}.window")
+        if not 1 <= cap.limit <= MAX_CAP_LIMIT:
+            raise InvalidArgument(
+                f"{field}.limit", f"must be 1 to {MAX_CAP_LIMIT:,}, got {cap.limit:,}"
+            )
+        rule = CapRule(
+            scope=scope, target="campaign", window=window, limit=cap.limit, campaign_id=campaign
+        )
+        out.setdefault(campaign, []).append(rule)
+    return out
+
+
+def _pod(msg: pb.ScoreRequest) -> PodLimits | None:
+    if not msg.HasField("pod"):
+        return None
+    pod = PodLimits(msg.pod.max_ads, msg.pod.max_total_duration_s or None)
+    check_pod(pod, "pod")
+    return pod
+
+
+def decode_request(msg: pb.ScoreRequest, limits: Limits = DEFAULT_LIMITS) -> ScoreRequest:
+    """The core's ``ScoreRequest`` of a wire message, every field checked (sizes first), so
+    that the core may take it as valid (``ScoreRequest.validate`` would pass).
+
+    Raises:
+        InvalidArgument: naming the field as the message spells it.
+    """
+    context = _context(msg, limits)
+    caps = _campaign_caps(msg, limits)
+    return ScoreRequest(context, _columns(msg, limits), None, _pod(msg), None, caps)
+
+
+def _event_ids(e: pb.Event, field: str, limits: Limits) -> None:
+    for name in (
+        "impression_id",
+        "user_id",
+        "household_id",
+        "device_id",
+        "ad_id",
+        "creative_id",
+        "campaign_id",
+        "advertiser_id",
+        "category",
+    ):
+        limits.text(f"{field}.{name}", getattr(e, name))
+
+
+def _impression(e: pb.Event, ts: datetime, field: str) -> Impression:
+    touchpoint = _enum(TOUCHPOINT, e.touchpoint, f"{field}.touchpoint", True)
+    slot = _enum(SLOT, e.slot, f"{field}.slot", True)
+    if SLOT_TOUCHPOINT[str(slot)] != touchpoint:
+        raise InvalidArgument(f"{field}.slot", f"{slot_name(e.slot)} is not a slot of {touchpoint}")
+    return Impression(
+        e.impression_id,
+        ts,
+        e.user_id,
+        str(touchpoint),
+        str(slot),
+        _required(e.ad_id, f"{field}.ad_id"),
+        e.household_id or None,
+        e.device_id or None,
+        e.creative_id or None,
+        e.campaign_id or None,
+        e.advertiser_id or None,
+        e.category or None,
+    )
+
+
+def _feedback(e: pb.Event, ts: datetime, field: str) -> Feedback:
+    kind = _enum(NEGATIVE_KIND, e.negative_kind, f"{field}.negative_kind", True)
+    return Feedback(
+        e.impression_id,
+        ts,
+        str(kind),
+        e.user_id,
+        e.household_id or None,
+        e.campaign_id or None,
+        e.advertiser_id or None,
+    )
+
+
+def decode_events(
+    batch: pb.EventBatch, now: datetime, max_ahead_s: int, limits: Limits = DEFAULT_LIMITS
+) -> tuple[list[Impression], list[Feedback]]:
+    """Impressions and negative feedback of a batch (engagements and conversions are checked
+    and accepted; caps need only impressions and feedback).
+
+    Raises:
+        InvalidArgument: naming ``events[i].field``; also for an event timed more than
+            ``max_ahead_s`` after ``now`` (``plan.check_not_ahead``) and an impression whose
+            slot is not of its touchpoint (as Score refuses it). Nothing of a refused batch
+            is recorded.
+    """
+    limits.count("events", len(batch.events), limits.events, "max_events")
+    impressions, feedback = [], []
+    for i, e in enumerate(batch.events):
+        field = f"events[{i}]"
+        _event_ids(e, field, limits)
+        kind = _enum([None, *pb.Event.Type.keys()[1:]], e.type, f"{field}.type", True)
+        _required(e.impression_id, f"{field}.impression_id")
+        _required(e.user_id, f"{field}.user_id")
+        if not e.HasField("time"):
+            raise InvalidArgument(f"{field}.time", "required")
+        ts = timestamp(e.time, f"{field}.time")
+        check_not_ahead(ts, now, max_ahead_s, f"{field}.time")
+        if kind == "TYPE_IMPRESSION":
+            impressions.append(_impression(e, ts, field))
+        elif kind == "TYPE_NEGATIVE_FEEDBACK":
+            feedback.append(_feedback(e, ts, field))
+    return impressions, feedback
