@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from admatch.v1 import admatch_pb2 as pb
 from admatch.v1 import admatch_pb2_grpc as pb_grpc
@@ -101,7 +102,18 @@ class Served:
             return False
 
         self.wait_for(said, timeout_s, "admatch serving")
+        self.wait_for(self._answers, timeout_s, "a health check answered")
         return self
+
+    def _answers(self) -> bool:
+        with grpc.insecure_channel(self.target()) as channel:
+            try:
+                health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1
+                )
+            except grpc.RpcError:
+                return False
+        return True
 
     def target(self) -> str:
         """host:port to call."""

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -198,34 +199,51 @@ def test_a_hung_then_dead_store_is_waited_for_once_and_recovered_from(
         served.kill_all()
 
 
-def test_idle_streams_do_not_starve_unary_calls_or_health(model_dir: Path, tmp_path: Path) -> None:
-    """Before: 64 idle ScoreStreams made every RPC, health included, fail with
-    RESOURCE_EXHAUSTED (max_concurrent counted open streams)."""
-    config = config_file(tmp_path, **edits(stream_idle_timeout_s="2.0"))
-    served = serve(model_dir, config).ready()
-    gate = threading.Event()
+def _idle_streams(stub: pb_grpc.AdMatchingStub, n: int, gate: threading.Event) -> list[Any]:
+    """``n`` ScoreStreams open on the server that send nothing until ``gate`` is set."""
 
     def nothing() -> Iterator[pb.ScoreRequest]:
         gate.wait()
         return
-        yield  # a generator that sends nothing until the test ends
+        yield  # a generator that sends nothing
 
+    streams = [stub.ScoreStream(nothing(), timeout=30) for _ in range(n)]
+    time.sleep(2.0)  # all open on the server (grpc opens a stream call in the background)
+    return streams
+
+
+def test_idle_streams_do_not_starve_unary_calls_or_health(model_dir: Path, tmp_path: Path) -> None:
+    """Before: 64 idle ScoreStreams made every RPC, health included, fail with
+    RESOURCE_EXHAUSTED (max_concurrent counted open streams)."""
+    served = serve(model_dir, config_file(tmp_path)).ready()
+    gate = threading.Event()
     try:
         with grpc.insecure_channel(served.target()) as channel:
             stub = pb_grpc.AdMatchingStub(channel)
-            streams = [stub.ScoreStream(nothing(), timeout=30) for _ in range(64)]
-            time.sleep(0.5)  # all open on the server
+            streams = _idle_streams(stub, 64, gate)
             start = time.monotonic()
             assert stub.Score(golden(), timeout=5).decisions
             assert health(served.target()) == SERVING
             assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5).model_version
             assert time.monotonic() - start < 3.0
-            # idle for stream_idle_timeout_s: each ends, saying why
+            assert all(s.is_active() for s in streams)  # held open all along
+    finally:
+        gate.set()
+        served.kill_all()
+
+
+def test_an_idle_stream_ends_saying_why(model_dir: Path, tmp_path: Path) -> None:
+    config = config_file(tmp_path, **edits(stream_idle_timeout_s="1.0"))
+    served = serve(model_dir, config).ready()
+    gate = threading.Event()
+    try:
+        with grpc.insecure_channel(served.target()) as channel:
+            streams = _idle_streams(pb_grpc.AdMatchingStub(channel), 4, gate)
             codes = set()
             for s in streams:
                 with pytest.raises(grpc.RpcError) as info:
                     next(s)
-                codes.add((info.value.code(), "stream idle for 2 s" in info.value.details()))
+                codes.add((info.value.code(), "stream idle for 1 s" in info.value.details()))
             assert codes == {(grpc.StatusCode.DEADLINE_EXCEEDED, True)}
     finally:
         gate.set()
@@ -239,7 +257,8 @@ def test_hostile_messages_are_refused_without_stalling_others(
     the worker, which grew from 363 to 756 MB; a 3 MiB user_id was accepted and reserved."""
     served = serve(model_dir, config_file(tmp_path)).ready()
     try:
-        worker = next(p for p in served.children() if b"spawn_main" in _cmdline(p))
+        workers = [p for p in served.children() if b"spawn_main" in _cmdline(p)]
+        worker = workers[0] if workers else served.proc.pid  # the process that serves
         rss_before = _rss_mb(worker)
         probe: list[float] = []
         stop = threading.Event()
