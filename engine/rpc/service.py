@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -92,7 +93,7 @@ class _ScoreCall:
         return reply
 
 
-@dataclass
+@dataclass(eq=False)
 class _Pending:
     """A stream message admitted and queued (``job``), or refused already (``error``)."""
 
@@ -100,6 +101,44 @@ class _Pending:
     call: _ScoreCall | None = None
     job: Job[bytes] | None = None
     error: BaseException | None = None
+
+
+@dataclass
+class _Stream:
+    """One ScoreStream's messages in flight (admitted, not answered): when the stream ends
+    with some unanswered (the client went away), their places in flight are given back."""
+
+    admission: Admission
+    in_flight: list[_Pending] = field(default_factory=list)
+    closed: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def admit(self, pending: _Pending) -> None:
+        """Count ``pending`` in flight (in the stream's reader thread).
+
+        Raises:
+            Overloaded: too many requests in flight; StreamIdle: the stream has ended.
+        """
+        with self.lock:
+            if self.closed:
+                raise StreamIdle("the stream has ended")
+            self.admission.enter()
+            self.in_flight.append(pending)
+
+    def answered(self, pending: _Pending) -> None:
+        """``pending`` is out of flight (answered, or failed)."""
+        with self.lock:
+            if pending in self.in_flight:
+                self.in_flight.remove(pending)
+                self.admission.leave()
+
+    def close(self) -> None:
+        """The stream ended: what is still in flight leaves it."""
+        with self.lock:
+            self.closed = True
+            for _ in self.in_flight:
+                self.admission.leave()
+            self.in_flight.clear()
 
 
 class AdMatchingServicer(pb_grpc.AdMatchingServicer):
@@ -148,27 +187,33 @@ class AdMatchingServicer(pb_grpc.AdMatchingServicer):
         ``batch_max`` ahead of the answers, so that a client sending several before reading
         has them decided in one pass."""
         with self.admission.stream():
+            stream = _Stream(self.admission)
 
             def start(message: pb.ScoreRequest) -> _Pending:
-                return self._start(message, context)
+                return self._start(message, context, stream)
 
             depth = max(self.app.batch_max, 1)
-            for pending in read_ahead(request_iterator, start, depth, self.idle):
-                yield self._answer(pending)
+            try:
+                for pending in read_ahead(request_iterator, start, depth, self.idle):
+                    yield self._answer(pending, stream)
+            finally:
+                stream.close()
 
-    def _start(self, message: pb.ScoreRequest, context: grpc.ServicerContext) -> _Pending:
+    def _start(
+        self, message: pb.ScoreRequest, context: grpc.ServicerContext, stream: _Stream
+    ) -> _Pending:
         """Admit and queue one stream message (in the stream's reader thread)."""
         try:
             message = parsed(message)
             pending = _Pending(message.request_id)
-            self.admission.enter()
+            stream.admit(pending)
         except Exception as exc:  # answered in order as this message's error
             return _Pending(getattr(message, "request_id", ""), error=exc)
         call = _ScoreCall(self, message, self.metrics.timer(), self._deadline(context))
         pending.call, pending.job = call, self.app.submit(call)
         return pending
 
-    def _answer(self, pending: _Pending) -> bytes:
+    def _answer(self, pending: _Pending, stream: _Stream) -> bytes:
         """The response to one stream message: its decision, or its error."""
         error = pending.error
         if error is None:
@@ -178,7 +223,7 @@ class AdMatchingServicer(pb_grpc.AdMatchingServicer):
             except Exception as exc:
                 error = exc
             finally:
-                self.admission.leave()
+                stream.answered(pending)
         self.metrics.request("ScoreStream", "OK" if error is None else code_name(error))
         if error is None:
             return reply

@@ -15,22 +15,19 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from admatch.v1 import admatch_pb2 as pb
 from admatch.v1 import admatch_pb2_grpc as pb_grpc
-from engine.app import App, build_app
-from engine.config import load_config
+from engine.app import App
 from engine.rpc.convert import request_to_proto
 from engine.rpc.server import SERVICE, build_server
 from engine.scoring.jsonio import request_from_json
+
+from .conftest import memory_app
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "scoring"
 
 
 @pytest.fixture
 def app(model_dir: Path) -> Iterator[App]:
-    config = load_config()
-    config = config.model_copy(
-        update={"store": config.store.model_copy(update={"url": "memory://"})}
-    )
-    application = build_app(config, model_dir)
+    application = memory_app(model_dir)
     yield application
     application.close()
 
@@ -474,3 +471,41 @@ def test_without_a_deadline_the_default_budget_applies(app: App) -> None:
     )
     servicer = AdMatchingServicer(app, server, Metrics())
     assert servicer._deadline(NoDeadline()).budget_s == 0.25
+
+
+def test_a_stream_that_goes_away_gives_back_its_places_in_flight(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages admitted and not yet answered when the client cancels its stream leave the
+    count of requests in flight; else a few cancelled streams would refuse every later request
+    with RESOURCE_EXHAUSTED."""
+    import threading
+    import time
+
+    real_run, started = app.scorer.score_batch, threading.Event()
+
+    def slow(*args: Any, **kw: Any) -> Any:
+        started.set()
+        time.sleep(0.3)  # the client cancels while its messages are in flight
+        return real_run(*args, **kw)
+
+    monkeypatch.setattr(app.scorer, "score_batch", slow)
+    limits = app.scorer.config.server.model_copy(update={"port": 0, "max_concurrent": 4})
+    serving = build_server(app, limits)
+    try:
+        admission = serving.servicer.admission
+        with grpc.insecure_channel(f"127.0.0.1:{serving.port}") as ch:
+            stub = pb_grpc.AdMatchingStub(ch)
+            request = golden("exemplary/iot_idle_screen.json")
+            for _ in range(3):
+                started.clear()
+                call = stub.ScoreStream(iter([request] * 4), timeout=10)
+                assert started.wait(5)
+                call.cancel()
+                end = time.monotonic() + 5
+                while (admission.in_flight or admission.streams) and time.monotonic() < end:
+                    time.sleep(0.02)
+                assert admission.in_flight == 0 and admission.streams == 0
+            assert stub.Score(request, timeout=10).decisions  # not refused
+    finally:
+        serving.stop(1)
