@@ -66,23 +66,28 @@ CANDIDATES = 100
 TARGET_RPS, TARGET_P99_MS, TARGET_OVERHEAD_MS = 1000.0, 20.0, 0.5
 
 
+def config_text(changes: dict[str, str]) -> str:
+    """The shipped config with ``key = value`` lines changed (each key must be there once)."""
+    text = resources.files("engine").joinpath("default_config.toml").read_text()
+    for key, value in changes.items():
+        text, n = re.subn(rf'(?m)^{key} = ("[^"]*"|[\d.]+)', f"{key} = {value}", text)
+        assert n == 1, f"default_config.toml changed ({key}): update the benchmark"
+    return text
+
+
 def bench_config(
     directory: Path, batch_window_ms: float = 0.0, batch_max: int = 32, metrics_port: int = 0
 ) -> Path:
     """The shipped config with no reload watcher, the given batching (``batch_max`` 1: off)
     and no metrics endpoint (unless ``metrics_port``)."""
-    text = resources.files("engine").joinpath("default_config.toml").read_text()
     changes = {
         "metrics_port": f"{metrics_port}",
         "reload_interval_s": "0",
         "batch_window_ms": f"{batch_window_ms}",
         "batch_max": f"{batch_max}",
     }
-    for key, value in changes.items():
-        text, n = re.subn(rf"(?m)^{key} = [\d.]+", f"{key} = {value}", text)
-        assert n == 1, f"default_config.toml changed ({key}): update bench_config"
     path = directory / f"bench_grpc_{batch_window_ms:g}_{batch_max}_{metrics_port}.toml"
-    path.write_text(text)
+    path.write_text(config_text(changes))
     return path
 
 

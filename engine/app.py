@@ -34,8 +34,6 @@ _REFUSED = {
     Reservation.CAPPED: Reason.FREQUENCY_CAPPED,
     Reservation.UNAVAILABLE: Reason.CAP_STORE_UNAVAILABLE,
 }
-
-
 _IMPRESSION_IDS = ("creative_id", "campaign_id", "advertiser_id", "category")
 
 
@@ -50,10 +48,7 @@ def _impression(ctx: RequestContext, ad: str, one: CandidateColumns) -> Impressi
         ad,
         ctx.household_id,
         ctx.device_id,
-        *(
-            one.get(c, [None])[0]
-            for c in ("creative_id", "campaign_id", "advertiser_id", "category")
-        ),
+        *(one.get(c, [None])[0] for c in _IMPRESSION_IDS),
     )
 
 
@@ -222,7 +217,9 @@ class App:
             else:
                 rank[i], reasons[i] = 0, _REFUSED[outcome]
         rank[rank > 0] = np.argsort(np.argsort(rank[rank > 0])) + 1
-        return dataclasses.replace(decision, selected=kept, rank=rank, reason=reasons)
+        return dataclasses.replace(
+            decision, selected=kept, rank=rank, reason=reasons, cap_store_ok=store_ok
+        )
 
     def record(self, impressions: list[Impression], feedback: list[Feedback]) -> Recorded:
         """Record impressions (idempotent by impression id) and apply negative feedback."""

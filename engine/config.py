@@ -102,7 +102,7 @@ class StoreConfig(_Strict):
     retention: str = "7d"
     max_ahead: str = "5m"
     breaker_failures: int = Field(
-        1, ge=1, le=100, description="calls in a row finding the store unavailable open the circuit"
+        3, ge=1, le=100, description="calls in a row finding the store unavailable open the circuit"
     )
     breaker_backoff_ms: float = Field(
         100, gt=0, description="then the first probe after this; each failed probe doubles it"

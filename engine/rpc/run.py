@@ -159,15 +159,20 @@ class Server:
         """Wait until ``worker`` serves; its name.
 
         Raises:
-            ServeError: it could not start (its own message), or died, or took too long.
+            ServeError: it could not start (its own message), or died, or took too long, or
+                the server was told to stop meanwhile.
         """
-        try:
-            return worker.started.result(timeout=START_TIMEOUT_S)
-        except TimeoutError:
-            message = f"worker {worker.index} did not start in {START_TIMEOUT_S:g} s"
-            raise ServeError(message) from None
-        except RemoteError as exc:
-            raise ServeError(f"worker {worker.index} could not start: {exc}") from None
+        end = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < end:
+            if self.stop.is_set():
+                raise ServeError("stopped while the workers were starting")
+            try:
+                return worker.started.result(timeout=_POLL_S)
+            except TimeoutError:
+                continue
+            except RemoteError as exc:
+                raise ServeError(f"worker {worker.index} could not start: {exc}") from None
+        raise ServeError(f"worker {worker.index} did not start in {START_TIMEOUT_S:g} s")
 
     def _listen(self, worker: _Worker) -> None:
         """Read one worker's messages until its pipe closes (it ended)."""

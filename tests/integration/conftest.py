@@ -7,14 +7,26 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from engine.app import App, build_app
 from engine.caps.embedded import redis_binary
+from engine.config import load_config
 
 LOCAL_URL = "redis://127.0.0.1:6379/0"
+
+
+def memory_app(model_dir: Path) -> App:
+    """An app on the shipped config over the in-memory cap store (close it after)."""
+    config = load_config()
+    config = config.model_copy(
+        update={"store": config.store.model_copy(update={"url": "memory://"})}
+    )
+    return build_app(config, model_dir)
 
 
 def free_port() -> int:

@@ -145,6 +145,15 @@ class Served:
         self.proc.wait(10)
 
 
+def cmdline(pid: int) -> bytes:
+    """A process's command line (empty once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
 def serve(
     model_dir: Path,
     config: Path,

@@ -22,13 +22,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from admatch.v1 import admatch_pb2 as pb
 from admatch.v1 import admatch_pb2_grpc as pb_grpc
-from engine.app import App, build_app
-from engine.config import AdmatchConfig, Principal, load_config, parse_config
+from engine.app import App
+from engine.config import AdmatchConfig, Principal, parse_config
 from engine.errors import ConfigError
 from engine.rpc.convert import request_to_proto
 from engine.rpc.server import Serving, build_server
 from engine.scoring.jsonio import request_from_json
 
+from .conftest import memory_app
 from .pki import make_pki
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "scoring" / "exemplary"
@@ -54,11 +55,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def app(model_dir: Path) -> Iterator[App]:
-    config = load_config()
-    config = config.model_copy(
-        update={"store": config.store.model_copy(update={"url": "memory://"})}
-    )
-    application = build_app(config, model_dir)
+    application = memory_app(model_dir)
     yield application
     application.close()
 

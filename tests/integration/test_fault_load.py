@@ -28,7 +28,7 @@ from engine.caps.embedded import EmbeddedRedis
 from engine.rpc.convert import request_to_proto
 from engine.scoring.jsonio import request_from_json
 
-from .served import Served, config_file, edits, serve
+from .served import Served, cmdline, config_file, edits, serve
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "scoring"
 SERVICE = "admatch.v1.AdMatching"
@@ -257,7 +257,7 @@ def test_hostile_messages_are_refused_without_stalling_others(
     the worker, which grew from 363 to 756 MB; a 3 MiB user_id was accepted and reserved."""
     served = serve(model_dir, config_file(tmp_path)).ready()
     try:
-        workers = [p for p in served.children() if b"spawn_main" in _cmdline(p)]
+        workers = [p for p in served.children() if b"spawn_main" in cmdline(p)]
         worker = workers[0] if workers else served.proc.pid  # the process that serves
         rss_before = _rss_mb(worker)
         probe: list[float] = []
@@ -306,14 +306,6 @@ def test_hostile_messages_are_refused_without_stalling_others(
         assert _rss_mb(worker) - rss_before < 100
     finally:
         served.kill_all()
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        return b""
 
 
 def _rss_mb(pid: int) -> float:

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from admatch.v1 import admatch_pb2 as pb
 from admatch.v1 import admatch_pb2_grpc as pb_grpc
 
-from .served import config_file, edits, every_worker, model_info, serve
+from .served import cmdline, config_file, edits, every_worker, model_info, serve
 
 SERVICE = "admatch.v1.AdMatching"
 OPERATOR = {"ADMATCH_OPERATOR_TOKEN": "op-secret"}
@@ -219,7 +219,7 @@ def test_an_embedded_redis_that_dies_is_started_again(model_dir: Path, tmp_path:
     are gone: docs/operations.md) and the workers' circuit breakers pick it up."""
     served = serve(model_dir, config_file(tmp_path)).ready()
     try:
-        redis_pid = next(p for p in served.children() if b"redis-server" in _cmdline(p))
+        redis_pid = next(p for p in served.children() if b"redis-server" in cmdline(p))
         os.kill(redis_pid, signal.SIGKILL)
         served.wait_for(
             lambda: (
@@ -238,11 +238,3 @@ def test_an_embedded_redis_that_dies_is_started_again(model_dir: Path, tmp_path:
         assert model_info(served.target()).model_version
     finally:
         served.kill_all()
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        return b""
