@@ -15,6 +15,12 @@ long after SIGCONT and after the restart the first normal answer came, and how m
 the server wrote about the store (it should write one per change of state, not one per
 request).
 
+``--hostile`` measures something else: a probe (one client, small requests, one at a time)
+alone, then while another client sends hostile messages back to back (100,000 campaign caps,
+a 3 MiB user id, a 5 MB message, bytes that are no message); it prints the probe's p50/p99, how
+long each refusal took and the worker's memory before and after. Target: the probe's p99
+under 50 ms while refusals go on.
+
 Targets (issue 16): in every phase p99 within the store deadline + 20 ms; recovery within 2 s;
 one log line per state change. With many requests in flight on one worker the normal p99 is
 already above that (the requests queue for the CPU), so the outage phases are also judged by
@@ -248,6 +254,106 @@ def _summary(
     return out
 
 
+def hostile_messages(data: bytes) -> list[tuple[str, bytes]]:
+    """The hostile messages, serialized, built from one good request."""
+    from admatch.v1 import admatch_pb2 as pb
+
+    many = pb.ScoreRequest.FromString(data)
+    many.campaign_caps.extend(
+        pb.CampaignCap(campaign_id=f"c{i}", scope=pb.CAP_SCOPE_USER, window="24h", limit=3)
+        for i in range(100_000)
+    )
+    long_user = pb.ScoreRequest.FromString(data)
+    long_user.user.user_id = "u" * (3 * 1024 * 1024)
+    huge = pb.ScoreRequest.FromString(data)
+    huge.user.interests.append("x" * 5_000_000)
+    return [
+        ("100,000 campaign caps", many.SerializeToString()),
+        ("3 MiB user id", long_user.SerializeToString()),
+        ("5 MB message", huge.SerializeToString()),
+        ("not a message", b"\xff" * 1000),
+    ]
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(ln for ln in f if ln.startswith("VmRSS:")).split()[1]) / 1024
+
+
+def hostile(model: Path, data: list[bytes], seconds: float) -> None:
+    """The probe alone, then beside hostile messages; printed."""
+    from engine.caps.embedded import EmbeddedRedis
+
+    with tempfile.TemporaryDirectory() as tmp:
+        redis = EmbeddedRedis(Path(tmp) / "redis").start()
+        server = Server(model, fault_config(Path(tmp), redis.socket, "closed"))
+        try:
+            out = subprocess.run(
+                ["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True
+            )
+            worker = int(out.stdout.split()[-1]) if out.stdout.split() else server.proc.pid
+            alone = _probe(server.target, data, seconds, None)
+            rss0 = _rss_mb(worker)
+            timings: dict[str, list[float]] = {}
+            beside = _probe(server.target, data, seconds, (hostile_messages(data[0]), timings))
+            rss1 = _rss_mb(worker)
+        finally:
+            server.stop()
+            redis.stop()
+    for name, lat in (("probe alone", alone), ("probe beside hostile messages", beside)):
+        print(
+            f"{name:>30}: {len(lat)} calls, p50 {np.percentile(lat, 50):.1f} ms, "
+            f"p99 {np.percentile(lat, 99):.1f} ms, max {max(lat):.1f} ms"
+        )
+    for name, ts in timings.items():
+        print(f"{name:>30}: {len(ts)} calls, median {np.median(ts):.1f} ms to the answer")
+    print(f"{'worker memory':>30}: {rss0:.0f} MB before, {rss1:.0f} MB after")
+    verdict = "met" if np.percentile(beside, 99) < 50 else "NOT met"
+    print(f"target: the probe's p99 < 50 ms beside hostile messages: {verdict}")
+
+
+def _probe(
+    target: str,
+    data: list[bytes],
+    seconds: float,
+    hostile: tuple[list[tuple[str, bytes]], dict[str, list[float]]] | None,
+) -> list[float]:
+    """Probe latencies (ms) over ``seconds``, with hostile messages sent meanwhile if given."""
+    stop = threading.Event()
+
+    def send() -> None:
+        assert hostile is not None
+        messages, timings = hostile
+        options = [("grpc.max_send_message_length", 8 * 1024 * 1024)]
+        with grpc.insecure_channel(target, options=options) as ch:
+            call = ch.unary_unary(SCORE)
+            while not stop.is_set():
+                for name, message in messages:
+                    start = time.monotonic()
+                    try:
+                        call(message, timeout=10)
+                    except grpc.RpcError:
+                        pass
+                    timings.setdefault(name, []).append((time.monotonic() - start) * 1e3)
+
+    sender = threading.Thread(target=send) if hostile else None
+    if sender is not None:
+        sender.start()
+    lat: list[float] = []
+    with grpc.insecure_channel(target) as ch:
+        call = ch.unary_unary(SCORE)
+        end, i = time.monotonic() + seconds, 0
+        while time.monotonic() < end:
+            start = time.monotonic()
+            call(data[i % len(data)], timeout=10)
+            lat.append((time.monotonic() - start) * 1e3)
+            i += 1
+    stop.set()
+    if sender is not None:
+        sender.join(60)
+    return lat
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--model", type=Path, default=Path("data/bench/model_1m"))
@@ -255,9 +361,13 @@ def main() -> None:
     parser.add_argument("--clients", default="6,24", help="requests in flight")
     parser.add_argument("--modes", default="closed,open", help="store.fail_mode values")
     parser.add_argument("--phase", type=float, default=3.0, help="seconds per phase")
+    parser.add_argument("--hostile", action="store_true", help="hostile messages beside a probe")
     args = parser.parse_args()
     print(describe())
     data = payloads(args.log, 200)
+    if args.hostile:
+        hostile(args.model, data, args.phase * 2)
+        return
     print(
         f"admatch serve, 1 worker, own Redis on a unix socket, store.deadline_ms {DEADLINE_MS:g}; "
         f"Score of 100 candidates with reserve_caps; {args.phase:g} s per phase"
