@@ -93,8 +93,14 @@ class Server:
 
         Raises:
             PortInUse: another process listens on the port.
-            ServeError: a worker could not start, or workers kept dying.
+            ServeError: a worker could not start, or workers kept dying; an in-memory store
+                (``memory://``) with more than one worker (each would count apart).
         """
+        if self.config.store.url.startswith("memory://") and self.count > 1:
+            raise ServeError(
+                "store.url memory:// is one process's store: with --workers "
+                f"{self.count} each worker would count caps apart; use one worker or Redis"
+            )
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop.set())
         claim = claim_port(self.config.server.host, self.port)

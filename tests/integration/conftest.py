@@ -6,8 +6,9 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -16,6 +17,8 @@ from redis.cluster import RedisCluster
 from engine.app import App, build_app
 from engine.caps.embedded import redis_binary
 from engine.config import load_config
+
+from .served import Served, serve
 
 LOCAL_URL = "redis://127.0.0.1:6379/0"
 
@@ -43,6 +46,23 @@ def free_port() -> int:
                 except OSError:
                     continue
     raise RuntimeError("no free port pair")
+
+
+@pytest.fixture
+def launch() -> Iterator[Callable[..., Served]]:
+    """``launch(model_dir, config, port=0, workers=1, env=None)``: an ``admatch serve`` process
+    (``served.serve``); every one still running when the test ends is killed, with all it
+    started, whatever the test's outcome."""
+    started: list[Served] = []
+
+    def start(*args: Any, **kw: Any) -> Served:
+        served = serve(*args, **kw)
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.kill_all()
 
 
 @pytest.fixture(scope="session")

@@ -154,6 +154,9 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
+Launch = Callable[..., "Served"]  # the ``launch`` fixture: ``serve``, killed after the test
+
+
 def serve(
     model_dir: Path,
     config: Path,

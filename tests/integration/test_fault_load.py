@@ -28,7 +28,7 @@ from engine.caps.embedded import EmbeddedRedis
 from engine.rpc.convert import request_to_proto
 from engine.scoring.jsonio import request_from_json
 
-from .served import Served, cmdline, config_file, edits, serve
+from .served import Launch, Served, cmdline, config_file, edits
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "scoring"
 SERVICE = "admatch.v1.AdMatching"
@@ -120,12 +120,14 @@ def store(tmp_path: Path) -> Iterator[EmbeddedRedis]:
     server.stop()
 
 
-def _serve_on(model_dir: Path, tmp_path: Path, store: EmbeddedRedis, mode: str) -> Served:
+def _serve_on(
+    launch: Launch, model_dir: Path, tmp_path: Path, store: EmbeddedRedis, mode: str
+) -> Served:
     config = config_file(
         tmp_path,
         **edits(url=f'"unix://{store.socket}"', fail_mode=f'"{mode}"', deadline_ms="50"),
     )
-    return serve(model_dir, config).ready()
+    return launch(model_dir, config).ready()
 
 
 def _state_lines(served: Served) -> list[str]:
@@ -139,7 +141,7 @@ def closings(served: Served) -> int:
 
 @pytest.mark.parametrize("mode", ["closed", "open"])
 def test_a_hung_then_dead_store_is_waited_for_once_and_recovered_from(
-    model_dir: Path, tmp_path: Path, store: EmbeddedRedis, mode: str
+    launch: Launch, model_dir: Path, tmp_path: Path, store: EmbeddedRedis, mode: str
 ) -> None:
     """Before: with Redis stopped, every request waited its own deadline once per store call
     (p50 418 ms with 6 clients, 1.3-1.4 s with 24), failures were reported as FREQUENCY_CAPPED,
@@ -148,7 +150,7 @@ def test_a_hung_then_dead_store_is_waited_for_once_and_recovered_from(
     health says NOT_SERVING while a closed server has no store, the log has one line per change
     of state, and the store's return is picked up within 2 s."""
     assert store._proc is not None
-    served = _serve_on(model_dir, tmp_path, store, mode)
+    served = _serve_on(launch, model_dir, tmp_path, store, mode)
     try:
         with Load(served.target(), clients=6) as load:
             time.sleep(1.0)
@@ -212,10 +214,12 @@ def _idle_streams(stub: pb_grpc.AdMatchingStub, n: int, gate: threading.Event) -
     return streams
 
 
-def test_idle_streams_do_not_starve_unary_calls_or_health(model_dir: Path, tmp_path: Path) -> None:
+def test_idle_streams_do_not_starve_unary_calls_or_health(
+    launch: Launch, model_dir: Path, tmp_path: Path
+) -> None:
     """Before: 64 idle ScoreStreams made every RPC, health included, fail with
     RESOURCE_EXHAUSTED (max_concurrent counted open streams)."""
-    served = serve(model_dir, config_file(tmp_path)).ready()
+    served = launch(model_dir, config_file(tmp_path)).ready()
     gate = threading.Event()
     try:
         with grpc.insecure_channel(served.target()) as channel:
@@ -232,9 +236,9 @@ def test_idle_streams_do_not_starve_unary_calls_or_health(model_dir: Path, tmp_p
         served.kill_all()
 
 
-def test_an_idle_stream_ends_saying_why(model_dir: Path, tmp_path: Path) -> None:
+def test_an_idle_stream_ends_saying_why(launch: Launch, model_dir: Path, tmp_path: Path) -> None:
     config = config_file(tmp_path, **edits(stream_idle_timeout_s="1.0"))
-    served = serve(model_dir, config).ready()
+    served = launch(model_dir, config).ready()
     gate = threading.Event()
     try:
         with grpc.insecure_channel(served.target()) as channel:
@@ -251,11 +255,11 @@ def test_an_idle_stream_ends_saying_why(model_dir: Path, tmp_path: Path) -> None
 
 
 def test_hostile_messages_are_refused_without_stalling_others(
-    model_dir: Path, tmp_path: Path
+    launch: Launch, model_dir: Path, tmp_path: Path
 ) -> None:
     """Before: 100,000 campaign_caps (1.7 MiB) took 3.2 s and stalled every other request of
     the worker, which grew from 363 to 756 MB; a 3 MiB user_id was accepted and reserved."""
-    served = serve(model_dir, config_file(tmp_path)).ready()
+    served = launch(model_dir, config_file(tmp_path)).ready()
     try:
         workers = [p for p in served.children() if b"spawn_main" in cmdline(p)]
         worker = workers[0] if workers else served.proc.pid  # the process that serves

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from admatch.v1 import admatch_pb2 as pb
 from admatch.v1 import admatch_pb2_grpc as pb_grpc
 
-from .served import cmdline, config_file, edits, every_worker, model_info, serve
+from .served import Launch, cmdline, config_file, edits, every_worker, model_info
 
 SERVICE = "admatch.v1.AdMatching"
 OPERATOR = {"ADMATCH_OPERATOR_TOKEN": "op-secret"}
@@ -53,11 +53,11 @@ def _listening(port: int) -> bool:
 
 @pytest.mark.skipif(shutil.which("ss") is None, reason="ss (iproute2) is not installed")
 def test_killing_the_parent_ends_its_workers_and_a_restart_serves(
-    model_dir: Path, tmp_path: Path
+    launch: Launch, model_dir: Path, tmp_path: Path
 ) -> None:
     """Before: both workers kept serving (every answer "no ad": the embedded Redis died with the
     parent) and a new serve on the port stayed up with dead workers."""
-    served = serve(model_dir, config_file(tmp_path), workers=2).ready()
+    served = launch(model_dir, config_file(tmp_path), workers=2).ready()
     again = None
     try:
         workers = served.children()
@@ -70,7 +70,7 @@ def test_killing_the_parent_ends_its_workers_and_a_restart_serves(
         left = [_describe(pid) for pid in workers if _alive(pid)]
         assert not left, f"processes outlived their parent: {left}"
         assert not _listening(served.port), "the port is still served"
-        again = serve(model_dir, config_file(tmp_path), port=served.port, workers=2).ready()
+        again = launch(model_dir, config_file(tmp_path), port=served.port, workers=2).ready()
         assert len(every_worker(again.target(), 2)) == 2
         assert again.stop() == 0
     finally:
@@ -79,12 +79,14 @@ def test_killing_the_parent_ends_its_workers_and_a_restart_serves(
             again.kill_all()
 
 
-def test_a_second_server_on_a_busy_port_is_refused(model_dir: Path, tmp_path: Path) -> None:
+def test_a_second_server_on_a_busy_port_is_refused(
+    launch: Launch, model_dir: Path, tmp_path: Path
+) -> None:
     """Before: it started silently (SO_REUSEPORT) with its own embedded Redis, and clients were
     split between two cap stores (a campaign capped at 3 got 6 impressions)."""
-    first = serve(model_dir, config_file(tmp_path)).ready()
+    first = launch(model_dir, config_file(tmp_path)).ready()
     try:
-        second = serve(model_dir, config_file(tmp_path), port=first.port)
+        second = launch(model_dir, config_file(tmp_path), port=first.port)
         assert second.proc.wait(60) == 1
         assert f"port {first.port} on 127.0.0.1 is in use by another process" in second.output()
         # a listener that is no admatch at all
@@ -92,7 +94,7 @@ def test_a_second_server_on_a_busy_port_is_refused(model_dir: Path, tmp_path: Pa
             other.bind(("127.0.0.1", 0))
             other.listen()
             busy = other.getsockname()[1]
-            third = serve(model_dir, config_file(tmp_path), port=busy, workers=2)
+            third = launch(model_dir, config_file(tmp_path), port=busy, workers=2)
             assert third.proc.wait(60) == 1
             assert f"port {busy} on 127.0.0.1 is in use" in third.output()
         assert model_info(first.target()).model_version  # the first one serves on
@@ -101,18 +103,20 @@ def test_a_second_server_on_a_busy_port_is_refused(model_dir: Path, tmp_path: Pa
 
 
 def test_a_server_that_cannot_start_exits_1_with_its_reason(
-    model_dir: Path, tmp_path: Path
+    launch: Launch, model_dir: Path, tmp_path: Path
 ) -> None:
     """Before: a server whose workers could not bind stayed alive with dead workers."""
     config = config_file(tmp_path, **edits(host='"192.0.2.1"', required='"off"'))  # TEST-NET
-    served = serve(model_dir, config, workers=2)
+    served = launch(model_dir, config, workers=2)
     assert served.proc.wait(60) == 1
     assert "cannot listen on 192.0.2.1:0: Cannot assign requested address" in served.output()
     with socket.socket() as metrics:  # a worker that cannot start: its metrics port is taken
         metrics.bind(("127.0.0.1", 0))
         metrics.listen()
         busy = metrics.getsockname()[1]
-        served = serve(model_dir, config_file(tmp_path, **edits(metrics_port=str(busy))), workers=2)
+        served = launch(
+            model_dir, config_file(tmp_path, **edits(metrics_port=str(busy))), workers=2
+        )
         assert served.proc.wait(60) == 1
     assert "worker 0 could not start: [Errno 98] Address already in use" in served.output()
     assert not [pid for pid in served.children() if _alive(pid)]
@@ -127,9 +131,11 @@ def _retagged(model_dir: Path, tmp_path: Path, version: str) -> Path:
     return copy
 
 
-def test_a_reload_reaches_every_worker_or_none(model_dir: Path, tmp_path: Path) -> None:
+def test_a_reload_reaches_every_worker_or_none(
+    launch: Launch, model_dir: Path, tmp_path: Path
+) -> None:
     """Before: ReloadModel with --workers 2 switched only the worker that answered."""
-    served = serve(model_dir, config_file(tmp_path), workers=2, env=OPERATOR).ready()
+    served = launch(model_dir, config_file(tmp_path), workers=2, env=OPERATOR).ready()
     try:
         before = every_worker(served.target(), 2)
         old = {i.model_version for i in before.values()}
@@ -160,10 +166,12 @@ def test_a_reload_reaches_every_worker_or_none(model_dir: Path, tmp_path: Path) 
         served.kill_all()
 
 
-def test_the_file_watching_reload_reaches_every_worker(model_dir: Path, tmp_path: Path) -> None:
+def test_the_file_watching_reload_reaches_every_worker(
+    launch: Launch, model_dir: Path, tmp_path: Path
+) -> None:
     watched = _retagged(model_dir, tmp_path, "watched-1")
     config = config_file(tmp_path, **edits(reload_interval_s="0.2"))
-    served = serve(watched, config, workers=2).ready()
+    served = launch(watched, config, workers=2).ready()
     try:
         assert {i.model_version for i in every_worker(served.target(), 2).values()} == {"watched-1"}
         meta = json.loads((watched / "metadata.json").read_text())
@@ -195,11 +203,13 @@ def _health(target: str, service: str) -> int:
     return int(reply.status)
 
 
-def test_health_says_not_serving_while_draining(model_dir: Path, tmp_path: Path) -> None:
+def test_health_says_not_serving_while_draining(
+    launch: Launch, model_dir: Path, tmp_path: Path
+) -> None:
     """Before: health never left SERVING, so a load balancer kept sending to a server that was
     stopping. Now SIGTERM turns it NOT_SERVING at once; calls are still answered for drain_s."""
     config = config_file(tmp_path, **edits(drain_s="3.0"))
-    served = serve(model_dir, config).ready()
+    served = launch(model_dir, config).ready()
     try:
         assert _health(served.target(), SERVICE) == health_pb2.HealthCheckResponse.SERVING
         served.signal(signal.SIGTERM)
@@ -214,10 +224,12 @@ def test_health_says_not_serving_while_draining(model_dir: Path, tmp_path: Path)
         served.kill_all()
 
 
-def test_an_embedded_redis_that_dies_is_started_again(model_dir: Path, tmp_path: Path) -> None:
+def test_an_embedded_redis_that_dies_is_started_again(
+    launch: Launch, model_dir: Path, tmp_path: Path
+) -> None:
     """The embedded store is the parent's: when it dies, the parent starts it again (its counts
     are gone: docs/operations.md) and the workers' circuit breakers pick it up."""
-    served = serve(model_dir, config_file(tmp_path)).ready()
+    served = launch(model_dir, config_file(tmp_path)).ready()
     try:
         redis_pid = next(p for p in served.children() if b"redis-server" in cmdline(p))
         os.kill(redis_pid, signal.SIGKILL)
@@ -238,3 +250,13 @@ def test_an_embedded_redis_that_dies_is_started_again(model_dir: Path, tmp_path:
         assert model_info(served.target()).model_version
     finally:
         served.kill_all()
+
+
+def test_an_in_memory_store_is_refused_for_several_workers(
+    launch: Launch, model_dir: Path, tmp_path: Path
+) -> None:
+    """Each worker would have a store of its own: caps would not hold across them."""
+    config = config_file(tmp_path, **edits(url='"memory://"'))
+    served = launch(model_dir, config, workers=2)
+    assert served.proc.wait(60) == 1
+    assert "memory:// is one process's store" in served.output()

@@ -16,7 +16,7 @@ from admatch.v1 import admatch_pb2 as pb
 from admatch.v1 import admatch_pb2_grpc as pb_grpc
 
 from .conftest import free_port
-from .served import config_file, edits, every_worker, serve
+from .served import Launch, config_file, edits, every_worker
 
 
 def _events(n: int) -> pb.EventBatch:
@@ -39,14 +39,14 @@ def _events(n: int) -> pb.EventBatch:
 
 
 def test_sigterm_finishes_in_flight_calls(
-    model_dir: Path, local_redis_url: str, tmp_path: Path
+    launch: Launch, model_dir: Path, local_redis_url: str, tmp_path: Path
 ) -> None:
     prefix = f"shutdown-{uuid.uuid4().hex[:8]}"
     config = config_file(
         tmp_path,
         **edits(url=f'"{local_redis_url}"', prefix=f'"{prefix}"', deadline_ms="5000"),
     )
-    served = serve(model_dir, config, port=free_port())
+    served = launch(model_dir, config, port=free_port())
     client = redis.Redis.from_url(local_redis_url)
     try:
         served.ready()
@@ -78,9 +78,11 @@ def test_sigterm_finishes_in_flight_calls(
             client.delete(key)
 
 
-def test_two_workers_share_the_port_and_the_store(model_dir: Path, tmp_path: Path) -> None:
+def test_two_workers_share_the_port_and_the_store(
+    launch: Launch, model_dir: Path, tmp_path: Path
+) -> None:
     """--workers 2: both answer on one port (SO_REUSEPORT) and see the same cap store."""
-    served = serve(model_dir, config_file(tmp_path), workers=2)
+    served = launch(model_dir, config_file(tmp_path), workers=2)
     try:
         served.ready()
         assert len(every_worker(served.target(), 2)) == 2
