@@ -338,7 +338,10 @@ class TuningConfig(_Strict):
     )
     sampler: Literal["tpe", "nsga2"] = "tpe"
     min_matched_events: int = Field(
-        100, ge=1, description="trials resting on fewer matched logged events are flagged"
+        100, ge=0, description="trials resting on fewer matched logged events are flagged"
+    )
+    require_fill: bool = Field(
+        True, description="a trial whose policy never shows an ad is flagged (never recommended)"
     )
     constraints: TuningConstraints = Field(default_factory=TuningConstraints)
 

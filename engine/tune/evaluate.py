@@ -112,7 +112,8 @@ class Evaluator:
         target = (rank > 0).astype(np.float64)
         estimates: dict[str, dict[str, Estimate]] = {}
         truth: dict[str, float] | None = {} if d.truth is not None else None
-        matched, ess = 0, 0.0
+        ess = 0.0
+        matched = int(np.count_nonzero(d.shown & (target > 0)))  # by every estimator
         for r in REWARDS:
             if self.logged is None:
                 estimates[r] = {"dm": direct_method(d.owner, target, d.predicted[r])}
@@ -126,7 +127,7 @@ class Evaluator:
             }
             if truth is not None:
                 truth[r] = c.true_value()
-            matched, ess = int(c.matched.sum()), estimates[r]["dr"].ess
+            ess = estimates[r]["dr"].ess
         if self.logged is None and d.truth is not None and truth is not None:
             truth = {r: float(np.bincount(d.owner, target * d.truth[r]).mean()) for r in REWARDS}
         selected = target > 0

@@ -176,7 +176,9 @@ def tune(o: TuneOptions, progress: Progress | None = None) -> dict[str, Any]:
     base = Policy.from_config(config)
     current = evaluator(simulator.run(base))
     est = tuning.estimator if evaluator.logged is not None else "dm"
-    limits = Limits.resolve(tuning.constraints, measures(current, est), tuning.min_matched_events)
+    limits = Limits.resolve(
+        tuning.constraints, measures(current, est), tuning.min_matched_events, tuning.require_fill
+    )
     objective = Objective(simulator, evaluator, tuning, base, limits)
     name = study_name(o, data.model_version)
 

@@ -45,9 +45,16 @@ class Limits:
     max_household_day: dict[str, int]
     min_revenue: float | None
     min_matched: int
+    require_fill: bool = True
 
     @classmethod
-    def resolve(cls, c: TuningConstraints, current: dict[str, float], min_matched: int) -> Limits:
+    def resolve(
+        cls,
+        c: TuningConstraints,
+        current: dict[str, float],
+        min_matched: int,
+        require_fill: bool = True,
+    ) -> Limits:
         """Bounds from the stated constraints and the current weights' ``revenue`` and
         ``negative`` (estimates, or true values when checking against the truth)."""
         max_negative = c.max_negative_rate
@@ -56,7 +63,15 @@ class Limits:
         min_revenue = None
         if c.min_revenue_pct is not None:
             min_revenue = c.min_revenue_pct / 100 * current["revenue"]
-        return cls(max_negative, dict(c.max_ads_per_household_day), min_revenue, min_matched)
+        households = dict(c.max_ads_per_household_day)
+        return cls(max_negative, households, min_revenue, min_matched, require_fill)
+
+    def trusted(self, e: Evaluation) -> bool:
+        """Whether a trial's estimates may be believed: they rest on at least ``min_matched``
+        matched logged events (whatever the estimator: the direct method too), and the policy
+        shows ads at all (unless ``require_fill`` is off). A policy that never shows an ad is
+        estimated from nothing, and its "revenue" of 0 is no recommendation."""
+        return e.matched >= self.min_matched and (e.fill_rate > 0 or not self.require_fill)
 
     def violations(
         self, measures: dict[str, float], e: Evaluation, trusted: bool
@@ -84,6 +99,7 @@ class Limits:
             "max_ads_per_household_day": self.max_household_day,
             "min_revenue_per_request": self.min_revenue,
             "min_matched_events": self.min_matched,
+            "require_fill": self.require_fill,
         }
 
 
@@ -136,7 +152,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> list[float]:
         e = self.evaluate(self.params(trial))
         m = measures(e, self.estimator, self.revenue)
-        trusted = e.matched >= self.limits.min_matched or self.estimator == "dm"
+        trusted = self.limits.trusted(e)
         trial.set_user_attr("evaluation", e.to_dict())
         trial.set_user_attr("measures", m)
         trial.set_user_attr("worker", WORKER)

@@ -222,3 +222,46 @@ def test_cli(model_log: Path, model_dir: Path, tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "TOUCHPOINT=K" in bad.output
     bad = runner.invoke(app, [*args, "--storage", "redis://x"])
     assert bad.exit_code == 2 and "--storage" in bad.output
+
+
+def test_a_policy_without_evidence_or_ads_is_never_recommended(
+    model_log: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    """Seen on a real log: with the direct method (no propensities) every trial counted as
+    trusted with 0 matched events, and the tuner recommended, and wrote, a config that never
+    shows an ad. A recommendation must rest on min_matched_events matched events and show ads,
+    unless the config says otherwise."""
+    log = tmp_path / "no_propensity.parquet"
+    pl.read_parquet(model_log).drop("propensity").write_parquet(log)
+    config = tmp_path / "never.toml"
+    text = (Path(__file__).resolve().parents[2] / "engine" / "default_config.toml").read_text()
+    never = text.replace("reserve = [0.0, 0.02]", "reserve = [1000.0, 2000.0]")
+    config.write_text(never.replace("reserve = 0.0 ", "reserve = 1500.0 ", 1))
+    out = tmp_path / "never_weights.toml"
+    doc = tune(
+        options(
+            log,
+            model_dir,
+            tmp_path / "r1",
+            trials=6,
+            direct_method=True,
+            config_path=config,
+            out=out,
+        )
+    )
+    assert doc["chosen"] is None and not out.exists()
+    assert "no config written" in doc["note"] and doc["frontier"] == []  # all flagged
+    allowed = config.read_text().replace("require_fill = true", "require_fill = false")
+    config.write_text(allowed.replace("min_matched_events = 100", "min_matched_events = 0"))
+    doc = tune(
+        options(
+            log,
+            model_dir,
+            tmp_path / "r2",
+            trials=6,
+            direct_method=True,
+            config_path=config,
+            out=out,
+        )
+    )
+    assert doc["chosen"] is not None and out.exists()  # asked for: allowed
