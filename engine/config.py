@@ -285,6 +285,35 @@ class ServerConfig(_Strict):
         )
 
 
+class ExplorationConfig(_Strict):
+    """A small, known randomisation of the scoring parameters (engine/scoring/explore.py):
+    a request is decided by one of ``variants`` parameter sets drawn around the current ones
+    with probability ``share`` (per slot or touchpoint in ``slots``), else by the current ones."""
+
+    share: float = Field(0.0, ge=0, le=0.5, description="exploration share; 0: off")
+    slots: dict[str, float] = Field(
+        default_factory=dict, description="slot or touchpoint -> share, overriding `share`"
+    )
+    variants: int = Field(8, ge=1, le=64, description="parameter sets drawn around the current")
+    spread: float = Field(
+        0.1, gt=0, le=1, description="normal step of each parameter, in units of its tuning range"
+    )
+    seed: int = Field(0, ge=0, description="of the variants and of each request's draw")
+
+    @model_validator(mode="after")
+    def _slots(self) -> ExplorationConfig:
+        for key, value in self.slots.items():
+            if key not in SLOT_TOUCHPOINT and key not in TOUCHPOINTS:
+                raise ValueError(f"slots: {key!r} is neither a slot nor a touchpoint")
+            if not 0 <= value <= 0.5:
+                raise ValueError(f"slots.{key}: a share must be 0 to 0.5, got {value}")
+        return self
+
+    def share_of(self, slot: str, touchpoint: str) -> float:
+        """The share of a slot: its own, else its touchpoint's, else ``share``."""
+        return self.slots.get(slot, self.slots.get(touchpoint, self.share))
+
+
 UserCost = Literal["negative", "ads_per_user_day", "ads_per_household_day"]
 TUNABLE = (*(f"weights.{c}" for c in COST_COMPONENTS), "cost_to_money", "reserve")
 
@@ -375,6 +404,7 @@ class AdmatchConfig(_Strict):
     store: StoreConfig = Field(default_factory=StoreConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     tuning: TuningConfig = Field(default_factory=TuningConfig)
+    exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
 
     @model_validator(mode="after")
     def _tls(self) -> AdmatchConfig:

@@ -92,8 +92,15 @@ def _written(d: Decision) -> bytes | None:
         (d.p_engage, d.p_negative, d.expected_value, d.cost, d.utility),
         d.costs,
         (d.model_version, d.config_version),
+        _propensity(d),
+        (d.selection_propensity, d.no_ad_propensity, d.variant),
         not d.cap_store_ok,
     )
+
+
+def _propensity(d: Decision) -> np.ndarray:
+    """The decision's propensities (a decision built without them: 0 each)."""
+    return d.propensity if len(d.propensity) == len(d.ad_id) else np.zeros(len(d.ad_id))
 
 
 def decision_to_wire(decision: Decision) -> bytes:
@@ -117,7 +124,11 @@ def decision_message(decision: Decision) -> pb.ScoreResponse:
         model_version=decision.model_version,
         config_version=decision.config_version,
         cap_store_unavailable=not decision.cap_store_ok,
+        selection_propensity=decision.selection_propensity,
+        no_ad_propensity=decision.no_ad_propensity,
+        exploration_variant=decision.variant,
     )
+    propensity = _propensity(decision)
     for i, ad in enumerate(decision.ad_id):
         cost = pb.CostParts(
             **{c: float(decision.costs[i, j]) for j, c in enumerate(COST_COMPONENTS)}
@@ -135,6 +146,7 @@ def decision_message(decision: Decision) -> pb.ScoreResponse:
                     cost_total=float(decision.cost[i]),
                     utility=float(decision.utility[i]),
                 ),
+                propensity=float(propensity[i]),
             )
         )
     return resp
@@ -165,6 +177,10 @@ def decision_from_proto(msg: pb.ScoreResponse) -> Decision:
         model_version=msg.model_version,
         config_version=msg.config_version,
         cap_store_ok=not msg.cap_store_unavailable,
+        propensity=np.array([d.propensity for d in msg.decisions], dtype=np.float64),
+        selection_propensity=msg.selection_propensity,
+        no_ad_propensity=msg.no_ad_propensity,
+        variant=msg.exploration_variant,
     )
 
 

@@ -37,8 +37,8 @@ _I64, _LEN, _VARINT = 1, 2, 0
 # utility 6; CostParts: its components 1-7, in COST_COMPONENTS order.
 _COST_LEN = 9 * len(COST_COMPONENTS)
 _SCORE_LEN = 9 * 5 + 2 + _COST_LEN
-# CandidateDecision after its ad id: reason 2, rank 3, score 4.
-_TAIL = 2 + 2 + 2 + _SCORE_LEN
+# CandidateDecision after its ad id: reason 2, rank 3, score 4, propensity 5.
+_TAIL = 2 + 2 + 2 + _SCORE_LEN + 9
 _MAX_ID = 127  # an ad id longer than this needs a longer varint: not written here
 _STORE_UNAVAILABLE = bytes([_tag(7, _VARINT), 1])  # ScoreResponse.cap_store_unavailable
 _HEADS = [  # CandidateDecision as a field of ScoreResponse (3), then its ad id field (1)
@@ -55,9 +55,13 @@ def _doubles(block: np.ndarray, at: int, field: int, values: np.ndarray) -> None
 
 
 def _tails(
-    reason: np.ndarray, rank: np.ndarray, score: tuple[np.ndarray, ...], costs: np.ndarray
+    reason: np.ndarray,
+    rank: np.ndarray,
+    score: tuple[np.ndarray, ...],
+    costs: np.ndarray,
+    propensity: np.ndarray,
 ) -> np.ndarray:
-    """(n x _TAIL) bytes: reason, rank and score parts of every candidate."""
+    """(n x _TAIL) bytes: reason, rank, score parts and propensity of every candidate."""
     p_engage, p_negative, value, cost_total, utility = score
     n = len(rank)
     tail = np.empty((n, _TAIL), dtype=np.uint8)
@@ -75,6 +79,7 @@ def _tails(
     at += 2 + _COST_LEN
     _doubles(tail, at, 5, cost_total)
     _doubles(tail, at + 9, 6, utility)
+    _doubles(tail, at + 18, 5, propensity)  # CandidateDecision.propensity
     return tail
 
 
@@ -92,6 +97,8 @@ def score_response(
     score: tuple[np.ndarray, ...],
     costs: np.ndarray,
     versions: tuple[str, str],
+    propensity: np.ndarray,
+    answer: tuple[float, float, int] = (1.0, 0.0, 0),
     store_unavailable: bool = False,
 ) -> bytes | None:
     """The serialized ``ScoreResponse``; ``None`` when a value needs the message path.
@@ -102,12 +109,14 @@ def score_response(
         score: p_engage, p_negative, expected_value, cost_total, utility (one per candidate).
         costs: (n x len(COST_COMPONENTS)) weighted cost components.
         versions: model version, config version.
+        propensity: per candidate, the probability it is shown.
+        answer: the answer's probability, no ad's, the deciding variant (fields 8-10).
         store_unavailable: the cap store did not answer for the request (field 7).
     """
     ids = [a.encode() for a in ad_id]
     if len(ids) and (max(map(len, ids)) > _MAX_ID or not 0 <= rank.min() <= rank.max() <= 0x7F):
         return None
-    tails = _tails(reason, rank, score, costs).tobytes()
+    tails = _tails(reason, rank, score, costs, propensity).tobytes()
     heads = [_HEADS[len(a)] for a in ids]
     rest = [tails[at : at + _TAIL] for at in range(0, len(tails), _TAIL)]
     candidates = chain.from_iterable(zip(heads, ids, rest, strict=True))
@@ -118,5 +127,14 @@ def score_response(
             candidates,
             [_text(4, versions[0]), _text(5, versions[1])],
             [_STORE_UNAVAILABLE] if store_unavailable else [],
+            [_answer(*answer)],
         )
     )
+
+
+def _answer(selection: float, no_ad: float, variant: int) -> bytes:
+    """ScoreResponse's selection_propensity (8), no_ad_propensity (9), exploration_variant
+    (10)."""
+    out = bytes([_tag(8, _I64)]) + np.float64(selection).astype("<f8").tobytes()
+    out += bytes([_tag(9, _I64)]) + np.float64(no_ad).astype("<f8").tobytes()
+    return out + bytes([_tag(10, _VARINT)]) + _varint(variant)

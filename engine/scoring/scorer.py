@@ -16,6 +16,7 @@ import polars as pl
 from engine.config import AdmatchConfig
 from engine.model.bundle import ModelBundle
 from engine.scoring import rules as R
+from engine.scoring.explore import Propensities, Variants, propensities
 from engine.scoring.selection import CODE, REASONS, Capacity, select
 from engine.scoring.types import Decision, Reason, ScoreRequest
 from engine.timing import NULL_TIMER, StageTimer
@@ -29,6 +30,7 @@ class Scorer:
         self.model = model
         self.config = config
         self.rules = R.CompiledRules.build(config)
+        self.variants = Variants.from_config(config)
 
     def score(
         self, request: ScoreRequest, timer: StageTimer = NULL_TIMER, validated: bool = False
@@ -74,32 +76,37 @@ class Scorer:
     ) -> list[Decision]:
         rows = R.Rows.from_inputs(inputs)
         p_negative = p_neg if p_neg is not None else np.zeros_like(p_engage)
-        s = self.config.scoring
-        value = R.expected_value(rows, p_engage, s.conversion_prior)
+        value = R.expected_value(rows, p_engage, self.config.scoring.conversion_prior)
         costs = R.cost_components(self.rules, rows, p_engage, p_negative, exposures)
-        weighted = costs * self.rules.weights
-        cost = weighted.sum(axis=1)
-        utility = value - s.cost_to_money * cost
         sizes = [len(r.candidates["ad_id"]) for r in requests]
         bounds = list(accumulate(sizes, initial=0))
         owner = np.repeat(np.arange(len(requests)), sizes)
         capped = self._capped(requests, exposures, bounds)
         store_down = np.array([not r.cap_store_ok for r in requests])[owner]
-        blocked = self._blocked(rows, capped, store_down, utility)
+        static = self._blocked(rows, capped, store_down)
         ad_id = list(chain.from_iterable(r.candidates["ad_id"] for r in requests))
         capacity = self._capacity(requests)
-        rank, reason = select(
-            owner,
-            blocked < 0,
-            utility,
-            ad_id,
-            *_separation(requests, sizes, capacity),
-            rows.duration_s,
-            capacity,
-        )
-        reason = np.where(blocked >= 0, blocked, reason)
-        columns = (p_engage, p_negative, value, weighted, cost, utility)
-        return self._decisions(requests, bounds, owner, ad_id, rank, reason, *columns)
+        separation = _separation(requests, sizes, capacity)
+        v = self.variants
+        share = v.share([r.context.slot for r in requests])
+        served = v.choose([r.context.request_id for r in requests], share)
+        runs = []  # per parameter set evaluated: rank, reason, weighted costs, utility
+        for k in range(v.count + 1 if share.any() else 1):  # a loop over parameter sets
+            weighted = costs * v.weights[k]
+            utility = value - v.cost_to_money[k] * weighted.sum(axis=1)
+            below = np.where(utility <= v.reserve[k], CODE[Reason.BELOW_RESERVE], -1)
+            blocked = np.where(static >= 0, static, below)
+            rank, reason = select(
+                owner, blocked < 0, utility, ad_id, *separation, rows.duration_s, capacity
+            )
+            runs.append((rank, np.where(blocked >= 0, blocked, reason), weighted, utility))
+        odds = propensities(np.stack([r[0] for r in runs]), owner, served, share)
+        at = (served[owner], np.arange(len(owner)))  # the served parameters' values per row
+        rank, reason = (np.stack([r[i] for r in runs])[at] for i in (0, 1))
+        weighted = np.stack([r[2] for r in runs])[at]
+        utility = np.stack([r[3] for r in runs])[at]
+        columns = (p_engage, p_negative, value, weighted, weighted.sum(axis=1), utility)
+        return self._decisions(requests, bounds, owner, ad_id, rank, reason, odds, *columns)
 
     def _capped(
         self, requests: Sequence[ScoreRequest], exposures: np.ndarray, bounds: list[int]
@@ -115,20 +122,18 @@ class Scorer:
                 capped[bounds[i] : bounds[i + 1]] = r.capped
         return capped
 
-    def _blocked(
-        self, rows: R.Rows, capped: np.ndarray, store_down: np.ndarray, utility: np.ndarray
-    ) -> np.ndarray:
-        """Reason code of the first failed eligibility rule per row, -1 when eligible. A row
-        capped because the cap store did not answer (``store_down``: the fail mode's) is not
-        FREQUENCY_CAPPED but CAP_STORE_UNAVAILABLE."""
+    def _blocked(self, rows: R.Rows, capped: np.ndarray, store_down: np.ndarray) -> np.ndarray:
+        """Reason code of the first failed eligibility rule per row that no parameter moves
+        (exploration never shows what these refuse), -1 when it passes them all; the reserve
+        is checked per parameter set. A row capped because the cap store did not answer
+        (``store_down``: the fail mode's) is not FREQUENCY_CAPPED but CAP_STORE_UNAVAILABLE."""
         checks = [
             (R.format_not_allowed(self.rules, rows), Reason.FORMAT_NOT_ALLOWED),
             (R.brand_unsuitable(rows), Reason.BRAND_UNSUITABLE),
             (capped & store_down, Reason.CAP_STORE_UNAVAILABLE),
             (capped, Reason.FREQUENCY_CAPPED),
-            (utility <= self.config.scoring.reserve, Reason.BELOW_RESERVE),
         ]
-        blocked = np.full(len(utility), -1)
+        blocked = np.full(len(capped), -1)
         for mask, r in reversed(checks):  # a loop over the rules: the first failed one wins
             blocked[mask] = CODE[r]
         return blocked
@@ -153,6 +158,7 @@ class Scorer:
         ad_id: list[str],
         rank: np.ndarray,
         reason: np.ndarray,
+        odds: Propensities,
         *columns: np.ndarray,
     ) -> list[Decision]:
         p_engage, p_negative, value, weighted, cost, utility = columns
@@ -180,6 +186,11 @@ class Scorer:
                     model_version=self.model.version,
                     config_version=self.config.version,
                     cap_store_ok=req.cap_store_ok,
+                    propensity=odds.propensity[lo:hi],
+                    selection_propensity=float(odds.selection[i]),
+                    no_ad_propensity=float(odds.no_ad[i]),
+                    variant=int(odds.variant[i]),
+                    exploration_share=float(odds.share[i]),
                 )
             )
         return out

@@ -203,6 +203,13 @@ class Decision:
         model_version, config_version: what produced the decision.
         cap_store_ok: False when the cap store did not answer for the request (its caps
             are the fail mode's).
+        propensity: per candidate, the probability that the deciding policy (with its
+            exploration, engine/scoring/explore.py) shows it; 1 or 0 without exploration.
+        selection_propensity: the probability of this answer as a whole (these ads in this
+            order, or no ad).
+        no_ad_propensity: the probability of no ad.
+        variant: the parameters that decided it: 0 the current ones, k an exploration variant.
+        exploration_share: the request's slot's exploration share.
     """
 
     request_id: str
@@ -220,6 +227,11 @@ class Decision:
     config_version: str
     extra: dict[str, Any] = field(default_factory=dict)
     cap_store_ok: bool = True
+    propensity: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    selection_propensity: float = 1.0
+    no_ad_propensity: float = 0.0
+    variant: int = 0
+    exploration_share: float = 0.0
 
     @property
     def no_ad(self) -> bool:
@@ -240,6 +252,7 @@ class Decision:
                 "cost": {c: float(self.costs[i, j]) for j, c in enumerate(COST_COMPONENTS)},
                 "cost_total": float(self.cost[i]),
                 "utility": float(self.utility[i]),
+                "propensity": float(self.propensity[i]) if len(self.propensity) else None,
             }
             out.append(row)
         return out
