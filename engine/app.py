@@ -23,9 +23,10 @@ from engine.caps.rules import parse_duration
 from engine.caps.store import Feedback, Impression
 from engine.config import AdmatchConfig, load_config
 from engine.deadline import NO_DEADLINE, Deadline
+from engine.logs.decisions import EventRecord, ServingLogs
 from engine.model.bundle import ModelBundle
 from engine.scoring.scorer import Scorer
-from engine.scoring.types import Decision, Reason, ScoreRequest
+from engine.scoring.types import Decision, Reason, ScoreRequest, impression_id
 from engine.timing import NULL_TIMER, StageTimer
 from features.online import CandidateColumns, RequestContext
 
@@ -40,7 +41,7 @@ _IMPRESSION_IDS = ("creative_id", "campaign_id", "advertiser_id", "category")
 def _impression(ctx: RequestContext, ad: str, one: CandidateColumns) -> Impression:
     """The impression a reservation records for ad ``ad`` (id ``request_id:ad_id``)."""
     return Impression(
-        f"{ctx.request_id}:{ad}",
+        impression_id(ctx.request_id, ad),
         ctx.ts,
         ctx.user_id,
         ctx.touchpoint,
@@ -63,11 +64,13 @@ class Decide:
         reserve: bool,
         deadline: Deadline,
         validated: bool = False,
+        log: bool = True,
     ) -> None:
         """``validated``: the caller has run ``request.validate()`` (a transport naming its
-        own fields); else ``prepare`` runs it."""
+        own fields); else ``prepare`` runs it. ``log``: write the decision to the decision log
+        (when the app keeps one; not for a dry run)."""
         self.app, self.request, self.reserve, self.deadline = app, request, reserve, deadline
-        self.validated = validated
+        self.validated, self.log = validated, log
         self.gate = app.gate
 
     def prepare(self) -> Prepared:
@@ -78,11 +81,13 @@ class Decide:
         return Prepared(scorer, self.gate, self.request, self.deadline)
 
     def complete(self, decision: Decision) -> Decision:
-        """See :class:`engine.batching.Work`."""
-        if not self.reserve or not decision.selected:
-            return decision
-        self.deadline.check("reserving caps")
-        return self.app._reserve(self.request, decision, self.gate, self.deadline)
+        """See :class:`engine.batching.Work`: reserve, then log."""
+        if self.reserve and decision.selected:
+            self.deadline.check("reserving caps")
+            decision = self.app._reserve(self.request, decision, self.gate, self.deadline)
+        if self.log and self.app.logs is not None:
+            self.app.logs.decision(self.request, decision, self.reserve and decision.cap_store_ok)
+        return decision
 
 
 @dataclass(frozen=True)
@@ -106,8 +111,16 @@ class Recorded:
 class App:
     """Decides and records; swaps model and config atomically on reload."""
 
-    def __init__(self, config: AdmatchConfig, model_dir: Path, store: GuardedStore) -> None:
+    def __init__(
+        self,
+        config: AdmatchConfig,
+        model_dir: Path,
+        store: GuardedStore,
+        logs: ServingLogs | None = None,
+    ) -> None:
+        """``logs``: the decision and event logs to write (none: no logs)."""
         self.store = store
+        self.logs = logs
         self.model_dir = model_dir
         # how far ahead of a transport's clock recorded times may lie: the store was opened
         # keeping this much more than its retention (a reload does not reopen it)
@@ -221,8 +234,16 @@ class App:
             decision, selected=kept, rank=rank, reason=reasons, cap_store_ok=store_ok
         )
 
-    def record(self, impressions: list[Impression], feedback: list[Feedback]) -> Recorded:
-        """Record impressions (idempotent by impression id) and apply negative feedback."""
+    def record(
+        self,
+        impressions: list[Impression],
+        feedback: list[Feedback],
+        events: list[EventRecord] | None = None,
+    ) -> Recorded:
+        """Log ``events`` (every reported event, when the app keeps logs), then record the
+        impressions (idempotent by impression id) and apply the negative feedback."""
+        if events and self.logs is not None:
+            self.logs.record(events)
         new = self.store.record(impressions)
         blocks = self.store.block(feedback) if feedback else 0
         return Recorded(new, len(impressions) - new, blocks)
@@ -262,17 +283,22 @@ class App:
         return self.store.breaker.up
 
     def close(self) -> None:
-        """Finish batched work, close the cap store (and stop an embedded Redis)."""
+        """Finish batched work, close the logs (finalising their files) and the cap store
+        (and stop an embedded Redis)."""
         if self._batcher is not None:
             self._batcher.close()
+        if self.logs is not None:
+            self.logs.close()
         self.store.close()
 
 
 def build_app(config: AdmatchConfig, model_dir: Path) -> App:
-    """Open the configured cap store and load the model."""
+    """Open the configured cap store, load the model, and start the decision and event logs
+    when ``decision_log.dir`` names a directory."""
     store = open_store(config)
     try:
-        return App(config, model_dir, store)
+        logs = ServingLogs(config.decision_log) if config.decision_log.dir else None
+        return App(config, model_dir, store, logs)
     except Exception:
         store.close()
         raise

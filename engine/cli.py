@@ -350,10 +350,12 @@ def _request_doc(path: Path) -> dict[str, Any]:
 
 
 def _register() -> None:
+    from engine.cli_logs import logs_app
     from engine.cli_replay import replay_app
     from engine.cli_tune import tune
 
     app.add_typer(replay_app, name="replay")
+    app.add_typer(logs_app, name="logs")
     app.command("tune")(tune)
 
 

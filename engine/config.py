@@ -285,6 +285,26 @@ class ServerConfig(_Strict):
         )
 
 
+class DecisionLogConfig(_Strict):
+    """The service's decision and event logs (engine/logs/decisions.py, docs/loop.md)."""
+
+    dir: str = Field("", description="a directory or pyarrow filesystem URI; empty: no logs")
+    rotate_s: float = Field(60.0, gt=0, le=86_400, description="a file is finalised this often")
+    rotate_mb: float = Field(64.0, gt=0, description="or when it has grown this big")
+    queue: int = Field(10_000, ge=1, description="items waiting to be written; more are dropped")
+    retention_days: float = Field(30.0, gt=0, description="older files are deleted")
+    retention_gb: float = Field(10.0, gt=0, description="and the oldest beyond this total")
+    engaged_window: str = Field("1h", description="the join counts an engagement this long")
+    converted_window: str = Field("7d", description="a conversion this long after a decision")
+    negative_window: str = Field("1h", description="negative feedback this long")
+
+    @model_validator(mode="after")
+    def _windows(self) -> DecisionLogConfig:
+        for name in ("engaged_window", "converted_window", "negative_window"):
+            parse_duration(getattr(self, name))  # raises, naming the value
+        return self
+
+
 class ExplorationConfig(_Strict):
     """A small, known randomisation of the scoring parameters (engine/scoring/explore.py):
     a request is decided by one of ``variants`` parameter sets drawn around the current ones
@@ -405,6 +425,7 @@ class AdmatchConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     tuning: TuningConfig = Field(default_factory=TuningConfig)
     exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
+    decision_log: DecisionLogConfig = Field(default_factory=DecisionLogConfig)
 
     @model_validator(mode="after")
     def _tls(self) -> AdmatchConfig:

@@ -18,7 +18,7 @@ from engine.caps.store import Feedback, Impression
 from engine.config import COST_COMPONENTS
 from engine.rpc.enums import NUMBER, REASON, REASON_OF
 from engine.rpc.wire import score_response
-from engine.scoring.types import Decision, ScoreRequest
+from engine.scoring.types import Decision, ScoreRequest, impression_id
 
 _TEXT = ("ad_id", "creative_id", "campaign_id", "advertiser_id", "category")
 
@@ -127,6 +127,7 @@ def decision_message(decision: Decision) -> pb.ScoreResponse:
         selection_propensity=decision.selection_propensity,
         no_ad_propensity=decision.no_ad_propensity,
         exploration_variant=decision.variant,
+        impression_ids=[impression_id(decision.request_id, a) for a in decision.selected],
     )
     propensity = _propensity(decision)
     for i, ad in enumerate(decision.ad_id):

@@ -22,6 +22,7 @@ from engine.caps.plan import check_not_ahead, check_time
 from engine.caps.rules import MAX_WINDOW_S, CapRule, parse_duration
 from engine.caps.store import Feedback, Impression
 from engine.errors import InvalidArgument, shown
+from engine.logs.decisions import EventRecord, event_id
 from engine.rpc.enums import (
     ACTIVITY,
     AGE_BAND,
@@ -343,9 +344,9 @@ def _feedback(e: pb.Event, ts: datetime, field: str) -> Feedback:
 
 def decode_events(
     batch: pb.EventBatch, now: datetime, max_ahead_s: int, limits: Limits = DEFAULT_LIMITS
-) -> tuple[list[Impression], list[Feedback]]:
-    """Impressions and negative feedback of a batch (engagements and conversions are checked
-    and accepted; caps need only impressions and feedback).
+) -> tuple[list[Impression], list[Feedback], list[EventRecord]]:
+    """Impressions and negative feedback of a batch (what the caps need), and every event as
+    the event log keeps it (engagements and conversions too).
 
     Raises:
         InvalidArgument: naming ``events[i].field``; also for an event timed more than
@@ -354,7 +355,7 @@ def decode_events(
             is recorded.
     """
     limits.count("events", len(batch.events), limits.events, "max_events")
-    impressions, feedback = [], []
+    impressions, feedback, records = [], [], []
     for i, e in enumerate(batch.events):
         field = f"events[{i}]"
         _event_ids(e, field, limits)
@@ -365,8 +366,38 @@ def decode_events(
             raise InvalidArgument(f"{field}.time", "required")
         ts = timestamp(e.time, f"{field}.time")
         check_not_ahead(ts, now, max_ahead_s, f"{field}.time")
+        negative = None
         if kind == "TYPE_IMPRESSION":
             impressions.append(_impression(e, ts, field))
         elif kind == "TYPE_NEGATIVE_FEEDBACK":
             feedback.append(_feedback(e, ts, field))
-    return impressions, feedback
+            negative = feedback[-1].kind
+        records.append(_record(e, str(kind), ts, negative, field, limits))
+    return impressions, feedback, records
+
+
+def _record(
+    e: pb.Event, kind: str, ts: datetime, negative: str | None, field: str, limits: Limits
+) -> EventRecord:
+    """The event as the event log keeps it (its own id, or type:impression_id[:kind])."""
+    limits.text(f"{field}.event_id", e.event_id)
+    name = kind.removeprefix("TYPE_").lower()
+    touchpoint = TOUCHPOINT[e.touchpoint] if 0 <= e.touchpoint < len(TOUCHPOINT) else None
+    slot = SLOT[e.slot] if 0 <= e.slot < len(SLOT) else None
+    return EventRecord(
+        e.event_id or event_id(name, e.impression_id, negative),
+        name,
+        e.impression_id,
+        ts,
+        e.user_id,
+        e.household_id or None,
+        e.device_id or None,
+        touchpoint,
+        slot if touchpoint is not None and SLOT_TOUCHPOINT.get(str(slot)) == touchpoint else None,
+        e.ad_id or None,
+        e.creative_id or None,
+        e.campaign_id or None,
+        e.advertiser_id or None,
+        e.category or None,
+        negative,
+    )

@@ -10,6 +10,10 @@
 
 A load balancer should check the service name; docs/operations.md says what it sees on each
 fault.
+
+* ``admatch.v1.DecisionLog`` (when the server keeps decision and event logs): NOT_SERVING while
+  the logs cannot be written (rows are dropped and counted; the service answers on), SERVING
+  when they can. Not for load balancers: a detail for operators and monitors.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from engine.app import App
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+LOGS = "admatch.v1.DecisionLog"
 
 
 class Health:
@@ -35,6 +40,9 @@ class Health:
         self._lock = threading.Lock()
         app.store.breaker.listen(lambda _up: self.update())
         app.after_commit(self.update)
+        if app.logs is not None:
+            for stream in (app.logs.decisions, app.logs.events):
+                stream.listen(lambda _ok: self.update())
 
     def serving(self) -> bool:
         """Whether the service can give real answers now."""
@@ -46,6 +54,8 @@ class Health:
         with self._lock:
             self.servicer.set("", NOT_SERVING if self.draining else SERVING)
             self.servicer.set(self.service, SERVING if self.serving() else NOT_SERVING)
+            if self.app.logs is not None:
+                self.servicer.set(LOGS, SERVING if self.app.logs.healthy else NOT_SERVING)
 
     def drain(self) -> None:
         """NOT_SERVING for good: the server is about to stop."""

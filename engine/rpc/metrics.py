@@ -8,8 +8,9 @@ because the store did not answer, failing closed), ``admatch_scored_requests_tot
 ``admatch_no_ad_total``, ``admatch_cap_store_errors`` (store calls that failed, timed out or
 were refused by the open circuit, answered with the fail mode), ``admatch_cap_store_up`` (0
 while the store's circuit is open) and
-``admatch_model_info{model_version,config_version,runtime}``. ScoreStream is counted per
-message in ``admatch_requests_total``.
+``admatch_model_info{model_version,config_version,runtime}``, and with the decision log
+``admatch_log_rows{kind}``, ``admatch_log_dropped{kind}`` and ``admatch_log_up{kind}``.
+ScoreStream is counted per message in ``admatch_requests_total``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,18 @@ class Metrics:
             "admatch_cap_store_up",
             "1 while the cap store answers, 0 while its circuit is open",
             registry=r,
+        )
+        self.log_rows = Gauge(
+            "admatch_log_rows", "Rows written to the decision or event log", ["kind"], registry=r
+        )
+        self.log_dropped = Gauge(
+            "admatch_log_dropped",
+            "Items the decision or event log dropped (queue full, or the write failed)",
+            ["kind"],
+            registry=r,
+        )
+        self.log_up = Gauge(
+            "admatch_log_up", "1 while the log's last write succeeded", ["kind"], registry=r
         )
         self.model = Gauge(
             "admatch_model_info",
@@ -104,6 +117,13 @@ class Metrics:
         """Report the cap gate's error count and the store's state when scraped."""
         self.cap_errors.set_function(errors)
         self.cap_store_up.set_function(lambda: float(up()))
+
+    def watch_log(self, kind: str, stats: Callable[[], Any]) -> None:
+        """Report a log stream's rows, drops and state when scraped (``stats()``: its
+        ``StreamStats``)."""
+        self.log_rows.labels(kind).set_function(lambda: stats().rows)
+        self.log_dropped.labels(kind).set_function(lambda: stats().dropped)
+        self.log_up.labels(kind).set_function(lambda: float(stats().healthy))
 
     def serve_http(self, host: str, port: int) -> None:
         """Expose /metrics on ``host:port`` (a thread of this process)."""

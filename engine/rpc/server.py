@@ -114,6 +114,10 @@ def build_server(
     servicer = AdMatchingServicer(app, limits, metrics, reloader)
     publish_serving(app, metrics)
     metrics.watch_cap_store(lambda: app.gate.errors, lambda: app.store_up)
+    if app.logs is not None:
+        logs = app.logs
+        metrics.watch_log("decisions", lambda: logs.decisions.stats)
+        metrics.watch_log("events", lambda: logs.events.stats)
     pb_grpc.add_AdMatchingServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -76,12 +76,14 @@ class _ScoreCall:
     def prepare(self) -> Prepared:
         with self.timer.stage("decode"):
             request = decode_request(self.message, self.servicer.limits)
-        reserve = self.message.reserve_caps and not self.message.explain
+        dry = self.message.explain
+        reserve = self.message.reserve_caps and not dry
         if reserve:  # its impressions are recorded at the request's time
             check_not_ahead(
                 request.context.ts, datetime.now(UTC), self.servicer.app.max_ahead_s, "time"
             )
-        self.decide = Decide(self.servicer.app, request, reserve, self.deadline, validated=True)
+        app = self.servicer.app
+        self.decide = Decide(app, request, reserve, self.deadline, validated=True, log=not dry)
         return self.decide.prepare()
 
     def complete(self, decision: Decision) -> bytes:
@@ -238,8 +240,8 @@ class AdMatchingServicer(pb_grpc.AdMatchingServicer):
     ) -> pb.RecordEventsResponse:
         with self.admission.request():
             now = datetime.now(UTC)
-            impressions, feedback = decode_events(request, now, self.app.max_ahead_s, self.limits)
-            done = self.app.record(impressions, feedback)
+            decoded = decode_events(request, now, self.app.max_ahead_s, self.limits)
+            done = self.app.record(*decoded)
         return pb.RecordEventsResponse(
             impressions_recorded=done.impressions_recorded,
             duplicates=done.duplicates,

@@ -128,6 +128,7 @@ def score_response(
             [_text(4, versions[0]), _text(5, versions[1])],
             [_STORE_UNAVAILABLE] if store_unavailable else [],
             [_answer(*answer)],
+            (_text(11, f"{request_id}:{a}") for a in selected),
         )
     )
 

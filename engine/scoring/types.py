@@ -256,3 +256,13 @@ class Decision:
             }
             out.append(row)
         return out
+
+
+IMPRESSION_SEPARATOR = ":"
+
+
+def impression_id(request_id: str, ad_id: str) -> str:
+    """The impression id of ad ``ad_id`` selected for request ``request_id``: what a
+    reservation records, what the response gives the ad server to report, what the decision
+    log carries (built there column-wise with the same separator)."""
+    return f"{request_id}{IMPRESSION_SEPARATOR}{ad_id}"

@@ -238,5 +238,6 @@ def test_an_event_batch_has_a_bound() -> None:
     with pytest.raises(InvalidArgument) as info:
         decode_events(batch, NOW, 300, Limits(events=10))
     assert str(info.value) == "events: 11 entries, at most 10 (server.max_events)"
-    impressions, feedback = decode_events(batch, NOW, 300, Limits(events=11))
-    assert len(impressions) == 11 and feedback == []
+    impressions, feedback, records = decode_events(batch, NOW, 300, Limits(events=11))
+    assert len(impressions) == 11 and feedback == [] and len(records) == 11
+    assert records[0].event_id == "impression:i0" and records[0].type == "impression"

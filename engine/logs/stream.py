@@ -1,0 +1,267 @@
+"""A log stream: rows appended to rotating Parquet files by a background thread, never blocking
+the caller (the decision and event logs of the service, docs/loop.md).
+
+``put(item)`` hands an item (a request's decision, a batch of events) to a bounded queue and
+returns at once; when the queue is full the item is dropped and counted, never waited for. The
+stream's thread takes what is queued, turns it into rows (``build``, off the request path), and
+appends them to the open file (``<kind>-<UTC start>-<host>-<pid>-<n>.parquet.partial``, a row
+group per write). A file is finalised, closed and renamed to ``.parquet`` in one step, when it
+has been open ``rotate_s`` seconds or has grown past ``rotate_bytes``, and when the stream
+closes. Only finalised files are read by anyone, so a crash (kill -9) loses at most the open
+file and the queue: the decisions of the last ``rotate_s`` seconds (or ``rotate_bytes``).
+After each finalisation the stream deletes its kind's oldest files beyond ``retention_days`` or
+``retention_bytes`` (every stream of the directory counts; the newest file always stays). The
+directory is any pyarrow filesystem URI (a local path, ``s3://``, ``gs://``, ``hdfs://``...);
+one stream per worker.
+
+A directory that cannot be written (permissions, a full disk) does not stop the service: the
+rows are dropped and counted, the stream warns once (and once again when it writes again), and
+``healthy`` says so until a write succeeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+PARTIAL = ".partial"
+_IDLE_S = 0.2  # how long the thread waits for more items before writing what it has
+_BATCH = 512  # items written at once at most
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """Where and how a stream writes (config ``[decision_log]``)."""
+
+    directory: str
+    rotate_s: float = 60.0
+    rotate_bytes: int = 64 * 1024 * 1024
+    queue_items: int = 10_000
+    retention_days: float = 30.0
+    retention_bytes: int = 10 * 1024**3
+
+
+@dataclass
+class StreamStats:
+    """What a stream did so far."""
+
+    rows: int = 0  # written to files
+    items: int = 0  # queued items written
+    dropped: int = 0  # items dropped: the queue was full, or the write failed
+    files: int = 0  # finalised
+    failures: int = 0  # writes that failed
+    healthy: bool = True  # the last write succeeded
+
+
+def open_directory(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path in it (a local path without a scheme)."""
+    if "://" not in uri:
+        uri = os.path.abspath(uri)
+    return pafs.FileSystem.from_uri(uri)
+
+
+@dataclass
+class _File:
+    path: str
+    writer: pq.ParquetWriter
+    sink: Any
+    opened: float
+    bytes: int = 0
+
+
+@dataclass
+class LogStream(Generic[T]):
+    """One worker's stream of one kind of log (see the module doc)."""
+
+    kind: str
+    schema: pa.Schema
+    build: Callable[[list[T]], pl.DataFrame]
+    settings: StreamSettings
+    metadata: dict[str, str] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time
+    stats: StreamStats = field(default_factory=StreamStats)
+
+    def __post_init__(self) -> None:
+        self.fs, self.root = open_directory(self.settings.directory)
+        self._queue: queue.Queue[T | None] = queue.Queue(self.settings.queue_items)
+        self._file: _File | None = None
+        self._seq = 0
+        self._warned = False
+        self._listeners: list[Callable[[bool], None]] = []
+        self._name = f"{socket.gethostname()}-{os.getpid()}"
+        self._thread = threading.Thread(target=self._run, name=f"admatch-{self.kind}-log")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def put(self, item: T) -> bool:
+        """Queue ``item`` for writing; ``False`` (and counted) when the queue is full."""
+        try:
+            self._queue.put_nowait(item)
+            return True
+        except queue.Full:
+            self.stats.dropped += 1
+            self._warn("queue full (the writer falls behind): items dropped")
+            return False
+
+    def _warn(self, problem: str) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning("%s log %s: %s", self.kind, self.settings.directory, problem)
+
+    def _run(self) -> None:
+        done = False
+        while not done:
+            items, done = self._take()
+            if items:
+                self._write(items)
+            if self._file is not None and (done or self._due()):
+                self._finalise()
+
+    def _take(self) -> tuple[list[T], bool]:
+        """Up to ``_BATCH`` items, waiting at most ``_IDLE_S`` for the first; whether the
+        stream was closed."""
+        items: list[T] = []
+        try:
+            first = self._queue.get(timeout=_IDLE_S)
+        except queue.Empty:
+            return items, False
+        if first is None:
+            return items, True
+        items.append(first)
+        while len(items) < _BATCH:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return items, True
+            items.append(item)
+        return items, False
+
+    def _due(self) -> bool:
+        f = self._file
+        assert f is not None
+        s = self.settings
+        return self.clock() - f.opened >= s.rotate_s or f.bytes >= s.rotate_bytes
+
+    def listen(self, on_change: Callable[[bool], None]) -> None:
+        """Call ``on_change(healthy)`` when writing starts failing or works again."""
+        self._listeners.append(on_change)
+
+    def _health(self, healthy: bool) -> None:
+        if healthy != self.stats.healthy:
+            self.stats.healthy = healthy
+            for listener in self._listeners:
+                listener(healthy)
+
+    def _write(self, items: list[T]) -> None:
+        try:
+            table = self.build(items).to_arrow().cast(self.schema)
+            f = self._file or self._open()
+            f.writer.write_table(table)
+            f.bytes = f.sink.tell()
+        except Exception as exc:  # a full disk, no permission: count, say once, go on
+            self.stats.dropped += len(items)
+            self.stats.failures += 1
+            self._health(False)
+            self._abandon()
+            self._warn(f"cannot write ({type(exc).__name__}: {exc}): items dropped")
+            return
+        self.stats.rows += table.num_rows
+        self.stats.items += len(items)
+        if not self.stats.healthy:
+            log.warning("%s log %s: writing again", self.kind, self.settings.directory)
+            self._warned = False
+        self._health(True)
+
+    def _open(self) -> _File:
+        stamp = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y%m%dT%H%M%S.%f")
+        self._seq += 1
+        name = f"{self.kind}-{stamp}-{self._name}-{self._seq}.parquet{PARTIAL}"
+        self.fs.create_dir(self.root, recursive=True)
+        path = f"{self.root.rstrip('/')}/{name}"
+        sink = self.fs.open_output_stream(path)
+        schema = self.schema.with_metadata({**(self.schema.metadata or {}), **self._meta()})
+        writer = pq.ParquetWriter(sink, schema, compression="zstd")
+        self._file = _File(path, writer, sink, self.clock())
+        return self._file
+
+    def _meta(self) -> dict[bytes, bytes]:
+        return {k.encode(): v.encode() for k, v in self.metadata.items()}
+
+    def _finalise(self) -> None:
+        f, self._file = self._file, None
+        assert f is not None
+        try:
+            f.writer.close()
+            f.sink.close()
+            self.fs.move(f.path, f.path.removesuffix(PARTIAL))
+        except Exception as exc:
+            self.stats.failures += 1
+            self._health(False)
+            self._warn(f"cannot finalise {f.path} ({type(exc).__name__}: {exc})")
+            return
+        self.stats.files += 1
+        self._retain()
+
+    def _abandon(self) -> None:
+        """Drop the open file after a failed write (its rows are counted as dropped)."""
+        f, self._file = self._file, None
+        if f is None:
+            return
+        for close in (f.writer.close, f.sink.close, lambda: self.fs.delete_file(f.path)):
+            try:
+                close()
+            except Exception:  # the file may be broken or gone: nothing more to save
+                pass
+
+    def _retain(self) -> None:
+        """Delete this kind's oldest finalised files beyond the retention limits."""
+        s = self.settings
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.root))
+        except OSError:
+            return
+        mine = sorted(
+            (
+                i
+                for i in infos
+                if i.base_name.startswith(f"{self.kind}-") and i.extension == "parquet"
+            ),
+            key=lambda i: i.base_name,
+        )
+        cutoff = self.clock() - s.retention_days * 86_400
+        total = sum(i.size or 0 for i in mine)
+        for info in mine[:-1]:  # the newest file stays, whatever the limits
+            old = info.mtime is not None and info.mtime.timestamp() < cutoff
+            if not old and total <= s.retention_bytes:
+                break
+            try:
+                self.fs.delete_file(info.path)
+            except OSError:
+                continue  # another worker's stream deleted it first
+            total -= info.size or 0
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Write what is queued, finalise the open file, stop the thread."""
+        try:
+            self._queue.put(None, timeout=timeout_s)
+        except queue.Full:  # the writer is stuck: what is queued is lost with the process
+            self._warn("closed with a full queue")
+            return
+        self._thread.join(timeout_s)
