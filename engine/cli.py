@@ -337,6 +337,65 @@ def score(
     console.print(_table(pl.DataFrame(rows), f"{reply.request_id}: {shown}"))
 
 
+@app.command()
+def nightly(
+    logs: Annotated[str, typer.Option(help="the server's decision log directory (or URI)")],
+    work: Annotated[Path, typer.Option(help="where joined logs, models and configs go")],
+    config: Annotated[Path, typer.Option(help="the config serving now (the tuner's base)")],
+    day: Annotated[
+        str | None, typer.Option(help="the UTC day to learn from (default: yesterday)")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(help="reload this server (host:port); ADMATCH_OPERATOR_TOKEN")
+    ] = None,
+    train_days: Annotated[int, typer.Option(min=1, help="days of logs to train on")] = 3,
+    trials: Annotated[int, typer.Option(min=1, help="tuning trials")] = 40,
+    truth_trials: Annotated[int, typer.Option(min=0, help="synthetic logs: truth trials")] = 0,
+    truth: Annotated[
+        Path | None, typer.Option(help="synthetic worlds: true probabilities per row")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="of training and tuning")] = 0,
+    compile_trees: Annotated[
+        bool | None, typer.Option("--compile/--no-compile", help="lleaves (default: if installed)")
+    ] = None,
+) -> None:
+    """The learning loop's nightly job: join the day's logs, train, tune, reload the server
+    (docs/loop.md); schedule it once a day with cron or any scheduler."""
+    from datetime import UTC, date, datetime, timedelta
+
+    from engine.loop import NightlyOptions
+    from engine.loop import nightly as run_nightly
+
+    try:
+        when = date.fromisoformat(day) if day else (datetime.now(UTC) - timedelta(days=1)).date()
+    except ValueError:
+        _fail(InvalidArgument("--day", f"{day!r} is not a date like 2026-12-05"))
+    options = NightlyOptions(
+        logs,
+        work,
+        when,
+        config,
+        train_days,
+        trials,
+        truth_trials,
+        seed,
+        truth,
+        target,
+        compile_trees,
+    )
+    try:
+        report = run_nightly(options)
+    except AdmatchError as exc:
+        _fail(exc)
+    chosen = report["tune"]["chosen"]
+    console.print(
+        f"{when}: {report['join']['rows']:,} rows joined, model {report['model']['version']}, "
+        + (f"config {chosen['config_version']}" if chosen else "no recommendation: config kept")
+        + (f"; reloaded in {len(report['reloaded']['workers'])} worker(s)" if target else "")
+        + f" ({report['seconds']:.0f} s)"
+    )
+
+
 def _request_doc(path: Path) -> dict[str, Any]:
     """A request JSON file, or a golden file's ``request`` (tests/golden/scoring)."""
     import json

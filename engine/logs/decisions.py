@@ -37,6 +37,7 @@ DECISION_EXTRAS = pl.Schema(
     {  # type: ignore[arg-type]  # polars types the values loosely
         "reason": pl.String,
         "rank": pl.Int16,
+        "current_rank": pl.Int16,
         "p_engage": pl.Float64,
         "p_negative": pl.Float64,
         "expected_value": pl.Float64,
@@ -135,6 +136,7 @@ def decision_frame(items: list[Logged], worker: str) -> pl.DataFrame:
     extras = {
         "reason": list(chain.from_iterable(d.reason for d in decisions)),
         "rank": rank,
+        "current_rank": np.concatenate([_current(d) for d in decisions]).astype(np.int16),
         "p_engage": np.concatenate([d.p_engage for d in decisions]),
         "p_negative": np.concatenate([d.p_negative for d in decisions]),
         "expected_value": np.concatenate([d.expected_value for d in decisions]),
@@ -167,6 +169,10 @@ def decision_frame(items: list[Logged], worker: str) -> pl.DataFrame:
         pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype).alias(name)
         for name, dtype in DECISION_SCHEMA.items()
     )
+
+
+def _current(d: Decision) -> np.ndarray:
+    return d.current_rank if len(d.current_rank) == len(d.ad_id) else d.rank
 
 
 def _propensity(d: Decision) -> np.ndarray:

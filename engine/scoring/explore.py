@@ -119,6 +119,8 @@ class Propensities:
         no_ad: per request, P(no ad).
         variant: per request, the parameters that decided it (0: current).
         share: per request, its exploration share.
+        current_rank: per candidate row, its rank under the current parameters (what the
+            request would have got without exploration; the cost of exploring).
     """
 
     propensity: np.ndarray
@@ -126,6 +128,7 @@ class Propensities:
     no_ad: np.ndarray
     variant: np.ndarray
     share: np.ndarray
+    current_rank: np.ndarray
 
 
 def propensities(
@@ -154,4 +157,11 @@ def propensities(
     empty = ~np.logical_or.reduceat(ranks > 0, starts, axis=1) if len(owner) else same
     selection = (per * agree).sum(axis=0)
     no_ad = (per * empty).sum(axis=0)
-    return Propensities(propensity, selection, no_ad, variant, share)
+    return Propensities(  # a sum of shares can pass 1 by an ulp: a log refuses that
+        np.minimum(propensity, 1.0),
+        np.minimum(selection, 1.0),
+        np.minimum(no_ad, 1.0),
+        variant,
+        share,
+        ranks[0],
+    )

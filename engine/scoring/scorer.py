@@ -191,6 +191,7 @@ class Scorer:
                     no_ad_propensity=float(odds.no_ad[i]),
                     variant=int(odds.variant[i]),
                     exploration_share=float(odds.share[i]),
+                    current_rank=odds.current_rank[lo:hi],
                 )
             )
         return out

@@ -210,6 +210,8 @@ class Decision:
         no_ad_propensity: the probability of no ad.
         variant: the parameters that decided it: 0 the current ones, k an exploration variant.
         exploration_share: the request's slot's exploration share.
+        current_rank: per candidate, its rank under the current parameters (equal to
+            ``rank`` unless an exploration variant decided).
     """
 
     request_id: str
@@ -232,6 +234,7 @@ class Decision:
     no_ad_propensity: float = 0.0
     variant: int = 0
     exploration_share: float = 0.0
+    current_rank: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def no_ad(self) -> bool:

@@ -163,3 +163,11 @@ def test_per_slot_shares(bundle: ModelBundle) -> None:
     assert scorer.variants.shares["mobile_feed"] == 0.0
     pod: Decision = scorer.score(request("exemplary/ott_preroll_pod.json"))
     assert pod.exploration_share == 0.5
+
+
+def test_probabilities_never_pass_one(bundle: ModelBundle) -> None:
+    """0.8 + 8 x 0.025 is 1.0000000000000002 in floating point: a log refuses that."""
+    scorer = Scorer(bundle, exploring(share=0.2))
+    for d in scorer.score_batch([request(n, f"p{i}") for n in CASES for i in range(20)]):
+        assert d.propensity.max() <= 1.0 and d.selection_propensity <= 1.0
+        assert d.no_ad_propensity <= 1.0
