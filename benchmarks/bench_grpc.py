@@ -27,7 +27,8 @@ queue to its answer) splits the mean gRPC call into the server's own work and th
 same call to a no-op gRPC server (a process of its own answering a real response at once):
 the floor that the transport and both gRPC stacks set on this machine.
 
-``--columnar`` sends the candidates in the columnar encoding instead of the row encoding.
+``--columnar`` sends the candidates in the columnar encoding instead of the row encoding;
+``--decision-log`` turns the server's decision log on (a directory in the run's temp dir).
 """
 
 from __future__ import annotations
@@ -76,17 +77,25 @@ def config_text(changes: dict[str, str]) -> str:
 
 
 def bench_config(
-    directory: Path, batch_window_ms: float = 0.0, batch_max: int = 32, metrics_port: int = 0
+    directory: Path,
+    batch_window_ms: float = 0.0,
+    batch_max: int = 32,
+    metrics_port: int = 0,
+    decision_log: bool = False,
 ) -> Path:
-    """The shipped config with no reload watcher, the given batching (``batch_max`` 1: off)
-    and no metrics endpoint (unless ``metrics_port``)."""
+    """The shipped config with no reload watcher, the given batching (``batch_max`` 1: off),
+    no metrics endpoint (unless ``metrics_port``) and the decision log under ``directory``
+    when ``decision_log``."""
     changes = {
         "metrics_port": f"{metrics_port}",
         "reload_interval_s": "0",
         "batch_window_ms": f"{batch_window_ms}",
         "batch_max": f"{batch_max}",
     }
-    path = directory / f"bench_grpc_{batch_window_ms:g}_{batch_max}_{metrics_port}.toml"
+    if decision_log:
+        changes["dir"] = f'"{directory / "decision_log"}"'
+    name = f"{batch_window_ms:g}_{batch_max}_{metrics_port}_{int(decision_log)}"
+    path = directory / f"bench_grpc_{name}.toml"
     path.write_text(config_text(changes))
     return path
 
@@ -536,6 +545,9 @@ def main() -> None:
     )
     parser.add_argument("--columnar", action="store_true", help="columnar candidate encoding")
     parser.add_argument(
+        "--decision-log", action="store_true", help="the server logs its decisions (docs/loop.md)"
+    )
+    parser.add_argument(
         "--warm",
         action="store_true",
         help="record the requests' users' logged impressions first (default: an empty store)",
@@ -559,7 +571,8 @@ def main() -> None:
         f"candidates per request, {len(payloads)} distinct requests "
         f"({np.mean([len(p) for p in payloads]) / 1024:.1f} KiB each); Score without "
         f"reserve_caps; {'columnar' if args.columnar else 'row'} candidate encoding; "
-        f"embedded Redis, {store}; {args.duration:g} s per point"
+        f"embedded Redis, {store}; {args.duration:g} s per point; decision log "
+        f"{'on' if args.decision_log else 'off'}"
     )
     print("batching: on (batch_max 32, no window: each pass takes what is queued) or off")
     print()
@@ -580,7 +593,8 @@ def main() -> None:
             finally:
                 stop_server(proc)
         for batching in args.batching.split(",") if in_flight else []:
-            config = bench_config(Path(tmp), 0.0, 32 if batching == "on" else 1)
+            batch = 32 if batching == "on" else 1
+            config = bench_config(Path(tmp), 0.0, batch, decision_log=args.decision_log)
             for w in workers:
                 proc, target = start_server(args.model, config, w)
                 try:

@@ -132,7 +132,8 @@ def quickstart(
     ] = True,
     port: Annotated[int | None, typer.Option(help="override server.port")] = None,
 ) -> None:
-    """The main job: a synthetic log and a default model (made once), then the service."""
+    """The main job: a synthetic log and a default model (made once), then the service, its
+    decision and event logs under ``<dir>/logs`` (docs/loop.md)."""
     log, model = directory / "log.parquet", directory / "model"
     if not log.exists():
         gen_logs(out=log, rows=rows, seed=seed, days=14, policy="uniform")
@@ -142,13 +143,28 @@ def quickstart(
     else:
         console.print(f"using the model in {model} (delete it to train again)")
     if serve_after:
+        config = _quickstart_config(directory)
         request = Path(__file__).resolve().parents[1] / "tests/golden/scoring/exemplary"
         console.print(
             "call it from another terminal, e.g.\n"
             f"  .venv/bin/admatch score --target 127.0.0.1:{port or 50051} "
-            f"--request {request / 'ott_preroll_pod.json'}"
+            f"--request {request / 'ott_preroll_pod.json'}\n"
+            f"decisions and events are logged under {directory / 'logs'}; join them with\n"
+            f"  .venv/bin/admatch logs join --dir {directory / 'logs'} --out joined.parquet"
         )
-        serve(model=model, config=None, port=port)
+        serve(model=model, config=config, port=port)
+
+
+def _quickstart_config(directory: Path) -> Path:
+    """The shipped config with the decision log under ``<dir>/logs`` (written once; edit it)."""
+    from importlib import resources
+
+    path = directory / "admatch.toml"
+    if not path.exists():
+        text = resources.files("engine").joinpath("default_config.toml").read_text()
+        logs = (directory / "logs").resolve()
+        path.write_text(text.replace('dir = ""', f'dir = "{logs}"', 1))
+    return path
 
 
 @app.command()

@@ -135,3 +135,12 @@ def test_json_logs_are_one_object_per_line() -> None:
 
         record.exc_info = sys.exc_info()
     assert "ValueError: boom" in json.loads(JsonFormatter().format(record))["exc_info"]
+
+
+def test_quickstart_serves_with_its_decision_log(tmp_path: Path) -> None:
+    """make run logs its decisions and events under the data directory (docs/loop.md)."""
+    from engine.cli import _quickstart_config
+    from engine.config import load_config
+
+    config = load_config(_quickstart_config(tmp_path))
+    assert config.decision_log.dir == str((tmp_path / "logs").resolve())
