@@ -16,7 +16,6 @@ import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import chain
 
 import numpy as np
 import polars as pl
@@ -25,6 +24,7 @@ import pyarrow as pa
 from engine.config import COST_COMPONENTS, DecisionLogConfig
 from engine.errors import LogSchemaError
 from engine.logs.stream import LogStream, StreamSettings
+from engine.scoring.selection import CODE
 from engine.scoring.types import IMPRESSION_SEPARATOR, Decision, ScoreRequest
 from features.online import CANDIDATE_COLUMNS, REQUEST_FIELDS, assemble
 from features.schema import polars_schema
@@ -57,6 +57,7 @@ DECISION_EXTRAS = pl.Schema(
         "logged_at": pl.Datetime("us", "UTC"),
     }
 )
+_REASON_NAME = {code: str(reason) for reason, code in CODE.items()}
 _CORE = [*REQUEST_FIELDS, *CANDIDATE_COLUMNS, "propensity", "shown"]
 DECISION_SCHEMA = pl.Schema({**{c: _LOG[c] for c in _CORE}, **DECISION_EXTRAS})
 EVENT_TYPES = ("impression", "engagement", "conversion", "negative_feedback")
@@ -120,50 +121,56 @@ class Logged:
 
 
 def decision_frame(items: list[Logged], worker: str) -> pl.DataFrame:
-    """The decision-log rows of ``items`` (one per candidate), in ``DECISION_SCHEMA``."""
+    """The decision-log rows of ``items`` (one per candidate), in ``DECISION_SCHEMA``.
+
+    Per-candidate values come as numpy arrays; per-request values are built once per request
+    and spread over its rows by one gather (no Python string per row)."""
     inputs = assemble([i.request.context for i in items], [i.request.candidates for i in items])
     decisions = [i.decision for i in items]
-    sizes = [len(d.ad_id) for d in decisions]
-    owner = np.repeat(np.arange(len(items)), sizes)
-
-    def per_row(values: list[object]) -> np.ndarray:
-        return np.asarray(values)[owner]
-
+    owner = pl.Series(
+        np.repeat(np.arange(len(items), dtype=np.uint32), [len(d.ad_id) for d in decisions])
+    )
     rank = np.concatenate([d.rank for d in decisions]).astype(np.int16)
     propensity = np.concatenate([_propensity(d) for d in decisions])
     costs = np.vstack([d.costs for d in decisions])
-    shown = rank > 0
-    extras = {
-        "reason": list(chain.from_iterable(d.reason for d in decisions)),
-        "rank": rank,
-        "current_rank": np.concatenate([_current(d) for d in decisions]).astype(np.int16),
-        "p_engage": np.concatenate([d.p_engage for d in decisions]),
-        "p_negative": np.concatenate([d.p_negative for d in decisions]),
-        "expected_value": np.concatenate([d.expected_value for d in decisions]),
-        **{f"cost_{c}": costs[:, j] for j, c in enumerate(COST_COMPONENTS)},
-        "cost_total": np.concatenate([d.cost for d in decisions]),
-        "utility": np.concatenate([d.utility for d in decisions]),
-        "reserved": shown & per_row([i.reserved for i in items]),
-        "selection_propensity": per_row([d.selection_propensity for d in decisions]),
-        "no_ad_propensity": per_row([d.no_ad_propensity for d in decisions]),
-        "exploration_variant": per_row([d.variant for d in decisions]).astype(np.int16),
-        "exploration_share": per_row([d.exploration_share for d in decisions]),
-        "cap_store_unavailable": per_row([not d.cap_store_ok for d in decisions]),
-        "model_version": per_row([d.model_version for d in decisions]),
-        "config_version": per_row([d.config_version for d in decisions]),
-        "worker": np.full(len(owner), worker, dtype=object),
-        "logged_at": per_row([int(i.at * 1e6) for i in items]),
-    }
-    logging = pl.DataFrame(
-        {"propensity": np.where(propensity > 0, propensity, np.nan), "shown": shown}
-    ).with_columns(pl.col("propensity").fill_nan(None))
-    frame = pl.concat(
-        [inputs, logging, pl.DataFrame(extras, schema_overrides={"logged_at": pl.Int64})],
-        how="horizontal",
-    ).with_columns(  # impression_id(request_id, ad_id), for the selected rows
-        impression_id=pl.when("shown").then(
+    codes = np.fromiter((CODE[r] for d in decisions for r in d.reason), np.uint8, len(owner))
+    rows = pl.DataFrame(
+        {
+            "propensity": np.where(propensity > 0, propensity, np.nan),
+            "shown": rank > 0,
+            "reason": codes,
+            "rank": rank,
+            "current_rank": np.concatenate([_current(d) for d in decisions]).astype(np.int16),
+            "p_engage": np.concatenate([d.p_engage for d in decisions]),
+            "p_negative": np.concatenate([d.p_negative for d in decisions]),
+            "expected_value": np.concatenate([d.expected_value for d in decisions]),
+            **{f"cost_{c}": costs[:, j] for j, c in enumerate(COST_COMPONENTS)},
+            "cost_total": np.concatenate([d.cost for d in decisions]),
+            "utility": np.concatenate([d.utility for d in decisions]),
+        }
+    ).with_columns(
+        pl.col("propensity").fill_nan(None),
+        pl.col("reason").replace_strict(_REASON_NAME, return_dtype=pl.String),
+    )
+    per_request = pl.DataFrame(
+        {
+            "reserved": [i.reserved for i in items],
+            "selection_propensity": [d.selection_propensity for d in decisions],
+            "no_ad_propensity": [d.no_ad_propensity for d in decisions],
+            "exploration_variant": [d.variant for d in decisions],
+            "exploration_share": [d.exploration_share for d in decisions],
+            "cap_store_unavailable": [not d.cap_store_ok for d in decisions],
+            "model_version": [d.model_version for d in decisions],
+            "config_version": [d.config_version for d in decisions],
+            "logged_at": [int(i.at * 1e6) for i in items],
+        }
+    )[owner]
+    frame = pl.concat([inputs, rows, per_request], how="horizontal").with_columns(
+        pl.col("reserved") & pl.col("shown"),
+        worker=pl.lit(worker),
+        impression_id=pl.when("shown").then(  # impression_id(request_id, ad_id)
             pl.concat_str("request_id", pl.lit(IMPRESSION_SEPARATOR), "ad_id")
-        )
+        ),
     )
     return frame.select(
         pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype).alias(name)
