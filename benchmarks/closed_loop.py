@@ -68,6 +68,7 @@ class Setup:
     train_days: int
     seed: int
     max_negative: float
+    negative_z: float = 1.0
 
 
 # --- the world -------------------------------------------------------------------------------
@@ -275,7 +276,7 @@ def _outcomes(
 # --- the server and the nights -----------------------------------------------------------------
 
 
-def loop_config(work: Path, explore: float, max_negative: float) -> Path:
+def loop_config(work: Path, explore: float, max_negative: float, negative_z: float) -> Path:
     """The shipped config with the decision log on (rotating every second), exploration on,
     reloads by ReloadModel only, no metrics endpoint, and the stated objective: the most
     revenue with at most ``max_negative`` negative feedback per request."""
@@ -292,6 +293,9 @@ def loop_config(work: Path, explore: float, max_negative: float) -> Path:
     bound = "# max_negative_rate = 0.05"
     assert bound in text, "default_config.toml changed: update loop_config"
     text = text.replace(bound, f"max_negative_rate = {max_negative}")
+    margin = "negative_z = 0.0"
+    assert margin in text, "default_config.toml changed: update loop_config"
+    text = text.replace(margin, f"negative_z = {negative_z}")
     path = work / "loop.toml"
     path.write_text(text)
     return path
@@ -471,7 +475,7 @@ def closed_loop(s: Setup, out: Path) -> dict[str, Any]:
             str(s.seed),
         ]
     )
-    config = loop_config(work, s.explore, s.max_negative)
+    config = loop_config(work, s.explore, s.max_negative, s.negative_z)
     server = Server(work / "seed_model", config)
     history, rng = History(), np.random.default_rng(s.seed + 1)
     days: list[dict[str, Any]] = []
@@ -623,6 +627,12 @@ def main() -> None:
     parser.add_argument(
         "--max-negative", type=float, default=0.13, help="the stated bound, per request"
     )
+    parser.add_argument(
+        "--negative-z",
+        type=float,
+        default=1.0,
+        help="the tuner's margin on the bound, in standard errors (tuning.constraints.negative_z)",
+    )
     parser.add_argument("--quick", action="store_true", help="3 days, fewer requests and trials")
     a = parser.parse_args()
     if a.quick:
@@ -637,6 +647,7 @@ def main() -> None:
         a.train_days,
         a.seed,
         a.max_negative,
+        a.negative_z,
     )
     r = closed_loop(s, a.out)
     print(

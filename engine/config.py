@@ -358,6 +358,13 @@ class TuningConstraints(_Strict):
     min_revenue_pct: float | None = Field(
         None, ge=0, description="revenue at least this percent of the current weights'"
     )
+    negative_z: float = Field(
+        0.0,
+        ge=0,
+        le=5,
+        description="a negative-feedback bound holds when the estimate plus this many standard "
+        "errors is under it (1.64: 95% one-sided); 0 judges the point estimate",
+    )
 
     @model_validator(mode="after")
     def _touchpoints(self) -> TuningConstraints:

@@ -14,6 +14,7 @@ machines; a study that exists is resumed.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ class Limits:
     min_revenue: float | None
     min_matched: int
     require_fill: bool = True
+    negative_z: float = 0.0
 
     @classmethod
     def resolve(
@@ -64,7 +66,7 @@ class Limits:
         if c.min_revenue_pct is not None:
             min_revenue = c.min_revenue_pct / 100 * current["revenue"]
         households = dict(c.max_ads_per_household_day)
-        return cls(max_negative, households, min_revenue, min_matched, require_fill)
+        return cls(max_negative, households, min_revenue, min_matched, require_fill, c.negative_z)
 
     def trusted(self, e: Evaluation) -> bool:
         """Whether a trial's estimates may be believed: they rest on at least ``min_matched``
@@ -80,7 +82,8 @@ class Limits:
         trial violates the evidence constraint."""
         out = {"evidence": 0.0 if trusted else 1.0}
         if self.max_negative is not None:
-            out["max_negative"] = measures["negative"] - self.max_negative
+            margin = self.negative_z * measures["negative_se"] if self.negative_z else 0.0
+            out["max_negative"] = measures["negative"] + margin - self.max_negative
         if self.min_revenue is not None:
             out["min_revenue"] = self.min_revenue - measures["revenue"]
         for tp, k in self.max_household_day.items():
@@ -100,6 +103,7 @@ class Limits:
             "min_revenue_per_request": self.min_revenue,
             "min_matched_events": self.min_matched,
             "require_fill": self.require_fill,
+            "negative_z": self.negative_z,
         }
 
 
@@ -108,12 +112,15 @@ def measures(e: Evaluation, estimator: str, revenue: str = "revenue_smoothed") -
     by one estimator (``truth`` for the true values)."""
     if estimator == "truth":
         assert e.truth is not None
-        money, negative = e.truth[revenue], e.truth["negative"]
+        money, negative, se = e.truth[revenue], e.truth["negative"], 0.0
     else:
         money, negative = e.value(revenue, estimator), e.value("negative", estimator)
+        se = e.estimates["negative"][estimator].stderr
+        se = se if math.isfinite(se) else math.inf  # one matched event: no interval
     return {
         "revenue": money,
         "negative": negative,
+        "negative_se": se,
         "ads_per_user_day": e.ads_per_user_day,
         "ads_per_household_day": e.ads_per_household_day,
     }

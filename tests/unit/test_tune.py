@@ -176,6 +176,30 @@ def test_constraints_are_honoured(model_log: Path, model_dir: Path, tmp_path: Pa
     assert doc["constraints"]["max_ads_per_household_day"] == {"ott": 6}
 
 
+def test_a_negative_bound_can_be_judged_with_a_margin(
+    model_log: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    """With ``negative_z`` the recommendation's negative-feedback estimate plus z standard
+    errors is under the bound, not only its point estimate: a tuner that picks the most
+    revenue lands at the bound otherwise, and breaks it by the truth about half the time."""
+    bound = 0.09
+    point = tune(
+        options(model_log, model_dir, tmp_path / "p", constraints={"max_negative_rate": bound})
+    )
+    careful = tune(
+        options(
+            model_log,
+            model_dir,
+            tmp_path / "z",
+            constraints={"max_negative_rate": bound, "negative_z": 2.0},
+        )
+    )
+    neg = careful["chosen"]["negative"]
+    assert neg["value"] + 2.0 * neg["stderr"] <= bound
+    assert careful["constraints"]["negative_z"] == 2.0
+    assert point["chosen"]["negative"]["value"] <= bound
+
+
 def test_deterministic_for_a_seed(model_log: Path, model_dir: Path, tmp_path: Path) -> None:
     a = tune(options(model_log, model_dir, tmp_path / "a", trials=14, seed=3))
     b = tune(options(model_log, model_dir, tmp_path / "b", trials=14, seed=3))
