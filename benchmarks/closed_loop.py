@@ -49,6 +49,8 @@ import grpc
 import numpy as np
 import polars as pl
 
+from engine.pricing import earned
+
 from .machine import describe
 
 TOKEN = "closed-loop-operator"
@@ -365,14 +367,13 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> None:
 # --- figures -----------------------------------------------------------------------------------
 
 
-def _value(frame: pl.DataFrame) -> pl.Expr:
-    pricing = pl.col("pricing").cast(pl.String)
-    return (
-        pl.when(pricing == "cpm")
-        .then(pl.col("bid") / 1000.0)
-        .when(pricing == "cpc")
-        .then(pl.col("bid") * pl.col("true_p_engaged"))
-        .otherwise(pl.col("bid") * pl.col("true_p_converted"))
+def _value(frame: pl.DataFrame) -> np.ndarray:
+    """The true expected revenue of each row, were it shown."""
+    return earned(
+        frame["pricing"].cast(pl.String).to_numpy(),
+        frame["bid"].cast(pl.Float64).to_numpy(),
+        frame["true_p_engaged"].cast(pl.Float64).to_numpy(),
+        frame["true_p_converted"].cast(pl.Float64).to_numpy(),
     )
 
 
@@ -384,10 +385,9 @@ def day_figures(day: Day, rows: pl.DataFrame) -> dict[str, float]:
         return {"revenue": 0.0, "negative": 0.0, "engagement": 0.0, "ads_per_household_day": 0.0}
     served = pl.DataFrame(day.served)
     sums = served.select(
-        revenue=_value(served).sum(),
-        negative=pl.col("true_p_negative").sum(),
-        engagement=pl.col("true_p_engaged").sum(),
+        negative=pl.col("true_p_negative").sum(), engagement=pl.col("true_p_engaged").sum()
     ).row(0, named=True)
+    sums["revenue"] = float(_value(served).sum())
     homes = rows.select(pl.coalesce("household_id", "user_id").n_unique()).item()
     return {
         **{k: float(v) / requests for k, v in sums.items()},
@@ -401,10 +401,10 @@ def exploration_cost(joined: Path) -> float:
     have selected against what was selected, on the same requests."""
     log = pl.read_parquet(joined)
     value = _value(log)
-    v = log.select(
-        current=(value * (pl.col("current_rank") > 0)).sum(),
-        served=(value * (pl.col("rank") > 0)).sum(),
-    ).row(0, named=True)
+    v = {
+        "current": float((value * (log["current_rank"] > 0).to_numpy()).sum()),
+        "served": float((value * (log["rank"] > 0).to_numpy()).sum()),
+    }
     return 100.0 * (v["current"] - v["served"]) / v["current"] if v["current"] else 0.0
 
 

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from engine.errors import InvalidArgument
 from engine.ope import Contributions, LoggedRows, Moments
+from engine.pricing import earned
 from engine.replay.engines import STAGES, Result
 from engine.replay.requests import row_values
 from engine.replay.source import RequestChunk
@@ -278,8 +279,7 @@ def _rewards(
     converted = row_values(rows, "converted", 0.0)
     bid = row_values(rows, "bid", 0.0)
     pricing = rows["pricing"].cast(pl.String).to_numpy()
-    cpm, cpc = pricing == "cpm", pricing == "cpc"
-    revenue = np.where(cpm, bid / 1000, np.where(cpc, bid * engaged, bid * converted))
+    revenue = earned(pricing, bid, engaged, converted)
     truth: dict[str, np.ndarray | None] = {"engagement": None, "revenue": None, "negative": None}
     if rows["true_p_engaged"].null_count() < len(rows):
         t_e = row_values(rows, "true_p_engaged")
@@ -287,7 +287,7 @@ def _rewards(
         truth = {
             "engagement": t_e,
             "negative": row_values(rows, "true_p_negative"),
-            "revenue": np.where(cpm, bid / 1000, np.where(cpc, bid * t_e, bid * t_c)),
+            "revenue": earned(pricing, bid, t_e, t_c),
         }
     return {
         "engagement": (engaged, d.p_engage, truth["engagement"]),

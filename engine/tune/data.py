@@ -24,6 +24,7 @@ from engine.caps.rules import SCOPE_COLUMN, TARGET_COLUMN, Family
 from engine.config import COST_COMPONENTS, AdmatchConfig
 from engine.errors import InvalidArgument
 from engine.model.bundle import ModelBundle
+from engine.pricing import earned
 from engine.replay.engines import causal_spans
 from engine.replay.source import prepare_log
 from engine.scoring import rules as R
@@ -241,10 +242,9 @@ def _outcomes(
 
     bid = col("bid")
     pricing = features["pricing"].cast(pl.String).to_numpy()
-    cpm, cpc = pricing == "cpm", pricing == "cpc"
 
     def revenue(engaged: np.ndarray, converted: np.ndarray) -> np.ndarray:
-        return np.where(cpm, bid / 1000, np.where(cpc, bid * engaged, bid * converted))
+        return earned(pricing, bid, engaged, converted)
 
     engaged = col("engaged")
     rewards = {
