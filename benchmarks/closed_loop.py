@@ -181,12 +181,7 @@ def play_day(
     from engine.replay.source import RequestChunk
     from engine.rpc.convert import request_to_proto
 
-    starts = np.flatnonzero(
-        rows.select((pl.col("request_id") != pl.col("request_id").shift(1)).fill_null(True))
-        .to_series()
-        .to_numpy()
-    )
-    chunk = RequestChunk(rows, np.append(starts, len(rows)))
+    chunk = RequestChunk.of(rows)
     requests = to_requests(chunk)
     entities = [
         {

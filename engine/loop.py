@@ -157,8 +157,9 @@ def reload(target: str, model_dir: Path, config: Path) -> dict[str, Any]:
 
     from admatch.v1 import admatch_pb2 as pb
     from admatch.v1 import admatch_pb2_grpc as pb_grpc
+    from engine.rpc.auth import ENV
 
-    token = os.environ.get("ADMATCH_OPERATOR_TOKEN", "")
+    token = os.environ.get(ENV, "")
     request = pb.ReloadModelRequest(
         model_dir=str(model_dir.resolve()), config_path=str(config.resolve())
     )

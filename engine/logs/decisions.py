@@ -131,7 +131,7 @@ def decision_frame(items: list[Logged], worker: str) -> pl.DataFrame:
         np.repeat(np.arange(len(items), dtype=np.uint32), [len(d.ad_id) for d in decisions])
     )
     rank = np.concatenate([d.rank for d in decisions]).astype(np.int16)
-    propensity = np.concatenate([_propensity(d) for d in decisions])
+    propensity = np.concatenate([d.propensity for d in decisions])
     costs = np.vstack([d.costs for d in decisions])
     codes = np.fromiter((CODE[r] for d in decisions for r in d.reason), np.uint8, len(owner))
     rows = pl.DataFrame(
@@ -140,7 +140,7 @@ def decision_frame(items: list[Logged], worker: str) -> pl.DataFrame:
             "shown": rank > 0,
             "reason": codes,
             "rank": rank,
-            "current_rank": np.concatenate([_current(d) for d in decisions]).astype(np.int16),
+            "current_rank": np.concatenate([d.current_rank for d in decisions]).astype(np.int16),
             "p_engage": np.concatenate([d.p_engage for d in decisions]),
             "p_negative": np.concatenate([d.p_negative for d in decisions]),
             "expected_value": np.concatenate([d.expected_value for d in decisions]),
@@ -176,14 +176,6 @@ def decision_frame(items: list[Logged], worker: str) -> pl.DataFrame:
         pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype).alias(name)
         for name, dtype in DECISION_SCHEMA.items()
     )
-
-
-def _current(d: Decision) -> np.ndarray:
-    return d.current_rank if len(d.current_rank) == len(d.ad_id) else d.rank
-
-
-def _propensity(d: Decision) -> np.ndarray:
-    return d.propensity if len(d.propensity) == len(d.ad_id) else (d.rank > 0).astype(float)
 
 
 def event_frame(batches: list[tuple[list[EventRecord], float]], worker: str) -> pl.DataFrame:

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from engine.caps.rules import parse_duration
@@ -43,7 +42,7 @@ from engine.logs.decisions import (
     EVENTS,
     check_version,
 )
-from engine.logs.stream import open_directory
+from engine.logs.stream import finalised, open_directory
 from features.logio import validate_log, write_log
 
 OUTCOMES = {"engagement": "engaged", "conversion": "converted", "negative_feedback": "negative"}
@@ -78,12 +77,9 @@ def read_logs(directory: str, kind: str, schema: pl.Schema) -> pl.DataFrame:
     """
     fs, root = open_directory(directory)
     try:
-        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        paths = [i.path for i in finalised(fs, root, kind)]
     except OSError as exc:
         raise InvalidArgument("--dir", f"cannot list {directory}: {exc}") from exc
-    paths = sorted(
-        i.path for i in infos if i.base_name.startswith(f"{kind}-") and i.extension == "parquet"
-    )
     frames = []
     for path in paths:
         with fs.open_input_file(path) as f:

@@ -75,6 +75,18 @@ def open_directory(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(uri)
 
 
+def finalised(fs: pafs.FileSystem, root: str, kind: str) -> list[pafs.FileInfo]:
+    """The finalised files of ``kind`` under ``root``, oldest first (by name: kind, then the
+    UTC time it was opened).
+
+    Raises:
+        OSError: the directory cannot be listed.
+    """
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    mine = (i for i in infos if i.base_name.startswith(f"{kind}-") and i.extension == "parquet")
+    return sorted(mine, key=lambda i: i.base_name)
+
+
 @dataclass
 class _File:
     path: str
@@ -235,17 +247,9 @@ class LogStream(Generic[T]):
         """Delete this kind's oldest finalised files beyond the retention limits."""
         s = self.settings
         try:
-            infos = self.fs.get_file_info(pafs.FileSelector(self.root))
+            mine = finalised(self.fs, self.root, self.kind)
         except OSError:
             return
-        mine = sorted(
-            (
-                i
-                for i in infos
-                if i.base_name.startswith(f"{self.kind}-") and i.extension == "parquet"
-            ),
-            key=lambda i: i.base_name,
-        )
         cutoff = self.clock() - s.retention_days * 86_400
         total = sum(i.size or 0 for i in mine)
         for info in mine[:-1]:  # the newest file stays, whatever the limits

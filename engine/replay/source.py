@@ -45,6 +45,26 @@ class RequestChunk:
         """Per row, the index of its request within the chunk."""
         return np.repeat(np.arange(self.requests), np.diff(self.bounds))
 
+    @classmethod
+    def of(cls, rows: pl.DataFrame) -> RequestChunk:
+        """The whole requests of ``rows`` (validated; in time order, each request's rows
+        together).
+
+        Raises:
+            LogSchemaError: a row off the schema, out of time order, or a request split.
+        """
+        rows = validate_log(rows)
+        starts = rows.select(
+            (pl.col("request_id") != pl.col("request_id").shift(1)).fill_null(True)
+        ).to_series()
+        bounds = np.append(np.flatnonzero(starts.to_numpy()), len(rows))
+        ts = rows["ts"].dt.epoch("us").to_numpy()
+        if len(ts) > 1 and (np.diff(ts) < 0).any():
+            raise LogSchemaError("ts", "not in time order: prepare the log for replay first")
+        if rows["request_id"][bounds[:-1]].n_unique() != len(bounds) - 1:
+            raise LogSchemaError("request_id", "a request's rows are not together in the log")
+        return cls(rows, bounds)
+
     def head(self, requests: int) -> RequestChunk:
         """The first ``requests`` requests."""
         return self.slice(0, requests)
@@ -126,9 +146,9 @@ def iter_chunks(path: Path, batch_rows: int = 65_536) -> Iterator[RequestChunk]:
             carry = rows
             continue
         carry = rows.slice(cut)
-        yield _chunk(rows.head(cut))
+        yield RequestChunk.of(rows.head(cut))
     if carry is not None and len(carry):
-        yield _chunk(carry)
+        yield RequestChunk.of(carry)
 
 
 def _batches(path: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
@@ -149,17 +169,3 @@ def _batches(path: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
         frame = pl.from_arrow(batch)
         assert isinstance(frame, pl.DataFrame)
         yield frame
-
-
-def _chunk(rows: pl.DataFrame) -> RequestChunk:
-    rows = validate_log(rows)
-    starts = rows.select(
-        (pl.col("request_id") != pl.col("request_id").shift(1)).fill_null(True)
-    ).to_series()
-    bounds = np.append(np.flatnonzero(starts.to_numpy()), len(rows))
-    ts = rows["ts"].dt.epoch("us").to_numpy()
-    if len(ts) > 1 and (np.diff(ts) < 0).any():
-        raise LogSchemaError("ts", "not in time order: prepare the log for replay first")
-    if rows["request_id"][bounds[:-1]].n_unique() != len(bounds) - 1:
-        raise LogSchemaError("request_id", "a request's rows are not together in the log")
-    return RequestChunk(rows, bounds)
