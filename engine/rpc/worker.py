@@ -40,6 +40,9 @@ RELOAD_TIMEOUT_S = 600.0  # a reload waits this long for every worker to load a 
 
 
 PARENT_DIED = signal.SIGHUP  # not SIGTERM: an orphan stops at once, without draining
+# An orphan's clean-up (closing a store whose embedded Redis died with the parent, finishing the
+# logs) gets this long; then the kernel ends the process (SIGALRM), whatever blocks it.
+ORPHAN_DEADLINE_S = 3
 
 
 def die_with_parent(parent: int) -> None:
@@ -63,8 +66,11 @@ class Worker:
         self._staged: dict[str, Staged] = {}
 
     def parent_died(self, *_: object) -> None:
-        """Stop at once: the parent (and an embedded store) is gone."""
-        self.orphaned = True
+        """Stop at once: the parent (and an embedded store) is gone. The process ends within
+        ``ORPHAN_DEADLINE_S`` seconds whatever its clean-up does (a kernel alarm)."""
+        if not self.orphaned:
+            self.orphaned = True
+            signal.alarm(ORPHAN_DEADLINE_S)
         self.stop.set()
 
     def listen(self) -> None:
@@ -122,6 +128,15 @@ class Worker:
         return reload
 
 
+def install_signals(worker: Worker) -> None:
+    """The worker's signals (main thread): the parent's death stops it at once, SIGTERM and
+    SIGINT stop it with a drain, SIGALRM (the orphan's deadline) ends the process."""
+    signal.signal(PARENT_DIED, worker.parent_died)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stop.set())
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
 def run_worker(
     config: dict[str, Any],
     model_dir: str,
@@ -138,9 +153,7 @@ def run_worker(
     started again reads it too before serving; ``config`` is the one the server started with).
     """
     worker = Worker(conn)
-    signal.signal(PARENT_DIED, worker.parent_died)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: worker.stop.set())
+    install_signals(worker)
     die_with_parent(parent)
     configure(*logging_setup)
     threading.Thread(target=worker.listen, name="admatch-control", daemon=True).start()
@@ -189,3 +202,6 @@ def _stop(worker: Worker, app: App, serving: Serving, server: ServerConfig) -> N
         time.sleep(server.drain_s)
     serving.server.stop(grace=grace).wait()
     app.close()
+    if worker.orphaned:  # no one waits for it: end now, without joining leftover threads
+        logging.shutdown()
+        os._exit(0)
