@@ -23,7 +23,8 @@ from engine.caps.rules import parse_duration
 from engine.caps.store import Feedback, Impression
 from engine.config import AdmatchConfig, load_config
 from engine.deadline import NO_DEADLINE, Deadline
-from engine.logs.decisions import EventRecord, ServingLogs
+from engine.logs.decisions import EventRecord
+from engine.logs.serving import ServingLogs
 from engine.model.bundle import ModelBundle
 from engine.scoring.scorer import Scorer
 from engine.scoring.types import Decision, Reason, ScoreRequest, impression_id
@@ -65,12 +66,14 @@ class Decide:
         deadline: Deadline,
         validated: bool = False,
         log: bool = True,
+        wire: bytes | None = None,
     ) -> None:
         """``validated``: the caller has run ``request.validate()`` (a transport naming its
         own fields); else ``prepare`` runs it. ``log``: write the decision to the decision log
-        (when the app keeps one; not for a dry run)."""
+        (when the app keeps one; not for a dry run). ``wire``: the request's protobuf bytes
+        as received, which the decision log keeps (``None``: it encodes them)."""
         self.app, self.request, self.reserve, self.deadline = app, request, reserve, deadline
-        self.validated, self.log = validated, log
+        self.validated, self.log, self.wire = validated, log, wire
         self.gate = app.gate
 
     def prepare(self) -> Prepared:
@@ -86,7 +89,8 @@ class Decide:
             self.deadline.check("reserving caps")
             decision = self.app._reserve(self.request, decision, self.gate, self.deadline)
         if self.log and self.app.logs is not None:
-            self.app.logs.decision(self.request, decision, self.reserve and decision.cap_store_ok)
+            reserved = self.reserve and decision.cap_store_ok
+            self.app.logs.decision(self.request, decision, reserved, self.wire)
         return decision
 
 
@@ -297,7 +301,7 @@ def build_app(config: AdmatchConfig, model_dir: Path) -> App:
     when ``decision_log.dir`` names a directory."""
     store = open_store(config)
     try:
-        logs = ServingLogs(config.decision_log) if config.decision_log.dir else None
+        logs = ServingLogs(config.decision_log, config.server) if config.decision_log.dir else None
         return App(config, model_dir, store, logs)
     except Exception:
         store.close()

@@ -44,14 +44,26 @@ def join_cmd(
     config: Annotated[
         Path | None, typer.Option(help="config TOML: [decision_log] attribution windows")
     ] = None,
+    spool: Annotated[
+        str | None,
+        typer.Option(
+            help="the decision spool to convert first (default: the config's, else --dir/spool)"
+        ),
+    ] = None,
 ) -> None:
-    """Join decisions and events into one ad-opportunity log that train, replay, tune and
-    summary read as it is; events that did not become outcomes are counted and kept."""
+    """Convert what the decision spool still holds, then join decisions and events into one
+    ad-opportunity log that train, replay, tune and summary read as it is; events that did not
+    become outcomes are counted and kept."""
     from engine.config import load_config
+    from engine.logs.converter import convert_pending
     from engine.logs.join import Windows, join_logs
 
     try:
-        c = load_config(config).decision_log
+        settings = load_config(config)
+        c = settings.decision_log
+        converted = convert_pending(directory, settings, spool)
+        if converted:
+            console.print(f"{converted} spool files converted into {directory}")
         windows = Windows.of(c.engaged_window, c.converted_window, c.negative_window)
         report = join_logs(
             directory, out, windows, events, _time(since, "--since"), _time(until, "--until")

@@ -9,6 +9,7 @@ problem with its dotted key. ``docs/config.md`` documents each key.
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -289,6 +290,12 @@ class DecisionLogConfig(_Strict):
     """The service's decision and event logs (engine/logs/decisions.py, docs/loop.md)."""
 
     dir: str = Field("", description="a directory or pyarrow filesystem URI; empty: no logs")
+    spool_dir: str = Field(
+        "", description="a local directory for the decision spool; empty: <dir>/spool"
+    )
+    spool_gb: float = Field(
+        2.0, gt=0, description="unconverted spool beyond this: decisions dropped and counted"
+    )
     rotate_s: float = Field(60.0, gt=0, le=86_400, description="a file is finalised this often")
     rotate_mb: float = Field(64.0, gt=0, description="or when it has grown this big")
     queue: int = Field(10_000, ge=1, description="items waiting to be written; more are dropped")
@@ -302,7 +309,17 @@ class DecisionLogConfig(_Strict):
     def _windows(self) -> DecisionLogConfig:
         for name in ("engaged_window", "converted_window", "negative_window"):
             parse_duration(getattr(self, name))  # raises, naming the value
+        if self.dir and not self.spool_dir and "://" in self.dir:
+            raise ValueError(
+                f"spool_dir: set a local directory for the decision spool: dir {self.dir!r} is "
+                "not a local path"
+            )
         return self
+
+    @property
+    def spool(self) -> str:
+        """The spool's local directory."""
+        return self.spool_dir or os.path.join(self.dir, "spool")
 
 
 class ExplorationConfig(_Strict):

@@ -23,6 +23,7 @@ import polars as pl
 
 from engine.config import load_config
 from engine.errors import InvalidArgument
+from engine.logs.converter import convert_pending
 from engine.logs.join import Windows, join_logs
 from features.logio import read_log, validate_log, write_log
 
@@ -74,7 +75,9 @@ def _paths(o: NightlyOptions, day: date) -> dict[str, Path]:
 
 def join_day(o: NightlyOptions) -> dict[str, Any]:
     """The day's decisions and events as its ad-opportunity log (with the truth if given)."""
-    c = load_config(o.config_path).decision_log
+    config = load_config(o.config_path)
+    c = config.decision_log
+    convert_pending(o.logs, config)  # what the converters have not written yet
     windows = Windows.of(c.engaged_window, c.converted_window, c.negative_window)
     start = datetime(o.day.year, o.day.month, o.day.day, tzinfo=UTC)
     path = _paths(o, o.day)["log"]

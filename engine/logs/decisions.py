@@ -1,5 +1,6 @@
-"""The service's own logs: every Score decision and every reported event, as Parquet, beside
-each other (docs/loop.md). ``admatch logs join`` turns them into the ad-opportunity log.
+"""The service's own logs, their schemas and rows: every Score decision and every reported
+event, as Parquet, beside each other (docs/loop.md; written by engine/logs/serving.py).
+``admatch logs join`` turns them into the ad-opportunity log.
 
 A decision log file is itself an ad-opportunity log (docs/log-schema.md): one row per
 (request, candidate) with the request and candidate columns, ``shown`` (the service selected it)
@@ -11,9 +12,6 @@ own columns (``DECISION_EXTRAS``). An event log file has one row per reported ev
 
 from __future__ import annotations
 
-import os
-import socket
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,11 +19,11 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from engine.config import COST_COMPONENTS, DecisionLogConfig
+from engine.config import COST_COMPONENTS
 from engine.errors import LogSchemaError
-from engine.logs.stream import LogStream, StreamSettings
+from engine.logs.spool import FLOATS, Record
 from engine.scoring.selection import CODE
-from engine.scoring.types import IMPRESSION_SEPARATOR, Decision, ScoreRequest
+from engine.scoring.types import IMPRESSION_SEPARATOR, ScoreRequest
 from features.online import CANDIDATE_COLUMNS, REQUEST_FIELDS, assemble
 from features.schema import polars_schema
 
@@ -110,43 +108,34 @@ def event_id(kind: str, impression: str, negative_kind: str | None = None) -> st
     return f"{kind}:{impression}" + (f":{negative_kind}" if negative_kind else "")
 
 
-@dataclass(frozen=True)
-class Logged:
-    """A request's decision as the decision log takes it (``at``: when it was decided)."""
-
-    request: ScoreRequest
-    decision: Decision
-    reserved: bool
-    at: float
-
-
-def decision_frame(items: list[Logged], worker: str) -> pl.DataFrame:
-    """The decision-log rows of ``items`` (one per candidate), in ``DECISION_SCHEMA``.
+def decision_frame(
+    requests: list[ScoreRequest], records: list[Record], worker: str
+) -> pl.DataFrame:
+    """The decision-log rows of spooled decisions (one per candidate), in ``DECISION_SCHEMA``:
+    ``requests[i]`` is ``records[i]``'s request, decoded.
 
     Per-candidate values come as numpy arrays; per-request values are built once per request
     and spread over its rows by one gather (no Python string per row)."""
-    inputs = assemble([i.request.context for i in items], [i.request.candidates for i in items])
-    decisions = [i.decision for i in items]
+    inputs = assemble([r.context for r in requests], [r.candidates for r in requests])
     owner = pl.Series(
-        np.repeat(np.arange(len(items), dtype=np.uint32), [len(d.ad_id) for d in decisions])
+        np.repeat(np.arange(len(records), dtype=np.uint32), [len(r.ints) for r in records])
     )
-    rank = np.concatenate([d.rank for d in decisions]).astype(np.int16)
-    propensity = np.concatenate([d.propensity for d in decisions])
-    costs = np.vstack([d.costs for d in decisions])
-    codes = np.fromiter((CODE[r] for d in decisions for r in d.reason), np.uint8, len(owner))
+    floats = np.vstack([r.floats for r in records])
+    ints = np.vstack([r.ints for r in records])
+    number = dict(zip(FLOATS, floats.T, strict=False))
+    rank = ints[:, 0]
+    propensity = number["propensity"]
     rows = pl.DataFrame(
         {
             "propensity": np.where(propensity > 0, propensity, np.nan),
             "shown": rank > 0,
-            "reason": codes,
+            "reason": ints[:, 2].astype(np.uint8),
             "rank": rank,
-            "current_rank": np.concatenate([d.current_rank for d in decisions]).astype(np.int16),
-            "p_engage": np.concatenate([d.p_engage for d in decisions]),
-            "p_negative": np.concatenate([d.p_negative for d in decisions]),
-            "expected_value": np.concatenate([d.expected_value for d in decisions]),
-            **{f"cost_{c}": costs[:, j] for j, c in enumerate(COST_COMPONENTS)},
-            "cost_total": np.concatenate([d.cost for d in decisions]),
-            "utility": np.concatenate([d.utility for d in decisions]),
+            "current_rank": ints[:, 1],
+            **{name: number[name] for name in ("p_engage", "p_negative", "expected_value")},
+            **{f"cost_{c}": floats[:, len(FLOATS) + j] for j, c in enumerate(COST_COMPONENTS)},
+            "cost_total": number["cost_total"],
+            "utility": number["utility"],
         }
     ).with_columns(
         pl.col("propensity").fill_nan(None),
@@ -154,15 +143,15 @@ def decision_frame(items: list[Logged], worker: str) -> pl.DataFrame:
     )
     per_request = pl.DataFrame(
         {
-            "reserved": [i.reserved for i in items],
-            "selection_propensity": [d.selection_propensity for d in decisions],
-            "no_ad_propensity": [d.no_ad_propensity for d in decisions],
-            "exploration_variant": [d.variant for d in decisions],
-            "exploration_share": [d.exploration_share for d in decisions],
-            "cap_store_unavailable": [not d.cap_store_ok for d in decisions],
-            "model_version": [d.model_version for d in decisions],
-            "config_version": [d.config_version for d in decisions],
-            "logged_at": [int(i.at * 1e6) for i in items],
+            "reserved": [r.reserved for r in records],
+            "selection_propensity": [r.selection_propensity for r in records],
+            "no_ad_propensity": [r.no_ad_propensity for r in records],
+            "exploration_variant": [r.variant for r in records],
+            "exploration_share": [r.exploration_share for r in records],
+            "cap_store_unavailable": [not r.cap_store_ok for r in records],
+            "model_version": [r.model_version for r in records],
+            "config_version": [r.config_version for r in records],
+            "logged_at": [int(r.at * 1e6) for r in records],
         }
     )[owner]
     frame = pl.concat([inputs, rows, per_request], how="horizontal").with_columns(
@@ -191,56 +180,8 @@ def event_frame(batches: list[tuple[list[EventRecord], float]], worker: str) -> 
     return pl.DataFrame(columns, schema=EVENT_SCHEMA)
 
 
-def _arrow(schema: pl.Schema) -> pa.Schema:
+def arrow_schema(schema: pl.Schema) -> pa.Schema:
     return pl.DataFrame(schema=schema).to_arrow().schema
-
-
-class ServingLogs:
-    """A worker's decision and event streams (config ``[decision_log]``)."""
-
-    def __init__(self, config: DecisionLogConfig) -> None:
-        settings = StreamSettings(
-            directory=config.dir,
-            rotate_s=config.rotate_s,
-            rotate_bytes=int(config.rotate_mb * 1024**2),
-            queue_items=config.queue,
-            retention_days=config.retention_days,
-            retention_bytes=int(config.retention_gb * 1024**3),
-        )
-        self.worker = f"{socket.gethostname()}:{os.getpid()}"
-        self.decisions: LogStream[Logged] = LogStream(
-            DECISIONS,
-            _arrow(DECISION_SCHEMA),
-            lambda items: decision_frame(items, self.worker),
-            settings,
-            {META_KEY: f"{DECISIONS}/{VERSION}"},
-        )
-        self.events: LogStream[tuple[list[EventRecord], float]] = LogStream(
-            EVENTS,
-            _arrow(EVENT_SCHEMA),
-            lambda items: event_frame(items, self.worker),
-            settings,
-            {META_KEY: f"{EVENTS}/{VERSION}"},
-        )
-
-    def decision(self, request: ScoreRequest, decision: Decision, reserved: bool) -> None:
-        """Log one request's decision (never blocks; dropped and counted when behind)."""
-        self.decisions.put(Logged(request, decision, reserved, time.time()))
-
-    def record(self, events: list[EventRecord]) -> None:
-        """Log reported events (never blocks)."""
-        if events:
-            self.events.put((events, time.time()))
-
-    @property
-    def healthy(self) -> bool:
-        """Both streams' last writes succeeded."""
-        return self.decisions.stats.healthy and self.events.stats.healthy
-
-    def close(self) -> None:
-        """Write what is queued and finalise the open files."""
-        self.decisions.close()
-        self.events.close()
 
 
 def check_version(kind: str, metadata: dict[bytes, bytes] | None, path: str) -> None:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import polars as pl
 import pyarrow as pa
@@ -54,6 +54,9 @@ class StreamSettings:
     queue_items: int = 10_000
     retention_days: float = 30.0
     retention_bytes: int = 10 * 1024**3
+    # keep every file (someone else consumes and deletes them) and stop writing, dropping and
+    # counting, while the kind's files total more than ``retention_bytes``
+    keep_all: bool = False
 
 
 @dataclass
@@ -68,6 +71,56 @@ class StreamStats:
     healthy: bool = True  # the last write succeeded
 
 
+class FileWriter(Protocol[T]):
+    """One open file of a stream."""
+
+    def write(self, items: list[T]) -> int:
+        """Append ``items``; the rows written."""
+        ...
+
+    def close(self) -> None:
+        """Finish the file (its sink is closed by the stream)."""
+        ...
+
+
+class FileFormat(Protocol[T]):
+    """How a stream writes its files: their extension, and a writer per file."""
+
+    extension: str
+
+    def open(self, sink: Any, metadata: dict[bytes, bytes]) -> FileWriter[T]:
+        """A writer of a new file into ``sink`` (a pyarrow output stream)."""
+        ...
+
+
+class ParquetFormat(Generic[T]):
+    """Parquet files of ``schema``, a row group per write of ``build(items)``."""
+
+    extension = "parquet"
+
+    def __init__(self, schema: pa.Schema, build: Callable[[list[T]], pl.DataFrame]) -> None:
+        self.schema, self.build = schema, build
+
+    def open(self, sink: Any, metadata: dict[bytes, bytes]) -> _ParquetWriter[T]:
+        schema = self.schema.with_metadata({**(self.schema.metadata or {}), **metadata})
+        # snappy: ~30% cheaper to write than zstd here, for ~10% bigger files (BENCHMARKS.md)
+        return _ParquetWriter(self, pq.ParquetWriter(sink, schema, compression="snappy"))
+
+
+@dataclass
+class _ParquetWriter(Generic[T]):
+    format: ParquetFormat[T]
+    writer: pq.ParquetWriter
+
+    def write(self, items: list[T]) -> int:
+        table = self.format.build(items).to_arrow().cast(self.format.schema)
+        self.writer.write_table(table)
+        return int(table.num_rows)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 def open_directory(uri: str) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem and the path in it (a local path without a scheme)."""
     if "://" not in uri:
@@ -75,7 +128,9 @@ def open_directory(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(uri)
 
 
-def finalised(fs: pafs.FileSystem, root: str, kind: str) -> list[pafs.FileInfo]:
+def finalised(
+    fs: pafs.FileSystem, root: str, kind: str, extension: str = "parquet"
+) -> list[pafs.FileInfo]:
     """The finalised files of ``kind`` under ``root``, oldest first (by name: kind, then the
     UTC time it was opened).
 
@@ -83,14 +138,43 @@ def finalised(fs: pafs.FileSystem, root: str, kind: str) -> list[pafs.FileInfo]:
         OSError: the directory cannot be listed.
     """
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    mine = (i for i in infos if i.base_name.startswith(f"{kind}-") and i.extension == "parquet")
+    mine = (i for i in infos if i.base_name.startswith(f"{kind}-") and i.extension == extension)
     return sorted(mine, key=lambda i: i.base_name)
+
+
+def delete_beyond(
+    fs: pafs.FileSystem,
+    root: str,
+    kind: str,
+    days: float,
+    limit: int,
+    now: float | None = None,
+    files: list[pafs.FileInfo] | None = None,
+) -> None:
+    """Delete ``kind``'s oldest finalised Parquet files older than ``days`` or beyond ``limit``
+    bytes in all (the newest file always stays; ``files``: the listing, when made already).
+
+    Raises:
+        OSError: the directory cannot be listed.
+    """
+    mine = finalised(fs, root, kind) if files is None else files
+    cutoff = (time.time() if now is None else now) - days * 86_400
+    total = sum(i.size or 0 for i in mine)
+    for info in mine[:-1]:  # the newest file stays, whatever the limits
+        old = info.mtime is not None and info.mtime.timestamp() < cutoff
+        if not old and total <= limit:
+            break
+        try:
+            fs.delete_file(info.path)
+        except OSError:
+            continue  # another worker's stream deleted it first
+        total -= info.size or 0
 
 
 @dataclass
 class _File:
     path: str
-    writer: pq.ParquetWriter
+    writer: FileWriter[Any]
     sink: Any
     opened: float
     bytes: int = 0
@@ -101,8 +185,7 @@ class LogStream(Generic[T]):
     """One worker's stream of one kind of log (see the module doc)."""
 
     kind: str
-    schema: pa.Schema
-    build: Callable[[list[T]], pl.DataFrame]
+    format: FileFormat[T]
     settings: StreamSettings
     metadata: dict[str, str] = field(default_factory=dict)
     clock: Callable[[], float] = time.time
@@ -114,6 +197,7 @@ class LogStream(Generic[T]):
         self._file: _File | None = None
         self._seq = 0
         self._warned = False
+        self._full = False  # keep_all: the kind's files are over their limit
         self._listeners: list[Callable[[bool], None]] = []
         self._name = f"{socket.gethostname()}-{os.getpid()}"
         self._thread = threading.Thread(target=self._run, name=f"admatch-{self.kind}-log")
@@ -121,7 +205,12 @@ class LogStream(Generic[T]):
         self._thread.start()
 
     def put(self, item: T) -> bool:
-        """Queue ``item`` for writing; ``False`` (and counted) when the queue is full."""
+        """Queue ``item`` for writing; ``False`` (and counted) when the queue is full (or,
+        ``keep_all``, the files are over their limit)."""
+        if self._full:
+            self.stats.dropped += 1
+            self._warn(f"over {self.settings.retention_bytes} bytes of files: items dropped")
+            return False
         try:
             self._queue.put_nowait(item)
             return True
@@ -143,6 +232,8 @@ class LogStream(Generic[T]):
                 self._write(items)
             if self._file is not None and (done or self._due()):
                 self._finalise()
+            elif self._full and not items:
+                self._retain()  # has someone made room?
 
     def _take(self) -> tuple[list[T], bool]:
         """Up to ``_BATCH`` items, waiting at most ``_IDLE_S`` for the first; whether the
@@ -183,9 +274,8 @@ class LogStream(Generic[T]):
 
     def _write(self, items: list[T]) -> None:
         try:
-            table = self.build(items).to_arrow().cast(self.schema)
             f = self._file or self._open()
-            f.writer.write_table(table)
+            rows = f.writer.write(items)
             f.bytes = f.sink.tell()
         except Exception as exc:  # a full disk, no permission: count, say once, go on
             self.stats.dropped += len(items)
@@ -194,7 +284,7 @@ class LogStream(Generic[T]):
             self._abandon()
             self._warn(f"cannot write ({type(exc).__name__}: {exc}): items dropped")
             return
-        self.stats.rows += table.num_rows
+        self.stats.rows += rows
         self.stats.items += len(items)
         if not self.stats.healthy:
             log.warning("%s log %s: writing again", self.kind, self.settings.directory)
@@ -204,13 +294,15 @@ class LogStream(Generic[T]):
     def _open(self) -> _File:
         stamp = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y%m%dT%H%M%S.%f")
         self._seq += 1
-        name = f"{self.kind}-{stamp}-{self._name}-{self._seq}.parquet{PARTIAL}"
+        name = f"{self.kind}-{stamp}-{self._name}-{self._seq}.{self.format.extension}{PARTIAL}"
         self.fs.create_dir(self.root, recursive=True)
         path = f"{self.root.rstrip('/')}/{name}"
         sink = self.fs.open_output_stream(path)
-        schema = self.schema.with_metadata({**(self.schema.metadata or {}), **self._meta()})
-        # snappy: ~30% cheaper to write than zstd here, for ~10% bigger files (BENCHMARKS.md)
-        writer = pq.ParquetWriter(sink, schema, compression="snappy")
+        try:
+            writer = self.format.open(sink, self._meta())
+        except Exception:
+            sink.close()
+            raise
         self._file = _File(path, writer, sink, self.clock())
         return self._file
 
@@ -244,23 +336,23 @@ class LogStream(Generic[T]):
                 pass
 
     def _retain(self) -> None:
-        """Delete this kind's oldest finalised files beyond the retention limits."""
+        """Delete this kind's oldest finalised files beyond the retention limits (``keep_all``:
+        stop writing while they are over the size limit)."""
         s = self.settings
         try:
-            mine = finalised(self.fs, self.root, self.kind)
+            mine = finalised(self.fs, self.root, self.kind, self.format.extension)
         except OSError:
             return
-        cutoff = self.clock() - s.retention_days * 86_400
-        total = sum(i.size or 0 for i in mine)
-        for info in mine[:-1]:  # the newest file stays, whatever the limits
-            old = info.mtime is not None and info.mtime.timestamp() < cutoff
-            if not old and total <= s.retention_bytes:
-                break
-            try:
-                self.fs.delete_file(info.path)
-            except OSError:
-                continue  # another worker's stream deleted it first
-            total -= info.size or 0
+        if s.keep_all:
+            full = sum(i.size or 0 for i in mine) > s.retention_bytes
+            if self._full and not full:
+                log.warning("%s log %s: room again, writing", self.kind, s.directory)
+                self._warned = False
+            self._full = full
+            return
+        delete_beyond(
+            self.fs, self.root, self.kind, s.retention_days, s.retention_bytes, self.clock(), mine
+        )
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Write what is queued, finalise the open file, stop the thread."""

@@ -83,7 +83,9 @@ class _ScoreCall:
                 request.context.ts, datetime.now(UTC), self.servicer.app.max_ahead_s, "time"
             )
         app = self.servicer.app
-        self.decide = Decide(app, request, reserve, self.deadline, validated=True, log=not dry)
+        log = not dry and app.logs is not None
+        wire = self.message.SerializeToString() if log else None  # the log keeps the request
+        self.decide = Decide(app, request, reserve, self.deadline, True, log, wire)
         return self.decide.prepare()
 
     def complete(self, decision: Decision) -> bytes:

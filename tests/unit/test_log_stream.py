@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.logs.stream import LogStream, StreamSettings
+from engine.logs.stream import LogStream, ParquetFormat, StreamSettings
 
 SCHEMA = pl.Schema({"k": pl.Int64, "name": pl.String})
 
@@ -26,7 +26,9 @@ def frame(items: list[int]) -> pl.DataFrame:
 def stream(directory: Path, clock=time.time, build=frame, **kw: object) -> LogStream[int]:
     settings = StreamSettings(str(directory), **kw)  # type: ignore[arg-type]
     arrow: pa.Schema = pl.DataFrame(schema=SCHEMA).to_arrow().schema
-    return LogStream("test", arrow, build, settings, {"admatch.log": "test/1"}, clock)
+    return LogStream(
+        "test", ParquetFormat(arrow, build), settings, {"admatch.log": "test/1"}, clock
+    )
 
 
 def finalised(directory: Path) -> list[Path]:
