@@ -27,7 +27,7 @@ from engine.logs.decisions import EventRecord
 from engine.logs.serving import ServingLogs
 from engine.model.bundle import ModelBundle
 from engine.scoring.scorer import Scorer
-from engine.scoring.types import Decision, Reason, ScoreRequest, impression_id
+from engine.scoring.types import CODE, Decision, Reason, ScoreRequest, impression_id
 from engine.timing import NULL_TIMER, StageTimer
 from features.online import CandidateColumns, RequestContext
 
@@ -213,7 +213,7 @@ class App:
         answered for this request (its cap read, or one of these reservations, failed): the
         rest get the fail mode's outcome at once, so a request waits for a dead store once."""
         ctx = request.context
-        rank, reasons, kept = decision.rank.copy(), list(decision.reason), []
+        rank, codes, kept = decision.rank.copy(), decision.reason_code.copy(), []
         store_ok = decision.cap_store_ok
         for ad in decision.selected:
             i = decision.ad_id.index(ad)
@@ -232,10 +232,10 @@ class App:
             if outcome in (Reservation.RESERVED, Reservation.UNRESERVED):
                 kept.append(ad)
             else:
-                rank[i], reasons[i] = 0, _REFUSED[outcome]
+                rank[i], codes[i] = 0, CODE[_REFUSED[outcome]]
         rank[rank > 0] = np.argsort(np.argsort(rank[rank > 0])) + 1
         return dataclasses.replace(
-            decision, selected=kept, rank=rank, reason=reasons, cap_store_ok=store_ok
+            decision, selected=kept, rank=rank, reason_code=codes, cap_store_ok=store_ok
         )
 
     def record(

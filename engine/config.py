@@ -309,7 +309,7 @@ class DecisionLogConfig(_Strict):
     def _windows(self) -> DecisionLogConfig:
         for name in ("engaged_window", "converted_window", "negative_window"):
             parse_duration(getattr(self, name))  # raises, naming the value
-        if self.dir and not self.spool_dir and "://" in self.dir:
+        if self.dir and not self.spool:
             raise ValueError(
                 f"spool_dir: set a local directory for the decision spool: dir {self.dir!r} is "
                 "not a local path"
@@ -318,8 +318,15 @@ class DecisionLogConfig(_Strict):
 
     @property
     def spool(self) -> str:
-        """The spool's local directory."""
-        return self.spool_dir or os.path.join(self.dir, "spool")
+        """The spool's local directory (empty: none, ``dir`` is not local)."""
+        return self.spool_of(self.dir)
+
+    def spool_of(self, directory: str) -> str:
+        """The spool of the decision log ``directory``: ``spool_dir``, else
+        ``<directory>/spool`` when it is local (empty otherwise)."""
+        if self.spool_dir:
+            return self.spool_dir
+        return "" if "://" in directory else os.path.join(directory, "spool")
 
 
 class ExplorationConfig(_Strict):

@@ -38,8 +38,6 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from admatch.v1 import admatch_pb2 as pb
 from engine.config import ServerConfig
 from engine.logs.decisions import (
@@ -50,10 +48,18 @@ from engine.logs.decisions import (
     arrow_schema,
     decision_frame,
 )
-from engine.logs.spool import read
-from engine.logs.stream import PARTIAL, StreamStats, delete_beyond, open_directory
+from engine.logs.spool import EXTENSION, Record, read
+from engine.logs.stream import (
+    PARTIAL,
+    ParquetFormat,
+    Status,
+    StreamStats,
+    delete_beyond,
+    open_directory,
+)
 from engine.rpc.decode import decode_request
 from engine.rpc.limits import Limits
+from engine.scoring.types import ScoreRequest
 
 log = logging.getLogger(__name__)
 KIND = DECISIONS
@@ -139,13 +145,13 @@ class Conversion:
             if not name.startswith(f"{KIND}-"):
                 continue
             path = self.spool / name
-            if name.endswith(f".spool{PARTIAL}") and self._mine(name, final=False):
+            if name.endswith(f".{EXTENSION}{PARTIAL}") and self._mine(name, final=False):
                 try:  # a dead worker's open file: what it wrote is complete records
                     os.rename(path, path.with_name(name.removesuffix(PARTIAL)))
                 except FileNotFoundError:
                     continue  # another converter took it
                 path = path.with_name(name.removesuffix(PARTIAL))
-            elif not (name.endswith(".spool") and self._mine(name, final=True)):
+            elif not (name.endswith(f".{EXTENSION}") and self._mine(name, final=True)):
                 continue
             done += self._convert(path)
         return done
@@ -181,31 +187,30 @@ class Conversion:
         """Write ``path``'s records as one Parquet file, ``CHUNK`` records per row group,
         waiting before each chunk for idle CPU (``gate``)."""
         self.fs.create_dir(self.root, recursive=True)
-        target = f"{self.root.rstrip('/')}/{path.name.removesuffix('.spool')}.parquet"
-        schema = arrow_schema(DECISION_SCHEMA).with_metadata({META_KEY: f"{KIND}/{VERSION}"})
+        target = f"{self.root.rstrip('/')}/{path.stem}.parquet"
         host, pid = _parts(path.name) or ("", 0)
         worker = f"{host}:{pid}"  # the writer's name, as its rows say
+        decoded: ParquetFormat[tuple[ScoreRequest, Record]] = ParquetFormat(
+            arrow_schema(DECISION_SCHEMA),
+            lambda pairs: decision_frame([q for q, _ in pairs], [r for _, r in pairs], worker),
+        )
         rows = items = dropped = 0
         with self.fs.open_output_stream(target + PARTIAL) as sink:
-            writer = pq.ParquetWriter(sink, schema, compression="snappy")
-            records_in = read(source)
-            while chunk := list(islice(records_in, CHUNK)):
+            writer = decoded.open(sink, {META_KEY.encode(): f"{KIND}/{VERSION}".encode()})
+            records = read(source)
+            while chunk := list(islice(records, CHUNK)):
                 self.gate()
-                requests, records = [], []
+                pairs = []
                 for record in chunk:
                     try:
                         wire = pb.ScoreRequest.FromString(record.wire)
-                        requests.append(decode_request(wire, self.limits))
+                        pairs.append((decode_request(wire, self.limits), record))
                     except Exception as exc:  # the server decoded it: a corrupt record
                         dropped += 1
                         log.warning("%s: a record that does not decode: %s", path.name, exc)
-                        continue
-                    records.append(record)
-                if records:
-                    frame = decision_frame(requests, records, worker)
-                    writer.write_table(frame.to_arrow().cast(schema))
-                rows += sum(len(r.ints) for r in records)
-                items += len(records)
+                if pairs:
+                    rows += writer.write(pairs)
+                    items += len(pairs)
             writer.close()
         self.fs.move(target + PARTIAL, target)
         return rows, items, dropped
@@ -226,7 +231,7 @@ def convert_pending(directory: str, config: Any, spool: str | None = None) -> in
     ``config``: the server's ``AdmatchConfig`` (its limits decode the requests, its retention
     applies)."""
     c = config.decision_log
-    spool = spool or c.spool_dir or ("" if "://" in directory else f"{directory}/spool")
+    spool = spool or c.spool_of(directory)
     if not spool:
         return 0
     settings = ConverterSettings(
@@ -246,9 +251,8 @@ class Converter:
 
     def __init__(self, settings: ConverterSettings, wait_s: float = 60.0) -> None:
         self.stats = StreamStats()
+        self.status = Status(self.stats, "decision log")
         self.wait_s = wait_s
-        self._listeners: list[Callable[[bool], None]] = []
-        self._warned = False
         env = {**os.environ, "POLARS_MAX_THREADS": "1", "OMP_NUM_THREADS": "1"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "engine.logs.convert_main"],
@@ -265,7 +269,7 @@ class Converter:
 
     def listen(self, on_change: Callable[[bool], None]) -> None:
         """Call ``on_change(healthy)`` when converting starts failing or works again."""
-        self._listeners.append(on_change)
+        self.status.listen(on_change)
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -273,29 +277,16 @@ class Converter:
             report = json.loads(line)
             if "error" in report:
                 self.stats.failures += 1
-                if not self._warned:
-                    self._warned = True
-                    log.warning(
-                        "decision log: cannot convert %s (%s): kept in the spool, tried again",
-                        report["file"],
-                        report["error"],
-                    )
-                self._health(False)
+                self.status.fail(
+                    f"cannot convert {report['file']} ({report['error']}): kept in the spool, "
+                    "tried again"
+                )
                 continue
             self.stats.rows += report["rows"]
             self.stats.items += report["items"]
             self.stats.dropped += report["dropped"]
             self.stats.files += 1
-            if not self.stats.healthy:
-                log.warning("decision log: converting again")
-                self._warned = False
-            self._health(True)
-
-    def _health(self, healthy: bool) -> None:
-        if healthy != self.stats.healthy:
-            self.stats.healthy = healthy
-            for listener in self._listeners:
-                listener(healthy)
+            self.status.recover("converting again")
 
     def close(self) -> None:
         """Let it convert what is finalised and stop (waiting up to ``wait_s``; after that it

@@ -22,8 +22,7 @@ import pyarrow as pa
 from engine.config import COST_COMPONENTS
 from engine.errors import LogSchemaError
 from engine.logs.spool import FLOATS, Record
-from engine.scoring.selection import CODE
-from engine.scoring.types import IMPRESSION_SEPARATOR, ScoreRequest
+from engine.scoring.types import IMPRESSION_SEPARATOR, REASON_NAMES, ScoreRequest
 from features.online import CANDIDATE_COLUMNS, REQUEST_FIELDS, assemble
 from features.schema import polars_schema
 
@@ -55,7 +54,7 @@ DECISION_EXTRAS = pl.Schema(
         "logged_at": pl.Datetime("us", "UTC"),
     }
 )
-_REASON_NAME = {code: str(reason) for reason, code in CODE.items()}
+_REASON_NAME = dict(enumerate(REASON_NAMES.tolist()))
 _CORE = [*REQUEST_FIELDS, *CANDIDATE_COLUMNS, "propensity", "shown"]
 DECISION_SCHEMA = pl.Schema({**{c: _LOG[c] for c in _CORE}, **DECISION_EXTRAS})
 EVENT_TYPES = ("impression", "engagement", "conversion", "negative_feedback")

@@ -2,7 +2,7 @@
 
 Decisions: the request path hands each one to a spool stream (engine/logs/spool.py: the
 request's bytes and the decision's numbers, ~0.03 ms per 100-candidate request on the writer
-thread); the worker's converter process (engine/logs/converter.py, nice 19) turns finalised
+thread); the worker's converter process (engine/logs/converter.py, in idle CPU) turns finalised
 spool files into the Parquet decision log. Events: RecordEvents's batches go to a Parquet
 stream directly (they are small).
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from engine.config import DecisionLogConfig, ServerConfig
 from engine.logs.converter import Converter, ConverterSettings
@@ -53,7 +53,7 @@ class DecisionLog:
             healthy=spooled.healthy and converted.healthy,
         )
 
-    def listen(self, on_change: Any) -> None:
+    def listen(self, on_change: Callable[[bool], None]) -> None:
         """Call ``on_change(healthy)`` when spooling or converting fails or works again."""
         self.spool.listen(lambda _ok: on_change(self.stats.healthy))
         self.converter.listen(lambda _ok: on_change(self.stats.healthy))

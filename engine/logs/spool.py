@@ -23,7 +23,6 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from engine.config import COST_COMPONENTS
-from engine.scoring.selection import CODE
 from engine.scoring.types import Decision, ScoreRequest
 
 EXTENSION = "spool"
@@ -87,8 +86,7 @@ def encode(item: Logged) -> bytes:
     floats = np.column_stack(
         [d.propensity, d.p_engage, d.p_negative, d.expected_value, d.cost, d.utility, d.costs]
     ).astype("<f8", copy=False)
-    codes = np.fromiter((CODE[r] for r in d.reason), np.int16, len(d.reason))
-    ints = np.column_stack([d.rank, d.current_rank, codes]).astype("<i2", copy=False)
+    ints = np.column_stack([d.rank, d.current_rank, d.reason_code]).astype("<i2", copy=False)
     model, config = d.model_version.encode(), d.config_version.encode()
     flags = (_RESERVED if item.reserved else 0) | (_STORE_OK if d.cap_store_ok else 0)
     head = _HEAD.pack(

@@ -71,6 +71,44 @@ class StreamStats:
     healthy: bool = True  # the last write succeeded
 
 
+class Status:
+    """A writer's health and warnings: listeners hear when it starts failing or works again;
+    a problem is logged once, then not again until it has said it works again."""
+
+    def __init__(self, stats: StreamStats, prefix: str) -> None:
+        self.stats, self.prefix = stats, prefix
+        self._listeners: list[Callable[[bool], None]] = []
+        self._warned = False
+
+    def listen(self, on_change: Callable[[bool], None]) -> None:
+        """Call ``on_change(healthy)`` when writing starts failing or works again."""
+        self._listeners.append(on_change)
+
+    def warn(self, problem: str) -> None:
+        """Log ``problem``, unless a problem was logged since the last recovery."""
+        if not self._warned:
+            self._warned = True
+            log.warning("%s: %s", self.prefix, problem)
+
+    def fail(self, problem: str) -> None:
+        """Writing failed: unhealthy, ``problem`` logged (once)."""
+        self._set(False)
+        self.warn(problem)
+
+    def recover(self, news: str, healthy: bool = True) -> None:
+        """Log ``news`` if a problem was logged (and warn again next time); ``healthy``."""
+        if self._warned:
+            log.warning("%s: %s", self.prefix, news)
+            self._warned = False
+        self._set(healthy)
+
+    def _set(self, healthy: bool) -> None:
+        if healthy != self.stats.healthy:
+            self.stats.healthy = healthy
+            for listener in self._listeners:
+                listener(healthy)
+
+
 class FileWriter(Protocol[T]):
     """One open file of a stream."""
 
@@ -196,9 +234,8 @@ class LogStream(Generic[T]):
         self._queue: queue.Queue[T | None] = queue.Queue(self.settings.queue_items)
         self._file: _File | None = None
         self._seq = 0
-        self._warned = False
         self._full = False  # keep_all: the kind's files are over their limit
-        self._listeners: list[Callable[[bool], None]] = []
+        self.status = Status(self.stats, f"{self.kind} log {self.settings.directory}")
         self._name = f"{socket.gethostname()}-{os.getpid()}"
         self._thread = threading.Thread(target=self._run, name=f"admatch-{self.kind}-log")
         self._thread.daemon = True
@@ -209,20 +246,15 @@ class LogStream(Generic[T]):
         ``keep_all``, the files are over their limit)."""
         if self._full:
             self.stats.dropped += 1
-            self._warn(f"over {self.settings.retention_bytes} bytes of files: items dropped")
+            self.status.warn(f"over {self.settings.retention_bytes} bytes of files: items dropped")
             return False
         try:
             self._queue.put_nowait(item)
             return True
         except queue.Full:
             self.stats.dropped += 1
-            self._warn("queue full (the writer falls behind): items dropped")
+            self.status.warn("queue full (the writer falls behind): items dropped")
             return False
-
-    def _warn(self, problem: str) -> None:
-        if not self._warned:
-            self._warned = True
-            log.warning("%s log %s: %s", self.kind, self.settings.directory, problem)
 
     def _run(self) -> None:
         done = False
@@ -264,13 +296,7 @@ class LogStream(Generic[T]):
 
     def listen(self, on_change: Callable[[bool], None]) -> None:
         """Call ``on_change(healthy)`` when writing starts failing or works again."""
-        self._listeners.append(on_change)
-
-    def _health(self, healthy: bool) -> None:
-        if healthy != self.stats.healthy:
-            self.stats.healthy = healthy
-            for listener in self._listeners:
-                listener(healthy)
+        self.status.listen(on_change)
 
     def _write(self, items: list[T]) -> None:
         try:
@@ -280,16 +306,13 @@ class LogStream(Generic[T]):
         except Exception as exc:  # a full disk, no permission: count, say once, go on
             self.stats.dropped += len(items)
             self.stats.failures += 1
-            self._health(False)
             self._abandon()
-            self._warn(f"cannot write ({type(exc).__name__}: {exc}): items dropped")
+            self.status.fail(f"cannot write ({type(exc).__name__}: {exc}): items dropped")
             return
         self.stats.rows += rows
         self.stats.items += len(items)
         if not self.stats.healthy:
-            log.warning("%s log %s: writing again", self.kind, self.settings.directory)
-            self._warned = False
-        self._health(True)
+            self.status.recover("writing again")
 
     def _open(self) -> _File:
         stamp = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y%m%dT%H%M%S.%f")
@@ -318,8 +341,7 @@ class LogStream(Generic[T]):
             self.fs.move(f.path, f.path.removesuffix(PARTIAL))
         except Exception as exc:
             self.stats.failures += 1
-            self._health(False)
-            self._warn(f"cannot finalise {f.path} ({type(exc).__name__}: {exc})")
+            self.status.fail(f"cannot finalise {f.path} ({type(exc).__name__}: {exc})")
             return
         self.stats.files += 1
         self._retain()
@@ -346,8 +368,7 @@ class LogStream(Generic[T]):
         if s.keep_all:
             full = sum(i.size or 0 for i in mine) > s.retention_bytes
             if self._full and not full:
-                log.warning("%s log %s: room again, writing", self.kind, s.directory)
-                self._warned = False
+                self.status.recover("room again, writing", self.stats.healthy)
             self._full = full
             return
         delete_beyond(
@@ -359,6 +380,6 @@ class LogStream(Generic[T]):
         try:
             self._queue.put(None, timeout=timeout_s)
         except queue.Full:  # the writer is stuck: what is queued is lost with the process
-            self._warn("closed with a full queue")
+            self.status.warn("closed with a full queue")
             return
         self._thread.join(timeout_s)

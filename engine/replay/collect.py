@@ -21,6 +21,7 @@ from engine.pricing import earned
 from engine.replay.engines import STAGES, Result
 from engine.replay.requests import row_values
 from engine.replay.source import RequestChunk
+from engine.scoring.types import REASON_NAMES
 
 REWARDS = ("engagement", "revenue", "negative")
 EXPOSURE_COLUMNS = (
@@ -71,7 +72,7 @@ class ChunkDecisions:
             out.p_negative[lo:hi] = d.p_negative
             out.expected_value[lo:hi] = d.expected_value
             out.utility[lo:hi] = d.utility
-            out.reason[lo:hi] = [str(x) for x in d.reason]
+            out.reason[lo:hi] = REASON_NAMES[d.reason_code].tolist()
         return out
 
     @property
@@ -197,7 +198,7 @@ class Collector:
                 self.filled += 1
             else:  # why not: the reason of the candidate with the highest utility
                 best = int(np.argmax(r.decision.utility))
-                self.no_ad[str(r.decision.reason[best])] += 1
+                self.no_ad[REASON_NAMES[r.decision.reason_code[best]]] += 1
         self.load.append(
             _user_day_load(
                 chunk.rows.select(

@@ -16,9 +16,9 @@ import numpy as np
 from admatch.v1 import admatch_pb2 as pb
 from engine.caps.store import Feedback, Impression
 from engine.config import COST_COMPONENTS
-from engine.rpc.enums import NUMBER, REASON, REASON_OF
+from engine.rpc.enums import NUMBER, REASON, REASON_OF, WIRE_REASON
 from engine.rpc.wire import score_response
-from engine.scoring.types import Decision, ScoreRequest, impression_id
+from engine.scoring.types import CODE, Decision, ScoreRequest, impression_id
 
 _TEXT = ("ad_id", "creative_id", "campaign_id", "advertiser_id", "category")
 
@@ -87,7 +87,7 @@ def _written(d: Decision) -> bytes | None:
         d.request_id,
         d.selected,
         d.ad_id,
-        np.array([REASON[r] for r in d.reason], dtype=np.uint8),
+        WIRE_REASON[d.reason_code],
         d.rank,
         (d.p_engage, d.p_negative, d.expected_value, d.cost, d.utility),
         d.costs,
@@ -130,6 +130,7 @@ def decision_message(decision: Decision) -> pb.ScoreResponse:
         impression_ids=[impression_id(decision.request_id, a) for a in decision.selected],
     )
     propensity = _propensity(decision)
+    reasons = decision.reason
     for i, ad in enumerate(decision.ad_id):
         cost = pb.CostParts(
             **{c: float(decision.costs[i, j]) for j, c in enumerate(COST_COMPONENTS)}
@@ -137,7 +138,7 @@ def decision_message(decision: Decision) -> pb.ScoreResponse:
         resp.decisions.append(
             pb.CandidateDecision(
                 ad_id=ad,
-                reason=REASON[decision.reason[i]],
+                reason=REASON[reasons[i]],
                 rank=int(decision.rank[i]),
                 score=pb.ScoreParts(
                     p_engage=float(decision.p_engage[i]),
@@ -167,7 +168,7 @@ def decision_from_proto(msg: pb.ScoreResponse) -> Decision:
         request_id=msg.request_id,
         selected=list(msg.selected_ad_ids),
         ad_id=[d.ad_id for d in msg.decisions],
-        reason=[REASON_OF[d.reason] for d in msg.decisions],
+        reason_code=np.array([CODE[REASON_OF[d.reason]] for d in msg.decisions], np.uint8),
         rank=np.array([d.rank for d in msg.decisions], dtype=np.int64),
         p_engage=column("p_engage"),
         p_negative=column("p_negative"),

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from admatch.v1 import admatch_pb2 as pb
-from engine.scoring.types import Reason
+from engine.scoring.types import REASONS, Reason
 
 
 def _names(enum: Any, prefix: str) -> list[str | None]:
@@ -51,3 +53,4 @@ NUMBER: dict[str, dict[str, Any]] = {  # Any: the generated enums' ValueType
 
 REASON = {r: pb.Reason.Value(f"REASON_{r.value}") for r in Reason}  # core -> wire
 REASON_OF = {number: reason for reason, number in REASON.items()}  # wire -> core
+WIRE_REASON = np.array([REASON[r] for r in REASONS], dtype=np.uint8)  # core code -> wire

@@ -15,13 +15,13 @@ ScoreStream is counted per message in ``admatch_requests_total``.
 
 from __future__ import annotations
 
-from collections import Counter as Tally
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from engine.scoring.types import Decision
+from engine.scoring.types import REASON_NAMES, Decision
 from engine.timing import CallbackTimer
 
 _BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -77,7 +77,7 @@ class Metrics:
             registry=r,
         )
         self._stage: dict[str, Any] = {}  # labelled children, looked up once
-        self._reason: dict[str, Any] = {}
+        self._reason: dict[int, Any] = {}  # by reason code
         self._request: dict[tuple[str, str], Any] = {}
 
     def timer(self) -> CallbackTimer:
@@ -102,11 +102,12 @@ class Metrics:
         self.scored.inc()
         if decision.no_ad:
             self.no_ad.inc()
-        for reason, n in Tally(decision.reason).items():
-            child = self._reason.get(reason)
+        counts = np.bincount(decision.reason_code, minlength=len(REASON_NAMES))
+        for code in np.flatnonzero(counts).tolist():
+            child = self._reason.get(code)
             if child is None:
-                child = self._reason.setdefault(reason, self.decisions.labels(str(reason)))
-            child.inc(n)
+                child = self._reason.setdefault(code, self.decisions.labels(REASON_NAMES[code]))
+            child.inc(int(counts[code]))
 
     def serving(self, model_version: str, config_version: str, runtime: str) -> None:
         """Mark the model serving now (the previous one's series is removed)."""

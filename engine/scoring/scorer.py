@@ -17,8 +17,8 @@ from engine.config import AdmatchConfig
 from engine.model.bundle import ModelBundle
 from engine.scoring import rules as R
 from engine.scoring.explore import Propensities, Variants, propensities
-from engine.scoring.selection import CODE, REASONS, Capacity, select
-from engine.scoring.types import Decision, Reason, ScoreRequest
+from engine.scoring.selection import Capacity, select
+from engine.scoring.types import CODE, Decision, Reason, ScoreRequest
 from engine.timing import NULL_TIMER, StageTimer
 from features.schema import SLOTS
 
@@ -162,7 +162,7 @@ class Scorer:
         *columns: np.ndarray,
     ) -> list[Decision]:
         p_engage, p_negative, value, weighted, cost, utility = columns
-        reasons = _REASONS[reason].tolist()
+        codes = reason.astype(np.uint8)
         picked = np.flatnonzero(rank > 0)
         picked = picked[np.lexsort((rank[picked], owner[picked]))]  # by request, then rank
         cuts = np.searchsorted(owner[picked], np.arange(len(requests) + 1)).tolist()
@@ -175,7 +175,7 @@ class Scorer:
                     request_id=req.context.request_id,
                     selected=[ad_id[j] for j in chosen[cuts[i] : cuts[i + 1]]],
                     ad_id=ad_id[lo:hi],
-                    reason=reasons[lo:hi],
+                    reason_code=codes[lo:hi],
                     rank=rank[lo:hi],
                     p_engage=p_engage[lo:hi],
                     p_negative=p_negative[lo:hi],
@@ -195,9 +195,6 @@ class Scorer:
                 )
             )
         return out
-
-
-_REASONS = np.array(REASONS, dtype=object)
 
 
 def _separation(

@@ -15,10 +15,7 @@ from operator import itemgetter
 
 import numpy as np
 
-from engine.scoring.types import Reason
-
-REASONS = list(Reason)
-CODE = {r: i for i, r in enumerate(REASONS)}
+from engine.scoring.types import CODE, Reason
 
 
 @dataclass(frozen=True)

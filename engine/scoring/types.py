@@ -34,6 +34,12 @@ class Reason(StrEnum):
     CAP_STORE_UNAVAILABLE = "CAP_STORE_UNAVAILABLE"  # caps unknown (store down), failing closed
 
 
+REASONS = list(Reason)  # a reason's code (decision arrays, the logs) is its place here
+CODE = {r: i for i, r in enumerate(REASONS)}
+_BY_CODE = np.array(REASONS, dtype=object)
+REASON_NAMES = np.array([str(r) for r in REASONS], dtype=object)  # by code
+
+
 @dataclass(frozen=True)
 class PodLimits:
     """Per-request override of the slot's capacity (an ad server may know the break length)."""
@@ -194,7 +200,8 @@ class Decision:
         request_id: the request's id.
         selected: ad ids to show, in order (empty: no ad).
         ad_id: candidate ad ids, in request order.
-        reason: one ``Reason`` per candidate.
+        reason_code: per candidate, its ``Reason``'s code (``CODE``); ``reason``: the
+            ``Reason`` objects.
         rank: 1-based position among the selected, 0 when not selected.
         p_engage, p_negative: model probabilities.
         expected_value: money per impression by pricing model.
@@ -217,7 +224,7 @@ class Decision:
     request_id: str
     selected: list[str]
     ad_id: list[str]
-    reason: list[Reason]
+    reason_code: np.ndarray
     rank: np.ndarray
     p_engage: np.ndarray
     p_negative: np.ndarray
@@ -237,6 +244,12 @@ class Decision:
     current_rank: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
+    def reason(self) -> list[Reason]:
+        """One ``Reason`` per candidate."""
+        reasons: list[Reason] = _BY_CODE[self.reason_code].tolist()
+        return reasons
+
+    @property
     def no_ad(self) -> bool:
         """True when nothing is shown."""
         return not self.selected
@@ -244,10 +257,11 @@ class Decision:
     def rows(self) -> list[dict[str, Any]]:
         """One dict per candidate (for printing, JSON and golden files)."""
         out = []
+        names = REASON_NAMES[self.reason_code]
         for i, ad in enumerate(self.ad_id):
             row: dict[str, Any] = {
                 "ad_id": ad,
-                "reason": str(self.reason[i]),
+                "reason": names[i],
                 "rank": int(self.rank[i]),
                 "p_engage": float(self.p_engage[i]),
                 "p_negative": float(self.p_negative[i]),
