@@ -25,5 +25,6 @@ bench: setup
 	POLARS_MAX_THREADS=1 taskset -c 0 $(VENV)/python -m benchmarks.bench_scoring --model data/bench/model_1m --log data/bench/log_1m_c.parquet
 	$(VENV)/python -m benchmarks.bench_caps
 	$(VENV)/python -m benchmarks.bench_grpc --model data/bench/model_1m --log data/bench/log_1m_c.parquet
+	$(VENV)/python -m benchmarks.bench_spool --model data/bench/model_1m --log data/bench/log_1m_c.parquet
 	$(VENV)/python -m benchmarks.bench_replay
 	POLARS_MAX_THREADS=1 taskset -c 1 $(VENV)/admatch tune --log data/bench/log_1m_c.parquet --model data/bench/model_1m --out data/bench/tune_1m/weights.toml --report data/bench/tune_1m --trials 40 --truth-trials 40 --max-negative-rate 0.12

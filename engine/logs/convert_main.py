@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import threading
 import time
 from typing import Any
+
+from engine.logs.names import takes
 
 MAX_BACKOFF_S = 10.0  # a failing conversion is tried again at most this far apart
 
@@ -82,7 +85,7 @@ def main() -> None:
             sys.stdout.write(json.dumps(line) + "\n")
             sys.stdout.flush()
 
-    while not closed.wait(raw.get("poll_s", 0.2)) and not _pending(raw["spool"]):
+    while not closed.wait(raw.get("poll_s", 0.2)) and not _pending(raw["spool"], raw["worker"]):
         pass
     gate()  # the imports below cost ~1-2 s of CPU: in idle time
     from engine.logs.converter import Conversion, ConverterSettings
@@ -95,10 +98,12 @@ def main() -> None:
     conversion.run_pass()  # what the worker finalised as it stopped
 
 
-def _pending(spool: str) -> bool:
-    """Whether the spool holds a file (any: a dead worker's open one is work too)."""
+def _pending(spool: str, worker: int) -> bool:
+    """Whether the spool holds a file for this converter to convert now (its worker's open
+    file is not: importing the converter while the load starts would cost the workers)."""
+    host = socket.gethostname()
     try:
-        return any(name.startswith("decisions-") for name in os.listdir(spool))
+        return any(takes(name, host, worker) for name in os.listdir(spool))
     except FileNotFoundError:
         return False
 

@@ -48,9 +48,9 @@ from engine.logs.decisions import (
     arrow_schema,
     decision_frame,
 )
-from engine.logs.spool import EXTENSION, Record, read
+from engine.logs.names import PARTIAL, takes, writer_of
+from engine.logs.spool import Record, read
 from engine.logs.stream import (
-    PARTIAL,
     ParquetFormat,
     Status,
     StreamStats,
@@ -79,26 +79,6 @@ class ConverterSettings:
     poll_s: float = 0.2
 
 
-def _parts(name: str) -> tuple[str, int] | None:
-    """The host and pid of a spool file's writer (``decisions-<stamp>-<host>-<pid>-<n>.spool``)."""
-    stem = name.removesuffix(PARTIAL).rsplit(".", 1)[0]
-    head, _, rest = stem.partition("-")
-    pieces = rest.split("-")
-    if head != KIND or len(pieces) < 4 or not pieces[-2].isdigit():
-        return None
-    return "-".join(pieces[1:-2]), int(pieces[-2])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Conversion:
     """The converter's work, one pass at a time (``run_pass``); transport-free for tests."""
 
@@ -118,20 +98,6 @@ class Conversion:
         self.spool = Path(settings.spool)
         self.failed = False  # the last pass could not write a file
 
-    def _mine(self, name: str, final: bool) -> bool:
-        """Whether to convert this file: its worker's (finalised), or a dead worker's."""
-        parts = _parts(name)
-        if parts is None:
-            return False
-        if final and not self.settings.worker:
-            return True  # the join's pass: every finalised file (under its lock)
-        if parts[0] != self.host:
-            return False
-        pid = parts[1]
-        if pid == self.settings.worker:
-            return final
-        return not _alive(pid)
-
     def run_pass(self) -> int:
         """Convert every file that is this converter's to convert now; how many (``failed``
         says whether one could not be written)."""
@@ -142,17 +108,15 @@ class Conversion:
         except FileNotFoundError:
             return 0
         for name in names:
-            if not name.startswith(f"{KIND}-"):
+            if not takes(name, self.host, self.settings.worker):
                 continue
             path = self.spool / name
-            if name.endswith(f".{EXTENSION}{PARTIAL}") and self._mine(name, final=False):
+            if name.endswith(PARTIAL):
                 try:  # a dead worker's open file: what it wrote is complete records
                     os.rename(path, path.with_name(name.removesuffix(PARTIAL)))
                 except FileNotFoundError:
                     continue  # another converter took it
                 path = path.with_name(name.removesuffix(PARTIAL))
-            elif not (name.endswith(f".{EXTENSION}") and self._mine(name, final=True)):
-                continue
             done += self._convert(path)
         return done
 
@@ -188,7 +152,7 @@ class Conversion:
         waiting before each chunk for idle CPU (``gate``)."""
         self.fs.create_dir(self.root, recursive=True)
         target = f"{self.root.rstrip('/')}/{path.stem}.parquet"
-        host, pid = _parts(path.name) or ("", 0)
+        host, pid = writer_of(path.name) or ("", 0)
         worker = f"{host}:{pid}"  # the writer's name, as its rows say
         decoded: ParquetFormat[tuple[ScoreRequest, Record]] = ParquetFormat(
             arrow_schema(DECISION_SCHEMA),

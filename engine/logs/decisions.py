@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from engine.config import COST_COMPONENTS
 from engine.errors import LogSchemaError
+from engine.logs.names import DECISIONS as DECISIONS
 from engine.logs.spool import FLOATS, Record
 from engine.scoring.types import IMPRESSION_SEPARATOR, REASON_NAMES, ScoreRequest
 from features.online import CANDIDATE_COLUMNS, REQUEST_FIELDS, assemble
@@ -28,7 +29,7 @@ from features.schema import polars_schema
 
 VERSION = "1"
 META_KEY = "admatch.log"
-DECISIONS, EVENTS = "decisions", "events"
+EVENTS = "events"
 _LOG = polars_schema(include_truth=False)
 DECISION_EXTRAS = pl.Schema(
     {  # type: ignore[arg-type]  # polars types the values loosely

@@ -23,9 +23,10 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from engine.config import COST_COMPONENTS
+from engine.logs.names import SPOOL
 from engine.scoring.types import Decision, ScoreRequest
 
-EXTENSION = "spool"
+EXTENSION = SPOOL
 MAGIC = b"ADMATCH-SPOOL-1\n"  # the first bytes of every spool file (its format's version)
 _LENGTH = struct.Struct("<I")
 # wire bytes, candidates, decided at, selection and no-ad propensity, exploration share,

@@ -37,9 +37,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from engine.logs.names import PARTIAL
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-PARTIAL = ".partial"
 _IDLE_S = 0.2  # how long the thread waits for more items before writing what it has
 _BATCH = 512  # items written at once at most
 

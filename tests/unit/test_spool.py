@@ -167,3 +167,19 @@ def test_the_join_converts_every_finalised_file_first(
     assert rows["request_id"].unique().to_list() == ["r0"]
     assert rows["worker"].unique().to_list() == [f"{HOST}:{live}"]
     assert [p.name.endswith(".partial") for p in spool.iterdir()] == [True]
+
+
+def test_the_converter_waits_for_work_before_importing_anything_heavy(tmp_path: Path) -> None:
+    """Its worker's open file is no work: importing polars and pyarrow then (1-2 s of CPU)
+    would cost the workers as the load starts."""
+    me, dead = os.getpid(), _dead_pid()
+    (tmp_path / f"decisions-20260101T000000.000000-{HOST}-{me}-1.spool.partial").touch()
+    script = (
+        "import sys; from engine.logs.convert_main import _pending; "
+        f"print(_pending({str(tmp_path)!r}, {me}), 'polars' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.stdout.split() == ["False", "False"], out.stderr
+    (tmp_path / f"decisions-20260101T000000.000000-{HOST}-{dead}-1.spool.partial").touch()
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.stdout.split() == ["True", "False"], out.stderr
