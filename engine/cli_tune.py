@@ -59,6 +59,10 @@ def tune(
     truth_trials: Annotated[
         int | None, typer.Option(min=0, help="true-optimum search trials (synthetic logs); 0: none")
     ] = None,
+    history: Annotated[
+        list[Path] | None,
+        typer.Option(help="an earlier log whose impressions the caps and fatigue start from"),
+    ] = None,
 ) -> None:
     """Tune the experience-cost weights, lambda and the reserve on a log: a Pareto frontier,
     a recommended config the server loads, and a report."""
@@ -95,6 +99,7 @@ def tune(
             direct_method=direct_method,
             truth_trials=truth_trials,
             constraints=constraints,
+            history=tuple(history or ()),
         )
         columns = (
             TextColumn("{task.description}"),

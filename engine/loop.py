@@ -12,6 +12,7 @@ loads the new model alone.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -104,6 +105,17 @@ def training_window(o: NightlyOptions) -> Path:
     return out
 
 
+def history(o: NightlyOptions) -> tuple[Path, ...]:
+    """The earlier days' joined logs as far back as a cap or the fatigue cost looks (the
+    days there are): the tuner's counters start from their impressions."""
+    from engine.tune.data import lookback_s
+
+    back = lookback_s(load_config(o.config_path))
+    days = 366 if back == float("inf") else math.ceil(back / 86_400)
+    logs = [_paths(o, o.day - timedelta(days=k))["log"] for k in range(days, 0, -1)]
+    return tuple(p for p in logs if p.exists())
+
+
 def nightly(o: NightlyOptions) -> dict[str, Any]:
     """Join, train, tune and reload for one day; the report (also written to
     ``work/nightly/<day>.json``).
@@ -131,6 +143,7 @@ def nightly(o: NightlyOptions) -> dict[str, Any]:
             seed=o.seed,
             truth_trials=o.truth_trials,
             plots=False,
+            history=history(o),
         )
     )
     config = paths["config"] if tuned["chosen"] is not None else o.config_path

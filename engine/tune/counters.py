@@ -30,18 +30,23 @@ class FamilyCounter:
 
     key: np.ndarray
     depth: int
+    keys: int = 0  # keys at least (more than the rows use: earlier exposures' keys)
     ring: np.ndarray = field(init=False)
     head: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        keys = int(self.key.max()) + 1 if len(self.key) else 0
-        self.ring = np.full((max(keys, 1), self.depth), NEVER, dtype=np.int64)
-        self.head = np.zeros(max(keys, 1), dtype=np.int64)
+        keys = max(int(self.key.max()) + 1 if len(self.key) else 0, self.keys, 1)
+        self.ring = np.full((keys, self.depth), NEVER, dtype=np.int64)
+        self.head = np.zeros(keys, dtype=np.int64)
+        self._start = (self.ring.copy(), self.head.copy())
+
+    def start_here(self) -> None:
+        """Make the exposures recorded so far the state ``reset`` returns to."""
+        self._start = (self.ring.copy(), self.head.copy())
 
     def reset(self) -> None:
-        """Forget every exposure."""
-        self.ring.fill(NEVER)
-        self.head.fill(0)
+        """Back to the start: no exposures, or those recorded before ``start_here``."""
+        self.ring[:], self.head[:] = self._start
 
     def count(self, rows: Rows, t: np.ndarray, lower: np.ndarray, inclusive: bool) -> np.ndarray:
         """Per row, its key's exposures in ``(lower, t)`` (``[lower, t)`` if ``inclusive``),
@@ -66,7 +71,10 @@ class FamilyCounter:
 
     def add(self, rows: Rows, t: np.ndarray) -> None:
         """Record exposures of ``rows`` at times ``t`` (a key may repeat within a call)."""
-        k = self.key[rows]
+        self.add_keys(self.key[rows], t)
+
+    def add_keys(self, k: np.ndarray, t: np.ndarray) -> None:
+        """Record exposures of keys ``k`` (-1: none) at times ``t``, in time order per key."""
         keep = k >= 0
         k, t = k[keep], t[keep]
         if not len(k):

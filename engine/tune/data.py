@@ -10,10 +10,16 @@ read, the requests' capacities, and the logged outcomes and propensities the est
 The models see the exposure history of the log (what the logging policy showed), as the
 estimators' rewards do: a trial's own exposures move its caps and its fatigue cost, not the
 models' predictions.
+
+``history``: earlier logs (the previous days' joined logs, in the nightly job). Their shown
+impressions before the log's first request, as far back as a cap, gap, feedback block or the
+fatigue cost looks, are where every trial's counters start (``Warm``), as the live cap store
+held them when the day began; without them a day is tuned as if no one had seen an ad before.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +35,7 @@ from engine.replay.engines import causal_spans
 from engine.replay.source import prepare_log
 from engine.scoring import rules as R
 from engine.scoring.selection import Capacity
-from features.logio import read_log
+from features.logio import read_log, scan_log
 from features.schema import SLOTS
 
 FATIGUE = COST_COMPONENTS.index("fatigue")
@@ -38,8 +44,29 @@ FATIGUE_FAMILIES = (  # the fatigue cost's three counts (engine.scoring.rules.co
     (Family(scope="user", target="campaign"), 86_400, 1.0),
     (Family(scope="household", target="any"), 86_400, 0.5),
 )
+KEY_COLUMNS = (
+    *SCOPE_COLUMN.values(),
+    *(c for c in TARGET_COLUMN.values() if c),
+    "touchpoint",
+    "slot",
+)
 BLOCK = 256  # requests per simulation step at most
 PREDICT_ROWS = 131_072  # feature matrix rows per model call (bounds memory)
+
+
+@dataclass(frozen=True)
+class Warm:
+    """Exposures before the log's first request (see the module doc): their times, their key
+    in each family (the rows' key space) and their logged negative feedback kind."""
+
+    t_us: np.ndarray
+    keys: dict[Family, np.ndarray]
+    feedback_kind: np.ndarray
+
+    @property
+    def impressions(self) -> int:
+        """How many."""
+        return len(self.t_us)
 
 
 @dataclass
@@ -75,6 +102,7 @@ class TuningData:
     household_day: np.ndarray  # code of (household or user, UTC day) per row
     feedback_kind: np.ndarray  # per row: negative kind the log records when shown, else ""
     model_version: str = ""
+    warm: Warm | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -108,8 +136,15 @@ def needed_families(config: AdmatchConfig) -> list[Family]:
     return list(dict.fromkeys(fams))
 
 
-def prepare(log_path: Path, model_dir: Path, config: AdmatchConfig, workdir: Path) -> TuningData:
-    """Read the log, score it once with the model, and build every array (see the module doc).
+def prepare(
+    log_path: Path,
+    model_dir: Path,
+    config: AdmatchConfig,
+    workdir: Path,
+    history: Sequence[Path] = (),
+) -> TuningData:
+    """Read the log, score it once with the model, and build every array (see the module doc;
+    ``history``: earlier logs whose impressions the counters start from).
 
     Raises:
         LogSchemaError: the log breaks the schema (naming the column).
@@ -129,6 +164,7 @@ def prepare(log_path: Path, model_dir: Path, config: AdmatchConfig, workdir: Pat
     ok = ~R.format_not_allowed(rules, rows) & ~R.brand_unsuitable(rows)
     outcomes = _outcomes(features, p_engage, p_negative, value)
     owner = features.select(pl.col("request_id").rle_id()).to_series().to_numpy().astype(np.int64)
+    keys, warm = _keys(features, _history(history, features, config), config)
     bounds = np.r_[0, np.flatnonzero(np.diff(owner)) + 1, len(owner)]
     return TuningData(
         rows=len(features),
@@ -145,7 +181,7 @@ def prepare(log_path: Path, model_dir: Path, config: AdmatchConfig, workdir: Pat
         category=features["category"].to_list(),
         duration_s=rows.duration_s,
         capacity=_capacity(features, bounds, config),
-        family_keys={f: family_key(features, f) for f in needed_families(config)},
+        family_keys=keys,
         blocks=_blocks(features, bounds),
         shown=features["shown"].to_numpy(),
         propensity=features["propensity"].fill_null(np.nan).to_numpy(),
@@ -157,7 +193,56 @@ def prepare(log_path: Path, model_dir: Path, config: AdmatchConfig, workdir: Pat
         household_day=_day_code(features, "household_id"),
         feedback_kind=features["negative_kind"].cast(pl.String).fill_null("").to_numpy(),
         model_version=bundle.version,
+        warm=warm,
     )
+
+
+def lookback_s(config: AdmatchConfig) -> float:
+    """How far back an exposure still counts (a cap's window, a gap, a feedback block, the
+    fatigue cost's windows); ``inf`` when a cap counts over the lifetime."""
+    caps = config.caps
+    windows = [r.window_s for r in caps.rules]
+    if None in windows:
+        return float("inf")
+    spans = [w for w in windows if w is not None] + [g.min_gap_s for g in caps.min_gaps]
+    spans += [caps.feedback.duration_s] + [w for _, w, _ in FATIGUE_FAMILIES]
+    return float(max(spans)) + 86_400  # and a day: windows beyond the retention are in days
+
+
+def _history(paths: Sequence[Path], features: pl.DataFrame, config: AdmatchConfig) -> pl.DataFrame:
+    """The shown impressions of ``paths`` in the lookback before the first request, in time
+    order (the key columns, ``ts`` and ``negative_kind``)."""
+    columns = [*KEY_COLUMNS, "ts", "negative_kind"]
+    if not paths or features.is_empty():
+        return features.select(columns).clear()
+    first = features["ts"].min()
+    back = lookback_s(config)
+    since = pl.lit(first) - pl.duration(seconds=back) if back != float("inf") else None
+    frames = []
+    for path in paths:
+        shown = scan_log(path).filter(pl.col("shown") & (pl.col("ts") < first))
+        if since is not None:
+            shown = shown.filter(pl.col("ts") >= since)
+        frames.append(shown.select(columns))
+    found = pl.concat(frames, how="vertical_relaxed").collect()
+    return found.cast(features.select(columns).schema).sort("ts", maintain_order=True)
+
+
+def _keys(
+    features: pl.DataFrame, history: pl.DataFrame, config: AdmatchConfig
+) -> tuple[dict[Family, np.ndarray], Warm | None]:
+    """Every needed family's key per row, and the history's exposures in the same key space."""
+    both = pl.concat([history.select(KEY_COLUMNS), features.select(KEY_COLUMNS)])
+    n = len(history)
+    keys = {f: family_key(both, f) for f in needed_families(config)}
+    if not n:
+        return keys, None
+    warm = Warm(
+        t_us=history["ts"].dt.epoch("us").to_numpy(),
+        keys={f: k[:n] for f, k in keys.items()},
+        feedback_kind=history["negative_kind"].cast(pl.String).fill_null("").to_numpy(),
+    )
+    return {f: k[n:] for f, k in keys.items()}, warm
 
 
 def _predict(bundle: ModelBundle, features: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:

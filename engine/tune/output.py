@@ -103,6 +103,10 @@ def write_outputs(
         "model_version": ctx["model_version"],
         "rows": ctx["rows"],
         "requests": ctx["requests"],
+        "history": {
+            "logs": [str(p) for p in o.history],
+            "impressions": ctx["history_impressions"],
+        },
         "study": ctx["study"],
         "storage": o.storage or str(o.report_dir / "study.journal"),
         "trials": len(records),

@@ -56,6 +56,8 @@ class TuneOptions:
         direct_method: without propensities, fall back to the model's own predictions.
         truth_trials: trials of the true-optimum search (default: ``trials``; 0 skips it).
         constraints: overrides of ``tuning.constraints`` (same keys).
+        history: earlier logs (the previous days'): every trial's caps and fatigue start from
+            their impressions, as the live cap store's did.
     """
 
     log: Path
@@ -72,6 +74,7 @@ class TuneOptions:
     truth_trials: int | None = None
     constraints: dict[str, Any] = field(default_factory=dict)
     plots: bool = True
+    history: tuple[Path, ...] = ()
 
 
 def _config(o: TuneOptions) -> AdmatchConfig:
@@ -170,7 +173,7 @@ def tune(o: TuneOptions, progress: Progress | None = None) -> dict[str, Any]:
     o.report_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="admatch-tune-") as work:
-        data = prepare(o.log, o.model_dir, config, Path(work))
+        data = prepare(o.log, o.model_dir, config, Path(work), o.history)
     prepare_s = time.perf_counter() - start
     simulator, evaluator = Simulator(data, config), Evaluator(data, o.direct_method)
     base = Policy.from_config(config)
@@ -209,6 +212,7 @@ def tune(o: TuneOptions, progress: Progress | None = None) -> dict[str, Any]:
         "rows": data.rows,
         "requests": data.requests,
         "model_version": data.model_version,
+        "history_impressions": data.warm.impressions if data.warm is not None else 0,
     }
     front = frontier(records, list(tuning.objectives))
     return write_outputs(context, records, chosen, front, truth)

@@ -20,7 +20,7 @@ from engine.caps.rules import CapRule, Family, parse_duration
 from engine.config import COST_COMPONENTS, AdmatchConfig
 from engine.scoring.selection import Capacity, select
 from engine.tune.counters import FamilyCounter
-from engine.tune.data import FATIGUE, FATIGUE_FAMILIES, TuningData
+from engine.tune.data import FATIGUE, FATIGUE_FAMILIES, TuningData, Warm
 
 DAY_US = 86_400_000_000
 FATIGUE_DEPTH = 32  # fatigue grows with log1p(count): counts beyond this change it little
@@ -74,22 +74,35 @@ class Simulator:
             depth[rule.family()] = max(depth.get(rule.family(), 1), rule.limit)
         for gap in caps.min_gaps:
             depth[gap.family()] = max(depth.get(gap.family(), 1), 2)
-        self.exposures = {f: FamilyCounter(data.family_keys[f], d) for f, d in depth.items()}
+        self.exposures = {f: self._counter(f, d) for f, d in depth.items()}
         fb = caps.feedback
         scopes = ["user", "household"] if fb.household else ["user"]
-        self.feedback = [
-            FamilyCounter(
-                data.family_keys[Family.model_validate({"scope": s, "target": fb.target})], 2
-            )
-            for s in scopes
-        ]
+        feedback = [Family.model_validate({"scope": s, "target": fb.target}) for s in scopes]
+        self.feedback = {f: self._counter(f, 2) for f in feedback}
         self.block_us = fb.duration_s * 1_000_000
         self.blocking = data.shown & np.isin(data.feedback_kind, list(fb.kinds))
+        if data.warm is not None:
+            self._warm(data.warm)
+
+    def _counter(self, family: Family, depth: int) -> FamilyCounter:
+        warm = self.data.warm
+        keys = int(warm.keys[family].max()) + 1 if warm and warm.impressions else 0
+        return FamilyCounter(self.data.family_keys[family], depth, keys)
+
+    def _warm(self, warm: Warm) -> None:
+        """Start every trial from the exposures (and blocking feedback) before the log."""
+        blocking = np.isin(warm.feedback_kind, list(self.config.caps.feedback.kinds))
+        for family, counter in self.exposures.items():
+            counter.add_keys(warm.keys[family], warm.t_us)
+            counter.start_here()
+        for family, counter in self.feedback.items():
+            counter.add_keys(warm.keys[family][blocking], warm.t_us[blocking])
+            counter.start_here()
 
     def run(self, policy: Policy) -> np.ndarray:
         """Per row, the rank the policy gives it (1-based among the selected, 0 if not)."""
         d = self.data
-        for c in [*self.exposures.values(), *self.feedback]:
+        for c in [*self.exposures.values(), *self.feedback.values()]:
             c.reset()
         static = d.components @ policy.weights
         rank = np.zeros(d.rows, dtype=np.int64)
@@ -136,7 +149,7 @@ class Simulator:
         for gap in self.config.caps.min_gaps:
             lower = t - gap.min_gap_s * 1_000_000
             capped |= self.exposures[gap.family()].count(rows, t, lower, False) > 0
-        for counter in self.feedback:
+        for counter in self.feedback.values():
             capped |= counter.count(rows, t, t - self.block_us, False) > 0
         return capped
 
@@ -157,5 +170,5 @@ class Simulator:
         for counter in self.exposures.values():
             counter.add(selected, t)
         fb = selected[self.blocking[selected]]
-        for counter in self.feedback:
+        for counter in self.feedback.values():
             counter.add(fb, self.data.t_us[fb])

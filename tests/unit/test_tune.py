@@ -289,3 +289,43 @@ def test_a_policy_without_evidence_or_ads_is_never_recommended(
         )
     )
     assert doc["chosen"] is not None and out.exists()  # asked for: allowed
+
+
+def test_trials_start_from_the_history_of_earlier_logs(
+    model_log: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    """A day tuned with its earlier days (``history``) keeps every cap counting the earlier
+    days' impressions too, as the live cap store does; tuned alone it breaks some of them."""
+    config = load_config()
+    log = pl.read_parquet(model_log)
+    cut = log["ts"].sort()[len(log) // 2]
+    ids = log.filter(pl.col("ts") < cut).select("request_id").unique()
+    earlier = log.join(ids, on="request_id", how="semi")
+    day = log.join(ids, on="request_id", how="anti")
+    earlier.write_parquet(tmp_path / "earlier.parquet")
+    day.write_parquet(tmp_path / "day.parquet")
+    shown = earlier.filter("shown")
+    feedback_columns = ["ts", "user_id", "household_id", "campaign_id", "advertiser_id"]
+
+    def broken(history: tuple[Path, ...]) -> tuple[int, pl.DataFrame]:
+        data = prepare(tmp_path / "day.parquet", model_dir, config, tmp_path / "w", history)
+        rank = Simulator(data, config).run(Policy.from_config(config))
+        picks = day.filter(pl.Series(rank > 0)).select(EXPOSURE_COLUMNS)
+        before = shown.select(EXPOSURE_COLUMNS)
+        feedback = pl.concat(
+            [
+                shown.filter(pl.col("negative_kind").is_not_null()),
+                day.filter(
+                    pl.Series(rank > 0) & pl.col("shown") & pl.col("negative_kind").is_not_null()
+                ),
+            ]
+        ).select(*feedback_columns, "negative_kind")
+        everything = pl.concat([before, picks])
+        found = capcheck.violations(picks, everything, feedback, config.caps, 7 * 86_400)
+        return (data.warm.impressions if data.warm else 0), found
+
+    warmed, found = broken((tmp_path / "earlier.parquet",))
+    assert warmed == shown.height > 1000
+    assert found.is_empty(), found
+    cold, found = broken(())
+    assert cold == 0 and found.height > 0
