@@ -1,8 +1,8 @@
 """A worker's decision and event logs (config ``[decision_log]``, docs/loop.md).
 
-Decisions: the request path hands each one to a spool stream (engine/logs/spool.py: the
-request's bytes and the decision's numbers, ~0.03 ms per 100-candidate request on the writer
-thread); the worker's converter process (engine/logs/converter.py, in idle CPU) turns finalised
+Decisions: the request path encodes each one as a spool record (engine/logs/spool.py: the
+request's bytes and the decision's numbers, ~0.03 ms per 100-candidate request) for the spool
+stream's thread to append; the worker's converter process (engine/logs/converter.py, in idle CPU) turns finalised
 spool files into the Parquet decision log. Events: RecordEvents's batches go to a Parquet
 stream directly (they are small).
 """
@@ -27,7 +27,7 @@ from engine.logs.decisions import (
     arrow_schema,
     event_frame,
 )
-from engine.logs.spool import Logged, SpoolFormat
+from engine.logs.spool import Logged, SpoolFormat, encode
 from engine.logs.stream import LogStream, ParquetFormat, StreamSettings, StreamStats
 from engine.scoring.types import Decision, ScoreRequest
 
@@ -38,7 +38,7 @@ class DecisionLog:
     it, with their counts together (``rows``, ``files``: converted; ``dropped``,
     ``failures``: either's; ``healthy``: both's)."""
 
-    spool: LogStream[Logged]
+    spool: LogStream[bytes | Logged]
     converter: Converter
 
     @property
@@ -113,9 +113,11 @@ class ServingLogs:
         self, request: ScoreRequest, decision: Decision, reserved: bool, wire: bytes | None
     ) -> None:
         """Log one request's decision (never blocks; dropped and counted when behind).
-        ``wire``: the request's protobuf bytes as received (``None``: encoded from
-        ``request`` on the writer thread)."""
-        self.decisions.spool.put(Logged(request, decision, reserved, time.time(), wire))
+        ``wire``: the request's protobuf bytes as received; the record is encoded here
+        (~0.03 ms: cheaper than handing the GIL to the writer thread for it). ``None``: the
+        request is encoded to bytes on the writer thread."""
+        logged = Logged(request, decision, reserved, time.time(), wire)
+        self.decisions.spool.put(encode(logged) if wire is not None else logged)
 
     def record(self, events: list[EventRecord]) -> None:
         """Log reported events (never blocks)."""

@@ -27,7 +27,7 @@ from engine.logs.names import SPOOL
 from engine.scoring.types import Decision, ScoreRequest
 
 EXTENSION = SPOOL
-MAGIC = b"ADMATCH-SPOOL-1\n"  # the first bytes of every spool file (its format's version)
+MAGIC = b"ADMATCH-SPOOL-2\n"  # the first bytes of every spool file (its format's version)
 _LENGTH = struct.Struct("<I")
 # wire bytes, candidates, decided at, selection and no-ad propensity, exploration share,
 # variant, flags (1 reserved, 2 cap store answered), model and config version lengths
@@ -84,10 +84,11 @@ def encode(item: Logged) -> bytes:
     """One record (with its length prefix)."""
     d = item.decision
     wire = _wire(item)
-    floats = np.column_stack(
-        [d.propensity, d.p_engage, d.p_negative, d.expected_value, d.cost, d.utility, d.costs]
-    ).astype("<f8", copy=False)
-    ints = np.column_stack([d.rank, d.current_rank, d.reason_code]).astype("<i2", copy=False)
+    # column by column (no stacking on the request path): FLOATS, then the (n x components)
+    # cost matrix, then INTS
+    floats = (d.propensity, d.p_engage, d.p_negative, d.expected_value, d.cost, d.utility)
+    numbers = [np.asarray(a, "<f8").tobytes() for a in (*floats, d.costs)]
+    numbers += [np.asarray(a, "<i2").tobytes() for a in (d.rank, d.current_rank, d.reason_code)]
     model, config = d.model_version.encode(), d.config_version.encode()
     flags = (_RESERVED if item.reserved else 0) | (_STORE_OK if d.cap_store_ok else 0)
     head = _HEAD.pack(
@@ -102,7 +103,7 @@ def encode(item: Logged) -> bytes:
         len(model),
         len(config),
     )
-    body = b"".join((head, wire, model, config, floats.tobytes(), ints.tobytes()))
+    body = b"".join((head, wire, model, config, *numbers))
     return _LENGTH.pack(len(body)) + body
 
 
@@ -136,8 +137,13 @@ def decode(body: bytes | memoryview) -> Record:
         cap_store_ok=bool(flags & _STORE_OK),
         model_version=bytes(model).decode(),
         config_version=bytes(config).decode(),
-        floats=np.frombuffer(floats, "<f8").reshape(n, _N_FLOATS),
-        ints=np.frombuffer(ints, "<i2").reshape(n, len(INTS)),
+        floats=np.hstack(
+            [
+                np.frombuffer(floats, "<f8", n * len(FLOATS)).reshape(len(FLOATS), n).T,
+                np.frombuffer(floats, "<f8", offset=n * len(FLOATS) * 8).reshape(n, -1),
+            ]
+        ),
+        ints=np.frombuffer(ints, "<i2").reshape(len(INTS), n).T,
     )
 
 
@@ -162,7 +168,8 @@ def read(source: BinaryIO) -> Iterator[Record]:
 
 
 class SpoolFormat:
-    """A ``LogStream`` file format: spool files of ``Logged`` decisions."""
+    """A ``LogStream`` file format: spool files of decisions, each an encoded record
+    (``encode``, done by the caller) or a ``Logged`` to encode here."""
 
     extension = EXTENSION
 
@@ -175,8 +182,8 @@ class SpoolFormat:
 class _SpoolWriter:
     sink: Any
 
-    def write(self, items: list[Logged]) -> int:
-        self.sink.write(b"".join(map(encode, items)))
+    def write(self, items: list[bytes | Logged]) -> int:
+        self.sink.write(b"".join(i if isinstance(i, bytes) else encode(i) for i in items))
         self.sink.flush()
         return len(items)
 

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,7 +41,7 @@ from engine.logs.names import PARTIAL
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_IDLE_S = 0.2  # how long the thread waits for more items before writing what it has
+_IDLE_S = 0.2  # the writer takes what is queued this often
 _BATCH = 512  # items written at once at most
 
 
@@ -232,7 +232,10 @@ class LogStream(Generic[T]):
 
     def __post_init__(self) -> None:
         self.fs, self.root = open_directory(self.settings.directory)
-        self._queue: queue.Queue[T | None] = queue.Queue(self.settings.queue_items)
+        # a plain deque, not a queue.Queue: a Queue's put wakes the writer for every item,
+        # which made the request threads hand the GIL to it once per request
+        self._items: deque[T] = deque()
+        self._closing = threading.Event()
         self._file: _File | None = None
         self._seq = 0
         self._full = False  # keep_all: the kind's files are over their limit
@@ -249,45 +252,32 @@ class LogStream(Generic[T]):
             self.stats.dropped += 1
             self.status.warn(f"over {self.settings.retention_bytes} bytes of files: items dropped")
             return False
-        try:
-            self._queue.put_nowait(item)
-            return True
-        except queue.Full:
+        if len(self._items) >= self.settings.queue_items:
             self.stats.dropped += 1
             self.status.warn("queue full (the writer falls behind): items dropped")
             return False
+        self._items.append(item)  # atomic; the writer takes it within _IDLE_S
+        return True
 
     def _run(self) -> None:
         done = False
         while not done:
-            items, done = self._take()
-            if items:
+            done = self._closing.wait(_IDLE_S)
+            wrote = False
+            while items := self._take():
                 self._write(items)
+                wrote = True
             if self._file is not None and (done or self._due()):
                 self._finalise()
-            elif self._full and not items:
+            elif self._full and not wrote:
                 self._retain()  # has someone made room?
 
-    def _take(self) -> tuple[list[T], bool]:
-        """Up to ``_BATCH`` items, waiting at most ``_IDLE_S`` for the first; whether the
-        stream was closed."""
+    def _take(self) -> list[T]:
+        """Up to ``_BATCH`` of the queued items, oldest first."""
         items: list[T] = []
-        try:
-            first = self._queue.get(timeout=_IDLE_S)
-        except queue.Empty:
-            return items, False
-        if first is None:
-            return items, True
-        items.append(first)
-        while len(items) < _BATCH:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                return items, True
-            items.append(item)
-        return items, False
+        while self._items and len(items) < _BATCH:
+            items.append(self._items.popleft())
+        return items
 
     def _due(self) -> bool:
         f = self._file
@@ -378,9 +368,7 @@ class LogStream(Generic[T]):
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Write what is queued, finalise the open file, stop the thread."""
-        try:
-            self._queue.put(None, timeout=timeout_s)
-        except queue.Full:  # the writer is stuck: what is queued is lost with the process
-            self.status.warn("closed with a full queue")
-            return
+        self._closing.set()
         self._thread.join(timeout_s)
+        if self._thread.is_alive():  # the writer is stuck: what is queued is lost
+            self.status.warn(f"closed with {len(self._items)} items still queued")

@@ -21,7 +21,7 @@ import pytest
 from engine.config import load_config
 from engine.logs.converter import Conversion, ConverterSettings
 from engine.logs.decisions import DECISION_SCHEMA
-from engine.logs.spool import MAGIC, Logged, decode, encode, read
+from engine.logs.spool import FLOATS, MAGIC, Logged, decode, encode, read
 from engine.scoring.jsonio import request_from_json
 from engine.scoring.scorer import Scorer
 from engine.scoring.types import Decision, ScoreRequest
@@ -53,6 +53,8 @@ def test_a_record_reads_back_as_written(decided: list[tuple[ScoreRequest, Decisi
     assert record.selection_propensity == decision.selection_propensity
     assert np.array_equal(record.ints[:, 0], decision.rank)
     assert np.allclose(record.floats[:, 1], decision.p_engage)
+    assert np.allclose(record.floats[:, len(FLOATS) :], decision.costs)
+    assert np.array_equal(record.ints[:, 2], decision.reason_code)
     from admatch.v1 import admatch_pb2 as pb
     from engine.rpc.decode import decode_request
 
