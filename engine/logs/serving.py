@@ -2,9 +2,9 @@
 
 Decisions: the request path encodes each one as a spool record (engine/logs/spool.py: the
 request's bytes and the decision's numbers, ~0.03 ms per 100-candidate request) for the spool
-stream's thread to append; the worker's converter process (engine/logs/converter.py, in idle CPU) turns finalised
-spool files into the Parquet decision log. Events: RecordEvents's batches go to a Parquet
-stream directly (they are small).
+stream's thread to append; the worker's converter process (engine/logs/converter.py, in idle
+CPU) turns finalised spool files into the Parquet decision log. Events: RecordEvents's
+batches go to a Parquet stream directly (they are small).
 """
 
 from __future__ import annotations
