@@ -142,7 +142,12 @@ class App:
 
     def _make_gate(self, config: AdmatchConfig) -> CapGate:
         retention = parse_duration(config.store.retention)
-        return CapGate(self.store, config.caps, retention, config.store.fail_mode == "open")
+        pods = frozenset(
+            name
+            for name, slot in config.slots.items()
+            if slot.max_ads > 1 or slot.max_total_duration_s is not None
+        )
+        return CapGate(self.store, config.caps, retention, config.store.fail_mode == "open", pods)
 
     @property
     def batch_max(self) -> int:

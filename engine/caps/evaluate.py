@@ -9,6 +9,7 @@ import numpy as np
 from engine.caps.plan import Plan
 from engine.caps.rules import CapRule, GapRule
 from engine.caps.store import CapReading, Check
+from engine.scoring.types import PodRoom
 
 
 def capped(reading: CapReading, rules: Sequence[CapRule], gaps: Sequence[GapRule]) -> np.ndarray:
@@ -55,3 +56,19 @@ def checks(plan: Plan, rules: Sequence[CapRule], gaps: Sequence[GapRule]) -> lis
             gap = float(gaps[target.index].min_gap_s)
             out.append(Check(target.group, target.column, "since", gap))
     return out
+
+
+def pod_room(plan: Plan, reading: CapReading, limits: np.ndarray) -> PodRoom | None:
+    """What each candidate's rules and gaps leave for the ads of its pod: per constraint its
+    counter (the candidate's id in the rule's family; -1 where it does not apply) and how
+    many more exposures it admits (a gap: one). ``None`` when no rule or gap applies."""
+    targets = [t for t in plan.shape.targets if t.output != "exposures"]
+    if not targets:
+        return None
+    keys = np.full((plan.n, len(targets)), -1, dtype=np.int64)
+    room = np.ones((plan.n, len(targets)))
+    for c, target in enumerate(targets):
+        keys[:, c] = np.where(plan.applies(target), plan.rows[target.group], -1)
+        if target.output == "rule_counts":
+            room[:, c] = limits[target.index] - reading.rule_counts[:, target.index]
+    return PodRoom(keys, room)

@@ -22,7 +22,7 @@ from engine.caps.plan import Plan, Planner
 from engine.caps.rules import CampaignCaps, CapRule, CapsConfig
 from engine.caps.store import CapReading, CapStore, Feedback, Impression, StoreUnavailable
 from engine.errors import AdmatchError
-from engine.scoring.types import ScoreRequest
+from engine.scoring.types import PodRoom, ScoreRequest
 from features.exposure import EXPOSURE_SCHEMA, SINCE_COLUMNS
 from features.online import CandidateColumns, RequestContext
 
@@ -38,6 +38,7 @@ class GateReading:
     exposures: np.ndarray
     capped: np.ndarray
     store_ok: bool
+    room: PodRoom | None = None
 
 
 class Reservation(Enum):
@@ -53,9 +54,17 @@ class CapGate:
     """Reads and writes the cap store for requests and events."""
 
     def __init__(
-        self, store: CapStore, caps: CapsConfig, retention_s: int, fail_open: bool
+        self,
+        store: CapStore,
+        caps: CapsConfig,
+        retention_s: int,
+        fail_open: bool,
+        pod_slots: frozenset[str] = frozenset(),
     ) -> None:
+        """``pod_slots``: the slots whose requests fill a pod (a request with its own ``pod``
+        is one too): their readings say what the caps leave for the pod's ads together."""
         self.store = store
+        self.pod_slots = pod_slots
         self.caps = caps
         self.retention_s = retention_s
         self.fail_open = fail_open
@@ -86,25 +95,34 @@ class CapGate:
         candidates: CandidateColumns,
         campaign_caps: CampaignCaps | None = None,
         budget_s: float | None = None,
+        pod: bool = False,
     ) -> GateReading:
         """One round trip: exposure counts and which candidates the caps refuse. Campaigns'
         own caps add to the global rules; the strictest applicable rule decides. The store
-        waits at most ``budget_s`` (the request's time left), never longer than its deadline."""
+        waits at most ``budget_s`` (the request's time left), never longer than its deadline.
+        For a ``pod``, the reading also says what the caps leave for its ads together."""
         own = self.own_rules(campaign_caps)
         plan = self.planner.plan(context, candidates, own)
         try:
             reading = self.store.read(plan, budget_s=budget_s)
         except StoreUnavailable as exc:
             return self._unavailable(plan, exc)
-        return self._decide(reading, own)
+        return self._decide(reading, own, plan, pod)
 
-    def _decide(self, reading: CapReading, own: list[CapRule]) -> GateReading:
+    def _decide(
+        self, reading: CapReading, own: list[CapRule], plan: Plan, pod: bool
+    ) -> GateReading:
         limits = (
             evaluate.thresholds([*self.caps.rules, *own], self.caps.min_gaps)
             if own
             else self._thresholds
         )
-        return GateReading(reading.exposures, evaluate.refused(reading, *limits), True)
+        room = evaluate.pod_room(plan, reading, limits[0]) if pod else None
+        return GateReading(reading.exposures, evaluate.refused(reading, *limits), True, room)
+
+    def is_pod(self, request: ScoreRequest) -> bool:
+        """Whether the request fills a pod (its slot's, or its own ``pod``)."""
+        return request.pod is not None or request.context.slot in self.pod_slots
 
     def _unavailable(self, plan: Plan, exc: StoreUnavailable) -> GateReading:
         """Fail closed (every candidate some rule applies to is capped) or open; count it."""
@@ -115,7 +133,13 @@ class CapGate:
 
     def prepare(self, request: ScoreRequest, budget_s: float | None = None) -> ScoreRequest:
         """The request with the store's exposures and cap decision filled in."""
-        reading = self.read(request.context, request.candidates, request.campaign_caps, budget_s)
+        reading = self.read(
+            request.context,
+            request.candidates,
+            request.campaign_caps,
+            budget_s,
+            self.is_pod(request),
+        )
         return _filled(request, reading)
 
     def prepare_many(
@@ -161,7 +185,7 @@ class CapGate:
             return _filled(request, self._unavailable(plan, reading))
         if isinstance(reading, Exception):
             return reading
-        return _filled(request, self._decide(reading, own))
+        return _filled(request, self._decide(reading, own, plan, self.is_pod(request)))
 
     def reserve(
         self,
@@ -209,4 +233,5 @@ def _filled(request: ScoreRequest, reading: GateReading) -> ScoreRequest:
         exposures=reading.exposures,
         capped=reading.capped,
         cap_store_ok=reading.store_ok,
+        pod_room=reading.room,
     )

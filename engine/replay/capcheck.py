@@ -11,6 +11,9 @@ recorded, what each rule allowed at the moment of each selection, with the seman
 * a feedback block if the user (or, by config, the household) gave blocking feedback on the
   campaign (or advertiser) in ``(t - duration, t)``.
 
+The ads of one pod count toward each other's caps and gaps: a selection's count also holds the
+earlier selections of its own request in the same family.
+
 Counting is vectorised: per rule, one sort of the history by (family key, time) and two binary
 searches per selection.
 """
@@ -106,6 +109,9 @@ def _family_check(
     else:
         lo, inclusive = qt - int(window_s or 0) * US, False
     count = count_before(h["key"], h["ts"].dt.epoch("us").to_numpy(), q["key"], qt, lo, inclusive)
+    # the ads of one pod count toward each other's caps (docs/caps.md): each pick also sees
+    # the earlier picks of its request with its key
+    count += q.select(pl.int_range(pl.len()).over("request_id", "key")).to_series().to_numpy()
     bad = count >= limit
     return q.filter(pl.Series(bad)).select(
         pl.lit(name).alias("rule"),

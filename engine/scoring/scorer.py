@@ -18,7 +18,7 @@ from engine.model.bundle import ModelBundle
 from engine.scoring import rules as R
 from engine.scoring.explore import Propensities, Variants, propensities
 from engine.scoring.selection import Capacity, select
-from engine.scoring.types import CODE, Decision, Reason, ScoreRequest
+from engine.scoring.types import CODE, Decision, PodRoom, Reason, ScoreRequest
 from engine.timing import NULL_TIMER, StageTimer
 from features.schema import SLOTS
 
@@ -87,6 +87,7 @@ class Scorer:
         ad_id = list(chain.from_iterable(r.candidates["ad_id"] for r in requests))
         capacity = self._capacity(requests)
         separation = _separation(requests, sizes, capacity)
+        room = _pod_room(requests, sizes, capacity)
         v = self.variants
         share = v.share([r.context.slot for r in requests])
         served = v.choose([r.context.request_id for r in requests], share)
@@ -97,7 +98,7 @@ class Scorer:
             below = np.where(utility <= v.reserve[k], CODE[Reason.BELOW_RESERVE], -1)
             blocked = np.where(static >= 0, static, below)
             rank, reason = select(
-                owner, blocked < 0, utility, ad_id, *separation, rows.duration_s, capacity
+                owner, blocked < 0, utility, ad_id, *separation, rows.duration_s, capacity, room
             )
             runs.append((rank, np.where(blocked >= 0, blocked, reason), weighted, utility))
         odds = propensities(np.stack([r[0] for r in runs]), owner, served, share)
@@ -206,6 +207,27 @@ def _separation(
         nothing: list[str | None] = [None] * sum(sizes)
         return nothing, nothing
     return _column(requests, "advertiser_id", sizes), _column(requests, "category", sizes)
+
+
+def _pod_room(
+    requests: Sequence[ScoreRequest], sizes: list[int], capacity: Capacity
+) -> PodRoom | None:
+    """Per row, what its caps leave for the ads of its pod (the cap gate's), padded to the
+    batch's widest; ``None`` when no pod carries any."""
+    parts = [r.pod_room if pod else None for r, pod in zip(requests, capacity.pods(), strict=True)]
+    width = max((p.keys.shape[1] for p in parts if p is not None), default=0)
+    if not width:
+        return None
+    keys = np.full((sum(sizes), width), -1, dtype=np.int64)
+    room = np.ones((sum(sizes), width))
+    start = 0
+    for part, n in zip(parts, sizes, strict=True):
+        if part is not None:
+            c = part.keys.shape[1]
+            keys[start : start + n, :c] = part.keys
+            room[start : start + n, :c] = part.room
+        start += n
+    return PodRoom(keys, room)
 
 
 def _column(requests: Sequence[ScoreRequest], name: str, sizes: list[int]) -> list[str | None]:

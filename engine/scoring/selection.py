@@ -3,8 +3,10 @@
 Candidates are ordered by utility (descending), ties broken by ad id, so the same inputs always
 give the same answer. A single-ad slot takes the first eligible candidate (vectorised over the
 whole batch). A pod takes candidates greedily while it has room (ad count and total duration)
-and never two from one advertiser or one category (competitive separation); that greedy walk is
-the one sequential step, and it stops as soon as the pod is full.
+and never two from one advertiser or one category (competitive separation), and the ads it takes
+count toward each other's caps (``PodRoom``: a campaign with one exposure left under its cap
+gets one ad of the pod, not three); that greedy walk is the one sequential step, and it stops
+as soon as the pod is full.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from operator import itemgetter
 
 import numpy as np
 
-from engine.scoring.types import CODE, Reason
+from engine.scoring.types import CODE, PodRoom, Reason
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ def select(
     category: list[str | None],
     duration_s: np.ndarray,
     capacity: Capacity,
+    room: PodRoom | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Choose the ads of every request.
 
@@ -49,11 +52,13 @@ def select(
             order breaks ties in utility).
         advertiser, category: per row, for separation in pods (None never conflicts).
         capacity: per request.
+        room: per row, what its caps leave for the ads of its pod (``None``: nothing shared).
 
     Returns:
         ``rank`` (1-based among the selected, 0 otherwise) and ``reason`` codes for the
-        eligible rows (SELECTED, OUTRANKED, POD_FULL or COMPETITIVE_SEPARATION; other rows get
-        -1, to be filled by the caller with their eligibility reason).
+        eligible rows (SELECTED, OUTRANKED, POD_FULL, COMPETITIVE_SEPARATION, or
+        FREQUENCY_CAPPED by the pod's own ads; other rows get -1, to be filled by the caller
+        with their eligibility reason).
     """
     n = len(owner)
     order = _order(owner, eligible, utility, ad_id)  # the eligible rows only
@@ -72,7 +77,7 @@ def select(
         starts = np.searchsorted(sorted_owner, pods, side="left")
         ends = np.searchsorted(sorted_owner, pods, side="right")
         for req, lo, hi in zip(pods, starts, ends, strict=True):
-            fill = (order[lo:hi], int(req), capacity, advertiser, category, duration_s)
+            fill = (order[lo:hi], int(req), capacity, advertiser, category, duration_s, room)
             _fill_pod(*fill, rank, reason)
     return rank, reason
 
@@ -111,6 +116,7 @@ def _fill_pod(
     advertiser: list[str | None],
     category: list[str | None],
     duration_s: np.ndarray,
+    room: PodRoom | None,
     rank: np.ndarray,
     reason: np.ndarray,
 ) -> None:
@@ -118,6 +124,7 @@ def _fill_pod(
     max_total = float(capacity.max_total_s[req])
     used_adv: set[str] = set()
     used_cat: set[str] = set()
+    used: dict[tuple[int, int], int] = {}  # (constraint, key) -> ads of the pod taken
     total = 0.0
     taken = 0
     for k, row in enumerate(rows):
@@ -131,9 +138,23 @@ def _fill_pod(
         if not np.isnan(max_total) and total + duration_s[row] > max_total:
             reason[row] = CODE[Reason.POD_FULL]
             continue
+        counters = _counters(room, row)
+        if any(used.get(c, 0) >= left for c, left in counters):
+            reason[row] = CODE[Reason.FREQUENCY_CAPPED]
+            continue
+        for c, _ in counters:
+            used[c] = used.get(c, 0) + 1
         taken += 1
         total += duration_s[row]
         rank[row] = taken
         reason[row] = CODE[Reason.SELECTED]
         used_adv.update([adv] if adv is not None else [])
         used_cat.update([cat] if cat is not None else [])
+
+
+def _counters(room: PodRoom | None, row: int) -> list[tuple[tuple[int, int], float]]:
+    """The row's (constraint, key) counters and the room each leaves."""
+    if room is None:
+        return []
+    keys = room.keys[row]
+    return [((int(c), int(keys[c])), float(room.room[row, c])) for c in np.flatnonzero(keys >= 0)]

@@ -49,6 +49,23 @@ class PodLimits:
 
 
 @dataclass(frozen=True)
+class PodRoom:
+    """What each candidate's caps leave for the other ads of its pod (docs/caps.md): the ads
+    of one pod count toward each other's caps, as reserving them one by one would.
+
+    Attributes:
+        keys: (n candidates x C constraints: cap rules, then minimum gaps) the candidate's
+            counter under each constraint (-1: it does not apply); ads of one pod with the
+            same key under a constraint share its room.
+        room: (n x C) how many more exposures of that counter the constraint admits now (a
+            gap admits one: a second one in the same pod would follow it at once).
+    """
+
+    keys: np.ndarray
+    room: np.ndarray
+
+
+@dataclass(frozen=True)
 class ScoreRequest:
     """One ad opportunity and its candidates.
 
@@ -65,6 +82,8 @@ class ScoreRequest:
         cap_store_ok: False when the cap store did not answer for this request: ``capped``
             is then the fail mode's (fail closed: every candidate a rule applies to, refused
             with reason CAP_STORE_UNAVAILABLE), and no reservation is tried.
+        pod_room: for a pod, what the caps leave for its ads together (the cap gate's);
+            ``None``: the pod's ads are judged one by one.
     """
 
     context: RequestContext
@@ -74,6 +93,7 @@ class ScoreRequest:
     capped: np.ndarray | None = None
     campaign_caps: CampaignCaps | None = None
     cap_store_ok: bool = True
+    pod_room: PodRoom | None = None
 
     def validate(self, where: str = "request") -> None:
         """Reject what the feature core would not catch, naming the field.

@@ -19,6 +19,7 @@ import numpy as np
 from engine.caps.rules import CapRule, Family, parse_duration
 from engine.config import COST_COMPONENTS, AdmatchConfig
 from engine.scoring.selection import Capacity, select
+from engine.scoring.types import PodRoom
 from engine.tune.counters import FamilyCounter
 from engine.tune.data import FATIGUE, FATIGUE_FAMILIES, TuningData, Warm
 
@@ -113,7 +114,9 @@ class Simulator:
             fatigue = self._fatigue(rows, t)
             cost = static[rows] + policy.weights[FATIGUE] * fatigue
             utility = d.value[rows] - policy.cost_to_money * cost
-            eligible = d.static_ok[rows] & ~self._capped(rows, t) & (utility > policy.reserve)
+            capacity = self._capacity(block)
+            capped, room = self._capped(rows, t, bool(capacity.pods().any()))
+            eligible = d.static_ok[rows] & ~capped & (utility > policy.reserve)
             r, _ = select(
                 d.owner[rows] - block.start,
                 eligible,
@@ -122,7 +125,8 @@ class Simulator:
                 d.advertiser[lo:hi],
                 d.category[lo:hi],
                 d.duration_s[rows],
-                self._capacity(block),
+                capacity,
+                room,
             )
             rank[rows] = r
             self._record(lo + np.flatnonzero(r > 0))
@@ -142,16 +146,28 @@ class Simulator:
             out += coeff * np.log1p(n)
         return out
 
-    def _capped(self, rows: slice, t: np.ndarray) -> np.ndarray:
+    def _capped(self, rows: slice, t: np.ndarray, pods: bool) -> tuple[np.ndarray, PodRoom | None]:
+        """Per row, whether a cap, gap or block refuses it; with ``pods``, also what the caps
+        leave for the ads of a pod together (as the cap gate's ``PodRoom``)."""
+        caps = self.config.caps
         capped = np.zeros(len(t), dtype=bool)
-        for rule in self.config.caps.rules:
-            capped |= self._count(rule, rows, t) >= rule.limit
-        for gap in self.config.caps.min_gaps:
+        width = len(caps.rules) + len(caps.min_gaps) if pods else 0
+        keys = np.full((len(t), width), -1, dtype=np.int64)
+        room = np.ones((len(t), width))
+        for c, rule in enumerate(caps.rules):
+            count = self._count(rule, rows, t)
+            capped |= count >= rule.limit
+            if width:
+                keys[:, c] = self.exposures[rule.family()].key[rows]
+                room[:, c] = rule.limit - count
+        for c, gap in enumerate(caps.min_gaps, start=len(caps.rules)):
             lower = t - gap.min_gap_s * 1_000_000
             capped |= self.exposures[gap.family()].count(rows, t, lower, False) > 0
+            if width:
+                keys[:, c] = self.exposures[gap.family()].key[rows]
         for counter in self.feedback.values():
             capped |= counter.count(rows, t, t - self.block_us, False) > 0
-        return capped
+        return capped, PodRoom(keys, room) if width else None
 
     def _count(self, rule: CapRule, rows: slice, t: np.ndarray) -> np.ndarray:
         counter = self.exposures[rule.family()]

@@ -509,3 +509,98 @@ def test_a_stream_that_goes_away_gives_back_its_places_in_flight(
             assert stub.Score(request, timeout=10).decisions  # not refused
     finally:
         serving.stop(1)
+
+
+def _mobile_pod(request_id: str, reserve: bool) -> pb.ScoreRequest:
+    """A mobile feed pod of three: three ads of one campaign (apart in advertiser and
+    category, so only caps can keep them apart) bidding above two others."""
+    ads = [("cap_a", "cmp_cap", 90.0), ("cap_b", "cmp_cap", 85.0), ("cap_c", "cmp_cap", 80.0)]
+    ads += [("free_d", "cmp_free_d", 20.0), ("free_e", "cmp_free_e", 15.0)]
+    doc = {
+        "request_id": request_id,
+        "ts": "2026-03-03T12:15:00+00:00",
+        "user_id": "u_pod",
+        "household_id": "h_pod",
+        "device_id": "phone_pod",
+        "touchpoint": "mobile",
+        "slot": "mobile_feed",
+        "scene": "personal",
+        "local_hour": 12,
+        "age_band": "35_44",
+        "content_rating": "general",
+        "pod": {"max_ads": 3},
+        "candidates": [
+            {
+                "ad_id": ad,
+                "creative_id": f"cr_{ad}",
+                "campaign_id": campaign,
+                "advertiser_id": f"adv_{ad}",
+                "category": ["food", "auto", "travel", "tech", "sports"][i],
+                "format": "image",
+                "duration_s": 10.0,
+                "bid": bid,
+                "pricing": "cpm",
+                "suitability_tier": "general",
+            }
+            for i, (ad, campaign, bid) in enumerate(ads)
+        ],
+    }
+    request = request_to_proto(request_from_json(doc))
+    request.reserve_caps = reserve
+    return request
+
+
+def _mobile_event(impression_id: str, ad: str, campaign: str, hh_mm: str) -> pb.Event:
+    e = pb.Event(
+        type=pb.Event.TYPE_IMPRESSION,
+        impression_id=impression_id,
+        user_id="u_pod",
+        household_id="h_pod",
+        device_id="phone_pod",
+        touchpoint=pb.TOUCHPOINT_MOBILE,
+        slot=pb.SLOT_MOBILE_FEED,
+        ad_id=ad,
+        campaign_id=campaign,
+        advertiser_id=f"adv_{ad}",
+    )
+    e.time.FromJsonString(f"2026-03-03T{hh_mm}:00Z")
+    return e
+
+
+@pytest.mark.parametrize("reserve", [False, True])
+def test_ads_of_one_pod_count_toward_each_others_caps(channel: grpc.Channel, reserve: bool) -> None:
+    """The campaign has one exposure left under "three per user per campaign per day": a pod
+    takes one of its three ads and fills the rest with others, reserving or not (without
+    reservation it took all three; with it, it chose three and kept one)."""
+    stub = pb_grpc.AdMatchingStub(channel)
+    seen = [_mobile_event(f"pod-imp-{i}", "cap_z", "cmp_cap", f"1{i}:00") for i in range(2)]
+    assert stub.RecordEvents(pb.EventBatch(events=seen)).impressions_recorded == 2
+    reply = stub.Score(_mobile_pod(f"pod-{reserve}", reserve))
+    assert list(reply.selected_ad_ids) == ["cap_a", "free_d", "free_e"]
+    why = {d.ad_id: d.reason for d in reply.decisions}
+    assert why["cap_b"] == why["cap_c"] == pb.REASON_FREQUENCY_CAPPED
+    if reserve:
+        assert list(reply.impression_ids) == [f"pod-True:{a}" for a in reply.selected_ad_ids]
+
+
+def test_the_response_names_the_impression_ids_it_reserved(channel: grpc.Channel) -> None:
+    """Each selected ad's impression id is in the response, in order. Reserved, reporting it
+    is a duplicate; not reserved, its first report counts and a second is a duplicate."""
+    stub = pb_grpc.AdMatchingStub(channel)
+    reply = stub.Score(_mobile_pod("ids-1", reserve=True))
+    assert len(reply.impression_ids) == len(reply.selected_ad_ids) == 3
+    events = [
+        _mobile_event(imp, ad, "cmp_any", "12:15")
+        for imp, ad in zip(reply.impression_ids, reply.selected_ad_ids, strict=True)
+    ]
+    again = stub.RecordEvents(pb.EventBatch(events=events))
+    assert (again.impressions_recorded, again.duplicates) == (0, 3)
+    unreserved = stub.Score(_mobile_pod("ids-2", reserve=False))
+    assert list(unreserved.impression_ids) == [f"ids-2:{a}" for a in unreserved.selected_ad_ids]
+    events = [
+        _mobile_event(imp, ad, "cmp_any", "12:15")
+        for imp, ad in zip(unreserved.impression_ids, unreserved.selected_ad_ids, strict=True)
+    ]
+    first = stub.RecordEvents(pb.EventBatch(events=events))
+    again = stub.RecordEvents(pb.EventBatch(events=events))
+    assert (first.impressions_recorded, again.duplicates) == (3, 3)

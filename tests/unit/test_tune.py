@@ -71,6 +71,32 @@ def test_simulated_picks_keep_every_cap(data: TuningData, model_log: Path) -> No
     assert len(picks) > 1000 and found.is_empty(), found
 
 
+def test_simulated_pods_count_their_own_ads_toward_caps(
+    model_log: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    """Every pod's candidates share one campaign: a pod takes at most one of them (the OTT
+    gap "not the same campaign within 5 minutes" refuses a second in the same pod), as the
+    server's pods do; the checker counts a pod's picks toward each other."""
+    config = load_config()
+    log = pl.read_parquet(model_log).head(20_000)
+    pod = pl.col("slot").cast(pl.String) == "ott_preroll"
+    shared = log.with_columns(
+        campaign_id=pl.when(pod).then(pl.lit("cmp_pod")).otherwise("campaign_id")
+    )
+    path = tmp_path / "log.parquet"
+    shared.write_parquet(path)
+    data = prepare(path, model_dir, config, tmp_path / "prep")
+    rank = Simulator(data, config).run(Policy.from_config(config))
+    picked = shared.filter(pl.Series(rank > 0))
+    pods = picked.filter(pod)
+    assert pods.height > 50 and pods["request_id"].n_unique() == pods.height
+    picks = picked.select(EXPOSURE_COLUMNS)
+    empty = picks.clear().select("ts", "user_id", "household_id", "campaign_id", "advertiser_id")
+    feedback = empty.with_columns(negative_kind=pl.lit(None, pl.String))
+    found = capcheck.violations(picks, picks, feedback, config.caps, 7 * 86_400)
+    assert found.is_empty(), found
+
+
 def test_simulation_matches_a_replay_of_the_engine(
     data: TuningData, model_log: Path, model_dir: Path, memory_config: Path, tmp_path: Path
 ) -> None:
