@@ -91,6 +91,7 @@ def bench_config(
         "reload_interval_s": "0",
         "batch_window_ms": f"{batch_window_ms}",
         "batch_max": f"{batch_max}",
+        "state_dir": '""',  # every run starts from empty counts
     }
     if decision_log:
         changes["dir"] = f'"{directory / "decision_log"}"'

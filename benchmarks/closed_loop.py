@@ -285,6 +285,7 @@ def loop_config(work: Path, explore: float, max_negative: float, negative_z: flo
         "share": f"{explore}",
         "reload_interval_s": "0",
         "metrics_port": "0",
+        "state_dir": '""',  # each night's server starts from empty counts, as the tuner's days
     }
     text = config_text(changes)
     bound = "# max_negative_rate = 0.05"

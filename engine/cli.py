@@ -156,13 +156,16 @@ def quickstart(
 
 
 def _quickstart_config(directory: Path) -> Path:
-    """The shipped config with the decision log under ``<dir>/logs`` (written once; edit it)."""
+    """The shipped config with the decision log under ``<dir>/logs`` and the embedded cap
+    store's state under ``<dir>/state`` (written once; edit it)."""
     from importlib import resources
 
     path = directory / "admatch.toml"
     if not path.exists():
         text = resources.files("engine").joinpath("default_config.toml").read_text()
         logs = (directory / "logs").resolve()
+        state = (directory / "state").resolve()
+        text = text.replace('state_dir = "data/state"', f'state_dir = "{state}"', 1)
         path.write_text(text.replace('dir = ""', f'dir = "{logs}"', 1))
     return path
 

@@ -102,6 +102,10 @@ class StoreConfig(_Strict):
     fail_mode: Literal["closed", "open"] = "closed"
     retention: str = "7d"
     max_ahead: str = "5m"
+    state_dir: str = Field(
+        "data/state",
+        description="admatch serve's embedded Redis keeps its append-only file here; '': none",
+    )
     breaker_failures: int = Field(
         3, ge=1, le=100, description="calls in a row finding the store unavailable open the circuit"
     )

