@@ -1,12 +1,19 @@
-"""Cap store speed and memory, on the embedded Redis (unix socket) or a Redis URL.
+"""Cap store speed, memory and write volume, on the embedded Redis (unix socket) or a Redis URL.
 
     .venv/bin/python -m benchmarks.bench_caps                       # embedded Redis
     .venv/bin/python -m benchmarks.bench_caps --url redis://127.0.0.1:6379/0
+    .venv/bin/python -m benchmarks.bench_caps --days 30 --rows 600000 --rows-per-household 6000 \
+        --campaigns 60 --ads 240 --single-user-households          # wide traffic, 30 days
 
 Records one day of synthetic traffic (every impression of a generated one-day log, in batches of
 500; ``--days``, ``--rows`` and ``--rows-per-household`` record a longer history, e.g. 30 days
 of ~40 impressions a household a day: ``--days 30 --rows 900000 --rows-per-household 6000``),
-then prints: events recorded per second; Redis memory per active user; and for requests of
+``--campaigns``/``--ads`` set the breadth of the ad catalogue (20 advertisers), then prints:
+events recorded per second; Redis memory per active user; AOF bytes per impression (the
+embedded server runs with an append-only file, as ``admatch serve``'s does; a URL's only when
+its server has ``appendonly yes``); one *hot user* (``--hot``, default 3,000 impressions over
+6 days, in calls of 10 events): the time of a call and the AOF bytes per impression with 10,
+1,000 and 3,000 impressions of history (flat: writes do not grow with history); and for requests of
 100 and 500 candidates (each candidate its own campaign: the worst case for key count) the
 latency of one read (exposure counts + cap decision) and of one atomic check-and-record, with
 the number of round trips per call and the microseconds Redis spent per call, both taken from
@@ -20,16 +27,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from engine.caps import evaluate
 from engine.caps.connect import open_store
+from engine.caps.embedded import EmbeddedRedis
 from engine.caps.gate import CapGate
 from engine.caps.redis_store import RedisCapStore, decode_read
 from engine.caps.rules import parse_duration
@@ -114,25 +124,36 @@ def main() -> None:
         help="log rows per household over all days (sets the population; rows / this)",
     )
     parser.add_argument("--repeat", type=int, default=300)
+    parser.add_argument("--campaigns", type=int, default=0, help="campaigns (0: the world's)")
+    parser.add_argument("--ads", type=int, default=0, help="ads and creatives (0: the world's)")
+    parser.add_argument(
+        "--single-user-households", action="store_true", help="every household has one user"
+    )
+    parser.add_argument("--hot", type=int, default=3_000, help="the hot user's impressions")
+    parser.add_argument("--skip-reads", action="store_true", help="memory and writes only")
     args = parser.parse_args()
 
+    embedded = None
+    url = args.url
+    if not url:  # the embedded server as admatch serve runs it: with an append-only file
+        embedded = EmbeddedRedis(state_dir=Path(tempfile.mkdtemp(prefix="bench-caps-"))).start()
+        url = f"unix://{embedded.socket}"
     base = load_config()
     prefix = f"bench-{uuid.uuid4().hex[:6]}"
-    store_cfg = base.store.model_copy(
-        update={"url": args.url, "prefix": prefix, "deadline_ms": 2000}
-    )
+    store_cfg = base.store.model_copy(update={"url": url, "prefix": prefix, "deadline_ms": 2000})
     config = base.model_copy(update={"store": store_cfg})
-    store = open_store(config)
+    store = open_store(config).store  # the store itself, without its circuit breaker
     assert isinstance(store, RedisCapStore)
+    aof = _aof_size(store) is not None
+    if aof:  # no rewrite in the middle of a measurement
+        store.client.config_set("auto-aof-rewrite-percentage", 0)
     gate = CapGate(store, config.caps, parse_duration(config.store.retention), fail_open=False)
-    world = WorldParams(
-        rows=args.rows, seed=4, days=args.days, rows_per_household=args.rows_per_household
-    )
-    log = generate(world).log
+    log = generate(_world(args)).log
     events = impressions(log)
     users = log.filter("shown")["user_id"].n_unique()
     households = max(log.filter("shown")["household_id"].n_unique(), 1)
     before = int(store.client.info("memory")["used_memory"])
+    aof_before = _aof_size(store)
     stats_before = _script_stats(store)
     start = time.perf_counter()
     for k in range(0, len(events), 500):
@@ -140,12 +161,15 @@ def main() -> None:
     seconds = time.perf_counter() - start
     calls, usec = np.subtract(_script_stats(store), stats_before)
     after = int(store.client.info("memory")["used_memory"])
+    aof_after = _aof_size(store)
     print(describe())
-    print(f"store: {'embedded (unix socket)' if not args.url else args.url}")
+    print(f"store: {'embedded (unix socket, AOF)' if embedded else args.url}")
     print(
         f"recorded {len(events):,} impressions of {users:,} active users "
         f"({args.days} day{'s' if args.days > 1 else ''}, "
-        f"{len(events) / households / args.days:.0f} a household a day) in {seconds:.1f} s: "
+        f"{len(events) / households / args.days:.0f} a household a day, "
+        f"{log['campaign_id'].n_unique()} campaigns, {log['ad_id'].n_unique()} ads, "
+        f"{log['creative_id'].n_unique()} creatives) in {seconds:.1f} s: "
         f"{len(events) / seconds:,.0f} events/s (batches of 500, one round trip each); "
         f"Redis {usec / max(calls, 1):.0f} us per event"
     )
@@ -153,6 +177,13 @@ def main() -> None:
         f"memory: {(after - before) / users / 1024:.1f} KiB per active user "
         f"({(after - before) / len(events):.0f} bytes per impression, all families)"
     )
+    if aof_before is not None and aof_after is not None:
+        print(f"AOF: {(aof_after - aof_before) / len(events):,.0f} bytes per impression")
+    if args.hot:
+        _hot_user(gate, store, log, args.hot)
+    if args.skip_reads:
+        _clean(store, prefix, embedded)
+        return
     print("| call | candidates | p50 ms | p99 ms | round trips per call | Redis us per call |")
     print("|---|---|---|---|---|---|")
     end_of_day = max(e.ts for e in events) + timedelta(minutes=1)
@@ -169,9 +200,84 @@ def main() -> None:
                 f"| {label} | {shown_n} | {np.percentile(t, 50):.3f} | "
                 f"{np.percentile(t, 99):.3f} | {calls / args.repeat:.2f} | {redis_us} |"
             )
+    _clean(store, prefix, embedded)
+
+
+def _clean(store: RedisCapStore, prefix: str, embedded: EmbeddedRedis | None) -> None:
     for key in store.client.scan_iter(match=f"{prefix}:*", count=10_000):
         store.client.delete(key)
     store.close()
+    if embedded is not None:
+        embedded.stop()
+
+
+def _world(args: argparse.Namespace) -> WorldParams:
+    """The traffic: the synthetic world, with the breadth and households asked for."""
+    extra: dict[str, object] = {}
+    if args.campaigns:
+        per = max(args.campaigns // 20, 1)
+        extra["campaigns_per_advertiser"] = (per, per)
+    if args.ads:
+        per = max(args.ads // max(args.campaigns or 40, 1), 1)
+        extra["ads_per_campaign"] = (per, per)
+        extra["shared_creative_share"] = 0.0  # one creative per ad
+    if args.single_user_households:
+        extra["household_sizes"] = [1.0]
+    return WorldParams(
+        rows=args.rows,
+        seed=4,
+        days=args.days,
+        rows_per_household=args.rows_per_household,
+        **extra,
+    )
+
+
+def _aof_size(store: RedisCapStore) -> int | None:
+    """The server's append-only file size in bytes (None: it has none)."""
+    info = store.client.info("persistence")
+    return int(info["aof_current_size"]) if int(info.get("aof_enabled", 0)) else None
+
+
+def _hot_user(gate: CapGate, store: RedisCapStore, log: pl.DataFrame, count: int) -> None:
+    """One user with ``count`` impressions over 6 days, recorded in time order in calls of 10
+    events: call time and AOF bytes per impression by history (flat: no growth with it)."""
+    rng = np.random.default_rng(3)
+    ads = log.unique("ad_id").sort("ad_id")
+    picks = ads[rng.integers(0, len(ads), count)]
+    start: datetime = log["ts"].max()  # type: ignore[assignment]
+    offsets = np.sort(rng.uniform(0, 6 * 86_400, count))
+    events = [
+        dataclasses.replace(
+            Impression.from_row(f"hot{k}", row),
+            ts=start + timedelta(seconds=float(offsets[k])),
+            user_id="hot-user",
+            household_id="hot-household",
+            device_id="hot-device",
+        )
+        for k, row in enumerate(picks.iter_rows(named=True))
+    ]
+    seconds, sizes = [], [_aof_size(store)]
+    for k in range(0, count, 10):
+        begin = time.perf_counter()
+        gate.record(events[k : k + 10])
+        seconds.append(time.perf_counter() - begin)
+        sizes.append(_aof_size(store))
+    ms = np.asarray(seconds) * 1e3
+    calls = len(ms)
+    parts = []
+    for history in (10, 1_000, count):  # the calls with about this much history before them
+        at = min(history // 10, calls - 1)
+        lo, hi = max(at - 5, 0), min(at + 5, calls)
+        if history <= count:
+            parts.append(f"{history:,} of history: {np.median(ms[lo:hi]):.2f} ms")
+    print(f"hot user ({count:,} impressions over 6 days, calls of 10 events): " + "; ".join(parts))
+    if sizes[0] is not None:
+        per_call = np.diff(np.asarray(sizes, dtype=np.float64)) / 10
+        first, last = per_call[: calls // 3].mean(), per_call[-(calls // 3) :].mean()
+        print(
+            f"hot user AOF: {first:,.0f} bytes per impression over its first third, "
+            f"{last:,.0f} over its last third"
+        )
 
 
 def _calls(

@@ -102,6 +102,9 @@ class StoreConfig(_Strict):
     fail_mode: Literal["closed", "open"] = "closed"
     retention: str = "7d"
     max_ahead: str = "5m"
+    dedup_horizon: str = Field(
+        "3d", description="an impression id reported again within this is a duplicate"
+    )
     state_dir: str = Field(
         "data/state",
         description="admatch serve's embedded Redis keeps its append-only file here; '': none",
@@ -125,6 +128,8 @@ class StoreConfig(_Strict):
             raise ValueError("retention must be between 1d and 31d")
         if parse_duration(self.max_ahead) > 86_400:
             raise ValueError("max_ahead must be at most 1d")
+        if not 3_600 <= parse_duration(self.dedup_horizon) <= 30 * 86_400:
+            raise ValueError("dedup_horizon must be between 1h and 30d")
         return self
 
 

@@ -107,6 +107,7 @@ def _redis(
         on_close=on_close,
         deadline_s=config.store.deadline_ms / 1000,
         ahead_s=parse_duration(config.store.max_ahead),
+        horizon_s=parse_duration(config.store.dedup_horizon),
     )
     check_layout(client, store.keys)
     store.load_scripts()

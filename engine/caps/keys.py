@@ -6,13 +6,16 @@ the exact bytes.
 
 Layout (``P`` = configured prefix, ``T`` = hash tag, ``FAM`` = counter family, ``S`` = scope id):
 
-* ``P:v2:{T}:c:FAM:S``  hash, field = target id (``*`` for the target any) -> the target's
+* ``P:v3:{T}:c:FAM:S``  hash, field = target id (``*`` for the target any) -> the target's
   *counter*, one binary string: lifetime count, day counts (181 days) and the sorted impression
   times within the retention (see ``lua.py`` for the bytes). One HMGET reads a family for all of
   a request's candidates.
-* ``P:v2:{T}:b:SC:S:TG``  hash, field = campaign or advertiser id -> end of a block set by the
+* ``P:v3:{T}:b:SC:S:TG``  hash, field = campaign or advertiser id -> end of a block set by the
   user's negative feedback (epoch microseconds, event time); ``SC`` scope letter, ``TG`` target.
-* ``P:v2:{T}:i:IMPRESSION_ID``  marks an impression as recorded (idempotency).
+* ``P:v3:{T}:i:DAY``  string: the *fingerprints* of the impressions recorded with an event time
+  on that UTC day (days since the epoch), 8 bytes each (``fingerprint``), appended: the
+  idempotency markers of one household and day in one value. It lives ``store.dedup_horizon``
+  (+ 1 day) after its last write that found it short of that.
 * ``P:layout``  the layout version of everything under ``P`` (see ``connect.check_layout``).
 
 ``FAM`` is the scope letter (u, h, d), the target (cr, ad, cmp, adv, cat, any) and an optional
@@ -26,9 +29,11 @@ any string is a safe id and different ids never share a key.
 
 from __future__ import annotations
 
+import hashlib
+
 from engine.caps.rules import Family
 
-KEY_VERSION = 2
+KEY_VERSION = 3
 _SCOPE = {"user": "u", "household": "h", "device": "d"}
 _TARGET = {
     "creative": "cr",
@@ -88,6 +93,13 @@ class KeySpace:
         """Blocks from negative feedback: field = target id, value = block end."""
         return f"{self.base(tag)}:b:{_SCOPE[scope]}:{escape(scope_id)}:{_TARGET[target]}"
 
-    def impression(self, tag: str, impression_id: str) -> str:
-        """The idempotency marker of one impression."""
-        return f"{self.base(tag)}:i:{escape(impression_id)}"
+    def markers(self, tag: str, day: int) -> str:
+        """The idempotency markers of one household (tag) and event day (days since epoch)."""
+        return f"{self.base(tag)}:i:{day}"
+
+
+def fingerprint(impression_id: str) -> bytes:
+    """An impression id's idempotency marker: the first 8 bytes of its BLAKE2b digest. Two ids
+    of one household and day share one with a probability of about n**2 / 2**65 (n ids: one in
+    7 * 10**13 for 1,000)."""
+    return hashlib.blake2b(impression_id.encode(), digest_size=8).digest()

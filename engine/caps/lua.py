@@ -29,12 +29,16 @@ counts, day sums, latest time or -1); then the number of blocked fields and thei
 indices. Counts see impressions strictly before ``t``; day sums every impression of their
 days.
 
-``RECORD``: ``KEYS = marker, then per family its hash``; ``ARGV = ts, day, retention_us,
-ttl_s, long_ttl_s, marker_ttl_s, longs, targets (names)``: per family one character in
-``longs`` (1: keep day and lifetime counts, else 0) and its target id in ``targets``. Returns
-1 when recorded, 0 when the impression was recorded before (idempotent: the marker).
+``RECORD``: ``KEYS = the nm marker strings of the arrival days the dedup horizon covers
+(oldest first, today's last), then per family its hash``; ``ARGV = ts, day, retention_us, ttl_s,
+long_ttl_s, marker_ttl_s, longs, targets (names), fingerprint, nm``: per family one character
+in ``longs`` (1: keep day and lifetime counts, else 0) and its target id in ``targets``.
+Returns 1 when recorded, 0 when the impression was recorded before (idempotent: its
+fingerprint is among the markers, an 8-byte-aligned match; else it is appended to today's,
+whose expiry is set when it is made). A counter hash's expiry is refreshed only when it has
+fallen an hour short of ``ttl_s``: few EXPIRE lines in the append-only file.
 
-``CHECK_RECORD``: ``ARGV = the number of RECORD keys, the 8 RECORD arguments, the READ
+``CHECK_RECORD``: ``ARGV = the number of RECORD keys, the 10 RECORD arguments, the READ
 arguments, checks``; ``KEYS`` = the RECORD keys, then the READ keys. ``checks`` are numbers:
 per check ``group, column (1-based in the group's row), gap (0 or 1), threshold`` (a limit, or
 a gap in us). Counts every recorded impression from ``t - window`` on, also those at or after
@@ -303,13 +307,39 @@ local function write_counter(key, field, ts, day, retention, long, ttl)
     days, m = add_day(days, m, day)
   end
   call('HSET', key, field, pk('>I4I2', life, m) .. days .. times)
-  call('EXPIRE', key, ttl)
+  -- refreshed at most once an hour (every EXPIRE is a line of the append-only file)
+  if call('TTL', key) < ttl - 3600 then call('EXPIRE', key, ttl) end
+end
+
+-- whether the marker string v holds the 8-byte fingerprint fp (at an 8-byte boundary)
+local function marked(v, fp)
+  local at = 1
+  while v do
+    local p = string.find(v, fp, at, true)
+    if not p then return false end
+    if p % 8 == 1 then return true end
+    at = p + 1
+  end
+  return false
+end
+
+-- whether any of the nm marker strings at keys[k ...] holds fp
+local function seen(keys, k, nm, fp)
+  for i = k, k + nm - 1 do
+    if marked(call('GET', keys[i]), fp) then return true end
+  end
+  return false
 end
 
 local function record(keys, k, argv, a)
   local ts, day, retention = tonumber(argv[a]), tonumber(argv[a + 1]), tonumber(argv[a + 2])
-  local ttl, long_ttl = argv[a + 3], argv[a + 4]
-  if not call('SET', keys[k], '1', 'NX', 'EX', argv[a + 5]) then return 0 end
+  local ttl, long_ttl = tonumber(argv[a + 3]), tonumber(argv[a + 4])
+  local fp, nm = argv[a + 8], tonumber(argv[a + 9])
+  if seen(keys, k, nm, fp) then return 0 end
+  local today = keys[k + nm - 1]  -- the markers of the day it arrives
+  call('APPEND', today, fp)
+  if call('TTL', today) < 0 then call('EXPIRE', today, argv[a + 5]) end  -- set once
+  k = k + nm - 1
   local longs, targets = argv[a + 6], names_of(argv[a + 7])
   for i = 1, #targets do
     local long = byte(longs, i) == 49  -- '1'
@@ -351,10 +381,10 @@ return record(KEYS, 1, ARGV, 1)
 CHECK_RECORD = (
     _COMMON
     + r"""
-if call('EXISTS', KEYS[1]) == 1 then return 0 end  -- the marker: recorded before
+if seen(KEYS, 1, tonumber(ARGV[11]), ARGV[10]) then return 0 end  -- recorded before
 local nrk = tonumber(ARGV[1])
-local t = tonumber(ARGV[10])
-local out, _, firsts, defaults, blocked = read_all(KEYS, nrk + 1, ARGV, 10, true)
+local t = tonumber(ARGV[12])
+local out, _, firsts, defaults, blocked = read_all(KEYS, nrk + 1, ARGV, 12, true)
 if #blocked > 0 then return -1000000 end
 local checks = numbers(ARGV[#ARGV])
 for i = 1, #checks / 4 do

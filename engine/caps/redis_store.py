@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
@@ -19,7 +20,7 @@ from redis.typing import EncodableT
 
 from engine.caps import lua
 from engine.caps.direct import DirectConnections
-from engine.caps.keys import KeySpace, escape, family_code
+from engine.caps.keys import KeySpace, escape, family_code, fingerprint
 from engine.caps.plan import (
     ANY,
     DAY_US,
@@ -129,21 +130,27 @@ class RedisCapStore:
         feedback: FeedbackBlock,
         keys: KeySpace | None = None,
         retention_s: int = 7 * 86_400,
-        marker_ttl_s: int = 8 * 86_400,
+        horizon_s: int = 3 * 86_400,
+        clock: Callable[[], float] = time.time,
         on_close: Callable[[], None] | None = None,
         deadline_s: float | None = None,
         ahead_s: int = 0,
     ) -> None:
         """Impression times stay ``retention_s + ahead_s`` behind a counter's newest, so that
         an impression timed up to ``ahead_s`` ahead of the live reads (the service refuses
-        later ones: ``store.max_ahead``) pushes out nothing their windows count."""
+        later ones: ``store.max_ahead``) pushes out nothing their windows count. An impression
+        id reported again within ``horizon_s`` of its first report (by ``clock``, the arrival
+        time) is a duplicate; its marker lives under its arrival day, kept ``horizon_s`` and a
+        day more."""
         self.client = client
         self.deadline_s = deadline_s  # the longest any call waits (requests may allow less)
         self.rules, self.gaps, self.feedback = rules, gaps, feedback
         self.keys = keys or KeySpace()
         self.retention_s = retention_s
         self.kept_s = retention_s + ahead_s  # how long before the newest impression times stay
-        self.marker_ttl_s = marker_ttl_s
+        self.horizon_s = horizon_s  # how long an impression id stays known (dedup)
+        self.marker_days = -(-horizon_s // 86_400)  # earlier arrival days a retry may follow
+        self.clock = clock  # the arrival day of impressions (markers), seconds since the epoch
         self._on_close = on_close
         self._long = long_families(rules, retention_s)
         self._specs: dict[int, _Spec] = {}
@@ -279,7 +286,8 @@ class RedisCapStore:
     def _record_keys_args(self, imp: Impression) -> _Call:
         tag = self.keys.tag(imp.household_id, imp.user_id)
         base = self.keys.base(tag)
-        keys = [self.keys.impression(tag, imp.impression_id)]
+        today = int(self.clock() // 86_400)  # markers go by arrival: a retry is soon after
+        keys = [self.keys.markers(tag, today - k) for k in range(self.marker_days, -1, -1)]
         longs, targets = [], []
         for code, scope_column, target_column, long in self._family_writes(
             imp.touchpoint, imp.slot
@@ -297,9 +305,11 @@ class RedisCapStore:
             self.kept_s * US,
             self.kept_s + 3_600,
             DAY_TTL_S,
-            self.marker_ttl_s,
+            self.horizon_s + 86_400,
             "".join(longs),
             _names(targets, "impression"),
+            fingerprint(imp.impression_id),
+            self.marker_days + 1,
         ]
         return keys, args
 

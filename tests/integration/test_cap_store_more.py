@@ -19,7 +19,7 @@ import pytest
 from engine.caps.connect import check_server, client_options, open_store
 from engine.caps.embedded import EmbeddedRedis, parent_death_prefix
 from engine.caps.gate import CapGate, Reservation
-from engine.caps.keys import KEY_VERSION, KeySpace
+from engine.caps.keys import KEY_VERSION, KeySpace, fingerprint
 from engine.caps.plan import micros
 from engine.caps.redis_store import RedisCapStore
 from engine.caps.rules import Family
@@ -114,6 +114,43 @@ def test_counts_survive_a_restart_with_aof(tmp_path: Path) -> None:
         assert again.record([imp(0, 0)]) == 0  # the idempotency markers survived too
     finally:
         restarted.stop()
+
+
+def test_an_impression_id_is_known_for_the_dedup_horizon() -> None:
+    """Markers: 8 bytes per impression in one string per household and arrival day, kept the
+    horizon and a day more. A report again within the horizon of the first is a duplicate
+    (a reservation too); one after the horizon and its day counts again."""
+    day0 = 20_000 * 86_400.0
+    now = [day0 + 3_600]
+    server = EmbeddedRedis().start()
+    try:
+        client = server.client()
+        keys = KeySpace("horizon")
+        store = RedisCapStore(
+            client, RULES, GAPS, FEEDBACK, keys, horizon_s=2 * 86_400, clock=lambda: now[0]
+        )
+        assert store.record([imp(1, 0), imp(2, 0), imp(3, 0)]) == 3
+        markers = keys.markers(keys.tag("h1", "u1"), 20_000)
+        assert client.strlen(markers) == 24 and 0 < client.ttl(markers) <= 3 * 86_400
+        assert client.get(markers) == fingerprint("imp-1") + fingerprint("imp-2") + fingerprint(
+            "imp-3"
+        )
+        now[0] += 2 * 86_400 - 1  # just inside the horizon, two days later
+        assert store.record([imp(1, 0)]) == 0
+        assert _admit_as(store, "imp-2") == 0  # a reservation of a recorded impression
+        now[0] += 86_400 + 1  # past the horizon and its day
+        assert store.record([imp(1, 0)]) == 1
+    finally:
+        server.stop()
+
+
+def _admit_as(store: RedisCapStore, impression_id: str) -> int:
+    gate = CapGate(store, CAPS, 7 * 86_400, fail_open=False)
+    ctx = RequestContext("r", T0, "u1", "ott", "ott_pause", household_id="h1", device_id="tv1")
+    cand: dict[str, list[Any]] = {c: [None] for c in CANDIDATE_COLUMNS}
+    cand.update(ad_id=["ad1"], campaign_id=["c1"], advertiser_id=["v1"], creative_id=["cr1"])
+    plan = gate.planner.plan(ctx, cand, [])
+    return store.check_and_record(imp(impression_id.split("-")[1], 0), plan, [])
 
 
 def test_the_state_dir_keeps_counts_blocks_and_markers_across_restarts(tmp_path: Path) -> None:
