@@ -147,7 +147,14 @@ class App:
             for name, slot in config.slots.items()
             if slot.max_ads > 1 or slot.max_total_duration_s is not None
         )
-        return CapGate(self.store, config.caps, retention, config.store.fail_mode == "open", pods)
+        return CapGate(
+            self.store,
+            config.caps,
+            retention,
+            config.store.fail_mode == "open",
+            pods,
+            config.store.campaign_times,
+        )
 
     @property
     def batch_max(self) -> int:

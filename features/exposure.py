@@ -5,7 +5,11 @@ Definitions (the contract shared with the online counters and the Redis cap stor
 * An *exposure* is a shown candidate (``shown`` true) at its row's ``ts``.
 * ``exp_{scope}_{target}_{window}`` for a row at time ``t`` counts exposures ``e`` of the same
   scope id (``user_id``, ``household_id`` or ``device_id``) and, for ``campaign`` and
-  ``advertiser`` targets, the same target id, with ``t - window < e.ts < t``. Exposures at the
+  ``advertiser`` targets, the same target id, with ``window_start(t) <= e.ts < t``
+  (``t - 1h < e.ts`` for ``1h``). ``1h`` is a sliding window; ``24h`` and ``7d`` go by UTC hours
+  and days (``BUCKET_S``): they start at the start of the hour (day) 23 hours (6 days) before
+  ``t``'s, so they span 23-24 hours (6-7 days): the store keeps a count per hour and per day
+  for them, not every time, so a write does not grow with a user's history. Exposures at the
   row's own timestamp (the same request, e.g. the other ads of a pod) never count: a row sees
   only impressions strictly before it.
 * ``since_{scope}_campaign_s`` is ``t - e.ts`` in seconds for the latest such exposure to the same
@@ -35,6 +39,7 @@ TARGETS: dict[str, str | None] = {
     "any": None,
 }
 WINDOWS_S: dict[str, int] = {"1h": 3_600, "24h": 86_400, "7d": 604_800}
+BUCKET_S: dict[str, int] = {"1h": 0, "24h": 3_600, "7d": 86_400}  # 0: a sliding window
 COUNT_DTYPE = pl.Int32()
 SINCE_DTYPE = pl.Float64()
 
@@ -77,29 +82,53 @@ _US = 1_000_000
 _MAX_WINDOW_US = max(WINDOWS_S.values()) * _US
 
 
+def window_start(t_us: np.ndarray | int, window: str) -> np.ndarray:
+    """Where a bucketed window (``BUCKET_S``) opens for rows at ``t_us``: the start of the UTC
+    hour or day ``window / bucket - 1`` buckets before ``t``'s (exposures at or after it count)."""
+    bucket = BUCKET_S[window] * _US
+    if not bucket:
+        raise ValueError(f"{window} is a sliding window")
+    n = WINDOWS_S[window] * _US // bucket
+    return (np.asarray(t_us, dtype=np.int64) // bucket - (n - 1)) * bucket
+
+
 @dataclass(frozen=True)
 class _KeyCounts:
     counts: list[np.ndarray]  # one int32 array per window, in WINDOWS_S order
     since_s: np.ndarray | None  # float seconds, NaN when no earlier exposure
 
 
-def _window_counts(rows: np.ndarray, events: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+def _window_counts(
+    line: counting.Line, events: np.ndarray, origin: int
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """Events strictly before each row, and per window the events inside it (sorted order)."""
+    rows = line.pos
     before = counting.events_left_of(rows, events, 0, inclusive=False)
-    counts = [
-        before - counting.events_left_of(rows, events, seconds * _US, inclusive=True)
-        for seconds in WINDOWS_S.values()
-    ]
+    counts = []
+    for window, seconds in WINDOWS_S.items():
+        if not BUCKET_S[window]:
+            counts.append(before - counting.events_left_of(rows, events, seconds * _US, True))
+            continue
+        # a bucketed window opens at a time of its own per row: the same key's events from
+        # there on (never below the key's start on the line: offsets are >= 1)
+        opens = window_start(rows - line.base + origin, window) - origin
+        lower = np.searchsorted(events, line.base + np.maximum(opens, 0), side="left")
+        counts.append((before - lower).astype(np.int32))
     return before, counts
 
 
 def _count(
-    codes: counting.Codes, offset: np.ndarray, shown: np.ndarray, span: int, want_since: bool
+    codes: counting.Codes,
+    offset: np.ndarray,
+    shown: np.ndarray,
+    span: int,
+    want_since: bool,
+    origin: int,
 ) -> _KeyCounts:
     """Counts for rows in time order keyed by ``codes`` (null keys count nothing)."""
     line = counting.line(codes, offset, span)
     events = line.pos[(shown & codes.valid)[line.order]]
-    before, counts = _window_counts(line.pos, events)
+    before, counts = _window_counts(line, events, origin)
     since = None
     if want_since:
         since = counting.unsort(counting.since_last(line, events, before) / _US, line.order, float)
@@ -107,13 +136,13 @@ def _count(
 
 
 def _count_runs(
-    codes: counting.Codes, offset: np.ndarray, n_shown: np.ndarray, span: int
+    codes: counting.Codes, offset: np.ndarray, n_shown: np.ndarray, span: int, origin: int
 ) -> _KeyCounts:
     """Like ``_count`` for one row per request run carrying its number of impressions."""
     line = counting.line(codes, offset, span)
     weight = np.where(codes.valid, n_shown, 0)[line.order]
     events = np.repeat(line.pos, weight)  # each impression of a run at the run's position
-    _, counts = _window_counts(line.pos, events)
+    _, counts = _window_counts(line, events, origin)
     return _KeyCounts([counting.unsort(c, line.order, np.int32) for c in counts], None)
 
 
@@ -148,10 +177,10 @@ def point_in_time_exposures(log: pl.LazyFrame) -> pl.LazyFrame:
         target_col = TARGETS[key.target]
         if target_col is None:
             at_firsts = counting.Codes(scope.code[firsts], scope.size, scope.valid[firsts])
-            res = _count_runs(at_firsts, offset[firsts], run_shown, span)
+            res = _count_runs(at_firsts, offset[firsts], run_shown, span, origin)
             return _KeyCounts([c[run] for c in res.counts], None)
         pair = counting.pair_codes(scope, codes[target_col])
-        return _count(pair, offset, shown, span, key.target == "campaign")
+        return _count(pair, offset, shown, span, key.target == "campaign", origin)
 
     # numpy releases the GIL while sorting and searching: key types run side by side.
     with ThreadPoolExecutor(max_workers=pl.thread_pool_size()) as pool:

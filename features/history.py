@@ -15,6 +15,7 @@ from datetime import datetime
 import numpy as np
 
 from features.exposure import (
+    BUCKET_S,
     EXPOSURE_KEYS,
     EXPOSURE_SCHEMA,
     SCOPES,
@@ -22,6 +23,7 @@ from features.exposure import (
     ExposureKey,
     count_column,
     since_column,
+    window_start,
 )
 from features.online import CandidateColumns, RequestContext
 
@@ -60,7 +62,15 @@ class ExposureHistory:
 
     def _window_counts(self, times: list[int], t: int) -> list[int]:
         hi = bisect_left(times, t)
-        return [hi - bisect_right(times, t - w * _US) for w in WINDOWS_S.values()]
+        return [
+            hi
+            - (
+                bisect_left(times, int(window_start(t, name)))
+                if BUCKET_S[name]
+                else bisect_right(times, t - w * _US)
+            )
+            for name, w in WINDOWS_S.items()
+        ]
 
     def counts(self, request: RequestContext, candidates: CandidateColumns) -> np.ndarray:
         """Exposure matrix (n candidates x ``EXPOSURE_SCHEMA`` columns) for a request."""

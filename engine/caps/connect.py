@@ -108,6 +108,7 @@ def _redis(
         deadline_s=config.store.deadline_ms / 1000,
         ahead_s=parse_duration(config.store.max_ahead),
         horizon_s=parse_duration(config.store.dedup_horizon),
+        campaign_times=config.store.campaign_times,
     )
     check_layout(client, store.keys)
     store.load_scripts()

@@ -21,7 +21,7 @@ from engine.caps import evaluate
 from engine.caps.plan import Plan, Planner
 from engine.caps.rules import CampaignCaps, CapRule, CapsConfig
 from engine.caps.store import CapReading, CapStore, Feedback, Impression, StoreUnavailable
-from engine.errors import AdmatchError
+from engine.errors import AdmatchError, InvalidArgument
 from engine.scoring.types import PodRoom, ScoreRequest
 from features.exposure import EXPOSURE_SCHEMA, SINCE_COLUMNS
 from features.online import CandidateColumns, RequestContext
@@ -60,10 +60,14 @@ class CapGate:
         retention_s: int,
         fail_open: bool,
         pod_slots: frozenset[str] = frozenset(),
+        campaign_times: int = 10,
     ) -> None:
         """``pod_slots``: the slots whose requests fill a pod (a request with its own ``pod``
-        is one too): their readings say what the caps leave for the pod's ads together."""
+        is one too): their readings say what the caps leave for the pod's ads together.
+        ``campaign_times``: the latest times the store keeps per campaign, the largest limit a
+        campaign's own cap over a window up to the retention may have."""
         self.store = store
+        self.campaign_times = campaign_times
         self.pod_slots = pod_slots
         self.caps = caps
         self.retention_s = retention_s
@@ -78,12 +82,26 @@ class CapGate:
         return "open" if self.fail_open else "closed"
 
     def own_rules(self, campaign_caps: CampaignCaps | None) -> list[CapRule]:
-        """The campaigns' own caps, each bound to its campaign."""
-        return [
-            rule.model_copy(update={"campaign_id": campaign, "target": "campaign"})
-            for campaign, caps in (campaign_caps or {}).items()
-            for rule in caps
-        ]
+        """The campaigns' own caps, each bound to its campaign.
+
+        Raises:
+            InvalidArgument: a cap over a window up to the retention with a limit above
+                ``campaign_times`` (the store keeps that many times per campaign: it could not
+                count further exactly), naming the campaign and the cap.
+        """
+        out = []
+        for campaign, caps in (campaign_caps or {}).items():
+            for i, rule in enumerate(caps):
+                w = rule.window_s
+                if w is not None and w <= self.retention_s and rule.limit > self.campaign_times:
+                    raise InvalidArgument(
+                        f"campaign_caps[{campaign!r}][{i}].limit",
+                        f"{rule.limit} over {rule.window}: at most {self.campaign_times} for "
+                        "a window up to store.retention (store.campaign_times); a longer "
+                        "window counts by day",
+                    )
+                out.append(rule.model_copy(update={"campaign_id": campaign, "target": "campaign"}))
+        return out
 
     def rules(self, campaign_caps: CampaignCaps | None = None) -> list[CapRule]:
         """The global rules plus the campaigns' own caps (each bound to its campaign)."""

@@ -7,15 +7,15 @@ the exact bytes.
 Layout (``P`` = configured prefix, ``T`` = hash tag, ``FAM`` = counter family, ``S`` = scope id):
 
 * ``P:v3:{T}:c:FAM:S``  hash, field = target id (``*`` for the target any) -> the target's
-  *counter*, one binary string: lifetime count, day counts (181 days) and the sorted impression
-  times within the retention (see ``lua.py`` for the bytes). One HMGET reads a family for all of
-  a request's candidates.
+  *counter*, one binary string: lifetime count, day counts, hour counts and the sorted
+  impression times its family's readers need (``keep.py``; ``lua.py`` for the bytes). One HMGET
+  reads a family for all of a request's candidates.
 * ``P:v3:{T}:b:SC:S:TG``  hash, field = campaign or advertiser id -> end of a block set by the
   user's negative feedback (epoch microseconds, event time); ``SC`` scope letter, ``TG`` target.
-* ``P:v3:{T}:i:DAY``  string: the *fingerprints* of the impressions recorded with an event time
-  on that UTC day (days since the epoch), 8 bytes each (``fingerprint``), appended: the
-  idempotency markers of one household and day in one value. It lives ``store.dedup_horizon``
-  (+ 1 day) after its last write that found it short of that.
+* ``P:v3:{T}:i:DAY``  string: the *fingerprints* of the impressions that arrived on that UTC day
+  (days since the epoch; the arrival clock), 8 bytes each (``fingerprint``), appended: the
+  idempotency markers of one household and day in one value. It lives
+  ``store.dedup_horizon`` + 1 day from when it is made.
 * ``P:layout``  the layout version of everything under ``P`` (see ``connect.check_layout``).
 
 ``FAM`` is the scope letter (u, h, d), the target (cr, ad, cmp, adv, cat, any) and an optional

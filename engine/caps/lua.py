@@ -3,42 +3,50 @@
 KEYS of every script share one hash tag (see ``keys.py``), so they run on one cluster node.
 
 **Counters.** A family's hash maps each target id (``*`` for the target any) to one binary
-string, read with Redis' ``struct``: ``>I4I2`` the lifetime count and the number ``m`` of day
-counts, then ``m`` pairs ``>I4I4`` (day since the epoch, UTC, and its count; ascending days,
-the last 181), then the impression times ``>i8`` (epoch microseconds, ascending) within the
-retention (trimmed an hour's worth at a time). Families without long windows keep lifetime 0
-and no days. A window count is a search over the times (galloping down from the newest for
-window bounds; none at all when the oldest time is inside the window); reading builds no
-string.
+string, read with Redis' ``struct``: ``>I4HH`` the lifetime count, the number ``md`` of day
+entries and the number ``mh`` of hour entries; then ``md`` entries ``>HH`` (UTC day since the
+epoch, its count; ascending days); then ``mh`` entries ``>I4H`` (hour since the epoch, its
+count; ascending); then the impression times ``>i8`` (epoch microseconds, ascending). Counts
+saturate at 65,535 a day or an hour. Each family keeps only what its readers need
+(``keep.py``: the policy travels with every RECORD): every time of the last ``max_ahead`` (an
+hour more for the feature families), the ``K`` latest before that (``K`` its largest exact
+limit), none older than its longest exact window (except, for the campaign feature families,
+the latest: a recency), and hour and day counts for as many buckets as its windows read. So
+a value, and a write, does not grow with history. A window count is a search over the times
+(galloping down from the newest for window bounds); a bucket window sums the hour or day
+counts from its first bucket on and takes away the times at or after ``t`` (all of them are
+kept); reading builds no string.
 
 Arguments are packed so that a script splits each with one ``struct.unpack``: *numbers* are
 big-endian doubles (exact integers below 2**53), *names* are their count ``>I4``, their byte
 lengths ``>I2`` each, then their bytes.
 
-``READ``: ``ARGV = t, day, spec (numbers), then per group its field names (names)``. ``spec``
-is fixed per request shape: ``G``, then per group ``width, K`` and per lookup of the group
-``mode, offset, nw, nd, last (0 or 1), nw windows (us, ascending), nd day windows (days; 0
-lifetime)``; then the block group (0: none) and the number of block hashes. ``KEYS`` = per
-lookup its family's hash, then the block hashes. A lookup's mode is 0 (read every field of its
-group), 1 (the same, noting the fields that have history) or 2 (read only the fields the
-group's mode-1 lookup found: its family is a subset). Returns one string of big-endian doubles
-(decoded as an array at once: a reply of one integer per value cost the client ~0.1 us each,
-70 us for a warm read): per group, ``r`` then ``r`` values: the rows of the fields with
-history, each its 1-based field index and ``width`` answers (per lookup at its offset: window
-counts, day sums, latest time or -1); then the number of blocked fields and their 1-based
-indices. Counts see impressions strictly before ``t``; day sums every impression of their
-days.
+``READ``: ``ARGV = t, day, hour, spec (numbers), then per group its field names (names)``.
+``spec`` is fixed per request shape: ``G``, then per group ``width, K`` and per lookup of the
+group ``mode, offset, nw, nd, nb, last (0 or 1), nw windows (us, ascending), nd day windows
+(days; 0 lifetime), nb bucket windows (bucket hours 1 or 24, buckets)``; then the block group
+(0: none) and the number of block hashes. ``KEYS`` = per lookup its family's hash, then the
+block hashes. A lookup's mode is 0 (read every field of its group), 1 (the same, noting the
+fields that have history) or 2 (read only the fields the group's mode-1 lookup found: its family
+is a subset). Returns one string of big-endian doubles (decoded as an array at once: a reply of
+one integer per value cost the client ~0.1 us each, 70 us for a warm read): per group, ``r``
+then ``r`` values: the rows of the fields with history, each its 1-based field index and
+``width`` answers (per lookup at its offset: window counts, day sums, bucket counts, latest time
+or -1); then the number of blocked fields and their 1-based indices. Window and bucket counts
+see impressions strictly before ``t``; day sums every impression of their days. Exact for reads
+no earlier than ``max_ahead`` before a counter's newest impression; a rule's count past the
+rule's limit is at least the limit.
 
 ``RECORD``: ``KEYS = the nm marker strings of the arrival days the dedup horizon covers
-(oldest first, today's last), then per family its hash``; ``ARGV = ts, day, retention_us, ttl_s,
-long_ttl_s, marker_ttl_s, longs, targets (names), fingerprint, nm``: per family one character
-in ``longs`` (1: keep day and lifetime counts, else 0) and its target id in ``targets``.
+(oldest first, today's last), then per family its hash``; ``ARGV = ts, day, hour,
+marker_ttl_s, policies (numbers), targets (names), fingerprint, nm``: per family its policy
+(9 numbers: ``keep.Keep``) and its target id.
 Returns 1 when recorded, 0 when the impression was recorded before (idempotent: its
 fingerprint is among the markers, an 8-byte-aligned match; else it is appended to today's,
 whose expiry is set when it is made). A counter hash's expiry is refreshed only when it has
 fallen an hour short of ``ttl_s``: few EXPIRE lines in the append-only file.
 
-``CHECK_RECORD``: ``ARGV = the number of RECORD keys, the 10 RECORD arguments, the READ
+``CHECK_RECORD``: ``ARGV = the number of RECORD keys, the 8 RECORD arguments, the READ
 arguments, checks``; ``KEYS`` = the RECORD keys, then the READ keys. ``checks`` are numbers:
 per check ``group, column (1-based in the group's row), gap (0 or 1), threshold`` (a limit, or
 a gap in us). Counts every recorded impression from ``t - window`` on, also those at or after
@@ -53,7 +61,6 @@ _COMMON = r"""
 local up, pk = struct.unpack, struct.pack
 local sub, rep, byte = string.sub, string.rep, string.byte
 local call, unpack, tonumber = redis.call, unpack, tonumber
-local HOUR = 3600e6
 
 -- first index in [lo, hi) (0-based) of the times at v[o...] that is >= x (> x when strict)
 local function bound(v, o, lo, hi, x, strict)
@@ -125,60 +132,59 @@ local function count_le(v, o, hi, x)
   return lo
 end
 
--- The answers of one counter v into out[p + 1 ...]: per window (ascending) the count of times
--- in (t - w, t) (or from t - w on, inclusive), per day window the day sum, then the latest time.
--- The nw windows (us) are at spec[w + 1 ...], the nd day windows (0: lifetime) after them.
-local function answer(v, out, p, t, day_t, spec, w, nw, nd, want_last, inclusive)
-  local len, life, m, first = #v, 0, 0, nil
-  if len >= 14 then  -- the header and, when there are no day counts, the oldest time: one call
-    life, m, first = up('>I4I2i8', v)
-  else
-    life, m = up('>I4I2', v)
+-- the sum of the counts of a bucket list (entries of width bytes, format fmt: key, count;
+-- ascending keys) from key first on
+local function bucket_sum(v, o, m, width, fmt, first)
+  local sum = 0
+  for q = m, 1, -1 do
+    local key, c = up(fmt, v, o + width * (q - 1))
+    if key < first then break end
+    sum = sum + c
   end
-  if nw > 0 or want_last then
-    local o = 7 + 8 * m
-    local n = (len - o + 1) / 8
-    local stop, top, latest = n, nil, nil  -- the times before index stop count
-    if n > 0 then
-      if m > 0 then first = up('>i8', v, o) end
-      top = up('>i8', v, len - 7)  -- the latest of the first hi times, while known
-      if not inclusive and top >= t then
-        stop = bound(v, o, 0, n, t, false)
-        top = nil
-      end
-      latest = top
-    end
-    local hi = stop
-    for i = 1, nw do  -- longer windows have lower bounds: the times below are fewer
-      local low, below = t - spec[w + i], 0
-      if hi > 0 and first <= low then
-        if top and top <= low then
-          below = hi  -- all of them: none in the window
-        else
-          below, top = count_le(v, o, hi, low), nil
-        end
-      end
-      out[p + i] = stop - below
-      hi = below
-    end
-    if want_last and stop > 0 then
-      out[p + nw + nd + 1] = latest or up('>i8', v, o + 8 * stop - 8)
-    end
+  return sum
+end
+
+-- The answers of one counter v into out[p + 1 ...]: per window (ascending) the count of times
+-- in (t - w, t) (or from t - w on, inclusive), per day window the day sum (every impression
+-- of its days; 0 days: lifetime), per bucket window the count from its first hour or day on,
+-- before t (inclusive: all), then the latest time before t (inclusive: the latest).
+-- The nw windows (us) are at spec[w + 1 ...], the nd day windows after them, then nb pairs
+-- (bucket hours 1 or 24, buckets).
+local function answer(v, out, p, t, day_t, hour_t, spec, w, nw, nd, nb, want_last, inclusive)
+  local life, md, mh = up('>I4HH', v)
+  local oh = 9 + 4 * md
+  local o = oh + 6 * mh
+  local n = (#v - o + 1) / 8
+  local stop = n  -- the times before index stop count
+  if n > 0 and not inclusive and up('>i8', v, o + 8 * n - 8) >= t then
+    stop = bound(v, o, 0, n, t, false)
+  end
+  local hi = stop
+  for i = 1, nw do  -- longer windows have lower bounds: the times below are fewer
+    local low, below = t - spec[w + i], 0
+    if hi > 0 and up('>i8', v, o) <= low then below = count_le(v, o, hi, low) end
+    out[p + i] = stop - below
+    hi = below
   end
   p, w = p + nw, w + nw
   for i = 1, nd do
-    local sum, days = life, spec[w + i]
-    if days > 0 then
-      sum = 0
-      local first = day_t - days + 1
-      for q = m, 1, -1 do
-        local day, c = up('>I4I4', v, 8 * q - 1)
-        if day < first then break end
-        sum = sum + c
-      end
-    end
+    local days = spec[w + i]
+    local sum = life
+    if days > 0 then sum = bucket_sum(v, 9, md, 4, '>HH', day_t - days + 1) end
     out[p + i] = sum
   end
+  p, w = p + nd, w + nd
+  for i = 1, nb do
+    local hours, k = spec[w + 2 * i - 1], spec[w + 2 * i]
+    local sum
+    if hours == 24 then
+      sum = bucket_sum(v, 9, md, 4, '>HH', day_t - k + 1)
+    else
+      sum = bucket_sum(v, oh, mh, 6, '>I4H', hour_t - k + 1)
+    end
+    out[p + i] = sum - (n - stop)  -- the kept times at or after t (all after its bucket's start)
+  end
+  if want_last and stop > 0 then out[p + nb + 1] = up('>i8', v, o + 8 * stop - 8) end
 end
 
 -- Reads a request (its arguments from argv[a], keys from keys[k]) into out: per group the
@@ -186,7 +192,8 @@ end
 -- per group the position of its first field's row (for atomic checks) and its default row,
 -- and the blocked field indices.
 local function read_all(keys, k, argv, a, inclusive)
-  local t, day_t, spec = tonumber(argv[a]), tonumber(argv[a + 1]), numbers(argv[a + 2])
+  local t, day_t, hour_t = tonumber(argv[a]), tonumber(argv[a + 1]), tonumber(argv[a + 2])
+  local spec = numbers(argv[a + 3])
   local ng, s = spec[1], 2
   local out, n, firsts, defaults, fields = {}, 0, {}, {}, {}
   for g = 1, ng do
@@ -194,18 +201,20 @@ local function read_all(keys, k, argv, a, inclusive)
     s = s + 2
     local def, first_lookup = {}, s
     for c = 1, width do def[c] = 0 end
-    for _ = 1, nk do  -- a lookup: mode, offset, nw, nd, last, windows, day windows
-      if spec[s + 4] == 1 then def[spec[s + 1] + spec[s + 2] + spec[s + 3] + 1] = -1 end
-      s = s + 5 + spec[s + 2] + spec[s + 3]
+    for _ = 1, nk do  -- a lookup: mode, offset, nw, nd, nb, last, windows, days, buckets
+      local width_k = spec[s + 2] + spec[s + 3] + spec[s + 4]
+      if spec[s + 5] == 1 then def[spec[s + 1] + width_k + 1] = -1 end
+      s = s + 6 + spec[s + 2] + spec[s + 3] + 2 * spec[s + 4]
     end
-    local names = names_of(argv[a + 2 + g])
+    local names = names_of(argv[a + 3 + g])
     fields[g] = names
     defaults[g] = def
     n = n + 1
     local head, at, hit_names, hits = n, {}, {}, {}
     local l = first_lookup
     for _ = 1, nk do
-      local mode, off, nw, nd, last = spec[l], spec[l + 1], spec[l + 2], spec[l + 3], spec[l + 4]
+      local mode, off, nw, nd, nb = spec[l], spec[l + 1], spec[l + 2], spec[l + 3], spec[l + 4]
+      local last = spec[l + 5]
       local vals, idx = {}, nil
       if mode == 2 then
         idx = hits
@@ -227,11 +236,11 @@ local function read_all(keys, k, argv, a, inclusive)
             for c = 1, width do out[p + c] = def[c] end
             n = p + width
           end
-          answer(v, out, p + off, t, day_t, spec, l + 4, nw, nd, last == 1, inclusive)
+          answer(v, out, p + off, t, day_t, hour_t, spec, l + 5, nw, nd, nb, last == 1, inclusive)
         end
       end
       k = k + 1
-      l = l + 5 + nw + nd
+      l = l + 6 + nw + nd + 2 * nb
     end
     out[head] = n - head
     firsts[g] = at[1]
@@ -255,58 +264,75 @@ local function read_all(keys, k, argv, a, inclusive)
   return out, n, firsts, defaults, blocked
 end
 
--- the day counts (m pairs) with one more impression on day
-local function add_day(days, m, day)
+-- a bucket list (m entries of width bytes, format fmt: key, count; ascending keys) with one
+-- more impression in bucket key (counts saturate at 65535), without the entries at or below
+-- its newest key - keep
+local function bump(list, m, width, fmt, key, keep)
   local last = -1
-  if m > 0 then last = up('>I4', days, 8 * m - 7) end
-  if day == last then
-    local c = up('>I4', days, 8 * m - 3)
-    days = sub(days, 1, 8 * m - 4) .. pk('>I4', c + 1)
-  elseif day > last then
-    days, m, last = days .. pk('>I4I4', day, 1), m + 1, day
-  else  -- a late impression: rebuild in day order
+  if m > 0 then last = up(fmt, list, width * (m - 1) + 1) end
+  if key == last then
+    local _, c = up(fmt, list, width * (m - 1) + 1)
+    if c < 65535 then c = c + 1 end
+    list = sub(list, 1, width * (m - 1)) .. pk(fmt, key, c)
+  elseif key > last then
+    list, m, last = list .. pk(fmt, key, 1), m + 1, key
+  else  -- a late impression: in place
     local out, n, done = {}, 0, false
-    for p = 1, m do
-      local d, c = up('>I4I4', days, 8 * p - 7)
-      if not done and d >= day then
+    for q = 1, m do
+      local k, c = up(fmt, list, width * (q - 1) + 1)
+      if not done and k >= key then
         done = true
-        if d == day then c = c + 1 else n = n + 1; out[n] = pk('>I4I4', day, 1) end
+        if k == key then
+          if c < 65535 then c = c + 1 end
+        else
+          n = n + 1; out[n] = pk(fmt, key, 1)
+        end
       end
-      n = n + 1; out[n] = pk('>I4I4', d, c)
+      n = n + 1; out[n] = pk(fmt, k, c)
     end
-    days, m = table.concat(out), n
+    list, m = table.concat(out), n
   end
-  local drop = 0  -- keep the days after last - 181
-  while drop < m and up('>I4', days, 8 * drop + 1) <= last - 181 do drop = drop + 1 end
-  if drop > 0 then days, m = sub(days, 8 * drop + 1), m - drop end
-  return days, m
+  local drop = 0
+  while drop < m and up(fmt, list, width * drop + 1) <= last - keep do drop = drop + 1 end
+  if drop > 0 then list, m = sub(list, width * drop + 1), m - drop end
+  return list, m
 end
 
-local function write_counter(key, field, ts, day, retention, long, ttl)
+-- One more impression at ts (its day and hour) in a counter, kept by the family's policy
+-- pol = {K, ahead, all, maxw, since, days, life, hours, ttl} (see RECORD).
+local function write_counter(key, field, ts, day, hour, pol)
+  local K, ahead, all, maxw, since = pol[1], pol[2], pol[3], pol[4], pol[5]
+  local keep_days, keep_life, keep_hours, ttl = pol[6], pol[7], pol[8], pol[9]
   local v = call('HGET', key, field)
-  local life, m, days, times = 0, 0, '', ''
+  local life, md, mh, days, hours, times = 0, 0, 0, '', '', ''
   if v then
-    life, m = up('>I4I2', v)
-    days, times = sub(v, 7, 6 + 8 * m), sub(v, 7 + 8 * m)
+    life, md, mh = up('>I4HH', v)
+    days = sub(v, 9, 8 + 4 * md)
+    hours = sub(v, 9 + 4 * md, 8 + 4 * md + 6 * mh)
+    times = sub(v, 9 + 4 * md + 6 * mh)
   end
   local n = #times / 8
   local at = n  -- after every time <= ts: late impressions go in place
   if n > 0 and up('>i8', times, 8 * n - 7) > ts then at = bound(times, 1, 0, n, ts, true) end
-  if at == n then
-    times = times .. pk('>i8', ts)
-  else
-    times = sub(times, 1, 8 * at) .. pk('>i8', ts) .. sub(times, 8 * at + 1)
+  times = sub(times, 1, 8 * at) .. pk('>i8', ts) .. sub(times, 8 * at + 1)
+  n = n + 1
+  local newest = up('>i8', times, 8 * n - 7)
+  -- keep every time after newest - all, and the K latest at or before newest - ahead (the
+  -- live reads' earliest t); none at or before newest - maxw (0: no limit), except, with
+  -- since, the latest of those (a read's "latest before t")
+  local pre = bound(times, 1, 0, n, newest - ahead, true)
+  local first = math.min(bound(times, 1, 0, n, newest - all, true), math.max(pre - K, 0))
+  local old = first
+  if maxw > 0 then old = math.max(first, bound(times, 1, 0, n, newest - maxw, true)) end
+  if since == 1 and pre > 0 and pre - 1 < old then
+    times = sub(times, 8 * pre - 7, 8 * pre) .. sub(times, 8 * old + 1)
+  elseif old > 0 then
+    times = sub(times, 8 * old + 1)
   end
-  -- drop what left the retention, an hour's worth at a time (not a copy per impression)
-  local low = up('>i8', times, #times - 7) - retention
-  if up('>i8', times, 1) < low - HOUR then
-    times = sub(times, 8 * bound(times, 1, 0, n + 1, low, false) + 1)
-  end
-  if long then
-    life = life + 1
-    days, m = add_day(days, m, day)
-  end
-  call('HSET', key, field, pk('>I4I2', life, m) .. days .. times)
+  if keep_life == 1 then life = life + 1 end
+  if keep_days > 0 then days, md = bump(days, md, 4, '>HH', day, keep_days) end
+  if keep_hours > 0 then hours, mh = bump(hours, mh, 6, '>I4H', hour, keep_hours) end
+  call('HSET', key, field, pk('>I4HH', life, md, mh) .. days .. hours .. times)
   -- refreshed at most once an hour (every EXPIRE is a line of the append-only file)
   if call('TTL', key) < ttl - 3600 then call('EXPIRE', key, ttl) end
 end
@@ -332,20 +358,18 @@ local function seen(keys, k, nm, fp)
 end
 
 local function record(keys, k, argv, a)
-  local ts, day, retention = tonumber(argv[a]), tonumber(argv[a + 1]), tonumber(argv[a + 2])
-  local ttl, long_ttl = tonumber(argv[a + 3]), tonumber(argv[a + 4])
-  local fp, nm = argv[a + 8], tonumber(argv[a + 9])
+  local ts, day, hour = tonumber(argv[a]), tonumber(argv[a + 1]), tonumber(argv[a + 2])
+  local fp, nm = argv[a + 6], tonumber(argv[a + 7])
   if seen(keys, k, nm, fp) then return 0 end
   local today = keys[k + nm - 1]  -- the markers of the day it arrives
   call('APPEND', today, fp)
-  if call('TTL', today) < 0 then call('EXPIRE', today, argv[a + 5]) end  -- set once
+  if call('TTL', today) < 0 then call('EXPIRE', today, argv[a + 3]) end  -- set once
   k = k + nm - 1
-  local longs, targets = argv[a + 6], names_of(argv[a + 7])
+  local pols, targets = numbers(argv[a + 4]), names_of(argv[a + 5])
   for i = 1, #targets do
-    local long = byte(longs, i) == 49  -- '1'
-    local key_ttl = ttl
-    if long then key_ttl = long_ttl end
-    write_counter(keys[k + i], targets[i], ts, day, retention, long, key_ttl)
+    local pol = {}
+    for j = 1, 9 do pol[j] = pols[9 * (i - 1) + j] end
+    write_counter(keys[k + i], targets[i], ts, day, hour, pol)
   end
   return 1
 end
@@ -381,10 +405,10 @@ return record(KEYS, 1, ARGV, 1)
 CHECK_RECORD = (
     _COMMON
     + r"""
-if seen(KEYS, 1, tonumber(ARGV[11]), ARGV[10]) then return 0 end  -- recorded before
+if seen(KEYS, 1, tonumber(ARGV[9]), ARGV[8]) then return 0 end  -- recorded before
 local nrk = tonumber(ARGV[1])
-local t = tonumber(ARGV[12])
-local out, _, firsts, defaults, blocked = read_all(KEYS, nrk + 1, ARGV, 12, true)
+local t = tonumber(ARGV[10])
+local out, _, firsts, defaults, blocked = read_all(KEYS, nrk + 1, ARGV, 10, true)
 if #blocked > 0 then return -1000000 end
 local checks = numbers(ARGV[#ARGV])
 for i = 1, #checks / 4 do

@@ -1,9 +1,9 @@
-"""An in-memory cap store: the reference backend (tests, single-process replays and tuning).
-
-It executes the same plans as the Redis store with the same semantics: exact windows over event
-times, day buckets for long windows, idempotency by impression id, blocks that end at the
-feedback time plus the block duration (event time). One lock makes every call atomic. It keeps
-all impressions in memory, so it is not for a fleet of servers.
+"""An in-memory cap store: the reference backend (tests, single-process replays and tuning). It
+executes the same plans as the Redis store with the same semantics: exact windows over event
+times, hour and day buckets for the bucketed feature windows, day buckets for long windows,
+idempotency by impression id, blocks that end at the feedback time plus the block duration
+(event time). One lock makes every call atomic. It keeps all impressions in memory, so it is not
+for a fleet of servers.
 """
 
 from __future__ import annotations
@@ -54,6 +54,9 @@ class MemoryCapStore:
                 for d in lk.day_windows:
                     first = 0 if d == 0 else (day_t - d + 1) * DAY_US
                     values.append(len(times) - bisect_left(times, first))
+                for hours, k in lk.buckets:  # from the start of the k-th hour (day) back
+                    size = hours * 3_600 * US
+                    values.append(hi - bisect_left(times, (t // size - k + 1) * size))
                 if lk.last:
                     values.append(times[hi - 1] if hi else -1)
                 answers[f, lk.offset : lk.offset + lk.width] = values

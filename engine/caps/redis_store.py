@@ -20,18 +20,18 @@ from redis.typing import EncodableT
 
 from engine.caps import lua
 from engine.caps.direct import DirectConnections
+from engine.caps.keep import keep_policy
 from engine.caps.keys import KeySpace, escape, family_code, fingerprint
 from engine.caps.plan import (
     ANY,
     DAY_US,
-    SUPERSET_TARGETS,
     US,
     Plan,
     Shape,
     impression_families,
     micros,
 )
-from engine.caps.rules import SCOPE_COLUMN, TARGET_COLUMN, CapRule, Family, FeedbackBlock, GapRule
+from engine.caps.rules import SCOPE_COLUMN, TARGET_COLUMN, CapRule, FeedbackBlock, GapRule
 from engine.caps.store import (
     CapReading,
     Check,
@@ -46,25 +46,11 @@ from engine.errors import AdmatchError, InvalidArgument
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-DAY_TTL_S = 400 * 86_400  # day and lifetime counts live this long after the last write
+HOUR_US = 3_600 * US
 _CACHE_SIZE = 4_096
 _Spec = tuple[Shape, bytes, list[str]]  # shape, READ spec, per lookup its family code
-_Write = tuple[str, str, str | None, str]  # family code, scope column, target column, long
+_Write = tuple[str, str, str | None, list[int]]  # family code, scope and target column, policy
 _Call = tuple[list[str], list[EncodableT]]  # a script call's KEYS and ARGV
-
-
-def long_families(rules: list[CapRule], retention_s: int) -> set[Family]:
-    """Families that keep day and lifetime counts: those a long-window rule reads, the
-    campaign families (campaigns may bring their own long caps with a request), and, for the
-    campaign and advertiser targets, the user and household families whenever any family of
-    that target is long (they are the supersets reads narrow the others with, so they must
-    live at least as long)."""
-    out = {r.family() for r in rules if r.window_s is None or r.window_s > retention_s}
-    out |= {Family(scope=s, target="campaign") for s in ("user", "household", "device")}
-    for target in SUPERSET_TARGETS:
-        if any(f.target == target for f in out):
-            out |= {Family(scope=s, target=target) for s in ("user", "household")}
-    return out
 
 
 def decode_read(plan: Plan, reply: bytes) -> tuple[Matrices, np.ndarray]:
@@ -135,10 +121,12 @@ class RedisCapStore:
         on_close: Callable[[], None] | None = None,
         deadline_s: float | None = None,
         ahead_s: int = 0,
+        campaign_times: int = 10,
     ) -> None:
-        """Impression times stay ``retention_s + ahead_s`` behind a counter's newest, so that
-        an impression timed up to ``ahead_s`` ahead of the live reads (the service refuses
-        later ones: ``store.max_ahead``) pushes out nothing their windows count. An impression
+        """Each counter keeps what its family's readers need (``keep.py``) for reads no earlier
+        than ``ahead_s`` before its newest impression (the service refuses impressions timed
+        later than that: ``store.max_ahead``); campaign counters keep ``campaign_times`` latest
+        times for the requests' own caps over exact windows. An impression
         id reported again within ``horizon_s`` of its first report (by ``clock``, the arrival
         time) is a duplicate; its marker lives under its arrival day, kept ``horizon_s`` and a
         day more."""
@@ -147,12 +135,12 @@ class RedisCapStore:
         self.rules, self.gaps, self.feedback = rules, gaps, feedback
         self.keys = keys or KeySpace()
         self.retention_s = retention_s
-        self.kept_s = retention_s + ahead_s  # how long before the newest impression times stay
+        self.ahead_s = ahead_s
+        self.campaign_times = campaign_times  # the latest times a campaign counter keeps
         self.horizon_s = horizon_s  # how long an impression id stays known (dedup)
         self.marker_days = -(-horizon_s // 86_400)  # earlier arrival days a retry may follow
         self.clock = clock  # the arrival day of impressions (markers), seconds since the epoch
         self._on_close = on_close
-        self._long = long_families(rules, retention_s)
         self._specs: dict[int, _Spec] = {}
         self._writes: dict[tuple[str, str], list[_Write]] = {}
         self._read = client.register_script(lua.READ)
@@ -211,7 +199,8 @@ class RedisCapStore:
                 numbers += [width, len(mine)]
                 for lk in mine:
                     numbers += [lk.mode, lk.offset, len(lk.windows), len(lk.day_windows)]
-                    numbers += [int(lk.last), *(w * US for w in lk.windows), *lk.day_windows]
+                    numbers += [len(lk.buckets), int(lk.last), *(w * US for w in lk.windows)]
+                    numbers += [*lk.day_windows, *(x for pair in lk.buckets for x in pair)]
             numbers += [shape.block_group + 1, len(shape.block_scopes)]
             codes = [family_code(lk.family) for lk in shape.lookups]
             if len(self._specs) >= _CACHE_SIZE:
@@ -233,7 +222,8 @@ class RedisCapStore:
             for lk, code in zip(shape.lookups, codes, strict=True)
         ]
         keys += [self.keys.blocks(tag, *b) for b in plan.blocks]
-        args: list[EncodableT] = [plan.t_us, plan.t_us // DAY_US, spec]
+        t = plan.t_us
+        args: list[EncodableT] = [t, t // DAY_US, t // HOUR_US, spec]
         args += [_names(f, c) for f, c in zip(plan.fields, shape.columns, strict=True)]
         return keys, args
 
@@ -276,7 +266,14 @@ class RedisCapStore:
                     family_code(fam),
                     SCOPE_COLUMN[fam.scope],
                     TARGET_COLUMN[fam.target],
-                    "1" if fam in self._long else "0",
+                    keep_policy(
+                        fam,
+                        self.rules,
+                        self.gaps,
+                        self.retention_s,
+                        self.ahead_s,
+                        self.campaign_times,
+                    ).numbers(),
                 )
                 for fam in impression_families(touchpoint, slot, self.rules, self.gaps)
             ]
@@ -288,25 +285,24 @@ class RedisCapStore:
         base = self.keys.base(tag)
         today = int(self.clock() // 86_400)  # markers go by arrival: a retry is soon after
         keys = [self.keys.markers(tag, today - k) for k in range(self.marker_days, -1, -1)]
-        longs, targets = [], []
-        for code, scope_column, target_column, long in self._family_writes(
+        policies: list[int] = []
+        targets = []
+        for code, scope_column, target_column, policy in self._family_writes(
             imp.touchpoint, imp.slot
         ):
             scope_id = getattr(imp, scope_column)
             target_id = ANY if target_column is None else getattr(imp, target_column)
             if scope_id is not None and target_id is not None:
                 keys.append(self.keys.counters_at(base, code, escape(scope_id)))
-                longs.append(long)
+                policies += policy
                 targets.append(target_id)
         t = micros(imp.ts)
         args: list[EncodableT] = [
             t,
             t // DAY_US,
-            self.kept_s * US,
-            self.kept_s + 3_600,
-            DAY_TTL_S,
+            t // HOUR_US,
             self.horizon_s + 86_400,
-            "".join(longs),
+            _numbers(policies),
             _names(targets, "impression"),
             fingerprint(imp.impression_id),
             self.marker_days + 1,

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
 from engine.caps.rules import TARGET_COLUMN, CapRule, Family, FeedbackBlock, GapRule
-from features.exposure import EXPOSURE_SCHEMA, WINDOWS_S, count_column, since_column
+from features.exposure import BUCKET_S, EXPOSURE_SCHEMA, WINDOWS_S, count_column, since_column
 
 FEATURE_FAMILIES = tuple(
     Family(scope=s, target=t)
@@ -42,6 +43,8 @@ class Lookup:
         group: the group of target ids it reads (see :attr:`Shape.columns`).
         windows: rolling windows in seconds (<= retention), counted exactly; ascending.
         day_windows: longer windows in days (0 = lifetime), from day counts; ascending.
+        buckets: bucketed windows (``features.exposure.BUCKET_S``), as (bucket hours: 1 or
+            24, buckets): from the start of the bucket that many back, before ``t``.
         last: whether the time of the latest impression is wanted.
         mode: 0 reads every field of its group; 1 (the group's first lookup) also notes which
             fields have history; 2 reads only those (its family is a subset of the first's).
@@ -52,21 +55,25 @@ class Lookup:
     group: int
     windows: tuple[int, ...]
     day_windows: tuple[int, ...]
+    buckets: tuple[tuple[int, int], ...]
     last: bool
     mode: int
     offset: int
 
     @property
     def width(self) -> int:
-        """Answers per field: window counts, day sums, latest time."""
-        return len(self.windows) + len(self.day_windows) + int(self.last)
+        """Answers per field: window counts, day sums, bucket counts, latest time."""
+        return len(self.windows) + len(self.day_windows) + len(self.buckets) + int(self.last)
 
-    def column(self, kind: str, window: int) -> int:
-        """Column in the group's rows of the answer ``kind`` (window, days, since)."""
+    def column(self, kind: str, window: int | tuple[int, int]) -> int:
+        """Column in the group's rows of the answer ``kind`` (window, days, bucket, since)."""
         if kind == "window":
             return self.offset + self.windows.index(window)
         if kind == "days":
             return self.offset + len(self.windows) + self.day_windows.index(window)
+        if kind == "bucket":
+            before = len(self.windows) + len(self.day_windows)
+            return self.offset + before + self.buckets.index(window)
         return self.offset + self.width - 1
 
 
@@ -117,15 +124,17 @@ class _Builder:
 
     def __init__(self, superset_scope: str) -> None:
         self.superset_scope = superset_scope
-        self.specs: dict[Family, tuple[set[int], set[int], list[bool]]] = {}
-        self.raw: list[tuple[str, int, Family, str, int, int]] = []
+        self.specs: dict[Family, tuple[set[int], set[int], set[tuple[int, int]], list[bool]]] = {}
+        self.raw: list[tuple[str, int, Family, str, Any, int]] = []
 
-    def need(self, fam: Family, kind: str, window: int, output: str, index: int, rule: int) -> None:
-        windows, days, last = self.specs.setdefault(fam, (set(), set(), [False]))
+    def need(self, fam: Family, kind: str, window: Any, output: str, index: int, rule: int) -> None:
+        windows, days, buckets, last = self.specs.setdefault(fam, (set(), set(), set(), [False]))
         if kind == "window":
             windows.add(window)
         elif kind == "days":
             days.add(window)
+        elif kind == "bucket":
+            buckets.add(window)
         else:
             last[0] = True
         self.raw.append((output, index, fam, kind, window, rule))
@@ -158,12 +167,19 @@ class _Builder:
         lookups: dict[Family, Lookup] = {}
         widths = [0] * len(columns)
         for fam in order:
-            windows, days, last = self.specs[fam]
+            windows, days, buckets, last = self.specs[fam]
             g = columns.index(TARGET_COLUMN[fam.target])
             has_superset = any(self._is_superset(f) for f in lookups if lookups[f].group == g)
             mode = 1 if self._is_superset(fam) else 2 if has_superset else 0
             lk = Lookup(
-                fam, g, tuple(sorted(windows)), tuple(sorted(days)), last[0], mode, widths[g]
+                fam,
+                g,
+                tuple(sorted(windows)),
+                tuple(sorted(days)),
+                tuple(sorted(buckets)),
+                last[0],
+                mode,
+                widths[g],
             )
             lookups[fam] = lk
             widths[g] += lk.width
@@ -243,7 +259,12 @@ def build_shape(
             continue
         for window, seconds in WINDOWS_S.items():
             col = _EXPOSURE_INDEX[count_column(fam.scope, fam.target, window)]
-            builder.need(fam, "window", seconds, "exposures", col, -1)
+            bucket = BUCKET_S[window]
+            if bucket:
+                buckets = (bucket // 3_600, seconds // bucket)
+                builder.need(fam, "bucket", buckets, "exposures", col, -1)
+            else:
+                builder.need(fam, "window", seconds, "exposures", col, -1)
         if fam.target == "campaign":
             builder.need(fam, "since", 0, "exposures", _EXPOSURE_INDEX[since_column(fam.scope)], -1)
     for j, rule in enumerate(rules):

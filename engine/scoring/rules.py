@@ -132,9 +132,12 @@ class CompiledRules:
 def exposure_rules(
     config: AdmatchConfig,
 ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    """The cap and gap rules the exposure columns express exactly: no touchpoint or slot
-    filter, a feature target (campaign, advertiser, any) and window (1h, 24h, 7d); gaps on the
-    campaign. Used when a request carries exposures but no cap decision from a store."""
+    """The cap and gap rules the exposure columns express: no touchpoint or slot filter, a
+    feature target (campaign, advertiser, any) and a feature window (1h; 24h and 7d); gaps on
+    the campaign. Used when a request carries exposures but no cap decision from a store. The
+    24h and 7d columns go by UTC hours and days (``features.exposure.BUCKET_S``): they count no
+    more than the rolling window, so a cap they reach does hold, but one the rolling window
+    reaches only with the part of the oldest hour (day) they leave out is not caught."""
     windows = {seconds: name for name, seconds in WINDOWS_S.items()}
     caps = [
         (_EXPOSURE_INDEX[count_column(r.scope, r.target, windows[r.window_s])], float(r.limit))

@@ -22,8 +22,10 @@ from engine.scoring.selection import Capacity, select
 from engine.scoring.types import PodRoom
 from engine.tune.counters import FamilyCounter
 from engine.tune.data import FATIGUE, FATIGUE_FAMILIES, TuningData, Warm
+from features.exposure import BUCKET_S, WINDOWS_S, window_start
 
 DAY_US = 86_400_000_000
+_WINDOW_NAMES = {seconds: name for name, seconds in WINDOWS_S.items()}
 FATIGUE_DEPTH = 32  # fatigue grows with log1p(count): counts beyond this change it little
 
 
@@ -140,9 +142,16 @@ class Simulator:
         )
 
     def _fatigue(self, rows: slice, t: np.ndarray) -> np.ndarray:
+        """The fatigue cost from the simulation's own exposures, counted as the exposure
+        features count them (``features.exposure``: 24h by UTC hours)."""
         out = np.zeros(len(t))
         for family, window_s, coeff in FATIGUE_FAMILIES:
-            n = self.exposures[family].count(rows, t, t - window_s * 1_000_000, False)
+            name = _WINDOW_NAMES[window_s]
+            counter = self.exposures[family]
+            if BUCKET_S[name]:
+                n = counter.count(rows, t, window_start(t, name), True)
+            else:
+                n = counter.count(rows, t, t - window_s * 1_000_000, False)
             out += coeff * np.log1p(n)
         return out
 

@@ -41,53 +41,68 @@ def with_store(url: str, **kw: Any) -> AdmatchConfig:
 
 
 def test_counter_bytes_are_the_documented_layout() -> None:
-    """The value layout is part of the versioned contract (``lua.py``): lifetime and day-pair
-    count, day pairs, then the times; families without long windows keep no days."""
+    """The value layout is part of the versioned contract (``lua.py``): lifetime, day and hour
+    entry counts, day entries, hour entries, then the times, each family keeping what its
+    readers need (``keep.py``). A user's campaign (own caps, features, a 1-hour cap of 2)
+    keeps its lifetime, day counts and every time of the retention; the user's advertiser and
+    any-ad counters (features only) keep no lifetime and only the last hour's times; the
+    24 hour counts drop the hour a day back."""
     server = EmbeddedRedis().start()
     try:
         client = server.client()
         store = RedisCapStore(client, RULES, GAPS, FEEDBACK, KeySpace("bytes"))
         store.record([imp(1, 0), imp(2, -1440), imp(3, 5)])  # the second arrives late
         t0, day = micros(T0), micros(T0) // 86_400_000_000
+        hour = micros(T0) // 3_600_000_000
         times = [t0 - 86_400_000_000, t0, t0 + 300_000_000]
         tag = store.keys.tag("h1", "u1")
+        days = struct.pack(">HHHH", day - 1, 1, day, 2)
         campaign = client.hget(
             store.keys.counters(tag, Family(scope="user", target="campaign"), "u1"), "c1"
         )
-        assert campaign == struct.pack(">IHIIII", 3, 2, day - 1, 1, day, 2) + struct.pack(
-            ">qqq", *times
-        )
+        head = struct.pack(">IHH", 3, 2, 1)
+        assert campaign == head + days + struct.pack(">IH", hour, 2) + struct.pack(">qqq", *times)
+        recent = struct.pack(">IHH", 0, 2, 1) + days + struct.pack(">IH", hour, 2)
+        recent += struct.pack(">qq", *times[1:])
         advertiser = Family(scope="user", target="advertiser")
-        assert client.hget(store.keys.counters(tag, advertiser, "u1"), "v1") == struct.pack(
-            ">IHqqq", 0, 0, *times
-        )
+        assert client.hget(store.keys.counters(tag, advertiser, "u1"), "v1") == recent
         any_user = store.keys.counters(tag, Family(scope="user", target="any"), "u1")
-        assert client.hget(any_user, "*") == struct.pack(">IHqqq", 0, 0, *times)
+        assert client.hget(any_user, "*") == recent
     finally:
         server.stop()
 
 
-def test_an_impression_ahead_within_max_ahead_pushes_out_no_count() -> None:
-    """A counter keeps ``retention + ahead`` behind its newest time. An impression timed 4
-    minutes ahead of the reads (inside a 5-minute ``max_ahead``) keeps the one a 7-day window
-    still counts; without the margin it was trimmed (what a month-ahead impression did to every
-    real one, which is why the service refuses those: ``check_not_ahead``)."""
+def test_impressions_ahead_within_max_ahead_push_out_no_count() -> None:
+    """A counter keeps the ``limit`` latest times before its newest minus ``max_ahead`` (the
+    earliest a live read may be), and every time after that. Three impressions timed 1-3
+    minutes ahead of the reads (inside a 5-minute ``max_ahead``) keep the two a 24-hour cap of
+    limit 2 counts at t; without the margin the newest two pushed them out (what a month-ahead
+    impression did to every real one, which is why the service refuses those:
+    ``check_not_ahead``)."""
     server = EmbeddedRedis().start()
     try:
-        week = 7 * 1440
         counts = []
         for ahead_s in (300, 0):
             store = RedisCapStore(
                 server.client(), RULES, GAPS, FEEDBACK, KeySpace(f"ahead{ahead_s}"), ahead_s=ahead_s
             )
-            # outside any window (and old enough to start a trim), then just inside the week
-            store.record([imp("old", -week - 120), imp("edge", -week + 1)])
-            before = ask(store, 0)[1][0, EXP["exp_user_any_7d"]]
-            store.record([imp("ahead", 4)])
-            counts.append((before, ask(store, 0)[1][0, EXP["exp_user_any_7d"]]))
-        assert counts == [(1, 1), (1, 0)]  # kept with the margin; trimmed without it
+            store.record([imp("a", -1200), imp("b", -600)])
+            before = _rule_count(store, "household advertiser day")
+            store.record([imp(f"ahead{k}", k) for k in (1, 2, 3)])
+            counts.append((before, _rule_count(store, "household advertiser day")))
+        assert counts == [(2, 2), (2, 0)]  # kept with the margin; pushed out without it
     finally:
         server.stop()
+
+
+def _rule_count(store: RedisCapStore, name: str) -> float:
+    """The named rule's count for ``ask``'s candidate at T0."""
+    gate = CapGate(store, CAPS, 7 * 86_400, fail_open=False)
+    ctx = RequestContext("r", T0, "u1", "ott", "ott_pause", household_id="h1", device_id="tv1")
+    cand: dict[str, list[Any]] = {c: [None] for c in CANDIDATE_COLUMNS}
+    cand.update(ad_id=["ad1"], campaign_id=["c1"], advertiser_id=["v1"], creative_id=["cr1"])
+    reading = store.read(gate.planner.plan(ctx, cand, []))
+    return float(reading.rule_counts[0, [r.name for r in RULES].index(name)])
 
 
 @pytest.mark.parametrize("url", ["memory://", ""], ids=["memory", "embedded"])
@@ -185,6 +200,35 @@ def test_the_state_dir_keeps_counts_blocks_and_markers_across_restarts(tmp_path:
     assert not (state / "redis.sock").exists()  # the socket lives elsewhere (path length)
 
 
+def test_append_only_bytes_per_impression_stay_flat_over_history(tmp_path: Path) -> None:
+    """A hot user's writes do not grow with its history: 1,500 impressions over 5 days across
+    60 campaigns; once its counters hold what their rules and features need (each campaign's
+    10 latest times, a day of hour counts: the first 600 impressions here), the AOF bytes per
+    impression of its last 300 are those of the 300 after the first 600 (within 15%), and
+    under 3 KiB. Before (v2: every counter kept every time of its 7-day retention and a write
+    rewrote it) they grew with the history: 15 KB to 67 KB per impression at 3,000."""
+    server = EmbeddedRedis(state_dir=tmp_path / "state").start()
+    try:
+        client = server.client()
+        client.config_set("auto-aof-rewrite-percentage", 0)
+        store = RedisCapStore(client, RULES, GAPS, FEEDBACK, KeySpace("aof"), ahead_s=300)
+        rng = np.random.default_rng(5)
+        minutes = np.sort(rng.uniform(0, 5 * 1440, 1_500))
+        events = [
+            imp(f"hot{k}", float(m), campaign_id=f"c{k % 60}", advertiser_id=f"v{k % 20}")
+            for k, m in enumerate(minutes)
+        ]
+        sizes = [int(client.info("persistence")["aof_current_size"])]
+        for k in range(0, len(events), 10):
+            store.record(events[k : k + 10])
+            sizes.append(int(client.info("persistence")["aof_current_size"]))
+        per = np.diff(sizes) / 10
+        settled, last = per[60:90].mean(), per[-30:].mean()
+        assert last <= 1.15 * settled and last < 3 * 1024, (settled, last)
+    finally:
+        server.stop()
+
+
 def test_a_state_dir_has_one_server_at_a_time(tmp_path: Path) -> None:
     """Two servers appending to one file would corrupt it: the second is refused, naming the
     setting and the first one's pid, until the first stops."""
@@ -226,21 +270,21 @@ def world() -> GeneratedLog:
 
 @pytest.mark.parametrize("url", ["memory://", ""], ids=["memory", "embedded"])
 def test_store_exposures_equal_offline_features(world: GeneratedLog, url: str) -> None:
-    """Record every impression of a log, in any order; the store's exposures for each request
-    equal the feature core's point-in-time counts (which see only earlier impressions)."""
-    log = world.log
-    store = open_store(with_store(url, prefix="parity"))
+    """Live, as a server sees a log: each request read at its time, then its impressions
+    recorded (in any order); the store's exposures for every request equal the feature core's
+    point-in-time counts (which see only earlier impressions), bucketed windows included."""
+    log = world.log.sort("ts", maintain_order=True)
+    store = open_store(with_store(url, prefix=f"parity-{time.monotonic_ns()}"))
     gate = CapGate(store, CAPS, 7 * 86_400, fail_open=False)
-    shown = log.filter("shown").sample(fraction=1.0, shuffle=True, seed=1)
-    store.record(
-        [Impression.from_row(f"imp{i}", r) for i, r in enumerate(shown.iter_rows(named=True))]
-    )
     offline = point_in_time_exposures(log.lazy()).collect()
     expected = offline.select(EXPOSURE_SCHEMA.names()).to_numpy().astype(float)
     got = []
-    for _, group in log.group_by("request_id", maintain_order=True):
+    for k, (_, group) in enumerate(log.group_by("request_id", maintain_order=True)):
         ctx = RequestContext.from_row(group.row(0, named=True))
         got.append(gate.read(ctx, {c: group[c].to_list() for c in CANDIDATE_COLUMNS}).exposures)
+        shown = group.filter("shown").sample(fraction=1.0, shuffle=True, seed=k)
+        rows = shown.iter_rows(named=True)
+        store.record([Impression.from_row(f"imp{k}-{i}", r) for i, r in enumerate(rows)])
     store.close()
     np.testing.assert_array_equal(np.vstack(got), expected)
     assert offline["exp_household_any_24h"].sum() > 100

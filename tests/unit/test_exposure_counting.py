@@ -10,6 +10,7 @@ import pytest
 
 from features import counting
 from features.exposure import (
+    BUCKET_S,
     EXPOSURE_KEYS,
     EXPOSURE_SCHEMA,
     SCOPES,
@@ -18,6 +19,7 @@ from features.exposure import (
     count_column,
     point_in_time_exposures,
     since_column,
+    window_start,
 )
 from features.logio import validate_log
 
@@ -125,7 +127,10 @@ def brute_force(out: pl.DataFrame) -> dict[str, np.ndarray]:
             valid = out[column].is_not_null().to_numpy()
             same &= (v[None, :] == v[:, None]) & valid[None, :] & valid[:, None]
         for window, seconds in WINDOWS_S.items():
-            inside = same & (t[None, :] > t[:, None] - seconds * 1_000_000)
+            if BUCKET_S[window]:  # from the start of the hour (day) n - 1 buckets back
+                inside = same & (t[None, :] >= window_start(t, window)[:, None])
+            else:
+                inside = same & (t[None, :] > t[:, None] - seconds * 1_000_000)
             cols[count_column(key.scope, key.target, window)] = inside.sum(axis=1)
         if key.target == "campaign":
             gap = np.where(same, t[:, None] - t[None, :], np.iinfo(np.int64).max).min(axis=1)

@@ -17,10 +17,12 @@ from engine.errors import ConfigError, InvalidArgument
 from engine.synth.generator import GeneratedLog
 from features import FEATURES, EngagementStats, FeatureCore, FeatureParams, Priors, RequestContext
 from features.exposure import (
+    BUCKET_S,
     COUNT_COLUMNS,
     EXPOSURE_SCHEMA,
     WINDOWS_S,
     point_in_time_exposures,
+    window_start,
 )
 from features.history import ExposureHistory
 from features.logio import validate_log
@@ -224,11 +226,20 @@ def test_counts_match_brute_force(events: list[tuple[int, str, bool]]) -> None:
     events = sorted(events, key=lambda e: e[0])
     log = exposure_log([(timedelta(seconds=s), c, shown) for s, c, shown in events])
     out = point_in_time_exposures(log.lazy()).collect()
+    t0 = out["ts"][0].timestamp() - events[0][0]  # the log's origin, seconds
+
+    def opens(at: float, window: str, seconds: int) -> float:  # the lowest time counted
+        if not BUCKET_S[window]:
+            return at - seconds + 1e-6
+        start = window_start(round((t0 + at) * 1e6), window)
+        return int(start) / 1e6 - t0
+
     for i, (t, c, _) in enumerate(events):
         for window, seconds in WINDOWS_S.items():
-            expected = sum(1 for s, c2, sh in events if sh and c2 == c and t - seconds < s < t)
+            low = opens(t, window, seconds)
+            expected = sum(1 for s, c2, sh in events if sh and c2 == c and low <= s < t)
             assert out[f"exp_user_campaign_{window}"][i] == expected
-            expected_any = sum(1 for s, _, sh in events if sh and t - seconds < s < t)
+            expected_any = sum(1 for s, _, sh in events if sh and low <= s < t)
             assert out[f"exp_user_any_{window}"][i] == expected_any
 
 
