@@ -33,9 +33,11 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
+from redis.cluster import RedisCluster
 
 from engine.caps import evaluate
 from engine.caps.connect import open_store
@@ -50,6 +52,7 @@ from engine.synth.params import WorldParams
 from features.online import RequestContext
 from features.schema import CANDIDATE_COLUMNS
 
+from .cluster import local_cluster
 from .machine import describe
 
 
@@ -96,7 +99,14 @@ def reserving(
         context, cands = reqs[i % len(reqs)]
         one = {c: v[:1] for c, v in cands.items()}
         event = Impression(
-            f"{prefix}-{i}", context.ts, context.user_id, context.touchpoint, context.slot, "ad-x"
+            f"{prefix}-{i}",
+            context.ts,
+            context.user_id,
+            context.touchpoint,
+            context.slot,
+            "ad-x",
+            household_id=context.household_id,  # the request's hash tag: one cluster slot
+            device_id=context.device_id,
         )
         return gate.reserve(context, one, event)
 
@@ -131,16 +141,27 @@ def main() -> None:
     )
     parser.add_argument("--hot", type=int, default=3_000, help="the hot user's impressions")
     parser.add_argument("--skip-reads", action="store_true", help="memory and writes only")
+    parser.add_argument(
+        "--cluster", action="store_true", help="on a three-node Redis Cluster started here"
+    )
     args = parser.parse_args()
+    if args.cluster:
+        with local_cluster(Path(tempfile.mkdtemp(prefix="bench-caps-cluster-"))) as url:
+            run(args, url, cluster=True)
+    else:
+        run(args, args.url, cluster=False)
 
+
+def run(args: argparse.Namespace, url: str, cluster: bool) -> None:
+    """Record the traffic, then measure (see the module doc)."""
     embedded = None
-    url = args.url
     if not url:  # the embedded server as admatch serve runs it: with an append-only file
         embedded = EmbeddedRedis(state_dir=Path(tempfile.mkdtemp(prefix="bench-caps-"))).start()
         url = f"unix://{embedded.socket}"
     base = load_config()
     prefix = f"bench-{uuid.uuid4().hex[:6]}"
-    store_cfg = base.store.model_copy(update={"url": url, "prefix": prefix, "deadline_ms": 2000})
+    changes = {"url": url, "prefix": prefix, "deadline_ms": 2000}
+    store_cfg = base.store.model_copy(update={**changes, "cluster": cluster})
     config = base.model_copy(update={"store": store_cfg})
     store = open_store(config).store  # the store itself, without its circuit breaker
     assert isinstance(store, RedisCapStore)
@@ -152,18 +173,24 @@ def main() -> None:
     events = impressions(log)
     users = log.filter("shown")["user_id"].n_unique()
     households = max(log.filter("shown")["household_id"].n_unique(), 1)
-    before = int(store.client.info("memory")["used_memory"])
+    before = _used_memory(store)
     aof_before = _aof_size(store)
     stats_before = _script_stats(store)
+    arrival = [0.0]  # impressions arrive when they happen (the idempotency markers' days)
+    if hasattr(store, "clock"):
+        store.clock = lambda: arrival[0]
     start = time.perf_counter()
     for k in range(0, len(events), 500):
+        arrival[0] = events[min(k + 499, len(events) - 1)].ts.timestamp()
         gate.record(events[k : k + 500])
     seconds = time.perf_counter() - start
     calls, usec = np.subtract(_script_stats(store), stats_before)
-    after = int(store.client.info("memory")["used_memory"])
     aof_after = _aof_size(store)
+    expired = _expire_markers(store, events, getattr(config.store, "dedup_horizon", "8d"))
+    after = _used_memory(store)
     print(describe())
-    print(f"store: {'embedded (unix socket, AOF)' if embedded else args.url}")
+    where = "a three-node cluster on loopback" if cluster else url
+    print(f"store: {'embedded (unix socket, AOF)' if embedded else where}")
     print(
         f"recorded {len(events):,} impressions of {users:,} active users "
         f"({args.days} day{'s' if args.days > 1 else ''}, "
@@ -175,7 +202,9 @@ def main() -> None:
     )
     print(
         f"memory: {(after - before) / users / 1024:.1f} KiB per active user "
-        f"({(after - before) / len(events):.0f} bytes per impression, all families)"
+        f"({(after - before) / len(events):.0f} bytes per impression, all families; "
+        f"{expired:,} idempotency marker keys past their horizon deleted, as Redis would "
+        "have expired them in live time)"
     )
     if aof_before is not None and aof_after is not None:
         print(f"AOF: {(aof_after - aof_before) / len(events):,.0f} bytes per impression")
@@ -232,10 +261,49 @@ def _world(args: argparse.Namespace) -> WorldParams:
     )
 
 
+def _expire_markers(store: RedisCapStore, events: list[Impression], horizon: str) -> int:
+    """Delete the idempotency markers Redis would have expired by the last impression's time
+    had the history arrived live (it arrived in seconds): markers by arrival day past the
+    horizon and its day (layout v3), or per impression past 8 days (v2, one key each)."""
+    last = max(e.ts for e in events)
+    keys: list[str] = []
+    if hasattr(store.keys, "markers"):
+        newest = int(last.timestamp() // 86_400)
+        oldest = newest - parse_duration(horizon) // 86_400 - 1
+        for key in store.client.scan_iter(match=f"{store.keys.prefix}:*:i:*", count=10_000):
+            if int(key.rsplit(b":", 1)[1]) < oldest:
+                keys.append(key)
+    else:  # v2: one marker key per impression, 8 days
+        cut = last - timedelta(days=8)
+        marker = getattr(store.keys, "impression")  # noqa: B009 (v2 only)
+        keys = [
+            marker(store.keys.tag(e.household_id, e.user_id), e.impression_id)
+            for e in events
+            if e.ts < cut
+        ]
+    for k in range(0, len(keys), 1_000):
+        store.client.delete(*keys[k : k + 1_000])
+    return len(keys)
+
+
+def _infos(store: RedisCapStore, section: str) -> list[dict[str, Any]]:
+    """An INFO section of the server, or of every primary of a cluster."""
+    if isinstance(store.client, RedisCluster):
+        out = store.client.info(section, target_nodes=RedisCluster.PRIMARIES)
+        return list(out.values())
+    return [store.client.info(section)]
+
+
+def _used_memory(store: RedisCapStore) -> int:
+    return sum(int(i["used_memory"]) for i in _infos(store, "memory"))
+
+
 def _aof_size(store: RedisCapStore) -> int | None:
     """The server's append-only file size in bytes (None: it has none)."""
-    info = store.client.info("persistence")
-    return int(info["aof_current_size"]) if int(info.get("aof_enabled", 0)) else None
+    infos = _infos(store, "persistence")
+    if not all(int(i.get("aof_enabled", 0)) for i in infos):
+        return None
+    return sum(int(i["aof_current_size"]) for i in infos)
 
 
 def _hot_user(gate: CapGate, store: RedisCapStore, log: pl.DataFrame, count: int) -> None:
@@ -318,8 +386,12 @@ def _calls(
 
 def _script_stats(store: RedisCapStore) -> tuple[int, int]:
     """Script calls and the microseconds Redis spent in them so far (command statistics)."""
-    stats = store.client.info("commandstats")
-    rows = [v for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval")]
+    rows = [
+        v
+        for stats in _infos(store, "commandstats")
+        for k, v in stats.items()
+        if k in ("cmdstat_evalsha", "cmdstat_eval")
+    ]
     return sum(int(v["calls"]) for v in rows), sum(int(v["usec"]) for v in rows)
 
 

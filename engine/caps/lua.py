@@ -3,8 +3,9 @@
 KEYS of every script share one hash tag (see ``keys.py``), so they run on one cluster node.
 
 **Counters.** A family's hash maps each target id (``*`` for the target any) to one binary
-string, read with Redis' ``struct``: ``>I4HH`` the lifetime count, the number ``md`` of day
-entries and the number ``mh`` of hour entries; then ``md`` entries ``>HH`` (UTC day since the
+string, read with Redis' ``struct``: ``>I4HHI4I4`` the lifetime count, the number ``md`` of day
+entries, the number ``mh`` of hour entries, the sum of the day counts and of the hour counts;
+then ``md`` entries ``>HH`` (UTC day since the
 epoch, its count; ascending days); then ``mh`` entries ``>I4H`` (hour since the epoch, its
 count; ascending); then the impression times ``>i8`` (epoch microseconds, ascending). Counts
 saturate at 65,535 a day or an hour. Each family keeps only what its readers need
@@ -14,8 +15,9 @@ limit), none older than its longest exact window (except, for the campaign featu
 the latest: a recency), and hour and day counts for as many buckets as its windows read. So
 a value, and a write, does not grow with history. A window count is a search over the times
 (galloping down from the newest for window bounds); a bucket window sums the hour or day
-counts from its first bucket on and takes away the times at or after ``t`` (all of them are
-kept); reading builds no string.
+counts from its first bucket on (or takes the ones before it from the sum, whichever side is
+shorter) and takes away the times at or after ``t`` (all of them are kept); reading builds no
+string.
 
 Arguments are packed so that a script splits each with one ``struct.unpack``: *numbers* are
 big-endian doubles (exact integers below 2**53), *names* are their count ``>I4``, their byte
@@ -59,6 +61,8 @@ from __future__ import annotations
 
 _COMMON = r"""
 local up, pk = struct.unpack, struct.pack
+-- a counter's header: lifetime, day entries, hour entries, sum of the day counts, of the hours
+local HEAD = '>I4HHI4I4'
 local sub, rep, byte = string.sub, string.rep, string.byte
 local call, unpack, tonumber = redis.call, unpack, tonumber
 
@@ -132,10 +136,25 @@ local function count_le(v, o, hi, x)
   return lo
 end
 
--- the sum of the counts of a bucket list (entries of width bytes, format fmt: key, count;
--- ascending keys) from key first on
-local function bucket_sum(v, o, m, width, fmt, first)
+-- the sum of the counts of a bucket list (m entries of width bytes at v[o...], format fmt:
+-- key, count; ascending, distinct keys; total: the sum of all its counts) from key first on:
+-- the total less the entries before first, or the entries from first on, whichever side
+-- has fewer keys (a 24-hour window over 25 hours kept: one entry or two, not 24)
+local function bucket_sum(v, o, m, width, fmt, first, total)
+  if m == 0 then return 0 end
+  local oldest = up(fmt, v, o)
+  if oldest >= first then return total end
+  local newest = up(fmt, v, o + width * (m - 1))
+  if newest < first then return 0 end
   local sum = 0
+  if first - oldest <= newest - first then
+    for q = 1, m do
+      local key, c = up(fmt, v, o + width * (q - 1))
+      if key >= first then break end
+      sum = sum + c
+    end
+    return total - sum
+  end
   for q = m, 1, -1 do
     local key, c = up(fmt, v, o + width * (q - 1))
     if key < first then break end
@@ -151,8 +170,8 @@ end
 -- The nw windows (us) are at spec[w + 1 ...], the nd day windows after them, then nb pairs
 -- (bucket hours 1 or 24, buckets).
 local function answer(v, out, p, t, day_t, hour_t, spec, w, nw, nd, nb, want_last, inclusive)
-  local life, md, mh = up('>I4HH', v)
-  local oh = 9 + 4 * md
+  local life, md, mh, dt, ht = up(HEAD, v)
+  local oh = 17 + 4 * md
   local o = oh + 6 * mh
   local n = (#v - o + 1) / 8
   local stop = n  -- the times before index stop count
@@ -170,7 +189,7 @@ local function answer(v, out, p, t, day_t, hour_t, spec, w, nw, nd, nb, want_las
   for i = 1, nd do
     local days = spec[w + i]
     local sum = life
-    if days > 0 then sum = bucket_sum(v, 9, md, 4, '>HH', day_t - days + 1) end
+    if days > 0 then sum = bucket_sum(v, 17, md, 4, '>HH', day_t - days + 1, dt) end
     out[p + i] = sum
   end
   p, w = p + nd, w + nd
@@ -178,9 +197,9 @@ local function answer(v, out, p, t, day_t, hour_t, spec, w, nw, nd, nb, want_las
     local hours, k = spec[w + 2 * i - 1], spec[w + 2 * i]
     local sum
     if hours == 24 then
-      sum = bucket_sum(v, 9, md, 4, '>HH', day_t - k + 1)
+      sum = bucket_sum(v, 17, md, 4, '>HH', day_t - k + 1, dt)
     else
-      sum = bucket_sum(v, oh, mh, 6, '>I4H', hour_t - k + 1)
+      sum = bucket_sum(v, oh, mh, 6, '>I4H', hour_t - k + 1, ht)
     end
     out[p + i] = sum - (n - stop)  -- the kept times at or after t (all after its bucket's start)
   end
@@ -267,15 +286,15 @@ end
 -- a bucket list (m entries of width bytes, format fmt: key, count; ascending keys) with one
 -- more impression in bucket key (counts saturate at 65535), without the entries at or below
 -- its newest key - keep
-local function bump(list, m, width, fmt, key, keep)
+local function bump(list, m, total, width, fmt, key, keep)
   local last = -1
   if m > 0 then last = up(fmt, list, width * (m - 1) + 1) end
   if key == last then
     local _, c = up(fmt, list, width * (m - 1) + 1)
-    if c < 65535 then c = c + 1 end
+    if c < 65535 then c, total = c + 1, total + 1 end
     list = sub(list, 1, width * (m - 1)) .. pk(fmt, key, c)
   elseif key > last then
-    list, m, last = list .. pk(fmt, key, 1), m + 1, key
+    list, m, last, total = list .. pk(fmt, key, 1), m + 1, key, total + 1
   else  -- a late impression: in place
     local out, n, done = {}, 0, false
     for q = 1, m do
@@ -283,9 +302,9 @@ local function bump(list, m, width, fmt, key, keep)
       if not done and k >= key then
         done = true
         if k == key then
-          if c < 65535 then c = c + 1 end
+          if c < 65535 then c, total = c + 1, total + 1 end
         else
-          n = n + 1; out[n] = pk(fmt, key, 1)
+          n = n + 1; out[n] = pk(fmt, key, 1); total = total + 1
         end
       end
       n = n + 1; out[n] = pk(fmt, k, c)
@@ -293,9 +312,13 @@ local function bump(list, m, width, fmt, key, keep)
     list, m = table.concat(out), n
   end
   local drop = 0
-  while drop < m and up(fmt, list, width * drop + 1) <= last - keep do drop = drop + 1 end
+  while drop < m do
+    local k, c = up(fmt, list, width * drop + 1)
+    if k > last - keep then break end
+    drop, total = drop + 1, total - c
+  end
   if drop > 0 then list, m = sub(list, width * drop + 1), m - drop end
-  return list, m
+  return list, m, total
 end
 
 -- One more impression at ts (its day and hour) in a counter, kept by the family's policy
@@ -304,12 +327,12 @@ local function write_counter(key, field, ts, day, hour, pol)
   local K, ahead, all, maxw, since = pol[1], pol[2], pol[3], pol[4], pol[5]
   local keep_days, keep_life, keep_hours, ttl = pol[6], pol[7], pol[8], pol[9]
   local v = call('HGET', key, field)
-  local life, md, mh, days, hours, times = 0, 0, 0, '', '', ''
+  local life, md, mh, dt, ht, days, hours, times = 0, 0, 0, 0, 0, '', '', ''
   if v then
-    life, md, mh = up('>I4HH', v)
-    days = sub(v, 9, 8 + 4 * md)
-    hours = sub(v, 9 + 4 * md, 8 + 4 * md + 6 * mh)
-    times = sub(v, 9 + 4 * md + 6 * mh)
+    life, md, mh, dt, ht = up(HEAD, v)
+    days = sub(v, 17, 16 + 4 * md)
+    hours = sub(v, 17 + 4 * md, 16 + 4 * md + 6 * mh)
+    times = sub(v, 17 + 4 * md + 6 * mh)
   end
   local n = #times / 8
   local at = n  -- after every time <= ts: late impressions go in place
@@ -330,9 +353,9 @@ local function write_counter(key, field, ts, day, hour, pol)
     times = sub(times, 8 * old + 1)
   end
   if keep_life == 1 then life = life + 1 end
-  if keep_days > 0 then days, md = bump(days, md, 4, '>HH', day, keep_days) end
-  if keep_hours > 0 then hours, mh = bump(hours, mh, 6, '>I4H', hour, keep_hours) end
-  call('HSET', key, field, pk('>I4HH', life, md, mh) .. days .. hours .. times)
+  if keep_days > 0 then days, md, dt = bump(days, md, dt, 4, '>HH', day, keep_days) end
+  if keep_hours > 0 then hours, mh, ht = bump(hours, mh, ht, 6, '>I4H', hour, keep_hours) end
+  call('HSET', key, field, pk(HEAD, life, md, mh, dt, ht) .. days .. hours .. times)
   -- refreshed at most once an hour (every EXPIRE is a line of the append-only file)
   if call('TTL', key) < ttl - 3600 then call('EXPIRE', key, ttl) end
 end

@@ -42,7 +42,8 @@ def with_store(url: str, **kw: Any) -> AdmatchConfig:
 
 def test_counter_bytes_are_the_documented_layout() -> None:
     """The value layout is part of the versioned contract (``lua.py``): lifetime, day and hour
-    entry counts, day entries, hour entries, then the times, each family keeping what its
+    entry counts, the sums of the day and of the hour counts, day entries, hour entries, then
+    the times, each family keeping what its
     readers need (``keep.py``). A user's campaign (own caps, features, a 1-hour cap of 2)
     keeps its lifetime, day counts and every time of the retention; the user's advertiser and
     any-ad counters (features only) keep no lifetime and only the last hour's times; the
@@ -60,9 +61,9 @@ def test_counter_bytes_are_the_documented_layout() -> None:
         campaign = client.hget(
             store.keys.counters(tag, Family(scope="user", target="campaign"), "u1"), "c1"
         )
-        head = struct.pack(">IHH", 3, 2, 1)
+        head = struct.pack(">IHHII", 3, 2, 1, 3, 2)
         assert campaign == head + days + struct.pack(">IH", hour, 2) + struct.pack(">qqq", *times)
-        recent = struct.pack(">IHH", 0, 2, 1) + days + struct.pack(">IH", hour, 2)
+        recent = struct.pack(">IHHII", 0, 2, 1, 3, 2) + days + struct.pack(">IH", hour, 2)
         recent += struct.pack(">qq", *times[1:])
         advertiser = Family(scope="user", target="advertiser")
         assert client.hget(store.keys.counters(tag, advertiser, "u1"), "v1") == recent

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import redis
 
+from benchmarks.cluster import free_port
 from engine.caps.connect import client_options, open_store
 from engine.caps.gate import CapGate
 from engine.caps.keys import KeySpace
 from engine.caps.redis_store import RedisCapStore
 from engine.caps.store import StoreUnavailable
 
-from .conftest import free_port
 from .pki import make_pki
 from .test_cap_store_contract import (
     CAPS,

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from benchmarks.cluster import free_port
 from engine.caps.connect import client_options, open_store
 from engine.caps.direct import DirectConnections
 from engine.caps.embedded import EmbeddedRedis, redis_binary
 from engine.caps.redis_store import RedisCapStore
 from engine.config import load_config
 
-from .conftest import free_port
 from .test_cap_store_contract import EXP, ask, imp
 
 

@@ -367,9 +367,8 @@ def test_metrics_count_requests_stages_and_decisions(app: App) -> None:
 
     from prometheus_client import generate_latest
 
+    from benchmarks.cluster import free_port
     from engine.rpc.metrics import Metrics
-
-    from .conftest import free_port
 
     metrics = Metrics()
     limits = app.scorer.config.server.model_copy(update={"port": 0})

@@ -14,8 +14,8 @@ import redis
 
 from admatch.v1 import admatch_pb2 as pb
 from admatch.v1 import admatch_pb2_grpc as pb_grpc
+from benchmarks.cluster import free_port
 
-from .conftest import free_port
 from .served import Launch, config_file, edits, every_worker
 
 

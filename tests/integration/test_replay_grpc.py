@@ -8,13 +8,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from benchmarks.cluster import free_port
 from engine.app import App, build_app
 from engine.config import load_config
 from engine.replay.run import ReplayOptions, replay
 from engine.rpc.metrics import Metrics
 from engine.rpc.server import build_server
-
-from .conftest import free_port
 
 
 @pytest.fixture
