@@ -4,11 +4,12 @@
 
 Time on these shared VMs moves with their load and their speed of the day (the same reads have
 taken 250 to 650 us of Redis time), so a change to the Lua scripts is judged better by the
-instructions they cost, which do not move (BENCHMARKS.md). This records the same day of
-synthetic traffic as ``bench_caps`` into an embedded Redis, saves it, starts the same binary
-again under callgrind on that data, and counts per call: a read of 100 and of 500 candidates
-(at the requests' own times and live, after the day), a check-and-record, an empty script (the
-floor of any call), and the recording of one impression (in batches of 100).
+instructions they cost, which do not move (BENCHMARKS.md). This records the same synthetic
+traffic as ``bench_caps`` (the same ``--rows``, ``--days``, breadth flags) into an embedded
+Redis, saves it, starts the same binary again under callgrind on that data, and counts per call:
+a read of 100 and of 500 candidates (at the requests' own times and live, after the day), a
+check-and-record, an empty script (the floor of any call), and the recording of one impression
+(in batches of 100).
 """
 
 from __future__ import annotations
@@ -32,9 +33,8 @@ from engine.caps.rules import parse_duration
 from engine.caps.store import Impression
 from engine.config import load_config
 from engine.synth.generator import generate
-from engine.synth.params import WorldParams
 
-from .bench_caps import impressions, read_calls, requests, reserving
+from .bench_caps import _world, impressions, read_calls, requests, reserving
 
 CALLS = 100  # calls counted per figure
 
@@ -76,7 +76,12 @@ def _counted(pid: int, out: Path, fn: Callable[[int], object], calls: int) -> fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=300_000, help="rows of the one-day log")
+    parser.add_argument("--rows", type=int, default=300_000, help="rows of the log")
+    parser.add_argument("--days", type=int, default=1, help="days of traffic the log spans")
+    parser.add_argument("--rows-per-household", type=int, default=2_000)
+    parser.add_argument("--campaigns", type=int, default=0, help="campaigns (0: the world's)")
+    parser.add_argument("--ads", type=int, default=0, help="ads and creatives (0: the world's)")
+    parser.add_argument("--single-user-households", action="store_true")
     parser.add_argument("--calls", type=int, default=CALLS)
     args = parser.parse_args()
     if shutil.which("callgrind_control") is None:
@@ -84,7 +89,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="admatch-instr-"))
     try:
-        log = generate(WorldParams(rows=args.rows, seed=4, days=1)).log
+        log = generate(_world(args)).log  # bench_caps' traffic
         events = impressions(log)
         server = EmbeddedRedis(directory=work).start()
         gate = _gate(server)

@@ -138,7 +138,10 @@ def quickstart(
     if not log.exists():
         gen_logs(out=log, rows=rows, seed=seed, days=14, policy="uniform")
     summary(log=log)
-    if not (model / "metadata.json").exists():
+    stale = _stale_model(model) if (model / "metadata.json").exists() else "none yet"
+    if stale:
+        if stale != "none yet":
+            console.print(f"training again: the model in {model} no longer loads ({stale})")
         train(log=log, out=model, seed=seed, compile_trees=None, threads=0)
     else:
         console.print(f"using the model in {model} (delete it to train again)")
@@ -153,6 +156,19 @@ def quickstart(
             f"  .venv/bin/admatch logs join --dir {directory / 'logs'} --out joined.parquet"
         )
         serve(model=model, config=config, port=port)
+
+
+def _stale_model(model: Path) -> str:
+    """Why the model directory cannot serve this admatch ("" when it can), e.g. a model
+    trained on other feature definitions."""
+    from engine.errors import ModelError
+    from engine.model.bundle import ModelBundle
+
+    try:
+        ModelBundle.load(model, runtime="lightgbm")
+    except ModelError as exc:
+        return str(exc)
+    return ""
 
 
 def _quickstart_config(directory: Path) -> Path:

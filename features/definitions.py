@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 
-from features.exposure import COUNT_COLUMNS, COUNT_DTYPE, SINCE_COLUMNS, SINCE_DTYPE
+from features.exposure import BUCKET_S, COUNT_COLUMNS, COUNT_DTYPE, SINCE_COLUMNS, SINCE_DTYPE
 from features.params import FeatureParams
 from features.registry import Feature, FeatureRegistry
 from features.schema import FORMATS, RATINGS, SLOTS
@@ -172,14 +172,16 @@ def log_impressions_ad(p: FeatureParams) -> pl.Expr:
 # --- exposures (point-in-time offline, handed in online)
 for _col in COUNT_COLUMNS:
     _, _scope, _target, _window = _col.split("_")
+    _bucket = {3_600: "UTC hours", 86_400: "UTC days"}.get(BUCKET_S[_window], "")
     FEATURES.add(
         Feature(
             _col,
             COUNT_DTYPE,
             f"exposures of this {_scope} to {'any ad' if _target == 'any' else 'the ' + _target}"
-            f" in the last {_window}",
+            f" in the last {_window}" + (f" (by {_bucket})" if _bucket else ""),
             partial(_column, column=_col),
             passthrough=True,
+            definition=f"{_window} by {_bucket}" if _bucket else "",
         )
     )
 for _col in SINCE_COLUMNS:

@@ -28,6 +28,8 @@ class Feature:
         categorical: whether a model should treat it as categorical codes.
         passthrough: the feature is an input column as it is (an exposure count handed in by
             the caller online); online it skips polars and goes straight into the matrix.
+        definition: what the values mean where the name alone does not say it (a model
+            trained on another definition is refused: ``engine.model.bundle``).
     """
 
     name: str
@@ -36,6 +38,7 @@ class Feature:
     build: ExprBuilder
     categorical: bool = False
     passthrough: bool = False
+    definition: str = ""
 
     def expr(self, params: FeatureParams) -> pl.Expr:
         """The feature's expression, cast to its dtype and named."""

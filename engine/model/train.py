@@ -117,6 +117,7 @@ def feature_list() -> list[dict[str, Any]]:
     """The running feature core's features as metadata records, in matrix order."""
     return [
         {"name": f.name, "dtype": str(f.dtype), "categorical": f.categorical}
+        | ({"definition": f.definition} if f.definition else {})
         for f in feature_order()
     ]
 

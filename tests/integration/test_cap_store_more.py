@@ -20,7 +20,7 @@ from engine.caps.connect import check_server, client_options, open_store
 from engine.caps.embedded import EmbeddedRedis, parent_death_prefix
 from engine.caps.gate import CapGate, Reservation
 from engine.caps.keys import KEY_VERSION, KeySpace, fingerprint
-from engine.caps.plan import micros
+from engine.caps.plan import Plan, micros
 from engine.caps.redis_store import RedisCapStore
 from engine.caps.rules import Family
 from engine.caps.store import Feedback, Impression, StoreUnavailable
@@ -96,13 +96,18 @@ def test_impressions_ahead_within_max_ahead_push_out_no_count() -> None:
         server.stop()
 
 
-def _rule_count(store: RedisCapStore, name: str) -> float:
-    """The named rule's count for ``ask``'s candidate at T0."""
+def _plan(store: RedisCapStore) -> Plan:
+    """The plan of ``ask``'s candidate at T0."""
     gate = CapGate(store, CAPS, 7 * 86_400, fail_open=False)
     ctx = RequestContext("r", T0, "u1", "ott", "ott_pause", household_id="h1", device_id="tv1")
     cand: dict[str, list[Any]] = {c: [None] for c in CANDIDATE_COLUMNS}
     cand.update(ad_id=["ad1"], campaign_id=["c1"], advertiser_id=["v1"], creative_id=["cr1"])
-    reading = store.read(gate.planner.plan(ctx, cand, []))
+    return gate.planner.plan(ctx, cand, [])
+
+
+def _rule_count(store: RedisCapStore, name: str) -> float:
+    """The named rule's count for ``ask``'s candidate at T0."""
+    reading = store.read(_plan(store))
     return float(reading.rule_counts[0, [r.name for r in RULES].index(name)])
 
 
@@ -161,12 +166,7 @@ def test_an_impression_id_is_known_for_the_dedup_horizon() -> None:
 
 
 def _admit_as(store: RedisCapStore, impression_id: str) -> int:
-    gate = CapGate(store, CAPS, 7 * 86_400, fail_open=False)
-    ctx = RequestContext("r", T0, "u1", "ott", "ott_pause", household_id="h1", device_id="tv1")
-    cand: dict[str, list[Any]] = {c: [None] for c in CANDIDATE_COLUMNS}
-    cand.update(ad_id=["ad1"], campaign_id=["c1"], advertiser_id=["v1"], creative_id=["cr1"])
-    plan = gate.planner.plan(ctx, cand, [])
-    return store.check_and_record(imp(impression_id.split("-")[1], 0), plan, [])
+    return store.check_and_record(imp(impression_id.split("-")[1], 0), _plan(store), [])
 
 
 def test_the_state_dir_keeps_counts_blocks_and_markers_across_restarts(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from admatch.v1 import admatch_pb2_grpc as pb_grpc
 from engine.rpc.convert import request_to_proto
 from engine.scoring.jsonio import request_from_json
 
+from .events import mobile_event
 from .served import Launch, cmdline, config_file, edits, every_worker, model_info
 
 SERVICE = "admatch.v1.AdMatching"
@@ -279,21 +280,11 @@ def test_a_restarted_server_keeps_its_counts_and_the_users_blocks(
         campaign: str,
         kind: pb.Event.NegativeKind.ValueType = pb.Event.NEGATIVE_KIND_UNSPECIFIED,
     ) -> pb.Event:
-        e = pb.Event(
-            type=pb.Event.TYPE_NEGATIVE_FEEDBACK if kind else pb.Event.TYPE_IMPRESSION,
-            impression_id=f"kept-{i}",
-            user_id="u_kept",
-            household_id="h_kept",
-            device_id="phone_kept",
-            touchpoint=pb.TOUCHPOINT_MOBILE,
-            slot=pb.SLOT_MOBILE_FEED,
-            ad_id=f"ad_{campaign}",
-            campaign_id=campaign,
-            advertiser_id=f"adv_{campaign}",
-            negative_kind=kind,
+        what = pb.Event.TYPE_NEGATIVE_FEEDBACK if kind else pb.Event.TYPE_IMPRESSION
+        when = now - timedelta(minutes=30 - i)
+        return mobile_event(
+            f"kept-{i}", "kept", f"ad_{campaign}", campaign, when, type=what, negative_kind=kind
         )
-        e.time.FromDatetime(now - timedelta(minutes=30 - i))
-        return e
 
     def decide(target: str) -> dict[str, int]:
         doc = {

@@ -21,6 +21,7 @@ from engine.rpc.server import SERVICE, build_server
 from engine.scoring.jsonio import request_from_json
 
 from .conftest import memory_app
+from .events import mobile_event
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "scoring"
 
@@ -550,20 +551,8 @@ def _mobile_pod(request_id: str, reserve: bool) -> pb.ScoreRequest:
 
 
 def _mobile_event(impression_id: str, ad: str, campaign: str, hh_mm: str) -> pb.Event:
-    e = pb.Event(
-        type=pb.Event.TYPE_IMPRESSION,
-        impression_id=impression_id,
-        user_id="u_pod",
-        household_id="h_pod",
-        device_id="phone_pod",
-        touchpoint=pb.TOUCHPOINT_MOBILE,
-        slot=pb.SLOT_MOBILE_FEED,
-        ad_id=ad,
-        campaign_id=campaign,
-        advertiser_id=f"adv_{ad}",
-    )
-    e.time.FromJsonString(f"2026-03-03T{hh_mm}:00Z")
-    return e
+    when = datetime.fromisoformat(f"2026-03-03T{hh_mm}:00+00:00")
+    return mobile_event(impression_id, "pod", ad, campaign, when)
 
 
 @pytest.mark.parametrize("reserve", [False, True])

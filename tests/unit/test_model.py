@@ -85,6 +85,10 @@ def corrupt(model_dir: Path, tmp_path: Path, how: str) -> Path:
             f.write("\n")
     elif how == "model-missing":
         (target / "negative.txt").unlink()
+    elif how == "rolling-24h":  # trained before the 24h and 7d exposures went by hours, days
+        for record in meta["features"]:
+            record.pop("definition", None)
+        meta_path.write_text(json.dumps(meta))
     elif how == "format-version":
         meta["format_version"] = 99
         meta_path.write_text(json.dumps(meta))
@@ -99,6 +103,7 @@ def corrupt(model_dir: Path, tmp_path: Path, how: str) -> Path:
         ("metadata-not-json", "metadata.json: unreadable"),
         ("feature-renamed", "feature list does not match the running core"),
         ("feature-dtype", "feature 50 is"),
+        ("rolling-24h", "exp_user_campaign_24h.*'definition': '24h by UTC hours'"),
         ("model-edited", "model file changed since training"),
         ("model-missing", "negative.txt: model file missing"),
         ("format-version", "format_version 99"),
@@ -167,3 +172,16 @@ def test_cli_train_prints_metrics(model_log: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "engaged" in result.output and "truth_auc" in result.output
     assert (tmp_path / "metadata.json").exists()
+
+
+def test_quickstart_trains_again_over_a_model_that_no_longer_loads(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """``make run`` keeps its model between runs; one trained on other feature definitions
+    (or broken) is trained again, not served."""
+    from engine.cli import _stale_model
+
+    assert _stale_model(model_dir) == ""
+    assert "feature list does not match" in _stale_model(
+        corrupt(model_dir, tmp_path, "rolling-24h")
+    )
