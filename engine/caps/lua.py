@@ -343,14 +343,24 @@ local function write_counter(key, field, ts, day, hour, pol)
   -- keep every time after newest - all, and the K latest at or before newest - ahead (the
   -- live reads' earliest t); none at or before newest - maxw (0: no limit), except, with
   -- since, the latest of those (a read's "latest before t")
-  local pre = bound(times, 1, 0, n, newest - ahead, true)
-  local first = math.min(bound(times, 1, 0, n, newest - all, true), math.max(pre - K, 0))
+  -- (no search at all when nothing can go: K or fewer times, or all of them recent)
+  local oldest = up('>i8', times, 1)
+  local first, pre = 0, nil
+  if n > K and oldest <= newest - all then
+    pre = bound(times, 1, 0, n, newest - ahead, true)
+    first = math.min(bound(times, 1, 0, n, newest - all, true), math.max(pre - K, 0))
+  end
   local old = first
-  if maxw > 0 then old = math.max(first, bound(times, 1, 0, n, newest - maxw, true)) end
-  if since == 1 and pre > 0 and pre - 1 < old then
-    times = sub(times, 8 * pre - 7, 8 * pre) .. sub(times, 8 * old + 1)
-  elseif old > 0 then
-    times = sub(times, 8 * old + 1)
+  if maxw > 0 and oldest <= newest - maxw then
+    old = math.max(first, bound(times, 1, 0, n, newest - maxw, true))
+  end
+  if old > 0 then
+    if since == 1 then pre = pre or bound(times, 1, 0, n, newest - ahead, true) end
+    if since == 1 and pre > 0 and pre - 1 < old then
+      times = sub(times, 8 * pre - 7, 8 * pre) .. sub(times, 8 * old + 1)
+    else
+      times = sub(times, 8 * old + 1)
+    end
   end
   if keep_life == 1 then life = life + 1 end
   if keep_days > 0 then days, md, dt = bump(days, md, dt, 4, '>HH', day, keep_days) end
