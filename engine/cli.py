@@ -138,10 +138,11 @@ def quickstart(
     if not log.exists():
         gen_logs(out=log, rows=rows, seed=seed, days=14, policy="uniform")
     summary(log=log)
-    stale = _stale_model(model) if (model / "metadata.json").exists() else "none yet"
+    made = (model / "metadata.json").exists()
+    stale = _stale_model(model) if made else ""
     if stale:
-        if stale != "none yet":
-            console.print(f"training again: the model in {model} no longer loads ({stale})")
+        console.print(f"training again: the model in {model} no longer loads ({stale})")
+    if stale or not made:
         train(log=log, out=model, seed=seed, compile_trees=None, threads=0)
     else:
         console.print(f"using the model in {model} (delete it to train again)")

@@ -92,6 +92,14 @@ def window_start(t_us: np.ndarray | int, window: str) -> np.ndarray:
     return (np.asarray(t_us, dtype=np.int64) // bucket - (n - 1)) * bucket
 
 
+def window_floor(t_us: np.ndarray | int, window: str) -> tuple[np.ndarray, bool]:
+    """The lowest time a window at ``t_us`` counts, and whether a time equal to it counts:
+    ``window_start`` for a bucketed window (inclusive), ``t - window`` for a sliding one (not)."""
+    if BUCKET_S[window]:
+        return window_start(t_us, window), True
+    return np.asarray(t_us, dtype=np.int64) - WINDOWS_S[window] * _US, False
+
+
 @dataclass(frozen=True)
 class _KeyCounts:
     counts: list[np.ndarray]  # one int32 array per window, in WINDOWS_S order

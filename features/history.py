@@ -15,7 +15,6 @@ from datetime import datetime
 import numpy as np
 
 from features.exposure import (
-    BUCKET_S,
     EXPOSURE_KEYS,
     EXPOSURE_SCHEMA,
     SCOPES,
@@ -23,7 +22,7 @@ from features.exposure import (
     ExposureKey,
     count_column,
     since_column,
-    window_start,
+    window_floor,
 )
 from features.online import CandidateColumns, RequestContext
 
@@ -62,15 +61,11 @@ class ExposureHistory:
 
     def _window_counts(self, times: list[int], t: int) -> list[int]:
         hi = bisect_left(times, t)
-        return [
-            hi
-            - (
-                bisect_left(times, int(window_start(t, name)))
-                if BUCKET_S[name]
-                else bisect_right(times, t - w * _US)
-            )
-            for name, w in WINDOWS_S.items()
-        ]
+        out = []
+        for name in WINDOWS_S:
+            low, inclusive = window_floor(t, name)
+            out.append(hi - (bisect_left if inclusive else bisect_right)(times, int(low)))
+        return out
 
     def counts(self, request: RequestContext, candidates: CandidateColumns) -> np.ndarray:
         """Exposure matrix (n candidates x ``EXPOSURE_SCHEMA`` columns) for a request."""

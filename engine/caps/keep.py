@@ -116,7 +116,8 @@ def keep_policy(
     if feature:
         windows.append(3_600)
     # day windows read the days from t's back; t may lag the newest by up to a day: one more
-    days = max((-(-r.window_s // DAY_S) for r in mine if r.window_s and r not in exact), default=0)
+    longs = [r.window_s for r in mine if r.window_s is not None and r.window_s > retention_s]
+    days = max((-(-w // DAY_S) for w in longs), default=0)
     if own_caps_read(family):
         days = LONG_DAYS - 1
     elif feature:

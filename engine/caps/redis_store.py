@@ -280,10 +280,10 @@ class RedisCapStore:
             self._writes[(touchpoint, slot)] = writes
         return writes
 
-    def _record_keys_args(self, imp: Impression) -> _Call:
+    def _record_keys_args(self, imp: Impression, today: int) -> _Call:
+        """``today``: the arrival day (the markers'), read once per call of the store."""
         tag = self.keys.tag(imp.household_id, imp.user_id)
         base = self.keys.base(tag)
-        today = int(self.clock() // 86_400)  # markers go by arrival: a retry is soon after
         keys = [self.keys.markers(tag, today - k) for k in range(self.marker_days, -1, -1)]
         policies: list[int] = []
         targets = []
@@ -309,11 +309,16 @@ class RedisCapStore:
         ]
         return keys, args
 
+    def _today(self) -> int:
+        """The arrival day: markers go by it (a retry follows its first try soon)."""
+        return int(self.clock() // 86_400)
+
     def record(self, impressions: list[Impression]) -> int:
         """See :class:`CapStore`. One pipelined round trip (per cluster node)."""
         if not impressions:
             return 0
-        calls = [self._record_keys_args(imp) for imp in impressions]
+        today = self._today()
+        calls = [self._record_keys_args(imp, today) for imp in impressions]
         results = self._call(lambda: self._pipeline(self._record, calls))
         for result in results:
             if isinstance(result, Exception):
@@ -368,7 +373,7 @@ class RedisCapStore:
     ) -> int:
         """See :class:`CapStore`."""
         read_keys, read_args = self._read_keys_args(plan)
-        rec_keys, rec_args = self._record_keys_args(impression)
+        rec_keys, rec_args = self._record_keys_args(impression, self._today())
         encoded: list[int] = []
         for chk in checks:
             gap = chk.kind == "since"

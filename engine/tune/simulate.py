@@ -22,7 +22,7 @@ from engine.scoring.selection import Capacity, select
 from engine.scoring.types import PodRoom
 from engine.tune.counters import FamilyCounter
 from engine.tune.data import FATIGUE, FATIGUE_FAMILIES, TuningData, Warm
-from features.exposure import BUCKET_S, WINDOWS_S, window_start
+from features.exposure import WINDOWS_S, window_floor
 
 DAY_US = 86_400_000_000
 _WINDOW_NAMES = {seconds: name for name, seconds in WINDOWS_S.items()}
@@ -146,13 +146,8 @@ class Simulator:
         features count them (``features.exposure``: 24h by UTC hours)."""
         out = np.zeros(len(t))
         for family, window_s, coeff in FATIGUE_FAMILIES:
-            name = _WINDOW_NAMES[window_s]
-            counter = self.exposures[family]
-            if BUCKET_S[name]:
-                n = counter.count(rows, t, window_start(t, name), True)
-            else:
-                n = counter.count(rows, t, t - window_s * 1_000_000, False)
-            out += coeff * np.log1p(n)
+            low, inclusive = window_floor(t, _WINDOW_NAMES[window_s])
+            out += coeff * np.log1p(self.exposures[family].count(rows, t, low, inclusive))
         return out
 
     def _capped(self, rows: slice, t: np.ndarray, pods: bool) -> tuple[np.ndarray, PodRoom | None]:
