@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import polars as pl
 import typer
@@ -14,6 +14,9 @@ from engine.cliutil import console, err_console
 from engine.cliutil import fail as _fail
 from engine.cliutil import table as _table
 from engine.errors import AdmatchError, InvalidArgument
+
+if TYPE_CHECKING:
+    from engine.logs.importer import ImportReport
 
 app = typer.Typer(
     help="admatch: user-first ad matching for AI voice, OTT, IoT and mobile touchpoints.",
@@ -58,28 +61,79 @@ def import_log_cmd(
     inputs: Annotated[list[Path], typer.Argument(help="CSV or Parquet files of one log")],
     mapping: Annotated[str, typer.Option(help="mapping TOML file, or ipinyou / open_bandit")],
     out: Annotated[Path, typer.Option(help="output Parquet log")],
+    max_rejected_pct: Annotated[
+        float,
+        typer.Option(min=0, max=100, help="fail (exit 1, no log written) above this % rejected"),
+    ] = 1.0,
+    dedupe: Annotated[
+        bool,
+        typer.Option(
+            help="an ad given twice in a request keeps its first row (else the "
+            "request is rejected, as the service refuses it)"
+        ),
+    ] = False,
 ) -> None:
     """Import a log in your own format through a declarative mapping file."""
-    from engine.logs.importer import import_log
+    from engine.logs.importer import TooManyRejected, import_log
     from engine.logs.mapping import load_mapping
 
     try:
-        report = import_log(load_mapping(mapping), inputs, out)
+        report = import_log(
+            load_mapping(mapping), inputs, out, max_rejected_pct=max_rejected_pct, dedupe=dedupe
+        )
+    except TooManyRejected as exc:
+        print_import(exc.report)
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(code=1) from None
     except AdmatchError as exc:
         _fail(exc)
-    console.print(
-        f"read {report.rows_read:,} rows, wrote {report.rows_written:,} to {report.out}, "
-        f"rejected {report.rows_rejected:,}"
+    print_import(report)
+
+
+def print_import(report: ImportReport) -> None:
+    """What an import did: counts, the top reasons with a first row each, the warnings."""
+    from engine.logs.importer import EXAMPLES
+
+    written = (
+        f"wrote {report.rows_written:,} to {report.out}"
+        if report.rows_written
+        else ("wrote no log")
     )
-    for reason, n in report.reasons.items():
-        console.print(f"  {n:>8,}  {reason}")
+    console.print(
+        f"read {report.rows_read:,} rows, {written}, rejected {report.rows_rejected:,} "
+        f"({report.rejected_pct:.2f}%)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for r in report.reasons[:EXAMPLES]:
+        console.print(
+            f"  {r.rows:>9,}  {r.rule}\n             first: {r.example_file}:{r.example_line}: "
+            f"{r.example}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if len(report.reasons) > EXAMPLES:
+        more = sum(r.rows for r in report.reasons[EXAMPLES:])
+        console.print(f"  {more:>9,}  for {len(report.reasons) - EXAMPLES} other reasons")
     if report.rejects:
-        console.print(f"rejected rows with their reasons: {report.rejects}")
+        console.print(
+            f"rejected rows with their reasons: {report.rejects}", highlight=False, soft_wrap=True
+        )
+    for name, (n, key) in report.nulls.items():
+        console.print(
+            f"note: {name} is NULL on {n:,} rows whose inputs have values ({key} made it so): "
+            "taken as no value",
+            highlight=False,
+            soft_wrap=True,
+        )
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
 @app.command()
 def summary(log: Annotated[Path, typer.Option(help="a log in the admatch schema")]) -> None:
     """Print the size, time span and per-slot rates of a log."""
+    from engine.logs.lint import log_warnings
     from engine.logs.summary import summarize
     from features.logio import scan_log
 
@@ -95,6 +149,8 @@ def summary(log: Annotated[Path, typer.Option(help="a log in the admatch schema"
         [c for c in s.by_slot.columns if s.by_slot[c].null_count() < len(s.by_slot)]
     )
     console.print(_table(by_slot, "per slot (rates over shown candidates)"))
+    for warning in log_warnings(scan_log(log)):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -197,6 +253,9 @@ def train(
         typer.Option("--compile/--no-compile", help="compile with lleaves (default: if installed)"),
     ] = None,
     threads: Annotated[int, typer.Option(min=0, help="LightGBM threads; 0 = all")] = 0,
+    allow_constant: Annotated[
+        bool, typer.Option(help="train a target whose outcomes are all the same (else an error)")
+    ] = False,
 ) -> None:
     """Train the engagement and negative-feedback models on a log."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -204,7 +263,9 @@ def train(
     from engine.model.train import TrainParams
     from engine.model.train import train as train_models
 
-    params = TrainParams(seed=seed, compile=compile_trees, threads=threads)
+    params = TrainParams(
+        seed=seed, compile=compile_trees, threads=threads, allow_constant=allow_constant
+    )
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     try:
         with Progress(*columns, console=console, transient=True) as bar:
@@ -233,7 +294,11 @@ def train(
     console.print(_table(pl.DataFrame(rows), f"model {meta['model_version']} -> {out}"))
     t = meta["training"]
     compiled = f", compiled in {t['compile_seconds']:.1f} s" if t["compile_seconds"] else ""
-    console.print(f"trained in {t['seconds']:.1f} s{compiled}")
+    console.print(f"trained in {t['seconds']:.1f} s{compiled}: {', '.join(meta['metrics'])}")
+    from engine.model.bundle import ASSUMED
+
+    for target, why in meta.get("not_trained", {}).items():
+        console.print(f"[yellow]not trained:[/] {target}: {why}; {ASSUMED[target]}", soft_wrap=True)
 
 
 @app.command()

@@ -8,6 +8,7 @@ from server faults: only :class:`InvalidArgument` and its subclasses name the of
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 SHOWN_CHARS = 40  # how much of a value an error message quotes
@@ -18,6 +19,12 @@ def shown(value: object, width: int = SHOWN_CHARS) -> str:
     3 MiB id is not sent back whole)."""
     text = repr(value)
     return text if len(text) <= width else f"{text[: width - 3]}..."
+
+
+def message_rule(message: str) -> str:
+    """A message without its values and positions (quoted values, numbers and indices become
+    ``…``), so that messages of one kind count together."""
+    return re.sub(r"'[^']*('|\.\.\.)|\[\d+\]|-?\d[\d,.]*(e[-+]?\d+)?", "…", message)
 
 
 class AdmatchError(Exception):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -119,6 +120,42 @@ def conform(frame: pl.LazyFrame) -> pl.LazyFrame:
     return frame.select(exprs + extra)
 
 
+@dataclass(frozen=True)
+class RowCheck:
+    """One value rule of the log: ``bad`` is true on a row that breaks it; ``row`` says why
+    for one row, ``rows`` for a count of them."""
+
+    column: str
+    row: str
+    rows: str
+    bad: pl.Expr
+
+
+def row_checks(present: set[str] | None = None) -> list[RowCheck]:
+    """The checks each row of a conformed log must pass: the one set of value rules of the
+    log, shared by :func:`validate_log` (which counts) and the importer (which rejects rows).
+
+    Args:
+        present: the columns a null check applies to (default: all; an absent optional
+            column is all null and breaks nothing).
+    """
+    checks: list[RowCheck] = []
+    for col in COLUMNS:
+        c = pl.col(col.name)
+        if not col.nullable and (present is None or col.name in present):
+            checks.append(RowCheck(col.name, "required value missing", "null values", c.is_null()))
+        if col.low is not None or col.high is not None:
+            rng = col.range_text
+            bad = col.out_of_range(c)
+            checks.append(RowCheck(col.name, f"outside {rng}", f"values outside {rng} or NaN", bad))
+    zero = (pl.col("propensity") == 0).fill_null(False)
+    checks.append(RowCheck("propensity", "zero", "zero propensities", zero))
+    early, late = pl.col("ts") < EARLIEST_TS, pl.col("ts") >= LATEST_TS
+    span = f"before {EARLIEST_TS.year} or from {LATEST_TS.year}"
+    checks.append(RowCheck("ts", span, f"times {span}", (early | late).fill_null(False)))
+    return checks
+
+
 def _value_problems(raw: pl.DataFrame, out: pl.DataFrame) -> None:
     """Raise for the first column whose values break the schema."""
     checks: list[pl.Expr] = []
@@ -131,17 +168,8 @@ def _value_problems(raw: pl.DataFrame, out: pl.DataFrame) -> None:
             else:
                 problem = f"values that do not fit {col.dtype}"
             checks.append(lost.sum().alias(f"{col.name}\t{problem}"))
-        if not col.nullable:
-            checks.append(c.is_null().sum().alias(f"{col.name}\tnull values"))
-        if col.low is not None or col.high is not None:
-            label = f"values outside {col.range_text} or NaN"
-            checks.append(col.out_of_range(c).sum().alias(f"{col.name}\t{label}"))
-    checks.append(
-        (pl.col("propensity") == 0).fill_null(False).sum().alias("propensity\tzero propensities")
-    )
-    early, late = pl.col("ts") < EARLIEST_TS, pl.col("ts") >= LATEST_TS
-    label = f"ts\ttimes before {EARLIEST_TS.year} or from {LATEST_TS.year}"
-    checks.append((early | late).fill_null(False).sum().alias(label))
+    for check in row_checks():
+        checks.append(check.bad.sum().alias(f"{check.column}\t{check.rows}"))
     counts = out.select(checks).row(0, named=True)
     for key, n in counts.items():
         if n:
@@ -175,8 +203,9 @@ def _request_consistency(out: pl.DataFrame) -> None:
             )
 
 
-def validate_log(frame: pl.DataFrame) -> pl.DataFrame:
-    """Validate and coerce an in-memory log to the schema.
+def validate_log(frame: pl.DataFrame, whole_requests: bool = True) -> pl.DataFrame:
+    """Validate and coerce an in-memory log to the schema (``whole_requests``: also that
+    each request's rows agree on its request columns).
 
     Returns:
         The log with every schema column in canonical order (absent optional columns as nulls),
@@ -187,7 +216,8 @@ def validate_log(frame: pl.DataFrame) -> pl.DataFrame:
     """
     out = conform(frame.lazy()).collect()
     _value_problems(frame, out)
-    _request_consistency(out)
+    if whole_requests:
+        _request_consistency(out)
     return out
 
 

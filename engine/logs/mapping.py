@@ -30,7 +30,12 @@ class Source(BaseModel):
     format: Literal["csv", "parquet"] | None = Field(
         None, description="input format; default: from the file suffix"
     )
-    separator: str = Field(",", min_length=1, max_length=1, description="CSV field separator")
+    separator: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1,
+        description="CSV field separator; default: from the suffix (.tsv: tab) or the header",
+    )
     null_values: list[str] = Field(default_factory=list, description="CSV strings read as null")
 
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from engine.cli import app
-from engine.errors import ConfigError, LogSchemaError, MappingError
+from engine.errors import ConfigError, InvalidArgument, MappingError
 from engine.logs.importer import import_log
 from engine.logs.mapping import load_mapping, parse_mapping
 from features.logio import read_log
@@ -97,14 +97,14 @@ def test_rows_that_fail_to_parse_are_counted_and_kept_aside(tmp_path: Path) -> N
         ],
     )
     out = tmp_path / "out.parquet"
-    report = import_log(parse_mapping(MINIMAL), [path], out)
+    report = import_log(parse_mapping(MINIMAL), [path], out, max_rejected_pct=100)
     assert (report.rows_read, report.rows_written, report.rows_rejected) == (7, 1, 6)
     rejects = pl.read_parquet(out.with_name("out.parquet.rejects.parquet"))
     reasons = dict(zip(rejects["id"].to_list(), rejects["reject_reason"].to_list(), strict=True))
     assert reasons == {
         "r2": "ts: cannot read time",
         "r3": "bid: cannot read price",
-        "r4": "slot: cannot read place",
+        "r4": "slot: not in value_maps.slot",
         "r5": "user_id: required value missing",
         "r6": "engaged: cannot read clicked",
         "r7": "bid: outside [0, None]",
@@ -200,7 +200,7 @@ def test_mapping_that_does_not_fit_the_input(
     tmp_path: Path, edit: tuple[str, str], message: str
 ) -> None:
     path = write_csv(tmp_path, ["r1,2026-03-02 20:00:00,u1,a1,1.5,P,1"])
-    with pytest.raises(MappingError, match=re.escape(message)):
+    with pytest.raises(InvalidArgument, match=re.escape(message)):
         import_log(parse_mapping(MINIMAL.replace(*edit)), [path], tmp_path / "o.parquet")
 
 
@@ -211,12 +211,24 @@ def test_missing_input_and_missing_mapping_file(tmp_path: Path) -> None:
         load_mapping(tmp_path / "none.toml")
 
 
-def test_request_level_inconsistency_fails_the_import(tmp_path: Path) -> None:
+def test_a_request_whose_rows_disagree_is_rejected_whole(tmp_path: Path) -> None:
+    """Before: the whole import failed ("user_id: differs ... in 1 request(s)", no example),
+    hiding every row rejected before the check."""
     path = write_csv(
-        tmp_path, ["r1,2026-03-02 20:00:00,u1,a1,1,P,0", "r1,2026-03-02 20:00:00,u2,a2,1,P,0"]
+        tmp_path,
+        [
+            "r1,2026-03-02 20:00:00,u1,a1,1,P,0",
+            "r1,2026-03-02 20:00:00,u2,a2,1,P,0",
+            "r2,2026-03-02 20:00:00,u1,a1,1,P,0",
+            "r3,nope,u1,a1,1,P,0",
+        ],
     )
-    with pytest.raises(LogSchemaError, match="user_id: differs"):
-        import_log(parse_mapping(MINIMAL), [path], tmp_path / "o.parquet")
+    out = tmp_path / "o.parquet"
+    report = import_log(parse_mapping(MINIMAL), [path], out, max_rejected_pct=100)
+    assert (report.rows_written, report.rows_rejected) == (1, 3)
+    rejects = pl.read_parquet(out.with_name("o.parquet.rejects.parquet"))
+    assert rejects["id"].to_list() == ["r1", "r1", "r3"]
+    assert rejects["reject_reason"][0].startswith("user_id: differs between the rows of its")
 
 
 def test_cli_import_prints_counts_and_reasons(tmp_path: Path) -> None:
@@ -230,12 +242,15 @@ def test_cli_import_prints_counts_and_reasons(tmp_path: Path) -> None:
             str(tmp_path / "m.toml"),
             "--out",
             str(tmp_path / "o.parquet"),
+            "--max-rejected-pct",
+            "50",
             str(path),
         ],
     )
     assert result.exit_code == 0, result.output
     assert "read 2 rows, wrote 1" in result.output and "rejected 1" in result.output
     assert "ts: cannot read time" in result.output
+    assert f"first: {path}:2: ts: cannot read time: 'bad'" in result.output
 
 
 def test_cli_bad_mapping_exits_non_zero(tmp_path: Path) -> None:
