@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,7 +132,7 @@ class App:
         self.max_ahead_s = parse_duration(config.store.max_ahead)
         self._lock = threading.Lock()
         self._committed: list[Callable[[], object]] = []
-        self._scorer = Scorer(ModelBundle.load(model_dir), config)
+        self._scorer = Scorer(_loaded(model_dir), config)
         self._gate = self._make_gate(config)
         server = config.server
         self._batcher = (
@@ -273,7 +274,7 @@ class App:
         """
         config = load_config(config_path) if config_path else self._scorer.config
         directory = model_dir or self.model_dir
-        scorer = Scorer(ModelBundle.load(directory), config)
+        scorer = Scorer(_loaded(directory), config)
         return Staged(scorer, self._make_gate(config), directory)
 
     def commit(self, staged: Staged) -> None:
@@ -318,3 +319,11 @@ def build_app(config: AdmatchConfig, model_dir: Path) -> App:
     except Exception:
         store.close()
         raise
+
+
+def _loaded(directory: Path) -> ModelBundle:
+    """A model directory, loaded; what its decisions assume for lack of a model is logged."""
+    bundle = ModelBundle.load(directory)
+    for assumption in bundle.assumptions:
+        logging.getLogger(__name__).warning("model %s: %s", bundle.version, assumption)
+    return bundle

@@ -127,6 +127,7 @@ def _print(doc: dict[str, Any], report: Path | None) -> None:
         {"figure": "requests", "value": f"{doc['requests']:,}"},
         {"figure": f"requests/s ({thr['basis']})", "value": f"{thr['requests_per_s']:,.0f}"},
         {"figure": "candidates/s", "value": f"{thr['candidates_per_s']:,.0f}"},
+        {"figure": "mean requests per pass", "value": _fmt(thr.get("mean_batch_requests"))},
         {"figure": "latency p50/p99 ms", "value": _pair(lat["p50"], lat["p99"])},
         {"figure": "floor ratio (engine/LightGBM)", "value": _fmt(f["ratio"])},
         {"figure": "fill rate", "value": _fmt(d["fill_rate"])},
@@ -137,6 +138,10 @@ def _print(doc: dict[str, Any], report: Path | None) -> None:
     failed = (errors.get("cap_read_errors") or 0) + sum(errors["record_errors"].values())
     if failed:
         rows.append({"figure": "cap-store calls failed", "value": f"{failed:,}"})
+    for e in errors.get("by_message", [])[:3]:
+        rows.append(
+            {"figure": f"{e['status']} ({e['requests']:,} requests)", "value": e["example"]}
+        )
     console.print(table(pl.DataFrame(rows), f"replay -> {report}"))
 
 

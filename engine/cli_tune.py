@@ -120,6 +120,8 @@ def tune(
 
 
 def _print(doc: dict[str, Any], out: Path, report: Path) -> None:
+    for assumption in doc.get("assumptions", []):
+        console.print(f"[yellow]assumed:[/] {assumption}", highlight=False, soft_wrap=True)
     ch = doc["chosen"]
     if ch is None:
         console.print(f"[bold yellow]{doc['note']}[/]; see {report / 'report.md'}")

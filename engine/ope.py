@@ -64,6 +64,21 @@ class Estimate:
         return asdict(self)
 
 
+def unusable_propensities(shown: np.ndarray, propensity: np.ndarray) -> int:
+    """How many shown rows have no usable propensity (null, zero or above 1)."""
+    p = propensity[shown]
+    return int((~np.isfinite(p) | (p <= 0) | (p > 1)).sum())
+
+
+def propensity_problem(unusable: int, shown: int) -> str:
+    """Why off-policy estimates cannot be made of ``unusable`` of ``shown`` rows."""
+    return (
+        f"{unusable:,} of {shown:,} shown row(s) without a propensity in (0, 1]: IPS, "
+        "self-normalised IPS and doubly robust estimates divide by the logging policy's "
+        "probability of every shown row"
+    )
+
+
 @dataclass(frozen=True)
 class LoggedRows:
     """Candidate rows of requests in request order: ``group`` is non-decreasing from 0.
@@ -81,15 +96,9 @@ class LoggedRows:
         n = len(self.group)
         if len(self.shown) != n or len(self.propensity) != n:
             raise InvalidArgument("rows", "group, shown and propensity differ in length")
-        p = self.propensity[self.shown]
-        bad = ~np.isfinite(p) | (p <= 0) | (p > 1)
-        if bad.any():
-            raise InvalidArgument(
-                "propensity",
-                f"{int(bad.sum())} shown row(s) without a propensity in (0, 1]: IPS, "
-                "self-normalised IPS and doubly robust estimates divide by the logging "
-                "policy's probability of every shown row",
-            )
+        bad = unusable_propensities(self.shown, self.propensity)
+        if bad:
+            raise InvalidArgument("propensity", propensity_problem(bad, int(self.shown.sum())))
 
     @property
     def requests(self) -> int:

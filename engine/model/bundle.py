@@ -14,6 +14,11 @@ from engine.model.runtime import Predictor, file_sha256, load_predictor
 from engine.model.train import FORMAT_VERSION, feature_list
 from features import EngagementStats, FeatureCore, FeatureParams, Priors
 
+# What scoring and tuning assume of a target the model directory has no model of.
+ASSUMED = {
+    "negative": "predicted negative feedback counts as 0 in the experience cost",
+}
+
 
 @dataclass(frozen=True)
 class ModelBundle:
@@ -33,6 +38,14 @@ class ModelBundle:
     engaged: Predictor
     negative: Predictor | None
     metadata: dict[str, Any]
+
+    @property
+    def assumptions(self) -> list[str]:
+        """What decisions assume for lack of a model: one line per missing target."""
+        if self.negative is not None:
+            return []
+        why = self.metadata.get("not_trained", {}).get("negative", "not in the model directory")
+        return [f"no negative-feedback model ({why}): {ASSUMED['negative']}"]
 
     @property
     def runtime(self) -> str:

@@ -75,6 +75,7 @@ class TrainingData:
     names: list[str]
     categorical: list[str]
     targets: list[str]
+    not_trained: dict[str, str]  # target -> why no model of it is trained
 
 
 def _validation_start(rows: pl.DataFrame, folds: int, valid_share: float) -> datetime:
@@ -115,19 +116,54 @@ def _concat(parts: list[Part]) -> Part:
     )
 
 
+def choose_targets(
+    shown: pl.DataFrame, allow_constant: bool = False
+) -> tuple[list[str], dict[str, str]]:
+    """The targets a log's shown rows can train, and why each other one cannot.
+
+    A target without outcomes is left out (engagement is required); a constant one (every
+    known outcome the same: nothing to learn, an AUC of nan) is an error unless
+    ``allow_constant``, which trains it as its constant rate.
+
+    Raises:
+        InvalidArgument: no engagement outcomes, or a constant target (naming it).
+    """
+    targets, not_trained = [], {}
+    for t in TARGETS:
+        known = shown[t].drop_nulls()
+        if known.is_empty():
+            not_trained[t] = f"no {t} outcomes on the log's shown rows (the column is empty)"
+            continue
+        if known.n_unique() == 1 and not allow_constant:
+            raise InvalidArgument(
+                t,
+                f"every one of the {len(known):,} shown rows with an outcome is {known[0]}: "
+                "there is nothing to learn (a model of it would predict one rate). Map the "
+                f"column from the outcome it should hold, or leave it out of the log; "
+                "--allow-constant trains it anyway",
+            )
+        targets.append(t)
+    if "engaged" not in targets:
+        raise InvalidArgument("engaged", "the log has no engagement outcomes on shown rows")
+    return targets, not_trained
+
+
 def build(
-    log: pl.DataFrame, priors: Priors, folds: int = 5, valid_share: float = 0.2
+    log: pl.DataFrame,
+    priors: Priors,
+    folds: int = 5,
+    valid_share: float = 0.2,
+    allow_constant: bool = False,
 ) -> TrainingData:
     """Split a log in time and compute the feature matrices of its shown rows.
 
     Raises:
-        InvalidArgument: the log has too few shown rows, or no ``engaged`` outcomes.
+        InvalidArgument: the log has too few shown rows, no ``engaged`` outcomes, or a
+            constant target (see :func:`choose_targets`).
     """
     rows = point_in_time_exposures(conform(log.lazy())).collect()
     shown = rows.filter(pl.col("shown"))
-    targets = [t for t in TARGETS if shown[t].null_count() < len(shown)]
-    if "engaged" not in targets:
-        raise InvalidArgument("engaged", "the log has no engagement outcomes on shown rows")
+    targets, not_trained = choose_targets(shown, allow_constant)
     t_valid = _validation_start(rows, folds, valid_share)
     before = rows.filter(pl.col("ts") < t_valid)
     shown_before = before.filter(pl.col("shown")).with_columns(
@@ -150,4 +186,5 @@ def build(
         names=serving_core.names,
         categorical=serving_core.categorical,
         targets=targets,
+        not_trained=not_trained,
     )

@@ -51,6 +51,9 @@ class TrainParams(BaseModel):
     threads: int = Field(0, ge=0, description="LightGBM threads; 0 = all cores")
     categorical: bool = Field(True, description="declare categorical features to LightGBM")
     compile: bool | None = Field(None, description="compile with lleaves; None = if available")
+    allow_constant: bool = Field(
+        False, description="train a target whose outcomes are all the same (else an error)"
+    )
 
     def lightgbm(self) -> dict[str, Any]:
         """LightGBM parameters: deterministic for a seed."""
@@ -133,7 +136,9 @@ def train(
     """
     start = time.perf_counter()
     priors = Priors.default()
-    data = dataset.build(read_log(log_path), priors, params.folds, params.valid_share)
+    data = dataset.build(
+        read_log(log_path), priors, params.folds, params.valid_share, params.allow_constant
+    )
     out.mkdir(parents=True, exist_ok=True)
     metrics, files = {}, {}
     for target in data.targets:
@@ -151,6 +156,7 @@ def train(
         "created_at": datetime.now(UTC).isoformat(),
         "features": feature_list(),
         "targets": files,
+        "not_trained": data.not_trained,
         "training": {
             "log": str(log_path),
             "params": params.model_dump(),

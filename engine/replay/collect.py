@@ -15,8 +15,14 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from engine.errors import InvalidArgument
-from engine.ope import Contributions, LoggedRows, Moments
+from engine.errors import InvalidArgument, message_rule
+from engine.ope import (
+    Contributions,
+    LoggedRows,
+    Moments,
+    propensity_problem,
+    unusable_propensities,
+)
 from engine.pricing import earned
 from engine.replay.engines import STAGES, Result
 from engine.replay.requests import row_values
@@ -50,6 +56,7 @@ class ChunkDecisions:
     expected_value: np.ndarray
     utility: np.ndarray
     reason: list[str]
+    error: list[str | None]  # per row, its request's error message (None: decided)
 
     @classmethod
     def of(cls, chunk: RequestChunk, results: list[Result]) -> ChunkDecisions:
@@ -61,12 +68,14 @@ class ChunkDecisions:
             np.zeros(n),
             np.zeros(n),
             ["ERROR"] * n,
+            [None] * n,
         )
         for i, r in enumerate(results):
             d = r.decision
-            if d is None:
-                continue
             lo, hi = int(chunk.bounds[i]), int(chunk.bounds[i + 1])
+            if d is None:
+                out.error[lo:hi] = [r.message or r.error] * (hi - lo)
+                continue
             out.rank[lo:hi] = d.rank
             out.p_engage[lo:hi] = d.p_engage
             out.p_negative[lo:hi] = d.p_negative
@@ -155,11 +164,22 @@ class Collector:
     logging_truth: dict[str, Moments] = field(
         default_factory=lambda: {r: Moments() for r in REWARDS}
     )
-    ope_problem: str | None = None
+    ope_error: str | None = None  # rows the estimators cannot take (other than propensities)
+    ope_unusable: int = 0  # shown rows without a usable propensity, over the whole replay
+    ope_shown: int = 0
+    error_messages: Counter[tuple[str, str]] = field(default_factory=Counter)
+    error_examples: dict[tuple[str, str], str] = field(default_factory=dict)
     fit: dict[str, list[tuple[np.ndarray, np.ndarray]]] = field(
         default_factory=lambda: {"engaged": [], "negative": []}
     )
     _writer: pq.ParquetWriter | None = None
+
+    @property
+    def ope_problem(self) -> str | None:
+        """Why no off-policy estimate can be made (None: it can)."""
+        if self.ope_unusable:
+            return propensity_problem(self.ope_unusable, self.ope_shown)
+        return self.ope_error
 
     @property
     def history_is_selections(self) -> bool:
@@ -185,7 +205,14 @@ class Collector:
         for s in STAGES:
             times = [r.stages.get(s, np.nan) for r in results]
             self.stages[s].append(np.array(times, dtype=np.float32))
-        self.errors.update(r.error for r in results if r.error is not None)
+        for r in results:
+            if r.error is None:
+                continue
+            self.errors[r.error] += 1
+            message = r.message or r.error
+            key = (r.error, message_rule(message))
+            self.error_messages[key] += 1
+            self.error_examples.setdefault(key, message)
 
     def _decisions(self, chunk: RequestChunk, results: list[Result], d: ChunkDecisions) -> None:
         self.requests += chunk.requests
@@ -235,12 +262,15 @@ class Collector:
             y = rows[outcome]
             known = shown & y.is_not_null().to_numpy()
             self.fit[outcome].append((y.fill_null(False).to_numpy()[known], p[known]))
-        if self.ope_problem is not None:
+        propensity = row_values(rows, "propensity")
+        self.ope_unusable += unusable_propensities(shown, propensity)
+        self.ope_shown += int(shown.sum())
+        if self.ope_problem is not None:  # counted on, so the report says how many in all
             return
         try:
-            logged = LoggedRows(chunk.owner(), shown, row_values(rows, "propensity"))
+            logged = LoggedRows(chunk.owner(), shown, propensity)
         except InvalidArgument as exc:
-            self.ope_problem = str(exc)
+            self.ope_error = str(exc)
             return
         target = d.selected.astype(np.float64)
         propensity = np.nan_to_num(row_values(rows, "propensity"))
@@ -259,6 +289,7 @@ class Collector:
             p_negative=pl.Series(d.p_negative),
             expected_value=pl.Series(d.expected_value),
             utility=pl.Series(d.utility),
+            error=pl.Series(d.error, dtype=pl.String),
         )
         table = frame.to_arrow()
         if self._writer is None:

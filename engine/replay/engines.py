@@ -43,6 +43,7 @@ class Result:
         decision: the decision (``None`` when the request failed).
         error: the gRPC status name of the failure, ``None`` on success.
         latency_s: from the request's arrival to its encoded answer.
+        message: the failure's message (as the status' details carry it).
         stages: seconds the request spent (or waited, for its batch's passes) per stage.
     """
 
@@ -50,6 +51,11 @@ class Result:
     error: str | None
     latency_s: float
     stages: dict[str, float] = field(default_factory=dict)
+    message: str | None = None
+
+    def fail(self, exc: AdmatchError) -> None:
+        """Record ``exc`` as this request's failure."""
+        self.error, self.message = exc.status, str(exc)
 
 
 class ReplayEngine(Protocol):
@@ -128,7 +134,7 @@ class InProcessEngine:
                     request = decode_request(pb.ScoreRequest.FromString(blob), self.limits)
                 decoded.append((i, request))
             except AdmatchError as exc:
-                results[i].error = exc.status
+                results[i].fail(exc)
         shared: dict[str, float] = {}
         pass_timer = CallbackTimer(_adder(shared))
         with pass_timer.stage("caps"):  # one read for the batch, as the server's pass
@@ -136,7 +142,7 @@ class InProcessEngine:
         prepared: list[tuple[int, ScoreRequest]] = []
         for (i, _), outcome in zip(decoded, read, strict=True):
             if isinstance(outcome, AdmatchError):
-                results[i].error = outcome.status
+                results[i].fail(outcome)
             elif isinstance(outcome, Exception):
                 raise outcome
             else:
@@ -146,7 +152,7 @@ class InProcessEngine:
             stages = results[i].stages
             stages.update(shared)
             if isinstance(decision, AdmatchError):
-                results[i].error = decision.status
+                results[i].fail(decision)
                 continue
             if self.reserve:
                 start = time.perf_counter()

@@ -146,13 +146,13 @@ class GrpcEngine:
         results: list[Result | None],
     ) -> None:
         start = due if due is not None else time.perf_counter()
-        decision, error = None, None
+        decision, error, message = None, None, None
         try:
             decision = decision_from_proto(self._call(msg))
         except grpc.RpcError as exc:
-            error = exc.code().name
+            error, message = exc.code().name, exc.details()
             self._local.stream = None  # a failed stream is over; the next call opens one
-        results[i] = Result(decision, error, time.perf_counter() - start)
+        results[i] = Result(decision, error, time.perf_counter() - start, message=message)
         impressions, feedback = events_of(i, decision)
         if impressions or feedback:
             try:

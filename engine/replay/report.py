@@ -94,8 +94,11 @@ def _num(value: Any, digits: int = 3) -> str:
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_num(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(_num(v).replace("|", "\\|") for v in row) + " |" for row in rows]
     return lines + [""]
+
+
+MESSAGES = 20  # error messages report.md lists, most frequent first
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -106,7 +109,16 @@ def markdown(r: dict[str, Any]) -> str:
     out += _table(["key", "value"], [[k, v] for k, v in eng.items()])
     out += ["## Throughput and latency", ""]
     out += _table(
-        ["requests", "candidates", "requests/s", "candidates/s", "basis", "wall s", "errors"],
+        [
+            "requests",
+            "candidates",
+            "requests/s",
+            "candidates/s",
+            "basis",
+            "requests per pass",
+            "wall s",
+            "errors",
+        ],
         [
             [
                 r["requests"],
@@ -114,6 +126,7 @@ def markdown(r: dict[str, Any]) -> str:
                 thr["requests_per_s"],
                 thr["candidates_per_s"],
                 thr["basis"],
+                "-" if thr.get("mean_batch_requests") is None else thr["mean_batch_requests"],
                 r["wall_seconds"],
                 r["errors"]["total"],
             ]
@@ -128,6 +141,15 @@ def markdown(r: dict[str, Any]) -> str:
     out += _table(["stage", "p50", "p95", "p99", "max", "mean"], stages)
     if r["errors"]["by_status"]:
         out += _table(["status", "requests"], [[k, v] for k, v in r["errors"]["by_status"].items()])
+    if r["errors"].get("by_message"):
+        out += ["Failed requests by message (`error` in decisions.parquet has each one's):", ""]
+        out += _table(
+            ["status", "requests", "message", "first"],
+            [
+                [e["status"], e["requests"], e["message"], e["example"]]
+                for e in r["errors"]["by_message"][:MESSAGES]
+            ],
+        )
     store = _store_errors(r["errors"])
     if store:
         out += ["Cap-store calls that failed (their requests failed closed or open; events lost):"]

@@ -148,6 +148,7 @@ def _in_process(o: ReplayOptions, config: AdmatchConfig) -> Session:
         "model_version": bundle.version,
         "runtime": bundle.runtime,
         "config_version": config.version,
+        "assumptions": "; ".join(bundle.assumptions) or "none",
     }
     return Session(InProcessEngine(app, batch, o.reserve), config, bundle, describe, batch)
 

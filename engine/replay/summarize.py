@@ -70,6 +70,15 @@ def build_report(o: ReplayOptions, s: Session, r: Replayed, floor: Floor | None)
         "errors": {
             "total": sum(c.errors.values()),
             "by_status": dict(c.errors),
+            "by_message": [
+                {
+                    "status": status,
+                    "message": rule,
+                    "example": c.error_examples[(status, rule)],
+                    "requests": n,
+                }
+                for (status, rule), n in c.error_messages.most_common()
+            ],
             "record_errors": dict(getattr(s.engine, "record_errors", {})),
             "cap_read_errors": getattr(s.engine, "cap_read_errors", None),
         },

@@ -103,6 +103,8 @@ class TuningData:
     feedback_kind: np.ndarray  # per row: negative kind the log records when shown, else ""
     model_version: str = ""
     warm: Warm | None = None
+    assumptions: list[str] = field(default_factory=list)  # made for lack of a model or outcome
+    negative_known: bool = True  # the log records negative feedback on shown rows
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -163,6 +165,9 @@ def prepare(
     value = R.expected_value(rows, p_engage, config.scoring.conversion_prior)
     ok = ~R.format_not_allowed(rules, rows) & ~R.brand_unsuitable(rows)
     outcomes = _outcomes(features, p_engage, p_negative, value)
+    negative_known = features.filter("shown")["negative"].null_count() < int(
+        features["shown"].sum()
+    )
     owner = features.select(pl.col("request_id").rle_id()).to_series().to_numpy().astype(np.int64)
     keys, warm = _keys(features, _history(history, features, config), config)
     bounds = np.r_[0, np.flatnonzero(np.diff(owner)) + 1, len(owner)]
@@ -194,7 +199,16 @@ def prepare(
         feedback_kind=features["negative_kind"].cast(pl.String).fill_null("").to_numpy(),
         model_version=bundle.version,
         warm=warm,
+        assumptions=[*bundle.assumptions, *([] if negative_known else [NO_NEGATIVE_OUTCOMES])],
+        negative_known=negative_known,
     )
+
+
+NO_NEGATIVE_OUTCOMES = (
+    "the log records no negative feedback on its shown rows: negative feedback per request "
+    "is estimated as 0, so the constraints on it (tuning.constraints.max_negative_rate, "
+    "negative_vs_current) are not applied"
+)
 
 
 def lookback_s(config: AdmatchConfig) -> float:

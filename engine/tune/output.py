@@ -113,6 +113,7 @@ def write_outputs(
         "estimator": est,
         "objective": "maximise revenue per request subject to the constraints",
         "constraints": ctx["limits"].to_dict(),
+        "assumptions": ctx.get("assumptions", []),
         "current": _row(current, est) if current else {"evaluation": ctx["current"].to_dict()},
         "chosen": None
         if chosen is None

@@ -87,6 +87,8 @@ def markdown(r: dict[str, Any]) -> str:
         + ", ".join(f"{k} = {v}" for k, v in r["constraints"].items() if v not in (None, {})),
         "",
     ]
+    out += [f"Assumed: {a}." for a in r.get("assumptions", [])]
+    out += [""] if r.get("assumptions") else []
     cur, ch = r["current"], r["chosen"]
     if ch is None:
         out += [f"**No recommendation**: {r.get('note')}", ""]

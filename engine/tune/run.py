@@ -179,8 +179,13 @@ def tune(o: TuneOptions, progress: Progress | None = None) -> dict[str, Any]:
     base = Policy.from_config(config)
     current = evaluator(simulator.run(base))
     est = tuning.estimator if evaluator.logged is not None else "dm"
+    constraints = tuning.constraints
+    if not data.negative_known:  # a bound on an unrecorded outcome would be a bound at 0
+        constraints = constraints.model_copy(
+            update={"max_negative_rate": None, "negative_vs_current": None}
+        )
     limits = Limits.resolve(
-        tuning.constraints, measures(current, est), tuning.min_matched_events, tuning.require_fill
+        constraints, measures(current, est), tuning.min_matched_events, tuning.require_fill
     )
     objective = Objective(simulator, evaluator, tuning, base, limits)
     name = study_name(o, data.model_version)
@@ -213,6 +218,7 @@ def tune(o: TuneOptions, progress: Progress | None = None) -> dict[str, Any]:
         "requests": data.requests,
         "model_version": data.model_version,
         "history_impressions": data.warm.impressions if data.warm is not None else 0,
+        "assumptions": data.assumptions,
     }
     front = frontier(records, list(tuning.objectives))
     return write_outputs(context, records, chosen, front, truth)

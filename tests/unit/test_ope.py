@@ -78,7 +78,7 @@ def test_shown_rows_need_propensities() -> None:
     with pytest.raises(InvalidArgument) as err:
         LoggedRows(GROUP, SHOWN, np.array([0.25, np.nan, np.nan, 0.5, 1.0]))
     assert err.value.field == "propensity"
-    assert "1 shown row(s)" in err.value.problem
+    assert err.value.problem.startswith("1 of 3 shown row(s) without a propensity")
     assert "doubly robust" in err.value.problem
     # an unshown row may lack one: nothing divides by it
     LoggedRows(GROUP, SHOWN, np.array([0.25, np.nan, 0.25, np.nan, 1.0]))

@@ -153,10 +153,45 @@ def test_reserve_keeps_caps_and_needs_selected(model_log, model_dir, memory_conf
 def test_a_log_without_propensities_says_why(model_log, model_dir, memory_config, tmp_path):
     log = tmp_path / "no_propensity.parquet"
     pl.read_parquet(model_log).drop("propensity").write_parquet(log)
-    doc = run(log, model_dir, memory_config, tmp_path / "r", max_requests=200, plots=False)
+    doc = run(log, model_dir, memory_config, tmp_path / "r", max_requests=1200, plots=False)
     ope = doc["quality"]["off_policy"]
     assert ope["available"] is False and "propensity" in ope["reason"]
     assert doc["quality"]["user_fit"]["engaged"]["auc"] is not None
+    # every shown row of the replay is counted, not those of the first chunk (it said 256)
+    head = pl.read_parquet(model_log).filter(
+        pl.col("request_id").is_in(
+            pl.read_parquet(model_log)["request_id"].unique(maintain_order=True)[:1200].implode()
+        )
+    )
+    shown = int(head["shown"].sum())
+    assert ope["reason"].startswith(f"{shown:,} of {shown:,} shown row(s) without a propensity")
+
+
+def test_failed_requests_carry_their_messages(model_log, model_dir, memory_config, tmp_path):
+    """Before: reason ERROR in decisions.parquet and a count by status, no message."""
+    rows = pl.read_parquet(model_log).head(3000)
+    first = rows["request_id"][0]
+    ad = rows.filter(pl.col("request_id") == first)["ad_id"][0]
+    bad = rows.with_columns(  # the first request names its first ad on every row
+        pl.when(pl.col("request_id") == first).then(pl.lit(ad)).otherwise("ad_id").alias("ad_id")
+    )
+    log = tmp_path / "dup.parquet"
+    bad.write_parquet(log)
+    doc = run(log, model_dir, memory_config, tmp_path / "r", plots=False, save_decisions=True)
+    [error] = doc["errors"]["by_message"]
+    assert error["status"] == "INVALID_ARGUMENT" and error["requests"] == 1
+    assert (
+        error["example"] == f"candidates.items[1].ad_id: {ad!r} is given twice (first at "
+        "candidates.items[0].ad_id)"
+    )
+    decisions = pl.read_parquet(tmp_path / "r" / "decisions.parquet")
+    failed = decisions.filter(pl.col("request_id") == first)
+    assert failed["reason"].unique().to_list() == ["ERROR"]
+    assert failed["error"].unique().to_list() == [error["example"]]
+    assert decisions.filter(pl.col("request_id") != first)["error"].null_count() == len(
+        decisions
+    ) - len(failed)
+    assert "is given twice" in (tmp_path / "r" / "report.md").read_text()
 
 
 def test_bounds(model_log, model_dir, memory_config, tmp_path):
