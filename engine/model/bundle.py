@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from engine.errors import ConfigError, InvalidArgument, ModelError
+from engine.model.calibrate import Calibration
 from engine.model.runtime import Predictor, file_sha256, load_predictor
 from engine.model.train import FORMAT_VERSION, feature_list
 from features import EngagementStats, FeatureCore, FeatureParams, Priors
@@ -17,7 +18,29 @@ from features import EngagementStats, FeatureCore, FeatureParams, Priors
 # What scoring and tuning assume of a target the model directory has no model of.
 ASSUMED = {
     "negative": "predicted negative feedback counts as 0 in the experience cost",
+    "converted": "CPA bids take scoring.conversion_prior as P(convert | engage)",
 }
+_NAMES = {"negative": "negative-feedback", "converted": "conversion"}
+
+
+class Predictions(NamedTuple):
+    """The models' probabilities for the rows of one feature matrix (``None``: no model)."""
+
+    engaged: np.ndarray
+    negative: np.ndarray | None
+    converted: np.ndarray | None  # P(converted | engaged)
+
+
+class Calibrated:
+    """A predictor whose probabilities go through the calibration its training fitted."""
+
+    def __init__(self, inner: Predictor, calibration: Calibration) -> None:
+        self.inner, self.calibration = inner, calibration
+        self.name = inner.name
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """See :class:`~engine.model.runtime.Predictor`."""
+        return self.calibration(self.inner.predict(x))
 
 
 @dataclass(frozen=True)
@@ -30,6 +53,8 @@ class ModelBundle:
         engaged: predictor of P(engaged).
         negative: predictor of P(negative), or ``None`` if the log had no negative outcomes.
         metadata: the parsed ``metadata.json``.
+        converted: predictor of P(converted | engaged), or ``None`` (the log had no
+            conversions): CPA bids then use the configured prior.
     """
 
     directory: Path
@@ -38,24 +63,28 @@ class ModelBundle:
     engaged: Predictor
     negative: Predictor | None
     metadata: dict[str, Any]
+    converted: Predictor | None = None
 
     @property
     def assumptions(self) -> list[str]:
         """What decisions assume for lack of a model: one line per missing target."""
-        if self.negative is not None:
-            return []
-        why = self.metadata.get("not_trained", {}).get("negative", "not in the model directory")
-        return [f"no negative-feedback model ({why}): {ASSUMED['negative']}"]
+        out = []
+        for target in ASSUMED:
+            if getattr(self, target) is None:
+                why = self.metadata.get("not_trained", {}).get(target, "not in the model directory")
+                out.append(f"no {_NAMES[target]} model ({why}): {ASSUMED[target]}")
+        return out
 
     @property
     def runtime(self) -> str:
         """Name of the runtime serving the engagement model (``lleaves`` or ``lightgbm``)."""
         return self.engaged.name
 
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """P(engaged) and P(negative) for a feature matrix, one call per model."""
+    def predict(self, x: np.ndarray) -> Predictions:
+        """Every model's probabilities for a feature matrix, one call per model."""
         neg = self.negative.predict(x) if self.negative is not None else None
-        return self.engaged.predict(x), neg
+        conv = self.converted.predict(x) if self.converted is not None else None
+        return Predictions(self.engaged.predict(x), neg, conv)
 
     @classmethod
     def load(cls, directory: Path, runtime: str = "auto") -> ModelBundle:
@@ -81,6 +110,14 @@ class ModelBundle:
                 raise ModelError(str(model_file), "model file changed since training (hash)")
             compiled = directory / entry["compiled"] if entry.get("compiled") else None
             predictors[target] = load_predictor(runtime, model_file, compiled)
+            if entry.get("calibration") is not None:
+                try:
+                    cal = Calibration.from_json(entry["calibration"])
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise ModelError(
+                        "metadata.json", f"targets.{target}.calibration: {exc}"
+                    ) from exc
+                predictors[target] = Calibrated(predictors[target], cal)
         if "engaged" not in predictors:
             raise ModelError(str(directory), "no engagement model")
         core = FeatureCore(FeatureParams(stats, priors))
@@ -91,6 +128,7 @@ class ModelBundle:
             predictors["engaged"],
             predictors.get("negative"),
             meta,
+            predictors.get("converted"),
         )
 
 

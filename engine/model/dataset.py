@@ -26,7 +26,10 @@ from features import EngagementStats, FeatureCore, FeatureParams, Priors
 from features.exposure import point_in_time_exposures
 from features.logio import conform
 
-TARGETS = ("engaged", "negative")
+TARGETS = ("engaged", "negative", "converted")
+# A target modelled among the rows where another outcome is true: P(converted | engaged), as
+# conversions follow engagements (and CPA bids pay per conversion of an engagement).
+AMONG = {"converted": "engaged"}
 
 
 @dataclass(frozen=True)
@@ -52,12 +55,18 @@ def _us(ts: datetime) -> int:
 
 @dataclass(frozen=True)
 class Part:
-    """Feature matrix and labels of one part of the split (shown rows only)."""
+    """Feature matrix and labels of one part of the split (shown rows with an engagement
+    outcome). A label is NaN on a row its target does not cover (its outcome unknown, or
+    outside the rows it is modelled among: see :data:`AMONG`)."""
 
     x: np.ndarray
     labels: dict[str, np.ndarray]
     truth: dict[str, np.ndarray]
     window: Window
+
+    def covered(self, target: str) -> np.ndarray:
+        """Rows with a label of ``target``."""
+        return ~np.isnan(self.labels[target])
 
     def __len__(self) -> int:
         return len(self.x)
@@ -91,15 +100,32 @@ def _validation_start(rows: pl.DataFrame, folds: int, valid_share: float) -> dat
     return start
 
 
+def label(target: str) -> pl.Expr:
+    """A target's label: its outcome as 0/1, null where the target does not cover a row."""
+    value = pl.col(target).cast(pl.Float64)
+    if target in AMONG:
+        return pl.when(pl.col(AMONG[target])).then(value)
+    return value
+
+
+def _truth(target: str) -> pl.Expr:
+    """The generator's probability of a target's label (synthetic logs)."""
+    if target in AMONG:
+        return pl.col(f"true_p_{target}") / pl.col(f"true_p_{AMONG[target]}")
+    return pl.col(f"true_p_{target}")
+
+
 def _part(frame: pl.DataFrame, core: FeatureCore, targets: list[str]) -> Part:
     """Features, labels and truth of shown rows (which carry the exposure columns)."""
-    part = frame.lazy().with_columns(core.expressions())
-    for t in targets:
-        part = part.filter(pl.col(t).is_not_null())
-    rows = part.collect()
-    labels = {t: rows[t].cast(pl.Float64).to_numpy() for t in targets}
+    rows = (
+        frame.lazy()
+        .with_columns(core.expressions())
+        .filter(pl.col("engaged").is_not_null())
+        .collect()
+    )
+    labels = {t: rows.select(label(t)).to_series().fill_null(np.nan).to_numpy() for t in targets}
     truth = {
-        t: rows[f"true_p_{t}"].to_numpy()
+        t: rows.select(_truth(t)).to_series().to_numpy()
         for t in targets
         if len(rows) and rows[f"true_p_{t}"].null_count() == 0
     }
@@ -130,14 +156,16 @@ def choose_targets(
     """
     targets, not_trained = [], {}
     for t in TARGETS:
-        known = shown[t].drop_nulls()
+        known = shown.select(label(t)).to_series().drop_nulls()
         if known.is_empty():
-            not_trained[t] = f"no {t} outcomes on the log's shown rows (the column is empty)"
+            among = f" among its {AMONG[t]} rows" if t in AMONG else ""
+            not_trained[t] = f"no {t} outcomes on the log's shown rows{among}"
             continue
         if known.n_unique() == 1 and not allow_constant:
             raise InvalidArgument(
                 t,
-                f"every one of the {len(known):,} shown rows with an outcome is {known[0]}: "
+                f"every one of the {len(known):,} shown rows with an outcome is "
+                f"{bool(known[0])}: "
                 "there is nothing to learn (a model of it would predict one rate). Map the "
                 f"column from the outcome it should hold, or leave it out of the log; "
                 "--allow-constant trains it anyway",

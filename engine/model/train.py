@@ -1,4 +1,5 @@
-"""``admatch train``: LightGBM models of engagement and negative feedback, with metadata.
+"""``admatch train``: LightGBM models of engagement, negative feedback and conversion (given
+an engagement), calibrated, with metadata.
 
 A model directory holds, for each target, ``{target}.txt`` (the booster at its best iteration)
 and, when the compiler is available, ``compiled/{target}.so`` (lleaves); plus the fitted
@@ -23,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.model import dataset
+from engine.model.calibrate import Calibration, fit_calibration, reliability
 from engine.model.metrics import auc, calibration, log_loss
 from engine.model.runtime import compile_model, compiler_available, file_sha256
 from features import Priors
@@ -40,7 +42,7 @@ class TrainParams(BaseModel):
 
     seed: int = 0
     learning_rate: float = Field(0.02, gt=0, le=1)
-    num_leaves: int = Field(15, ge=2)
+    num_leaves: int = Field(7, ge=2)
     min_data_in_leaf: int = Field(400, ge=1)
     feature_fraction: float = Field(0.9, gt=0, le=1)
     lambda_l2: float = Field(10.0, ge=0)
@@ -51,6 +53,9 @@ class TrainParams(BaseModel):
     threads: int = Field(0, ge=0, description="LightGBM threads; 0 = all cores")
     categorical: bool = Field(True, description="declare categorical features to LightGBM")
     compile: bool | None = Field(None, description="compile with lleaves; None = if available")
+    calibrate: bool = Field(
+        True, description="recalibrate probabilities on the early-stopping block (Platt)"
+    )
     allow_constant: bool = Field(
         False, description="train a target whose outcomes are all the same (else an error)"
     )
@@ -77,14 +82,17 @@ def _fit_one(
     target: str, data: dataset.TrainingData, params: TrainParams, progress: Progress | None
 ) -> lgb.Booster:
     cats = data.categorical if params.categorical else []
+    rows, stop_rows = data.fit.covered(target), data.early_stop.covered(target)
     fit = lgb.Dataset(
-        data.fit.x,
-        data.fit.labels[target],
+        data.fit.x[rows],
+        data.fit.labels[target][rows],
         feature_name=data.names,
         categorical_feature=cats,
         free_raw_data=False,
     )
-    stop = lgb.Dataset(data.early_stop.x, data.early_stop.labels[target], reference=fit)
+    stop = lgb.Dataset(
+        data.early_stop.x[stop_rows], data.early_stop.labels[target][stop_rows], reference=fit
+    )
     callbacks: list[Callable[..., None]] = [
         lgb.early_stopping(params.early_stopping_rounds, verbose=False)
     ]
@@ -99,9 +107,28 @@ def _fit_one(
     )
 
 
-def _metrics(booster: lgb.Booster, part: dataset.Part, target: str) -> dict[str, Any]:
-    y = part.labels[target]
-    p = np.asarray(booster.predict(part.x, num_iteration=booster.best_iteration))
+def _predicted(booster: lgb.Booster, part: dataset.Part, target: str) -> np.ndarray:
+    rows = part.covered(target)
+    return np.asarray(booster.predict(part.x[rows], num_iteration=booster.best_iteration))
+
+
+def _calibrate(booster: lgb.Booster, data: dataset.TrainingData, target: str) -> Calibration | None:
+    """The logistic recalibration fitted on the early-stopping block (no tree fitted on it)."""
+    y = data.early_stop.labels[target][data.early_stop.covered(target)]
+    return fit_calibration(_predicted(booster, data.early_stop, target), y)
+
+
+def _metrics(
+    booster: lgb.Booster, part: dataset.Part, target: str, fitted: Calibration | None
+) -> tuple[dict[str, Any], Calibration | None]:
+    """Validation metrics of the probabilities served, and the calibration served: the
+    fitted one when it lowers the validation log loss, else none (the raw probabilities).
+    ``calibration`` says which, with the log loss and reliability of both."""
+    y = part.labels[target][part.covered(target)]
+    raw = _predicted(booster, part, target)
+    fit = fitted(raw) if fitted is not None else None
+    adopted = fit is not None and log_loss(y, fit) < log_loss(y, raw)
+    p = fit if adopted and fit is not None else raw
     out: dict[str, Any] = {
         "auc": auc(y, p),
         "log_loss": log_loss(y, p),
@@ -109,11 +136,23 @@ def _metrics(booster: lgb.Booster, part: dataset.Part, target: str) -> dict[str,
         "positives": int(y.sum()),
         "best_iteration": booster.best_iteration,
         "calibration": calibration(y, p),
+        "reliability": reliability(y, p),
+        "recalibration": {
+            "fitted": fitted.to_json() if fitted is not None else None,
+            "adopted": adopted,
+            "raw": {"log_loss": log_loss(y, raw), "reliability": reliability(y, raw)},
+            "recalibrated": None
+            if fit is None
+            else {"log_loss": log_loss(y, fit), "reliability": reliability(y, fit)},
+        },
     }
     if target in part.truth:
-        out["truth_auc"] = auc(y, part.truth[target])
-        out["truth_log_loss"] = log_loss(y, part.truth[target])
-    return out
+        truth = part.truth[target][part.covered(target)]
+        out["truth_auc"] = auc(y, truth)
+        out["truth_log_loss"] = log_loss(y, truth)
+    if target in dataset.AMONG:
+        out["among"] = dataset.AMONG[target]
+    return out, fitted if adopted else None
 
 
 def feature_list() -> list[dict[str, Any]]:
@@ -143,10 +182,16 @@ def train(
     metrics, files = {}, {}
     for target in data.targets:
         booster = _fit_one(target, data, params, progress)
-        metrics[target] = _metrics(booster, data.validation, target)
+        fitted = _calibrate(booster, data, target) if params.calibrate else None
+        metrics[target], cal = _metrics(booster, data.validation, target, fitted)
         path = out / f"{target}.txt"
         booster.save_model(str(path), num_iteration=booster.best_iteration)
-        files[target] = {"model": path.name, "sha256": file_sha256(path), "compiled": None}
+        files[target] = {
+            "model": path.name,
+            "sha256": file_sha256(path),
+            "compiled": None,
+            "calibration": cal.to_json() if cal is not None else None,
+        }
     data.serving_stats.save(out)
     (out / "priors.json").write_text(json.dumps(priors.to_dict(), indent=1))
     compile_seconds = _compile(out, files, params)
@@ -192,6 +237,8 @@ def _version(out: Path, files: dict[str, dict[str, Any]]) -> str:
     h = hashlib.sha256()
     for target in sorted(files):
         h.update(files[target]["sha256"].encode())
+        if files[target].get("calibration") is not None:
+            h.update(json.dumps(files[target]["calibration"]).encode())
     h.update(file_sha256(out / "feature_stats.json").encode())
     return h.hexdigest()[:12]
 

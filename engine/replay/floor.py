@@ -1,8 +1,8 @@
 """The floor: what the raw model call alone costs on the replay's own rows.
 
 The engine's candidates/s divided by the floor's is the ratio a replay reports: above 1, the
-whole engine (decoding, caps, features, both models, rules, ranking, encoding) decides faster
-per candidate than LightGBM's own ``Booster.predict`` of the two models scores the same rows.
+whole engine (decoding, caps, features, the models, rules, ranking, encoding) decides faster
+per candidate than LightGBM's own ``Booster.predict`` of the same models scores the same rows.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class Floor:
 def measure_floor(
     bundle: ModelBundle, requests: Sequence[ScoreRequest], group: int, repeat: int = 3
 ) -> Floor:
-    """Time both models on the features of ``requests``, ``group`` requests per call (best
+    """Time the models on the features of ``requests``, ``group`` requests per call (best
     of ``repeat`` passes; feature building is outside the timed region)."""
     group = max(1, group)
     matrices = [
@@ -61,11 +61,11 @@ def measure_floor(
     ]
     targets = bundle.metadata["targets"]
     raw: list[Predictor] = [
-        LightGBMPredictor(bundle.directory / targets[t]["model"])
-        for t in ("engaged", "negative")
-        if t in targets
+        LightGBMPredictor(bundle.directory / e["model"]) for e in targets.values()
     ]
-    serving: list[Predictor] = [bundle.engaged] + ([bundle.negative] if bundle.negative else [])
+    serving: list[Predictor] = [
+        p for p in (bundle.engaged, bundle.negative, bundle.converted) if p is not None
+    ]
     return Floor(
         sum(len(m) for m in matrices),
         _best(raw, matrices, repeat),

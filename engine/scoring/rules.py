@@ -155,12 +155,19 @@ def exposure_rules(
     return caps, gaps
 
 
-def expected_value(rows: Rows, p_engage: np.ndarray, conversion_prior: float) -> np.ndarray:
-    """Money per impression: cpm bid/1000, cpc bid x P(engage), cpa bid x P(engage) x prior."""
+def expected_value(
+    rows: Rows,
+    p_engage: np.ndarray,
+    conversion_prior: float,
+    p_convert: np.ndarray | None = None,
+) -> np.ndarray:
+    """Money per impression: cpm bid/1000, cpc bid x P(engage), cpa bid x P(engage) x
+    P(convert | engage) (the conversion model's, else ``conversion_prior``)."""
+    convert = conversion_prior if p_convert is None else p_convert
     per_unit = np.where(
         rows.pricing == CPM,
         1e-3,
-        np.where(rows.pricing == CPC, p_engage, p_engage * conversion_prior),
+        np.where(rows.pricing == CPC, p_engage, p_engage * convert),
     )
     return rows.bid * per_unit
 

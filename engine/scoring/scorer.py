@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from engine.config import AdmatchConfig
-from engine.model.bundle import ModelBundle
+from engine.model.bundle import ModelBundle, Predictions
 from engine.scoring import rules as R
 from engine.scoring.explore import Propensities, Variants, propensities
 from engine.scoring.selection import Capacity, select
@@ -62,21 +62,22 @@ class Scorer:
             )
             matrix = batch.matrix()
         with timer.stage("model"):
-            p_engage, p_neg = self.model.predict(matrix)
+            predicted = self.model.predict(matrix)
         with timer.stage("rank"):
-            return self._rank(requests, batch.inputs, batch.exposures, p_engage, p_neg)
+            return self._rank(requests, batch.inputs, batch.exposures, predicted)
 
     def _rank(
         self,
         requests: Sequence[ScoreRequest],
         inputs: pl.DataFrame,
         exposures: np.ndarray,
-        p_engage: np.ndarray,
-        p_neg: np.ndarray | None,
+        predicted: Predictions,
     ) -> list[Decision]:
         rows = R.Rows.from_inputs(inputs)
+        p_engage, p_neg, p_convert = predicted
         p_negative = p_neg if p_neg is not None else np.zeros_like(p_engage)
-        value = R.expected_value(rows, p_engage, self.config.scoring.conversion_prior)
+        prior = self.config.scoring.conversion_prior
+        value = R.expected_value(rows, p_engage, prior, p_convert)
         costs = R.cost_components(self.rules, rows, p_engage, p_negative, exposures)
         sizes = [len(r.candidates["ad_id"]) for r in requests]
         bounds = list(accumulate(sizes, initial=0))

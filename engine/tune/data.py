@@ -1,7 +1,7 @@
 """Everything a tuning trial reads, computed once per log: arrays over the log's rows.
 
 What does not depend on the weights is computed here, with the engine's own code: the
-features (offline, point in time) and both models' predictions, the expected value, the
+features (offline, point in time) and every model's predictions, the expected value, the
 unweighted experience-cost components (``engine.scoring.rules.cost_components``; the fatigue
 column is recomputed per trial from the policy's own exposures), the eligibility rules that
 do not depend on exposures, the keys of every counter family the caps and the fatigue cost
@@ -157,12 +157,12 @@ def prepare(
         raise InvalidArgument("--log", "the log has no rows")
     bundle = ModelBundle.load(model_dir)
     features = bundle.core.offline(frame.lazy()).collect()
-    p_engage, p_negative = _predict(bundle, features)
+    p_engage, p_negative, p_convert = _predict(bundle, features)
     rules = R.CompiledRules.build(config)
     rows = R.Rows.from_inputs(features)
     comps = R.cost_components(rules, rows, p_engage, p_negative, np.zeros((len(features), 30)))
     comps[:, FATIGUE] = 0.0
-    value = R.expected_value(rows, p_engage, config.scoring.conversion_prior)
+    value = R.expected_value(rows, p_engage, config.scoring.conversion_prior, p_convert)
     ok = ~R.format_not_allowed(rules, rows) & ~R.brand_unsuitable(rows)
     outcomes = _outcomes(features, p_engage, p_negative, value)
     negative_known = features.filter("shown")["negative"].null_count() < int(
@@ -259,13 +259,22 @@ def _keys(
     return {f: k[n:] for f, k in keys.items()}, warm
 
 
-def _predict(bundle: ModelBundle, features: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    engaged, negative = [], []
+def _predict(
+    bundle: ModelBundle, features: pl.DataFrame
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """P(engage), P(negative) (0 without a model) and P(convert | engage) (``None``
+    without a model) per row, as the scorer predicts them."""
+    engaged: list[np.ndarray] = []
+    negative: list[np.ndarray] = []
+    converted: list[np.ndarray] = []
     for part in features.iter_slices(PREDICT_ROWS):
-        p_e, p_n = bundle.predict(bundle.core.offline_matrix(part))
-        engaged.append(p_e)
-        negative.append(p_n if p_n is not None else np.zeros(len(part)))
-    return np.concatenate(engaged), np.concatenate(negative)
+        p = bundle.predict(bundle.core.offline_matrix(part))
+        engaged.append(p.engaged)
+        negative.append(p.negative if p.negative is not None else np.zeros(len(part)))
+        if p.converted is not None:
+            converted.append(p.converted)
+    conv = np.concatenate(converted) if converted else None
+    return np.concatenate(engaged), np.concatenate(negative), conv
 
 
 def _blocks(features: pl.DataFrame, bounds: np.ndarray) -> list[range]:

@@ -56,7 +56,7 @@ def test_validation_auc_can_be_recomputed_from_metadata(model_dir: Path, model_l
     end = meta["validation"]["end_ts"]
     us = pl.col("ts").dt.epoch("us")
     valid = rows.filter((us >= start) & (us <= end) & pl.col("shown"))
-    p, _ = bundle.predict(bundle.core.offline_matrix(valid))
+    p = bundle.predict(bundle.core.offline_matrix(valid)).engaged
     assert len(valid) == meta["metrics"]["engaged"]["rows"]
     assert auc(valid["engaged"].to_numpy(), p) == pytest.approx(meta["metrics"]["engaged"]["auc"])
 
