@@ -76,6 +76,35 @@ class Scoring(_Strict):
         return self
 
 
+class Protections(_Strict):
+    """Who is protected from which ads, whatever the bid, the tier or the weights
+    (docs/scoring.md, "What the user is protected from")."""
+
+    restricted_categories: list[str] = Field(
+        default_factory=lambda: ["alcohol", "gambling", "tobacco", "dating"],
+        description="ad categories never shown to a minor or where a child may be present",
+    )
+    shared_screens: list[str] = Field(
+        default_factory=lambda: ["ott", "iot"],
+        description="touchpoints whose screen a household shares: whoever is in front of it "
+        "may not be the request's user",
+    )
+    unknown_audience_on_shared_screens: bool = Field(
+        True,
+        description="refuse restricted categories on a shared screen, whose audience's age the "
+        "request cannot tell",
+    )
+
+    @model_validator(mode="after")
+    def _known(self) -> Protections:
+        unknown = [t for t in self.shared_screens if t not in TOUCHPOINTS]
+        if unknown:
+            raise ValueError(f"shared_screens: unknown touchpoints {unknown}")
+        if any(not c.strip() for c in self.restricted_categories):
+            raise ValueError("restricted_categories: an empty category")
+        return self
+
+
 class SlotRule(_Strict):
     """What a slot accepts; ``max_ads`` > 1 makes it a pod."""
 
@@ -469,6 +498,7 @@ class AdmatchConfig(_Strict):
     tuning: TuningConfig = Field(default_factory=TuningConfig)
     exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
     decision_log: DecisionLogConfig = Field(default_factory=DecisionLogConfig)
+    protections: Protections = Field(default_factory=Protections)
 
     @model_validator(mode="after")
     def _tls(self) -> AdmatchConfig:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,6 +113,7 @@ class FeatureCore:
         requests: Sequence[RequestContext],
         candidates: Sequence[CandidateColumns],
         exposures: Sequence[np.ndarray | None] | None = None,
+        also: Collection[str] = (),
     ) -> FeatureBatch:
         """Features for many requests in one polars pass.
 
@@ -121,8 +122,10 @@ class FeatureCore:
             candidates: per request, its candidate columns.
             exposures: per request, an (n, k) matrix of ``EXPOSURE_SCHEMA`` columns for its n
                 candidates, or ``None`` for no history; ``None`` for all.
+            also: input columns to build beside those the features read (the batch's
+                ``inputs``: what the scoring rules read).
         """
-        rows = assemble(requests, candidates, self._inputs)
+        rows = assemble(requests, candidates, self._inputs.union(also))
         sizes = candidate_counts(candidates)
         exp = exposure_matrix(exposures or [None] * len(requests), sizes)
         return FeatureBatch(rows.select_seq(self._computed), exp, self.names, rows)

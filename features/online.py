@@ -44,6 +44,7 @@ class RequestContext:
     age_band: str | None = None
     activity_level: str | None = None
     content_rating: str | None = None
+    audience: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> RequestContext:

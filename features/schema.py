@@ -49,6 +49,7 @@ RATINGS = ("kids", "general", "teen", "mature")
 AGE_BANDS = ("under_18", "18_24", "25_34", "35_44", "45_54", "55_64", "65_plus")
 ACTIVITY_LEVELS = ("low", "medium", "high")
 NEGATIVE_KINDS = ("skip", "close", "dislike", "hide", "complaint")
+AUDIENCES = ("adults_only", "child_present")  # who is in front of the screen; null: unknown
 
 TOUCHPOINT = pl.Enum(TOUCHPOINTS)
 SLOT = pl.Enum(SLOTS)
@@ -59,6 +60,7 @@ RATING = pl.Enum(RATINGS)
 AGE_BAND = pl.Enum(AGE_BANDS)
 ACTIVITY_LEVEL = pl.Enum(ACTIVITY_LEVELS)
 NEGATIVE_KIND = pl.Enum(NEGATIVE_KINDS)
+AUDIENCE = pl.Enum(AUDIENCES)
 TIMESTAMP = pl.Datetime("us", "UTC")
 
 Group = Literal["request", "candidate", "logging", "outcome", "truth"]
@@ -201,6 +203,13 @@ COLUMNS: tuple[Column, ...] = (
         "request",
         "|".join(RATINGS),
         "rating of the content around the slot",
+    ),
+    _c(
+        "audience",
+        AUDIENCE,
+        "request",
+        "|".join(AUDIENCES),
+        "who is present, as the device or ad server knows it; null when unknown",
     ),
     # --- candidate ad ---
     _c("ad_id", STR, "candidate", "id", "candidate ad (line item)", required=True, nullable=False),

@@ -151,6 +151,7 @@ class Collector:
     stages: dict[str, list[np.ndarray]] = field(default_factory=lambda: {s: [] for s in STAGES})
     errors: Counter[str] = field(default_factory=Counter)
     no_ad: Counter[str] = field(default_factory=Counter)
+    by_reason: Counter[str] = field(default_factory=Counter)  # candidates per reason
     store_unavailable: int = 0  # requests decided without the cap store (failing closed or open)
     requests: int = 0
     candidates: int = 0
@@ -217,6 +218,7 @@ class Collector:
     def _decisions(self, chunk: RequestChunk, results: list[Result], d: ChunkDecisions) -> None:
         self.requests += chunk.requests
         self.candidates += len(chunk.rows)
+        self.by_reason.update(d.reason)
         for r in results:
             if r.decision is None:
                 continue

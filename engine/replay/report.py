@@ -176,6 +176,9 @@ def markdown(r: dict[str, Any]) -> str:
     )
     if d["no_ad_share"]:
         out += _table(["no-ad reason", "share of requests"], list(d["no_ad_share"].items()))
+    if d.get("candidates_by_reason"):
+        out += ["Candidates by reason (the protections among them):", ""]
+        out += _table(["reason", "candidates"], list(d["candidates_by_reason"].items()))
     load = [
         [tp, v["engine"]["mean"], v["engine"]["p95"], v["engine"]["max"], v["logged"]["mean"]]
         for tp, v in d["ads_per_user_day"].items()

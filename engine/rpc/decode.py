@@ -26,6 +26,7 @@ from engine.logs.decisions import EventRecord, event_id
 from engine.rpc.enums import (
     ACTIVITY,
     AGE_BAND,
+    AUDIENCE,
     FORMAT,
     NEGATIVE_KIND,
     PRICING,
@@ -120,6 +121,7 @@ def _context(msg: pb.ScoreRequest, limits: Limits) -> RequestContext:
         age_band=_enum(AGE_BAND, user.age_band, "user.age_band", False),
         activity_level=_enum(ACTIVITY, user.activity_level, "user.activity_level", False),
         content_rating=_enum(RATING, msg.content_rating, "content_rating", False),
+        audience=_enum(AUDIENCE, msg.audience, "audience", False),
     )
 
 

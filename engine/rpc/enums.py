@@ -32,6 +32,7 @@ PRICING = _names(pb.Pricing, "PRICING_")
 RATING = _names(pb.Rating, "RATING_")
 AGE_BAND = _names(pb.AgeBand, "AGE_BAND_")
 ACTIVITY = _names(pb.ActivityLevel, "ACTIVITY_LEVEL_")
+AUDIENCE = _names(pb.Audience, "AUDIENCE_")
 SCOPE = _names(pb.CapScope, "CAP_SCOPE_")
 NEGATIVE_KIND = _names(pb.Event.NegativeKind, "NEGATIVE_KIND_")
 
@@ -46,6 +47,7 @@ NUMBER: dict[str, dict[str, Any]] = {  # Any: the generated enums' ValueType
         ("rating", RATING),
         ("age_band", AGE_BAND),
         ("activity", ACTIVITY),
+        ("audience", AUDIENCE),
         ("scope", SCOPE),
         ("negative_kind", NEGATIVE_KIND),
     )

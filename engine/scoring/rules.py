@@ -22,16 +22,46 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.config import COST_COMPONENTS, AdmatchConfig
 from features.exposure import EXPOSURE_SCHEMA, WINDOWS_S, count_column, since_column
-from features.schema import FORMATS, PRICING, RATINGS, SCENES, SLOTS, TOUCHPOINTS
+from features.schema import (
+    AGE_BANDS,
+    AUDIENCES,
+    FORMATS,
+    PRICING,
+    RATINGS,
+    SCENES,
+    SLOTS,
+    TOUCHPOINTS,
+)
 
 _EXPOSURE_INDEX = {name: i for i, name in enumerate(EXPOSURE_SCHEMA.names())}
 GENERAL = RATINGS.index("general")
 MATURE = RATINGS.index("mature")
 FAMILY = SCENES.index("family")
+KIDS = RATINGS.index("kids")
+UNDER_18 = AGE_BANDS.index("under_18")
+ADULTS_ONLY = AUDIENCES.index("adults_only")
+CHILD = AUDIENCES.index("child_present")
+# the input columns Rows reads (built beside the features' inputs: FeatureCore.batch(also=))
+INPUTS = (
+    "touchpoint",
+    "slot",
+    "scene",
+    "content_rating",
+    "suitability_tier",
+    "format",
+    "pricing",
+    "local_hour",
+    "duration_s",
+    "bid",
+    "age_band",
+    "category",
+    "audience",
+)
 CPM = PRICING.index("cpm")
 CPC = PRICING.index("cpc")
 
@@ -51,6 +81,9 @@ class Rows:
     hour: np.ndarray
     duration_s: np.ndarray
     bid: np.ndarray
+    age: np.ndarray  # age band code, -1 unknown
+    category: pa.Array  # the ad's category (strings, nulls)
+    audience: np.ndarray  # who is present (AUDIENCES code), -1 unknown
 
     @classmethod
     def from_inputs(cls, inputs: pl.DataFrame) -> Rows:
@@ -67,6 +100,9 @@ class Rows:
             hour=_integers(hour.to_numpy(), hour.null_count(), -1),
             duration_s=_floats(inputs.get_column("duration_s"), 0.0),
             bid=inputs.get_column("bid").to_numpy(),
+            age=_codes(inputs.get_column("age_band"), -1),
+            category=inputs.get_column("category").to_arrow(),
+            audience=_codes(inputs.get_column("audience"), -1),
         )
 
 
@@ -108,6 +144,8 @@ class CompiledRules:
     caps: list[tuple[int, float]]  # exposure column, limit (rules the exposures express)
     gaps: list[tuple[int, float]]  # recency column, minimum gap in seconds
     config: AdmatchConfig
+    restricted: pa.Array  # protections.restricted_categories
+    shared: np.ndarray  # (touchpoints,) bool: a shared screen whose audience is unknown
 
     @classmethod
     def build(cls, config: AdmatchConfig) -> CompiledRules:
@@ -126,7 +164,12 @@ class CompiledRules:
             quiet[TOUCHPOINTS.index(tp)] = inside
         caps, gaps = exposure_rules(config)
         weights = np.array(config.scoring.weights.vector())
-        return cls(intr, allowed, max_dur, quiet, weights, caps, gaps, config)
+        p = config.protections
+        restricted = pa.array(p.restricted_categories, type=pa.string())
+        shared = np.array(
+            [p.unknown_audience_on_shared_screens and t in p.shared_screens for t in TOUCHPOINTS]
+        )
+        return cls(intr, allowed, max_dur, quiet, weights, caps, gaps, config, restricted, shared)
 
 
 def exposure_rules(
@@ -218,6 +261,32 @@ def format_not_allowed(rules: CompiledRules, rows: Rows) -> np.ndarray:
     return ~rules.allowed[rows.slot, rows.format] | (
         rows.duration_s > rules.max_duration[rows.slot]
     )
+
+
+def protections(rules: CompiledRules, rows: Rows) -> list[tuple[np.ndarray, str]]:
+    """Per protection (docs/scoring.md), the rows it refuses, with the name of its reason, in
+    the order they are checked: an ad of a restricted category never reaches a user under 18,
+    a place where a child may be present (a family scene, content rated for kids, an audience
+    with a child), or a shared screen whose audience is not known to be adults only. Any sign
+    of a child wins: ``adults_only`` lifts only the shared-screen rule."""
+    found = pc.is_in(rows.category, value_set=rules.restricted)
+    restricted = found.to_numpy(zero_copy_only=False).astype(bool, copy=False)
+    restricted &= ~np.asarray(pc.is_null(rows.category), dtype=bool)
+    child = (rows.scene == FAMILY) | (rows.rating == KIDS) | (rows.audience == CHILD)
+    unknown = rules.shared[rows.touchpoint] & (rows.audience != ADULTS_ONLY)
+    return [
+        (restricted & (rows.age == UNDER_18), "AGE_RESTRICTED"),
+        (restricted & child, "CHILD_PRESENT"),
+        (restricted & unknown, "AUDIENCE_UNKNOWN"),
+    ]
+
+
+def protected(rules: CompiledRules, rows: Rows) -> np.ndarray:
+    """The rows some protection refuses."""
+    out = np.zeros(len(rows.bid), dtype=bool)
+    for refused, _ in protections(rules, rows):
+        out |= refused
+    return out
 
 
 def brand_unsuitable(rows: Rows) -> np.ndarray:

@@ -59,6 +59,7 @@ class Scorer:
                 [r.context for r in requests],
                 [r.candidates for r in requests],
                 [r.exposures for r in requests],
+                also=R.INPUTS,
             )
             matrix = batch.matrix()
         with timer.stage("model"):
@@ -126,10 +127,12 @@ class Scorer:
 
     def _blocked(self, rows: R.Rows, capped: np.ndarray, store_down: np.ndarray) -> np.ndarray:
         """Reason code of the first failed eligibility rule per row that no parameter moves
-        (exploration never shows what these refuse), -1 when it passes them all; the reserve
+        (exploration never shows what these refuse; the protections come first), -1 when it
+        passes them all; the reserve
         is checked per parameter set. A row capped because the cap store did not answer
         (``store_down``: the fail mode's) is not FREQUENCY_CAPPED but CAP_STORE_UNAVAILABLE."""
         checks = [
+            *((refused, Reason(name)) for refused, name in R.protections(self.rules, rows)),
             (R.format_not_allowed(self.rules, rows), Reason.FORMAT_NOT_ALLOWED),
             (R.brand_unsuitable(rows), Reason.BRAND_UNSUITABLE),
             (capped & store_down, Reason.CAP_STORE_UNAVAILABLE),

@@ -21,7 +21,8 @@ from features.schema import COLUMN_BY_NAME, COLUMNS, SLOT_TOUCHPOINT, TOUCHPOINT
 
 
 class Reason(StrEnum):
-    """Why a candidate was or was not shown. Checked in this order; the first that applies wins."""
+    """Why a candidate was or was not shown. The first that applies wins, in the order of
+    ``Scorer._blocked`` (the protections first), then reserve, separation, pod, rank."""
 
     SELECTED = "SELECTED"
     FORMAT_NOT_ALLOWED = "FORMAT_NOT_ALLOWED"  # format or length not accepted by the slot
@@ -32,6 +33,11 @@ class Reason(StrEnum):
     POD_FULL = "POD_FULL"  # pod's ad count or total duration would be exceeded
     OUTRANKED = "OUTRANKED"  # eligible, but the slot went to higher-utility ads
     CAP_STORE_UNAVAILABLE = "CAP_STORE_UNAVAILABLE"  # caps unknown (store down), failing closed
+    # protections (docs/scoring.md), checked before everything else; new codes go last, as
+    # a reason's code is its place here (the logs keep codes)
+    AGE_RESTRICTED = "AGE_RESTRICTED"  # a restricted category, and the user is under 18
+    CHILD_PRESENT = "CHILD_PRESENT"  # a restricted category, and a child may be present
+    AUDIENCE_UNKNOWN = "AUDIENCE_UNKNOWN"  # a restricted category on a shared screen
 
 
 REASONS = list(Reason)  # a reason's code (decision arrays, the logs) is its place here

@@ -82,7 +82,7 @@ class TuningData:
     t_us: np.ndarray  # time per row, epoch microseconds
     value: np.ndarray  # expected value per impression (money)
     components: np.ndarray  # (rows, components) unweighted costs, fatigue column zero
-    static_ok: np.ndarray  # format allowed and brand suitable
+    static_ok: np.ndarray  # no protection refuses it, format allowed, brand suitable
     p_engage: np.ndarray
     p_negative: np.ndarray
     ad_code: np.ndarray  # order-preserving code of ad_id (ties break by ad id)
@@ -163,7 +163,7 @@ def prepare(
     comps = R.cost_components(rules, rows, p_engage, p_negative, np.zeros((len(features), 30)))
     comps[:, FATIGUE] = 0.0
     value = R.expected_value(rows, p_engage, config.scoring.conversion_prior, p_convert)
-    ok = ~R.format_not_allowed(rules, rows) & ~R.brand_unsuitable(rows)
+    ok = ~R.protected(rules, rows) & ~R.format_not_allowed(rules, rows) & ~R.brand_unsuitable(rows)
     outcomes = _outcomes(features, p_engage, p_negative, value)
     negative_known = features.filter("shown")["negative"].null_count() < int(
         features["shown"].sum()

@@ -209,8 +209,8 @@ def test_each_request_is_validated_once(
 def test_one_bad_request_fails_alone(apps: tuple[App, App]) -> None:
     batched, _ = apps
     scorer: Any = FlakyScorer(batched.scorer)
-    batcher = Batcher(0.2, 8)  # the window gathers all of them into one pass
     good = requests(1)
+    batcher = Batcher(0.2, len(good) + 3)  # the window gathers all of them into one pass
     bad = [renamed(good[0], name) for name in ("bad", "bad-prepare", "bad-complete")]
     results = run_all(batcher, [Plain(scorer, batched.gate, r) for r in [*good, *bad]])
     for name in ("bad", "bad-prepare", "bad-complete"):

@@ -592,3 +592,23 @@ def test_the_response_names_the_impression_ids_it_reserved(channel: grpc.Channel
     first = stub.RecordEvents(pb.EventBatch(events=events))
     again = stub.RecordEvents(pb.EventBatch(events=events))
     assert (first.impressions_recorded, again.duplicates) == (3, 3)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "edge/minor_never_gets_restricted_categories.json",
+        "edge/child_present_family_scene.json",
+        "edge/shared_screen_audience_unknown.json",
+        "exemplary/adult_alone_may_see_restricted.json",
+        "exemplary/shared_screen_adults_only.json",
+        "edge/child_present_audience.json",
+    ],
+)
+def test_protection_goldens_over_grpc(channel: grpc.Channel, name: str) -> None:
+    """The protections' golden decisions, with their reason codes on the wire."""
+    expected = json.loads((GOLDEN / name).read_text())["expected"]
+    reply = pb_grpc.AdMatchingStub(channel).Score(golden(name))
+    assert list(reply.selected_ad_ids) == expected["selected"]
+    reasons = {d.ad_id: pb.Reason.Name(d.reason) for d in reply.decisions}
+    assert reasons == {ad: f"REASON_{c['reason']}" for ad, c in expected["candidates"].items()}

@@ -115,7 +115,7 @@ def test_cpa_bids_are_valued_with_the_conversion_model(model_dir: Path, model_lo
     scorer = Scorer(bundle, load_config())
     request = _cpa_request(model_log)
     decision = scorer.score(request)
-    batch = bundle.core.batch([request.context], [request.candidates], [None])
+    batch = bundle.core.batch([request.context], [request.candidates], [None], also=R.INPUTS)
     predicted = bundle.predict(batch.matrix())
     assert predicted.converted is not None
     bids = np.asarray(request.candidates["bid"])

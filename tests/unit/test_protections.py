@@ -1,0 +1,177 @@
+"""Issue 20, item 1: no restricted category ever reaches a minor, a place where a child may be
+present, or a shared screen whose audience is unknown, whatever the bids, weights, reserve and
+exploration (property-based)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.config import COST_COMPONENTS, load_config
+from engine.errors import ConfigError
+from engine.model.bundle import ModelBundle
+from engine.scoring.scorer import Scorer
+from engine.scoring.types import CODE, Reason, ScoreRequest
+from features.online import RequestContext
+from features.schema import AGE_BANDS, AUDIENCES, FORMATS, RATINGS, SCENES, SLOT_TOUCHPOINT
+
+RESTRICTED = ("alcohol", "gambling", "tobacco", "dating")
+OTHER = ("food", "music", "travel", "kids")
+PROTECTION = {
+    CODE[r] for r in (Reason.AGE_RESTRICTED, Reason.CHILD_PRESENT, Reason.AUDIENCE_UNKNOWN)
+}
+
+candidate = st.fixed_dictionaries(
+    {
+        "category": st.sampled_from(RESTRICTED + OTHER + (None,)),
+        "bid": st.floats(0, 500),
+        "format": st.sampled_from(FORMATS),
+        "tier": st.sampled_from((*RATINGS, None)),
+        "duration": st.sampled_from((None, 5.0, 15.0, 30.0)),
+    }
+)
+request = st.fixed_dictionaries(
+    {
+        "slot": st.sampled_from(sorted(SLOT_TOUCHPOINT)),
+        "age": st.sampled_from((*AGE_BANDS, None)),
+        "scene": st.sampled_from((*SCENES, None)),
+        "rating": st.sampled_from((*RATINGS, None)),
+        "audience": st.sampled_from((*AUDIENCES, None)),
+        "hour": st.integers(0, 23),
+        "candidates": st.lists(candidate, min_size=1, max_size=8),
+    }
+)
+tuning = st.fixed_dictionaries(
+    {
+        "weights": st.lists(
+            st.floats(0, 4), min_size=len(COST_COMPONENTS), max_size=len(COST_COMPONENTS)
+        ),
+        "cost_to_money": st.floats(0, 0.05),
+        "reserve": st.floats(-1, 0.02),
+        "share": st.floats(0, 0.5),
+        "seed": st.integers(0, 1000),
+    }
+)
+
+
+def _scorer(bundle: ModelBundle, t: dict[str, Any]) -> Scorer:
+    base = load_config()
+    scoring = base.scoring.model_copy(
+        update={
+            "weights": base.scoring.weights.model_copy(
+                update=dict(zip(COST_COMPONENTS, t["weights"], strict=True))
+            ),
+            "cost_to_money": t["cost_to_money"],
+            "reserve": t["reserve"],
+        }
+    )
+    exploration = base.exploration.model_copy(update={"share": t["share"], "seed": t["seed"]})
+    return Scorer(bundle, base.model_copy(update={"scoring": scoring, "exploration": exploration}))
+
+
+def _request(r: dict[str, Any], k: int) -> ScoreRequest:
+    slot = r["slot"]
+    ctx = RequestContext(
+        request_id=f"p{k}",
+        ts=datetime(2026, 3, 3, 12, tzinfo=UTC),
+        user_id="u1",
+        touchpoint=SLOT_TOUCHPOINT[slot],
+        slot=slot,
+        household_id="h1",
+        device_id="d1",
+        scene=r["scene"],
+        local_hour=r["hour"],
+        user_interests=("food", "alcohol"),
+        age_band=r["age"],
+        activity_level=None,
+        content_rating=r["rating"],
+        audience=r.get("audience"),
+    )
+    cands = r["candidates"]
+    columns = {
+        "ad_id": [f"ad{i}" for i in range(len(cands))],
+        "campaign_id": [f"c{i}" for i in range(len(cands))],
+        "advertiser_id": [f"a{i}" for i in range(len(cands))],
+        "category": [c["category"] for c in cands],
+        "bid": [c["bid"] for c in cands],
+        "pricing": ["cpm"] * len(cands),
+        "format": [c["format"] for c in cands],
+        "suitability_tier": [c["tier"] for c in cands],
+        "duration_s": [c["duration"] for c in cands],
+    }
+    return ScoreRequest(ctx, columns)
+
+
+@pytest.fixture(scope="module")
+def bundle(model_dir: Any) -> ModelBundle:
+    return ModelBundle.load(model_dir, runtime="lightgbm")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests=st.lists(request, min_size=1, max_size=6), t=tuning)
+def test_no_restricted_category_reaches_the_protected(
+    bundle: ModelBundle, requests: list[dict[str, Any]], t: dict[str, Any]
+) -> None:
+    scorer = _scorer(bundle, t)
+    batch = [_request(r, k) for k, r in enumerate(requests)]
+    for r, req, d in zip(requests, batch, scorer.score_batch(batch), strict=True):
+        restricted = np.array([c["category"] in RESTRICTED for c in r["candidates"]])
+        child = r["scene"] == "family" or r["rating"] == "kids" or r["audience"] == "child_present"
+        shared = req.context.touchpoint in ("ott", "iot") and r["audience"] != "adults_only"
+        protected = r["age"] == "under_18" or child or shared
+        selected = d.rank > 0
+        if protected:
+            assert not (selected & restricted).any(), (r, d.reason)
+            assert set(d.reason_code[restricted].tolist()) <= PROTECTION
+            assert not (d.propensity[restricted] > 0).any()  # exploration never shows them
+        assert not set(d.reason_code[~restricted].tolist()) & PROTECTION
+
+
+def test_protections_follow_the_config(bundle: ModelBundle) -> None:
+    r = {
+        "slot": "ott_home_banner",
+        "age": "35_44",
+        "scene": "personal",
+        "rating": "mature",
+        "hour": 20,
+        "candidates": [
+            {
+                "category": "alcohol",
+                "bid": 80.0,
+                "format": "image",
+                "tier": "mature",
+                "duration": None,
+            }
+        ],
+    }
+    base = load_config()
+    assert Scorer(bundle, base).score(_request(r, 0)).reason[0] == Reason.AUDIENCE_UNKNOWN
+    adults = {**r, "audience": "adults_only"}
+    assert Scorer(bundle, base).score(_request(adults, 0)).reason[0] == Reason.SELECTED
+    child = {**r, "slot": "mobile_feed", "audience": "child_present"}
+    assert Scorer(bundle, base).score(_request(child, 0)).reason[0] == Reason.CHILD_PRESENT
+    off = base.protections.model_copy(update={"unknown_audience_on_shared_screens": False})
+    shown = Scorer(bundle, base.model_copy(update={"protections": off})).score(_request(r, 0))
+    assert shown.reason[0] == Reason.SELECTED
+    none = base.protections.model_copy(update={"restricted_categories": ["tobacco"]})
+    minor = {**r, "slot": "mobile_feed", "age": "under_18"}
+    assert (
+        Scorer(bundle, base.model_copy(update={"protections": none}))
+        .score(_request(minor, 0))
+        .reason[0]
+        == Reason.SELECTED
+    )
+
+
+def test_the_protections_config_is_checked(tmp_path: Any) -> None:
+    path = tmp_path / "c.toml"
+    text = (Path(__file__).parents[2] / "engine" / "default_config.toml").read_text()
+    path.write_text(text.replace('shared_screens = ["ott", "iot"]', 'shared_screens = ["tv"]'))
+    with pytest.raises(ConfigError, match="unknown touchpoints"):
+        load_config(path)
