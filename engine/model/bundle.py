@@ -80,10 +80,19 @@ class ModelBundle:
         """Name of the runtime serving the engagement model (``lleaves`` or ``lightgbm``)."""
         return self.engaged.name
 
-    def predict(self, x: np.ndarray) -> Predictions:
-        """Every model's probabilities for a feature matrix, one call per model."""
+    def predict(self, x: np.ndarray, convert: np.ndarray | None = None) -> Predictions:
+        """Every model's probabilities for a feature matrix, one call per model. ``convert``
+        (a row mask): only these rows need P(convert | engage) (the CPA ones); the others get
+        NaN, and the conversion model is not called when none does."""
         neg = self.negative.predict(x) if self.negative is not None else None
-        conv = self.converted.predict(x) if self.converted is not None else None
+        conv = None
+        if self.converted is not None:
+            if convert is None:
+                conv = self.converted.predict(x)
+            else:
+                conv = np.full(len(x), np.nan)
+                if convert.any():
+                    conv[convert] = self.converted.predict(np.ascontiguousarray(x[convert]))
         return Predictions(self.engaged.predict(x), neg, conv)
 
     @classmethod

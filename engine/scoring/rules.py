@@ -64,6 +64,7 @@ INPUTS = (
 )
 CPM = PRICING.index("cpm")
 CPC = PRICING.index("cpc")
+CPA = PRICING.index("cpa")
 
 
 @dataclass(frozen=True)

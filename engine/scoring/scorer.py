@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from itertools import accumulate, chain
 
 import numpy as np
-import polars as pl
 
 from engine.config import AdmatchConfig
 from engine.model.bundle import ModelBundle, Predictions
@@ -62,19 +61,19 @@ class Scorer:
                 also=R.INPUTS,
             )
             matrix = batch.matrix()
+            rows = R.Rows.from_inputs(batch.inputs)
         with timer.stage("model"):
-            predicted = self.model.predict(matrix)
+            predicted = self.model.predict(matrix, convert=rows.pricing == R.CPA)
         with timer.stage("rank"):
-            return self._rank(requests, batch.inputs, batch.exposures, predicted)
+            return self._rank(requests, rows, batch.exposures, predicted)
 
     def _rank(
         self,
         requests: Sequence[ScoreRequest],
-        inputs: pl.DataFrame,
+        rows: R.Rows,
         exposures: np.ndarray,
         predicted: Predictions,
     ) -> list[Decision]:
-        rows = R.Rows.from_inputs(inputs)
         p_engage, p_neg, p_convert = predicted
         p_negative = p_neg if p_neg is not None else np.zeros_like(p_engage)
         prior = self.config.scoring.conversion_prior

@@ -268,7 +268,8 @@ def _predict(
     negative: list[np.ndarray] = []
     converted: list[np.ndarray] = []
     for part in features.iter_slices(PREDICT_ROWS):
-        p = bundle.predict(bundle.core.offline_matrix(part))
+        cpa = (part["pricing"] == "cpa").to_numpy()
+        p = bundle.predict(bundle.core.offline_matrix(part), convert=cpa)
         engaged.append(p.engaged)
         negative.append(p.negative if p.negative is not None else np.zeros(len(part)))
         if p.converted is not None:

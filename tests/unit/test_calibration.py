@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -123,3 +124,30 @@ def test_cpa_bids_are_valued_with_the_conversion_model(model_dir: Path, model_lo
     rows = R.Rows.from_inputs(batch.inputs)
     prior = R.expected_value(rows, predicted.engaged, 0.08)
     assert not np.allclose(decision.expected_value, prior)
+
+
+def test_the_conversion_model_runs_only_for_cpa_rows(model_dir: Path) -> None:
+    """P(convert | engage) matters only to CPA bids: other rows never pay for the model."""
+    bundle = ModelBundle.load(model_dir, runtime="lightgbm")
+    calls: list[int] = []
+    inner = bundle.converted
+    assert inner is not None
+    model = inner
+
+    class Counting:
+        name = "counting"
+
+        def predict(self, x: np.ndarray) -> np.ndarray:
+            calls.append(len(x))
+            return model.predict(x)
+
+    counted = dataclasses.replace(bundle, converted=Counting())
+    x = np.random.default_rng(1).random((6, len(bundle.core.names)))
+    full = bundle.predict(x).converted
+    assert full is not None
+    cpa = np.array([True, False, False, True, False, False])
+    part = counted.predict(x, convert=cpa).converted
+    assert part is not None and calls == [2]
+    assert part[cpa] == pytest.approx(full[cpa]) and np.isnan(part[~cpa]).all()
+    counted.predict(x, convert=np.zeros(6, dtype=bool))
+    assert calls == [2]

@@ -16,18 +16,14 @@ from engine.logs.importer import TooManyRejected, import_log
 from engine.logs.mapping import parse_mapping
 from features.logio import read_log
 
+from .test_import import MINIMAL
+
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "imports"
 DOCS = Path(__file__).parents[2] / "docs" / "mappings.md"
 
-FEEDBACK = """
-[columns]
-request_id = "id"
-user_id = "user"
-ad_id = "ad"
-[timestamp]
-column = "time"
-format = "%Y-%m-%d %H:%M:%S"
-[constants]
+FEEDBACK = (
+    MINIMAL.split("[constants]")[0]
+    + """[constants]
 touchpoint = "ott"
 slot = "ott_pause"
 format = "video"
@@ -35,6 +31,7 @@ pricing = "cpm"
 bid = 1.0
 shown = true
 """
+)
 HEADER = "id,time,user,ad,label"
 
 

@@ -13,7 +13,9 @@ from engine.cli import app
 from engine.errors import InvalidArgument
 from engine.model.bundle import ModelBundle
 from engine.model.train import TrainParams, train
-from engine.tune.run import TuneOptions, tune
+from engine.tune.run import tune
+
+from .test_tune import options
 
 QUICK = TrainParams(seed=1, threads=1, compile=False, max_rounds=30)
 
@@ -80,17 +82,7 @@ def test_tuning_on_a_log_without_negative_feedback_says_what_it_assumes(
 ) -> None:
     """Before: the tuner set max_negative_per_request = 0.0 (a bound relative to an outcome
     the log never recorded) without a word."""
-    doc = tune(
-        TuneOptions(
-            log=logs["no_negative"],
-            model_dir=model_dir,
-            out=tmp_path / "weights.toml",
-            report_dir=tmp_path / "report",
-            trials=4,
-            truth_trials=0,
-            plots=False,
-        )
-    )
+    doc = tune(options(logs["no_negative"], model_dir, tmp_path, trials=4, plots=False))
     assert doc["constraints"]["max_negative_per_request"] is None
     assert any("records no negative feedback" in a for a in doc["assumptions"])
     assert (
