@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from engine.caps.rules import CapsConfig, parse_duration
 from engine.errors import ConfigError
 from features.params import Priors
-from features.schema import FORMATS, SLOT_TOUCHPOINT, SLOTS, TOUCHPOINTS
+from features.schema import ASSISTANT_STATES, FORMATS, SLOT_TOUCHPOINT, SLOTS, TOUCHPOINTS
 
 COST_COMPONENTS = (
     "intrusiveness",
@@ -112,12 +112,26 @@ class SlotRule(_Strict):
     max_duration_s: float = Field(gt=0)
     max_ads: int = Field(1, ge=1, le=MAX_POD_ADS)
     max_total_duration_s: float | None = Field(None, gt=0)
+    assistant_states: list[str] | None = Field(
+        None,
+        description="voice slots: the assistant states that take ads (None: any; a request "
+        "whose state is unknown is taken)",
+    )
+    max_duration_by_state: dict[str, float] = Field(
+        default_factory=dict, description="voice slots: a shorter length limit in some states"
+    )
 
     @model_validator(mode="after")
     def _formats(self) -> SlotRule:
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:
             raise ValueError(f"unknown formats {unknown}")
+        states = [*(self.assistant_states or []), *self.max_duration_by_state]
+        bad = [s for s in states if s not in ASSISTANT_STATES]
+        if bad:
+            raise ValueError(f"unknown assistant states {bad}")
+        if any(not v > 0 for v in self.max_duration_by_state.values()):
+            raise ValueError("max_duration_by_state: lengths must be positive")
         return self
 
 

@@ -45,6 +45,7 @@ class RequestContext:
     activity_level: str | None = None
     content_rating: str | None = None
     audience: str | None = None
+    assistant_state: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> RequestContext:

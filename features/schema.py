@@ -50,6 +50,7 @@ AGE_BANDS = ("under_18", "18_24", "25_34", "35_44", "45_54", "55_64", "65_plus")
 ACTIVITY_LEVELS = ("low", "medium", "high")
 NEGATIVE_KINDS = ("skip", "close", "dislike", "hide", "complaint")
 AUDIENCES = ("adults_only", "child_present")  # who is in front of the screen; null: unknown
+ASSISTANT_STATES = ("idle", "in_dialogue", "task_running", "task_completed")  # voice assistant
 
 TOUCHPOINT = pl.Enum(TOUCHPOINTS)
 SLOT = pl.Enum(SLOTS)
@@ -61,6 +62,7 @@ AGE_BAND = pl.Enum(AGE_BANDS)
 ACTIVITY_LEVEL = pl.Enum(ACTIVITY_LEVELS)
 NEGATIVE_KIND = pl.Enum(NEGATIVE_KINDS)
 AUDIENCE = pl.Enum(AUDIENCES)
+ASSISTANT_STATE = pl.Enum(ASSISTANT_STATES)
 TIMESTAMP = pl.Datetime("us", "UTC")
 
 Group = Literal["request", "candidate", "logging", "outcome", "truth"]
@@ -210,6 +212,13 @@ COLUMNS: tuple[Column, ...] = (
         "request",
         "|".join(AUDIENCES),
         "who is present, as the device or ad server knows it; null when unknown",
+    ),
+    _c(
+        "assistant_state",
+        ASSISTANT_STATE,
+        "request",
+        "|".join(ASSISTANT_STATES),
+        "the voice assistant's task state when the opportunity comes; null when unknown",
     ),
     # --- candidate ad ---
     _c("ad_id", STR, "candidate", "id", "candidate ad (line item)", required=True, nullable=False),

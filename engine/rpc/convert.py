@@ -35,6 +35,7 @@ def request_to_proto(request: ScoreRequest, columnar: bool = False) -> pb.ScoreR
         scene=NUMBER["scene"].get(ctx.scene or "", 0),
         content_rating=NUMBER["rating"].get(ctx.content_rating or "", 0),
         audience=NUMBER["audience"].get(ctx.audience or "", 0),
+        assistant_state=NUMBER["assistant_state"].get(ctx.assistant_state or "", 0),
         user=pb.UserProfile(
             user_id=ctx.user_id,
             interests=list(ctx.user_interests),

@@ -26,6 +26,7 @@ from engine.logs.decisions import EventRecord, event_id
 from engine.rpc.enums import (
     ACTIVITY,
     AGE_BAND,
+    ASSISTANT_STATE,
     AUDIENCE,
     FORMAT,
     NEGATIVE_KIND,
@@ -122,6 +123,7 @@ def _context(msg: pb.ScoreRequest, limits: Limits) -> RequestContext:
         activity_level=_enum(ACTIVITY, user.activity_level, "user.activity_level", False),
         content_rating=_enum(RATING, msg.content_rating, "content_rating", False),
         audience=_enum(AUDIENCE, msg.audience, "audience", False),
+        assistant_state=_enum(ASSISTANT_STATE, msg.assistant_state, "assistant_state", False),
     )
 
 

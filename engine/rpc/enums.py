@@ -33,6 +33,7 @@ RATING = _names(pb.Rating, "RATING_")
 AGE_BAND = _names(pb.AgeBand, "AGE_BAND_")
 ACTIVITY = _names(pb.ActivityLevel, "ACTIVITY_LEVEL_")
 AUDIENCE = _names(pb.Audience, "AUDIENCE_")
+ASSISTANT_STATE = _names(pb.AssistantState, "ASSISTANT_STATE_")
 SCOPE = _names(pb.CapScope, "CAP_SCOPE_")
 NEGATIVE_KIND = _names(pb.Event.NegativeKind, "NEGATIVE_KIND_")
 
@@ -48,6 +49,7 @@ NUMBER: dict[str, dict[str, Any]] = {  # Any: the generated enums' ValueType
         ("age_band", AGE_BAND),
         ("activity", ACTIVITY),
         ("audience", AUDIENCE),
+        ("assistant_state", ASSISTANT_STATE),
         ("scope", SCOPE),
         ("negative_kind", NEGATIVE_KIND),
     )

@@ -29,6 +29,7 @@ from engine.config import COST_COMPONENTS, AdmatchConfig
 from features.exposure import EXPOSURE_SCHEMA, WINDOWS_S, count_column, since_column
 from features.schema import (
     AGE_BANDS,
+    ASSISTANT_STATES,
     AUDIENCES,
     FORMATS,
     PRICING,
@@ -61,6 +62,7 @@ INPUTS = (
     "age_band",
     "category",
     "audience",
+    "assistant_state",
 )
 CPM = PRICING.index("cpm")
 CPC = PRICING.index("cpc")
@@ -85,6 +87,7 @@ class Rows:
     age: np.ndarray  # age band code, -1 unknown
     category: pa.Array  # the ad's category (strings, nulls)
     audience: np.ndarray  # who is present (AUDIENCES code), -1 unknown
+    state: np.ndarray  # the voice assistant's state (ASSISTANT_STATES code), -1 unknown
 
     @classmethod
     def from_inputs(cls, inputs: pl.DataFrame) -> Rows:
@@ -104,6 +107,7 @@ class Rows:
             age=_codes(inputs.get_column("age_band"), -1),
             category=inputs.get_column("category").to_arrow(),
             audience=_codes(inputs.get_column("audience"), -1),
+            state=_codes(inputs.get_column("assistant_state"), -1),
         )
 
 
@@ -147,6 +151,10 @@ class CompiledRules:
     config: AdmatchConfig
     restricted: pa.Array  # protections.restricted_categories
     shared: np.ndarray  # (touchpoints,) bool: a shared screen whose audience is unknown
+    # (slots, states + 1), the last column for an unknown state: whether the slot takes ads,
+    # and how long an ad may be, in that state
+    state_ok: np.ndarray
+    state_max_duration: np.ndarray
 
     @classmethod
     def build(cls, config: AdmatchConfig) -> CompiledRules:
@@ -170,7 +178,27 @@ class CompiledRules:
         shared = np.array(
             [p.unknown_audience_on_shared_screens and t in p.shared_screens for t in TOUCHPOINTS]
         )
-        return cls(intr, allowed, max_dur, quiet, weights, caps, gaps, config, restricted, shared)
+        state_ok = np.ones((len(SLOTS), len(ASSISTANT_STATES) + 1), dtype=bool)
+        state_dur = np.repeat(max_dur[:, None].astype(np.float64), len(ASSISTANT_STATES) + 1, 1)
+        for i, s in enumerate(SLOTS):
+            rule = config.slots[s]
+            for j, state in enumerate(ASSISTANT_STATES):
+                state_ok[i, j] = rule.assistant_states is None or state in rule.assistant_states
+                state_dur[i, j] = min(max_dur[i], rule.max_duration_by_state.get(state, np.inf))
+        return cls(
+            intr,
+            allowed,
+            max_dur,
+            quiet,
+            weights,
+            caps,
+            gaps,
+            config,
+            restricted,
+            shared,
+            state_ok,
+            state_dur,
+        )
 
 
 def exposure_rules(
@@ -258,10 +286,16 @@ def _finite(counts: np.ndarray) -> np.ndarray:
 
 
 def format_not_allowed(rules: CompiledRules, rows: Rows) -> np.ndarray:
-    """The slot does not take the format, or the ad is longer than the slot allows."""
+    """The slot does not take the format, or the ad is longer than the slot allows (in the
+    voice assistant's state, where the slot sets a shorter limit for it)."""
     return ~rules.allowed[rows.slot, rows.format] | (
-        rows.duration_s > rules.max_duration[rows.slot]
+        rows.duration_s > rules.state_max_duration[rows.slot, rows.state]
     )
+
+
+def assistant_busy(rules: CompiledRules, rows: Rows) -> np.ndarray:
+    """A voice slot in an assistant state that takes no ads (an unknown state is taken)."""
+    return ~rules.state_ok[rows.slot, rows.state]
 
 
 def protections(rules: CompiledRules, rows: Rows) -> list[tuple[np.ndarray, str]]:

@@ -38,6 +38,7 @@ class Reason(StrEnum):
     AGE_RESTRICTED = "AGE_RESTRICTED"  # a restricted category, and the user is under 18
     CHILD_PRESENT = "CHILD_PRESENT"  # a restricted category, and a child may be present
     AUDIENCE_UNKNOWN = "AUDIENCE_UNKNOWN"  # a restricted category on a shared screen
+    ASSISTANT_BUSY = "ASSISTANT_BUSY"  # a voice slot in a state that takes no ads
 
 
 REASONS = list(Reason)  # a reason's code (decision arrays, the logs) is its place here

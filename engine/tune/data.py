@@ -163,7 +163,12 @@ def prepare(
     comps = R.cost_components(rules, rows, p_engage, p_negative, np.zeros((len(features), 30)))
     comps[:, FATIGUE] = 0.0
     value = R.expected_value(rows, p_engage, config.scoring.conversion_prior, p_convert)
-    ok = ~R.protected(rules, rows) & ~R.format_not_allowed(rules, rows) & ~R.brand_unsuitable(rows)
+    ok = ~(
+        R.protected(rules, rows)
+        | R.assistant_busy(rules, rows)
+        | R.format_not_allowed(rules, rows)
+        | R.brand_unsuitable(rows)
+    )
     outcomes = _outcomes(features, p_engage, p_negative, value)
     negative_known = features.filter("shown")["negative"].null_count() < int(
         features["shown"].sum()

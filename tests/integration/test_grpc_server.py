@@ -603,6 +603,9 @@ def test_the_response_names_the_impression_ids_it_reserved(channel: grpc.Channel
         "exemplary/adult_alone_may_see_restricted.json",
         "exemplary/shared_screen_adults_only.json",
         "edge/child_present_audience.json",
+        "edge/voice_task_running_no_ad.json",
+        "edge/voice_task_completed_short_only.json",
+        "exemplary/voice_idle.json",
     ],
 )
 def test_protection_goldens_over_grpc(channel: grpc.Channel, name: str) -> None:

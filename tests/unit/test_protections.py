@@ -19,7 +19,15 @@ from engine.model.bundle import ModelBundle
 from engine.scoring.scorer import Scorer
 from engine.scoring.types import CODE, Reason, ScoreRequest
 from features.online import RequestContext
-from features.schema import AGE_BANDS, AUDIENCES, FORMATS, RATINGS, SCENES, SLOT_TOUCHPOINT
+from features.schema import (
+    AGE_BANDS,
+    ASSISTANT_STATES,
+    AUDIENCES,
+    FORMATS,
+    RATINGS,
+    SCENES,
+    SLOT_TOUCHPOINT,
+)
 
 RESTRICTED = ("alcohol", "gambling", "tobacco", "dating")
 OTHER = ("food", "music", "travel", "kids")
@@ -43,6 +51,7 @@ request = st.fixed_dictionaries(
         "scene": st.sampled_from((*SCENES, None)),
         "rating": st.sampled_from((*RATINGS, None)),
         "audience": st.sampled_from((*AUDIENCES, None)),
+        "state": st.sampled_from((*ASSISTANT_STATES, None)),
         "hour": st.integers(0, 23),
         "candidates": st.lists(candidate, min_size=1, max_size=8),
     }
@@ -92,6 +101,7 @@ def _request(r: dict[str, Any], k: int) -> ScoreRequest:
         activity_level=None,
         content_rating=r["rating"],
         audience=r.get("audience"),
+        assistant_state=r.get("state"),
     )
     cands = r["candidates"]
     columns = {
@@ -131,6 +141,12 @@ def test_no_restricted_category_reaches_the_protected(
             assert set(d.reason_code[restricted].tolist()) <= PROTECTION
             assert not (d.propensity[restricted] > 0).any()  # exploration never shows them
         assert not set(d.reason_code[~restricted].tolist()) & PROTECTION
+        if r["slot"].startswith("voice") and r["state"] in ("in_dialogue", "task_running"):
+            assert not selected.any()  # the assistant is busy: no ad, whatever it would earn
+        if r["slot"].startswith("voice") and r["state"] == "task_completed":
+            limit = {"voice_reply": 10.0, "voice_break": 15.0}[r["slot"]]
+            lengths = [c["duration"] or 0.0 for c in r["candidates"]]
+            assert all(lengths[i] <= limit for i in np.flatnonzero(selected))
 
 
 def test_protections_follow_the_config(bundle: ModelBundle) -> None:
@@ -174,4 +190,16 @@ def test_the_protections_config_is_checked(tmp_path: Any) -> None:
     text = (Path(__file__).parents[2] / "engine" / "default_config.toml").read_text()
     path.write_text(text.replace('shared_screens = ["ott", "iot"]', 'shared_screens = ["tv"]'))
     with pytest.raises(ConfigError, match="unknown touchpoints"):
+        load_config(path)
+
+
+def test_assistant_states_in_the_config_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    text = (Path(__file__).parents[2] / "engine" / "default_config.toml").read_text()
+    path.write_text(
+        text.replace(
+            'assistant_states = ["idle", "task_completed"]', 'assistant_states = ["asleep"]', 1
+        )
+    )
+    with pytest.raises(ConfigError, match="unknown assistant states"):
         load_config(path)
