@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from engine.caps.rules import CapsConfig, parse_duration
 from engine.errors import ConfigError
 from features.params import Priors
-from features.schema import ASSISTANT_STATES, FORMATS, SLOT_TOUCHPOINT, SLOTS, TOUCHPOINTS
+from features.schema import ASSISTANT_STATES, FORMATS, SCENES, SLOT_TOUCHPOINT, SLOTS, TOUCHPOINTS
 
 COST_COMPONENTS = (
     "intrusiveness",
@@ -89,6 +89,10 @@ class Protections(_Strict):
         description="touchpoints whose screen a household shares: whoever is in front of it "
         "may not be the request's user",
     )
+    blocked_categories: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="categories never shown on a touchpoint, slot or scene (the key names one)",
+    )
     unknown_audience_on_shared_screens: bool = Field(
         True,
         description="refuse restricted categories on a shared screen, whose audience's age the "
@@ -102,6 +106,10 @@ class Protections(_Strict):
             raise ValueError(f"shared_screens: unknown touchpoints {unknown}")
         if any(not c.strip() for c in self.restricted_categories):
             raise ValueError("restricted_categories: an empty category")
+        places = {*TOUCHPOINTS, *SLOT_TOUCHPOINT, *SCENES}
+        bad = [k for k in self.blocked_categories if k not in places]
+        if bad:
+            raise ValueError(f"blocked_categories: {bad} are not touchpoints, slots or scenes")
         return self
 
 
@@ -251,6 +259,9 @@ class ServerConfig(_Strict):
     max_candidates: int = Field(1000, ge=1, le=100_000, description="candidates per request")
     max_campaign_caps: int = Field(256, ge=0, le=100_000, description="per request")
     max_interests: int = Field(64, ge=0, le=10_000, description="interest tags per user")
+    max_blocked: int = Field(
+        256, ge=0, le=10_000, description="entries of each of a request's block lists"
+    )
     max_string_chars: int = Field(
         128, ge=16, le=4096, description="every id, category and tag of a message"
     )

@@ -46,16 +46,21 @@ class RequestContext:
     content_rating: str | None = None
     audience: str | None = None
     assistant_state: str | None = None
+    blocked_categories: tuple[str, ...] = ()
+    blocked_advertisers: tuple[str, ...] = ()
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> RequestContext:
         """The request of a log row (a dict of the row's columns; extra keys are ignored)."""
         fields: dict[str, Any] = {name: row.get(name) for name in REQUEST_FIELDS}
-        fields["user_interests"] = tuple(row.get("user_interests") or ())
+        for name in LIST_FIELDS:
+            fields[name] = tuple(row.get(name) or ())
         return cls(**fields)
 
 
 REQUEST_FIELDS = tuple(f.name for f in fields(RequestContext))
+# the request's lists of strings (interest tags, block lists): tuples here, list columns in a log
+LIST_FIELDS = tuple(n for n in REQUEST_FIELDS if isinstance(COLUMN_BY_NAME[n].dtype, pl.List))
 
 
 def _series(name: str, values: Any, field: str) -> pl.Series:
@@ -93,8 +98,8 @@ def _request_columns(
         if name not in needed:
             continue
         values = [getattr(r, name) for r in requests]
-        if name == "user_interests":
-            cols.append(_tags(values))
+        if name in LIST_FIELDS:
+            cols.append(_tags(name, values))
         elif len(values) == 1 and name in _FEW_VALUES and isinstance(values[0], str | int | None):
             cols.append(_one_value(name, values[0]))
         else:
@@ -118,8 +123,8 @@ def _one_value(name: str, value: Any) -> pl.Series:
     return _series(name, [value], f"request.{name}")
 
 
-def _tags(values: list[Any]) -> pl.Series:
-    """The interest tags of each request as a list column.
+def _tags(name: str, values: list[Any]) -> pl.Series:
+    """A list field of each request (interest tags, block lists) as a list column.
 
     For many requests it is built from one flat array of tags and its offsets (polars takes
     ~4 us per request for a Python list of lists, Arrow's cost is that of a single request);
@@ -131,8 +136,8 @@ def _tags(values: list[Any]) -> pl.Series:
         if all(type(t) is str for t in flat):
             offsets = pa.array([0, *accumulate(len(v) for v in values)], pa.int32())
             lists = pa.ListArray.from_arrays(offsets, pa.array(flat, pa.string()))
-            return pl.Series("user_interests", lists)
-    return _series("user_interests", [list(v) for v in values], "request.user_interests")
+            return pl.Series(name, lists)
+    return _series(name, [list(v) for v in values], f"request.{name}")
 
 
 _CANDIDATE_SET = frozenset(CANDIDATE_COLUMNS)

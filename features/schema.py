@@ -220,6 +220,20 @@ COLUMNS: tuple[Column, ...] = (
         "|".join(ASSISTANT_STATES),
         "the voice assistant's task state when the opportunity comes; null when unknown",
     ),
+    _c(
+        "blocked_categories",
+        pl.List(STR),
+        "request",
+        "list of categories",
+        "ad categories the request refuses (OpenRTB bcat)",
+    ),
+    _c(
+        "blocked_advertisers",
+        pl.List(STR),
+        "request",
+        "list of advertiser ids",
+        "advertisers the request refuses (OpenRTB badv)",
+    ),
     # --- candidate ad ---
     _c("ad_id", STR, "candidate", "id", "candidate ad (line item)", required=True, nullable=False),
     _c("creative_id", STR, "candidate", "id", "creative the ad renders"),

@@ -107,16 +107,22 @@ def _check(request: ScoreRequest, limits: Limits) -> None:
         value = getattr(ctx, name)
         if value is not None:
             limits.text(f"request.{name}", value)
-    interests = list(ctx.user_interests or ())
-    limits.count("request.user_interests", len(interests), limits.interests, "max_interests")
-    limits.texts(interests, lambda i: f"request.user_interests[{i}]")
+    for name, bound, key in (
+        ("user_interests", limits.interests, "max_interests"),
+        ("blocked_categories", limits.blocked, "max_blocked"),
+        ("blocked_advertisers", limits.blocked, "max_blocked"),
+    ):
+        values = list(getattr(ctx, name) or ())
+        limits.count(f"request.{name}", len(values), bound, key)
+        limits.texts(values, _path(f"request.{name}"))
     ads = request.candidates["ad_id"]
     limits.count("request.candidates", len(ads), limits.candidates, "max_candidates")
     for name in _CANDIDATE_TEXTS:
         values = [v or "" for v in request.candidates.get(name, ())]
-        limits.texts(values, _candidate_path(name))
+        limits.texts(values, _path("request.candidates", name))
     request.validate("request")
 
 
-def _candidate_path(name: str) -> Callable[[int], str]:
-    return lambda i: f"request.candidates[{i}].{name}"
+def _path(field: str, attribute: str = "") -> Callable[[int], str]:
+    """Names entry ``i`` of a repeated field (or an attribute of it)."""
+    return lambda i: f"{field}[{i}]" + (f".{attribute}" if attribute else "")

@@ -11,7 +11,7 @@ attribute, give the same request.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -98,6 +98,10 @@ def _context(msg: pb.ScoreRequest, limits: Limits) -> RequestContext:
         limits.text(name, value)
     limits.count("user.interests", len(user.interests), limits.interests, "max_interests")
     limits.texts(user.interests, lambda i: f"user.interests[{i}]")
+    for name in ("blocked_categories", "blocked_advertisers"):
+        values = getattr(msg, name)
+        limits.count(name, len(values), limits.blocked, "max_blocked")
+        limits.texts(values, _indexed(name))
     _required(msg.request_id, "request_id")
     if not msg.HasField("time"):
         raise InvalidArgument("time", "required")
@@ -124,7 +128,13 @@ def _context(msg: pb.ScoreRequest, limits: Limits) -> RequestContext:
         content_rating=_enum(RATING, msg.content_rating, "content_rating", False),
         audience=_enum(AUDIENCE, msg.audience, "audience", False),
         assistant_state=_enum(ASSISTANT_STATE, msg.assistant_state, "assistant_state", False),
+        blocked_categories=tuple(msg.blocked_categories),
+        blocked_advertisers=tuple(msg.blocked_advertisers),
     )
+
+
+def _indexed(name: str) -> Callable[[int], str]:
+    return lambda i: f"{name}[{i}]"
 
 
 def slot_name(number: int) -> str:

@@ -28,6 +28,7 @@ class Limits:
     interests: int = 64
     string_chars: int = 128
     events: int = 10_000
+    blocked: int = 256
 
     @classmethod
     def from_config(cls, server: ServerConfig) -> Limits:
@@ -38,6 +39,7 @@ class Limits:
             interests=server.max_interests,
             string_chars=server.max_string_chars,
             events=server.max_events,
+            blocked=server.max_blocked,
         )
 
     def count(self, field: str, n: int, bound: int, key: str) -> None:

@@ -20,7 +20,7 @@ from engine.caps.rules import CapRule
 from engine.errors import InvalidArgument
 from engine.scoring.types import Decision, PodLimits, ScoreRequest
 from features.exposure import EXPOSURE_SCHEMA, SINCE_COLUMNS
-from features.online import REQUEST_FIELDS, RequestContext
+from features.online import LIST_FIELDS, REQUEST_FIELDS, RequestContext
 from features.schema import CANDIDATE_COLUMNS
 
 _EXPOSURE_INDEX = {name: i for i, name in enumerate(EXPOSURE_SCHEMA.names())}
@@ -61,10 +61,11 @@ def _context(doc: dict[str, Any]) -> RequestContext:
             fields["ts"] = datetime.fromisoformat(fields["ts"])
     except ValueError as exc:
         raise InvalidArgument("request.ts", f"not an ISO 8601 time: {exc}") from exc
-    interests = _list(doc.get("user_interests") or [], "request.user_interests")
-    if not all(isinstance(t, str) for t in interests):
-        raise InvalidArgument("request.user_interests", "must be a list of strings")
-    fields["user_interests"] = tuple(interests)
+    for name in LIST_FIELDS:
+        values = _list(doc.get(name) or [], f"request.{name}")
+        if not all(isinstance(t, str) for t in values):
+            raise InvalidArgument(f"request.{name}", "must be a list of strings")
+        fields[name] = tuple(values)
     return RequestContext(**fields)
 
 

@@ -132,6 +132,7 @@ class Scorer:
         (``store_down``: the fail mode's) is not FREQUENCY_CAPPED but CAP_STORE_UNAVAILABLE."""
         checks = [
             *((refused, Reason(name)) for refused, name in R.protections(self.rules, rows)),
+            *((refused, Reason(name)) for refused, name in R.blocked(self.rules, rows)),
             (R.assistant_busy(self.rules, rows), Reason.ASSISTANT_BUSY),
             (R.format_not_allowed(self.rules, rows), Reason.FORMAT_NOT_ALLOWED),
             (R.brand_unsuitable(rows), Reason.BRAND_UNSUITABLE),

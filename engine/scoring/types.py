@@ -39,6 +39,8 @@ class Reason(StrEnum):
     CHILD_PRESENT = "CHILD_PRESENT"  # a restricted category, and a child may be present
     AUDIENCE_UNKNOWN = "AUDIENCE_UNKNOWN"  # a restricted category on a shared screen
     ASSISTANT_BUSY = "ASSISTANT_BUSY"  # a voice slot in a state that takes no ads
+    BLOCKED_CATEGORY = "BLOCKED_CATEGORY"  # the request or config blocks its category
+    BLOCKED_ADVERTISER = "BLOCKED_ADVERTISER"  # the request blocks its advertiser
 
 
 REASONS = list(Reason)  # a reason's code (decision arrays, the logs) is its place here

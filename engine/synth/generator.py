@@ -28,7 +28,9 @@ from engine.synth.truth import (
 from engine.synth.world import build_inventory, build_population
 from features.exposure import point_in_time_exposures
 from features.logio import validate_log, write_log
-from features.schema import ASSISTANT_STATE, AUDIENCE, NEGATIVE_KINDS, polars_schema
+from features.schema import COLUMNS, NEGATIVE_KINDS, polars_schema
+
+UNMODELLED = ("audience", "assistant_state", "blocked_categories", "blocked_advertisers")
 
 # Which negative feedback a user gives, by format family.
 _KIND_P = {
@@ -63,10 +65,10 @@ def generate(params: WorldParams) -> GeneratedLog:
     rows = _apply_policy(params, rows, rng)
     rows = point_in_time_exposures(rows.lazy()).collect()
     rows = _outcomes(params, rows, rng)
-    # the world does not model who is in front of the screen, nor the assistant's task
+    # what the world does not model (who is in front of the screen, the assistant's task,
+    # block lists) is unknown
     rows = rows.with_columns(
-        pl.lit(None, dtype=AUDIENCE).alias("audience"),
-        pl.lit(None, dtype=ASSISTANT_STATE).alias("assistant_state"),
+        pl.lit(None, dtype=c.dtype).alias(c.name) for c in COLUMNS if c.name in UNMODELLED
     )
     log = validate_log(rows.select(polars_schema().names()))
     return GeneratedLog(log=log, truth=_truth_doc(params, ads, log))

@@ -31,6 +31,7 @@ from features.schema import (
 
 RESTRICTED = ("alcohol", "gambling", "tobacco", "dating")
 OTHER = ("food", "music", "travel", "kids")
+BLOCKS = {CODE[Reason.BLOCKED_CATEGORY], CODE[Reason.BLOCKED_ADVERTISER]}
 PROTECTION = {
     CODE[r] for r in (Reason.AGE_RESTRICTED, Reason.CHILD_PRESENT, Reason.AUDIENCE_UNKNOWN)
 }
@@ -52,6 +53,8 @@ request = st.fixed_dictionaries(
         "rating": st.sampled_from((*RATINGS, None)),
         "audience": st.sampled_from((*AUDIENCES, None)),
         "state": st.sampled_from((*ASSISTANT_STATES, None)),
+        "bcat": st.lists(st.sampled_from(RESTRICTED + OTHER), max_size=3),
+        "badv": st.lists(st.sampled_from([f"a{i}" for i in range(8)]), max_size=3),
         "hour": st.integers(0, 23),
         "candidates": st.lists(candidate, min_size=1, max_size=8),
     }
@@ -102,6 +105,8 @@ def _request(r: dict[str, Any], k: int) -> ScoreRequest:
         content_rating=r["rating"],
         audience=r.get("audience"),
         assistant_state=r.get("state"),
+        blocked_categories=tuple(r.get("bcat", ())),
+        blocked_advertisers=tuple(r.get("badv", ())),
     )
     cands = r["candidates"]
     columns = {
@@ -141,6 +146,13 @@ def test_no_restricted_category_reaches_the_protected(
             assert set(d.reason_code[restricted].tolist()) <= PROTECTION
             assert not (d.propensity[restricted] > 0).any()  # exploration never shows them
         assert not set(d.reason_code[~restricted].tolist()) & PROTECTION
+        cats = [c["category"] for c in r["candidates"]]
+        listed = np.array(
+            [cats[i] in r["bcat"] or f"a{i}" in r["badv"] for i in range(len(cats))], dtype=bool
+        )
+        assert not (selected & listed).any()  # no blocked category or advertiser, ever
+        assert not (d.propensity[listed] > 0).any()
+        assert set(d.reason_code[listed & ~restricted].tolist()) <= BLOCKS
         if r["slot"].startswith("voice") and r["state"] in ("in_dialogue", "task_running"):
             assert not selected.any()  # the assistant is busy: no ad, whatever it would earn
         if r["slot"].startswith("voice") and r["state"] == "task_completed":

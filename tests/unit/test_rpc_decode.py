@@ -172,8 +172,26 @@ def test_a_candidate_string_over_its_bound_names_its_candidate(columnar: bool) -
             "1,001 entries, at most 1,000 (server.max_candidates)",
         ),
         (lambda m: setattr(m, "request_id", "r" * 200), "request_id", "200 characters"),
+        (
+            lambda m: m.blocked_categories.extend([f"c{i}" for i in range(257)]),
+            "blocked_categories",
+            "257 entries, at most 256 (server.max_blocked)",
+        ),
+        (
+            lambda m: m.blocked_advertisers.extend(["ok", "a" * 129]),
+            "blocked_advertisers[1]",
+            "129 characters",
+        ),
     ],
-    ids=["campaign-caps", "interests", "interest-tag", "candidates", "request-id"],
+    ids=[
+        "campaign-caps",
+        "interests",
+        "interest-tag",
+        "candidates",
+        "request-id",
+        "blocked-categories",
+        "blocked-advertiser",
+    ],
 )
 def test_repeated_fields_have_bounds(change: Any, field: str, problem: str) -> None:
     """Before: 100,000 campaign_caps (1.7 MiB) were accepted and took 3.2 s to decide."""
