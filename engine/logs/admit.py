@@ -14,12 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import polars as pl
 
 from engine.errors import InvalidArgument, message_rule
 from engine.replay.requests import to_requests
-from engine.replay.source import RequestChunk
+from engine.replay.source import RequestChunk, request_bounds
 from engine.rpc.limits import Limits
 from engine.scoring.types import ScoreRequest
 from features.schema import REQUEST_COLUMNS
@@ -89,8 +88,7 @@ def _service_checks(rows: pl.DataFrame, limits: Limits) -> list[str | None]:
     out: list[str | None] = [None] * len(rows)
     if rows.is_empty():
         return out
-    starts = (pl.col("request_id") != pl.col("request_id").shift(1)).fill_null(True)
-    bounds = np.append(np.flatnonzero(rows.select(starts).to_series().to_numpy()), len(rows))
+    bounds = request_bounds(rows)
     requests = to_requests(RequestChunk(rows, bounds))
     for i, request in enumerate(requests):
         try:
@@ -112,17 +110,14 @@ def _check(request: ScoreRequest, limits: Limits) -> None:
         ("blocked_categories", limits.blocked, "max_blocked"),
         ("blocked_advertisers", limits.blocked, "max_blocked"),
     ):
-        values = list(getattr(ctx, name) or ())
-        limits.count(f"request.{name}", len(values), bound, key)
-        limits.texts(values, _path(f"request.{name}"))
+        limits.entries(f"request.{name}", list(getattr(ctx, name) or ()), bound, key)
     ads = request.candidates["ad_id"]
     limits.count("request.candidates", len(ads), limits.candidates, "max_candidates")
     for name in _CANDIDATE_TEXTS:
         values = [v or "" for v in request.candidates.get(name, ())]
-        limits.texts(values, _path("request.candidates", name))
+        limits.texts(values, _candidate_path(name))
     request.validate("request")
 
 
-def _path(field: str, attribute: str = "") -> Callable[[int], str]:
-    """Names entry ``i`` of a repeated field (or an attribute of it)."""
-    return lambda i: f"{field}[{i}]" + (f".{attribute}" if attribute else "")
+def _candidate_path(name: str) -> Callable[[int], str]:
+    return lambda i: f"request.candidates[{i}].{name}"

@@ -24,7 +24,7 @@ from engine.errors import ConfigError, InvalidArgument, MappingError
 from engine.logs.admit import REASON, RULE, admit
 from engine.logs.lint import log_warnings
 from engine.logs.mapping import Mapping
-from engine.logs.reading import FILE, LINE, scan_input, separator_hint
+from engine.logs.reading import FILE, LINE, first_line, scan_input, separator_hint
 from engine.rpc.limits import DEFAULT_LIMITS, Limits
 from features.logio import conform, row_checks, validate_log, write_log
 from features.schema import COLUMN_BY_NAME, Column
@@ -160,32 +160,45 @@ def _dtype(source: pl.LazyFrame, key: str, expr: pl.Expr) -> pl.DataType:
     except pl.exceptions.PolarsError as exc:
         raise MappingError(
             key,
-            f"{_first_line(exc)} (CSV columns are read as text: use TRY_CAST(col AS DOUBLE) "
+            f"{first_line(exc)} (CSV columns are read as text: use TRY_CAST(col AS DOUBLE) "
             "for numbers)",
         ) from exc
+
+
+def _sources(name: str, section: str, m: Mapping) -> tuple[str, list[str]]:
+    """The mapping key that names schema column ``name``'s source columns, and those
+    columns."""
+    if section == "timestamp":
+        ts = m.timestamp
+        return "timestamp.column", [ts.column] if ts is not None and ts.column else []
+    if section == "value_maps":
+        return f"value_maps.{name}.source", [m.value_maps[name].source]
+    if section in ("columns", "outcomes"):
+        return f"{section}.{name}", [getattr(m, section)[name]]
+    if section == "expressions":
+        key = f"expressions.{name}"
+        return key, _sql(m.expressions[name], key).meta.root_names()
+    return f"{section}.{name}", []
 
 
 def _target(name: str, section: str, m: Mapping, source: pl.LazyFrame) -> _Target:
     """How schema column ``name`` is built from the section that defines it."""
     col = COLUMN_BY_NAME[name]
     schema = source.collect_schema()
-    key = f"{section}.{name}"
+    key = "timestamp" if section == "timestamp" else f"{section}.{name}"
+    _, roots = _sources(name, section, m)
     if section == "timestamp":
-        assert m.timestamp is not None
-        key = "timestamp"
-        if m.timestamp.constant is not None:
+        if not roots:  # a constant
             return _Target(key, _timestamp(m, pl.lit(None), None), None, [])
-        src = m.timestamp.column or ""
-        dtype = schema.get(src)
-        raw = _blank_is_null(pl.col(src), dtype)
-        return _Target(key, _timestamp(m, raw, dtype), raw, [src])
+        dtype = schema.get(roots[0])
+        raw = _blank_is_null(pl.col(roots[0]), dtype)
+        return _Target(key, _timestamp(m, raw, dtype), raw, roots)
     if section == "constants":
         return _Target(key, _coerce(pl.lit(m.constants[name]), col, None), None, [])
     if section in ("columns", "outcomes"):
-        src = getattr(m, section)[name]
-        dtype = schema.get(src)
-        raw = _blank_is_null(pl.col(src), dtype)
-        return _Target(key, _coerce(raw, col, dtype), raw, [src])
+        dtype = schema.get(roots[0])
+        raw = _blank_is_null(pl.col(roots[0]), dtype)
+        return _Target(key, _coerce(raw, col, dtype), raw, roots)
     if section == "value_maps":
         vm = m.value_maps[name]
         given = _blank_is_null(pl.col(vm.source).cast(pl.String), pl.String())
@@ -198,11 +211,11 @@ def _target(name: str, section: str, m: Mapping, source: pl.LazyFrame) -> _Targe
             pl.String(),
         )
         unmapped = given.is_not_null() & ~given.is_in(list(values)) if default is None else None
-        return _Target(key, _coerce(mapped, col, pl.String()), mapped, [vm.source], unmapped)
+        return _Target(key, _coerce(mapped, col, pl.String()), mapped, roots, unmapped)
     expr = _sql(m.expressions[name], key)
     dtype = _dtype(source, key, expr)
     raw = _blank_is_null(expr, dtype)
-    return _Target(key, _coerce(raw, col, dtype), raw, expr.meta.root_names())
+    return _Target(key, _coerce(raw, col, dtype), raw, roots)
 
 
 def _unread(name: str, t: _Target) -> tuple[pl.Expr, pl.Expr]:
@@ -283,18 +296,7 @@ def _source_problems(m: Mapping, m_targets: dict[str, str], schema: pl.Schema, h
     """Every mapped source column that the input lacks, at once."""
     problems: list[tuple[str, str]] = []
     for name, section in m_targets.items():
-        if section == "timestamp":
-            roots = [m.timestamp.column] if m.timestamp and m.timestamp.column else []
-            key = "timestamp.column"
-        elif section == "value_maps":
-            roots, key = [m.value_maps[name].source], f"value_maps.{name}.source"
-        elif section in ("columns", "outcomes"):
-            roots, key = [getattr(m, section)[name]], f"{section}.{name}"
-        elif section == "expressions":
-            roots = _sql(m.expressions[name], f"expressions.{name}").meta.root_names()
-            key = f"expressions.{name}"
-        else:
-            roots = []
+        key, roots = _sources(name, section, m)
         problems += [(key, _not_in_input(r, hint)) for r in roots if r not in schema]
     for c in m.passthrough.columns:
         if c in COLUMN_BY_NAME:
@@ -324,12 +326,8 @@ def _culprit(source: pl.LazyFrame, targets: dict[str, _Target], exc: Exception) 
                 if cast
                 else ""
             )
-            return MappingError(t.key, f"{_first_line(own)}{value}{tip}")
-    return MappingError("mapping", _first_line(exc))
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0]
+            return MappingError(t.key, f"{first_line(own)}{value}{tip}")
+    return MappingError("mapping", first_line(exc))
 
 
 def import_log(

@@ -20,26 +20,21 @@ TIME_SHARE = 0.05  # warn when the distinct times are fewer than this share of t
 
 def log_warnings(log: pl.LazyFrame | pl.DataFrame) -> list[str]:
     """What in a conformed log will mislead the caps and features or slow a replay."""
-    lf = log.lazy()
-    heads = lf.group_by("request_id").agg(
-        pl.col("user_id", "household_id", "device_id", "ts").first()
+    heads = (  # one row per request, read once
+        log.lazy()
+        .group_by("request_id")
+        .agg(pl.col("user_id", "household_id", "device_id", "ts").first())
+        .collect()
     )
-    requests = heads.select(pl.len()).collect().item()
+    requests = len(heads)
     if requests < MIN_REQUESTS:
         return []
     out = []
     for name in ("user_id", "household_id", "device_id"):
-        top = (
-            heads.drop_nulls(name)
-            .group_by(name)
-            .len()
-            .sort("len", descending=True)
-            .head(1)
-            .collect()
-        )
-        if top.is_empty():
+        counts = heads[name].drop_nulls().value_counts(sort=True)
+        if counts.is_empty():
             continue
-        value, n = top.row(0)
+        value, n = counts.row(0)
         share = n / requests
         if share >= ID_SHARE:
             out.append(
@@ -49,7 +44,7 @@ def log_warnings(log: pl.LazyFrame | pl.DataFrame) -> list[str]:
                 f"the value is a placeholder or a code, map {name} to a finer id (e.g. a device "
                 "id with an IP or a model) or leave it out for those rows."
             )
-    times = heads.select(pl.col("ts").n_unique()).collect().item()
+    times = heads["ts"].n_unique()
     if times < TIME_SHARE * requests:
         out.append(
             f"ts: {requests:,} requests share {times:,} distinct times. Requests of one time "

@@ -89,9 +89,10 @@ def scan_input(path: Path, source: Source) -> pl.LazyFrame:
             )
         lf.collect_schema()
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise MappingError("input", f"cannot read {path} as {fmt}: {_first_line(exc)}") from exc
+        raise MappingError("input", f"cannot read {path} as {fmt}: {first_line(exc)}") from exc
     return lf.with_row_index(LINE, offset=1).with_columns(pl.lit(str(path)).alias(FILE))
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (its name when it has none)."""
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

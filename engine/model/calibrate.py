@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.model.metrics import calibration
+
 MIN_ROWS = 200  # fewer rows than this (or one class only): no map, the raw predictions stay
 _EPS = 1e-12
 _RIDGE = 1.0  # pull toward the identity map (a = 1, b = 0), in rows' worth of evidence
@@ -86,15 +88,9 @@ def fit_calibration(p: np.ndarray, y: np.ndarray) -> Calibration | None:
 
 
 def reliability(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error: over deciles of ``p``, the row-weighted mean of
-    |mean prediction - observed rate| (0: perfectly calibrated)."""
-    y = np.asarray(y, dtype=np.float64)
-    p = np.asarray(p, dtype=np.float64)
+    """Expected calibration error: over deciles of ``p`` (``metrics.calibration``'s), the
+    row-weighted mean of |mean prediction - observed rate| (0: perfectly calibrated)."""
     if len(p) == 0:
         return float("nan")
-    order = np.argsort(p, kind="stable")
-    total = 0.0
-    for part in np.array_split(order, bins):
-        if len(part):
-            total += len(part) * abs(float(p[part].mean()) - float(y[part].mean()))
-    return total / len(p)
+    deciles = calibration(np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64), bins)
+    return sum(d["n"] * abs(d["mean_p"] - d["observed"]) for d in deciles) / len(p)

@@ -46,6 +46,10 @@ EXPOSURE_COLUMNS = (
 )
 
 
+NAMES = np.append(REASON_NAMES, "ERROR")  # by code; a failed request's rows: ERROR_CODE
+ERROR_CODE = len(REASON_NAMES)
+
+
 @dataclass
 class ChunkDecisions:
     """A chunk's decisions as row-aligned columns (failed requests: nothing selected)."""
@@ -55,7 +59,7 @@ class ChunkDecisions:
     p_negative: np.ndarray
     expected_value: np.ndarray
     utility: np.ndarray
-    reason: list[str]
+    code: np.ndarray  # per row, its reason's code; ERROR_CODE for a failed request
     error: list[str | None]  # per row, its request's error message (None: decided)
 
     @classmethod
@@ -67,7 +71,7 @@ class ChunkDecisions:
             np.zeros(n),
             np.zeros(n),
             np.zeros(n),
-            ["ERROR"] * n,
+            np.full(n, ERROR_CODE, dtype=np.int64),
             [None] * n,
         )
         for i, r in enumerate(results):
@@ -81,8 +85,14 @@ class ChunkDecisions:
             out.p_negative[lo:hi] = d.p_negative
             out.expected_value[lo:hi] = d.expected_value
             out.utility[lo:hi] = d.utility
-            out.reason[lo:hi] = REASON_NAMES[d.reason_code].tolist()
+            out.code[lo:hi] = d.reason_code
         return out
+
+    @property
+    def reason(self) -> np.ndarray:
+        """Per row, its reason's name (``ERROR`` for a failed request)."""
+        names: np.ndarray = NAMES[self.code]
+        return names
 
     @property
     def selected(self) -> np.ndarray:
@@ -151,7 +161,7 @@ class Collector:
     stages: dict[str, list[np.ndarray]] = field(default_factory=lambda: {s: [] for s in STAGES})
     errors: Counter[str] = field(default_factory=Counter)
     no_ad: Counter[str] = field(default_factory=Counter)
-    by_reason: Counter[str] = field(default_factory=Counter)  # candidates per reason
+    reason_counts: np.ndarray = field(default_factory=lambda: np.zeros(len(NAMES), np.int64))
     store_unavailable: int = 0  # requests decided without the cap store (failing closed or open)
     requests: int = 0
     candidates: int = 0
@@ -181,6 +191,11 @@ class Collector:
         if self.ope_unusable:
             return propensity_problem(self.ope_unusable, self.ope_shown)
         return self.ope_error
+
+    def by_reason(self) -> dict[str, int]:
+        """Candidates per reason, the most frequent first (reasons none had left out)."""
+        order = np.argsort(-self.reason_counts, kind="stable")
+        return {str(NAMES[i]): int(self.reason_counts[i]) for i in order if self.reason_counts[i]}
 
     @property
     def history_is_selections(self) -> bool:
@@ -218,7 +233,7 @@ class Collector:
     def _decisions(self, chunk: RequestChunk, results: list[Result], d: ChunkDecisions) -> None:
         self.requests += chunk.requests
         self.candidates += len(chunk.rows)
-        self.by_reason.update(d.reason)
+        self.reason_counts += np.bincount(d.code, minlength=len(NAMES))
         for r in results:
             if r.decision is None:
                 continue

@@ -54,10 +54,7 @@ class RequestChunk:
             LogSchemaError: a row off the schema, out of time order, or a request split.
         """
         rows = validate_log(rows)
-        starts = rows.select(
-            (pl.col("request_id") != pl.col("request_id").shift(1)).fill_null(True)
-        ).to_series()
-        bounds = np.append(np.flatnonzero(starts.to_numpy()), len(rows))
+        bounds = request_bounds(rows)
         ts = rows["ts"].dt.epoch("us").to_numpy()
         if len(ts) > 1 and (np.diff(ts) < 0).any():
             raise LogSchemaError("ts", "not in time order: prepare the log for replay first")
@@ -73,6 +70,12 @@ class RequestChunk:
         """Requests ``start`` to ``end`` (exclusive)."""
         lo, hi = int(self.bounds[start]), int(self.bounds[end])
         return RequestChunk(self.rows.slice(lo, hi - lo), self.bounds[start : end + 1] - lo)
+
+
+def request_bounds(rows: pl.DataFrame) -> np.ndarray:
+    """Row offsets of the runs of one ``request_id`` (``len == runs + 1``)."""
+    starts = rows.select((pl.col("request_id") != pl.col("request_id").shift(1)).fill_null(True))
+    return np.append(np.flatnonzero(starts.to_series().to_numpy()), len(rows))
 
 
 def prepare_log(path: Path, workdir: Path, mapping: str | None = None) -> Path:

@@ -88,7 +88,7 @@ def build_report(o: ReplayOptions, s: Session, r: Replayed, floor: Floor | None)
             "selected_ads": c.selections.rows,
             "no_ad_requests": sum(c.no_ad.values()),
             "cap_store_unavailable_requests": c.store_unavailable,
-            "candidates_by_reason": dict(c.by_reason.most_common()),
+            "candidates_by_reason": c.by_reason(),
             "no_ad_share": {
                 k: v / c.requests for k, v in sorted(c.no_ad.items(), key=lambda kv: -kv[1])
             },

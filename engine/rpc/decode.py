@@ -11,7 +11,7 @@ attribute, give the same request.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -96,12 +96,9 @@ def _context(msg: pb.ScoreRequest, limits: Limits) -> RequestContext:
         ("device_id", msg.device_id),
     ):
         limits.text(name, value)
-    limits.count("user.interests", len(user.interests), limits.interests, "max_interests")
-    limits.texts(user.interests, lambda i: f"user.interests[{i}]")
+    limits.entries("user.interests", user.interests, limits.interests, "max_interests")
     for name in ("blocked_categories", "blocked_advertisers"):
-        values = getattr(msg, name)
-        limits.count(name, len(values), limits.blocked, "max_blocked")
-        limits.texts(values, _indexed(name))
+        limits.entries(name, getattr(msg, name), limits.blocked, "max_blocked")
     _required(msg.request_id, "request_id")
     if not msg.HasField("time"):
         raise InvalidArgument("time", "required")
@@ -131,10 +128,6 @@ def _context(msg: pb.ScoreRequest, limits: Limits) -> RequestContext:
         blocked_categories=tuple(msg.blocked_categories),
         blocked_advertisers=tuple(msg.blocked_advertisers),
     )
-
-
-def _indexed(name: str) -> Callable[[int], str]:
-    return lambda i: f"{name}[{i}]"
 
 
 def slot_name(number: int) -> str:

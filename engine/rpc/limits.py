@@ -51,6 +51,12 @@ class Limits:
         if n > bound:
             raise InvalidArgument(field, f"{n:,} entries, at most {bound:,} (server.{key})")
 
+    def entries(self, field: str, values: Sequence[str], bound: int, key: str) -> None:
+        """A repeated string field: at most ``bound`` entries (config ``key``), each within
+        ``string_chars``; entry ``i`` is named ``field[i]``."""
+        self.count(field, len(values), bound, key)
+        self.texts(values, lambda i: f"{field}[{i}]")
+
     def text(self, field: str, value: str, bound: int | None = None) -> None:
         """Refuse a string longer than ``bound`` characters (default: ``string_chars``)."""
         limit = self.string_chars if bound is None else bound

@@ -336,9 +336,7 @@ def protections(rules: CompiledRules, rows: Rows) -> list[tuple[np.ndarray, str]
     a place where a child may be present (a family scene, content rated for kids, an audience
     with a child), or a shared screen whose audience is not known to be adults only. Any sign
     of a child wins: ``adults_only`` lifts only the shared-screen rule."""
-    found = pc.is_in(rows.category, value_set=rules.restricted)
-    restricted = found.to_numpy(zero_copy_only=False).astype(bool, copy=False)
-    restricted &= ~np.asarray(pc.is_null(rows.category), dtype=bool)
+    restricted = _among(rows.category, rules.restricted)
     child = (rows.scene == FAMILY) | (rows.rating == KIDS) | (rows.audience == CHILD)
     unknown = rules.shared[rows.touchpoint] & (rows.audience != ADULTS_ONLY)
     return [
@@ -348,16 +346,20 @@ def protections(rules: CompiledRules, rows: Rows) -> list[tuple[np.ndarray, str]
     ]
 
 
+def _among(values: pa.Array, value_set: pa.Array) -> np.ndarray:
+    """Per row, whether its value (not null) is one of ``value_set`` (Arrow, no Python loop)."""
+    found = pc.fill_null(pc.is_in(values, value_set=value_set), False)
+    out: np.ndarray = found.to_numpy(zero_copy_only=False)
+    return out
+
+
 def blocked(rules: CompiledRules, rows: Rows) -> list[tuple[np.ndarray, str]]:
     """The rows a block list refuses, with the name of its reason: the request's categories
     and advertisers (OpenRTB bcat / badv), the config's categories per touchpoint, slot or
     scene."""
     category = rows.request_blocks_category.copy()
     for field, code, categories in rules.place_blocks:  # a loop over the config's entries
-        listed = pc.is_in(rows.category, value_set=categories)
-        hit = listed.to_numpy(zero_copy_only=False).astype(bool, copy=False)
-        hit &= ~np.asarray(pc.is_null(rows.category), dtype=bool)
-        category |= hit & (getattr(rows, field) == code)
+        category |= _among(rows.category, categories) & (getattr(rows, field) == code)
     return [
         (category, "BLOCKED_CATEGORY"),
         (rows.request_blocks_advertiser, "BLOCKED_ADVERTISER"),
