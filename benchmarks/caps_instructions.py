@@ -46,7 +46,7 @@ def _gate(server: EmbeddedRedis) -> CapGate:
         client,
         config.caps.rules,
         config.caps.min_gaps,
-        config.caps.feedback,
+        config.caps.block_rules,
         KeySpace("instr"),
         retention_s=parse_duration(config.store.retention),
         deadline_s=120.0,

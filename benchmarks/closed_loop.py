@@ -249,6 +249,7 @@ def _outcomes(
                 "household_id": row["household_id"] or "",
                 "campaign_id": row["campaign_id"] or "",
                 "advertiser_id": row["advertiser_id"] or "",
+                "category": row["category"] or "",
             }
             for kind, happened in (
                 (pb.Event.TYPE_ENGAGEMENT, engaged),

@@ -101,7 +101,7 @@ def _redis(
         client,
         caps.rules,
         caps.min_gaps,
-        caps.feedback,
+        caps.block_rules,
         KeySpace(config.store.prefix),
         retention_s=parse_duration(config.store.retention),
         on_close=on_close,
@@ -138,7 +138,7 @@ def check_layout(client: Any, keys: KeySpace) -> None:
 
 
 def _memory(config: AdmatchConfig) -> CapStore:
-    return MemoryCapStore(config.caps.rules, config.caps.min_gaps, config.caps.feedback)
+    return MemoryCapStore(config.caps.rules, config.caps.min_gaps, config.caps.block_rules)
 
 
 BACKENDS: dict[str, Callable[[AdmatchConfig], CapStore]] = {

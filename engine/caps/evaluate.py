@@ -14,7 +14,7 @@ from engine.scoring.types import PodRoom
 
 def capped(reading: CapReading, rules: Sequence[CapRule], gaps: Sequence[GapRule]) -> np.ndarray:
     """Candidates refused by some applicable rule: a count at its limit, a gap too short, or a
-    block from the user's feedback. The strictest rule decides (any refusal caps)."""
+    block (the user's feedback, a conversion). The strictest rule decides (any refusal caps)."""
     return refused(reading, *thresholds(rules, gaps))
 
 
@@ -39,7 +39,7 @@ def subject_to_caps(plan: Plan) -> np.ndarray:
     for target in plan.shape.targets:
         if target.output != "exposures":
             subject |= plan.applies(target)
-    return subject | (plan.block_rows >= 0)
+    return subject | plan.block_subject()
 
 
 def checks(plan: Plan, rules: Sequence[CapRule], gaps: Sequence[GapRule]) -> list[Check]:

@@ -73,7 +73,7 @@ class CapGate:
         self.retention_s = retention_s
         self.fail_open = fail_open
         self.errors = 0
-        self.planner = Planner(caps.rules, caps.min_gaps, caps.feedback, retention_s)
+        self.planner = Planner(caps.rules, caps.min_gaps, caps.block_rules, retention_s)
         self._thresholds = evaluate.thresholds(caps.rules, caps.min_gaps)
 
     @property

@@ -10,8 +10,9 @@ Layout (``P`` = configured prefix, ``T`` = hash tag, ``FAM`` = counter family, `
   *counter*, one binary string: lifetime count, day counts, hour counts and the sorted
   impression times its family's readers need (``keep.py``; ``lua.py`` for the bytes). One HMGET
   reads a family for all of a request's candidates.
-* ``P:v3:{T}:b:SC:S:TG``  hash, field = campaign or advertiser id -> end of a block set by the
-  user's negative feedback (epoch microseconds, event time); ``SC`` scope letter, ``TG`` target.
+* ``P:v3:{T}:b:SC:S:TG``  hash, field = campaign id, advertiser id or category -> end of a
+  block set by the user's negative feedback or a conversion (epoch microseconds, event time;
+  ``caps.block_rules``); ``SC`` scope letter, ``TG`` target.
 * ``P:v3:{T}:i:DAY``  string: the *fingerprints* of the impressions that arrived on that UTC day
   (days since the epoch; the arrival clock), 8 bytes each (``fingerprint``), appended: the
   idempotency markers of one household and day in one value. It lives
@@ -90,7 +91,7 @@ class KeySpace:
         return f"{base}:c:{code}:{scope}"
 
     def blocks(self, tag: str, scope: str, scope_id: str, target: str) -> str:
-        """Blocks from negative feedback: field = target id, value = block end."""
+        """Blocks from negative feedback or conversions: field = target id, value = block end."""
         return f"{self.base(tag)}:b:{_SCOPE[scope]}:{escape(scope_id)}:{_TARGET[target]}"
 
     def markers(self, tag: str, day: int) -> str:

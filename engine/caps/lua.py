@@ -26,18 +26,18 @@ lengths ``>I2`` each, then their bytes.
 ``READ``: ``ARGV = t, day, hour, spec (numbers), then per group its field names (names)``.
 ``spec`` is fixed per request shape: ``G``, then per group ``width, K`` and per lookup of the
 group ``mode, offset, nw, nd, nb, last (0 or 1), nw windows (us, ascending), nd day windows
-(days; 0 lifetime), nb bucket windows (bucket hours 1 or 24, buckets)``; then the block group
-(0: none) and the number of block hashes. ``KEYS`` = per lookup its family's hash, then the
-block hashes. A lookup's mode is 0 (read every field of its group), 1 (the same, noting the
-fields that have history) or 2 (read only the fields the group's mode-1 lookup found: its family
-is a subset). Returns one string of big-endian doubles (decoded as an array at once: a reply of
-one integer per value cost the client ~0.1 us each, 70 us for a warm read): per group, ``r``
-then ``r`` values: the rows of the fields with history, each its 1-based field index and
-``width`` answers (per lookup at its offset: window counts, day sums, bucket counts, latest time
-or -1); then the number of blocked fields and their 1-based indices. Window and bucket counts
-see impressions strictly before ``t``; day sums every impression of their days. Exact for reads
-no earlier than ``max_ahead`` before a counter's newest impression; a rule's count past the
-rule's limit is at least the limit.
+(days; 0 lifetime), nb bucket windows (bucket hours 1 or 24, buckets)``; then the number of
+block specs and per spec its group and its number of block hashes. ``KEYS`` = per lookup its
+family's hash, then the block hashes, spec by spec. A lookup's mode is 0 (read every field of
+its group), 1 (the same, noting the fields that have history) or 2 (read only the fields the
+group's mode-1 lookup found: its family is a subset). Returns one string of big-endian doubles
+(decoded as an array at once: a reply of one integer per value cost the client ~0.1 us each, 70
+us for a warm read): per group, ``r`` then ``r`` values: the rows of the fields with history,
+each its 1-based field index and ``width`` answers (per lookup at its offset: window counts, day
+sums, bucket counts, latest time or -1); then per block spec the number of its blocked fields
+and their 1-based indices. Window and bucket counts see impressions strictly before ``t``; day
+sums every impression of their days. Exact for reads no earlier than ``max_ahead`` before a
+counter's newest impression; a rule's count past the rule's limit is at least the limit.
 
 ``RECORD``: ``KEYS = the nm marker strings of the arrival days the dedup horizon covers
 (oldest first, today's last), then per family its hash``; ``ARGV = ts, day, hour,
@@ -264,23 +264,28 @@ local function read_all(keys, k, argv, a, inclusive)
     out[head] = n - head
     firsts[g] = at[1]
   end
-  local bg, nb = spec[s], spec[s + 1]
-  local blocked = {}
-  if bg > 0 and #fields[bg] > 0 then
-    local names, flags = fields[bg], {}
-    for b = 0, nb - 1 do
-      if call('EXISTS', keys[k + b]) == 1 then  -- feedback is rare: mostly no hash
-        local vals = hmget(keys[k + b], names)
-        for i = 1, #names do
-          if vals[i] and tonumber(vals[i]) > t then flags[i] = true end
+  local blocked, any_blocked = {}, false  -- per block spec, its blocked field indices
+  for j = 1, spec[s] do
+    local bg, nb = spec[s + 2 * j - 1], spec[s + 2 * j]
+    local names, flags, found = fields[bg], {}, {}
+    if #names > 0 then
+      for b = 0, nb - 1 do
+        if call('EXISTS', keys[k + b]) == 1 then  -- blocks are rare: mostly no hash
+          local vals = hmget(keys[k + b], names)
+          for i = 1, #names do
+            if vals[i] and tonumber(vals[i]) > t then flags[i] = true end
+          end
         end
       end
+      if next(flags) then  -- mostly none: no pass over every id
+        for i = 1, #names do if flags[i] then found[#found + 1] = i end end
+        any_blocked = true
+      end
     end
-    if next(flags) then  -- mostly none: no pass over every id
-      for i = 1, #names do if flags[i] then blocked[#blocked + 1] = i end end
-    end
+    blocked[j] = found
+    k = k + nb
   end
-  return out, n, firsts, defaults, blocked
+  return out, n, firsts, defaults, blocked, any_blocked
 end
 
 -- a bucket list (m entries of width bytes, format fmt: key, count; ascending keys) with one
@@ -412,9 +417,11 @@ READ = (
     _COMMON
     + r"""
 local out, n, _, _, blocked = read_all(KEYS, 1, ARGV, 1, false)
-n = n + 1; out[n] = #blocked
-for i, f in ipairs(blocked) do out[n + i] = f end
-n = n + #blocked
+for _, found in ipairs(blocked) do
+  n = n + 1; out[n] = #found
+  for i, f in ipairs(found) do out[n + i] = f end
+  n = n + #found
+end
 -- one string of doubles: the client reads it as an array at once, instead of one integer reply
 -- each (Lua's stack holds about 8,000 values: packed in chunks)
 local parts, full = {}, '>' .. rep('d', 200)
@@ -441,8 +448,8 @@ CHECK_RECORD = (
 if seen(KEYS, 1, tonumber(ARGV[9]), ARGV[8]) then return 0 end  -- recorded before
 local nrk = tonumber(ARGV[1])
 local t = tonumber(ARGV[10])
-local out, _, firsts, defaults, blocked = read_all(KEYS, nrk + 1, ARGV, 10, true)
-if #blocked > 0 then return -1000000 end
+local out, _, firsts, defaults, _, any_blocked = read_all(KEYS, nrk + 1, ARGV, 10, true)
+if any_blocked then return -1000000 end
 local checks = numbers(ARGV[#ARGV])
 for i = 1, #checks / 4 do
   local g, col, gap = checks[4 * i - 3], checks[4 * i - 2], checks[4 * i - 1] == 1

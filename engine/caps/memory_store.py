@@ -16,13 +16,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine.caps.plan import DAY_US, US, Plan, impression_writes, micros
-from engine.caps.rules import CapRule, Family, FeedbackBlock, GapRule
+from engine.caps.rules import BlockRule, CapRule, Family, GapRule
 from engine.caps.store import (
     CapReading,
     Check,
     Feedback,
     Impression,
     Matrices,
+    block_writes,
     group_matrices,
     scatter,
 )
@@ -32,8 +33,8 @@ from engine.errors import AdmatchError
 class MemoryCapStore:
     """See :class:`engine.caps.store.CapStore`."""
 
-    def __init__(self, rules: list[CapRule], gaps: list[GapRule], feedback: FeedbackBlock) -> None:
-        self.rules, self.gaps, self.feedback = rules, gaps, feedback
+    def __init__(self, rules: list[CapRule], gaps: list[GapRule], blocks: list[BlockRule]) -> None:
+        self.rules, self.gaps, self.blocks = rules, gaps, blocks
         self._times: dict[tuple[Family, str, str], list[int]] = defaultdict(list)
         self._seen: set[tuple[str | None, str, str]] = set()  # see _marker
         self._blocks: dict[tuple[str, str, str, str], int] = {}
@@ -63,16 +64,21 @@ class MemoryCapStore:
         return matrices
 
     def _read(self, plan: Plan, inclusive: bool = False) -> tuple[Matrices, np.ndarray]:
-        blocks = np.zeros(len(plan.block_fields), dtype=bool)
-        for scope, scope_id, target in plan.blocks:
-            blocks |= np.asarray(
+        ids = {"user": plan.user_id, "household": plan.household_id}
+        flags = [
+            np.asarray(
                 [
-                    self._blocks.get((scope, scope_id, target, f), -1) > plan.t_us
-                    for f in plan.block_fields
+                    any(
+                        self._blocks.get((s, str(ids[s]), spec.target, f), -1) > plan.t_us
+                        for s in spec.scopes
+                    )
+                    for f in plan.block_fields(spec)
                 ],
                 dtype=bool,
             )
-        return self._answers(plan, inclusive), blocks
+            for spec in plan.shape.blocks
+        ]
+        return self._answers(plan, inclusive), plan.blocked(flags)
 
     def read(self, plan: Plan, budget_s: float | None = None) -> CapReading:
         """See :class:`CapStore` (in memory: nothing to wait for)."""
@@ -132,21 +138,12 @@ class MemoryCapStore:
 
     def block(self, feedback: list[Feedback]) -> int:
         """See :class:`CapStore`."""
-        fb = self.feedback
         n = 0
         with self._lock:
-            for f in feedback:
-                target_id = f.campaign_id if fb.target == "campaign" else f.advertiser_id
-                if f.kind not in fb.kinds or target_id is None:
-                    continue
-                until = micros(f.ts) + fb.duration_s * US
-                scopes = [("user", f.user_id)]
-                if fb.household and f.household_id:
-                    scopes.append(("household", f.household_id))
-                for scope, scope_id in scopes:
-                    key = (scope, scope_id, fb.target, target_id)
-                    self._blocks[key] = max(self._blocks.get(key, -1), until)
-                    n += 1
+            for w in block_writes(self.blocks, feedback):
+                key = (w.scope, w.scope_id, w.target, w.target_id)
+                self._blocks[key] = max(self._blocks.get(key, -1), w.until_us)
+                n += 1
         return n
 
     def ping(self, budget_s: float | None = None) -> None:

@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from engine.caps.rules import SCOPE_COLUMN, TARGET_COLUMN, CapRule, Family, FeedbackBlock, GapRule
+from engine.caps.rules import SCOPE_COLUMN, TARGET_COLUMN, BlockRule, CapRule, Family, GapRule
 from engine.caps.shape import (
     FEATURE_FAMILIES,
     N_EXPOSURES,
     SUPERSET_TARGETS,
+    BlockSpec,
     Lookup,
     Shape,
     Target,
@@ -126,19 +127,30 @@ class Plan:
 
     @property
     def blocks(self) -> list[tuple[str, str, str]]:
-        """(scope, scope id, target) of each block hash the request reads."""
+        """(scope, scope id, target) of each block hash the request reads, spec by spec."""
         ids = {"user": self.user_id, "household": self.household_id}
-        return [(s, str(ids[s]), self.shape.block_target) for s in self.shape.block_scopes]
+        return [(s, str(ids[s]), b.target) for b in self.shape.blocks for s in b.scopes]
 
-    @property
-    def block_fields(self) -> list[str]:
-        """The campaign (or advertiser) ids blocks are looked up for."""
-        return self.fields[self.shape.block_group]
+    def block_fields(self, spec: BlockSpec) -> list[str]:
+        """The ids (campaigns, advertisers or categories) a block spec looks up."""
+        return self.fields[spec.group]
 
-    @property
-    def block_rows(self) -> np.ndarray:
-        """Per candidate, its index in :attr:`block_fields` (-1: none)."""
-        return self.rows[self.shape.block_group]
+    def blocked(self, flags: Sequence[np.ndarray]) -> np.ndarray:
+        """Per candidate, whether a block covers it, from per spec its fields' flags."""
+        out = np.zeros(self.n, dtype=bool)
+        for spec, flagged in zip(self.shape.blocks, flags, strict=True):
+            if len(flagged) and flagged.any():
+                rows = self.rows[spec.group]
+                known = rows >= 0
+                out[known] |= flagged[rows[known]]
+        return out
+
+    def block_subject(self) -> np.ndarray:
+        """Candidates some block could cover (they have an id of a block target)."""
+        out = np.zeros(self.n, dtype=bool)
+        for spec in self.shape.blocks:
+            out |= self.rows[spec.group] >= 0
+        return out
 
     def applies(self, target: Target) -> np.ndarray:
         """Candidates a target's answer applies to (they have its id; its campaign's own)."""
@@ -170,10 +182,10 @@ class Planner:
         self,
         rules: Sequence[CapRule],
         gaps: Sequence[GapRule],
-        feedback: FeedbackBlock,
+        blocks: Sequence[BlockRule],
         retention_s: int,
     ) -> None:
-        self.rules, self.gaps, self.feedback = list(rules), list(gaps), feedback
+        self.rules, self.gaps, self.blocks = list(rules), list(gaps), list(blocks)
         self.retention_s = retention_s
         self._shapes: dict[tuple[object, ...], Shape] = {}
 
@@ -198,7 +210,7 @@ class Planner:
                 scopes,
                 [*self.rules, *own],
                 self.gaps,
-                self.feedback,
+                self.blocks,
                 self.retention_s,
             )
             self._shapes[key] = shape
@@ -245,7 +257,7 @@ def plan_request(
     candidates: CandidateColumns,
     rules: Sequence[CapRule],
     gaps: Sequence[GapRule],
-    feedback: FeedbackBlock,
+    blocks: Sequence[BlockRule],
     retention_s: int,
 ) -> Plan:
     """One uncached plan (tests, tools): ``rules`` may include campaigns' own caps."""
@@ -253,7 +265,7 @@ def plan_request(
     plain = [r for r in rules if r.campaign_id is None]
     if [*plain, *own] != list(rules):
         raise ValueError("campaigns' own caps must follow the global rules")
-    return Planner(plain, gaps, feedback, retention_s).plan(context, candidates, own)
+    return Planner(plain, gaps, blocks, retention_s).plan(context, candidates, own)
 
 
 def impression_families(

@@ -31,7 +31,7 @@ from engine.caps.plan import (
     impression_families,
     micros,
 )
-from engine.caps.rules import SCOPE_COLUMN, TARGET_COLUMN, CapRule, FeedbackBlock, GapRule
+from engine.caps.rules import SCOPE_COLUMN, TARGET_COLUMN, BlockRule, CapRule, GapRule
 from engine.caps.store import (
     CapReading,
     Check,
@@ -39,6 +39,7 @@ from engine.caps.store import (
     Impression,
     Matrices,
     StoreUnavailable,
+    block_writes,
     group_matrices,
     scatter,
 )
@@ -54,8 +55,8 @@ _Call = tuple[list[str], list[EncodableT]]  # a script call's KEYS and ARGV
 
 
 def decode_read(plan: Plan, reply: bytes) -> tuple[Matrices, np.ndarray]:
-    """The READ reply (big-endian doubles) as answer matrices (one per group) and per-field
-    block flags."""
+    """The READ reply (big-endian doubles) as answer matrices (one per group) and, per
+    candidate, whether a block covers it."""
     values = np.frombuffer(reply, dtype=">f8")
     matrices = group_matrices(plan)
     pos = 0
@@ -65,9 +66,14 @@ def decode_read(plan: Plan, reply: bytes) -> tuple[Matrices, np.ndarray]:
             rows = values[pos + 1 : pos + 1 + size].reshape(-1, width + 1)
             answers[rows[:, 0].astype(np.int64) - 1] = rows[:, 1:]
         pos += 1 + size
-    blocked = np.zeros(len(plan.block_fields), dtype=bool)
-    blocked[values[pos + 1 :].astype(np.int64) - 1] = True
-    return matrices, blocked
+    flags = []
+    for spec in plan.shape.blocks:  # per block spec: the number of blocked fields, their indices
+        size = int(values[pos])
+        flagged = np.zeros(len(plan.block_fields(spec)), dtype=bool)
+        flagged[values[pos + 1 : pos + 1 + size].astype(np.int64) - 1] = True
+        flags.append(flagged)
+        pos += 1 + size
+    return matrices, plan.blocked(flags)
 
 
 def _reading(plan: Plan, reply: object) -> CapReading | AdmatchError:
@@ -113,7 +119,7 @@ class RedisCapStore:
         client: Any,
         rules: list[CapRule],
         gaps: list[GapRule],
-        feedback: FeedbackBlock,
+        blocks: list[BlockRule],
         keys: KeySpace | None = None,
         retention_s: int = 7 * 86_400,
         horizon_s: int = 3 * 86_400,
@@ -132,7 +138,7 @@ class RedisCapStore:
         day more."""
         self.client = client
         self.deadline_s = deadline_s  # the longest any call waits (requests may allow less)
-        self.rules, self.gaps, self.feedback = rules, gaps, feedback
+        self.rules, self.gaps, self.blocks = rules, gaps, blocks
         self.keys = keys or KeySpace()
         self.retention_s = retention_s
         self.ahead_s = ahead_s
@@ -201,7 +207,9 @@ class RedisCapStore:
                     numbers += [lk.mode, lk.offset, len(lk.windows), len(lk.day_windows)]
                     numbers += [len(lk.buckets), int(lk.last), *(w * US for w in lk.windows)]
                     numbers += [*lk.day_windows, *(x for pair in lk.buckets for x in pair)]
-            numbers += [shape.block_group + 1, len(shape.block_scopes)]
+            numbers.append(len(shape.blocks))
+            for b in shape.blocks:
+                numbers += [b.group + 1, len(b.scopes)]
             codes = [family_code(lk.family) for lk in shape.lookups]
             if len(self._specs) >= _CACHE_SIZE:
                 self._specs.clear()
@@ -384,26 +392,20 @@ class RedisCapStore:
         return int(self._call(lambda: self._eval(self._check_record, keys, args, budget_s)))
 
     def block(self, feedback: list[Feedback]) -> int:
-        """See :class:`CapStore`. Each block stores its end (event time); a later end wins."""
-        fb = self.feedback
-        sets: list[tuple[str, str, int]] = []
-        for f in feedback:
-            target_id = f.campaign_id if fb.target == "campaign" else f.advertiser_id
-            if f.kind not in fb.kinds or target_id is None:
-                continue
-            tag = self.keys.tag(f.household_id, f.user_id)
-            until = micros(f.ts) + fb.duration_s * US
-            sets.append((self.keys.blocks(tag, "user", f.user_id, fb.target), target_id, until))
-            if fb.household and f.household_id:
-                key = self.keys.blocks(tag, "household", f.household_id, fb.target)
-                sets.append((key, target_id, until))
-
-        def run() -> int:
-            for key, field, until in sets:
-                self._block(keys=[key], args=[field, str(until), str(fb.duration_s)])
-            return len(sets)
-
-        return self._call(run)
+        """See :class:`CapStore`. Each block stores its end (event time); a later end wins. One
+        pipelined round trip (per cluster node)."""
+        calls: list[_Call] = []
+        for w in block_writes(self.blocks, feedback):
+            tag = self.keys.tag(w.event.household_id, w.event.user_id)
+            key = self.keys.blocks(tag, w.scope, w.scope_id, w.target)
+            calls.append(([key], [w.target_id, str(w.until_us), str(w.ttl_s)]))
+        if not calls:
+            return 0
+        results = self._call(lambda: self._pipeline(self._block, calls))
+        for result in results:
+            if isinstance(result, Exception):
+                raise _unavailable(result) from result
+        return len(calls)
 
     def ping(self, budget_s: float | None = None) -> None:
         """See :class:`CapStore`: one PING."""

@@ -31,6 +31,9 @@ TARGET_COLUMN: dict[str, str | None] = {
 }
 FeedbackKind = Literal["skip", "close", "dislike", "hide", "complaint"]
 BLOCKING_KINDS: tuple[FeedbackKind, ...] = ("hide", "dislike", "complaint")
+CONVERSION = "conversion"  # what a block rule's ``on`` names for a conversion
+BlockOn = Literal["skip", "close", "dislike", "hide", "complaint", "conversion"]
+BlockTarget = Literal["campaign", "advertiser", "category"]
 MAX_WINDOW_S = 180 * 86_400
 _UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -127,8 +130,37 @@ class GapRule(Family):
         return parse_duration(self.min_gap)
 
 
+class BlockRule(BaseModel):
+    """What the user did that stops a campaign, an advertiser or a category for them (and, by
+    config, their household) for a while: a negative feedback kind (the user's own voice) or a
+    conversion (they have what the ad offered). Stored and checked as one kind of block."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    on: list[BlockOn] = Field(min_length=1, description="feedback kinds, or conversion")
+    target: BlockTarget = "campaign"
+    household: bool = Field(False, description="block for the whole household too")
+    duration: str = "30d"
+
+    @model_validator(mode="after")
+    def _duration(self) -> BlockRule:
+        if self.duration_s > MAX_WINDOW_S:
+            raise ValueError(f"duration {self.duration} is longer than 180d")
+        return self
+
+    @property
+    def duration_s(self) -> int:
+        """Block duration in seconds."""
+        return parse_duration(self.duration)
+
+    def applies(self, kind: str) -> bool:
+        """Whether an event of this kind (a feedback kind or ``conversion``) sets the block."""
+        return kind in self.on
+
+
 class FeedbackBlock(BaseModel):
-    """The user's own voice: hide, dislike or complaint blocks a campaign or advertiser."""
+    """The user's own voice: hide, dislike or complaint blocks a campaign or advertiser (the
+    first block rule; ``[[caps.blocks]]`` adds others)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -142,6 +174,12 @@ class FeedbackBlock(BaseModel):
         """Block duration in seconds."""
         return parse_duration(self.duration)
 
+    def rules(self) -> list[BlockRule]:
+        """This section as a block rule (none when it lists no kind)."""
+        if not self.kinds:
+            return []
+        return [BlockRule(on=list(self.kinds), **self.model_dump(exclude={"kinds"}))]
+
 
 class CapsConfig(BaseModel):
     """The ``[caps]`` section."""
@@ -151,3 +189,12 @@ class CapsConfig(BaseModel):
     rules: list[CapRule] = Field(default_factory=list)
     min_gaps: list[GapRule] = Field(default_factory=list)
     feedback: FeedbackBlock = Field(default_factory=FeedbackBlock)
+    blocks: list[BlockRule] = Field(
+        default_factory=list,
+        description="more blocks: a feedback kind or a conversion stops a target for a while",
+    )
+
+    @property
+    def block_rules(self) -> list[BlockRule]:
+        """Every block rule: ``feedback``'s, then ``blocks``."""
+        return [*self.feedback.rules(), *self.blocks]

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.caps.rules import TARGET_COLUMN, CapRule, Family, FeedbackBlock, GapRule
+from engine.caps.rules import TARGET_COLUMN, BlockRule, CapRule, Family, GapRule
 from features.exposure import BUCKET_S, EXPOSURE_SCHEMA, WINDOWS_S, count_column, since_column
 
 FEATURE_FAMILIES = tuple(
@@ -92,6 +92,16 @@ class Target:
 
 
 @dataclass(frozen=True)
+class BlockSpec:
+    """The block hashes of one target a request reads: for its ``group``'s ids, one hash per
+    scope (the user's; the household's too when a rule of the target says so)."""
+
+    group: int
+    target: str
+    scopes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Shape:
     """The candidate-independent part of a plan (cached per situation)."""
 
@@ -99,9 +109,7 @@ class Shape:
     lookups: tuple[Lookup, ...]
     targets: tuple[Target, ...]
     widths: tuple[int, ...]
-    block_group: int
-    block_scopes: tuple[str, ...]
-    block_target: str
+    blocks: tuple[BlockSpec, ...]
     n_rules: int
     n_gaps: int
     row_defaults: tuple[np.ndarray, ...] = field(repr=False)
@@ -147,19 +155,12 @@ class _Builder:
             and fam.slot is None
         )
 
-    def build(
-        self,
-        block_column: str,
-        block_scopes: tuple[str, ...],
-        block_target: str,
-        counts: tuple[int, int],
-    ) -> Shape:
+    def build(self, blocks: dict[str, tuple[str, ...]], counts: tuple[int, int]) -> Shape:
+        """``blocks``: per block target, the scopes of its hashes."""
         columns: list[str | None] = []
-        for fam in self.specs:
-            if TARGET_COLUMN[fam.target] not in columns:
-                columns.append(TARGET_COLUMN[fam.target])
-        if block_column not in columns:
-            columns.append(block_column)
+        for target in [*(f.target for f in self.specs), *blocks]:
+            if TARGET_COLUMN[target] not in columns:
+                columns.append(TARGET_COLUMN[target])
         order = sorted(
             self.specs,
             key=lambda f: (columns.index(TARGET_COLUMN[f.target]), not self._is_superset(f)),
@@ -200,9 +201,10 @@ class _Builder:
                 tuple(lookups.values()),
                 targets,
                 tuple(widths),
-                columns.index(block_column),
-                block_scopes,
-                block_target,
+                tuple(
+                    BlockSpec(columns.index(TARGET_COLUMN[target]), target, scopes)
+                    for target, scopes in blocks.items()
+                ),
                 *counts,
                 (),
                 (),
@@ -249,7 +251,7 @@ def build_shape(
     scopes: frozenset[str],
     rules: Sequence[CapRule],
     gaps: Sequence[GapRule],
-    feedback: FeedbackBlock,
+    blocks: Sequence[BlockRule],
     retention_s: int,
 ) -> Shape:
     """The lookups a request in this situation needs (``scopes``: the scope ids it has)."""
@@ -279,10 +281,9 @@ def build_shape(
     for j, gap in enumerate(gaps):
         if gap.scope in scopes and gap.matches(touchpoint, slot):
             builder.need(gap.family(), "since", 0, "gap_since", j, -1)
-    household = feedback.household and "household" in scopes
-    return builder.build(
-        str(TARGET_COLUMN[feedback.target]),
-        ("user", "household") if household else ("user",),
-        feedback.target,
-        (len(rules), len(gaps)),
-    )
+    block_scopes: dict[str, tuple[str, ...]] = {}
+    for block in blocks:
+        household = block.household and "household" in scopes
+        if household or block.target not in block_scopes:
+            block_scopes[block.target] = ("user", "household") if household else ("user",)
+    return builder.build(block_scopes, (len(rules), len(gaps)))

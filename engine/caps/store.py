@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from engine.caps.plan import N_EXPOSURES, US, Plan
+from engine.caps.plan import N_EXPOSURES, US, Plan, micros
+from engine.caps.rules import BlockRule
 from engine.errors import AdmatchError
 
 
@@ -70,7 +71,8 @@ class Impression:
 
 @dataclass(frozen=True)
 class Feedback:
-    """The user's negative feedback on an impression (skip, close, dislike, hide, complaint)."""
+    """What the user did after an impression that a block rule may act on: negative feedback
+    (``kind`` skip, close, dislike, hide, complaint) or a conversion (``kind`` conversion)."""
 
     impression_id: str
     ts: datetime
@@ -79,6 +81,42 @@ class Feedback:
     household_id: str | None = None
     campaign_id: str | None = None
     advertiser_id: str | None = None
+    category: str | None = None
+
+    def target_id(self, target: str) -> str | None:
+        """The campaign, advertiser or category id a block of ``target`` sets."""
+        return self.category if target == "category" else getattr(self, f"{target}_id")
+
+
+class BlockWrite(NamedTuple):
+    """One block to set: whose (``scope``, ``scope_id``; ``event`` says whose hash tag), on
+    which ``target`` id, until when (epoch microseconds), kept ``ttl_s``."""
+
+    event: Feedback
+    scope: str
+    scope_id: str
+    target: str
+    target_id: str
+    until_us: int
+    ttl_s: int
+
+
+def block_writes(rules: Sequence[BlockRule], events: Sequence[Feedback]) -> list[BlockWrite]:
+    """The blocks ``events`` set under ``rules``: per rule an event's kind sets, the user's (and
+    the household's, when the rule says so) block of the event's target id, until the event's
+    time plus the rule's duration. An event without that target id sets none of that target."""
+    out = []
+    for e in events:
+        for rule in rules:
+            target_id = e.target_id(rule.target)
+            if not rule.applies(e.kind) or target_id is None:
+                continue
+            until, ttl = micros(e.ts) + rule.duration_s * US, rule.duration_s
+            out.append(BlockWrite(e, "user", e.user_id, rule.target, target_id, until, ttl))
+            if rule.household and e.household_id:
+                scope_id = e.household_id
+                out.append(BlockWrite(e, "household", scope_id, rule.target, target_id, until, ttl))
+    return out
 
 
 @dataclass(frozen=True)
@@ -90,7 +128,8 @@ class CapReading:
         rule_counts: (n x rules) exposures in each cap rule's window; NaN where it does not apply.
         gap_since: (n x gap rules) seconds since the family's latest exposure; NaN if none or
             not applicable.
-        blocked: (n,) the user's (or household's) feedback blocks the candidate.
+        blocked: (n,) a block (the user's or household's feedback, a conversion) covers the
+            candidate.
     """
 
     exposures: np.ndarray
@@ -113,13 +152,13 @@ def group_matrices(plan: Plan) -> Matrices:
     return out
 
 
-def scatter(plan: Plan, matrices: Matrices, blocked_fields: np.ndarray) -> CapReading:
+def scatter(plan: Plan, matrices: Matrices, blocked: np.ndarray) -> CapReading:
     """Place the answers where the plan says they go: one gather per group of ids.
 
     Args:
         plan: the request's plan.
         matrices: the answers per group (see :func:`group_matrices`).
-        blocked_fields: per block field, whether a feedback block covers it.
+        blocked: per candidate, whether a block covers it (:meth:`Plan.blocked`).
     """
     shape = plan.shape
     out = np.empty((plan.n, len(shape.output_defaults)))
@@ -140,10 +179,6 @@ def scatter(plan: Plan, matrices: Matrices, blocked_fields: np.ndarray) -> CapRe
         latest = out[:, since]
         latest[latest < 0] = np.nan
         out[:, since] = (plan.t_us - latest) / US
-    blocked = np.zeros(plan.n, dtype=bool)
-    if len(blocked_fields) and blocked_fields.any():
-        known = plan.block_rows >= 0
-        blocked[known] = blocked_fields[plan.block_rows[known]]
     n_exp, n_rules = N_EXPOSURES, shape.n_rules
     return CapReading(
         np.ascontiguousarray(out[:, :n_exp]),
@@ -202,7 +237,8 @@ class CapStore(Protocol):
         ...
 
     def block(self, feedback: list[Feedback]) -> int:
-        """Apply negative feedback; return how many blocks were set."""
+        """Apply the block rules to negative feedback and conversions; return how many blocks
+        were set."""
         ...
 
     def ping(self, budget_s: float | None = None) -> None:

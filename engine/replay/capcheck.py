@@ -8,8 +8,9 @@ recorded, what each rule allowed at the moment of each selection, with the seman
   windows up to the store's retention, the last ``ceil(window / 1 day)`` UTC days up to ``t``
   for longer ones, everything before ``t`` for lifetime;
 * a minimum gap if the family had an exposure in ``(t - min_gap, t)``;
-* a feedback block if the user (or, by config, the household) gave blocking feedback on the
-  campaign (or advertiser) in ``(t - duration, t)``.
+* a block if the user (or, by the rule, the household) gave negative feedback of a kind the
+  rule names, or converted (a rule naming ``conversion``), on the campaign, advertiser or
+  category in ``(t - duration, t)``.
 
 The ads of one pod count toward each other's caps and gaps: a selection's count also holds the
 earlier selections of its own request in the same family.
@@ -25,7 +26,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from engine.caps.rules import SCOPE_COLUMN, TARGET_COLUMN, CapsConfig, Family
+from engine.caps.rules import CONVERSION, SCOPE_COLUMN, TARGET_COLUMN, CapsConfig, Family
 
 US = 1_000_000
 DAY_US = 86_400 * US
@@ -53,8 +54,7 @@ def violations(
     Args:
         selections: the engine's picks (``EXPOSURE_COLUMNS`` of ``engine.replay.collect``).
         history: the exposures recorded into the store during the replay (same columns).
-        feedback: negative feedback recorded (ts, user_id, household_id, campaign_id,
-            advertiser_id, negative_kind).
+        feedback: the negative feedback and conversions recorded (``collect.FEEDBACK_COLUMNS``).
         caps: the rules the engine ran with.
         retention_s: the store's exact-window retention (longer windows count UTC days).
     """
@@ -148,15 +148,20 @@ def count_before(
 
 
 def _blocks(selections: pl.DataFrame, feedback: pl.DataFrame, caps: CapsConfig) -> pl.DataFrame:
-    fb = caps.feedback
-    blocking = feedback.filter(pl.col("negative_kind").cast(pl.String).is_in(list(fb.kinds)))
-    target = "campaign_id" if fb.target == "campaign" else "advertiser_id"
-    scopes = ["user", "household"] if fb.household else ["user"]
-    parts = []
-    for scope in scopes:
-        family = Family.model_validate({"scope": scope, "target": fb.target})
-        name = f"feedback block ({scope}, {target.removesuffix('_id')})"
-        parts.append(
-            _family_check(selections, blocking, family, name, "block", fb.duration_s, "exact", 1)
-        )
+    parts = [pl.DataFrame(schema=VIOLATION_SCHEMA)]
+    if feedback.is_empty():
+        return parts[0]
+    for i, rule in enumerate(caps.block_rules):
+        kinds = [k for k in rule.on if k != CONVERSION]
+        sets = pl.col("negative_kind").cast(pl.String).is_in(kinds).fill_null(False)
+        if CONVERSION in rule.on:
+            sets = sets | pl.col("converted").fill_null(False)
+        setting = feedback.filter(sets)
+        for scope in ["user", "household"] if rule.household else ["user"]:
+            family = Family.model_validate({"scope": scope, "target": rule.target})
+            name = f"block {i} ({'/'.join(rule.on)}: {scope}, {rule.target})"
+            check = _family_check(
+                selections, setting, family, name, "block", rule.duration_s, "exact", 1
+            )
+            parts.append(check)
     return pl.concat(parts, how="vertical")

@@ -50,6 +50,18 @@ NAMES = np.append(REASON_NAMES, "ERROR")  # by code; a failed request's rows: ER
 ERROR_CODE = len(REASON_NAMES)
 
 
+FEEDBACK_COLUMNS = (  # what the block rules act on
+    "ts",
+    "user_id",
+    "household_id",
+    "campaign_id",
+    "advertiser_id",
+    "category",
+    "negative_kind",
+    "converted",
+)
+
+
 @dataclass
 class ChunkDecisions:
     """A chunk's decisions as row-aligned columns (failed requests: nothing selected)."""
@@ -257,7 +269,8 @@ class Collector:
 
     def _exposures(self, chunk: RequestChunk, d: ChunkDecisions) -> None:
         """The engine's picks, the exposures recorded into the store (the picks themselves
-        with ``selected``: kept once) and the negative feedback recorded with them."""
+        with ``selected``: kept once) and their negative feedback and conversions (what the
+        block rules act on)."""
         rows = chunk.rows
         selections = rows.filter(pl.Series(d.selected)).select(EXPOSURE_COLUMNS)
         self.selections.append(selections)
@@ -266,11 +279,8 @@ class Collector:
         kept = rows.filter(pl.Series(recorded))
         if not self.history_is_selections:
             self.history.append(kept.select(EXPOSURE_COLUMNS))
-        self.feedback.append(
-            kept.filter(pl.col("shown") & pl.col("negative_kind").is_not_null()).select(
-                "ts", "user_id", "household_id", "campaign_id", "advertiser_id", "negative_kind"
-            )
-        )
+        outcome = pl.col("negative_kind").is_not_null() | pl.col("converted").fill_null(False)
+        self.feedback.append(kept.filter(pl.col("shown") & outcome).select(FEEDBACK_COLUMNS))
 
     def _quality(self, chunk: RequestChunk, d: ChunkDecisions) -> None:
         rows = chunk.rows

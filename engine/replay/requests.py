@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from engine.caps.rules import CONVERSION
 from engine.caps.store import Feedback, Impression
 from engine.replay.source import RequestChunk
 from engine.scoring.types import ScoreRequest
@@ -78,8 +79,9 @@ class ChunkEvents:
     """The exposure events any rows of a chunk would make, built only for the rows asked.
 
     An impression per row (id ``request_id:ad_id``, see :func:`impression_id`, so recording
-    the same row twice counts once), plus the negative feedback the log records for a row it
-    showed (an unshown row has no outcome to replay).
+    the same row twice counts once), plus the negative feedback and the conversion the log
+    records for a row it showed (an unshown row has no outcome to replay), at the impression's
+    time: what the block rules act on.
     """
 
     def __init__(self, chunk: RequestChunk) -> None:
@@ -91,7 +93,14 @@ class ChunkEvents:
         ]
         kind = rows["negative_kind"].cast(pl.String)
         self._kind = kind.to_list()
-        self._has_feedback = (rows["shown"] & kind.is_not_null()).to_numpy()
+        shown = rows["shown"].fill_null(False)
+        self._has_feedback = (shown & kind.is_not_null()).to_numpy()
+        converted = rows.get_column("converted", default=None)
+        self._converted = (
+            np.zeros(len(rows), dtype=bool)
+            if converted is None
+            else (shown & converted.fill_null(False)).to_numpy()
+        )
 
     def rows(self, index: np.ndarray | list[int]) -> Events:
         """Events of the chunk rows ``index``."""
@@ -100,18 +109,21 @@ class ChunkEvents:
         for j in index:
             imp = Impression(impression_id(c[0][j], c[5][j]), *(col[j] for col in c[1:]))
             impressions.append(imp)
-            if self._has_feedback[j]:
-                feedback.append(
-                    Feedback(
-                        imp.impression_id,
-                        imp.ts,
-                        self._kind[j],
-                        imp.user_id,
-                        imp.household_id,
-                        imp.campaign_id,
-                        imp.advertiser_id,
-                    )
+            kinds = [self._kind[j]] if self._has_feedback[j] else []
+            kinds += [CONVERSION] if self._converted[j] else []
+            feedback += [
+                Feedback(
+                    imp.impression_id,
+                    imp.ts,
+                    kind,
+                    imp.user_id,
+                    imp.household_id,
+                    imp.campaign_id,
+                    imp.advertiser_id,
+                    imp.category,
                 )
+                for kind in kinds
+            ]
         return impressions, feedback
 
     def of_request(self, i: int, mask: np.ndarray) -> Events:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from admatch.v1 import admatch_pb2 as pb
+from engine.caps.rules import CONVERSION
 from engine.caps.store import Feedback, Impression
 from engine.config import COST_COMPONENTS
 from engine.rpc.enums import NUMBER, REASON, REASON_OF, WIRE_REASON
@@ -193,7 +194,7 @@ def decision_from_proto(msg: pb.ScoreResponse) -> Decision:
 def events_to_proto(
     impressions: Sequence[Impression], feedback: Sequence[Feedback]
 ) -> pb.EventBatch:
-    """The ``RecordEvents`` batch of impressions and negative feedback."""
+    """The ``RecordEvents`` batch of impressions, negative feedback and conversions."""
     batch = pb.EventBatch()
     for imp in impressions:
         e = batch.events.add(
@@ -207,14 +208,16 @@ def events_to_proto(
         )
         e.time.FromDatetime(imp.ts)
     for f in feedback:
+        converted = f.kind == CONVERSION
         e = batch.events.add(
-            type=pb.Event.TYPE_NEGATIVE_FEEDBACK,
+            type=pb.Event.TYPE_CONVERSION if converted else pb.Event.TYPE_NEGATIVE_FEEDBACK,
             impression_id=f.impression_id,
             user_id=f.user_id,
             household_id=f.household_id or "",
             campaign_id=f.campaign_id or "",
             advertiser_id=f.advertiser_id or "",
-            negative_kind=NUMBER["negative_kind"][f.kind],
+            category=f.category or "",
+            negative_kind=0 if converted else NUMBER["negative_kind"][f.kind],
         )
         e.time.FromDatetime(f.ts)
     return batch

@@ -19,7 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from admatch.v1 import admatch_pb2 as pb
 from engine.caps.plan import check_not_ahead, check_time
-from engine.caps.rules import MAX_WINDOW_S, CapRule, parse_duration
+from engine.caps.rules import CONVERSION, MAX_WINDOW_S, CapRule, parse_duration
 from engine.caps.store import Feedback, Impression
 from engine.errors import InvalidArgument, shown
 from engine.logs.decisions import EventRecord, event_id
@@ -336,24 +336,25 @@ def _impression(e: pb.Event, ts: datetime, field: str) -> Impression:
     )
 
 
-def _feedback(e: pb.Event, ts: datetime, field: str) -> Feedback:
-    kind = _enum(NEGATIVE_KIND, e.negative_kind, f"{field}.negative_kind", True)
+def _feedback(e: pb.Event, ts: datetime, kind: str) -> Feedback:
+    """What a block rule may act on: a negative feedback (of ``kind``) or a conversion."""
     return Feedback(
         e.impression_id,
         ts,
-        str(kind),
+        kind,
         e.user_id,
         e.household_id or None,
         e.campaign_id or None,
         e.advertiser_id or None,
+        e.category or None,
     )
 
 
 def decode_events(
     batch: pb.EventBatch, now: datetime, max_ahead_s: int, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[list[Impression], list[Feedback], list[EventRecord]]:
-    """Impressions and negative feedback of a batch (what the caps need), and every event as
-    the event log keeps it (engagements and conversions too).
+    """Impressions, and negative feedback and conversions (what the blocks act on), of a batch:
+    what the caps need; and every event as the event log keeps it (engagements too).
 
     Raises:
         InvalidArgument: naming ``events[i].field``; also for an event timed more than
@@ -377,8 +378,10 @@ def decode_events(
         if kind == "TYPE_IMPRESSION":
             impressions.append(_impression(e, ts, field))
         elif kind == "TYPE_NEGATIVE_FEEDBACK":
-            feedback.append(_feedback(e, ts, field))
-            negative = feedback[-1].kind
+            negative = str(_enum(NEGATIVE_KIND, e.negative_kind, f"{field}.negative_kind", True))
+            feedback.append(_feedback(e, ts, negative))
+        elif kind == "TYPE_CONVERSION":
+            feedback.append(_feedback(e, ts, CONVERSION))
         records.append(_record(e, str(kind), ts, negative, field, limits))
     return impressions, feedback, records
 

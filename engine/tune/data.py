@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from engine.caps.rules import SCOPE_COLUMN, TARGET_COLUMN, Family
+from engine.caps.rules import SCOPE_COLUMN, TARGET_COLUMN, BlockRule, Family
 from engine.config import COST_COMPONENTS, AdmatchConfig
 from engine.errors import InvalidArgument
 from engine.model.bundle import ModelBundle
@@ -57,11 +57,13 @@ PREDICT_ROWS = 131_072  # feature matrix rows per model call (bounds memory)
 @dataclass(frozen=True)
 class Warm:
     """Exposures before the log's first request (see the module doc): their times, their key
-    in each family (the rows' key space) and their logged negative feedback kind."""
+    in each family (the rows' key space), their logged negative feedback kind and whether
+    they converted."""
 
     t_us: np.ndarray
     keys: dict[Family, np.ndarray]
     feedback_kind: np.ndarray
+    converted: np.ndarray
 
     @property
     def impressions(self) -> int:
@@ -101,6 +103,7 @@ class TuningData:
     user_day: np.ndarray  # code of (user, UTC day) per row
     household_day: np.ndarray  # code of (household or user, UTC day) per row
     feedback_kind: np.ndarray  # per row: negative kind the log records when shown, else ""
+    converted: np.ndarray  # per row: the log records a conversion of it, shown
     model_version: str = ""
     warm: Warm | None = None
     assumptions: list[str] = field(default_factory=list)  # made for lack of a model or outcome
@@ -127,13 +130,17 @@ def family_key(frame: pl.DataFrame, family: Family) -> np.ndarray:
     return codes.to_series().to_numpy()
 
 
+def block_families(rule: BlockRule) -> list[Family]:
+    """The families whose keys a block rule sets: the user's target, the household's too."""
+    scopes = ["user", "household"] if rule.household else ["user"]
+    return [Family.model_validate({"scope": s, "target": rule.target}) for s in scopes]
+
+
 def needed_families(config: AdmatchConfig) -> list[Family]:
-    """Every family the caps, gaps, feedback blocks and fatigue cost read (each once)."""
+    """Every family the caps, gaps, blocks and fatigue cost read (each once)."""
     caps = config.caps
     fams = [r.family() for r in caps.rules] + [g.family() for g in caps.min_gaps]
-    fams += [Family(scope="user", target=caps.feedback.target)]
-    if caps.feedback.household:
-        fams.append(Family(scope="household", target=caps.feedback.target))
+    fams += [f for rule in caps.block_rules for f in block_families(rule)]
     fams += [f for f, _, _ in FATIGUE_FAMILIES]
     return list(dict.fromkeys(fams))
 
@@ -202,6 +209,7 @@ def prepare(
         user_day=_day_code(features, "user_id"),
         household_day=_day_code(features, "household_id"),
         feedback_kind=features["negative_kind"].cast(pl.String).fill_null("").to_numpy(),
+        converted=_converted(features),
         model_version=bundle.version,
         warm=warm,
         assumptions=[*bundle.assumptions, *([] if negative_known else [NO_NEGATIVE_OUTCOMES])],
@@ -224,14 +232,14 @@ def lookback_s(config: AdmatchConfig) -> float:
     if None in windows:
         return float("inf")
     spans = [w for w in windows if w is not None] + [g.min_gap_s for g in caps.min_gaps]
-    spans += [caps.feedback.duration_s] + [w for _, w, _ in FATIGUE_FAMILIES]
+    spans += [b.duration_s for b in caps.block_rules] + [w for _, w, _ in FATIGUE_FAMILIES]
     return float(max(spans)) + 86_400  # and a day: windows beyond the retention are in days
 
 
 def _history(paths: Sequence[Path], features: pl.DataFrame, config: AdmatchConfig) -> pl.DataFrame:
     """The shown impressions of ``paths`` in the lookback before the first request, in time
-    order (the key columns, ``ts`` and ``negative_kind``)."""
-    columns = [*KEY_COLUMNS, "ts", "negative_kind"]
+    order (the key columns, ``ts``, ``shown``, ``negative_kind`` and ``converted``)."""
+    columns = [*KEY_COLUMNS, "ts", "shown", "negative_kind", "converted"]
     if not paths or features.is_empty():
         return features.select(columns).clear()
     first = features["ts"].min()
@@ -247,6 +255,12 @@ def _history(paths: Sequence[Path], features: pl.DataFrame, config: AdmatchConfi
     return found.cast(features.select(columns).schema).sort("ts", maintain_order=True)
 
 
+def _converted(frame: pl.DataFrame) -> np.ndarray:
+    """Per row, whether the log records it shown and converted."""
+    both = pl.col("shown").fill_null(False) & pl.col("converted").fill_null(False)
+    return frame.select(both).to_series().to_numpy()
+
+
 def _keys(
     features: pl.DataFrame, history: pl.DataFrame, config: AdmatchConfig
 ) -> tuple[dict[Family, np.ndarray], Warm | None]:
@@ -260,6 +274,7 @@ def _keys(
         t_us=history["ts"].dt.epoch("us").to_numpy(),
         keys={f: k[:n] for f, k in keys.items()},
         feedback_kind=history["negative_kind"].cast(pl.String).fill_null("").to_numpy(),
+        converted=_converted(history),
     )
     return {f: k[n:] for f, k in keys.items()}, warm
 

@@ -6,7 +6,7 @@ ones exactly, as in production. Per block, vectorised over its rows: the policy'
 counts give the caps, gaps, feedback blocks and the fatigue cost; the utility is
 ``expected value - cost_to_money x weights . costs``; the engine's own selection
 (``engine.scoring.selection.select``) fills each slot; the selected ads are recorded into the
-counters (and, for rows the log showed with blocking negative feedback, that feedback). The
+counters (and, for rows the log showed with an outcome a block rule acts on, that block). The
 loop runs over blocks (thousands per million rows), never over rows or requests.
 """
 
@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.caps.rules import CapRule, Family, parse_duration
+from engine.caps.rules import CONVERSION, BlockRule, CapRule, Family, parse_duration
 from engine.config import COST_COMPONENTS, AdmatchConfig
 from engine.scoring.selection import Capacity, select
 from engine.scoring.types import PodRoom
 from engine.tune.counters import FamilyCounter
-from engine.tune.data import FATIGUE, FATIGUE_FAMILIES, TuningData, Warm
+from engine.tune.data import FATIGUE, FATIGUE_FAMILIES, TuningData, Warm, block_families
 from features.exposure import WINDOWS_S, window_floor
 
 DAY_US = 86_400_000_000
@@ -64,6 +64,24 @@ class Policy:
         )
 
 
+@dataclass(frozen=True)
+class _Block:
+    """A block rule in the simulation: its counters (the user's, the household's), how long a
+    block lasts, and per row whether the log says it set one (shown, with that outcome)."""
+
+    counters: list[FamilyCounter]
+    duration_us: int
+    sets: np.ndarray
+
+
+def sets_block(rule: BlockRule, feedback_kind: np.ndarray, converted: np.ndarray) -> np.ndarray:
+    """Per row, whether its logged outcome sets the rule's block (a feedback kind it names, or
+    a conversion when it names ``conversion``)."""
+    kinds = [k for k in rule.on if k != CONVERSION]
+    out = np.isin(feedback_kind, kinds)
+    return out | converted if CONVERSION in rule.on else out
+
+
 class Simulator:
     """Replays a prepared log under any policy (reusable across trials)."""
 
@@ -78,12 +96,14 @@ class Simulator:
         for gap in caps.min_gaps:
             depth[gap.family()] = max(depth.get(gap.family(), 1), 2)
         self.exposures = {f: self._counter(f, d) for f, d in depth.items()}
-        fb = caps.feedback
-        scopes = ["user", "household"] if fb.household else ["user"]
-        feedback = [Family.model_validate({"scope": s, "target": fb.target}) for s in scopes]
-        self.feedback = {f: self._counter(f, 2) for f in feedback}
-        self.block_us = fb.duration_s * 1_000_000
-        self.blocking = data.shown & np.isin(data.feedback_kind, list(fb.kinds))
+        self.blocks = [
+            _Block(
+                [self._counter(f, 2) for f in block_families(rule)],
+                rule.duration_s * 1_000_000,
+                data.shown & sets_block(rule, data.feedback_kind, data.converted),
+            )
+            for rule in caps.block_rules
+        ]
         if data.warm is not None:
             self._warm(data.warm)
 
@@ -93,19 +113,20 @@ class Simulator:
         return FamilyCounter(self.data.family_keys[family], depth, keys)
 
     def _warm(self, warm: Warm) -> None:
-        """Start every trial from the exposures (and blocking feedback) before the log."""
-        blocking = np.isin(warm.feedback_kind, list(self.config.caps.feedback.kinds))
+        """Start every trial from the exposures (and the blocks they set) before the log."""
         for family, counter in self.exposures.items():
             counter.add_keys(warm.keys[family], warm.t_us)
             counter.start_here()
-        for family, counter in self.feedback.items():
-            counter.add_keys(warm.keys[family][blocking], warm.t_us[blocking])
-            counter.start_here()
+        for rule, block in zip(self.config.caps.block_rules, self.blocks, strict=True):
+            sets = sets_block(rule, warm.feedback_kind, warm.converted)
+            for family, counter in zip(block_families(rule), block.counters, strict=True):
+                counter.add_keys(warm.keys[family][sets], warm.t_us[sets])
+                counter.start_here()
 
     def run(self, policy: Policy) -> np.ndarray:
         """Per row, the rank the policy gives it (1-based among the selected, 0 if not)."""
         d = self.data
-        for c in [*self.exposures.values(), *self.feedback.values()]:
+        for c in [*self.exposures.values(), *(c for b in self.blocks for c in b.counters)]:
             c.reset()
         static = d.components @ policy.weights
         rank = np.zeros(d.rows, dtype=np.int64)
@@ -169,8 +190,9 @@ class Simulator:
             capped |= self.exposures[gap.family()].count(rows, t, lower, False) > 0
             if width:
                 keys[:, c] = self.exposures[gap.family()].key[rows]
-        for counter in self.feedback.values():
-            capped |= counter.count(rows, t, t - self.block_us, False) > 0
+        for block in self.blocks:
+            for counter in block.counters:
+                capped |= counter.count(rows, t, t - block.duration_us, False) > 0
         return capped, PodRoom(keys, room) if width else None
 
     def _count(self, rule: CapRule, rows: slice, t: np.ndarray) -> np.ndarray:
@@ -189,6 +211,7 @@ class Simulator:
         t = self.data.t_us[selected]
         for counter in self.exposures.values():
             counter.add(selected, t)
-        fb = selected[self.blocking[selected]]
-        for counter in self.feedback.values():
-            counter.add(fb, self.data.t_us[fb])
+        for block in self.blocks:
+            sets = selected[block.sets[selected]]
+            for counter in block.counters:
+                counter.add(sets, self.data.t_us[sets])

@@ -24,7 +24,7 @@ from engine.caps.keys import KeySpace
 from engine.caps.memory_store import MemoryCapStore
 from engine.caps.plan import Plan
 from engine.caps.redis_store import RedisCapStore
-from engine.caps.rules import CapRule, CapsConfig, Family, FeedbackBlock, GapRule
+from engine.caps.rules import BlockRule, CapRule, CapsConfig, Family, FeedbackBlock, GapRule
 from engine.caps.store import CapReading, CapStore, Feedback, Impression, StoreUnavailable
 from engine.errors import AdmatchError, InvalidArgument
 from engine.scoring.types import ScoreRequest
@@ -62,14 +62,22 @@ GAPS = [
         min_gap="5m",
     )
 ]
-FEEDBACK = FeedbackBlock(household=True)
-CAPS = CapsConfig(rules=RULES, min_gaps=GAPS, feedback=FEEDBACK)
+CAPS = CapsConfig(
+    rules=RULES,
+    min_gaps=GAPS,
+    feedback=FeedbackBlock(household=True),
+    blocks=[
+        BlockRule(on=["complaint"], target="category", duration="90d"),  # the user's only
+        BlockRule(on=["conversion"], target="advertiser", household=True, duration="7d"),
+    ],
+)
+BLOCKS = CAPS.block_rules
 
 Factory = Callable[[], CapStore]
 
 
 def _redis_factory(client: Any, prefix: str) -> Factory:
-    return lambda: RedisCapStore(client, RULES, GAPS, FEEDBACK, KeySpace(prefix))
+    return lambda: RedisCapStore(client, RULES, GAPS, BLOCKS, KeySpace(prefix))
 
 
 @pytest.fixture(params=["memory", "embedded", "local", "cluster"])
@@ -78,7 +86,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[tuple[str, Factory, Any]
     kind = request.param
     prefix = f"test-{uuid.uuid4().hex[:8]}"
     if kind == "memory":
-        shared = MemoryCapStore(RULES, GAPS, FEEDBACK)
+        shared = MemoryCapStore(RULES, GAPS, BLOCKS)
         yield kind, lambda: shared, None
         return
     server = None
@@ -282,6 +290,49 @@ def test_negative_feedback_blocks_the_campaign(backend: tuple[str, Factory, Any]
     assert ask(store, 1, user_id="u2")[0][0]  # household blocking is on
     assert not ask(store, 1, campaign_id="c2", advertiser_id="v2")[0][0]  # a skip never blocks
     assert not ask(store, 31 * 1440)[0][0]  # 30 days later it is lifted
+
+
+def test_a_complaint_blocks_the_category_for_the_user(
+    backend: tuple[str, Factory, Any],
+) -> None:
+    store = backend[1]()
+    complaint = Feedback("imp-1", T0, "complaint", "u1", "h1", "c1", "v1", category="food")
+    assert store.block([complaint]) == 3  # the campaign for user and household, the category
+    other = {"campaign_id": "c2", "advertiser_id": "v2"}
+    assert ask(store, 1, **other)[0][0]  # another campaign and advertiser of the category
+    assert not ask(store, 1, **other, category="auto")[0][0]
+    assert not ask(store, 1, **other, user_id="u2")[0][0]  # the household is not blocked
+    assert ask(store, 89 * 1440, **other)[0][0]
+    assert not ask(store, 91 * 1440, **other)[0][0]  # lifted after 90 days
+    hidden = Feedback("imp-2", T0, "hide", "u1", "h1", "c3", "v3", category="toys")
+    store.block([hidden])
+    assert not ask(store, 1, campaign_id="c4", advertiser_id="v4", category="toys")[0][0]
+
+
+def test_a_conversion_stops_the_advertiser_for_the_household(
+    backend: tuple[str, Factory, Any],
+) -> None:
+    store = backend[1]()
+    bought = Feedback("imp-1", T0, "conversion", "u1", "h1", "c1", "v1", category="food")
+    assert store.block([bought]) == 2  # the advertiser, for user and household; no campaign
+    assert ask(store, 1, campaign_id="c2")[0][0]
+    assert ask(store, 1, campaign_id="c2", user_id="u2")[0][0]
+    assert not ask(store, 1, campaign_id="c2", advertiser_id="v2")[0][0]
+    assert not ask(store, 7 * 1440 + 1, campaign_id="c2")[0][0]  # lifted after 7 days
+    g = gate(store)  # a reservation is refused by it too, atomically
+    ctx = RequestContext("r", T0 + timedelta(minutes=2), "u1", "ott", "ott_pause", "h1", "tv1")
+    cand: dict[str, list[Any]] = {
+        "ad_id": ["ad9"],
+        "creative_id": ["cr9"],
+        "campaign_id": ["c9"],
+        "advertiser_id": ["v1"],
+        "category": ["auto"],
+        "format": ["image"],
+        "bid": [1.0],
+        "pricing": ["cpm"],
+    }
+    taken = imp(9, 2, ad_id="ad9", creative_id="cr9", campaign_id="c9", category="auto")
+    assert g.reserve(ctx, cand, taken) == Reservation.CAPPED
 
 
 def _admit(store: CapStore, i: int) -> bool:

@@ -36,7 +36,7 @@ from engine.caps.redis_store import RedisCapStore
 from engine.caps.store import CapReading, Feedback, Impression
 from features.online import RequestContext
 
-from .test_cap_store_contract import FEEDBACK, GAPS, RULES, T0
+from .test_cap_store_contract import BLOCKS, GAPS, RULES, T0
 
 EXAMPLES = int(os.environ.get("ADMATCH_FUZZ_EXAMPLES", "200"))
 RETENTION_S = 7 * 86_400
@@ -73,9 +73,9 @@ class Differential(RuleBasedStateMachine):
     @initialize()
     def start(self) -> None:
         self.prefix = f"diff-{uuid.uuid4().hex[:8]}"
-        self.redis = RedisCapStore(self.client, RULES, GAPS, FEEDBACK, KeySpace(self.prefix))
-        self.memory = MemoryCapStore(RULES, GAPS, FEEDBACK)
-        self.planner = Planner(RULES, GAPS, FEEDBACK, RETENTION_S)
+        self.redis = RedisCapStore(self.client, RULES, GAPS, BLOCKS, KeySpace(self.prefix))
+        self.memory = MemoryCapStore(RULES, GAPS, BLOCKS)
+        self.planner = Planner(RULES, GAPS, BLOCKS, RETENTION_S)
         self.minutes = 0.0  # the clock: records happen at or before it
         self.latest = 0.0  # the newest impression recorded: reads happen after it
         self.serial = 0
@@ -133,16 +133,18 @@ class Differential(RuleBasedStateMachine):
     @rule(
         user=st.sampled_from(sorted(HOUSEHOLD)),
         campaign=st.sampled_from(sorted(CAMPAIGN)),
-        kind=st.sampled_from(["hide", "dislike", "complaint", "skip"]),
+        kind=st.sampled_from(["hide", "dislike", "complaint", "skip", "conversion"]),
+        category=st.sampled_from(["food", "auto"]),
         lag=st.sampled_from(LAGS),
     )
-    def feedback(self, user: str, campaign: str, kind: str, lag: float) -> None:
+    def feedback(self, user: str, campaign: str, kind: str, category: str, lag: float) -> None:
         self.serial += 1
         event = Feedback(
             impression_id=f"fb-{self.serial}",
             kind=kind,
             campaign_id=campaign,
             advertiser_id=CAMPAIGN[campaign],
+            category=category,
             **self._event_fields(user, lag),
         )
         assert self.redis.block([event]) == self.memory.block([event])

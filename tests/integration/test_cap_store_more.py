@@ -32,7 +32,7 @@ from features.exposure import EXPOSURE_SCHEMA, point_in_time_exposures
 from features.online import RequestContext
 from features.schema import CANDIDATE_COLUMNS
 
-from .test_cap_store_contract import CAPS, EXP, FEEDBACK, GAPS, RULES, T0, ask, imp
+from .test_cap_store_contract import BLOCKS, CAPS, EXP, GAPS, RULES, T0, ask, imp
 
 
 def with_store(url: str, **kw: Any) -> AdmatchConfig:
@@ -51,7 +51,7 @@ def test_counter_bytes_are_the_documented_layout() -> None:
     server = EmbeddedRedis().start()
     try:
         client = server.client()
-        store = RedisCapStore(client, RULES, GAPS, FEEDBACK, KeySpace("bytes"))
+        store = RedisCapStore(client, RULES, GAPS, BLOCKS, KeySpace("bytes"))
         store.record([imp(1, 0), imp(2, -1440), imp(3, 5)])  # the second arrives late
         t0, day = micros(T0), micros(T0) // 86_400_000_000
         hour = micros(T0) // 3_600_000_000
@@ -85,7 +85,7 @@ def test_impressions_ahead_within_max_ahead_push_out_no_count() -> None:
         counts = []
         for ahead_s in (300, 0):
             store = RedisCapStore(
-                server.client(), RULES, GAPS, FEEDBACK, KeySpace(f"ahead{ahead_s}"), ahead_s=ahead_s
+                server.client(), RULES, GAPS, BLOCKS, KeySpace(f"ahead{ahead_s}"), ahead_s=ahead_s
             )
             store.record([imp("a", -1200), imp("b", -600)])
             before = _rule_count(store, "household advertiser day")
@@ -125,12 +125,12 @@ def test_any_string_is_an_id(url: str) -> None:
 
 def test_counts_survive_a_restart_with_aof(tmp_path: Path) -> None:
     server = EmbeddedRedis(tmp_path / "redis", appendonly=True).start()
-    store = RedisCapStore(server.client(), RULES, GAPS, FEEDBACK, KeySpace("aof"))
+    store = RedisCapStore(server.client(), RULES, GAPS, BLOCKS, KeySpace("aof"))
     store.record([imp(k, k) for k in range(5)])
     server.stop()  # SIGTERM: Redis writes the append-only file before exiting
     restarted = EmbeddedRedis(tmp_path / "redis", appendonly=True).start()
     try:
-        again = RedisCapStore(restarted.client(), RULES, GAPS, FEEDBACK, KeySpace("aof"))
+        again = RedisCapStore(restarted.client(), RULES, GAPS, BLOCKS, KeySpace("aof"))
         assert ask(again, 30)[1][0, EXP["exp_user_any_1h"]] == 5
         assert again.record([imp(0, 0)]) == 0  # the idempotency markers survived too
     finally:
@@ -148,7 +148,7 @@ def test_an_impression_id_is_known_for_the_dedup_horizon() -> None:
         client = server.client()
         keys = KeySpace("horizon")
         store = RedisCapStore(
-            client, RULES, GAPS, FEEDBACK, keys, horizon_s=2 * 86_400, clock=lambda: now[0]
+            client, RULES, GAPS, BLOCKS, keys, horizon_s=2 * 86_400, clock=lambda: now[0]
         )
         assert store.record([imp(1, 0), imp(2, 0), imp(3, 0)]) == 3
         markers = keys.markers(keys.tag("h1", "u1"), 20_000)
@@ -177,7 +177,7 @@ def test_the_state_dir_keeps_counts_blocks_and_markers_across_restarts(tmp_path:
 
     def opened() -> tuple[EmbeddedRedis, RedisCapStore]:
         server = EmbeddedRedis(state_dir=state).start()
-        return server, RedisCapStore(server.client(), RULES, GAPS, FEEDBACK, KeySpace("kept"))
+        return server, RedisCapStore(server.client(), RULES, GAPS, BLOCKS, KeySpace("kept"))
 
     server, store = opened()
     store.record([imp(k, k) for k in range(5)])
@@ -212,7 +212,7 @@ def test_append_only_bytes_per_impression_stay_flat_over_history(tmp_path: Path)
     try:
         client = server.client()
         client.config_set("auto-aof-rewrite-percentage", 0)
-        store = RedisCapStore(client, RULES, GAPS, FEEDBACK, KeySpace("aof"), ahead_s=300)
+        store = RedisCapStore(client, RULES, GAPS, BLOCKS, KeySpace("aof"), ahead_s=300)
         rng = np.random.default_rng(5)
         minutes = np.sort(rng.uniform(0, 5 * 1440, 1_500))
         events = [
@@ -293,7 +293,7 @@ def test_store_exposures_equal_offline_features(world: GeneratedLog, url: str) -
 
 def test_fail_closed_and_fail_open_when_the_store_is_down() -> None:
     server = EmbeddedRedis().start()
-    store = RedisCapStore(server.client(**client_options(50)), RULES, GAPS, FEEDBACK)
+    store = RedisCapStore(server.client(**client_options(50)), RULES, GAPS, BLOCKS)
     server.stop()
     assert not store.load_scripts()  # best effort: loaded on first use instead
     closed = CapGate(store, CAPS, 7 * 86_400, fail_open=False)
@@ -311,7 +311,7 @@ def test_a_call_that_times_out_leaves_no_reply_behind() -> None:
     for the answer to the next call on that connection."""
     server = EmbeddedRedis().start()
     try:
-        store = RedisCapStore(server.client(**client_options(100)), RULES, GAPS, FEEDBACK)
+        store = RedisCapStore(server.client(**client_options(100)), RULES, GAPS, BLOCKS)
         store.record([imp(1, 0)])
         ask(store, 5, user_id="u2")  # the pool's connection exists and has served a read
         busy = server.client()
@@ -339,7 +339,7 @@ def test_a_read_waits_no_longer_than_the_request_has_left() -> None:
         gates = []
         for k in range(3):  # one per call below, each with its connection and scripts ready
             store = RedisCapStore(
-                server.client(**client_options(5000)), RULES, GAPS, FEEDBACK, deadline_s=5.0
+                server.client(**client_options(5000)), RULES, GAPS, BLOCKS, deadline_s=5.0
             )
             gate = CapGate(store, CAPS, 7 * 86_400, fail_open=False)
             gate.read(ctx, cands)

@@ -27,9 +27,9 @@ from engine.caps.store import StoreUnavailable
 
 from .pki import make_pki
 from .test_cap_store_contract import (
+    BLOCKS,
     CAPS,
     EXP,
-    FEEDBACK,
     GAPS,
     RULES,
     _admit,
@@ -87,7 +87,7 @@ def _url(port: int, d: Path, ca: str = "ca.pem", client: bool = True) -> str:
 
 def _store(url: str, prefix: str) -> RedisCapStore:
     client = redis.Redis.from_url(url, **client_options(2000))
-    return RedisCapStore(client, RULES, GAPS, FEEDBACK, KeySpace(prefix), deadline_s=2.0)
+    return RedisCapStore(client, RULES, GAPS, BLOCKS, KeySpace(prefix), deadline_s=2.0)
 
 
 def test_a_store_over_tls_counts_reads_and_reserves(tls_redis: tuple[int, Path]) -> None:

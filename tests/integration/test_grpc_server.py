@@ -616,3 +616,25 @@ def test_protection_goldens_over_grpc(channel: grpc.Channel, name: str) -> None:
     assert list(reply.selected_ad_ids) == expected["selected"]
     reasons = {d.ad_id: pb.Reason.Name(d.reason) for d in reply.decisions}
     assert reasons == {ad: f"REASON_{c['reason']}" for ad, c in expected["candidates"].items()}
+
+
+def test_a_conversion_and_a_complaint_block_at_once(channel: grpc.Channel) -> None:
+    """The shipped block rules over the wire: a conversion stops its campaign, a complaint
+    the ad's whole category, from the next request on."""
+    stub = pb_grpc.AdMatchingStub(channel)
+    bought = _mobile_event("conv-imp", "cap_z", "cmp_cap", "11:00")
+    bought.type = pb.Event.TYPE_CONVERSION
+    disliked = _mobile_event("tech-imp", "tech_q", "cmp_tech", "11:30")
+    disliked.type, disliked.negative_kind = (
+        pb.Event.TYPE_NEGATIVE_FEEDBACK,
+        pb.Event.NEGATIVE_KIND_COMPLAINT,
+    )
+    disliked.category = "tech"
+    before = stub.Score(_mobile_pod("unblocked", False))
+    assert list(before.selected_ad_ids) == ["cap_a", "cap_b", "cap_c"]
+    # the campaign stopped; the category, and the complaint's own campaign, blocked
+    assert stub.RecordEvents(pb.EventBatch(events=[bought, disliked])).feedback_applied == 3
+    reply = stub.Score(_mobile_pod("blocked", False))
+    assert list(reply.selected_ad_ids) == ["free_e"]
+    why = {d.ad_id: d.reason for d in reply.decisions}
+    assert {why[a] for a in ("cap_a", "cap_b", "cap_c", "free_d")} == {pb.REASON_FREQUENCY_CAPPED}

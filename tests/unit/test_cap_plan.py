@@ -36,7 +36,7 @@ def test_durations() -> None:
 
 
 def test_plan_reads_each_family_once_and_skips_rules_that_do_not_apply() -> None:
-    plan = plan_request(CTX, CANDS, RULES, GAPS, FeedbackBlock(), retention_s=7 * 86_400)
+    plan = plan_request(CTX, CANDS, RULES, GAPS, FeedbackBlock().rules(), retention_s=7 * 86_400)
     families = [(lk.family.scope, lk.family.target, lk.family.slot) for lk in plan.lookups]
     assert len(families) == len(set(families)) == len(FEATURE_FAMILIES) + 1
     assert ("household", "any", "ott_boot") in families
@@ -46,13 +46,15 @@ def test_plan_reads_each_family_once_and_skips_rules_that_do_not_apply() -> None
     assert lk.day_windows == (30,) and 3_600 in lk.windows and lk.last  # shared by rule and gap
     rule_cols = {t.index for t in plan.shape.targets if t.output == "rule_counts"}
     assert rule_cols == {0, 1}  # the mobile-only rule does not apply on OTT
-    assert plan.blocks == [("user", "u1", "campaign")] and plan.block_fields == ["c1"]
+    assert plan.blocks == [("user", "u1", "campaign")] and plan.block_fields(
+        plan.shape.blocks[0]
+    ) == ["c1"]
 
 
 def test_the_tag_scope_family_narrows_the_others_of_its_group() -> None:
     """The household's campaign family holds every campaign its members' (and its filtered)
     families hold, so it is read first (mode 1) and the others only for its hits (mode 2)."""
-    plan = plan_request(CTX, CANDS, RULES, GAPS, FeedbackBlock(), retention_s=7 * 86_400)
+    plan = plan_request(CTX, CANDS, RULES, GAPS, FeedbackBlock().rules(), retention_s=7 * 86_400)
     modes = {
         (lk.family.scope, lk.family.target, lk.family.slot): lk.mode
         for lk in plan.lookups
@@ -64,20 +66,20 @@ def test_the_tag_scope_family_narrows_the_others_of_its_group() -> None:
     first = [lk for lk in plan.lookups if lk.group == plan.lookups[0].group][0]
     assert first.mode == 1 and first.family.scope == "household"
     alone = RequestContext("r", T, "u1", "ott", "ott_boot")  # no household: the user's tag
-    lone = plan_request(alone, CANDS, RULES, GAPS, FeedbackBlock(), retention_s=7 * 86_400)
+    lone = plan_request(alone, CANDS, RULES, GAPS, FeedbackBlock().rules(), retention_s=7 * 86_400)
     users = {(lk.family.scope, lk.family.target): lk.mode for lk in lone.lookups}
     assert users[("user", "campaign")] == 1 and ("household", "campaign") not in users
     creative = Planner(
         [CapRule(scope="user", target="creative", window="1h", limit=1)],
         [],
-        FeedbackBlock(),
+        FeedbackBlock().rules(),
         7 * 86_400,
     ).plan(CTX, {**CANDS, "creative_id": ["k"] * 3})
     assert [lk.mode for lk in creative.lookups if lk.family.target == "creative"] == [0]
 
 
 def test_shapes_are_cached_per_situation_and_bind_campaign_caps() -> None:
-    planner = Planner(RULES, GAPS, FeedbackBlock(), 7 * 86_400)
+    planner = Planner(RULES, GAPS, FeedbackBlock().rules(), 7 * 86_400)
     assert planner.shape(CTX) is planner.shape(CTX)
     assert planner.shape(CTX) is not planner.shape(replace(CTX, slot="ott_pause"))
     own = [CapRule(scope="user", target="campaign", window="1h", limit=1, campaign_id="c1")]
@@ -96,7 +98,7 @@ def test_candidate_ids_are_read_once_each() -> None:
         {**CANDS, "advertiser_id": np.array(["v2", "v1", "v2"], dtype=object)},
         RULES,
         GAPS,
-        FeedbackBlock(),
+        FeedbackBlock().rules(),
         retention_s=7 * 86_400,
     )
     g = plan.shape.columns.index("advertiser_id")

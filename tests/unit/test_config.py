@@ -126,6 +126,30 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
         "Input should be",
     ),
     (
+        "block-on-nothing",
+        lambda d: d["caps"]["blocks"][0].update(on=[]),
+        "caps.blocks.0.on",
+        "at least 1 item",
+    ),
+    (
+        "block-on-unknown",
+        lambda d: d["caps"]["blocks"][1].update(on=["purchase"]),
+        "caps.blocks.1.on.0",
+        "Input should be",
+    ),
+    (
+        "block-target",
+        lambda d: d["caps"]["blocks"][0].update(target="creative"),
+        "caps.blocks.0.target",
+        "Input should be",
+    ),
+    (
+        "block-too-long",
+        lambda d: d["caps"]["blocks"][0].update(duration="200d"),
+        "caps.blocks.0",
+        "longer than 180d",
+    ),
+    (
         "store-url",
         lambda d: d["store"].update(url="http://localhost"),
         "store",

@@ -82,9 +82,10 @@ def test_requests_and_events_match_the_rows(log_file: Path) -> None:
     shown = chunk.rows["shown"].to_numpy()
     impressions, feedback = events.rows(np.flatnonzero(shown))
     assert len(impressions) == int(shown.sum())
-    assert len(feedback) == int(
-        (chunk.rows["shown"] & chunk.rows["negative_kind"].is_not_null()).sum()
-    )
+    rows = chunk.rows.filter("shown")
+    assert len(feedback) == rows["negative_kind"].is_not_null().sum() + rows["converted"].sum()
+    kinds = {f.kind for f in feedback}
+    assert "conversion" in kinds and len(kinds) > 1
     imp = impressions[0]
     assert imp.impression_id == f"{imp.impression_id.split(':')[0]}:{imp.ad_id}"
 

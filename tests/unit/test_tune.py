@@ -15,7 +15,7 @@ from engine.cli import app
 from engine.config import load_config
 from engine.errors import InvalidArgument
 from engine.replay import capcheck
-from engine.replay.collect import EXPOSURE_COLUMNS
+from engine.replay.collect import EXPOSURE_COLUMNS, FEEDBACK_COLUMNS
 from engine.tune.counters import FamilyCounter
 from engine.tune.data import TuningData, prepare
 from engine.tune.evaluate import Evaluator
@@ -61,12 +61,10 @@ def test_simulated_picks_keep_every_cap(data: TuningData, model_log: Path) -> No
     rank = Simulator(data, config).run(Policy.from_config(config))
     log = pl.read_parquet(model_log)
     picks = log.filter(pl.Series(rank > 0)).select(EXPOSURE_COLUMNS)
-    feedback = log.filter(
-        pl.Series(rank > 0) & pl.col("shown") & pl.col("negative_kind").is_not_null()
-    )
-    feedback = feedback.select(
-        "ts", "user_id", "household_id", "campaign_id", "advertiser_id", "negative_kind"
-    )
+    outcome = pl.col("negative_kind").is_not_null() | pl.col("converted").fill_null(False)
+    feedback = log.filter(pl.Series(rank > 0) & pl.col("shown") & outcome)
+    feedback = feedback.select(FEEDBACK_COLUMNS)
+    assert feedback["converted"].sum() > 0  # the conversion blocks are exercised
     found = capcheck.violations(picks, picks, feedback, config.caps, 7 * 86_400)
     assert len(picks) > 1000 and found.is_empty(), found
 
@@ -331,7 +329,7 @@ def test_trials_start_from_the_history_of_earlier_logs(
     earlier.write_parquet(tmp_path / "earlier.parquet")
     day.write_parquet(tmp_path / "day.parquet")
     shown = earlier.filter("shown")
-    feedback_columns = ["ts", "user_id", "household_id", "campaign_id", "advertiser_id"]
+    outcome = pl.col("negative_kind").is_not_null() | pl.col("converted").fill_null(False)
 
     def broken(history: tuple[Path, ...]) -> tuple[int, pl.DataFrame]:
         data = prepare(tmp_path / "day.parquet", model_dir, config, tmp_path / "w", history)
@@ -340,12 +338,10 @@ def test_trials_start_from_the_history_of_earlier_logs(
         before = shown.select(EXPOSURE_COLUMNS)
         feedback = pl.concat(
             [
-                shown.filter(pl.col("negative_kind").is_not_null()),
-                day.filter(
-                    pl.Series(rank > 0) & pl.col("shown") & pl.col("negative_kind").is_not_null()
-                ),
+                shown.filter(outcome),
+                day.filter(pl.Series(rank > 0) & pl.col("shown") & outcome),
             ]
-        ).select(*feedback_columns, "negative_kind")
+        ).select(FEEDBACK_COLUMNS)
         everything = pl.concat([before, picks])
         found = capcheck.violations(picks, everything, feedback, config.caps, 7 * 86_400)
         return (data.warm.impressions if data.warm else 0), found
