@@ -45,7 +45,7 @@ def _gate(server: EmbeddedRedis) -> CapGate:
     store = RedisCapStore(
         client,
         config.caps.rules,
-        config.caps.min_gaps,
+        config.caps.gap_rules,
         config.caps.block_rules,
         KeySpace("instr"),
         retention_s=parse_duration(config.store.retention),

@@ -100,7 +100,7 @@ def _redis(
     store = RedisCapStore(
         client,
         caps.rules,
-        caps.min_gaps,
+        caps.gap_rules,
         caps.block_rules,
         KeySpace(config.store.prefix),
         retention_s=parse_duration(config.store.retention),
@@ -109,6 +109,7 @@ def _redis(
         ahead_s=parse_duration(config.store.max_ahead),
         horizon_s=parse_duration(config.store.dedup_horizon),
         campaign_times=config.store.campaign_times,
+        competing=caps.competitor_of,
     )
     check_layout(client, store.keys)
     store.load_scripts()
@@ -138,7 +139,8 @@ def check_layout(client: Any, keys: KeySpace) -> None:
 
 
 def _memory(config: AdmatchConfig) -> CapStore:
-    return MemoryCapStore(config.caps.rules, config.caps.min_gaps, config.caps.block_rules)
+    caps = config.caps
+    return MemoryCapStore(caps.rules, caps.gap_rules, caps.block_rules, caps.competitor_of)
 
 
 BACKENDS: dict[str, Callable[[AdmatchConfig], CapStore]] = {

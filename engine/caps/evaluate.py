@@ -32,6 +32,16 @@ def refused(reading: CapReading, limits: np.ndarray, min_gaps: np.ndarray) -> np
     return np.asarray(over | close | reading.blocked, dtype=bool)
 
 
+def separated(reading: CapReading, min_gaps: np.ndarray, which: slice) -> np.ndarray:
+    """Candidates a stream-separation gap (``which`` of the gap rules) refuses: some of the
+    ones :func:`refused` refuses, whose reason is COMPETITIVE_SEPARATION."""
+    gaps = min_gaps[which]
+    if not len(gaps):
+        return np.zeros(len(reading.gap_since), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        return np.asarray((reading.gap_since[:, which] < gaps).any(axis=1), dtype=bool)
+
+
 def subject_to_caps(plan: Plan) -> np.ndarray:
     """Candidates some cap, gap or block applies to: the ones to refuse when the store is down
     and the config fails closed."""

@@ -39,6 +39,7 @@ class GateReading:
     capped: np.ndarray
     store_ok: bool
     room: PodRoom | None = None
+    separated: np.ndarray | None = None  # capped by stream separation (when some rule is)
 
 
 class Reservation(Enum):
@@ -73,8 +74,11 @@ class CapGate:
         self.retention_s = retention_s
         self.fail_open = fail_open
         self.errors = 0
-        self.planner = Planner(caps.rules, caps.min_gaps, caps.block_rules, retention_s)
-        self._thresholds = evaluate.thresholds(caps.rules, caps.min_gaps)
+        self.gaps = caps.gap_rules  # min_gaps, then the separation rules'
+        self.planner = Planner(
+            caps.rules, self.gaps, caps.block_rules, retention_s, caps.competitor_of
+        )
+        self._thresholds = evaluate.thresholds(caps.rules, self.gaps)
 
     @property
     def mode(self) -> str:
@@ -131,12 +135,14 @@ class CapGate:
         self, reading: CapReading, own: list[CapRule], plan: Plan, pod: bool
     ) -> GateReading:
         limits = (
-            evaluate.thresholds([*self.caps.rules, *own], self.caps.min_gaps)
-            if own
-            else self._thresholds
+            evaluate.thresholds([*self.caps.rules, *own], self.gaps) if own else self._thresholds
         )
         room = evaluate.pod_room(plan, reading, limits[0]) if pod else None
-        return GateReading(reading.exposures, evaluate.refused(reading, *limits), True, room)
+        capped = evaluate.refused(reading, *limits)
+        apart = (
+            evaluate.separated(reading, limits[1], self.caps.separating) if capped.any() else None
+        )
+        return GateReading(reading.exposures, capped, True, room, apart)
 
     def is_pod(self, request: ScoreRequest) -> bool:
         """Whether the request fills a pod (its slot's, or its own ``pod``)."""
@@ -226,7 +232,7 @@ class CapGate:
         rules = [*self.caps.rules, *own]
         try:
             result = self.store.check_and_record(
-                impression, plan, evaluate.checks(plan, rules, self.caps.min_gaps), budget_s
+                impression, plan, evaluate.checks(plan, rules, self.gaps), budget_s
             )
         except StoreUnavailable:
             return self.unavailable()
@@ -252,4 +258,5 @@ def _filled(request: ScoreRequest, reading: GateReading) -> ScoreRequest:
         capped=reading.capped,
         cap_store_ok=reading.store_ok,
         pod_room=reading.room,
+        separated=reading.separated,
     )

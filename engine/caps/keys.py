@@ -19,7 +19,7 @@ Layout (``P`` = configured prefix, ``T`` = hash tag, ``FAM`` = counter family, `
   ``store.dedup_horizon`` + 1 day from when it is made.
 * ``P:layout``  the layout version of everything under ``P`` (see ``connect.check_layout``).
 
-``FAM`` is the scope letter (u, h, d), the target (cr, ad, cmp, adv, cat, any) and an optional
+``FAM`` is the scope letter (u, h, d), the target (cr, ad, cmp, adv, cat, cmpt, any) and an optional
 filter (``tp=ott`` or ``sl=ott_boot``), joined by dots: ``u.cmp``, ``h.any.sl=ott_boot``.
 
 The hash tag ``T`` is the household id (``h=...``), or the user id (``u=...``) for users without
@@ -42,6 +42,7 @@ _TARGET = {
     "campaign": "cmp",
     "advertiser": "adv",
     "category": "cat",
+    "competitor": "cmpt",
     "any": "any",
 }
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left, bisect_right, insort
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from engine.caps.plan import DAY_US, US, Plan, impression_writes, micros
-from engine.caps.rules import BlockRule, CapRule, Family, GapRule
+from engine.caps.rules import BlockRule, CapRule, Family, GapRule, competitor_ids
 from engine.caps.store import (
     CapReading,
     Check,
@@ -33,8 +33,16 @@ from engine.errors import AdmatchError
 class MemoryCapStore:
     """See :class:`engine.caps.store.CapStore`."""
 
-    def __init__(self, rules: list[CapRule], gaps: list[GapRule], blocks: list[BlockRule]) -> None:
+    def __init__(
+        self,
+        rules: list[CapRule],
+        gaps: list[GapRule],
+        blocks: list[BlockRule],
+        competing: Mapping[str, str] | None = None,
+    ) -> None:
+        """``competing``: category -> its competition label (``CapsConfig.competitor_of``)."""
         self.rules, self.gaps, self.blocks = rules, gaps, blocks
+        self.competing = dict(competing or {})
         self._times: dict[tuple[Family, str, str], list[int]] = defaultdict(list)
         self._seen: set[tuple[str | None, str, str]] = set()  # see _marker
         self._blocks: dict[tuple[str, str, str, str], int] = {}
@@ -107,7 +115,11 @@ class MemoryCapStore:
         self._seen.add(marker)
         t = micros(imp.ts)
         for fam, scope_id, field in impression_writes(
-            imp.ids(), imp.touchpoint, imp.slot, self.rules, self.gaps
+            competitor_ids(imp.ids(), self.competing),
+            imp.touchpoint,
+            imp.slot,
+            self.rules,
+            self.gaps,
         ):
             insort(self._times[(fam, scope_id, field)], t)
         return 1

@@ -13,14 +13,22 @@ of its candidates (a :class:`Plan`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 
-from engine.caps.rules import SCOPE_COLUMN, TARGET_COLUMN, BlockRule, CapRule, Family, GapRule
+from engine.caps.rules import (
+    COMPETITOR,
+    SCOPE_COLUMN,
+    TARGET_COLUMN,
+    BlockRule,
+    CapRule,
+    Family,
+    GapRule,
+)
 from engine.caps.shape import (
     FEATURE_FAMILIES,
     N_EXPOSURES,
@@ -184,8 +192,11 @@ class Planner:
         gaps: Sequence[GapRule],
         blocks: Sequence[BlockRule],
         retention_s: int,
+        competing: Mapping[str, str] | None = None,
     ) -> None:
+        """``competing``: category -> its competition label (``CapsConfig.competitor_of``)."""
         self.rules, self.gaps, self.blocks = list(rules), list(gaps), list(blocks)
+        self.competing = dict(competing or {})
         self.retention_s = retention_s
         self._shapes: dict[tuple[object, ...], Shape] = {}
 
@@ -216,6 +227,19 @@ class Planner:
             self._shapes[key] = shape
         return shape
 
+    def _ids(
+        self, candidates: CandidateColumns, column: str, n: int
+    ) -> tuple[list[str], np.ndarray]:
+        """A group's distinct ids and each candidate's index among them; the competition
+        labels from the distinct categories (a pass over the categories, not the candidates)."""
+        if column != COMPETITOR:
+            return _distinct(candidates.get(column), n)
+        categories, rows = _distinct(candidates.get("category"), n)
+        if not categories:
+            return [], rows
+        labels, index = _distinct([self.competing.get(c, c) for c in categories], len(categories))
+        return labels, np.where(rows >= 0, index[rows], -1)
+
     def plan(
         self, context: RequestContext, candidates: CandidateColumns, own: Sequence[CapRule] = ()
     ) -> Plan:
@@ -230,7 +254,7 @@ class Planner:
                 fields.append([ANY])
                 rows.append(np.zeros(n, dtype=np.int64))
             else:
-                f, r = _distinct(candidates.get(column), n)
+                f, r = self._ids(candidates, column, n)
                 fields.append(f)
                 rows.append(r)
         only: dict[int, int] = {}
@@ -259,13 +283,14 @@ def plan_request(
     gaps: Sequence[GapRule],
     blocks: Sequence[BlockRule],
     retention_s: int,
+    competing: Mapping[str, str] | None = None,
 ) -> Plan:
     """One uncached plan (tests, tools): ``rules`` may include campaigns' own caps."""
     own = [r for r in rules if r.campaign_id is not None]
     plain = [r for r in rules if r.campaign_id is None]
     if [*plain, *own] != list(rules):
         raise ValueError("campaigns' own caps must follow the global rules")
-    return Planner(plain, gaps, blocks, retention_s).plan(context, candidates, own)
+    return Planner(plain, gaps, blocks, retention_s, competing).plan(context, candidates, own)
 
 
 def impression_families(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import numpy as np
@@ -31,7 +31,15 @@ from engine.caps.plan import (
     impression_families,
     micros,
 )
-from engine.caps.rules import SCOPE_COLUMN, TARGET_COLUMN, BlockRule, CapRule, GapRule
+from engine.caps.rules import (
+    COMPETITOR,
+    SCOPE_COLUMN,
+    TARGET_COLUMN,
+    BlockRule,
+    CapRule,
+    GapRule,
+    competitor_ids,
+)
 from engine.caps.store import (
     CapReading,
     Check,
@@ -128,6 +136,7 @@ class RedisCapStore:
         deadline_s: float | None = None,
         ahead_s: int = 0,
         campaign_times: int = 10,
+        competing: Mapping[str, str] | None = None,
     ) -> None:
         """Each counter keeps what its family's readers need (``keep.py``) for reads no earlier
         than ``ahead_s`` before its newest impression (the service refuses impressions timed
@@ -135,8 +144,10 @@ class RedisCapStore:
         times for the requests' own caps over exact windows. An impression
         id reported again within ``horizon_s`` of its first report (by ``clock``, the arrival
         time) is a duplicate; its marker lives under its arrival day, kept ``horizon_s`` and a
-        day more."""
+        day more. ``competing``: category -> its competition label
+        (``CapsConfig.competitor_of``), the id of an impression's ``competitor`` families."""
         self.client = client
+        self.competing = dict(competing or {})
         self.deadline_s = deadline_s  # the longest any call waits (requests may allow less)
         self.rules, self.gaps, self.blocks = rules, gaps, blocks
         self.keys = keys or KeySpace()
@@ -299,7 +310,12 @@ class RedisCapStore:
             imp.touchpoint, imp.slot
         ):
             scope_id = getattr(imp, scope_column)
-            target_id = ANY if target_column is None else getattr(imp, target_column)
+            if target_column is None:
+                target_id: str | None = ANY
+            elif target_column == COMPETITOR:
+                target_id = competitor_ids(imp.ids(), self.competing)[COMPETITOR]
+            else:
+                target_id = getattr(imp, target_column)
             if scope_id is not None and target_id is not None:
                 keys.append(self.keys.counters_at(base, code, escape(scope_id)))
                 policies += policy

@@ -14,12 +14,14 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
+import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from features.schema import SLOT_TOUCHPOINT, SLOTS, TOUCHPOINTS
 
 Scope = Literal["user", "household", "device"]
-Target = Literal["creative", "ad", "campaign", "advertiser", "category", "any"]
+COMPETITOR = "competitor"  # the column of an ad's competition label: its category's group
+Target = Literal["creative", "ad", "campaign", "advertiser", "category", "competitor", "any"]
 SCOPE_COLUMN = {"user": "user_id", "household": "household_id", "device": "device_id"}
 TARGET_COLUMN: dict[str, str | None] = {
     "creative": "creative_id",
@@ -27,6 +29,7 @@ TARGET_COLUMN: dict[str, str | None] = {
     "campaign": "campaign_id",
     "advertiser": "advertiser_id",
     "category": "category",
+    "competitor": COMPETITOR,  # derived from the category (see competitor_of)
     "any": None,
 }
 FeedbackKind = Literal["skip", "close", "dislike", "hide", "complaint"]
@@ -37,6 +40,21 @@ BlockTarget = Literal["campaign", "advertiser", "category"]
 MAX_WINDOW_S = 180 * 86_400
 _UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
 _DURATION = re.compile(r"^(\d+)([smhd])$")
+
+
+def competitor_ids(
+    ids: Mapping[str, str | None], groups: Mapping[str, str]
+) -> dict[str, str | None]:
+    """An impression's id columns with its competition label (``competitor``): its category's
+    group in ``groups`` (``CapsConfig.competitor_of``), or the category itself."""
+    category = ids.get("category")
+    return {**ids, COMPETITOR: None if category is None else groups.get(category, category)}
+
+
+def competitor_column(groups: Mapping[str, str]) -> pl.Expr:
+    """:func:`competitor_ids` over a frame: the ``competitor`` column from ``category``."""
+    category = pl.col("category").cast(pl.String)
+    return (category.replace(dict(groups)) if groups else category).alias(COMPETITOR)
 
 
 def parse_duration(text: str) -> int:
@@ -181,6 +199,42 @@ class FeedbackBlock(BaseModel):
         return [BlockRule(on=list(self.kinds), **self.model_dump(exclude={"kinds"}))]
 
 
+class SeparationRule(BaseModel):
+    """Stream separation: on one screen (a device, or a household's or user's screens), no ad
+    of the advertiser of an ad shown within ``min_gap``, nor of a competing category (the
+    same category, or one of its ``caps.competing`` group), across requests and pods. Checked
+    as minimum gaps on the cap store's recency (the same read); its refusals are
+    COMPETITIVE_SEPARATION."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = ""
+    scope: Scope = "device"
+    touchpoint: str | None = None
+    slot: str | None = None
+    advertiser: bool = Field(True, description="keep one advertiser's ads apart")
+    categories: bool = Field(True, description="keep competing categories apart")
+    min_gap: str
+
+    @model_validator(mode="after")
+    def _something(self) -> SeparationRule:
+        if not (self.advertiser or self.categories):
+            raise ValueError("keeps nothing apart: set advertiser or categories")
+        self.gaps()  # the filter and the gap are checked as a gap rule's
+        return self
+
+    def gaps(self) -> list[GapRule]:
+        """The minimum gaps it stands for (advertiser, then competitor)."""
+        targets = ["advertiser"] * self.advertiser + [COMPETITOR] * self.categories
+        where = {"touchpoint": self.touchpoint, "slot": self.slot, "min_gap": self.min_gap}
+        return [
+            GapRule.model_validate(
+                {"name": f"{self.name} ({t})", "scope": self.scope, "target": t, **where}
+            )
+            for t in targets
+        ]
+
+
 class CapsConfig(BaseModel):
     """The ``[caps]`` section."""
 
@@ -194,7 +248,38 @@ class CapsConfig(BaseModel):
         description="more blocks: a feedback kind or a conversion stops a target for a while",
     )
 
+    separation: list[SeparationRule] = Field(default_factory=list)
+    competing: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="groups of categories that compete: kept apart as one (pods, separation)",
+    )
+
+    @model_validator(mode="after")
+    def _groups(self) -> CapsConfig:
+        seen: dict[str, str] = {}
+        for group, categories in self.competing.items():
+            for c in categories:
+                if c in seen and seen[c] != group:
+                    raise ValueError(f"competing: {c!r} is in both {seen[c]!r} and {group!r}")
+                seen[c] = group
+        return self
+
     @property
     def block_rules(self) -> list[BlockRule]:
         """Every block rule: ``feedback``'s, then ``blocks``."""
         return [*self.feedback.rules(), *self.blocks]
+
+    @property
+    def gap_rules(self) -> list[GapRule]:
+        """Every minimum gap: ``min_gaps``, then the separation rules' (:attr:`separating`)."""
+        return [*self.min_gaps, *(g for s in self.separation for g in s.gaps())]
+
+    @property
+    def separating(self) -> slice:
+        """Which of :attr:`gap_rules` are stream separation (their refusals' reason differs)."""
+        return slice(len(self.min_gaps), None)
+
+    @property
+    def competitor_of(self) -> dict[str, str]:
+        """Category -> its competition label (its group; a category in none is its own)."""
+        return {c: group for group, cats in self.competing.items() for c in cats}

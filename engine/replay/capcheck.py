@@ -7,7 +7,8 @@ recorded, what each rule allowed at the moment of each selection, with the seman
 * a cap if the family already had ``limit`` exposures in the window: ``(t - window, t)`` for
   windows up to the store's retention, the last ``ceil(window / 1 day)`` UTC days up to ``t``
   for longer ones, everything before ``t`` for lifetime;
-* a minimum gap if the family had an exposure in ``(t - min_gap, t)``;
+* a minimum gap (stream separation's too: by advertiser and by competition label) if the
+  family had an exposure in ``(t - min_gap, t)``;
 * a block if the user (or, by the rule, the household) gave negative feedback of a kind the
   rule names, or converted (a rule naming ``conversion``), on the campaign, advertiser or
   category in ``(t - duration, t)``.
@@ -26,7 +27,14 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from engine.caps.rules import CONVERSION, SCOPE_COLUMN, TARGET_COLUMN, CapsConfig, Family
+from engine.caps.rules import (
+    CONVERSION,
+    SCOPE_COLUMN,
+    TARGET_COLUMN,
+    CapsConfig,
+    Family,
+    competitor_column,
+)
 
 US = 1_000_000
 DAY_US = 86_400 * US
@@ -58,13 +66,16 @@ def violations(
         caps: the rules the engine ran with.
         retention_s: the store's exact-window retention (longer windows count UTC days).
     """
+    competitor = competitor_column(caps.competitor_of)  # the separation rules' target
+    selections = selections.with_columns(competitor)
+    history = history.with_columns(competitor)
     found = []
     for i, rule in enumerate(caps.rules):
         name = rule.name or f"caps.rules[{i}]"
         w = rule.window_s
         mode = "lifetime" if w is None else ("exact" if w <= retention_s else "days")
         found.append(_family_check(selections, history, rule, name, "cap", w, mode, rule.limit))
-    for i, gap in enumerate(caps.min_gaps):
+    for i, gap in enumerate(caps.gap_rules):
         name = gap.name or f"caps.min_gaps[{i}]"
         found.append(
             _family_check(selections, history, gap, name, "gap", gap.min_gap_s, "exact", 1)

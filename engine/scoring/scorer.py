@@ -7,10 +7,11 @@ The same inputs always give the same decisions.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import accumulate, chain
 
 import numpy as np
+import polars as pl
 
 from engine.config import AdmatchConfig
 from engine.model.bundle import ModelBundle, Predictions
@@ -30,6 +31,7 @@ class Scorer:
         self.config = config
         self.rules = R.CompiledRules.build(config)
         self.variants = Variants.from_config(config)
+        self._competing = config.caps.competitor_of
 
     def score(
         self, request: ScoreRequest, timer: StageTimer = NULL_TIMER, validated: bool = False
@@ -84,10 +86,11 @@ class Scorer:
         owner = np.repeat(np.arange(len(requests)), sizes)
         capped = self._capped(requests, exposures, bounds)
         store_down = np.array([not r.cap_store_ok for r in requests])[owner]
-        static = self._blocked(rows, capped, store_down)
+        apart = _separated(requests, bounds)
+        static = self._blocked(rows, capped, store_down, apart)
         ad_id = list(chain.from_iterable(r.candidates["ad_id"] for r in requests))
         capacity = self._capacity(requests)
-        separation = _separation(requests, sizes, capacity)
+        separation = _separation(requests, sizes, capacity, self._competing)
         room = _pod_room(requests, sizes, capacity)
         v = self.variants
         share = v.share([r.context.slot for r in requests])
@@ -124,12 +127,15 @@ class Scorer:
                 capped[bounds[i] : bounds[i + 1]] = r.capped
         return capped
 
-    def _blocked(self, rows: R.Rows, capped: np.ndarray, store_down: np.ndarray) -> np.ndarray:
+    def _blocked(
+        self, rows: R.Rows, capped: np.ndarray, store_down: np.ndarray, apart: np.ndarray | None
+    ) -> np.ndarray:
         """Reason code of the first failed eligibility rule per row that no parameter moves
         (exploration never shows what these refuse; the protections come first), -1 when it
         passes them all; the reserve
         is checked per parameter set. A row capped because the cap store did not answer
-        (``store_down``: the fail mode's) is not FREQUENCY_CAPPED but CAP_STORE_UNAVAILABLE."""
+        (``store_down``: the fail mode's) is not FREQUENCY_CAPPED but CAP_STORE_UNAVAILABLE; one
+        stream separation caps (``apart``) is COMPETITIVE_SEPARATION."""
         checks = [
             *((refused, Reason(name)) for refused, name in R.protections(self.rules, rows)),
             *((refused, Reason(name)) for refused, name in R.blocked(self.rules, rows)),
@@ -137,6 +143,7 @@ class Scorer:
             (R.format_not_allowed(self.rules, rows), Reason.FORMAT_NOT_ALLOWED),
             (R.brand_unsuitable(rows), Reason.BRAND_UNSUITABLE),
             (capped & store_down, Reason.CAP_STORE_UNAVAILABLE),
+            *([] if apart is None else [(capped & apart, Reason.COMPETITIVE_SEPARATION)]),
             (capped, Reason.FREQUENCY_CAPPED),
         ]
         blocked = np.full(len(capped), -1)
@@ -203,15 +210,33 @@ class Scorer:
         return out
 
 
+def _separated(requests: Sequence[ScoreRequest], bounds: list[int]) -> np.ndarray | None:
+    """Per row, whether stream separation caps it (``None`` when it caps none)."""
+    if all(r.separated is None for r in requests):
+        return None
+    out = np.zeros(bounds[-1], dtype=bool)
+    for i, r in enumerate(requests):  # a loop over requests
+        if r.separated is not None:
+            out[bounds[i] : bounds[i + 1]] = r.separated
+    return out
+
+
 def _separation(
-    requests: Sequence[ScoreRequest], sizes: list[int], capacity: Capacity
+    requests: Sequence[ScoreRequest],
+    sizes: list[int],
+    capacity: Capacity,
+    competing: Mapping[str, str],
 ) -> tuple[list[str | None], list[str | None]]:
-    """Per row, the advertiser and category that pods keep apart (all None when no request
-    is a pod: nothing to keep apart, nothing to build)."""
+    """Per row, the advertiser and the competition label (its category, or its category's
+    ``caps.competing`` group) that pods keep apart (all None when no request is a pod:
+    nothing to keep apart, nothing to build)."""
     if not capacity.pods().any():
         nothing: list[str | None] = [None] * sum(sizes)
         return nothing, nothing
-    return _column(requests, "advertiser_id", sizes), _column(requests, "category", sizes)
+    categories = _column(requests, "category", sizes)
+    if competing:
+        categories = pl.Series(categories, dtype=pl.String).replace(competing).to_list()
+    return _column(requests, "advertiser_id", sizes), categories
 
 
 def _pod_room(

@@ -93,6 +93,8 @@ class ScoreRequest:
             with reason CAP_STORE_UNAVAILABLE), and no reservation is tried.
         pod_room: for a pod, what the caps leave for its ads together (the cap gate's);
             ``None``: the pod's ads are judged one by one.
+        separated: per candidate, whether stream separation (``caps.separation``) is what
+            caps it (reason COMPETITIVE_SEPARATION); ``None``: none does.
     """
 
     context: RequestContext
@@ -103,6 +105,7 @@ class ScoreRequest:
     campaign_caps: CampaignCaps | None = None
     cap_store_ok: bool = True
     pod_room: PodRoom | None = None
+    separated: np.ndarray | None = None
 
     def validate(self, where: str = "request") -> None:
         """Reject what the feature core would not catch, naming the field.

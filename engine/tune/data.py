@@ -26,7 +26,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from engine.caps.rules import SCOPE_COLUMN, TARGET_COLUMN, BlockRule, Family
+from engine.caps.rules import (
+    COMPETITOR,
+    SCOPE_COLUMN,
+    TARGET_COLUMN,
+    BlockRule,
+    Family,
+    competitor_column,
+)
 from engine.config import COST_COMPONENTS, AdmatchConfig
 from engine.errors import InvalidArgument
 from engine.model.bundle import ModelBundle
@@ -44,9 +51,9 @@ FATIGUE_FAMILIES = (  # the fatigue cost's three counts (engine.scoring.rules.co
     (Family(scope="user", target="campaign"), 86_400, 1.0),
     (Family(scope="household", target="any"), 86_400, 0.5),
 )
-KEY_COLUMNS = (
+KEY_COLUMNS = (  # the log's columns the families are keyed by (the competitor is derived)
     *SCOPE_COLUMN.values(),
-    *(c for c in TARGET_COLUMN.values() if c),
+    *(c for c in TARGET_COLUMN.values() if c and c != COMPETITOR),
     "touchpoint",
     "slot",
 )
@@ -139,7 +146,7 @@ def block_families(rule: BlockRule) -> list[Family]:
 def needed_families(config: AdmatchConfig) -> list[Family]:
     """Every family the caps, gaps, blocks and fatigue cost read (each once)."""
     caps = config.caps
-    fams = [r.family() for r in caps.rules] + [g.family() for g in caps.min_gaps]
+    fams = [r.family() for r in caps.rules] + [g.family() for g in caps.gap_rules]
     fams += [f for rule in caps.block_rules for f in block_families(rule)]
     fams += [f for f, _, _ in FATIGUE_FAMILIES]
     return list(dict.fromkeys(fams))
@@ -195,7 +202,9 @@ def prepare(
         p_negative=p_negative,
         ad_code=features["ad_id"].rank("dense").to_numpy().astype(np.int64),
         advertiser=features["advertiser_id"].to_list(),
-        category=features["category"].to_list(),
+        category=features.select(competitor_column(config.caps.competitor_of))
+        .to_series()
+        .to_list(),
         duration_s=rows.duration_s,
         capacity=_capacity(features, bounds, config),
         family_keys=keys,
@@ -231,7 +240,7 @@ def lookback_s(config: AdmatchConfig) -> float:
     windows = [r.window_s for r in caps.rules]
     if None in windows:
         return float("inf")
-    spans = [w for w in windows if w is not None] + [g.min_gap_s for g in caps.min_gaps]
+    spans = [w for w in windows if w is not None] + [g.min_gap_s for g in caps.gap_rules]
     spans += [b.duration_s for b in caps.block_rules] + [w for _, w, _ in FATIGUE_FAMILIES]
     return float(max(spans)) + 86_400  # and a day: windows beyond the retention are in days
 
@@ -266,6 +275,7 @@ def _keys(
 ) -> tuple[dict[Family, np.ndarray], Warm | None]:
     """Every needed family's key per row, and the history's exposures in the same key space."""
     both = pl.concat([history.select(KEY_COLUMNS), features.select(KEY_COLUMNS)])
+    both = both.with_columns(competitor_column(config.caps.competitor_of))
     n = len(history)
     keys = {f: family_key(both, f) for f in needed_families(config)}
     if not n:

@@ -93,7 +93,8 @@ class Simulator:
         depth: dict[Family, int] = {f: FATIGUE_DEPTH for f, _, _ in FATIGUE_FAMILIES}
         for rule in caps.rules:
             depth[rule.family()] = max(depth.get(rule.family(), 1), rule.limit)
-        for gap in caps.min_gaps:
+        self.gaps = caps.gap_rules  # min_gaps, then the separation rules'
+        for gap in self.gaps:
             depth[gap.family()] = max(depth.get(gap.family(), 1), 2)
         self.exposures = {f: self._counter(f, d) for f, d in depth.items()}
         self.blocks = [
@@ -176,7 +177,8 @@ class Simulator:
         leave for the ads of a pod together (as the cap gate's ``PodRoom``)."""
         caps = self.config.caps
         capped = np.zeros(len(t), dtype=bool)
-        width = len(caps.rules) + len(caps.min_gaps) if pods else 0
+        gaps = self.gaps
+        width = len(caps.rules) + len(gaps) if pods else 0
         keys = np.full((len(t), width), -1, dtype=np.int64)
         room = np.ones((len(t), width))
         for c, rule in enumerate(caps.rules):
@@ -185,7 +187,7 @@ class Simulator:
             if width:
                 keys[:, c] = self.exposures[rule.family()].key[rows]
                 room[:, c] = rule.limit - count
-        for c, gap in enumerate(caps.min_gaps, start=len(caps.rules)):
+        for c, gap in enumerate(gaps, start=len(caps.rules)):
             lower = t - gap.min_gap_s * 1_000_000
             capped |= self.exposures[gap.family()].count(rows, t, lower, False) > 0
             if width:

@@ -5,6 +5,7 @@ Each test gets a fresh store under a key prefix of its own and removes its keys 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,7 +25,15 @@ from engine.caps.keys import KeySpace
 from engine.caps.memory_store import MemoryCapStore
 from engine.caps.plan import Plan
 from engine.caps.redis_store import RedisCapStore
-from engine.caps.rules import BlockRule, CapRule, CapsConfig, Family, FeedbackBlock, GapRule
+from engine.caps.rules import (
+    BlockRule,
+    CapRule,
+    CapsConfig,
+    Family,
+    FeedbackBlock,
+    GapRule,
+    SeparationRule,
+)
 from engine.caps.store import CapReading, CapStore, Feedback, Impression, StoreUnavailable
 from engine.errors import AdmatchError, InvalidArgument
 from engine.scoring.types import ScoreRequest
@@ -53,31 +62,34 @@ RULES = [
     CapRule(name="creative lifetime", scope="user", target="creative", window="lifetime", limit=5),
     CapRule(name="category month", scope="user", target="category", window="30d", limit=4),
 ]
-GAPS = [
-    GapRule(
-        name="ott campaign gap",
-        scope="household",
-        target="campaign",
-        touchpoint="ott",
-        min_gap="5m",
-    )
-]
 CAPS = CapsConfig(
     rules=RULES,
-    min_gaps=GAPS,
+    min_gaps=[
+        GapRule(
+            name="ott campaign gap",
+            scope="household",
+            target="campaign",
+            touchpoint="ott",
+            min_gap="5m",
+        )
+    ],
+    separation=[SeparationRule(name="preroll screen", slot="ott_preroll", min_gap="15m")],
+    competing={"drinks": ["cola", "soda"]},
     feedback=FeedbackBlock(household=True),
     blocks=[
         BlockRule(on=["complaint"], target="category", duration="90d"),  # the user's only
         BlockRule(on=["conversion"], target="advertiser", household=True, duration="7d"),
     ],
 )
+GAPS = CAPS.gap_rules  # the ott campaign gap, then the separation's by advertiser and competitor
 BLOCKS = CAPS.block_rules
+COMPETING = CAPS.competitor_of
 
 Factory = Callable[[], CapStore]
 
 
 def _redis_factory(client: Any, prefix: str) -> Factory:
-    return lambda: RedisCapStore(client, RULES, GAPS, BLOCKS, KeySpace(prefix))
+    return lambda: RedisCapStore(client, RULES, GAPS, BLOCKS, KeySpace(prefix), competing=COMPETING)
 
 
 @pytest.fixture(params=["memory", "embedded", "local", "cluster"])
@@ -86,7 +98,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[tuple[str, Factory, Any]
     kind = request.param
     prefix = f"test-{uuid.uuid4().hex[:8]}"
     if kind == "memory":
-        shared = MemoryCapStore(RULES, GAPS, BLOCKS)
+        shared = MemoryCapStore(RULES, GAPS, BLOCKS, COMPETING)
         yield kind, lambda: shared, None
         return
     server = None
@@ -333,6 +345,57 @@ def test_a_conversion_stops_the_advertiser_for_the_household(
     }
     taken = imp(9, 2, ad_id="ad9", creative_id="cr9", campaign_id="c9", category="auto")
     assert g.reserve(ctx, cand, taken) == Reservation.CAPPED
+
+
+def test_stream_separation_keeps_an_advertiser_and_competing_categories_apart(
+    backend: tuple[str, Factory, Any],
+) -> None:
+    """On one screen (device) and its slot: not the advertiser of an ad shown within 15
+    minutes, nor its category's competitors (the same category or its group); another
+    screen, another slot or 15 minutes later, they are back. A reservation is refused too."""
+    store = backend[1]()
+    preroll = {"touchpoint": "ott", "slot": "ott_preroll"}
+    store.record([imp(1, 0, category="cola", **preroll)])
+    fresh = {"campaign_id": "c2", "creative_id": "cr2", "ad_id": "ad2", **preroll}
+
+    def capped(minutes: float, **kw: Any) -> bool:
+        return bool(ask(store, minutes, **{**fresh, **kw})[0][0])
+
+    assert capped(10, advertiser_id="v1", category="food")  # the advertiser
+    assert capped(10, advertiser_id="v2", category="soda")  # a competitor (drinks)
+    assert capped(10, advertiser_id="v2", category="cola")  # the same category
+    assert not capped(10, advertiser_id="v2", category="food")
+    assert not capped(10, advertiser_id="v1", device_id="phone1")  # another screen
+    assert not capped(10, advertiser_id="v1", slot="ott_pause")  # another slot
+    assert not capped(15, advertiser_id="v1", category="soda")  # 15 minutes on
+    reading = gate(store).read(
+        RequestContext("r", T0 + timedelta(minutes=10), "u1", "ott", "ott_preroll", "h1", "tv1"),
+        {
+            "ad_id": ["a", "b", "c"],
+            "campaign_id": ["c2", "c3", "c4"],
+            "advertiser_id": ["v2", "v3", "v1"],
+            "category": ["soda", "food", "food"],
+            "format": ["image"] * 3,
+            "bid": [1.0] * 3,
+            "pricing": ["cpm"] * 3,
+        },
+    )
+    assert reading.capped.tolist() == [True, False, True]
+    assert reading.separated is not None and reading.separated.tolist() == [True, False, True]
+    ctx = RequestContext("r2", T0 + timedelta(minutes=10), "u1", "ott", "ott_preroll", "h1", "tv1")
+    cand: dict[str, list[Any]] = {
+        "ad_id": ["ad2"],
+        "creative_id": ["cr2"],
+        "campaign_id": ["c2"],
+        "advertiser_id": ["v2"],
+        "category": ["soda"],
+        "format": ["image"],
+        "bid": [1.0],
+        "pricing": ["cpm"],
+    }
+    taken = imp(2, 10, ad_id="ad2", creative_id="cr2", campaign_id="c2", advertiser_id="v2")
+    taken = dataclasses.replace(taken, category="soda", touchpoint="ott", slot="ott_preroll")
+    assert gate(store).reserve(ctx, cand, taken) == Reservation.CAPPED
 
 
 def _admit(store: CapStore, i: int) -> bool:

@@ -36,13 +36,18 @@ from engine.caps.redis_store import RedisCapStore
 from engine.caps.store import CapReading, Feedback, Impression
 from features.online import RequestContext
 
-from .test_cap_store_contract import BLOCKS, GAPS, RULES, T0
+from .test_cap_store_contract import BLOCKS, COMPETING, GAPS, RULES, T0
 
 EXAMPLES = int(os.environ.get("ADMATCH_FUZZ_EXAMPLES", "200"))
 RETENTION_S = 7 * 86_400
 HOUSEHOLD = {"u1": "h1", "u2": "h1", "u3": None}  # each user in one household (or none)
 DEVICE = {"u1": "tv1", "u2": "phone2", "u3": "fridge3"}
-PLACES = [("ott", "ott_pause"), ("ott", "ott_boot"), ("mobile", "mobile_feed")]
+PLACES = [
+    ("ott", "ott_pause"),
+    ("ott", "ott_boot"),
+    ("ott", "ott_preroll"),
+    ("mobile", "mobile_feed"),
+]
 CAMPAIGN = {"c1": "v1", "c2": "v1", "c3": "v2"}  # campaign -> advertiser
 # minutes, mostly whole, so that impressions fall exactly on the windows' edges (5 min gap,
 # 1 h, 24 h, 7 d, 30 d) as often as just inside (a microsecond) or outside them
@@ -73,9 +78,10 @@ class Differential(RuleBasedStateMachine):
     @initialize()
     def start(self) -> None:
         self.prefix = f"diff-{uuid.uuid4().hex[:8]}"
-        self.redis = RedisCapStore(self.client, RULES, GAPS, BLOCKS, KeySpace(self.prefix))
-        self.memory = MemoryCapStore(RULES, GAPS, BLOCKS)
-        self.planner = Planner(RULES, GAPS, BLOCKS, RETENTION_S)
+        keys = KeySpace(self.prefix)
+        self.redis = RedisCapStore(self.client, RULES, GAPS, BLOCKS, keys, competing=COMPETING)
+        self.memory = MemoryCapStore(RULES, GAPS, BLOCKS, COMPETING)
+        self.planner = Planner(RULES, GAPS, BLOCKS, RETENTION_S, COMPETING)
         self.minutes = 0.0  # the clock: records happen at or before it
         self.latest = 0.0  # the newest impression recorded: reads happen after it
         self.serial = 0
@@ -105,7 +111,7 @@ class Differential(RuleBasedStateMachine):
                 st.sampled_from(PLACES),
                 st.sampled_from(sorted(CAMPAIGN)),
                 st.sampled_from(["cr1", "cr2"]),
-                st.sampled_from(["food", "auto"]),
+                st.sampled_from(["food", "auto", "cola", "soda"]),
                 st.sampled_from(LAGS),
             ),
             min_size=1,
@@ -166,7 +172,7 @@ class Differential(RuleBasedStateMachine):
             "campaign_id": [c for c, _ in cands],
             "creative_id": [cr for _, cr in cands],
             "advertiser_id": [CAMPAIGN[c] for c, _ in cands],
-            "category": ["food" if c != "c3" else "auto" for c, _ in cands],
+            "category": [{"c1": "food", "c2": "cola", "c3": "soda"}[c] for c, _ in cands],
             "format": ["image"] * len(cands),
             "bid": [1.0] * len(cands),
             "pricing": ["cpm"] * len(cands),

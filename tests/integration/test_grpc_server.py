@@ -638,3 +638,40 @@ def test_a_conversion_and_a_complaint_block_at_once(channel: grpc.Channel) -> No
     assert list(reply.selected_ad_ids) == ["free_e"]
     why = {d.ad_id: d.reason for d in reply.decisions}
     assert {why[a] for a in ("cap_a", "cap_b", "cap_c", "free_d")} == {pb.REASON_FREQUENCY_CAPPED}
+
+
+def _ott_shown(impression_id: str, hh_mm: str, advertiser: str, category: str) -> pb.Event:
+    """An impression on the golden OTT request's TV (another campaign, another ad)."""
+    e = pb.Event(
+        type=pb.Event.TYPE_IMPRESSION,
+        impression_id=impression_id,
+        user_id="u000042",
+        household_id="h000017",
+        device_id="tv000017",
+        touchpoint=pb.TOUCHPOINT_OTT,
+        slot=pb.SLOT_OTT_PREROLL,
+        ad_id=f"shown_{impression_id}",
+        campaign_id=f"cmp_{impression_id}",
+        advertiser_id=advertiser,
+        category=category,
+    )
+    e.time.FromJsonString(f"2026-03-03T{hh_mm}:00Z")
+    return e
+
+
+@pytest.mark.parametrize(("hh_mm", "apart"), [("12:05", True), ("11:55", False)])
+def test_stream_separation_across_pods(channel: grpc.Channel, hh_mm: str, apart: bool) -> None:
+    """The shipped separation (one TV: one advertiser, or competing categories, not within
+    15 minutes): an earlier pod's food ad of adv_food and insurance ad (caps.competing:
+    finance) keep the pause request's ad of adv_food and its finance ad off the screen, 10
+    minutes on; 20 minutes on they are back."""
+    stub = pb_grpc.AdMatchingStub(channel)
+    shown = [
+        _ott_shown("s1", hh_mm, "adv_food", "snacks"),
+        _ott_shown("s2", hh_mm, "adv_i", "insurance"),
+    ]
+    assert stub.RecordEvents(pb.EventBatch(events=shown)).impressions_recorded == 2
+    reply = stub.Score(golden("exemplary/ott_pause_family_evening.json"))
+    why = {d.ad_id: pb.Reason.Name(d.reason) for d in reply.decisions}
+    kept_apart = {a for a, r in why.items() if r == "REASON_COMPETITIVE_SEPARATION"}
+    assert kept_apart == ({"pause_vid_food", "pause_img_finance"} if apart else set()), why

@@ -150,6 +150,30 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
         "longer than 180d",
     ),
     (
+        "separation-of-nothing",
+        lambda d: d["caps"]["separation"][0].update(advertiser=False, categories=False),
+        "caps.separation.0",
+        "keeps nothing apart",
+    ),
+    (
+        "separation-slot-elsewhere",
+        lambda d: d["caps"]["separation"][0].update(slot="mobile_feed"),
+        "caps.separation.0",
+        "slot 'mobile_feed' is not on touchpoint 'ott'",
+    ),
+    (
+        "separation-too-long",
+        lambda d: d["caps"]["separation"][0].update(min_gap="8d"),
+        "caps.separation.0",
+        "min_gap longer than 7d",
+    ),
+    (
+        "competing-twice",
+        lambda d: d["caps"]["competing"].update(soda=["soft_drinks"]),
+        "caps",
+        "'soft_drinks' is in both 'drinks' and 'soda'",
+    ),
+    (
         "store-url",
         lambda d: d["store"].update(url="http://localhost"),
         "store",
