@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from engine.caps.rules import CapsConfig, parse_duration
 from engine.errors import ConfigError
+from engine.scoring.taxonomy import Taxonomy, expand, load_taxonomy
 from features.params import Priors
 from features.schema import ASSISTANT_STATES, FORMATS, SCENES, SLOT_TOUCHPOINT, SLOTS, TOUCHPOINTS
 
@@ -98,6 +99,24 @@ class Protections(_Strict):
         description="refuse restricted categories on a shared screen, whose audience's age the "
         "request cannot tell",
     )
+    taxonomy: str = Field(
+        "",
+        description="a category taxonomy file (the IAB Ad Product Taxonomy's TSV): the lists "
+        "above may then name a whole branch, 'ID/*' or 'Name/*' (relative to the working "
+        "directory)",
+    )
+
+    def restricted(self) -> list[str]:
+        """``restricted_categories`` with every branch replaced by its categories."""
+        return expand(self.restricted_categories, self._taxonomy())
+
+    def place_blocks(self) -> dict[str, list[str]]:
+        """``blocked_categories`` with every branch replaced by its categories."""
+        taxonomy = self._taxonomy()
+        return {k: expand(v, taxonomy) for k, v in self.blocked_categories.items()}
+
+    def _taxonomy(self) -> Taxonomy | None:
+        return load_taxonomy(self.taxonomy) if self.taxonomy else None
 
     @model_validator(mode="after")
     def _known(self) -> Protections:
@@ -110,6 +129,18 @@ class Protections(_Strict):
         bad = [k for k in self.blocked_categories if k not in places]
         if bad:
             raise ValueError(f"blocked_categories: {bad} are not touchpoints, slots or scenes")
+        try:
+            taxonomy = self._taxonomy()
+        except ValueError as exc:
+            raise ValueError(f"taxonomy: {exc}") from None
+        for key, entries in [
+            ("restricted_categories", self.restricted_categories),
+            *((f"blocked_categories.{k}", v) for k, v in self.blocked_categories.items()),
+        ]:
+            try:
+                expand(entries, taxonomy)
+            except ValueError as exc:
+                raise ValueError(f"{key}: {exc}") from None
         return self
 
 

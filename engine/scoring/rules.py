@@ -192,7 +192,7 @@ class CompiledRules:
         caps, gaps = exposure_rules(config)
         weights = np.array(config.scoring.weights.vector())
         p = config.protections
-        restricted = pa.array(p.restricted_categories, type=pa.string())
+        restricted = pa.array(p.restricted(), type=pa.string())
         shared = np.array(
             [p.unknown_audience_on_shared_screens and t in p.shared_screens for t in TOUCHPOINTS]
         )
@@ -216,7 +216,7 @@ class CompiledRules:
             shared,
             state_ok,
             state_dur,
-            _place_blocks(p.blocked_categories),
+            _place_blocks(p.place_blocks()),
         )
 
 

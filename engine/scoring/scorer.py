@@ -7,11 +7,10 @@ The same inputs always give the same decisions.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from itertools import accumulate, chain
 
 import numpy as np
-import polars as pl
 
 from engine.config import AdmatchConfig
 from engine.model.bundle import ModelBundle, Predictions
@@ -90,7 +89,7 @@ class Scorer:
         static = self._blocked(rows, capped, store_down, apart)
         ad_id = list(chain.from_iterable(r.candidates["ad_id"] for r in requests))
         capacity = self._capacity(requests)
-        separation = _separation(requests, sizes, capacity, self._competing)
+        separation = _separation(requests, sizes, capacity)
         room = _pod_room(requests, sizes, capacity)
         v = self.variants
         share = v.share([r.context.slot for r in requests])
@@ -102,7 +101,15 @@ class Scorer:
             below = np.where(utility <= v.reserve[k], CODE[Reason.BELOW_RESERVE], -1)
             blocked = np.where(static >= 0, static, below)
             rank, reason = select(
-                owner, blocked < 0, utility, ad_id, *separation, rows.duration_s, capacity, room
+                owner,
+                blocked < 0,
+                utility,
+                ad_id,
+                *separation,
+                rows.duration_s,
+                capacity,
+                room,
+                self._competing,
             )
             runs.append((rank, np.where(blocked >= 0, blocked, reason), weighted, utility))
         odds = propensities(np.stack([r[0] for r in runs]), owner, served, share)
@@ -222,21 +229,14 @@ def _separated(requests: Sequence[ScoreRequest], bounds: list[int]) -> np.ndarra
 
 
 def _separation(
-    requests: Sequence[ScoreRequest],
-    sizes: list[int],
-    capacity: Capacity,
-    competing: Mapping[str, str],
+    requests: Sequence[ScoreRequest], sizes: list[int], capacity: Capacity
 ) -> tuple[list[str | None], list[str | None]]:
-    """Per row, the advertiser and the competition label (its category, or its category's
-    ``caps.competing`` group) that pods keep apart (all None when no request is a pod:
-    nothing to keep apart, nothing to build)."""
+    """Per row, the advertiser and category that pods keep apart (all None when no request
+    is a pod: nothing to keep apart, nothing to build)."""
     if not capacity.pods().any():
         nothing: list[str | None] = [None] * sum(sizes)
         return nothing, nothing
-    categories = _column(requests, "category", sizes)
-    if competing:
-        categories = pl.Series(categories, dtype=pl.String).replace(competing).to_list()
-    return _column(requests, "advertiser_id", sizes), categories
+    return _column(requests, "advertiser_id", sizes), _column(requests, "category", sizes)
 
 
 def _pod_room(

@@ -11,7 +11,7 @@ as soon as the pod is full.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 
@@ -42,6 +42,7 @@ def select(
     duration_s: np.ndarray,
     capacity: Capacity,
     room: PodRoom | None = None,
+    competing: Mapping[str, str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Choose the ads of every request.
 
@@ -50,7 +51,9 @@ def select(
         eligible: rows that passed every eligibility rule.
         utility, ad_id, duration_s: per row (``ad_id``: strings or integer codes, whose
             order breaks ties in utility).
-        advertiser, category: per row, for separation in pods (None never conflicts).
+        advertiser, category: per row, for separation in pods (None never conflicts); two
+            categories compete when equal or of one ``competing`` group (category -> group:
+            ``CapsConfig.competitor_of``).
         capacity: per request.
         room: per row, what its caps leave for the ads of its pod (``None``: nothing shared).
 
@@ -78,7 +81,7 @@ def select(
         ends = np.searchsorted(sorted_owner, pods, side="right")
         for req, lo, hi in zip(pods, starts, ends, strict=True):
             fill = (order[lo:hi], int(req), capacity, advertiser, category, duration_s, room)
-            _fill_pod(*fill, rank, reason)
+            _fill_pod(*fill, competing or {}, rank, reason)
     return rank, reason
 
 
@@ -117,6 +120,7 @@ def _fill_pod(
     category: list[str | None],
     duration_s: np.ndarray,
     room: PodRoom | None,
+    competing: Mapping[str, str],
     rank: np.ndarray,
     reason: np.ndarray,
 ) -> None:
@@ -132,6 +136,7 @@ def _fill_pod(
             reason[rows[k:]] = CODE[Reason.POD_FULL]
             return
         adv, cat = advertiser[row], category[row]
+        cat = competing.get(cat, cat) if cat is not None else None
         if (adv is not None and adv in used_adv) or (cat is not None and cat in used_cat):
             reason[row] = CODE[Reason.COMPETITIVE_SEPARATION]
             continue

@@ -202,9 +202,7 @@ def prepare(
         p_negative=p_negative,
         ad_code=features["ad_id"].rank("dense").to_numpy().astype(np.int64),
         advertiser=features["advertiser_id"].to_list(),
-        category=features.select(competitor_column(config.caps.competitor_of))
-        .to_series()
-        .to_list(),
+        category=features["category"].to_list(),
         duration_s=rows.duration_s,
         capacity=_capacity(features, bounds, config),
         family_keys=keys,

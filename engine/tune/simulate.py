@@ -93,6 +93,7 @@ class Simulator:
         depth: dict[Family, int] = {f: FATIGUE_DEPTH for f, _, _ in FATIGUE_FAMILIES}
         for rule in caps.rules:
             depth[rule.family()] = max(depth.get(rule.family(), 1), rule.limit)
+        self.competing = caps.competitor_of  # what a pod keeps apart besides equal categories
         self.gaps = caps.gap_rules  # min_gaps, then the separation rules'
         for gap in self.gaps:
             depth[gap.family()] = max(depth.get(gap.family(), 1), 2)
@@ -151,6 +152,7 @@ class Simulator:
                 d.duration_s[rows],
                 capacity,
                 room,
+                self.competing,
             )
             rank[rows] = r
             self._record(lo + np.flatnonzero(r > 0))

@@ -163,6 +163,19 @@ def test_pod_separation_and_duration(scorer: Scorer) -> None:
     assert d.selected == ["v1", "v5"] and list(d.rank) == [1, 0, 0, 0, 2, 0]
 
 
+def test_a_pod_keeps_competing_categories_apart(scorer: Scorer) -> None:
+    """caps.competing (shipped: mobility = auto, ride_hailing, car_rental) in a pod."""
+    cands = [
+        cand("a", format="video", duration_s=15.0, bid=100.0, advertiser_id="X", category="auto"),
+        cand(
+            "b", format="video", duration_s=15.0, bid=70.0, advertiser_id="Y", category="car_rental"
+        ),
+        cand("c", format="video", duration_s=15.0, bid=50.0, advertiser_id="Z", category="food"),
+    ]
+    d = scorer.score(request(cands, slot="ott_preroll", pod=PodLimits(2, 45.0)))
+    assert reasons(d) == {"a": "SELECTED", "b": "COMPETITIVE_SEPARATION", "c": "SELECTED"}
+
+
 def test_decision_carries_versions_and_parts(scorer: Scorer) -> None:
     d = scorer.score(request([cand("a"), cand("b", pricing="cpc", bid=0.9)]))
     assert d.model_version == scorer.model.version and d.config_version == "default-1"
