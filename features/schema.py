@@ -124,6 +124,29 @@ def _c(
     return Column(name, dtype, group, required, nullable, unit, doc, low, high)
 
 
+# OpenRTB 2.6 / AdCOM 1.0 creative attributes, by number (1-17): a creative's and a request's
+# block list travel as bitmasks (bit k-1 for attribute k).
+CREATIVE_ATTRIBUTES = (
+    "audio_autoplay",
+    "audio_user_initiated",
+    "expandable_automatic",
+    "expandable_click",
+    "expandable_rollover",
+    "video_autoplay",
+    "video_user_initiated",
+    "pop",
+    "provocative_imagery",
+    "extreme_animation",
+    "surveys",
+    "text_only",
+    "user_interactive",
+    "dialog_style",
+    "audio_button",
+    "skip_button",
+    "flash",
+)
+ATTRIBUTE_MASK = (1 << len(CREATIVE_ATTRIBUTES)) - 1
+
 STR = pl.String()
 F64 = pl.Float64()
 BOOL = pl.Boolean()
@@ -234,6 +257,15 @@ COLUMNS: tuple[Column, ...] = (
         "list of advertiser ids",
         "advertisers the request refuses (OpenRTB badv)",
     ),
+    _c(
+        "blocked_attributes",
+        pl.UInt32(),
+        "request",
+        "bitmask: bit k-1 set for OpenRTB creative attribute k (1-17)",
+        "creative attributes the request refuses (OpenRTB battr); null or 0: none",
+        low=0,
+        high=ATTRIBUTE_MASK,
+    ),
     # --- candidate ad ---
     _c("ad_id", STR, "candidate", "id", "candidate ad (line item)", required=True, nullable=False),
     _c("creative_id", STR, "candidate", "id", "creative the ad renders"),
@@ -275,6 +307,16 @@ COLUMNS: tuple[Column, ...] = (
         "candidate",
         "|".join(RATINGS),
         "youngest content rating the ad is suitable for",
+    ),
+    _c(
+        "creative_attributes",
+        pl.UInt32(),
+        "candidate",
+        "bitmask: bit k-1 set for OpenRTB creative attribute k (1-17)",
+        "what the creative does (OpenRTB attr: audio auto-play, expandable, pop, flashing, ...); "
+        "null: none known",
+        low=0,
+        high=ATTRIBUTE_MASK,
     ),
     # --- logging policy ---
     _c(

@@ -19,7 +19,7 @@ from engine.caps.store import Feedback, Impression
 from engine.config import COST_COMPONENTS
 from engine.rpc.enums import NUMBER, REASON, REASON_OF, WIRE_REASON
 from engine.rpc.wire import score_response
-from engine.scoring.types import CODE, Decision, ScoreRequest, impression_id
+from engine.scoring.types import CODE, Decision, ScoreRequest, attribute_numbers, impression_id
 
 _TEXT = ("ad_id", "creative_id", "campaign_id", "advertiser_id", "category")
 
@@ -39,6 +39,7 @@ def request_to_proto(request: ScoreRequest, columnar: bool = False) -> pb.ScoreR
         assistant_state=NUMBER["assistant_state"].get(ctx.assistant_state or "", 0),
         blocked_categories=list(ctx.blocked_categories),
         blocked_advertisers=list(ctx.blocked_advertisers),
+        blocked_attributes=attribute_numbers(ctx.blocked_attributes),
         user=pb.UserProfile(
             user_id=ctx.user_id,
             interests=list(ctx.user_interests),
@@ -66,6 +67,7 @@ def request_to_proto(request: ScoreRequest, columnar: bool = False) -> pb.ScoreR
     }
     fields = {name: col(name, "") for name in _TEXT}
     fields.update(numbers, duration_s=col("duration_s", 0.0), bid=col("bid", 0.0))
+    fields["creative_attributes"] = [int(v) for v in col("creative_attributes", 0)]
     if columnar:
         msg.candidate_columns.CopyFrom(pb.CandidateColumns(**fields))
     else:

@@ -41,6 +41,7 @@ from engine.rpc.limits import DEFAULT_LIMITS, WINDOW_CHARS, Limits
 from engine.scoring.types import (
     PodLimits,
     ScoreRequest,
+    attribute_mask,
     check_ad_ids,
     check_pod,
     check_ranged,
@@ -99,6 +100,7 @@ def _context(msg: pb.ScoreRequest, limits: Limits) -> RequestContext:
     limits.entries("user.interests", user.interests, limits.interests, "max_interests")
     for name in ("blocked_categories", "blocked_advertisers"):
         limits.entries(name, getattr(msg, name), limits.blocked, "max_blocked")
+    limits.count("blocked_attributes", len(msg.blocked_attributes), limits.blocked, "max_blocked")
     _required(msg.request_id, "request_id")
     if not msg.HasField("time"):
         raise InvalidArgument("time", "required")
@@ -127,6 +129,8 @@ def _context(msg: pb.ScoreRequest, limits: Limits) -> RequestContext:
         assistant_state=_enum(ASSISTANT_STATE, msg.assistant_state, "assistant_state", False),
         blocked_categories=tuple(msg.blocked_categories),
         blocked_advertisers=tuple(msg.blocked_advertisers),
+        blocked_attributes=attribute_mask(list(msg.blocked_attributes), "blocked_attributes")
+        or None,
     )
 
 
@@ -136,7 +140,15 @@ def slot_name(number: int) -> str:
 
 
 _TEXT = ("ad_id", "creative_id", "campaign_id", "advertiser_id", "category")
-_ATTRS = (*_TEXT, "format", "pricing", "suitability_tier", "duration_s", "bid")
+_ATTRS = (
+    *_TEXT,
+    "format",
+    "pricing",
+    "suitability_tier",
+    "duration_s",
+    "bid",
+    "creative_attributes",
+)
 _ENUM_TABLES = {
     "format": (FORMAT, True),
     "pricing": (PRICING, True),
@@ -192,6 +204,7 @@ def _raw(msg: pb.ScoreRequest, paths: _Paths) -> dict[str, Sequence[Any]]:
             c.suitability_tier,
             c.duration_s,
             c.bid,
+            c.creative_attributes,
         )
         for c in msg.candidates.items
     ]  # one pass over the messages

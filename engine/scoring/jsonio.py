@@ -18,7 +18,12 @@ from pydantic import ValidationError
 
 from engine.caps.rules import CapRule
 from engine.errors import InvalidArgument
-from engine.scoring.types import Decision, PodLimits, ScoreRequest
+from engine.scoring.types import (
+    Decision,
+    PodLimits,
+    ScoreRequest,
+    attribute_mask,
+)
 from features.exposure import EXPOSURE_SCHEMA, SINCE_COLUMNS
 from features.online import LIST_FIELDS, REQUEST_FIELDS, RequestContext
 from features.schema import CANDIDATE_COLUMNS
@@ -66,6 +71,10 @@ def _context(doc: dict[str, Any]) -> RequestContext:
         if not all(isinstance(t, str) for t in values):
             raise InvalidArgument(f"request.{name}", "must be a list of strings")
         fields[name] = tuple(values)
+    blocked = doc.get("blocked_attributes")  # OpenRTB battr: attribute numbers
+    fields["blocked_attributes"] = (
+        attribute_mask(blocked, "request.blocked_attributes") or None if blocked else None
+    )
     return RequestContext(**fields)
 
 
@@ -102,6 +111,11 @@ def request_from_json(doc: dict[str, Any]) -> ScoreRequest:
             raise InvalidArgument(f"candidates[{i}].{sorted(unknown)[0]}", "unknown field")
     present = [c for c in CANDIDATE_COLUMNS if any(c in cand for cand in candidates)]
     columns = {c: [cand.get(c) for cand in candidates] for c in present}
+    if "creative_attributes" in columns:  # OpenRTB attr: attribute numbers, as bitmasks
+        columns["creative_attributes"] = [
+            attribute_mask(v, f"candidates[{i}].creative_attributes") if v else None
+            for i, v in enumerate(columns["creative_attributes"])
+        ]
     return ScoreRequest(
         context=_context(doc),
         candidates=columns,

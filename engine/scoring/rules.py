@@ -66,6 +66,8 @@ INPUTS = (
     "advertiser_id",
     "blocked_categories",
     "blocked_advertisers",
+    "blocked_attributes",
+    "creative_attributes",
 )
 CPM = PRICING.index("cpm")
 CPC = PRICING.index("cpc")
@@ -93,6 +95,7 @@ class Rows:
     state: np.ndarray  # the voice assistant's state (ASSISTANT_STATES code), -1 unknown
     request_blocks_category: np.ndarray  # bool: the row's request blocks its category
     request_blocks_advertiser: np.ndarray  # bool: the row's request blocks its advertiser
+    request_blocks_attribute: np.ndarray  # bool: the row's request blocks an attribute of it
 
     @classmethod
     def from_inputs(cls, inputs: pl.DataFrame) -> Rows:
@@ -115,6 +118,7 @@ class Rows:
             state=_codes(inputs.get_column("assistant_state"), -1),
             request_blocks_category=_listed(inputs, "blocked_categories", "category"),
             request_blocks_advertiser=_listed(inputs, "blocked_advertisers", "advertiser_id"),
+            request_blocks_attribute=_masked(inputs, "blocked_attributes", "creative_attributes"),
         )
 
 
@@ -129,6 +133,12 @@ def _listed(inputs: pl.DataFrame, lists: str, value: str) -> np.ndarray:
         return np.zeros(len(inputs), dtype=bool)
     found = inputs.select(pl.col(lists).list.contains(pl.col(value)).fill_null(False))
     return found.to_series().to_numpy()
+
+
+def _masked(inputs: pl.DataFrame, blocked: str, bits: str) -> np.ndarray:
+    """Per row, whether its ``bits`` share a bit with its ``blocked`` mask (nulls: none)."""
+    masks = [pc.fill_null(inputs.get_column(c).to_arrow(), 0).to_numpy() for c in (blocked, bits)]
+    return np.asarray((masks[0] & masks[1]) != 0, dtype=bool)
 
 
 def _codes(enum: pl.Series, null: int) -> np.ndarray:
@@ -354,15 +364,16 @@ def _among(values: pa.Array, value_set: pa.Array) -> np.ndarray:
 
 
 def blocked(rules: CompiledRules, rows: Rows) -> list[tuple[np.ndarray, str]]:
-    """The rows a block list refuses, with the name of its reason: the request's categories
-    and advertisers (OpenRTB bcat / badv), the config's categories per touchpoint, slot or
-    scene."""
+    """The rows a block list refuses, with the name of its reason: the request's categories,
+    advertisers and creative attributes (OpenRTB bcat / badv / battr), the config's categories
+    per touchpoint, slot or scene."""
     category = rows.request_blocks_category.copy()
     for field, code, categories in rules.place_blocks:  # a loop over the config's entries
         category |= _among(rows.category, categories) & (getattr(rows, field) == code)
     return [
         (category, "BLOCKED_CATEGORY"),
         (rows.request_blocks_advertiser, "BLOCKED_ADVERTISER"),
+        (rows.request_blocks_attribute, "BLOCKED_ATTRIBUTE"),
     ]
 
 

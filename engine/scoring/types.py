@@ -17,7 +17,14 @@ from engine.caps.rules import CampaignCaps
 from engine.config import COST_COMPONENTS, MAX_POD_ADS
 from engine.errors import InvalidArgument, shown
 from features.online import CandidateColumns, RequestContext
-from features.schema import COLUMN_BY_NAME, COLUMNS, SLOT_TOUCHPOINT, TOUCHPOINTS, Column
+from features.schema import (
+    COLUMN_BY_NAME,
+    COLUMNS,
+    CREATIVE_ATTRIBUTES,
+    SLOT_TOUCHPOINT,
+    TOUCHPOINTS,
+    Column,
+)
 
 
 class Reason(StrEnum):
@@ -41,6 +48,7 @@ class Reason(StrEnum):
     ASSISTANT_BUSY = "ASSISTANT_BUSY"  # a voice slot in a state that takes no ads
     BLOCKED_CATEGORY = "BLOCKED_CATEGORY"  # the request or config blocks its category
     BLOCKED_ADVERTISER = "BLOCKED_ADVERTISER"  # the request blocks its advertiser
+    BLOCKED_ATTRIBUTE = "BLOCKED_ATTRIBUTE"  # the request blocks an attribute of its creative
 
 
 REASONS = list(Reason)  # a reason's code (decision arrays, the logs) is its place here
@@ -138,6 +146,30 @@ RANGED = tuple(
     c for c in COLUMNS if c.group == "candidate" and (c.low is not None or c.high is not None)
 )
 MAX_POD_SECONDS = COLUMN_BY_NAME["duration_s"].high or 3600.0
+
+
+def attribute_mask(numbers: Any, field: str) -> int:
+    """OpenRTB creative attribute numbers (1-17) as the core's bitmask (bit k-1 for k).
+
+    Raises:
+        InvalidArgument: not a list of attribute numbers, naming ``field[i]``.
+    """
+    if not isinstance(numbers, list | tuple) and not hasattr(numbers, "__len__"):
+        raise InvalidArgument(field, f"must be a list of attribute numbers, got {shown(numbers)}")
+    mask = 0
+    for i, k in enumerate(numbers):
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(CREATIVE_ATTRIBUTES):
+            limit = len(CREATIVE_ATTRIBUTES)
+            raise InvalidArgument(
+                f"{field}[{i}]", f"must be an OpenRTB creative attribute 1-{limit}, got {shown(k)}"
+            )
+        mask |= 1 << (k - 1)
+    return mask
+
+
+def attribute_numbers(mask: int | None) -> list[int]:
+    """The attribute numbers of a bitmask (:func:`attribute_mask` undone)."""
+    return [k + 1 for k in range(len(CREATIVE_ATTRIBUTES)) if (mask or 0) >> k & 1]
 
 
 def check_ad_ids(ads: Any, at: FieldAt) -> None:

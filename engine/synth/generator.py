@@ -30,7 +30,14 @@ from features.exposure import point_in_time_exposures
 from features.logio import validate_log, write_log
 from features.schema import COLUMNS, NEGATIVE_KINDS, polars_schema
 
-UNMODELLED = ("audience", "assistant_state", "blocked_categories", "blocked_advertisers")
+UNMODELLED = (
+    "audience",
+    "assistant_state",
+    "blocked_categories",
+    "blocked_advertisers",
+    "blocked_attributes",
+    "creative_attributes",
+)
 
 # Which negative feedback a user gives, by format family.
 _KIND_P = {

@@ -607,6 +607,7 @@ def test_the_response_names_the_impression_ids_it_reserved(channel: grpc.Channel
         "edge/voice_task_completed_short_only.json",
         "exemplary/voice_idle.json",
         "edge/request_block_lists.json",
+        "edge/request_blocked_attributes.json",
     ],
 )
 def test_protection_goldens_over_grpc(channel: grpc.Channel, name: str) -> None:

@@ -17,7 +17,7 @@ from engine.config import COST_COMPONENTS, load_config
 from engine.errors import ConfigError
 from engine.model.bundle import ModelBundle
 from engine.scoring.scorer import Scorer
-from engine.scoring.types import CODE, Reason, ScoreRequest
+from engine.scoring.types import CODE, Reason, ScoreRequest, attribute_mask
 from features.online import RequestContext
 from features.schema import (
     AGE_BANDS,
@@ -31,7 +31,11 @@ from features.schema import (
 
 RESTRICTED = ("alcohol", "gambling", "tobacco", "dating")
 OTHER = ("food", "music", "travel", "kids")
-BLOCKS = {CODE[Reason.BLOCKED_CATEGORY], CODE[Reason.BLOCKED_ADVERTISER]}
+BLOCKS = {
+    CODE[Reason.BLOCKED_CATEGORY],
+    CODE[Reason.BLOCKED_ADVERTISER],
+    CODE[Reason.BLOCKED_ATTRIBUTE],
+}
 PROTECTION = {
     CODE[r] for r in (Reason.AGE_RESTRICTED, Reason.CHILD_PRESENT, Reason.AUDIENCE_UNKNOWN)
 }
@@ -43,6 +47,7 @@ candidate = st.fixed_dictionaries(
         "format": st.sampled_from(FORMATS),
         "tier": st.sampled_from((*RATINGS, None)),
         "duration": st.sampled_from((None, 5.0, 15.0, 30.0)),
+        "attrs": st.lists(st.integers(1, 17), max_size=3),  # OpenRTB creative attributes
     }
 )
 request = st.fixed_dictionaries(
@@ -55,6 +60,7 @@ request = st.fixed_dictionaries(
         "state": st.sampled_from((*ASSISTANT_STATES, None)),
         "bcat": st.lists(st.sampled_from(RESTRICTED + OTHER), max_size=3),
         "badv": st.lists(st.sampled_from([f"a{i}" for i in range(8)]), max_size=3),
+        "battr": st.lists(st.integers(1, 17), max_size=4),
         "hour": st.integers(0, 23),
         "candidates": st.lists(candidate, min_size=1, max_size=8),
     }
@@ -107,6 +113,7 @@ def _request(r: dict[str, Any], k: int) -> ScoreRequest:
         assistant_state=r.get("state"),
         blocked_categories=tuple(r.get("bcat", ())),
         blocked_advertisers=tuple(r.get("badv", ())),
+        blocked_attributes=attribute_mask(r.get("battr", []), "battr") or None,
     )
     cands = r["candidates"]
     columns = {
@@ -119,6 +126,7 @@ def _request(r: dict[str, Any], k: int) -> ScoreRequest:
         "format": [c["format"] for c in cands],
         "suitability_tier": [c["tier"] for c in cands],
         "duration_s": [c["duration"] for c in cands],
+        "creative_attributes": [attribute_mask(c.get("attrs", []), "attr") or None for c in cands],
     }
     return ScoreRequest(ctx, columns)
 
@@ -148,9 +156,15 @@ def test_no_restricted_category_reaches_the_protected(
         assert not set(d.reason_code[~restricted].tolist()) & PROTECTION
         cats = [c["category"] for c in r["candidates"]]
         listed = np.array(
-            [cats[i] in r["bcat"] or f"a{i}" in r["badv"] for i in range(len(cats))], dtype=bool
+            [
+                cats[i] in r["bcat"]
+                or f"a{i}" in r["badv"]
+                or bool(set(c.get("attrs", [])) & set(r.get("battr", [])))
+                for i, c in enumerate(r["candidates"])
+            ],
+            dtype=bool,
         )
-        assert not (selected & listed).any()  # no blocked category or advertiser, ever
+        assert not (selected & listed).any()  # no blocked category, advertiser or attribute
         assert not (d.propensity[listed] > 0).any()
         assert set(d.reason_code[listed & ~restricted].tolist()) <= BLOCKS
         if r["slot"].startswith("voice") and r["state"] in ("in_dialogue", "task_running"):

@@ -92,6 +92,16 @@ def cap(**kw: Any) -> pb.CampaignCap:
             "SLOT_MOBILE_FEED is not a slot of ott",
         ),
         (lambda m: setattr(m.candidates.items[0], "bid", -1.0), "candidates.items[0].bid", "-1.0"),
+        (
+            lambda m: m.blocked_attributes.extend([6, 18]),
+            "blocked_attributes[1]",
+            "must be an OpenRTB creative attribute 1-17, got 18",
+        ),
+        (
+            lambda m: setattr(m.candidates.items[2], "creative_attributes", 1 << 17),
+            "candidates.items[2].creative_attributes",
+            "must be in [0, 131071], got 131072",
+        ),
     ],
     ids=[
         "cap-limit-0",
@@ -106,6 +116,8 @@ def cap(**kw: Any) -> pb.CampaignCap:
         "pod-total",
         "slot-of-another-touchpoint",
         "bid",
+        "battr-unknown",
+        "attr-mask-too-big",
     ],
 )
 def test_an_error_names_the_field_the_value_and_the_rule(

@@ -35,6 +35,7 @@ GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "scoring"
 EXAMPLES = int(os.environ.get("ADMATCH_FUZZ_EXAMPLES", "300"))
 INT32 = st.integers(-(2**31), 2**31 - 1)
 INT64 = st.integers(-(2**63), 2**63 - 1)
+UINT32 = st.one_of(st.integers(0, 2**17), st.integers(0, 2**32 - 1))  # bitmasks, in and past
 ENUM = st.one_of(st.integers(-3, 40), INT32)  # in and around each enum's range, and anything
 TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)  # no lone surrogates
 ID = st.one_of(st.sampled_from(["", "a", "x:{y}", "%", "é", " ", "z" * 70_000]), TEXT)
@@ -89,6 +90,7 @@ BASES = [_golden("exemplary/ott_preroll_pod.json"), _golden("exemplary/voice_bre
 _COLUMNS = [f.name for f in pb.CandidateColumns.DESCRIPTOR.fields]
 _VALUES: dict[str, st.SearchStrategy[Any]] = {"format": ENUM, "pricing": ENUM}
 _VALUES |= {"suitability_tier": ENUM, "duration_s": DOUBLE, "bid": DOUBLE}
+_VALUES |= {"creative_attributes": UINT32}
 
 
 def _edit_candidates(data: st.DataObject, msg: pb.ScoreRequest) -> None:
@@ -146,6 +148,7 @@ _EDITS: dict[str, Callable[[st.DataObject, pb.ScoreRequest], None]] = {
     "candidates": _edit_candidates,
     "campaign_caps": _edit_caps,
     "interests": lambda d, m: m.user.interests.extend(d.draw(st.lists(ID, max_size=3))),
+    "battr": lambda d, m: m.blocked_attributes.extend(d.draw(st.lists(UINT32, max_size=3))),
     "no time": lambda d, m: m.ClearField("time"),
     "no candidates": lambda d, m: m.ClearField("candidates"),
 }
