@@ -48,6 +48,7 @@ class RequestContext:
     assistant_state: str | None = None
     blocked_categories: tuple[str, ...] = ()
     blocked_advertisers: tuple[str, ...] = ()
+    content_categories: tuple[str, ...] = ()
     blocked_attributes: int | None = None  # bitmask, see features.schema.CREATIVE_ATTRIBUTES
 
     @classmethod

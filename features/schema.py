@@ -258,6 +258,14 @@ COLUMNS: tuple[Column, ...] = (
         "advertisers the request refuses (OpenRTB badv)",
     ),
     _c(
+        "content_categories",
+        pl.List(STR),
+        "request",
+        "list of content categories (tags or taxonomy ids)",
+        "what the content around the slot is about (OpenRTB content.cat); campaigns may "
+        "exclude some (excluded_content)",
+    ),
+    _c(
         "blocked_attributes",
         pl.UInt32(),
         "request",
@@ -317,6 +325,14 @@ COLUMNS: tuple[Column, ...] = (
         "null: none known",
         low=0,
         high=ATTRIBUTE_MASK,
+    ),
+    _c(
+        "excluded_content",
+        pl.List(STR),
+        "candidate",
+        "list of content categories",
+        "content the ad's campaign must not appear next to (its content exclusions); null or "
+        "empty: none",
     ),
     # --- logging policy ---
     _c(

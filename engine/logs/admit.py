@@ -109,6 +109,7 @@ def _check(request: ScoreRequest, limits: Limits) -> None:
         ("user_interests", limits.interests, "max_interests"),
         ("blocked_categories", limits.blocked, "max_blocked"),
         ("blocked_advertisers", limits.blocked, "max_blocked"),
+        ("content_categories", limits.blocked, "max_blocked"),
     ):
         limits.entries(f"request.{name}", list(getattr(ctx, name) or ()), bound, key)
     ads = request.candidates["ad_id"]
@@ -116,6 +117,10 @@ def _check(request: ScoreRequest, limits: Limits) -> None:
     for name in _CANDIDATE_TEXTS:
         values = [v or "" for v in request.candidates.get(name, ())]
         limits.texts(values, _candidate_path(name))
+    for i, entry in enumerate(request.candidates.get("excluded_content") or ()):
+        if entry:  # a campaign's content exclusions
+            path = f"request.candidates[{i}].excluded_content"
+            limits.entries(path, list(entry), limits.blocked, "max_blocked")
     request.validate("request")
 
 

@@ -40,6 +40,7 @@ def request_to_proto(request: ScoreRequest, columnar: bool = False) -> pb.ScoreR
         blocked_categories=list(ctx.blocked_categories),
         blocked_advertisers=list(ctx.blocked_advertisers),
         blocked_attributes=attribute_numbers(ctx.blocked_attributes),
+        content_categories=list(ctx.content_categories),
         user=pb.UserProfile(
             user_id=ctx.user_id,
             interests=list(ctx.user_interests),
@@ -68,11 +69,14 @@ def request_to_proto(request: ScoreRequest, columnar: bool = False) -> pb.ScoreR
     fields = {name: col(name, "") for name in _TEXT}
     fields.update(numbers, duration_s=col("duration_s", 0.0), bid=col("bid", 0.0))
     fields["creative_attributes"] = [int(v) for v in col("creative_attributes", 0)]
+    excluded = [list(v) for v in col("excluded_content", ())]
     if columnar:
-        msg.candidate_columns.CopyFrom(pb.CandidateColumns(**fields))
+        lists = [pb.StringList(values=v) for v in excluded] if any(excluded) else []
+        msg.candidate_columns.CopyFrom(pb.CandidateColumns(**fields, excluded_content=lists))
     else:
         msg.candidates.items.extend(
-            pb.Candidate(**{k: v[i] for k, v in fields.items()}) for i in range(n)
+            pb.Candidate(**{k: v[i] for k, v in fields.items()}, excluded_content=excluded[i])
+            for i in range(n)
         )
     for campaign, rules in (request.campaign_caps or {}).items():
         for rule in rules:

@@ -98,7 +98,7 @@ def _context(msg: pb.ScoreRequest, limits: Limits) -> RequestContext:
     ):
         limits.text(name, value)
     limits.entries("user.interests", user.interests, limits.interests, "max_interests")
-    for name in ("blocked_categories", "blocked_advertisers"):
+    for name in ("blocked_categories", "blocked_advertisers", "content_categories"):
         limits.entries(name, getattr(msg, name), limits.blocked, "max_blocked")
     limits.count("blocked_attributes", len(msg.blocked_attributes), limits.blocked, "max_blocked")
     _required(msg.request_id, "request_id")
@@ -129,6 +129,7 @@ def _context(msg: pb.ScoreRequest, limits: Limits) -> RequestContext:
         assistant_state=_enum(ASSISTANT_STATE, msg.assistant_state, "assistant_state", False),
         blocked_categories=tuple(msg.blocked_categories),
         blocked_advertisers=tuple(msg.blocked_advertisers),
+        content_categories=tuple(msg.content_categories),
         blocked_attributes=attribute_mask(list(msg.blocked_attributes), "blocked_attributes")
         or None,
     )
@@ -148,7 +149,9 @@ _ATTRS = (
     "duration_s",
     "bid",
     "creative_attributes",
+    "excluded_content",
 )
+_LISTS = ("excluded_content",)  # a list of strings per candidate
 _ENUM_TABLES = {
     "format": (FORMAT, True),
     "pricing": (PRICING, True),
@@ -191,7 +194,10 @@ def _raw(msg: pb.ScoreRequest, paths: _Paths) -> dict[str, Sequence[Any]]:
     """The candidates' attributes as sequences, from either encoding."""
     if paths.prefix == _COLUMNS:
         c = msg.candidate_columns
-        return {name: getattr(c, name) for name in _ATTRS}
+        raw: dict[str, Sequence[Any]] = {name: getattr(c, name) for name in _ATTRS}
+        for name in _LISTS:
+            raw[name] = [entry.values for entry in raw[name]]
+        return raw
     rows = [
         (
             c.ad_id,
@@ -205,6 +211,7 @@ def _raw(msg: pb.ScoreRequest, paths: _Paths) -> dict[str, Sequence[Any]]:
             c.duration_s,
             c.bid,
             c.creative_attributes,
+            c.excluded_content,
         )
         for c in msg.candidates.items
     ]  # one pass over the messages
@@ -247,6 +254,12 @@ def _columns(msg: pb.ScoreRequest, limits: Limits) -> dict[str, Any]:
             out[name] = _enum_column(values, table, paths, name, required)
         elif name in ("ad_id", "bid"):
             out[name] = list(values)
+        elif name in _LISTS:
+            if not any(values):  # the common case: no candidate has an entry
+                continue
+            for i, entry in enumerate(values):
+                limits.entries(paths.at(name, i), entry, limits.blocked, "max_blocked")
+            out[name] = [list(v) or None for v in values]
         else:
             out[name] = [v or None for v in values]
     check_ad_ids(out["ad_id"], paths.at)

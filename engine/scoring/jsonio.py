@@ -111,6 +111,11 @@ def request_from_json(doc: dict[str, Any]) -> ScoreRequest:
             raise InvalidArgument(f"candidates[{i}].{sorted(unknown)[0]}", "unknown field")
     present = [c for c in CANDIDATE_COLUMNS if any(c in cand for cand in candidates)]
     columns = {c: [cand.get(c) for cand in candidates] for c in present}
+    for i, entry in enumerate(columns.get("excluded_content", ())):
+        if entry is not None and not (
+            isinstance(entry, list) and all(isinstance(v, str) for v in entry)
+        ):
+            raise InvalidArgument(f"candidates[{i}].excluded_content", "must be a list of strings")
     if "creative_attributes" in columns:  # OpenRTB attr: attribute numbers, as bitmasks
         columns["creative_attributes"] = [
             attribute_mask(v, f"candidates[{i}].creative_attributes") if v else None

@@ -68,6 +68,8 @@ INPUTS = (
     "blocked_advertisers",
     "blocked_attributes",
     "creative_attributes",
+    "content_categories",
+    "excluded_content",
 )
 CPM = PRICING.index("cpm")
 CPC = PRICING.index("cpc")
@@ -96,6 +98,7 @@ class Rows:
     request_blocks_category: np.ndarray  # bool: the row's request blocks its category
     request_blocks_advertiser: np.ndarray  # bool: the row's request blocks its advertiser
     request_blocks_attribute: np.ndarray  # bool: the row's request blocks an attribute of it
+    content_excluded: np.ndarray  # bool: its campaign excludes a category of the content
 
     @classmethod
     def from_inputs(cls, inputs: pl.DataFrame) -> Rows:
@@ -119,6 +122,7 @@ class Rows:
             request_blocks_category=_listed(inputs, "blocked_categories", "category"),
             request_blocks_advertiser=_listed(inputs, "blocked_advertisers", "advertiser_id"),
             request_blocks_attribute=_masked(inputs, "blocked_attributes", "creative_attributes"),
+            content_excluded=_overlap(inputs, "excluded_content", "content_categories"),
         )
 
 
@@ -133,6 +137,15 @@ def _listed(inputs: pl.DataFrame, lists: str, value: str) -> np.ndarray:
         return np.zeros(len(inputs), dtype=bool)
     found = inputs.select(pl.col(lists).list.contains(pl.col(value)).fill_null(False))
     return found.to_series().to_numpy()
+
+
+def _overlap(inputs: pl.DataFrame, left: str, right: str) -> np.ndarray:
+    """Per row, whether its two list entries share a value (one polars pass, none when either
+    column holds no value at all: the common case)."""
+    if any(len(inputs.get_column(c).to_arrow().flatten()) == 0 for c in (left, right)):
+        return np.zeros(len(inputs), dtype=bool)
+    shared = pl.col(left).list.set_intersection(pl.col(right)).list.len().fill_null(0) > 0
+    return inputs.select(shared).to_series().to_numpy()
 
 
 def _masked(inputs: pl.DataFrame, blocked: str, bits: str) -> np.ndarray:
@@ -366,7 +379,7 @@ def _among(values: pa.Array, value_set: pa.Array) -> np.ndarray:
 def blocked(rules: CompiledRules, rows: Rows) -> list[tuple[np.ndarray, str]]:
     """The rows a block list refuses, with the name of its reason: the request's categories,
     advertisers and creative attributes (OpenRTB bcat / badv / battr), the config's categories
-    per touchpoint, slot or scene."""
+    per touchpoint, slot or scene, and the campaign's content exclusions."""
     category = rows.request_blocks_category.copy()
     for field, code, categories in rules.place_blocks:  # a loop over the config's entries
         category |= _among(rows.category, categories) & (getattr(rows, field) == code)
@@ -374,6 +387,7 @@ def blocked(rules: CompiledRules, rows: Rows) -> list[tuple[np.ndarray, str]]:
         (category, "BLOCKED_CATEGORY"),
         (rows.request_blocks_advertiser, "BLOCKED_ADVERTISER"),
         (rows.request_blocks_attribute, "BLOCKED_ATTRIBUTE"),
+        (rows.content_excluded, "CONTENT_EXCLUDED"),
     ]
 
 

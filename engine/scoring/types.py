@@ -49,6 +49,7 @@ class Reason(StrEnum):
     BLOCKED_CATEGORY = "BLOCKED_CATEGORY"  # the request or config blocks its category
     BLOCKED_ADVERTISER = "BLOCKED_ADVERTISER"  # the request blocks its advertiser
     BLOCKED_ATTRIBUTE = "BLOCKED_ATTRIBUTE"  # the request blocks an attribute of its creative
+    CONTENT_EXCLUDED = "CONTENT_EXCLUDED"  # its campaign must not appear next to this content
 
 
 REASONS = list(Reason)  # a reason's code (decision arrays, the logs) is its place here

@@ -37,6 +37,8 @@ UNMODELLED = (
     "blocked_advertisers",
     "blocked_attributes",
     "creative_attributes",
+    "content_categories",
+    "excluded_content",
 )
 
 # Which negative feedback a user gives, by format family.

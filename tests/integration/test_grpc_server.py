@@ -608,6 +608,7 @@ def test_the_response_names_the_impression_ids_it_reserved(channel: grpc.Channel
         "exemplary/voice_idle.json",
         "edge/request_block_lists.json",
         "edge/request_blocked_attributes.json",
+        "edge/campaign_content_exclusions.json",
     ],
 )
 def test_protection_goldens_over_grpc(channel: grpc.Channel, name: str) -> None:

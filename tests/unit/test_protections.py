@@ -35,7 +35,9 @@ BLOCKS = {
     CODE[Reason.BLOCKED_CATEGORY],
     CODE[Reason.BLOCKED_ADVERTISER],
     CODE[Reason.BLOCKED_ATTRIBUTE],
+    CODE[Reason.CONTENT_EXCLUDED],
 }
+CONTENT = ("news", "sports", "horror", "kids_tv")
 PROTECTION = {
     CODE[r] for r in (Reason.AGE_RESTRICTED, Reason.CHILD_PRESENT, Reason.AUDIENCE_UNKNOWN)
 }
@@ -48,6 +50,7 @@ candidate = st.fixed_dictionaries(
         "tier": st.sampled_from((*RATINGS, None)),
         "duration": st.sampled_from((None, 5.0, 15.0, 30.0)),
         "attrs": st.lists(st.integers(1, 17), max_size=3),  # OpenRTB creative attributes
+        "excluded": st.lists(st.sampled_from(CONTENT), max_size=2),  # the campaign's
     }
 )
 request = st.fixed_dictionaries(
@@ -61,6 +64,7 @@ request = st.fixed_dictionaries(
         "bcat": st.lists(st.sampled_from(RESTRICTED + OTHER), max_size=3),
         "badv": st.lists(st.sampled_from([f"a{i}" for i in range(8)]), max_size=3),
         "battr": st.lists(st.integers(1, 17), max_size=4),
+        "content": st.lists(st.sampled_from(CONTENT), max_size=2),
         "hour": st.integers(0, 23),
         "candidates": st.lists(candidate, min_size=1, max_size=8),
     }
@@ -114,6 +118,7 @@ def _request(r: dict[str, Any], k: int) -> ScoreRequest:
         blocked_categories=tuple(r.get("bcat", ())),
         blocked_advertisers=tuple(r.get("badv", ())),
         blocked_attributes=attribute_mask(r.get("battr", []), "battr") or None,
+        content_categories=tuple(r.get("content", ())),
     )
     cands = r["candidates"]
     columns = {
@@ -127,6 +132,7 @@ def _request(r: dict[str, Any], k: int) -> ScoreRequest:
         "suitability_tier": [c["tier"] for c in cands],
         "duration_s": [c["duration"] for c in cands],
         "creative_attributes": [attribute_mask(c.get("attrs", []), "attr") or None for c in cands],
+        "excluded_content": [list(c.get("excluded", [])) or None for c in cands],
     }
     return ScoreRequest(ctx, columns)
 
@@ -160,11 +166,12 @@ def test_no_restricted_category_reaches_the_protected(
                 cats[i] in r["bcat"]
                 or f"a{i}" in r["badv"]
                 or bool(set(c.get("attrs", [])) & set(r.get("battr", [])))
+                or bool(set(c.get("excluded", [])) & set(r.get("content", [])))
                 for i, c in enumerate(r["candidates"])
             ],
             dtype=bool,
         )
-        assert not (selected & listed).any()  # no blocked category, advertiser or attribute
+        assert not (selected & listed).any()  # nothing blocked or excluded, ever
         assert not (d.propensity[listed] > 0).any()
         assert set(d.reason_code[listed & ~restricted].tolist()) <= BLOCKS
         if r["slot"].startswith("voice") and r["state"] in ("in_dialogue", "task_running"):

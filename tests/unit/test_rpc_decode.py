@@ -93,6 +93,11 @@ def cap(**kw: Any) -> pb.CampaignCap:
         ),
         (lambda m: setattr(m.candidates.items[0], "bid", -1.0), "candidates.items[0].bid", "-1.0"),
         (
+            lambda m: m.candidates.items[1].excluded_content.extend(["news", "x" * 129]),
+            "candidates.items[1].excluded_content[1]",
+            "at most 128",
+        ),
+        (
             lambda m: m.blocked_attributes.extend([6, 18]),
             "blocked_attributes[1]",
             "must be an OpenRTB creative attribute 1-17, got 18",
@@ -116,6 +121,7 @@ def cap(**kw: Any) -> pb.CampaignCap:
         "pod-total",
         "slot-of-another-touchpoint",
         "bid",
+        "exclusion-too-long",
         "battr-unknown",
         "attr-mask-too-big",
     ],
@@ -271,3 +277,19 @@ def test_an_event_batch_has_a_bound() -> None:
     impressions, feedback, records = decode_events(batch, NOW, 300, Limits(events=11))
     assert len(impressions) == 11 and feedback == [] and len(records) == 11
     assert records[0].event_id == "impression:i0" and records[0].type == "impression"
+
+
+@pytest.mark.parametrize(
+    "name", ["edge/campaign_content_exclusions.json", "edge/request_blocked_attributes.json"]
+)
+def test_both_encodings_carry_the_list_and_bitmask_attributes(name: str) -> None:
+    """A candidate's content exclusions (a list each) and creative attributes (a bitmask),
+    the request's content categories and blocked attributes: the same in both encodings."""
+    want = request_from_json(json.loads((GOLDEN / name).read_text())["request"])
+    for columnar in (False, True):
+        got = decode_request(request_to_proto(want, columnar))
+        assert got.context == want.context
+        n = len(want.candidates["ad_id"])
+        for column in ("excluded_content", "creative_attributes"):
+            values = [list(r.candidates.get(column) or [None] * n) for r in (got, want)]
+            assert values[0] == values[1], (column, columnar)  # an absent column: all null

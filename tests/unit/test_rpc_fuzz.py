@@ -102,7 +102,10 @@ def _edit_candidates(data: st.DataObject, msg: pb.ScoreRequest) -> None:
             break
         c = items[data.draw(st.integers(0, len(items) - 1), label="candidate")]
         name = data.draw(st.sampled_from(_COLUMNS), label="attribute")
-        setattr(c, name, data.draw(_VALUES.get(name, ID), label=name))
+        if name == "excluded_content":  # a list per candidate
+            c.excluded_content.extend(data.draw(st.lists(ID, max_size=3), label=name))
+        else:
+            setattr(c, name, data.draw(_VALUES.get(name, ID), label=name))
     if len(items) and data.draw(st.booleans(), label="duplicate an ad"):
         items.add().CopyFrom(items[0])
     if data.draw(st.booleans(), label="drop candidates"):
@@ -111,7 +114,10 @@ def _edit_candidates(data: st.DataObject, msg: pb.ScoreRequest) -> None:
         rows = list(items)
         cols = msg.candidate_columns  # setting it clears the row encoding (a oneof)
         for name in _COLUMNS:
-            getattr(cols, name).extend(getattr(c, name) for c in rows)
+            if name == "excluded_content":
+                cols.excluded_content.extend(pb.StringList(values=c.excluded_content) for c in rows)
+            else:
+                getattr(cols, name).extend(getattr(c, name) for c in rows)
         for name in data.draw(st.lists(st.sampled_from(_COLUMNS), max_size=3), label="cut"):
             column = getattr(cols, name)
             if len(column):
@@ -149,6 +155,7 @@ _EDITS: dict[str, Callable[[st.DataObject, pb.ScoreRequest], None]] = {
     "campaign_caps": _edit_caps,
     "interests": lambda d, m: m.user.interests.extend(d.draw(st.lists(ID, max_size=3))),
     "battr": lambda d, m: m.blocked_attributes.extend(d.draw(st.lists(UINT32, max_size=3))),
+    "content": lambda d, m: m.content_categories.extend(d.draw(st.lists(ID, max_size=3))),
     "no time": lambda d, m: m.ClearField("time"),
     "no candidates": lambda d, m: m.ClearField("candidates"),
 }
