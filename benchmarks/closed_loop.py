@@ -176,7 +176,7 @@ def play_day(
     """Serve a day's requests in causal chunks; outcomes from the truth; events reported."""
     from admatch.v1 import admatch_pb2 as pb
     from admatch.v1 import admatch_pb2_grpc as pb_grpc
-    from engine.replay.engines import causal_spans
+    from engine.replay.causal import causal_spans
     from engine.replay.requests import to_requests
     from engine.replay.source import RequestChunk
     from engine.rpc.convert import request_to_proto

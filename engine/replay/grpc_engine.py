@@ -10,7 +10,7 @@ the server to reserve the selected ads' caps atomically (``reserve_caps``). Afte
 the worker records the request's events with ``RecordEvents``, as an ad server would. A request
 is not sent while an earlier one of the same user, household or device is still in flight
 (in real time the second comes after the first's ad was shown; see
-``engine.replay.engines.causal_batches``).
+``engine.replay.causal.causal_batches``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import grpc
 
 from admatch.v1 import admatch_pb2 as pb
 from admatch.v1 import admatch_pb2_grpc as pb_grpc
-from engine.replay.engines import EventsOf, Result, previous_conflict
+from engine.replay.causal import previous_conflict
+from engine.replay.engines import EventsOf, Result
 from engine.rpc.convert import decision_from_proto, events_to_proto, request_to_proto
 from engine.scoring.types import ScoreRequest
 

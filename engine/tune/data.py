@@ -38,7 +38,7 @@ from engine.config import COST_COMPONENTS, AdmatchConfig
 from engine.errors import InvalidArgument
 from engine.model.bundle import ModelBundle
 from engine.pricing import earned
-from engine.replay.engines import causal_spans
+from engine.replay.causal import causal_spans
 from engine.replay.source import prepare_log
 from engine.scoring import rules as R
 from engine.scoring.selection import Capacity

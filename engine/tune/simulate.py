@@ -1,7 +1,7 @@
 """What the engine would have shown with given weights: the log replayed in causal blocks.
 
 Requests are taken in time order in blocks that never hold one user, household or device twice
-(``engine.replay.engines.causal_spans``), so every request sees the exposures of all earlier
+(``engine.replay.causal.causal_spans``), so every request sees the exposures of all earlier
 ones exactly, as in production. Per block, vectorised over its rows: the policy's own exposure
 counts give the caps, gaps, feedback blocks and the fatigue cost; the utility is
 ``expected value - cost_to_money x weights . costs``; the engine's own selection

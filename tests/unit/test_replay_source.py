@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from engine.errors import LogSchemaError
-from engine.replay.engines import causal_batches, previous_conflict
+from engine.replay.causal import causal_batches, previous_conflict
 from engine.replay.requests import ChunkEvents, to_requests
 from engine.replay.source import iter_chunks, prepare_log
 from engine.synth.generator import GeneratedLog
