@@ -35,6 +35,8 @@ from features.online import CandidateColumns, RequestContext
 R = TypeVar("R")
 _REFUSED = {
     Reservation.CAPPED: Reason.FREQUENCY_CAPPED,
+    Reservation.BLOCKED: Reason.USER_BLOCKED,
+    Reservation.SEPARATED: Reason.COMPETITIVE_SEPARATION,
     Reservation.UNAVAILABLE: Reason.CAP_STORE_UNAVAILABLE,
 }
 _IMPRESSION_IDS = ("creative_id", "campaign_id", "advertiser_id", "category")

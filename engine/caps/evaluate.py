@@ -52,9 +52,16 @@ def subject_to_caps(plan: Plan) -> np.ndarray:
     return subject | plan.block_subject()
 
 
-def checks(plan: Plan, rules: Sequence[CapRule], gaps: Sequence[GapRule]) -> list[Check]:
+def checks(
+    plan: Plan,
+    rules: Sequence[CapRule],
+    gaps: Sequence[GapRule],
+    separating: slice = slice(0, 0),
+) -> list[Check]:
     """The atomic checks of ``check_and_record`` for a one-candidate plan, same rules as
-    :func:`capped`: a count must stay below its limit, a gap at least its minimum."""
+    :func:`capped`: a count must stay below its limit, a gap at least its minimum
+    (``separating``: which gaps are stream separation)."""
+    apart = set(range(len(gaps))[separating])
     out = []
     for target in plan.shape.targets:
         if target.output == "exposures" or not plan.applies(target)[0]:
@@ -64,7 +71,7 @@ def checks(plan: Plan, rules: Sequence[CapRule], gaps: Sequence[GapRule]) -> lis
             out.append(Check(target.group, target.column, "count", limit))
         else:
             gap = float(gaps[target.index].min_gap_s)
-            out.append(Check(target.group, target.column, "since", gap))
+            out.append(Check(target.group, target.column, "since", gap, target.index in apart))
     return out
 
 

@@ -20,7 +20,14 @@ import numpy as np
 from engine.caps import evaluate
 from engine.caps.plan import Plan, Planner
 from engine.caps.rules import CampaignCaps, CapRule, CapsConfig
-from engine.caps.store import CapReading, CapStore, Feedback, Impression, StoreUnavailable
+from engine.caps.store import (
+    BLOCK_REFUSAL,
+    CapReading,
+    CapStore,
+    Feedback,
+    Impression,
+    StoreUnavailable,
+)
 from engine.errors import AdmatchError, InvalidArgument
 from engine.scoring.types import PodRoom, ScoreRequest
 from features.exposure import EXPOSURE_SCHEMA, SINCE_COLUMNS
@@ -40,13 +47,16 @@ class GateReading:
     store_ok: bool
     room: PodRoom | None = None
     separated: np.ndarray | None = None  # capped by stream separation (when some rule is)
+    blocked: np.ndarray | None = None  # capped by a block: feedback, a conversion (when any)
 
 
 class Reservation(Enum):
     """What a reservation of one selected ad came to."""
 
     RESERVED = "reserved"  # recorded (or recorded before: a retry)
-    CAPPED = "capped"  # a cap, gap or block refuses it now
+    CAPPED = "capped"  # a cap or gap refuses it now
+    BLOCKED = "blocked"  # the user's feedback or a conversion blocks it
+    SEPARATED = "separated"  # stream separation refuses it now
     UNAVAILABLE = "unavailable"  # the store did not answer, failing closed: not shown
     UNRESERVED = "unreserved"  # the store did not answer, failing open: shown, not recorded
 
@@ -139,10 +149,11 @@ class CapGate:
         )
         room = evaluate.pod_room(plan, reading, limits[0]) if pod else None
         capped = evaluate.refused(reading, *limits)
-        apart = (
-            evaluate.separated(reading, limits[1], self.caps.separating) if capped.any() else None
-        )
-        return GateReading(reading.exposures, capped, True, room, apart)
+        apart = blocked = None
+        if capped.any():
+            apart = evaluate.separated(reading, limits[1], self.caps.separating)
+            blocked = reading.blocked if reading.blocked.any() else None
+        return GateReading(reading.exposures, capped, True, room, apart, blocked)
 
     def is_pod(self, request: ScoreRequest) -> bool:
         """Whether the request fills a pod (its slot's, or its own ``pod``)."""
@@ -223,20 +234,24 @@ class CapGate:
         the store waiting at most ``budget_s``.
 
         Returns:
-            RESERVED, CAPPED (a cap, gap or block refuses it now: another server got there
-            first), or, when the store does not answer, UNAVAILABLE (failing closed) or
-            UNRESERVED (failing open).
+            RESERVED; CAPPED (a cap or gap refuses it now: another server got there first),
+            BLOCKED (the user's feedback or a conversion), SEPARATED (stream separation); or,
+            when the store does not answer, UNAVAILABLE (failing closed) or UNRESERVED
+            (failing open).
         """
         own = self.own_rules(campaign_caps)
         plan = self.planner.plan(context, candidate, own)
         rules = [*self.caps.rules, *own]
+        checks = evaluate.checks(plan, rules, self.gaps, self.caps.separating)
         try:
-            result = self.store.check_and_record(
-                impression, plan, evaluate.checks(plan, rules, self.gaps), budget_s
-            )
+            result = self.store.check_and_record(impression, plan, checks, budget_s)
         except StoreUnavailable:
             return self.unavailable()
-        return Reservation.RESERVED if result >= 0 else Reservation.CAPPED
+        if result >= 0:
+            return Reservation.RESERVED
+        if result == BLOCK_REFUSAL:
+            return Reservation.BLOCKED
+        return Reservation.SEPARATED if checks[-result - 1].separation else Reservation.CAPPED
 
     def unavailable(self) -> Reservation:
         """The reservation the fail mode gives when the store does not answer (counted)."""
@@ -259,4 +274,5 @@ def _filled(request: ScoreRequest, reading: GateReading) -> ScoreRequest:
         cap_store_ok=reading.store_ok,
         pod_room=reading.room,
         separated=reading.separated,
+        user_blocked=reading.blocked,
     )

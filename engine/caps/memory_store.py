@@ -18,6 +18,7 @@ import numpy as np
 from engine.caps.plan import DAY_US, US, Plan, impression_writes, micros
 from engine.caps.rules import BlockRule, CapRule, Family, GapRule, competitor_ids
 from engine.caps.store import (
+    BLOCK_REFUSAL,
     CapReading,
     Check,
     Feedback,
@@ -138,7 +139,7 @@ class MemoryCapStore:
                 return 0
             matrices, blocks = self._read(plan, inclusive=True)
             if blocks.any():
-                return -1_000_000
+                return BLOCK_REFUSAL
             for i, chk in enumerate(checks):
                 value = matrices[chk.group][0, chk.column]
                 if chk.kind == "since":

@@ -88,6 +88,9 @@ class Feedback:
         return self.category if target == "category" else getattr(self, f"{target}_id")
 
 
+BLOCK_REFUSAL = -1_000_000  # what check_and_record returns when a block refuses
+
+
 class BlockWrite(NamedTuple):
     """One block to set: whose (``scope``, ``scope_id``; ``event`` says whose hash tag), on
     which ``target`` id, until when (epoch microseconds), kept ``ttl_s``."""
@@ -232,7 +235,7 @@ class CapStore(Protocol):
     ) -> int:
         """Atomically: return 0 if the impression id was already recorded; else, if no check
         fails and no block covers the candidate, record the impression and return 1; else
-        return ``-(i+1)`` for failing check ``i``, or -1000000 for a block. Waits at most
+        return ``-(i+1)`` for failing check ``i``, or ``BLOCK_REFUSAL`` for a block. Waits at most
         ``budget_s``, as :meth:`read`."""
         ...
 
@@ -266,3 +269,4 @@ class Check:
     column: int
     kind: str
     threshold: float
+    separation: bool = False  # a stream-separation gap (its refusal's reason differs)

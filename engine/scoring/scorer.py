@@ -85,8 +85,9 @@ class Scorer:
         owner = np.repeat(np.arange(len(requests)), sizes)
         capped = self._capped(requests, exposures, bounds)
         store_down = np.array([not r.cap_store_ok for r in requests])[owner]
-        apart = _separated(requests, bounds)
-        static = self._blocked(rows, capped, store_down, apart)
+        apart = _flags(requests, bounds, "separated")
+        by_user = _flags(requests, bounds, "user_blocked")
+        static = self._blocked(rows, capped, store_down, apart, by_user)
         ad_id = list(chain.from_iterable(r.candidates["ad_id"] for r in requests))
         capacity = self._capacity(requests)
         separation = _separation(requests, sizes, capacity)
@@ -135,14 +136,20 @@ class Scorer:
         return capped
 
     def _blocked(
-        self, rows: R.Rows, capped: np.ndarray, store_down: np.ndarray, apart: np.ndarray | None
+        self,
+        rows: R.Rows,
+        capped: np.ndarray,
+        store_down: np.ndarray,
+        apart: np.ndarray | None,
+        by_user: np.ndarray | None,
     ) -> np.ndarray:
         """Reason code of the first failed eligibility rule per row that no parameter moves
         (exploration never shows what these refuse; the protections come first), -1 when it
         passes them all; the reserve
         is checked per parameter set. A row capped because the cap store did not answer
         (``store_down``: the fail mode's) is not FREQUENCY_CAPPED but CAP_STORE_UNAVAILABLE; one
-        stream separation caps (``apart``) is COMPETITIVE_SEPARATION."""
+        a block of the user's caps (``by_user``) is USER_BLOCKED, one stream separation caps
+        (``apart``) COMPETITIVE_SEPARATION."""
         checks = [
             *((refused, Reason(name)) for refused, name in R.protections(self.rules, rows)),
             *((refused, Reason(name)) for refused, name in R.blocked(self.rules, rows)),
@@ -150,6 +157,7 @@ class Scorer:
             (R.format_not_allowed(self.rules, rows), Reason.FORMAT_NOT_ALLOWED),
             (R.brand_unsuitable(rows), Reason.BRAND_UNSUITABLE),
             (capped & store_down, Reason.CAP_STORE_UNAVAILABLE),
+            *([] if by_user is None else [(capped & by_user, Reason.USER_BLOCKED)]),
             *([] if apart is None else [(capped & apart, Reason.COMPETITIVE_SEPARATION)]),
             (capped, Reason.FREQUENCY_CAPPED),
         ]
@@ -217,14 +225,16 @@ class Scorer:
         return out
 
 
-def _separated(requests: Sequence[ScoreRequest], bounds: list[int]) -> np.ndarray | None:
-    """Per row, whether stream separation caps it (``None`` when it caps none)."""
-    if all(r.separated is None for r in requests):
+def _flags(requests: Sequence[ScoreRequest], bounds: list[int], name: str) -> np.ndarray | None:
+    """Per row, a request's per-candidate flag ``name`` (``separated``, ``user_blocked``);
+    ``None`` when no request has it."""
+    parts = [getattr(r, name) for r in requests]
+    if all(p is None for p in parts):
         return None
     out = np.zeros(bounds[-1], dtype=bool)
-    for i, r in enumerate(requests):  # a loop over requests
-        if r.separated is not None:
-            out[bounds[i] : bounds[i + 1]] = r.separated
+    for i, part in enumerate(parts):  # a loop over requests
+        if part is not None:
+            out[bounds[i] : bounds[i + 1]] = part
     return out
 
 

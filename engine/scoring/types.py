@@ -50,6 +50,7 @@ class Reason(StrEnum):
     BLOCKED_ADVERTISER = "BLOCKED_ADVERTISER"  # the request blocks its advertiser
     BLOCKED_ATTRIBUTE = "BLOCKED_ATTRIBUTE"  # the request blocks an attribute of its creative
     CONTENT_EXCLUDED = "CONTENT_EXCLUDED"  # its campaign must not appear next to this content
+    USER_BLOCKED = "USER_BLOCKED"  # the user's feedback or a conversion blocks it (caps.blocks)
 
 
 REASONS = list(Reason)  # a reason's code (decision arrays, the logs) is its place here
@@ -104,6 +105,8 @@ class ScoreRequest:
             ``None``: the pod's ads are judged one by one.
         separated: per candidate, whether stream separation (``caps.separation``) is what
             caps it (reason COMPETITIVE_SEPARATION); ``None``: none does.
+        user_blocked: per candidate, whether a block (the user's feedback, a conversion:
+            ``caps.feedback``, ``caps.blocks``) caps it (reason USER_BLOCKED); ``None``: none.
     """
 
     context: RequestContext
@@ -115,6 +118,7 @@ class ScoreRequest:
     cap_store_ok: bool = True
     pod_room: PodRoom | None = None
     separated: np.ndarray | None = None
+    user_blocked: np.ndarray | None = None
 
     def validate(self, where: str = "request") -> None:
         """Reject what the feature core would not catch, naming the field.

@@ -344,7 +344,7 @@ def test_a_conversion_stops_the_advertiser_for_the_household(
         "pricing": ["cpm"],
     }
     taken = imp(9, 2, ad_id="ad9", creative_id="cr9", campaign_id="c9", category="auto")
-    assert g.reserve(ctx, cand, taken) == Reservation.CAPPED
+    assert g.reserve(ctx, cand, taken) == Reservation.BLOCKED
 
 
 def test_stream_separation_keeps_an_advertiser_and_competing_categories_apart(
@@ -395,7 +395,7 @@ def test_stream_separation_keeps_an_advertiser_and_competing_categories_apart(
     }
     taken = imp(2, 10, ad_id="ad2", creative_id="cr2", campaign_id="c2", advertiser_id="v2")
     taken = dataclasses.replace(taken, category="soda", touchpoint="ott", slot="ott_preroll")
-    assert gate(store).reserve(ctx, cand, taken) == Reservation.CAPPED
+    assert gate(store).reserve(ctx, cand, taken) == Reservation.SEPARATED
 
 
 def _admit(store: CapStore, i: int) -> bool:

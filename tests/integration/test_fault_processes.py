@@ -326,8 +326,9 @@ def test_a_restarted_server_keeps_its_counts_and_the_users_blocks(
     again = launch(model_dir, config).ready()
     after = decide(again.target())
     assert after == before
-    assert after["ad_cmp_capped"] == after["ad_cmp_hidden"] == pb.REASON_FREQUENCY_CAPPED
-    assert after["ad_cmp_free"] != pb.REASON_FREQUENCY_CAPPED
+    assert after["ad_cmp_capped"] == pb.REASON_FREQUENCY_CAPPED
+    assert after["ad_cmp_hidden"] == pb.REASON_USER_BLOCKED
+    assert after["ad_cmp_free"] not in (pb.REASON_FREQUENCY_CAPPED, pb.REASON_USER_BLOCKED)
     with grpc.insecure_channel(again.target()) as channel:
         retried = pb_grpc.AdMatchingStub(channel).RecordEvents(
             pb.EventBatch(events=events[:3]), timeout=10

@@ -639,7 +639,7 @@ def test_a_conversion_and_a_complaint_block_at_once(channel: grpc.Channel) -> No
     reply = stub.Score(_mobile_pod("blocked", False))
     assert list(reply.selected_ad_ids) == ["free_e"]
     why = {d.ad_id: d.reason for d in reply.decisions}
-    assert {why[a] for a in ("cap_a", "cap_b", "cap_c", "free_d")} == {pb.REASON_FREQUENCY_CAPPED}
+    assert {why[a] for a in ("cap_a", "cap_b", "cap_c", "free_d")} == {pb.REASON_USER_BLOCKED}
 
 
 def _ott_shown(impression_id: str, hh_mm: str, advertiser: str, category: str) -> pb.Event:
