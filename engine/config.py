@@ -115,6 +115,11 @@ class Protections(_Strict):
         taxonomy = self._taxonomy()
         return {k: expand(v, taxonomy) for k, v in self.blocked_categories.items()}
 
+    def ancestry(self) -> dict[str, list[str]]:
+        """Per category id of the taxonomy, itself and its ancestors (empty: no taxonomy)."""
+        taxonomy = self._taxonomy()
+        return taxonomy.ancestry() if taxonomy else {}
+
     def _taxonomy(self) -> Taxonomy | None:
         return load_taxonomy(self.taxonomy) if self.taxonomy else None
 

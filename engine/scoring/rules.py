@@ -101,8 +101,9 @@ class Rows:
     content_excluded: np.ndarray  # bool: its campaign excludes a category of the content
 
     @classmethod
-    def from_inputs(cls, inputs: pl.DataFrame) -> Rows:
-        """Extract the arrays from the feature core's input rows."""
+    def from_inputs(cls, inputs: pl.DataFrame, rules: CompiledRules | None = None) -> Rows:
+        """Extract the arrays from the feature core's input rows (``rules``: a taxonomy's
+        ancestry, so that a request blocking a category blocks its whole branch)."""
         hour = inputs.get_column("local_hour")
         return cls(
             touchpoint=_codes(inputs.get_column("touchpoint"), 0),
@@ -119,7 +120,9 @@ class Rows:
             category=inputs.get_column("category").to_arrow(),
             audience=_codes(inputs.get_column("audience"), -1),
             state=_codes(inputs.get_column("assistant_state"), -1),
-            request_blocks_category=_listed(inputs, "blocked_categories", "category"),
+            request_blocks_category=_listed(
+                inputs, "blocked_categories", "category", rules.ancestry if rules else None
+            ),
             request_blocks_advertiser=_listed(inputs, "blocked_advertisers", "advertiser_id"),
             request_blocks_attribute=_masked(inputs, "blocked_attributes", "creative_attributes"),
             content_excluded=_overlap(inputs, "excluded_content", "content_categories"),
@@ -130,13 +133,30 @@ class Rows:
 # Arrow and numpy read the same values in a few microseconds.
 
 
-def _listed(inputs: pl.DataFrame, lists: str, value: str) -> np.ndarray:
+CHAIN_SEP = "\x1f"  # joins a taxonomy id's chain of ancestors (taxonomy.py refuses it in ids)
+
+
+def _listed(
+    inputs: pl.DataFrame, lists: str, value: str, ancestry: dict[str, str] | None = None
+) -> np.ndarray:
     """Per row, whether its ``value`` is in its ``lists`` entry (one polars pass, and none when
-    no row has a list entry: the common case)."""
+    no row has a list entry: the common case). With an ``ancestry`` (a taxonomy's: per id, it
+    and its ancestors joined by ``CHAIN_SEP``), a value also counts as listed when one of its
+    ancestors is: the entry names a whole branch."""
     if len(inputs.get_column(lists).to_arrow().flatten()) == 0:
         return np.zeros(len(inputs), dtype=bool)
-    found = inputs.select(pl.col(lists).list.contains(pl.col(value)).fill_null(False))
-    return found.to_series().to_numpy()
+    if not ancestry:
+        found = inputs.select(pl.col(lists).list.contains(pl.col(value)).fill_null(False))
+        return found.to_series().to_numpy()
+    own = pl.col(value).cast(pl.String)
+    known = own.is_in(list(ancestry))  # a free tag stays itself, whatever it holds
+    chain = (
+        pl.when(known)
+        .then(own.replace(ancestry).str.split(CHAIN_SEP))
+        .otherwise(pl.concat_list(own))
+    )
+    shared = chain.list.set_intersection(pl.col(lists)).list.len().fill_null(0) > 0
+    return inputs.select(shared).to_series().to_numpy()
 
 
 def _overlap(inputs: pl.DataFrame, left: str, right: str) -> np.ndarray:
@@ -196,6 +216,9 @@ class CompiledRules:
     state_max_duration: np.ndarray
     # protections.blocked_categories: (the Rows field it matches, its code, the categories)
     place_blocks: list[tuple[str, int, pa.Array]]
+    # protections.taxonomy: per category id its chain (itself, then its ancestors) joined by
+    # CHAIN_SEP; empty without a taxonomy
+    ancestry: dict[str, str]
 
     @classmethod
     def build(cls, config: AdmatchConfig) -> CompiledRules:
@@ -240,6 +263,7 @@ class CompiledRules:
             state_ok,
             state_dur,
             _place_blocks(p.place_blocks()),
+            {k: CHAIN_SEP.join(v) for k, v in p.ancestry().items()},
         )
 
 

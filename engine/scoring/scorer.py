@@ -62,7 +62,7 @@ class Scorer:
                 also=R.INPUTS,
             )
             matrix = batch.matrix()
-            rows = R.Rows.from_inputs(batch.inputs)
+            rows = R.Rows.from_inputs(batch.inputs, self.rules)
         with timer.stage("model"):
             predicted = self.model.predict(matrix, convert=rows.pricing == R.CPA)
         with timer.stage("rank"):

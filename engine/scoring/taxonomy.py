@@ -54,6 +54,18 @@ class Taxonomy:
                 todo.extend(self.children.get(node, ()))
         return list(out)
 
+    def ancestry(self) -> dict[str, list[str]]:
+        """Per category id, itself and every category above it (nearest first)."""
+        out = {}
+        for node in self.parent:
+            chain, up, seen = [node], self.parent[node], {node}
+            while up is not None and up not in seen:  # a cycle in a broken file ends here
+                chain.append(up)
+                seen.add(up)
+                up = self.parent.get(up)
+            out[node] = chain
+        return out
+
 
 def _column(header: list[str], *names: str) -> int | None:
     folded = [h.strip().casefold() for h in header]
@@ -86,6 +98,8 @@ def _load(path: str, mtime_ns: int) -> Taxonomy:
             up = None
         if not node:
             raise ValueError(f"{path}:{line}: no Unique ID")
+        if not node.isprintable():
+            raise ValueError(f"{path}:{line}: Unique ID {node!r} holds a control character")
         if node in parents:
             raise ValueError(f"{path}:{line}: Unique ID {node!r} appears twice")
         parents[node] = up

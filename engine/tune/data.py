@@ -173,7 +173,7 @@ def prepare(
     features = bundle.core.offline(frame.lazy()).collect()
     p_engage, p_negative, p_convert = _predict(bundle, features)
     rules = R.CompiledRules.build(config)
-    rows = R.Rows.from_inputs(features)
+    rows = R.Rows.from_inputs(features, rules)
     comps = R.cost_components(rules, rows, p_engage, p_negative, np.zeros((len(features), 30)))
     comps[:, FATIGUE] = 0.0
     value = R.expected_value(rows, p_engage, config.scoring.conversion_prior, p_convert)

@@ -68,6 +68,7 @@ def test_config_expands_branches_for_the_protections(tmp_path: Path) -> None:
         ),
         ({"taxonomy": "missing.tsv"}, "cannot read missing.tsv"),
         ({"taxonomy": "BAD"}, "no 'Unique ID' and 'Parent' columns"),
+        ({"taxonomy": "CTRL"}, "holds a control character"),
     ],
 )
 def test_taxonomy_problems_name_the_key(
@@ -75,7 +76,9 @@ def test_taxonomy_problems_name_the_key(
 ) -> None:
     bad = tmp_path / "bad.tsv"
     bad.write_text("ID\tName\n1\tA\n")
-    paths = {"EXCERPT": str(EXCERPT), "BAD": str(bad)}
+    ctrl = tmp_path / "ctrl.tsv"
+    ctrl.write_text("Unique ID\tParent ID\tName\n1\x1f2\t\tA\n")
+    paths = {"EXCERPT": str(EXCERPT), "BAD": str(bad), "CTRL": str(ctrl)}
     changes = {k: paths.get(v, v) if isinstance(v, str) else v for k, v in changes.items()}
     with pytest.raises(ConfigError) as info:
         parse_config(_protections(tmp_path, **changes))
@@ -112,3 +115,39 @@ def test_a_minor_gets_no_ad_of_the_branch(tmp_path: Path, model_dir: Path) -> No
     assert [reasons[f"ad{i}"] for i in (0, 2)] == [Reason.AGE_RESTRICTED] * 2
     assert reasons["ad1"] != Reason.AGE_RESTRICTED
     assert reasons["ad3"] != Reason.AGE_RESTRICTED  # the free tag is no longer listed
+
+
+def test_a_request_blocking_a_category_blocks_its_branch(tmp_path: Path, model_dir: Path) -> None:
+    """OpenRTB bcat with taxonomy ids: blocking 1002 (Alcohol) blocks 1006 (Spirits) and 1002
+    itself; a category outside the branch, and a free tag, are untouched. Without a taxonomy
+    only the listed id is blocked."""
+    candidates: dict[str, list[Any]] = {
+        "ad_id": ["spirits", "alcohol", "soda", "tag"],
+        "category": ["1006", "1002", "1132", "beer"],
+        "bid": [5.0] * 4,
+        "pricing": ["cpm"] * 4,
+        "format": ["image"] * 4,
+    }
+    ctx = RequestContext(
+        "t2",
+        datetime(2026, 3, 3, 12, tzinfo=UTC),
+        "u1",
+        "mobile",
+        "mobile_feed",
+        scene="personal",
+        local_hour=12,
+        age_band="35_44",
+        blocked_categories=("1002",),
+    )
+    bundle = ModelBundle.load(model_dir, runtime="lightgbm")
+    blocked = {}
+    for taxonomy in (str(EXCERPT), ""):
+        scorer = Scorer(bundle, parse_config(_protections(tmp_path, taxonomy=taxonomy)))
+        decision = scorer.score(ScoreRequest(ctx, candidates))
+        blocked[taxonomy] = {
+            ad
+            for ad, reason in zip(candidates["ad_id"], decision.reason, strict=True)
+            if reason == Reason.BLOCKED_CATEGORY
+        }
+    assert blocked[str(EXCERPT)] == {"spirits", "alcohol"}
+    assert blocked[""] == {"alcohol"}
