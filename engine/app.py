@@ -224,26 +224,26 @@ class App:
         gate: CapGate,
         deadline: Deadline = NO_DEADLINE,
     ) -> Decision:
-        """Reserve each selected ad in turn. The store is not asked again once it has not
-        answered for this request (its cap read, or one of these reservations, failed): the
-        rest get the fail mode's outcome at once, so a request waits for a dead store once."""
+        """Reserve the selected ads, in their order, in one round trip (a pod's ads count
+        toward each other's caps; a refused one leaves the others theirs). The store is not
+        asked when it has not answered for this request's cap read: every ad gets the fail
+        mode's outcome at once, so a request waits for a dead store once."""
         ctx = request.context
         rank, codes, kept = decision.rank.copy(), decision.reason_code.copy(), []
-        store_ok = decision.cap_store_ok
-        for ad in decision.selected:
-            i = decision.ad_id.index(ad)
-            one = {k: [v[i]] for k, v in request.candidates.items()}
-            if store_ok:
-                outcome = gate.reserve(
-                    ctx,
-                    one,
-                    _impression(ctx, ad, one),
-                    request.campaign_caps,
-                    deadline.remaining(),
-                )
-                store_ok = outcome not in (Reservation.UNAVAILABLE, Reservation.UNRESERVED)
-            else:
-                outcome = gate.unavailable()
+        rows = [decision.ad_id.index(ad) for ad in decision.selected]
+        ones = [{k: [v[i]] for k, v in request.candidates.items()} for i in rows]
+        if decision.cap_store_ok:
+            pairs = zip(decision.selected, ones, strict=True)
+            impressions = [_impression(ctx, ad, one) for ad, one in pairs]
+            outcomes = gate.reserve(
+                ctx, ones, impressions, request.campaign_caps, deadline.remaining()
+            )
+        else:
+            outcomes = [gate.unavailable() for _ in rows]
+        store_ok = decision.cap_store_ok and not any(
+            o in (Reservation.UNAVAILABLE, Reservation.UNRESERVED) for o in outcomes
+        )
+        for ad, i, outcome in zip(decision.selected, rows, outcomes, strict=True):
             if outcome in (Reservation.RESERVED, Reservation.UNRESERVED):
                 kept.append(ad)
             else:

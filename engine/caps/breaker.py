@@ -24,7 +24,14 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from engine.caps.plan import Plan
-from engine.caps.store import CapReading, CapStore, Check, Feedback, Impression, StoreUnavailable
+from engine.caps.store import (
+    Attempt,
+    CapReading,
+    CapStore,
+    Feedback,
+    Impression,
+    StoreUnavailable,
+)
 from engine.errors import AdmatchError
 
 log = logging.getLogger(__name__)
@@ -183,11 +190,11 @@ class GuardedStore:
         return self._guarded(lambda: self.store.record(impressions))
 
     def check_and_record(
-        self, impression: Impression, plan: Plan, checks: list[Check], budget_s: float | None = None
-    ) -> int:
+        self, attempts: Sequence[Attempt], budget_s: float | None = None
+    ) -> list[int | StoreUnavailable]:
         """See :class:`CapStore`."""
         store = self.store
-        return self._guarded(lambda: store.check_and_record(impression, plan, checks, budget_s))
+        return self._guarded(lambda: store.check_and_record(attempts, budget_s))
 
     def block(self, feedback: list[Feedback]) -> int:
         """See :class:`CapStore`."""

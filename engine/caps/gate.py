@@ -24,6 +24,7 @@ from engine.caps.store import (
     BLOCK_REFUSAL,
     CapReading,
     CapStore,
+    Check,
     Feedback,
     Impression,
     StoreUnavailable,
@@ -225,33 +226,37 @@ class CapGate:
     def reserve(
         self,
         context: RequestContext,
-        candidate: CandidateColumns,
-        impression: Impression,
+        candidates: Sequence[CandidateColumns],
+        impressions: Sequence[Impression],
         campaign_caps: CampaignCaps | None = None,
         budget_s: float | None = None,
-    ) -> Reservation:
-        """Atomically re-check the caps of one selected candidate and record its impression,
-        the store waiting at most ``budget_s``.
+    ) -> list[Reservation]:
+        """For each selected candidate (one-candidate columns) in order, atomically re-check
+        its caps and record its impression: one round trip for all of them, each counting the
+        ones before it (a pod's ads), a refusal of one leaving the others theirs (a partial
+        grant). The store waits at most ``budget_s``.
 
         Returns:
-            RESERVED; CAPPED (a cap or gap refuses it now: another server got there first),
-            BLOCKED (the user's feedback or a conversion), SEPARATED (stream separation); or,
-            when the store does not answer, UNAVAILABLE (failing closed) or UNRESERVED
-            (failing open).
+            Per candidate: RESERVED; CAPPED (a cap or gap refuses it now: another server got
+            there first), BLOCKED (the user's feedback or a conversion), SEPARATED (stream
+            separation); or, when the store does not answer, UNAVAILABLE (failing closed) or
+            UNRESERVED (failing open).
         """
         own = self.own_rules(campaign_caps)
-        plan = self.planner.plan(context, candidate, own)
         rules = [*self.caps.rules, *own]
-        checks = evaluate.checks(plan, rules, self.gaps, self.caps.separating)
+        attempts = []
+        for candidate, impression in zip(candidates, impressions, strict=True):
+            plan = self.planner.plan(context, candidate, own)
+            checks = evaluate.checks(plan, rules, self.gaps, self.caps.separating)
+            attempts.append((impression, plan, checks))
         try:
-            result = self.store.check_and_record(impression, plan, checks, budget_s)
+            results = self.store.check_and_record(attempts, budget_s)
         except StoreUnavailable:
-            return self.unavailable()
-        if result >= 0:
-            return Reservation.RESERVED
-        if result == BLOCK_REFUSAL:
-            return Reservation.BLOCKED
-        return Reservation.SEPARATED if checks[-result - 1].separation else Reservation.CAPPED
+            return [self.unavailable() for _ in attempts]
+        return [
+            self.unavailable() if isinstance(r, StoreUnavailable) else _outcome(r, a[2])
+            for r, a in zip(results, attempts, strict=True)
+        ]
 
     def unavailable(self) -> Reservation:
         """The reservation the fail mode gives when the store does not answer (counted)."""
@@ -264,6 +269,15 @@ class CapGate:
         if feedback:
             self.store.block(feedback)
         return recorded
+
+
+def _outcome(result: int, checks: list[Check]) -> Reservation:
+    """What one check-and-record's answer means."""
+    if result >= 0:
+        return Reservation.RESERVED
+    if result == BLOCK_REFUSAL:
+        return Reservation.BLOCKED
+    return Reservation.SEPARATED if checks[-result - 1].separation else Reservation.CAPPED
 
 
 def _filled(request: ScoreRequest, reading: GateReading) -> ScoreRequest:

@@ -19,11 +19,13 @@ from engine.caps.plan import DAY_US, US, Plan, impression_writes, micros
 from engine.caps.rules import BlockRule, CapRule, Family, GapRule, competitor_ids
 from engine.caps.store import (
     BLOCK_REFUSAL,
+    Attempt,
     CapReading,
     Check,
     Feedback,
     Impression,
     Matrices,
+    StoreUnavailable,
     block_writes,
     group_matrices,
     scatter,
@@ -131,23 +133,26 @@ class MemoryCapStore:
             return sum(self._record(imp) for imp in impressions)
 
     def check_and_record(
-        self, impression: Impression, plan: Plan, checks: list[Check], budget_s: float | None = None
-    ) -> int:
-        """See :class:`CapStore`."""
+        self, attempts: Sequence[Attempt], budget_s: float | None = None
+    ) -> list[int | StoreUnavailable]:
+        """See :class:`CapStore` (in memory: every attempt under one hold of the lock)."""
         with self._lock:
-            if self._marker(impression) in self._seen:
-                return 0
-            matrices, blocks = self._read(plan, inclusive=True)
-            if blocks.any():
-                return BLOCK_REFUSAL
-            for i, chk in enumerate(checks):
-                value = matrices[chk.group][0, chk.column]
-                if chk.kind == "since":
-                    if value >= 0 and plan.t_us - value < chk.threshold * US:
-                        return -(i + 1)
-                elif value >= chk.threshold:
+            return [self._check_and_record(*attempt) for attempt in attempts]
+
+    def _check_and_record(self, impression: Impression, plan: Plan, checks: list[Check]) -> int:
+        if self._marker(impression) in self._seen:
+            return 0
+        matrices, blocks = self._read(plan, inclusive=True)
+        if blocks.any():
+            return BLOCK_REFUSAL
+        for i, chk in enumerate(checks):
+            value = matrices[chk.group][0, chk.column]
+            if chk.kind == "since":
+                if value >= 0 and plan.t_us - value < chk.threshold * US:
                     return -(i + 1)
-            return self._record(impression)
+            elif value >= chk.threshold:
+                return -(i + 1)
+        return self._record(impression)
 
     def block(self, feedback: list[Feedback]) -> int:
         """See :class:`CapStore`."""

@@ -41,6 +41,7 @@ from engine.caps.rules import (
     competitor_ids,
 )
 from engine.caps.store import (
+    Attempt,
     CapReading,
     Check,
     Feedback,
@@ -393,19 +394,34 @@ class RedisCapStore:
         return results
 
     def check_and_record(
-        self, impression: Impression, plan: Plan, checks: list[Check], budget_s: float | None = None
-    ) -> int:
-        """See :class:`CapStore`."""
+        self, attempts: Sequence[Attempt], budget_s: float | None = None
+    ) -> list[int | StoreUnavailable]:
+        """See :class:`CapStore`: one CHECK_RECORD call per attempt, in one pipelined round
+        trip (the attempts of one request share its hash tag: one node, in order)."""
+        today = self._today()
+        calls = [
+            self._check_call(impression, plan, checks, today)
+            for impression, plan, checks in attempts
+        ]
+        if not calls:
+            return []
+        results = self._call(lambda: self._pipeline(self._check_record, calls, budget_s))
+        return [
+            _unavailable(r) if isinstance(r, Exception) else int(cast("int", r)) for r in results
+        ]
+
+    def _check_call(
+        self, impression: Impression, plan: Plan, checks: list[Check], today: int
+    ) -> _Call:
         read_keys, read_args = self._read_keys_args(plan)
-        rec_keys, rec_args = self._record_keys_args(impression, self._today())
+        rec_keys, rec_args = self._record_keys_args(impression, today)
         encoded: list[int] = []
         for chk in checks:
             gap = chk.kind == "since"
             threshold = round(chk.threshold * US) if gap else round(chk.threshold)
             encoded += [chk.group + 1, chk.column + 1, int(gap), threshold]
-        keys = rec_keys + read_keys
         args = [len(rec_keys), *rec_args, *read_args, _numbers(encoded)]
-        return int(self._call(lambda: self._eval(self._check_record, keys, args, budget_s)))
+        return rec_keys + read_keys, args
 
     def block(self, feedback: list[Feedback]) -> int:
         """See :class:`CapStore`. Each block stores its end (event time); a later end wins. One

@@ -231,12 +231,19 @@ class CapStore(Protocol):
         ...
 
     def check_and_record(
-        self, impression: Impression, plan: Plan, checks: list[Check], budget_s: float | None = None
-    ) -> int:
-        """Atomically: return 0 if the impression id was already recorded; else, if no check
-        fails and no block covers the candidate, record the impression and return 1; else
-        return ``-(i+1)`` for failing check ``i``, or ``BLOCK_REFUSAL`` for a block. Waits at most
-        ``budget_s``, as :meth:`read`."""
+        self, attempts: Sequence[Attempt], budget_s: float | None = None
+    ) -> list[int | StoreUnavailable]:
+        """Per attempt (an impression, its one-candidate plan, its checks), in order, each
+        atomically: 0 if the impression id was already recorded; else, if no check fails and
+        no block covers the candidate, record the impression and 1; else ``-(i+1)`` for
+        failing check ``i``, or ``BLOCK_REFUSAL`` for a block. A later attempt counts the
+        earlier ones it follows (the ads of one pod). One round trip for them all (per
+        cluster node); an attempt the server refused alone is its ``StoreUnavailable``.
+        Waits at most ``budget_s``, as :meth:`read`.
+
+        Raises:
+            StoreUnavailable: no answer at all.
+        """
         ...
 
     def block(self, feedback: list[Feedback]) -> int:
@@ -270,3 +277,6 @@ class Check:
     kind: str
     threshold: float
     separation: bool = False  # a stream-separation gap (its refusal's reason differs)
+
+
+Attempt = tuple[Impression, Plan, list[Check]]  # one reservation: see CapStore.check_and_record

@@ -344,7 +344,7 @@ def test_a_conversion_stops_the_advertiser_for_the_household(
         "pricing": ["cpm"],
     }
     taken = imp(9, 2, ad_id="ad9", creative_id="cr9", campaign_id="c9", category="auto")
-    assert g.reserve(ctx, cand, taken) == Reservation.BLOCKED
+    assert g.reserve(ctx, [cand], [taken]) == [Reservation.BLOCKED]
 
 
 def test_stream_separation_keeps_an_advertiser_and_competing_categories_apart(
@@ -395,7 +395,7 @@ def test_stream_separation_keeps_an_advertiser_and_competing_categories_apart(
     }
     taken = imp(2, 10, ad_id="ad2", creative_id="cr2", campaign_id="c2", advertiser_id="v2")
     taken = dataclasses.replace(taken, category="soda", touchpoint="ott", slot="ott_preroll")
-    assert gate(store).reserve(ctx, cand, taken) == Reservation.SEPARATED
+    assert gate(store).reserve(ctx, [cand], [taken]) == [Reservation.SEPARATED]
 
 
 def _admit(store: CapStore, i: int) -> bool:
@@ -413,7 +413,7 @@ def _admit(store: CapStore, i: int) -> bool:
     caps = CapsConfig(rules=[CapRule(scope="user", target="campaign", window="24h", limit=10)])
     g = CapGate(store, caps, 7 * 86_400, fail_open=False)
     event = imp(i, 0, creative_id=f"cr{i}", advertiser_id=f"v{i}", category=f"cat{i}")
-    return g.reserve(ctx, cand, event) is Reservation.RESERVED
+    return g.reserve(ctx, [cand], [event]) == [Reservation.RESERVED]
 
 
 def test_concurrent_check_and_record_never_exceeds(backend: tuple[str, Factory, Any]) -> None:
@@ -504,16 +504,9 @@ def test_campaigns_bring_their_own_caps(backend: tuple[str, Factory, Any]) -> No
     assert g.read(ctx, cands, own).capped.tolist() == [True, True, False]
     event = imp(3, 0, campaign_id="c3", creative_id="k3", advertiser_id="w3", category="x3")
     single = {k: v[2:] for k, v in cands.items()}
-    assert g.reserve(ctx, single, event, own) is Reservation.RESERVED
-    assert (
-        g.reserve(
-            ctx,
-            single,
-            imp(4, 0, campaign_id="c3", creative_id="k3", advertiser_id="w3", category="x3"),
-            own,
-        )
-        is Reservation.CAPPED
-    )
+    assert g.reserve(ctx, [single], [event], own) == [Reservation.RESERVED]
+    again = imp(4, 0, campaign_id="c3", creative_id="k3", advertiser_id="w3", category="x3")
+    assert g.reserve(ctx, [single], [again], own) == [Reservation.CAPPED]
 
 
 def test_day_windows_count_late_events_in_their_own_day(backend: tuple[str, Factory, Any]) -> None:
@@ -579,10 +572,10 @@ def test_a_retried_reservation_counts_once(backend: tuple[str, Factory, Any]) ->
         7 * 86_400,
         fail_open=False,
     )
-    assert g.reserve(ctx, cand, imp(1, 0)) is Reservation.RESERVED
+    assert g.reserve(ctx, [cand], [imp(1, 0)]) == [Reservation.RESERVED]
     # the same impression again: already reserved
-    assert g.reserve(ctx, cand, imp(1, 0)) is Reservation.RESERVED
-    assert g.reserve(ctx, cand, imp(2, 0)) is Reservation.CAPPED
+    assert g.reserve(ctx, [cand], [imp(1, 0)]) == [Reservation.RESERVED]
+    assert g.reserve(ctx, [cand], [imp(2, 0)]) == [Reservation.CAPPED]
     assert ask(store, 1)[1][0, EXP["exp_user_campaign_1h"]] == 1
 
 
@@ -610,15 +603,58 @@ def test_one_round_trip_per_call(
     g = gate(store)
     context, candidates = _hundred_candidates()
     g.read(context, candidates)  # scripts loaded: no NOSCRIPT retry below
-    g.reserve(context, _first(candidates), imp("warm", 0))
+    g.reserve(context, [_first(candidates)], [imp("warm", 0)])
     store.record([imp("warm2", 0)])
     sent = count_sends(monkeypatch)
     g.read(context, candidates)
     assert len(sent) == 1
-    g.reserve(context, _first(candidates), imp("one", 0))
+    g.reserve(context, [_first(candidates)], [imp("one", 0)])
     assert len(sent) == 2
     store.record([imp(f"batch-{k}", k) for k in range(5)])
     assert len(sent) == 3
+    pod = [{k: v[i : i + 1] for k, v in candidates.items()} for i in (1, 2, 3)]
+    g.reserve(context, pod, [imp(f"pod-{i}", 0) for i in range(3)])  # a pod: one round trip
+    assert len(sent) == 4
+
+
+def test_a_pods_reservation_counts_its_own_ads_and_grants_in_part(
+    backend: tuple[str, Factory, Any],
+) -> None:
+    """Three ads of one campaign reserved together with one exposure left under "2 per user
+    per campaign an hour": the first is granted, the others are refused by it (they count
+    the ones before them), and an ad of another campaign after them is granted."""
+    store = backend[1]()
+    store.record([imp(1, 0)])  # c1 once: one left
+    g = gate(store)
+    ctx = RequestContext("pod", T0 + timedelta(minutes=1), "u1", "mobile", "mobile_feed", "h1")
+    ads = [("a1", "c1"), ("a2", "c1"), ("a3", "c1"), ("b1", "c9")]
+    cands: list[dict[str, list[Any]]] = [
+        {
+            "ad_id": [ad],
+            "creative_id": [f"cr-{ad}"],
+            "campaign_id": [campaign],
+            "advertiser_id": [f"v-{ad}"],
+            "category": [f"k-{ad}"],
+            "format": ["image"],
+            "bid": [1.0],
+            "pricing": ["cpm"],
+        }
+        for ad, campaign in ads
+    ]
+    where = {"touchpoint": "mobile", "slot": "mobile_feed", "device_id": None}
+    events = [
+        imp(f"pod-{ad}", 1, ad_id=ad, campaign_id=campaign, creative_id=f"cr-{ad}", **where)
+        for ad, campaign in ads
+    ]
+    got = g.reserve(ctx, cands, events)
+    assert got == [
+        Reservation.RESERVED,
+        Reservation.CAPPED,
+        Reservation.CAPPED,
+        Reservation.RESERVED,
+    ]
+    later = dataclasses.replace(ctx, ts=T0 + timedelta(minutes=2))
+    assert g.read(later, cands[0]).capped.tolist() == [True]  # the grant was recorded
 
 
 class CountingLock:
@@ -707,7 +743,7 @@ def test_scripts_lost_by_the_server_are_loaded_again(backend: tuple[str, Factory
     ctx = RequestContext("r", T0, "u9", "ott", "ott_pause", household_id="h9", device_id="tv9")
     cand: dict[str, list[Any]] = {"ad_id": ["ad1"], "campaign_id": ["c1"], "format": ["image"]}
     where = {"user_id": "u9", "household_id": "h9", "device_id": "tv9"}
-    assert g.reserve(ctx, cand, imp("after-flush", 0, **where)) is Reservation.RESERVED
+    assert g.reserve(ctx, [cand], [imp("after-flush", 0, **where)]) == [Reservation.RESERVED]
     assert ask(store, 1, **where)[1][0, EXP["exp_user_campaign_1h"]] == 1
 
 

@@ -213,8 +213,8 @@ class Differential(RuleBasedStateMachine):
             **self._event_fields(user, 0),
         )
         checks = evaluate.checks(plan, RULES, GAPS)
-        answer = self.redis.check_and_record(event, plan, checks)
-        assert answer == self.memory.check_and_record(event, plan, checks), answer
+        answer = self.redis.check_and_record([(event, plan, checks)])
+        assert answer == self.memory.check_and_record([(event, plan, checks)]), answer
 
 
 LIMITS = np.asarray([r.limit for r in RULES], dtype=np.float64)

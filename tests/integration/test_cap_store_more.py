@@ -166,7 +166,9 @@ def test_an_impression_id_is_known_for_the_dedup_horizon() -> None:
 
 
 def _admit_as(store: RedisCapStore, impression_id: str) -> int:
-    return store.check_and_record(imp(impression_id.split("-")[1], 0), _plan(store), [])
+    result = store.check_and_record([(imp(impression_id.split("-")[1], 0), _plan(store), [])])[0]
+    assert isinstance(result, int)
+    return result
 
 
 def test_the_state_dir_keeps_counts_blocks_and_markers_across_restarts(tmp_path: Path) -> None:
@@ -302,8 +304,9 @@ def test_fail_closed_and_fail_open_when_the_store_is_down() -> None:
     assert np.nansum(exposures) == 0
     opened = CapGate(store, CAPS, 7 * 86_400, fail_open=True)
     assert not opened.read(*_request()).capped.any() and opened.errors == 1
-    assert closed.reserve(*_request(), imp(1, 0)) is Reservation.UNAVAILABLE  # not shown
-    assert opened.reserve(*_request(), imp(1, 0)) is Reservation.UNRESERVED  # shown
+    ctx, cands = _request()
+    assert closed.reserve(ctx, [cands], [imp(1, 0)]) == [Reservation.UNAVAILABLE]  # not shown
+    assert opened.reserve(ctx, [cands], [imp(1, 0)]) == [Reservation.UNRESERVED]  # shown
 
 
 def test_a_call_that_times_out_leaves_no_reply_behind() -> None:
@@ -344,7 +347,7 @@ def test_a_read_waits_no_longer_than_the_request_has_left() -> None:
             gate = CapGate(store, CAPS, 7 * 86_400, fail_open=False)
             gate.read(ctx, cands)
             warm = imp(f"warm-{k}", -30, ad_id=f"w{k}", campaign_id=f"w{k}", advertiser_id=f"w{k}")
-            assert gate.reserve(ctx, cands, warm) is Reservation.RESERVED
+            assert gate.reserve(ctx, [cands], [warm]) == [Reservation.RESERVED]
             gates.append(gate)
         plan = gates[1].planner.plan(ctx, cands)
         busy = server.client()
@@ -361,7 +364,8 @@ def test_a_read_waits_no_longer_than_the_request_has_left() -> None:
         assert all(isinstance(a, StoreUnavailable) for a in answers)
         waits.append(time.monotonic() - start)
         start = time.monotonic()
-        assert gates[2].reserve(ctx, cands, imp(2, 1), budget_s=0.2) is Reservation.UNAVAILABLE
+        outcome = gates[2].reserve(ctx, [cands], [imp(2, 1)], budget_s=0.2)
+        assert outcome == [Reservation.UNAVAILABLE]
         waits.append(time.monotonic() - start)
         assert max(waits) < 1.5, waits  # the 0.2 s allowed, not the 5 s deadline
         blocker.join()
