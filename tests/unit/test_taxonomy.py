@@ -87,21 +87,27 @@ def test_taxonomy_problems_name_the_key(
     )
 
 
-def test_a_minor_gets_no_ad_of_the_branch(tmp_path: Path, model_dir: Path) -> None:
-    config = parse_config(
-        _protections(tmp_path, taxonomy=str(EXCERPT), restricted_categories=["Alcohol/*"])
-    )
-    scorer = Scorer(ModelBundle.load(model_dir, runtime="lightgbm"), config)
-    ctx = RequestContext(
-        "t1",
+def _phone(age_band: str, **more: Any) -> RequestContext:
+    """A phone feed request at noon, alone."""
+    return RequestContext(
+        "t",
         datetime(2026, 3, 3, 12, tzinfo=UTC),
         "u1",
         "mobile",
         "mobile_feed",
         scene="personal",
         local_hour=12,
-        age_band="under_18",
+        age_band=age_band,
+        **more,
     )
+
+
+def test_a_minor_gets_no_ad_of_the_branch(tmp_path: Path, model_dir: Path) -> None:
+    config = parse_config(
+        _protections(tmp_path, taxonomy=str(EXCERPT), restricted_categories=["Alcohol/*"])
+    )
+    scorer = Scorer(ModelBundle.load(model_dir, runtime="lightgbm"), config)
+    ctx = _phone("under_18")
     categories = ["1006", "1132", "1002", "alcohol"]  # spirits, soft drinks, the root, a tag
     candidates: dict[str, list[Any]] = {
         "ad_id": [f"ad{i}" for i in range(4)],
@@ -128,17 +134,7 @@ def test_a_request_blocking_a_category_blocks_its_branch(tmp_path: Path, model_d
         "pricing": ["cpm"] * 4,
         "format": ["image"] * 4,
     }
-    ctx = RequestContext(
-        "t2",
-        datetime(2026, 3, 3, 12, tzinfo=UTC),
-        "u1",
-        "mobile",
-        "mobile_feed",
-        scene="personal",
-        local_hour=12,
-        age_band="35_44",
-        blocked_categories=("1002",),
-    )
+    ctx = _phone("35_44", blocked_categories=("1002",))
     bundle = ModelBundle.load(model_dir, runtime="lightgbm")
     blocked = {}
     for taxonomy in (str(EXCERPT), ""):
