@@ -48,13 +48,15 @@ fingerprint is among the markers, an 8-byte-aligned match; else it is appended t
 whose expiry is set when it is made). A counter hash's expiry is refreshed only when it has
 fallen an hour short of ``ttl_s``: few EXPIRE lines in the append-only file.
 
-``CHECK_RECORD``: ``ARGV = the number of RECORD keys, the 8 RECORD arguments, the READ
-arguments, checks``; ``KEYS`` = the RECORD keys, then the READ keys. ``checks`` are numbers:
-per check ``group, column (1-based in the group's row), gap (0 or 1), threshold`` (a limit, or
-a gap in us). Counts every recorded impression from ``t - window`` on, also those at or after
-``t`` (so concurrent servers cannot both take the last slot). Returns 0 for a duplicate
-impression; else records only when nothing refuses and returns 1, ``-i`` for failing check
-``i`` or -1000000 for a block.
+``CHECK_RECORD``: the attempts of one request (one hash tag), in order, in one script:
+``ARGV = n``, then per attempt ``its number of KEYS, its number of arguments, the number of
+RECORD keys, the 8 RECORD arguments, the READ arguments, checks``; ``KEYS`` = per attempt its
+RECORD keys, then its READ keys. ``checks`` are numbers: per check ``group, column (1-based in
+the group's row), gap (0 or 1), threshold`` (a limit, or a gap in us). Counts every recorded
+impression from ``t - window`` on, also those at or after ``t`` (so concurrent servers cannot
+both take the last slot), the earlier attempts' included. Returns per attempt 0 for a
+duplicate impression; else it records only when nothing refuses and answers 1, ``-i`` for
+failing check ``i`` or -1000000 for a block.
 """
 
 from __future__ import annotations
@@ -445,24 +447,35 @@ return record(KEYS, 1, ARGV, 1)
 CHECK_RECORD = (
     _COMMON
     + r"""
-if seen(KEYS, 1, tonumber(ARGV[9]), ARGV[8]) then return 0 end  -- recorded before
-local nrk = tonumber(ARGV[1])
-local t = tonumber(ARGV[10])
-local out, _, firsts, defaults, _, any_blocked = read_all(KEYS, nrk + 1, ARGV, 10, true)
-if any_blocked then return -1000000 end
-local checks = numbers(ARGV[#ARGV])
-for i = 1, #checks / 4 do
-  local g, col, gap = checks[4 * i - 3], checks[4 * i - 2], checks[4 * i - 1] == 1
-  local threshold = checks[4 * i]
-  local v = defaults[g][col]
-  if firsts[g] then v = out[firsts[g] + col] end
-  if gap then
-    if v >= 0 and t - v < threshold then return -i end
-  elseif v >= threshold then
-    return -i
+-- one attempt: its keys from keys[k], its na arguments from argv[a]
+local function check_record(keys, k, argv, a, na)
+  if seen(keys, k, tonumber(argv[a + 8]), argv[a + 7]) then return 0 end  -- recorded before
+  local nrk = tonumber(argv[a])
+  local t = tonumber(argv[a + 9])
+  local out, _, firsts, defaults, _, any_blocked = read_all(keys, k + nrk, argv, a + 9, true)
+  if any_blocked then return -1000000 end
+  local checks = numbers(argv[a + na - 1])
+  for i = 1, #checks / 4 do
+    local g, col, gap = checks[4 * i - 3], checks[4 * i - 2], checks[4 * i - 1] == 1
+    local threshold = checks[4 * i]
+    local v = defaults[g][col]
+    if firsts[g] then v = out[firsts[g] + col] end
+    if gap then
+      if v >= 0 and t - v < threshold then return -i end
+    elseif v >= threshold then
+      return -i
+    end
   end
+  return record(keys, k, argv, a + 1)
 end
-return record(KEYS, 1, ARGV, 2)
+
+local answers, k, a = {}, 1, 2
+for j = 1, tonumber(ARGV[1]) do  -- the attempts in order: each sees the ones before it
+  local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  answers[j] = check_record(KEYS, k, ARGV, a + 2, na)
+  k, a = k + nk, a + 2 + na
+end
+return answers
 """
 )
 

@@ -396,19 +396,35 @@ class RedisCapStore:
     def check_and_record(
         self, attempts: Sequence[Attempt], budget_s: float | None = None
     ) -> list[int | StoreUnavailable]:
-        """See :class:`CapStore`: one CHECK_RECORD call per attempt, in one pipelined round
-        trip (the attempts of one request share its hash tag: one node, in order)."""
+        """See :class:`CapStore`: one CHECK_RECORD script for the attempts of one hash tag
+        (all of a request's: its household's), so the selection is checked and recorded as
+        one atomic unit; the scripts of several tags in one pipelined round trip."""
         today = self._today()
-        calls = [
-            self._check_call(impression, plan, checks, today)
-            for impression, plan, checks in attempts
-        ]
+        by_tag: dict[str, list[int]] = {}
+        for i, (impression, _, _) in enumerate(attempts):
+            tag = self.keys.tag(impression.household_id, impression.user_id)
+            by_tag.setdefault(tag, []).append(i)
+        calls: list[_Call] = []
+        for members in by_tag.values():
+            keys: list[str] = []
+            args: list[EncodableT] = [len(members)]
+            for i in members:
+                k, a = self._check_call(*attempts[i], today)
+                keys += k
+                args += [len(k), len(a), *a]
+            calls.append((keys, args))
         if not calls:
             return []
-        results = self._call(lambda: self._pipeline(self._check_record, calls, budget_s))
-        return [
-            _unavailable(r) if isinstance(r, Exception) else int(cast("int", r)) for r in results
-        ]
+        replies = self._call(lambda: self._pipeline(self._check_record, calls, budget_s))
+        out: list[int | StoreUnavailable] = [0] * len(attempts)
+        for members, reply in zip(by_tag.values(), replies, strict=True):
+            for n, i in enumerate(members):
+                out[i] = (
+                    _unavailable(reply)
+                    if isinstance(reply, Exception)
+                    else int(cast("list[int]", reply)[n])
+                )
+        return out
 
     def _check_call(
         self, impression: Impression, plan: Plan, checks: list[Check], today: int
