@@ -21,7 +21,15 @@ from engine.caps.rules import CapsConfig, parse_duration
 from engine.errors import ConfigError
 from engine.scoring.taxonomy import Taxonomy, expand, load_taxonomy
 from features.params import Priors
-from features.schema import ASSISTANT_STATES, FORMATS, SCENES, SLOT_TOUCHPOINT, SLOTS, TOUCHPOINTS
+from features.schema import (
+    ASSISTANT_STATES,
+    CREATIVE_ATTRIBUTES,
+    FORMATS,
+    SCENES,
+    SLOT_TOUCHPOINT,
+    SLOTS,
+    TOUCHPOINTS,
+)
 
 COST_COMPONENTS = (
     "intrusiveness",
@@ -94,6 +102,11 @@ class Protections(_Strict):
         default_factory=dict,
         description="categories never shown on a touchpoint, slot or scene (the key names one)",
     )
+    blocked_attributes: dict[str, list[int]] = Field(
+        default_factory=dict,
+        description="OpenRTB creative attributes (1-17) never shown on a touchpoint, slot or "
+        "scene (the key names one)",
+    )
     unknown_audience_on_shared_screens: bool = Field(
         True,
         description="refuse restricted categories on a shared screen, whose audience's age the "
@@ -131,9 +144,18 @@ class Protections(_Strict):
         if any(not c.strip() for c in self.restricted_categories):
             raise ValueError("restricted_categories: an empty category")
         places = {*TOUCHPOINTS, *SLOT_TOUCHPOINT, *SCENES}
-        bad = [k for k in self.blocked_categories if k not in places]
-        if bad:
-            raise ValueError(f"blocked_categories: {bad} are not touchpoints, slots or scenes")
+        for name in ("blocked_categories", "blocked_attributes"):
+            bad = [k for k in getattr(self, name) if k not in places]
+            if bad:
+                raise ValueError(f"{name}: {bad} are not touchpoints, slots or scenes")
+        for key, numbers in self.blocked_attributes.items():
+            wrong = [k for k in numbers if not 1 <= k <= len(CREATIVE_ATTRIBUTES)]
+            if wrong:
+                limit = len(CREATIVE_ATTRIBUTES)
+                raise ValueError(
+                    f"blocked_attributes.{key}: {wrong} are not OpenRTB creative attributes "
+                    f"1-{limit}"
+                )
         try:
             taxonomy = self._taxonomy()
         except ValueError as exc:

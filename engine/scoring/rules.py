@@ -19,6 +19,7 @@ Experience-cost components (unitless, before weights), per candidate:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import polars as pl
@@ -26,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.config import COST_COMPONENTS, AdmatchConfig
+from engine.scoring.types import attribute_mask
 from features.exposure import EXPOSURE_SCHEMA, WINDOWS_S, count_column, since_column
 from features.schema import (
     AGE_BANDS,
@@ -39,6 +41,7 @@ from features.schema import (
     TOUCHPOINTS,
 )
 
+T = TypeVar("T")
 _EXPOSURE_INDEX = {name: i for i, name in enumerate(EXPOSURE_SCHEMA.names())}
 GENERAL = RATINGS.index("general")
 MATURE = RATINGS.index("mature")
@@ -98,6 +101,7 @@ class Rows:
     request_blocks_category: np.ndarray  # bool: the row's request blocks its category
     request_blocks_advertiser: np.ndarray  # bool: the row's request blocks its advertiser
     request_blocks_attribute: np.ndarray  # bool: the row's request blocks an attribute of it
+    attributes: np.ndarray  # the creative's attributes (bitmask, 0 unknown)
     content_excluded: np.ndarray  # bool: its campaign excludes a category of the content
 
     @classmethod
@@ -125,6 +129,7 @@ class Rows:
             ),
             request_blocks_advertiser=_listed(inputs, "blocked_advertisers", "advertiser_id"),
             request_blocks_attribute=_masked(inputs, "blocked_attributes", "creative_attributes"),
+            attributes=_mask(inputs, "creative_attributes"),
             content_excluded=_overlap(inputs, "excluded_content", "content_categories"),
         )
 
@@ -168,10 +173,15 @@ def _overlap(inputs: pl.DataFrame, left: str, right: str) -> np.ndarray:
     return inputs.select(shared).to_series().to_numpy()
 
 
+def _mask(inputs: pl.DataFrame, column: str) -> np.ndarray:
+    """A bitmask column as numpy, nulls as 0 (none)."""
+    out: np.ndarray = pc.fill_null(inputs.get_column(column).to_arrow(), 0).to_numpy()
+    return out
+
+
 def _masked(inputs: pl.DataFrame, blocked: str, bits: str) -> np.ndarray:
     """Per row, whether its ``bits`` share a bit with its ``blocked`` mask (nulls: none)."""
-    masks = [pc.fill_null(inputs.get_column(c).to_arrow(), 0).to_numpy() for c in (blocked, bits)]
-    return np.asarray((masks[0] & masks[1]) != 0, dtype=bool)
+    return np.asarray((_mask(inputs, blocked) & _mask(inputs, bits)) != 0, dtype=bool)
 
 
 def _codes(enum: pl.Series, null: int) -> np.ndarray:
@@ -216,6 +226,8 @@ class CompiledRules:
     state_max_duration: np.ndarray
     # protections.blocked_categories: (the Rows field it matches, its code, the categories)
     place_blocks: list[tuple[str, int, pa.Array]]
+    # protections.blocked_attributes: (the Rows field it matches, its code, the bitmask)
+    place_attributes: list[tuple[str, int, int]]
     # protections.taxonomy: per category id its chain (itself, then its ancestors) joined by
     # CHAIN_SEP; empty without a taxonomy
     ancestry: dict[str, str]
@@ -263,21 +275,30 @@ class CompiledRules:
             state_ok,
             state_dur,
             _place_blocks(p.place_blocks()),
+            [
+                (field, code, attribute_mask(numbers, "protections.blocked_attributes"))
+                for field, code, numbers in _places(p.blocked_attributes)
+            ],
             {k: CHAIN_SEP.join(v) for k, v in p.ancestry().items()},
         )
 
 
-def _place_blocks(blocks: dict[str, list[str]]) -> list[tuple[str, int, pa.Array]]:
-    """Config category blocks keyed by touchpoint, slot or scene, as Rows codes."""
+def _places(blocks: dict[str, list[T]]) -> list[tuple[str, int, list[T]]]:
+    """Config entries keyed by touchpoint, slot or scene: (the Rows field, its code, value)."""
     out = []
-    for key, categories in blocks.items():
+    for key, values in blocks.items():
         field, names = next(
             (f, n)
             for f, n in (("touchpoint", TOUCHPOINTS), ("slot", SLOTS), ("scene", SCENES))
             if key in n
         )
-        out.append((field, names.index(key), pa.array(categories, type=pa.string())))
+        out.append((field, names.index(key), values))
     return out
+
+
+def _place_blocks(blocks: dict[str, list[str]]) -> list[tuple[str, int, pa.Array]]:
+    """Config category blocks keyed by touchpoint, slot or scene, as Rows codes."""
+    return [(f, code, pa.array(c, type=pa.string())) for f, code, c in _places(blocks)]
 
 
 def exposure_rules(
@@ -407,10 +428,13 @@ def blocked(rules: CompiledRules, rows: Rows) -> list[tuple[np.ndarray, str]]:
     category = rows.request_blocks_category.copy()
     for field, code, categories in rules.place_blocks:  # a loop over the config's entries
         category |= _among(rows.category, categories) & (getattr(rows, field) == code)
+    attribute = rows.request_blocks_attribute.copy()
+    for field, code, mask in rules.place_attributes:  # a loop over the config's entries
+        attribute |= ((rows.attributes & mask) != 0) & (getattr(rows, field) == code)
     return [
         (category, "BLOCKED_CATEGORY"),
         (rows.request_blocks_advertiser, "BLOCKED_ADVERTISER"),
-        (rows.request_blocks_attribute, "BLOCKED_ATTRIBUTE"),
+        (attribute, "BLOCKED_ATTRIBUTE"),
         (rows.content_excluded, "CONTENT_EXCLUDED"),
     ]
 

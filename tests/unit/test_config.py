@@ -174,6 +174,18 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
         "'soft_drinks' is in both 'drinks' and 'soda'",
     ),
     (
+        "attribute-place",
+        lambda d: d["protections"]["blocked_attributes"].update(kitchen=[1]),
+        "protections",
+        "blocked_attributes: ['kitchen'] are not touchpoints, slots or scenes",
+    ),
+    (
+        "attribute-number",
+        lambda d: d["protections"]["blocked_attributes"].update(ott_boot=[1, 18]),
+        "protections",
+        "blocked_attributes.ott_boot: [18] are not OpenRTB creative attributes 1-17",
+    ),
+    (
         "store-url",
         lambda d: d["store"].update(url="http://localhost"),
         "store",

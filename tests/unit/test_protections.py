@@ -236,3 +236,41 @@ def test_assistant_states_in_the_config_are_checked(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="unknown assistant states"):
         load_config(path)
+
+
+def test_the_config_blocks_creative_attributes_per_place(bundle: ModelBundle) -> None:
+    """Shipped: no auto-playing audio, pop-up or flashing creative on the TV's power-on screen
+    and screensaver or on IoT screens (protections.blocked_attributes); elsewhere they compete."""
+    scorer = Scorer(bundle, load_config())
+    cands = [
+        {
+            "category": "food",
+            "bid": 90.0,
+            "format": "image",
+            "tier": None,
+            "duration": 10.0,
+            "attrs": [1],
+        },
+        {
+            "category": "music",
+            "bid": 80.0,
+            "format": "image",
+            "tier": None,
+            "duration": 10.0,
+            "attrs": [10, 16],
+        },
+        {
+            "category": "travel",
+            "bid": 5.0,
+            "format": "image",
+            "tier": None,
+            "duration": 10.0,
+            "attrs": [16],
+        },
+    ]
+    base = {"age": "35_44", "scene": "personal", "rating": "general", "hour": 12}
+    places = (("ott_screensaver", True), ("iot_idle_screen", True), ("mobile_feed", False))
+    for slot, refused in places:
+        d = scorer.score(_request({**base, "slot": slot, "candidates": cands}, 0))
+        blocked = [r == Reason.BLOCKED_ATTRIBUTE for r in d.reason]
+        assert blocked == [refused, refused, False], (slot, d.reason)
