@@ -100,8 +100,8 @@ class Rows:
     state: np.ndarray  # the voice assistant's state (ASSISTANT_STATES code), -1 unknown
     request_blocks_category: np.ndarray  # bool: the row's request blocks its category
     request_blocks_advertiser: np.ndarray  # bool: the row's request blocks its advertiser
-    request_blocks_attribute: np.ndarray  # bool: the row's request blocks an attribute of it
     attributes: np.ndarray  # the creative's attributes (bitmask, 0 unknown)
+    blocked_attributes: np.ndarray  # the attributes the row's request blocks (bitmask, 0 none)
     content_excluded: np.ndarray  # bool: its campaign excludes a category of the content
 
     @classmethod
@@ -128,8 +128,8 @@ class Rows:
                 inputs, "blocked_categories", "category", rules.ancestry if rules else None
             ),
             request_blocks_advertiser=_listed(inputs, "blocked_advertisers", "advertiser_id"),
-            request_blocks_attribute=_masked(inputs, "blocked_attributes", "creative_attributes"),
             attributes=_mask(inputs, "creative_attributes"),
+            blocked_attributes=_mask(inputs, "blocked_attributes"),
             content_excluded=_overlap(inputs, "excluded_content", "content_categories"),
         )
 
@@ -177,11 +177,6 @@ def _mask(inputs: pl.DataFrame, column: str) -> np.ndarray:
     """A bitmask column as numpy, nulls as 0 (none)."""
     out: np.ndarray = pc.fill_null(inputs.get_column(column).to_arrow(), 0).to_numpy()
     return out
-
-
-def _masked(inputs: pl.DataFrame, blocked: str, bits: str) -> np.ndarray:
-    """Per row, whether its ``bits`` share a bit with its ``blocked`` mask (nulls: none)."""
-    return np.asarray((_mask(inputs, blocked) & _mask(inputs, bits)) != 0, dtype=bool)
 
 
 def _codes(enum: pl.Series, null: int) -> np.ndarray:
@@ -428,7 +423,7 @@ def blocked(rules: CompiledRules, rows: Rows) -> list[tuple[np.ndarray, str]]:
     category = rows.request_blocks_category.copy()
     for field, code, categories in rules.place_blocks:  # a loop over the config's entries
         category |= _among(rows.category, categories) & (getattr(rows, field) == code)
-    attribute = rows.request_blocks_attribute.copy()
+    attribute = (rows.attributes & rows.blocked_attributes) != 0
     for field, code, mask in rules.place_attributes:  # a loop over the config's entries
         attribute |= ((rows.attributes & mask) != 0) & (getattr(rows, field) == code)
     return [
