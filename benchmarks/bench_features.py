@@ -14,6 +14,7 @@ import argparse
 import itertools
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from features import EngagementStats, FeatureCore, FeatureParams, Priors, Reques
 from features.exposure import EXPOSURE_SCHEMA
 from features.logio import read_log
 from features.schema import CANDIDATE_COLUMNS
+from features.taxonomy import load_taxonomy
 
 from .machine import describe
 
@@ -64,6 +66,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the offline log")
     parser.add_argument("--log", type=Path, default=Path("data/bench/log_1m.parquet"))
     parser.add_argument("--repeat", type=int, default=300, help="calls per online figure")
+    parser.add_argument(
+        "--taxonomy",
+        type=Path,
+        help="a category taxonomy TSV for the priors (interests then match through it)",
+    )
     args = parser.parse_args()
 
     if not args.log.exists():
@@ -73,11 +80,14 @@ def main() -> None:
         print(f"  gen-logs: {time.perf_counter() - start:.1f} s")
     log = read_log(args.log)
     stats = EngagementStats.fit(log)
-    core = FeatureCore(FeatureParams(stats, Priors.default()))
+    priors = Priors.default()
+    if args.taxonomy:
+        priors = replace(priors, taxonomy=load_taxonomy(args.taxonomy))
+    core = FeatureCore(FeatureParams(stats, priors))
     print(describe())
     print(
         f"polars {pl.__version__} with {pl.thread_pool_size()} thread(s), "
-        f"{len(core.names)} features"
+        f"{len(core.names)} features, taxonomy: {args.taxonomy or 'none'}"
     )
 
     offline = timings(lambda: core.offline(log).collect(), repeat=3)

@@ -256,6 +256,13 @@ def train(
     allow_constant: Annotated[
         bool, typer.Option(help="train a target whose outcomes are all the same (else an error)")
     ] = False,
+    taxonomy: Annotated[
+        str,
+        typer.Option(
+            help="a category taxonomy TSV (IAB Ad Product Taxonomy layout): interest tags then "
+            "match the ads of their category and every category under it, by id or name"
+        ),
+    ] = "",
 ) -> None:
     """Train the engagement and negative-feedback models on a log."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -264,7 +271,11 @@ def train(
     from engine.model.train import train as train_models
 
     params = TrainParams(
-        seed=seed, compile=compile_trees, threads=threads, allow_constant=allow_constant
+        seed=seed,
+        compile=compile_trees,
+        threads=threads,
+        allow_constant=allow_constant,
+        taxonomy=taxonomy,
     )
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     try:

@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from engine.caps.rules import CapsConfig, parse_duration
 from engine.errors import ConfigError
-from engine.scoring.taxonomy import Taxonomy, expand, load_taxonomy
 from features.params import Priors
 from features.schema import (
     ASSISTANT_STATES,
@@ -30,6 +29,7 @@ from features.schema import (
     SLOTS,
     TOUCHPOINTS,
 )
+from features.taxonomy import Branches, Taxonomy, expand, load_taxonomy
 
 COST_COMPONENTS = (
     "intrusiveness",
@@ -118,6 +118,12 @@ class Protections(_Strict):
         "above may then name a whole branch, 'ID/*' or 'Name/*' (relative to the working "
         "directory)",
     )
+    content_taxonomy: str = Field(
+        "",
+        description="a content taxonomy file (the IAB Content Taxonomy's TSV, same layout): a "
+        "campaign excluding a content category then excludes every category under it, by id "
+        "or name",
+    )
 
     def restricted(self) -> list[str]:
         """``restricted_categories`` with every branch replaced by its categories."""
@@ -128,10 +134,14 @@ class Protections(_Strict):
         taxonomy = self._taxonomy()
         return {k: expand(v, taxonomy) for k, v in self.blocked_categories.items()}
 
-    def ancestry(self) -> dict[str, list[str]]:
-        """Per category id of the taxonomy, itself and its ancestors (empty: no taxonomy)."""
+    def branches(self) -> Branches | None:
+        """The ad category taxonomy's branches (``None``: no taxonomy)."""
         taxonomy = self._taxonomy()
-        return taxonomy.ancestry() if taxonomy else {}
+        return Branches.of(taxonomy) if taxonomy else None
+
+    def content_branches(self) -> Branches | None:
+        """The content taxonomy's branches (``None``: none)."""
+        return Branches.of(load_taxonomy(self.content_taxonomy)) if self.content_taxonomy else None
 
     def _taxonomy(self) -> Taxonomy | None:
         return load_taxonomy(self.taxonomy) if self.taxonomy else None
@@ -160,6 +170,10 @@ class Protections(_Strict):
             taxonomy = self._taxonomy()
         except ValueError as exc:
             raise ValueError(f"taxonomy: {exc}") from None
+        try:
+            self.content_branches()
+        except ValueError as exc:
+            raise ValueError(f"content_taxonomy: {exc}") from None
         for key, entries in [
             ("restricted_categories", self.restricted_categories),
             *((f"blocked_categories.{k}", v) for k, v in self.blocked_categories.items()),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,12 +51,24 @@ def build_features(log_path: Path, out: Path, stats_dir: Path | None = None) -> 
         stats.save(stats_dir)
     else:
         stats = EngagementStats.load(stats_dir)
-    core = FeatureCore(FeatureParams(stats, Priors.default()))
+    core = FeatureCore(FeatureParams(stats, _priors(stats_dir)))
     keys = ["request_id", "ts", "ad_id", "shown", "propensity", "engaged", "negative"]
     frame = core.offline(log).select(*keys, *core.names).collect()
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.write_parquet(out, compression="zstd")
     return FeatureJob(len(frame), len(core.names), time.perf_counter() - start, out, stats_dir)
+
+
+def _priors(directory: Path) -> Priors:
+    """The priors a model directory's features used (its taxonomy, say), else the shipped ones.
+
+    Raises:
+        ConfigError: the directory's priors.json is not a priors document.
+    """
+    path = directory / "priors.json"
+    if not path.exists():
+        return Priors.default()
+    return Priors.from_dict(json.loads(path.read_text()), str(path))
 
 
 def feature_overview(path: Path) -> pl.DataFrame:

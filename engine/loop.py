@@ -131,7 +131,10 @@ def nightly(o: NightlyOptions) -> dict[str, Any]:
     started = time.perf_counter()
     joined = join_day(o)
     window = training_window(o)
-    meta = train(window, paths["model"], TrainParams(seed=o.seed, compile=o.compile))
+    # interests match through the taxonomy the serving config's protections name
+    taxonomy = load_config(o.config_path).protections.taxonomy
+    params = TrainParams(seed=o.seed, compile=o.compile, taxonomy=taxonomy)
+    meta = train(window, paths["model"], params)
     tuned = tune(
         TuneOptions(
             log=paths["log"],

@@ -7,15 +7,19 @@ Inputs are columns of the ad-opportunity log (``features.schema``) plus the expo
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
+import numpy as np
 import polars as pl
+import pyarrow.compute as pc
 
 from features.exposure import BUCKET_S, COUNT_COLUMNS, COUNT_DTYPE, SINCE_COLUMNS, SINCE_DTYPE
 from features.params import FeatureParams
 from features.registry import Feature, FeatureRegistry
 from features.schema import FORMATS, RATINGS, SLOTS
+from features.taxonomy import Branches
 
 FEATURES = FeatureRegistry()
 
@@ -136,15 +140,45 @@ def intrusiveness_prior(p: FeatureParams) -> pl.Expr:
 @FEATURES.register(
     "interest_affinity",
     F64,
-    f"user-interest x ad-category affinity: 1/rank of the category among the user's top "
-    f"{MAX_INTEREST_RANK} interest tags, 0 when absent",
+    f"user-interest x ad-category affinity: 1/rank of the first of the user's top "
+    f"{MAX_INTEREST_RANK} interest tags that is the ad's category (or, with a taxonomy in the "
+    "priors, the category or one above it, by id or name), 0 when none is",
 )
-def interest_affinity(_p: FeatureParams) -> pl.Expr:
+def interest_affinity(p: FeatureParams) -> pl.Expr:
+    if p.priors.taxonomy is not None:
+        return pl.map_batches(
+            ["user_interests", "category"],
+            partial(_affinity_through, branches=Branches.of(p.priors.taxonomy)),
+            return_dtype=F64,
+            is_elementwise=True,
+        )
     tags, category = pl.col("user_interests"), pl.col("category")
     chain: Any = pl.when(tags.list.get(0, null_on_oob=True) == category).then(1.0)
     for k in range(1, MAX_INTEREST_RANK):
         chain = chain.when(tags.list.get(k, null_on_oob=True) == category).then(1.0 / (k + 1))
     return chain.otherwise(0.0)
+
+
+def _affinity_through(columns: Sequence[pl.Series], branches: Branches) -> pl.Series:
+    """``interest_affinity`` with a taxonomy: a tag matches the ad's category when it names it
+    or a category above it (any case); a tag the taxonomy does not know matches exactly, as
+    without one. Each distinct value is looked up once; numpy compares numbers over a
+    (rows, ranks) matrix."""
+    tags, category = (c.to_arrow() for c in columns)
+    n = len(category)
+    flat = pc.list_flatten(tags)
+    if len(flat) == 0:
+        return pl.Series(np.zeros(n), dtype=F64)
+    (cat, tag), first, last = branches.code(category, flat)
+    lengths = pc.fill_null(pc.list_value_length(tags), 0).to_numpy().astype(np.int64)
+    rank = np.arange(MAX_INTEREST_RANK)
+    at = (np.cumsum(lengths) - lengths)[:, None] + rank
+    t = np.where(rank < lengths[:, None], tag[np.minimum(at, len(tag) - 1)], -1)
+    number = first[cat][:, None]
+    inside = (number >= first[t]) & (number <= last[t]) & (number >= 0)
+    hit = np.where(first[t] >= 0, inside, (t == cat[:, None]) & (t >= 0))
+    best = hit.argmax(axis=1)
+    return pl.Series(np.where(hit.any(axis=1), 1.0 / (best + 1), 0.0), dtype=F64)
 
 
 # --- fitted engagement history

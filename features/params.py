@@ -10,14 +10,17 @@ from typing import Any
 from engine.errors import ConfigError
 from features.schema import FORMATS, SLOTS
 from features.stats import EngagementStats
+from features.taxonomy import Taxonomy
 
 
 @dataclass(frozen=True)
 class Priors:
-    """Domain priors: slot x format intrusiveness (0..1) and the CPA conversion prior."""
+    """Domain priors: slot x format intrusiveness (0..1), the CPA conversion prior and,
+    optionally, the category taxonomy through which interests match ad categories."""
 
     intrusiveness: dict[str, dict[str, float]]
     conversion_prior: float
+    taxonomy: Taxonomy | None = None
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], source: str = "priors") -> Priors:
@@ -27,7 +30,7 @@ class Priors:
             ConfigError: unknown or missing slots and formats, values outside [0, 1].
         """
         problems: list[tuple[str, str]] = []
-        unknown = set(doc) - {"intrusiveness", "conversion"}
+        unknown = set(doc) - {"intrusiveness", "conversion", "taxonomy"}
         problems += [(k, "unknown key") for k in sorted(unknown)]
         table = doc.get("intrusiveness", {})
         for slot in sorted(set(table) - set(SLOTS)):
@@ -48,16 +51,24 @@ class Priors:
         conv = doc.get("conversion", {}).get("prior")
         if not isinstance(conv, int | float) or not 0 < conv <= 1:
             problems.append(("conversion.prior", "must be a number in (0, 1]"))
+        taxonomy = None
+        if "taxonomy" in doc:
+            try:
+                taxonomy = Taxonomy.from_dict(doc["taxonomy"])
+            except ValueError as exc:
+                problems.append(("taxonomy", str(exc)))
         if problems:
             raise ConfigError(problems, source=source)
         return cls(
             {s: {f: float(table[s][f]) for f in FORMATS} for s in SLOTS},
             float(conv),
+            taxonomy,
         )
 
     def to_dict(self) -> dict[str, Any]:
         """The document :meth:`from_dict` reads (the shape of ``priors.toml``)."""
-        return {"intrusiveness": self.intrusiveness, "conversion": {"prior": self.conversion_prior}}
+        out = {"intrusiveness": self.intrusiveness, "conversion": {"prior": self.conversion_prior}}
+        return out | ({"taxonomy": self.taxonomy.to_dict()} if self.taxonomy else {})
 
     @classmethod
     def default(cls) -> Priors:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import lightgbm as lgb
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.errors import InvalidArgument
 from engine.model import dataset
 from engine.model.calibrate import Calibration, fit_calibration, reliability
 from engine.model.metrics import auc, calibration, log_loss
@@ -30,6 +32,7 @@ from engine.model.runtime import compile_model, compiler_available, file_sha256
 from features import Priors
 from features.core import feature_order
 from features.logio import read_log
+from features.taxonomy import load_taxonomy
 
 FORMAT_VERSION = 1
 Progress = Callable[[str, int, int], None]
@@ -59,6 +62,25 @@ class TrainParams(BaseModel):
     allow_constant: bool = Field(
         False, description="train a target whose outcomes are all the same (else an error)"
     )
+    taxonomy: str = Field(
+        "",
+        description="a category taxonomy (the IAB Ad Product Taxonomy's TSV) through which "
+        "interest tags match ad categories; kept in the model directory's priors.json",
+    )
+
+    def priors(self) -> Priors:
+        """The shipped priors, with the taxonomy if one is named.
+
+        Raises:
+            InvalidArgument: the taxonomy file cannot be read or is not in its layout.
+        """
+        priors = Priors.default()
+        if not self.taxonomy:
+            return priors
+        try:
+            return replace(priors, taxonomy=load_taxonomy(self.taxonomy))
+        except ValueError as exc:
+            raise InvalidArgument("taxonomy", str(exc)) from None
 
     def lightgbm(self) -> dict[str, Any]:
         """LightGBM parameters: deterministic for a seed."""
@@ -174,7 +196,7 @@ def train(
         InvalidArgument: the log has too few shown rows or no engagement outcomes.
     """
     start = time.perf_counter()
-    priors = Priors.default()
+    priors = params.priors()
     data = dataset.build(
         read_log(log_path), priors, params.folds, params.valid_share, params.allow_constant
     )

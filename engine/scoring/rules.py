@@ -40,6 +40,7 @@ from features.schema import (
     SLOTS,
     TOUCHPOINTS,
 )
+from features.taxonomy import Branches
 
 T = TypeVar("T")
 _EXPOSURE_INDEX = {name: i for i, name in enumerate(EXPOSURE_SCHEMA.names())}
@@ -106,8 +107,9 @@ class Rows:
 
     @classmethod
     def from_inputs(cls, inputs: pl.DataFrame, rules: CompiledRules | None = None) -> Rows:
-        """Extract the arrays from the feature core's input rows (``rules``: a taxonomy's
-        ancestry, so that a request blocking a category blocks its whole branch)."""
+        """Extract the arrays from the feature core's input rows (``rules``: the taxonomies'
+        branches, so that a request blocking a category blocks its whole branch, and a campaign
+        excluding a content category excludes its whole branch)."""
         hour = inputs.get_column("local_hour")
         return cls(
             touchpoint=_codes(inputs.get_column("touchpoint"), 0),
@@ -125,12 +127,14 @@ class Rows:
             audience=_codes(inputs.get_column("audience"), -1),
             state=_codes(inputs.get_column("assistant_state"), -1),
             request_blocks_category=_listed(
-                inputs, "blocked_categories", "category", rules.ancestry if rules else None
+                inputs, "blocked_categories", "category", rules.branches if rules else None
             ),
             request_blocks_advertiser=_listed(inputs, "blocked_advertisers", "advertiser_id"),
             attributes=_mask(inputs, "creative_attributes"),
             blocked_attributes=_mask(inputs, "blocked_attributes"),
-            content_excluded=_overlap(inputs, "excluded_content", "content_categories"),
+            content_excluded=_overlap(
+                inputs, "content_categories", "excluded_content", rules.content if rules else None
+            ),
         )
 
 
@@ -138,38 +142,35 @@ class Rows:
 # Arrow and numpy read the same values in a few microseconds.
 
 
-CHAIN_SEP = "\x1f"  # joins a taxonomy id's chain of ancestors (taxonomy.py refuses it in ids)
-
-
 def _listed(
-    inputs: pl.DataFrame, lists: str, value: str, ancestry: dict[str, str] | None = None
+    inputs: pl.DataFrame, lists: str, value: str, branches: Branches | None = None
 ) -> np.ndarray:
     """Per row, whether its ``value`` is in its ``lists`` entry (one polars pass, and none when
-    no row has a list entry: the common case). With an ``ancestry`` (a taxonomy's: per id, it
-    and its ancestors joined by ``CHAIN_SEP``), a value also counts as listed when one of its
-    ancestors is: the entry names a whole branch."""
-    if len(inputs.get_column(lists).to_arrow().flatten()) == 0:
+    no row has a list entry: the common case). With a taxonomy's ``branches``, a value also
+    counts as listed when it is under a listed category: the entry names a whole branch."""
+    entries = inputs.get_column(lists).to_arrow()
+    if len(entries.flatten()) == 0:
         return np.zeros(len(inputs), dtype=bool)
-    if not ancestry:
+    if branches is None:
         found = inputs.select(pl.col(lists).list.contains(pl.col(value)).fill_null(False))
         return found.to_series().to_numpy()
-    own = pl.col(value).cast(pl.String)
-    known = own.is_in(list(ancestry))  # a free tag stays itself, whatever it holds
-    chain = (
-        pl.when(known)
-        .then(own.replace(ancestry).str.split(CHAIN_SEP))
-        .otherwise(pl.concat_list(own))
-    )
-    shared = chain.list.set_intersection(pl.col(lists)).list.len().fill_null(0) > 0
-    return inputs.select(shared).to_series().to_numpy()
+    own = inputs.get_column(value).cast(pl.String).to_arrow()
+    one_each = pa.ListArray.from_arrays(pa.array(np.arange(len(own) + 1, dtype=np.int32)), own)
+    return branches.covered(one_each, entries)
 
 
-def _overlap(inputs: pl.DataFrame, left: str, right: str) -> np.ndarray:
-    """Per row, whether its two list entries share a value (one polars pass, none when either
-    column holds no value at all: the common case)."""
-    if any(len(inputs.get_column(c).to_arrow().flatten()) == 0 for c in (left, right)):
+def _overlap(
+    inputs: pl.DataFrame, values: str, entries: str, branches: Branches | None = None
+) -> np.ndarray:
+    """Per row, whether one of its ``values`` is one of its ``entries`` (both list columns; one
+    pass, none when either column holds no value at all: the common case). With a taxonomy's
+    ``branches``, a value under one of the entries counts too."""
+    arrays = [inputs.get_column(c).to_arrow() for c in (values, entries)]
+    if any(len(a.flatten()) == 0 for a in arrays):
         return np.zeros(len(inputs), dtype=bool)
-    shared = pl.col(left).list.set_intersection(pl.col(right)).list.len().fill_null(0) > 0
+    if branches is not None:
+        return branches.covered(*arrays)
+    shared = pl.col(values).list.set_intersection(pl.col(entries)).list.len().fill_null(0) > 0
     return inputs.select(shared).to_series().to_numpy()
 
 
@@ -223,9 +224,9 @@ class CompiledRules:
     place_blocks: list[tuple[str, int, pa.Array]]
     # protections.blocked_attributes: (the Rows field it matches, its code, the bitmask)
     place_attributes: list[tuple[str, int, int]]
-    # protections.taxonomy: per category id its chain (itself, then its ancestors) joined by
-    # CHAIN_SEP; empty without a taxonomy
-    ancestry: dict[str, str]
+    # protections.taxonomy and content_taxonomy as branches (None: not configured)
+    branches: Branches | None
+    content: Branches | None
 
     @classmethod
     def build(cls, config: AdmatchConfig) -> CompiledRules:
@@ -274,7 +275,8 @@ class CompiledRules:
                 (field, code, attribute_mask(numbers, "protections.blocked_attributes"))
                 for field, code, numbers in _places(p.blocked_attributes)
             ],
-            {k: CHAIN_SEP.join(v) for k, v in p.ancestry().items()},
+            p.branches(),
+            p.content_branches(),
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from engine.errors import ConfigError, InvalidArgument
 from engine.synth.generator import GeneratedLog
+from engine.synth.params import CATEGORIES
 from features import FEATURES, EngagementStats, FeatureCore, FeatureParams, Priors, RequestContext
 from features.exposure import (
     BUCKET_S,
@@ -28,6 +30,7 @@ from features.history import ExposureHistory
 from features.logio import validate_log
 from features.schema import CANDIDATE_COLUMNS, OUTCOME_COLUMNS, SLOTS, TRUTH_COLUMNS
 from features.stats import STATS_KEYS
+from features.taxonomy import Taxonomy
 
 T0 = datetime(2026, 3, 2, 12, tzinfo=UTC)
 
@@ -35,6 +38,27 @@ T0 = datetime(2026, 3, 2, 12, tzinfo=UTC)
 @pytest.fixture(scope="module")
 def core(small_world: GeneratedLog) -> FeatureCore:
     return FeatureCore(FeatureParams(EngagementStats.fit(small_world.log), Priors.default()))
+
+
+# a taxonomy over the synthetic world's categories (ids), named in capitals, two levels deep
+WORLD_TAXONOMY = Taxonomy.from_dict(
+    {
+        "parent": {
+            c: {"alcohol": "food", "gaming": "tech", "kids": "home"}.get(c) for c in CATEGORIES
+        }
+        | {"food": "retail", "retail": None},
+        "name": {c: c.upper() for c in CATEGORIES} | {"retail": "Retail"},
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def taxonomy_core(small_world: GeneratedLog) -> FeatureCore:
+    priors = replace(Priors.default(), taxonomy=WORLD_TAXONOMY)
+    return FeatureCore(FeatureParams(EngagementStats.fit(small_world.log), priors))
+
+
+CORES = pytest.mark.parametrize("core_name", ["core", "taxonomy_core"])
 
 
 def requests_of(
@@ -72,21 +96,23 @@ def test_offline_dtypes_are_the_registered_ones(
 # --- parity: offline over the log == online request by request with replayed counters
 
 
-def test_offline_equals_online_replay(core: FeatureCore, small_world: GeneratedLog) -> None:
+@CORES
+def test_offline_equals_online_replay(
+    core_name: str, small_world: GeneratedLog, request: pytest.FixtureRequest
+) -> None:
+    core: FeatureCore = request.getfixturevalue(core_name)
     log = small_world.log.head(6_000)
     offline = core.offline(log).collect()
     history = ExposureHistory()
     online: list[pl.DataFrame] = []
     pending: list[dict[str, Any]] = []
     current_ts = None
-    for request, candidates, group in requests_of(log):
-        if request.ts != current_ts:  # record only impressions strictly before this time
+    for ctx, candidates, group in requests_of(log):
+        if ctx.ts != current_ts:  # record only impressions strictly before this time
             for row in pending:
                 history.record(row["ts"], row)
-            pending, current_ts = [], request.ts
-        online.append(
-            core.online(request, candidates, history.counts(request, candidates)).to_frame()
-        )
+            pending, current_ts = [], ctx.ts
+        online.append(core.online(ctx, candidates, history.counts(ctx, candidates)).to_frame())
         pending.extend(group.filter("shown").iter_rows(named=True))
     on = pl.concat(online)
     off = offline.select(core.names)
@@ -100,6 +126,31 @@ def test_offline_equals_online_replay(core: FeatureCore, small_world: GeneratedL
         else:
             assert a.equals(b), name
     assert (off["exp_household_any_24h"] > 0).sum() > 100  # the check saw real history
+    assert (off["interest_affinity"] > 0).sum() > 100  # and interests that match
+
+
+def test_interests_match_through_the_taxonomy(
+    core: FeatureCore, taxonomy_core: FeatureCore, small_world: GeneratedLog
+) -> None:
+    """An interest in a category matches the ads of every category under it (by id or name,
+    any case); a tag the taxonomy does not know matches exactly, as without one."""
+    log = small_world.log.head(20_000)
+    plain = core.offline(log).collect()
+    tree = taxonomy_core.offline(log).collect()
+    a, b = plain["interest_affinity"], tree["interest_affinity"]
+    assert (b >= a).all()  # the taxonomy only adds matches
+    below = plain["category"].is_in(["alcohol", "gaming", "kids", "food"])
+    assert ((b > a) & below).sum() > 50
+    assert (b.filter(~below) == a.filter(~below)).all()  # nothing above them: as before
+
+    rows = pl.DataFrame(
+        {
+            "user_interests": [["RETAIL"], ["x", "Food"], ["alcohol"], ["Alcohol"], ["kids"]],
+            "category": ["alcohol", "alcohol", "food", "ALCOHOL", "home"],
+        }
+    )
+    expr = FEATURES["interest_affinity"].expr(taxonomy_core.params)
+    assert rows.select(expr).to_series().to_list() == [1.0, 0.5, 0.0, 1.0, 0.0]
 
 
 def test_batch_equals_one_request_at_a_time(core: FeatureCore, small_world: GeneratedLog) -> None:
@@ -114,7 +165,11 @@ def test_batch_equals_one_request_at_a_time(core: FeatureCore, small_world: Gene
     np.testing.assert_array_equal(batch.matrix(), np.vstack(single))
 
 
-def test_matrix_equals_offline_matrix(core: FeatureCore, small_world: GeneratedLog) -> None:
+@CORES
+def test_matrix_equals_offline_matrix(
+    core_name: str, small_world: GeneratedLog, request: pytest.FixtureRequest
+) -> None:
+    core: FeatureCore = request.getfixturevalue(core_name)
     log = small_world.log.head(400)
     offline = core.offline(log).collect()
     reqs = list(requests_of(log))
