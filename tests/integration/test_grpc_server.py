@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -609,12 +610,21 @@ def test_the_response_names_the_impression_ids_it_reserved(channel: grpc.Channel
         "edge/request_block_lists.json",
         "edge/request_blocked_attributes.json",
         "edge/campaign_content_exclusions.json",
+        "edge/stream_separation_across_pods.json",
+        "edge/complaint_blocks_the_category.json",
+        "edge/conversion_stops_the_campaign.json",
     ],
 )
 def test_protection_goldens_over_grpc(channel: grpc.Channel, name: str) -> None:
-    """The protections' golden decisions, with their reason codes on the wire."""
-    expected = json.loads((GOLDEN / name).read_text())["expected"]
-    reply = pb_grpc.AdMatchingStub(channel).Score(golden(name))
+    """The protections' golden decisions, with their reason codes on the wire; a stateful
+    case's history is reported first (RecordEvents), as an ad server would."""
+    doc = json.loads((GOLDEN / name).read_text())
+    expected = doc["expected"]
+    stub = pb_grpc.AdMatchingStub(channel)
+    if "history" in doc:
+        events = json_format.ParseDict({"events": doc["history"]}, pb.EventBatch())
+        assert stub.RecordEvents(events).impressions_recorded >= 1
+    reply = stub.Score(golden(name))
     assert list(reply.selected_ad_ids) == expected["selected"]
     reasons = {d.ad_id: pb.Reason.Name(d.reason) for d in reply.decisions}
     assert reasons == {ad: f"REASON_{c['reason']}" for ad, c in expected["candidates"].items()}
