@@ -613,6 +613,7 @@ def test_the_response_names_the_impression_ids_it_reserved(channel: grpc.Channel
         "edge/stream_separation_across_pods.json",
         "edge/complaint_blocks_the_category.json",
         "edge/conversion_stops_the_campaign.json",
+        "edge/screensaver_shipped_attribute_blocks.json",
     ],
 )
 def test_protection_goldens_over_grpc(channel: grpc.Channel, name: str) -> None:
