@@ -334,6 +334,14 @@ COLUMNS: tuple[Column, ...] = (
         "content the ad's campaign must not appear next to (its content exclusions); null or "
         "empty: none",
     ),
+    _c(
+        "advertiser_domain",
+        STR,
+        "candidate",
+        "domain",
+        "the advertiser's domain (OpenRTB adomain); a request's blocked_advertisers entry "
+        "blocks it and its subdomains, in any case",
+    ),
     # --- logging policy ---
     _c(
         "propensity",

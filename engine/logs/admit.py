@@ -25,7 +25,14 @@ from features.schema import REQUEST_COLUMNS
 
 REASON, RULE = "reject_reason", "reject_rule"
 _IDS = ("request_id", "user_id", "household_id", "device_id")
-_CANDIDATE_TEXTS = ("ad_id", "creative_id", "campaign_id", "advertiser_id", "category")
+_CANDIDATE_TEXTS = (
+    "ad_id",
+    "creative_id",
+    "campaign_id",
+    "advertiser_id",
+    "category",
+    "advertiser_domain",
+)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from engine.rpc.enums import NUMBER, REASON, REASON_OF, WIRE_REASON
 from engine.rpc.wire import score_response
 from engine.scoring.types import CODE, Decision, ScoreRequest, attribute_numbers, impression_id
 
-_TEXT = ("ad_id", "creative_id", "campaign_id", "advertiser_id", "category")
+_TEXT = ("ad_id", "creative_id", "campaign_id", "advertiser_id", "category", "advertiser_domain")
 
 
 def request_to_proto(request: ScoreRequest, columnar: bool = False) -> pb.ScoreRequest:

@@ -140,7 +140,7 @@ def slot_name(number: int) -> str:
     return pb.Slot.Name(number) if number in pb.Slot.values() else str(number)  # type: ignore[arg-type]
 
 
-_TEXT = ("ad_id", "creative_id", "campaign_id", "advertiser_id", "category")
+_TEXT = ("ad_id", "creative_id", "campaign_id", "advertiser_id", "category", "advertiser_domain")
 _ATTRS = (
     *_TEXT,
     "format",
@@ -205,6 +205,7 @@ def _raw(msg: pb.ScoreRequest, paths: _Paths) -> dict[str, Sequence[Any]]:
             c.campaign_id,
             c.advertiser_id,
             c.category,
+            c.advertiser_domain,
             c.format,
             c.pricing,
             c.suitability_tier,

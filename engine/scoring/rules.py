@@ -68,6 +68,7 @@ INPUTS = (
     "audience",
     "assistant_state",
     "advertiser_id",
+    "advertiser_domain",
     "blocked_categories",
     "blocked_advertisers",
     "blocked_attributes",
@@ -129,7 +130,8 @@ class Rows:
             request_blocks_category=_listed(
                 inputs, "blocked_categories", "category", rules.branches if rules else None
             ),
-            request_blocks_advertiser=_listed(inputs, "blocked_advertisers", "advertiser_id"),
+            request_blocks_advertiser=_listed(inputs, "blocked_advertisers", "advertiser_id")
+            | _domain_listed(inputs, "blocked_advertisers", "advertiser_domain"),
             attributes=_mask(inputs, "creative_attributes"),
             blocked_attributes=_mask(inputs, "blocked_attributes"),
             content_excluded=_overlap(
@@ -157,6 +159,28 @@ def _listed(
     own = inputs.get_column(value).cast(pl.String).to_arrow()
     one_each = pa.ListArray.from_arrays(pa.array(np.arange(len(own) + 1, dtype=np.int32)), own)
     return branches.covered(one_each, entries)
+
+
+DOMAIN_LABELS = 5  # the suffixes of a domain tried: a.b.c.d.e, b.c.d.e, c.d.e, d.e, e
+
+
+def _domain_listed(inputs: pl.DataFrame, lists: str, domain: str) -> np.ndarray:
+    """Per row, whether its ``domain`` or a domain above it (``ford.com`` above
+    ``www.ford.com``) is in its ``lists`` entry, in any case (one polars pass, none when no
+    row has both a list entry and a domain)."""
+    if len(inputs.get_column(lists).to_arrow().flatten()) == 0:
+        return np.zeros(len(inputs), dtype=bool)
+    if inputs.get_column(domain).null_count() == len(inputs):
+        return np.zeros(len(inputs), dtype=bool)
+    entries = pl.col(lists).list.eval(pl.element().str.to_lowercase())
+    suffix = pl.col(domain).str.to_lowercase().str.strip_chars(".")
+    found = entries.list.contains(suffix)
+    for _ in range(DOMAIN_LABELS - 1):
+        suffix = pl.when(suffix.str.contains(".", literal=True)).then(
+            suffix.str.replace(r"^[^.]*\.", "")
+        )
+        found = found | entries.list.contains(suffix)
+    return inputs.select(found.fill_null(False)).to_series().to_numpy()
 
 
 def _overlap(

@@ -39,6 +39,7 @@ UNMODELLED = (
     "creative_attributes",
     "content_categories",
     "excluded_content",
+    "advertiser_domain",
 )
 
 # Which negative feedback a user gives, by format family.

@@ -38,6 +38,7 @@ BLOCKS = {
     CODE[Reason.CONTENT_EXCLUDED],
 }
 CONTENT = ("news", "sports", "horror", "kids_tv")
+DOMAINS = (None, "ford.com", "www.ford.com", "Shop.FORD.com", "notford.com", "a.b.ford.co.uk")
 PROTECTION = {
     CODE[r] for r in (Reason.AGE_RESTRICTED, Reason.CHILD_PRESENT, Reason.AUDIENCE_UNKNOWN)
 }
@@ -51,6 +52,7 @@ candidate = st.fixed_dictionaries(
         "duration": st.sampled_from((None, 5.0, 15.0, 30.0)),
         "attrs": st.lists(st.integers(1, 17), max_size=3),  # OpenRTB creative attributes
         "excluded": st.lists(st.sampled_from(CONTENT), max_size=2),  # the campaign's
+        "domain": st.sampled_from(DOMAINS),  # OpenRTB adomain
     }
 )
 request = st.fixed_dictionaries(
@@ -62,7 +64,10 @@ request = st.fixed_dictionaries(
         "audience": st.sampled_from((*AUDIENCES, None)),
         "state": st.sampled_from((*ASSISTANT_STATES, None)),
         "bcat": st.lists(st.sampled_from(RESTRICTED + OTHER), max_size=3),
-        "badv": st.lists(st.sampled_from([f"a{i}" for i in range(8)]), max_size=3),
+        "badv": st.lists(
+            st.sampled_from([f"a{i}" for i in range(8)] + ["ford.com", "FORD.co.uk", "com"]),
+            max_size=3,
+        ),
         "battr": st.lists(st.integers(1, 17), max_size=4),
         "content": st.lists(st.sampled_from(CONTENT), max_size=2),
         "hour": st.integers(0, 23),
@@ -80,6 +85,12 @@ tuning = st.fixed_dictionaries(
         "seed": st.integers(0, 1000),
     }
 )
+
+
+def _domain_blocked(domain: str | None, badv: list[str]) -> bool:
+    """OpenRTB badv by domain: the domain or one above it is listed, in any case."""
+    d = (domain or "").lower()
+    return bool(d) and any(d == e.lower() or d.endswith("." + e.lower()) for e in badv)
 
 
 def _scorer(bundle: ModelBundle, t: dict[str, Any]) -> Scorer:
@@ -133,6 +144,7 @@ def _request(r: dict[str, Any], k: int) -> ScoreRequest:
         "duration_s": [c["duration"] for c in cands],
         "creative_attributes": [attribute_mask(c.get("attrs", []), "attr") or None for c in cands],
         "excluded_content": [list(c.get("excluded", [])) or None for c in cands],
+        "advertiser_domain": [c.get("domain") for c in cands],
     }
     return ScoreRequest(ctx, columns)
 
@@ -165,6 +177,7 @@ def test_no_restricted_category_reaches_the_protected(
             [
                 cats[i] in r["bcat"]
                 or f"a{i}" in r["badv"]
+                or _domain_blocked(c.get("domain"), r["badv"])
                 or bool(set(c.get("attrs", [])) & set(r.get("battr", [])))
                 or bool(set(c.get("excluded", [])) & set(r.get("content", [])))
                 for i, c in enumerate(r["candidates"])
@@ -274,3 +287,20 @@ def test_the_config_blocks_creative_attributes_per_place(bundle: ModelBundle) ->
         d = scorer.score(_request({**base, "slot": slot, "candidates": cands}, 0))
         blocked = [r == Reason.BLOCKED_ATTRIBUTE for r in d.reason]
         assert blocked == [refused, refused, False], (slot, d.reason)
+
+
+def test_a_request_blocks_advertisers_by_domain(bundle: ModelBundle) -> None:
+    """OpenRTB badv lists domains: ``ford.com`` blocks the advertiser whose domain is it or
+    under it, in any case, and not ``notford.com``; an advertiser id still blocks as before."""
+    scorer = Scorer(bundle, load_config())
+    domains = ["ford.com", "WWW.Ford.com", "notford.com", None, None]
+    cands = [
+        {"category": "food", "bid": 50.0, "format": "image", "tier": None, "duration": 10.0}
+        | {"domain": d}
+        for d in domains
+    ]
+    r = {"age": "35_44", "scene": "personal", "rating": "general", "hour": 12}
+    r |= {"slot": "mobile_feed", "candidates": cands, "badv": ["ford.com", "a3"]}
+    d = scorer.score(_request(r, 0))
+    blocked = [x == Reason.BLOCKED_ADVERTISER for x in d.reason]
+    assert blocked == [True, True, False, True, False], d.reason
