@@ -9,14 +9,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 
-from engine.batching import Batcher, Job, Prepared, Work, run_alone
+from engine.batching import Batcher, Call, Job, Prepared, Work, one_pass, run_alone
 from engine.caps.breaker import GuardedStore
 from engine.caps.connect import open_store
 from engine.caps.gate import CapGate, Reservation
@@ -57,44 +57,17 @@ def _impression(ctx: RequestContext, ad: str, one: CandidateColumns) -> Impressi
     )
 
 
-class Decide:
-    """``App.decide`` as batchable work: validate before the pass (which reads the cap store),
-    reserve after it. Each request keeps the scorer and gate it was prepared with."""
+@dataclass(frozen=True)
+class Admitted:
+    """A request as it enters the core, validated once at its edge (the gRPC decoder, or
+    ``ScoreRequest.validate`` for a request built in process), and what follows its decision:
+    ``reserve`` its caps, ``log`` it (when the app keeps a decision log; not for a dry run),
+    with ``wire``, the protobuf bytes the decision log keeps (``None``: it encodes them)."""
 
-    def __init__(
-        self,
-        app: App,
-        request: ScoreRequest,
-        reserve: bool,
-        deadline: Deadline,
-        validated: bool = False,
-        log: bool = True,
-        wire: bytes | None = None,
-    ) -> None:
-        """``validated``: the caller has run ``request.validate()`` (a transport naming its
-        own fields); else ``prepare`` runs it. ``log``: write the decision to the decision log
-        (when the app keeps one; not for a dry run). ``wire``: the request's protobuf bytes
-        as received, which the decision log keeps (``None``: it encodes them)."""
-        self.app, self.request, self.reserve, self.deadline = app, request, reserve, deadline
-        self.validated, self.log, self.wire = validated, log, wire
-        self.gate = app.gate
-
-    def prepare(self) -> Prepared:
-        """See :class:`engine.batching.Work`."""
-        scorer, self.gate = self.app.scorer, self.app.gate
-        if not self.validated:
-            self.request.validate()  # before spending a cap-store read on it
-        return Prepared(scorer, self.gate, self.request, self.deadline)
-
-    def complete(self, decision: Decision) -> Decision:
-        """See :class:`engine.batching.Work`: reserve, then log."""
-        if self.reserve and decision.selected:
-            self.deadline.check("reserving caps")
-            decision = self.app._reserve(self.request, decision, self.gate, self.deadline)
-        if self.log and self.app.logs is not None:
-            reserved = self.reserve and decision.cap_store_ok
-            self.app.logs.decision(self.request, decision, reserved, self.wire)
-        return decision
+    request: ScoreRequest
+    reserve: bool = False
+    log: bool = True
+    wire: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -191,10 +164,75 @@ class App:
         dropped with reason FREQUENCY_CAPPED. The deadline is checked between stages: once it
         has passed nothing more is done, in particular no cap is reserved for an answer the
         caller no longer waits for. With batching on, the request joins the next pass."""
-        return self.run(Decide(self, request, reserve, deadline), timer, deadline)
+        return self.run(self.decision_work(request, reserve, timer, deadline), timer, deadline)
+
+    def decision_work(
+        self,
+        request: ScoreRequest,
+        reserve: bool = False,
+        timer: StageTimer = NULL_TIMER,
+        deadline: Deadline = NO_DEADLINE,
+    ) -> Work[Decision]:
+        """``decide`` as work for a pass: the request validated before its cap read."""
+
+        def admit() -> Admitted:
+            request.validate()  # before spending a cap-store read on it
+            return Admitted(request, reserve)
+
+        return self.work(admit, _itself, timer, deadline)
+
+    def work(
+        self,
+        admit: Callable[[], Admitted],
+        encode: Callable[[Decision], R],
+        timer: StageTimer = NULL_TIMER,
+        deadline: Deadline = NO_DEADLINE,
+    ) -> Work[R]:
+        """One request's part of a pass, from a transport's two functions: ``admit`` decodes
+        and validates it (before the pass, which reads the cap store for it); ``encode`` makes
+        the answer of its decision, once it is reserved (``Admitted.reserve``) and logged.
+        The request keeps the scorer and gate serving when it was admitted. ``timer`` times
+        the reservation (stage "reserve")."""
+        held: list[tuple[Admitted, CapGate]] = []
+
+        def prepare() -> Prepared:
+            admitted = admit()
+            gate = self._gate
+            held.append((admitted, gate))
+            return Prepared(self._scorer, gate, admitted.request, deadline)
+
+        def complete(decision: Decision) -> R:
+            admitted, gate = held[-1]
+            return encode(self._finish(admitted, gate, decision, timer, deadline))
+
+        return Call(prepare, complete)
+
+    def decide_pass(self, works: Sequence[Work[R]], timer: StageTimer) -> list[R | BaseException]:
+        """``works`` in one pass in this thread, as a server's pass decides them (a replay's
+        batches): one cap read, one scoring pass; each outcome, or the error that failed it
+        alone."""
+        return one_pass(works, timer)
+
+    def _finish(
+        self,
+        admitted: Admitted,
+        gate: CapGate,
+        decision: Decision,
+        timer: StageTimer,
+        deadline: Deadline,
+    ) -> Decision:
+        """After the pass: reserve (the gate the request was prepared with), then log."""
+        if admitted.reserve and decision.selected:
+            deadline.check("reserving caps")
+            with timer.stage("reserve"):
+                decision = self._reserve(admitted.request, decision, gate, deadline)
+        if admitted.log and self.logs is not None:
+            reserved = admitted.reserve and decision.cap_store_ok
+            self.logs.decision(admitted.request, decision, reserved, admitted.wire)
+        return decision
 
     def run(self, work: Work[R], timer: StageTimer, deadline: Deadline) -> R:
-        """Do ``work`` (a :class:`Decide`, or a transport's wrapping of one): in the next
+        """Do ``work`` (what :meth:`work` or :meth:`decision_work` builds): in the next
         batched pass, or alone in this thread when batching is off."""
         return self.wait(self.submit(work), timer, deadline)
 
@@ -309,6 +347,10 @@ class App:
         if self.logs is not None:
             self.logs.close()
         self.store.close()
+
+
+def _itself(decision: Decision) -> Decision:
+    return decision
 
 
 def build_app(config: AdmatchConfig, model_dir: Path) -> App:

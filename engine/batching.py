@@ -32,7 +32,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -69,6 +69,15 @@ class Work(Protocol[R_co]):
     def complete(self, decision: Decision) -> R_co:
         """The outcome, from the request's decision. Raises to fail this request alone."""
         ...
+
+
+@dataclass(frozen=True)
+class Call(Generic[R]):
+    """Work made of two plain functions (what ``App.work`` builds from a transport's decode
+    and encode)."""
+
+    prepare: Callable[[], Prepared]
+    complete: Callable[[Decision], R]
 
 
 def run_alone(work: Work[R], timer: StageTimer) -> R:
@@ -204,6 +213,14 @@ class Batcher:
 
     def close(self) -> None:
         """Nothing to stop: passes run in the callers' threads."""
+
+
+def one_pass(works: Sequence[Work[R]], timer: StageTimer) -> list[R | BaseException]:
+    """``works`` in one pass in this thread, as a leader runs one (no queue, no waiting): each
+    outcome, or the error that failed it alone."""
+    jobs: list[Job[R]] = [Job(w) for w in works]
+    run_pass(jobs, timer)  # type: ignore[arg-type]  # a pass holds jobs of any outcome type
+    return [j.error if j.error is not None else j.outcome() for j in jobs]
 
 
 Scored = tuple[Job[object], Scorer, ScoreRequest]  # a job with its scorer and prepared request

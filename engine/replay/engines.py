@@ -3,11 +3,12 @@
 Both take requests in log order, decide them, and record each request's exposure events the
 way production would (after the decision), so caps and fatigue evolve as the replay goes.
 
-In process, a worker's whole path runs except the network: each request arrives as the bytes
-of a ``ScoreRequest`` message, is decoded by the servicer's own conversion, reads the cap store,
-and waits for one scoring pass over its batch (``batch`` requests, as the server's batcher
-merges concurrent calls); the decision is encoded back to bytes, and the batch's events are
-recorded in one call. With ``batch=1`` it is the one-request-at-a-time path. With ``reserve``
+In process, a worker's whole path runs except the network, through the server's own code:
+each request arrives as the bytes of a ``ScoreRequest`` message, is decoded by the servicer's
+decoder (validated once, there), and joins one pass of the server's batcher code over its batch
+(``App.decide_pass``: ``batch`` requests, as the batcher merges concurrent calls; one cap read,
+one scoring pass); the decision is encoded back to bytes, and the batch's events are recorded
+in one call. With ``batch=1`` it is the one-request-at-a-time path. With ``reserve``
 the selected ads' caps are reserved atomically after scoring (the server's ``reserve_caps``),
 which also records their impressions: requests of one user in one batch cannot then both take
 the last slot of a cap.
@@ -18,10 +19,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 from admatch.v1 import admatch_pb2 as pb
-from engine.app import App
+from engine.app import Admitted, App
 from engine.caps.store import Feedback, Impression
 from engine.errors import AdmatchError
 from engine.replay.causal import causal_batches
@@ -125,75 +127,47 @@ class InProcessEngine:
         return out
 
     def _batch(self, group: Sequence[ScoreRequest]) -> list[Result]:
+        """One pass of the server's code over ``group`` (``App.decide_pass``): each request
+        as the bytes of its message, decoded by the servicer's decoder (validated once, there),
+        one cap read, one scoring pass, reserved (``reserve``) and encoded."""
         wire = [request_to_proto(r).SerializeToString() for r in group]  # the client's part
         results = [Result(None, None, 0.0) for _ in group]
-        decoded: list[tuple[int, ScoreRequest]] = []
-        for i, blob in enumerate(wire):
-            timer = CallbackTimer(_adder(results[i].stages))
-            try:
-                with timer.stage("decode"):
-                    request = decode_request(pb.ScoreRequest.FromString(blob), self.limits)
-                decoded.append((i, request))
-            except AdmatchError as exc:
-                results[i].fail(exc)
-        shared: dict[str, float] = {}
-        pass_timer = CallbackTimer(_adder(shared))
-        with pass_timer.stage("caps"):  # one read for the batch, as the server's pass
-            read = self.app.gate.prepare_many([r for _, r in decoded])
-        prepared: list[tuple[int, ScoreRequest]] = []
-        for (i, _), outcome in zip(decoded, read, strict=True):
+        works = []
+        for blob, result in zip(wire, results, strict=True):
+            timer = CallbackTimer(_adder(result.stages))  # decode, reserve, encode: its own
+            admit = partial(self._admit, blob, timer)
+            works.append(self.app.work(admit, partial(_encode, timer), timer))
+        shared: dict[str, float] = {}  # caps, features, model, rank: the pass's
+        outcomes = self.app.decide_pass(works, CallbackTimer(_adder(shared)))
+        for result, outcome in zip(results, outcomes, strict=True):
             if isinstance(outcome, AdmatchError):
-                results[i].fail(outcome)
-            elif isinstance(outcome, Exception):
+                result.fail(outcome)
+            elif isinstance(outcome, BaseException):
                 raise outcome
             else:
-                prepared.append((i, outcome))
-        decisions = self._score([r for _, r in prepared], pass_timer)
-        for (i, request), decision in zip(prepared, decisions, strict=True):
-            stages = results[i].stages
-            stages.update(shared)
-            if isinstance(decision, AdmatchError):
-                results[i].fail(decision)
-                continue
-            if self.reserve:
-                start = time.perf_counter()
-                decision = self.app.reserve(request, decision)
-                stages["reserve"] = time.perf_counter() - start
-            start = time.perf_counter()
-            decision_to_wire(decision)
-            stages["encode"] = time.perf_counter() - start
-            results[i].decision = decision
-        for r in results:
-            r.latency_s = sum(r.stages.values())
+                result.decision = outcome
+                result.stages.update(shared)
+            result.latency_s = sum(result.stages.values())
         self._busy += sum(shared.values()) + sum(
             v for r in results for k, v in r.stages.items() if k not in shared
         )
         return results
 
-    def _score(
-        self, requests: list[ScoreRequest], timer: CallbackTimer
-    ) -> list[Decision | AdmatchError]:
-        """One pass over the batch; if it fails, each request alone (one bad request fails
-        alone, as in the server's batcher)."""
-        if not requests:
-            return []
-        scorer = self.app.scorer
-        try:
-            return list(scorer.score_batch(requests, timer))
-        except AdmatchError as exc:
-            if len(requests) == 1:
-                return [exc]
-        out: list[Decision | AdmatchError] = []
-        for r in requests:
-            try:
-                out.append(scorer.score(r, timer))
-            except AdmatchError as exc:
-                out.append(exc)
-        return out
+    def _admit(self, blob: bytes, timer: CallbackTimer) -> Admitted:
+        with timer.stage("decode"):
+            request = decode_request(pb.ScoreRequest.FromString(blob), self.limits)
+        return Admitted(request, self.reserve, log=False)
 
     def close(self) -> None:
         """Close the app (its cap store, and an embedded Redis)."""
         self.app.close()
+
+
+def _encode(timer: CallbackTimer, decision: Decision) -> Decision:
+    """The servicer's encoding, timed (the replay keeps the decision itself)."""
+    with timer.stage("encode"):
+        decision_to_wire(decision)
+    return decision
 
 
 def _adder(stages: dict[str, float]) -> Callable[[str, float], None]:

@@ -20,8 +20,8 @@ import grpc
 
 from admatch.v1 import admatch_pb2 as pb
 from admatch.v1 import admatch_pb2_grpc as pb_grpc
-from engine.app import App, Decide
-from engine.batching import Job, Prepared
+from engine.app import Admitted, App
+from engine.batching import Job, Work
 from engine.caps.plan import check_not_ahead
 from engine.config import ServerConfig
 from engine.deadline import Deadline
@@ -60,49 +60,13 @@ class StreamIdle(DeadlineExceeded):
     """A ScoreStream had nothing in flight for ``server.stream_idle_timeout_s``."""
 
 
-class _ScoreCall:
-    """One Score request as batchable work: decode before the pass, encode after it."""
-
-    def __init__(
-        self,
-        servicer: AdMatchingServicer,
-        message: pb.ScoreRequest,
-        timer: StageTimer,
-        deadline: Deadline,
-    ) -> None:
-        self.servicer, self.message, self.timer, self.deadline = servicer, message, timer, deadline
-        self.decide: Decide | None = None
-
-    def prepare(self) -> Prepared:
-        with self.timer.stage("decode"):
-            request = decode_request(self.message, self.servicer.limits)
-        dry = self.message.explain
-        reserve = self.message.reserve_caps and not dry
-        if reserve:  # its impressions are recorded at the request's time
-            check_not_ahead(
-                request.context.ts, datetime.now(UTC), self.servicer.app.max_ahead_s, "time"
-            )
-        app = self.servicer.app
-        log = not dry and app.logs is not None
-        wire = self.message.SerializeToString() if log else None  # the log keeps the request
-        self.decide = Decide(app, request, reserve, self.deadline, True, log, wire)
-        return self.decide.prepare()
-
-    def complete(self, decision: Decision) -> bytes:
-        assert self.decide is not None
-        decision = self.decide.complete(decision)
-        with self.timer.stage("encode"):
-            reply = decision_to_wire(decision)
-        self.servicer.metrics.decision(decision)
-        return reply
-
-
 @dataclass(eq=False)
 class _Pending:
     """A stream message admitted and queued (``job``), or refused already (``error``)."""
 
     request_id: str
-    call: _ScoreCall | None = None
+    timer: StageTimer | None = None
+    deadline: Deadline | None = None
     job: Job[bytes] | None = None
     error: BaseException | None = None
 
@@ -180,8 +144,31 @@ class AdMatchingServicer(pb_grpc.AdMatchingServicer):
         self, request: pb.ScoreRequest, context: grpc.ServicerContext
     ) -> bytes:
         with self.admission.request():
-            call = _ScoreCall(self, request, self.metrics.timer(), self._deadline(context))
-            return self.app.run(call, call.timer, call.deadline)
+            timer, deadline = self.metrics.timer(), self._deadline(context)
+            return self.app.run(self._work(request, timer, deadline), timer, deadline)
+
+    def _work(self, message: pb.ScoreRequest, timer: StageTimer, deadline: Deadline) -> Work[bytes]:
+        """A Score message's part of a pass: decode (validated once, here) -> the core ->
+        encode."""
+
+        def admit() -> Admitted:
+            with timer.stage("decode"):
+                request = decode_request(message, self.limits)
+            dry = message.explain
+            reserve = message.reserve_caps and not dry
+            if reserve:  # its impressions are recorded at the request's time
+                check_not_ahead(request.context.ts, datetime.now(UTC), self.app.max_ahead_s, "time")
+            log = not dry and self.app.logs is not None
+            wire = message.SerializeToString() if log else None  # the log keeps the request
+            return Admitted(request, reserve, log, wire)
+
+        def encode(decision: Decision) -> bytes:
+            with timer.stage("encode"):
+                reply = decision_to_wire(decision)
+            self.metrics.decision(decision)
+            return reply
+
+        return self.app.work(admit, encode, timer, deadline)
 
     def ScoreStream(  # type: ignore[override]  # serialized responses, as ``Score``
         self, request_iterator: Iterator[pb.ScoreRequest], context: grpc.ServicerContext
@@ -213,17 +200,18 @@ class AdMatchingServicer(pb_grpc.AdMatchingServicer):
             stream.admit(pending)
         except Exception as exc:  # answered in order as this message's error
             return _Pending(getattr(message, "request_id", ""), error=exc)
-        call = _ScoreCall(self, message, self.metrics.timer(), self._deadline(context))
-        pending.call, pending.job = call, self.app.submit(call)
+        pending.timer, pending.deadline = self.metrics.timer(), self._deadline(context)
+        pending.job = self.app.submit(self._work(message, pending.timer, pending.deadline))
         return pending
 
     def _answer(self, pending: _Pending, stream: _Stream) -> bytes:
         """The response to one stream message: its decision, or its error."""
         error = pending.error
         if error is None:
-            assert pending.call is not None and pending.job is not None
+            assert pending.job is not None and pending.timer is not None
+            assert pending.deadline is not None
             try:
-                reply = self.app.wait(pending.job, pending.call.timer, pending.call.deadline)
+                reply = self.app.wait(pending.job, pending.timer, pending.deadline)
             except Exception as exc:
                 error = exc
             finally:

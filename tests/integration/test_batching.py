@@ -18,7 +18,8 @@ import pytest
 
 from admatch.v1 import admatch_pb2 as pb
 from admatch.v1 import admatch_pb2_grpc as pb_grpc
-from engine.app import App, Decide, build_app
+from engine import batching
+from engine.app import App, build_app
 from engine.batching import Batcher, Prepared
 from engine.caps.gate import CapGate
 from engine.caps.plan import Plan
@@ -26,7 +27,10 @@ from engine.caps.store import CapReading, CapStore, Impression, StoreUnavailable
 from engine.config import load_config
 from engine.deadline import Deadline
 from engine.errors import AdmatchError, DeadlineExceeded, InvalidArgument
+from engine.replay.causal import causal_batches
+from engine.replay.engines import InProcessEngine
 from engine.rpc.convert import request_to_proto
+from engine.rpc.decode import decode_request
 from engine.rpc.server import build_server
 from engine.scoring.jsonio import request_from_json
 from engine.scoring.scorer import Scorer
@@ -151,16 +155,30 @@ class Plain:
         return decision
 
 
+class Served:
+    """The server's work for a request (``App.decision_work``), with its request for naming."""
+
+    def __init__(self, app: App, request: ScoreRequest, deadline: Deadline) -> None:
+        self.request = request
+        self.work = app.decision_work(request, deadline=deadline)
+
+    def prepare(self) -> Prepared:
+        return self.work.prepare()
+
+    def complete(self, decision: Decision) -> Decision:
+        return self.work.complete(decision)
+
+
 def renamed(request: ScoreRequest, request_id: str) -> ScoreRequest:
     context = dataclasses.replace(request.context, request_id=request_id)
     return dataclasses.replace(request, context=context)
 
 
-def run_all(batcher: Batcher, works: Sequence[Plain | Decide]) -> dict[str, Any]:
+def run_all(batcher: Batcher, works: Sequence[Plain | Served]) -> dict[str, Any]:
     """Each work's outcome (or error) by request id, each from a thread of its own."""
     results: dict[str, Any] = {}
 
-    def call(work: Plain | Decide) -> None:
+    def call(work: Plain | Served) -> None:
         try:
             results[work.request.context.request_id] = batcher.run(work, NULL_TIMER, Deadline(10))
         except AdmatchError as exc:
@@ -200,10 +218,36 @@ def test_each_request_is_validated_once(
             pb_grpc.AdMatchingStub(ch).Score(request_to_proto(reqs[0]), timeout=10)
     finally:
         serving.stop(1)
+    replay = InProcessEngine(plain, batch=2)  # the replay: by the servicer's decoder alone
+    assert all(r.decision for r in replay.decide(reqs, lambda i, d: ([], [])))
     ids = [r.context.request_id for r in reqs]
     assert sorted(calls) == sorted([*ids, *ids])  # the gRPC request: by the decoder alone
     with pytest.raises(InvalidArgument):  # still validated
         plain.decide(dataclasses.replace(reqs[0], candidates={**reqs[0].candidates, "ad_id": []}))
+
+
+def test_the_replay_decides_through_the_servers_pass(
+    apps: tuple[App, App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The in-process replay runs the server's own pass (``engine.batching.run_pass``, through
+    ``App.decide_pass``) once per batch, with the work ``App.work`` builds, and decides as the
+    app decides each request alone."""
+    batched, plain = apps
+    passes: list[int] = []
+    run_pass = batching.run_pass
+
+    def spy(jobs: list[Any], timer: Any) -> None:
+        passes.append(len(jobs))
+        run_pass(jobs, timer)
+
+    monkeypatch.setattr(batching, "run_pass", spy)
+    reqs = requests(1)
+    results = InProcessEngine(batched, batch=2).decide(reqs, lambda i, d: ([], []))
+    assert passes == [len(s) for s in causal_batches(reqs, 2)] and max(passes) == 2
+    alone = [plain.decide(decode_request(request_to_proto(q))) for q in reqs]  # as sent
+    decided = [r.decision for r in results]
+    assert all(d is not None and same(d, a) for d, a in zip(decided, alone, strict=True))
+    assert all({"decode", "caps", "rank", "encode"} <= set(r.stages) for r in results)
 
 
 def test_one_bad_request_fails_alone(apps: tuple[App, App]) -> None:
@@ -384,8 +428,9 @@ def with_history(app: App) -> None:
 
 
 def decide_all(app: App, batcher: Batcher, reqs: list[ScoreRequest]) -> dict[str, Any]:
-    """The requests decided as the server does (``Decide`` work), in passes of ``batcher``."""
-    return run_all(batcher, [Decide(app, r, False, Deadline(10)) for r in reqs])
+    """The requests decided as the server does (``App.decision_work``), in passes of
+    ``batcher``."""
+    return run_all(batcher, [Served(app, r, Deadline(10)) for r in reqs])
 
 
 def test_a_pass_reads_the_store_once_and_decides_as_requests_read_alone(
@@ -425,7 +470,7 @@ def test_deadlines_are_checked_before_the_read_and_before_scoring(
     budgets = {"spent": 0.0, "ends during the read": 1.0, "in time": 10.0}
     works = []
     for (name, budget), request in zip(budgets.items(), reqs, strict=True):
-        work = Decide(batched, renamed(request, name), False, Deadline(budget, lambda: now[0]))
+        work = Served(batched, renamed(request, name), Deadline(budget, lambda: now[0]))
         works.append(work)
     results = run_all(Batcher(0.2, 8), works)
     assert spy.reads == [("read_many", 2)]  # the spent one is not read
