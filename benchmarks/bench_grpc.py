@@ -82,6 +82,7 @@ def bench_config(
     batch_max: int = 32,
     metrics_port: int = 0,
     decision_log: bool = False,
+    compute_threads: int | None = None,
 ) -> Path:
     """The shipped config with no reload watcher, the given batching (``batch_max`` 1: off),
     no metrics endpoint (unless ``metrics_port``) and the decision log under ``directory``
@@ -95,7 +96,9 @@ def bench_config(
     }
     if decision_log:
         changes["dir"] = f'"{directory / "decision_log"}"'
-    name = f"{batch_window_ms:g}_{batch_max}_{metrics_port}_{int(decision_log)}"
+    if compute_threads is not None:
+        changes["compute_threads"] = str(compute_threads)
+    name = f"{batch_window_ms:g}_{batch_max}_{metrics_port}_{int(decision_log)}_{compute_threads}"
     path = directory / f"bench_grpc_{name}.toml"
     path.write_text(config_text(changes))
     return path
@@ -553,6 +556,9 @@ def main() -> None:
         action="store_true",
         help="record the requests' users' logged impressions first (default: an empty store)",
     )
+    parser.add_argument(
+        "--compute-threads", type=int, help="server.compute_threads (default: the shipped 1)"
+    )
     parser.add_argument("--quick", action="store_true", help="1 s points, 200 calls: a smoke run")
     args = parser.parse_args()
     if args.quick:
@@ -595,7 +601,13 @@ def main() -> None:
                 stop_server(proc)
         for batching in args.batching.split(",") if in_flight else []:
             batch = 32 if batching == "on" else 1
-            config = bench_config(Path(tmp), 0.0, batch, decision_log=args.decision_log)
+            config = bench_config(
+                Path(tmp),
+                0.0,
+                batch,
+                decision_log=args.decision_log,
+                compute_threads=args.compute_threads,
+            )
             for w in workers:
                 proc, target = start_server(args.model, config, w)
                 try:

@@ -328,6 +328,14 @@ class ServerConfig(_Strict):
         le=1024,
         description="request threads per process: at least max_streams + max_concurrent + 8",
     )
+    compute_threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="threads of each worker's feature computation (polars' pool, "
+        "POLARS_MAX_THREADS): a server scales by processes (--workers), and a pool per "
+        "worker wider than its share of the cores spins between requests",
+    )
     max_candidates: int = Field(1000, ge=1, le=100_000, description="candidates per request")
     max_campaign_caps: int = Field(256, ge=0, le=100_000, description="per request")
     max_interests: int = Field(64, ge=0, le=10_000, description="interest tags per user")

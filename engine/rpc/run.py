@@ -139,6 +139,8 @@ class Server:
         parent-death signal is sent when the thread that started a process ends)."""
         mine, theirs = self._context.Pipe(duplex=True)
         reloaded_config = text(self.config_path) if self.config_changed else None
+        # read by polars when the worker imports it (a spawned process takes this environment)
+        os.environ["POLARS_MAX_THREADS"] = str(self.config.server.compute_threads)
         process = self._context.Process(
             target=run_worker,
             args=(

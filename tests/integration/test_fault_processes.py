@@ -335,3 +335,23 @@ def test_a_restarted_server_keeps_its_counts_and_the_users_blocks(
         )
     assert retried.duplicates == 3
     assert again.stop() == 0
+
+
+def test_workers_compute_with_the_configured_threads(
+    launch: Launch, model_dir: Path, tmp_path: Path
+) -> None:
+    """server.compute_threads is each worker's polars pool (POLARS_MAX_THREADS, read when the
+    spawned worker imports polars), whatever the parent's environment says: a server scales
+    by processes, and a wider pool per worker spins between requests (BENCHMARKS.md)."""
+    config = config_file(tmp_path, **edits(compute_threads="2"))
+    served = launch(model_dir, config, workers=2, env={"POLARS_MAX_THREADS": "7"}).ready()
+    try:
+        workers = [p for p in served.children() if b"spawn_main" in cmdline(p)]
+        workers = [p for p in workers if b"resource_tracker" not in cmdline(p)]
+        assert len(workers) == 2, [cmdline(p) for p in served.children()]
+        for pid in workers:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+            assert env[b"POLARS_MAX_THREADS"] == b"2"
+    finally:
+        served.kill_all()
