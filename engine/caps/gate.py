@@ -176,7 +176,7 @@ class CapGate:
             budget_s,
             self.is_pod(request),
         )
-        return _filled(request, reading)
+        return with_reading(request, reading)
 
     def prepare_many(
         self, requests: Sequence[ScoreRequest], budget_s: float | None = None
@@ -218,10 +218,10 @@ class CapGate:
         reading: CapReading | AdmatchError,
     ) -> ScoreRequest | Exception:
         if isinstance(reading, StoreUnavailable):
-            return _filled(request, self._unavailable(plan, reading))
+            return with_reading(request, self._unavailable(plan, reading))
         if isinstance(reading, Exception):
             return reading
-        return _filled(request, self._decide(reading, own, plan, self.is_pod(request)))
+        return with_reading(request, self._decide(reading, own, plan, self.is_pod(request)))
 
     def reserve(
         self,
@@ -280,7 +280,8 @@ def _outcome(result: int, checks: list[Check]) -> Reservation:
     return Reservation.SEPARATED if checks[-result - 1].separation else Reservation.CAPPED
 
 
-def _filled(request: ScoreRequest, reading: GateReading) -> ScoreRequest:
+def with_reading(request: ScoreRequest, reading: GateReading) -> ScoreRequest:
+    """``request`` with a reading's exposures and cap decision filled in."""
     return dataclasses.replace(
         request,
         exposures=reading.exposures,
