@@ -310,6 +310,31 @@ def client(
     results.put(asyncio.run(_client(kind, target, payloads, n, duration, ready, go)))
 
 
+def run_clients(
+    procs: list[Any],
+    queues: tuple[Any, Any, Any],
+    duration: float,
+    session: int,
+    settle_s: float = 0,
+) -> tuple[list[Any], dict[str, float], float]:
+    """Start the client processes, wait until each is ready (and ``settle_s`` more), let them
+    go together; their results, the CPU seconds the server's session used meanwhile (server,
+    Redis) and the wall time. ``queues``: (ready, go, results) as the clients use them."""
+    ready, go, results = queues
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=120)
+    time.sleep(settle_s)
+    before, wall = session_cpu(session), time.perf_counter()
+    go.set()
+    got = [results.get(timeout=duration + 120) for _ in procs]
+    after, wall = session_cpu(session), time.perf_counter() - wall
+    for p in procs:
+        p.join(30)
+    return got, {k: after[k] - before[k] for k in after}, wall
+
+
 def load(
     kind: str, target: str, payloads: list[bytes], in_flight: int, duration: float, session: int
 ) -> dict[str, Any]:
@@ -322,23 +347,14 @@ def load(
         ctx.Process(target=client, args=(kind, target, payloads, n, duration, ready, go, results))
         for n in per
     ]
-    for p in procs:
-        p.start()
-    for _ in procs:
-        ready.get(timeout=120)
-    before, wall = session_cpu(session), time.perf_counter()
-    go.set()
-    got = [results.get(timeout=duration + 120) for _ in procs]
-    after, wall = session_cpu(session), time.perf_counter() - wall
-    for p in procs:
-        p.join(30)
+    got, used, wall = run_clients(procs, (ready, go, results), duration, session)
     lat = np.concatenate([g[0] for g in got])
     n = max(len(lat), 1)
     errors: dict[str, int] = {}
     for g in got:
         for name, count in g[1].items():
             errors[name] = errors.get(name, 0) + count
-    server, redis = (after[k] - before[k] for k in ("server", "redis"))
+    server, redis = used["server"], used["redis"]
     clients = sum(g[2] for g in got)
     return {
         "rps": len(lat) / max(g[3] for g in got),

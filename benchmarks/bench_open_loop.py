@@ -43,7 +43,7 @@ from .bench_grpc import (
     bench_config,
     make_requests,
     pctl,
-    session_cpu,
+    run_clients,
     start_server,
     stop_server,
 )
@@ -110,17 +110,8 @@ def point(
         ctx.Process(target=_client, args=(target, payloads, rate, duration, k, ready, go, results))
         for k in range(CLIENTS)
     ]
-    for p in procs:
-        p.start()
-    for _ in procs:
-        ready.get(timeout=120)
-    time.sleep(1.0)  # the clients connect and warm up after saying they are ready
-    before, wall = session_cpu(session), time.perf_counter()
-    go.set()
-    got = [results.get(timeout=duration + 120) for _ in procs]
-    after, wall = session_cpu(session), time.perf_counter() - wall
-    for p in procs:
-        p.join(30)
+    # the clients connect and warm up after saying they are ready: a second more
+    got, used, wall = run_clients(procs, (ready, go, results), duration, session, settle_s=1.0)
     lat = np.array([x for g in got for x in g[0]])
     errors: dict[str, int] = {}
     for g in got:
@@ -137,8 +128,8 @@ def point(
         "max": float(lat.max() * 1e3) if len(lat) else float("nan"),
         "errors": " ".join(f"{c} {name}" for name, c in sorted(errors.items())) or "0",
         "late_sends": sum(g[3] for g in got),
-        "server_ms": (after["server"] - before["server"]) / n * 1e3,
-        "redis_ms": (after["redis"] - before["redis"]) / n * 1e3,
+        "server_ms": used["server"] / n * 1e3,
+        "redis_ms": used["redis"] / n * 1e3,
         "client_ms": sum(g[2] for g in got) / n * 1e3,
     }
 
