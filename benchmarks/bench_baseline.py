@@ -68,7 +68,7 @@ class Baseline:
             separated=_stacked([r.separated for r in readings]),
             blocked=_stacked([r.blocked for r in readings]),
         )
-        return self.scorer.score(with_reading(request, reading), NULL_TIMER, validated=True)
+        return self.scorer.score(with_reading(request, reading))
 
 
 def _stacked(parts: list[np.ndarray | None]) -> np.ndarray | None:

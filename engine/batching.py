@@ -88,7 +88,7 @@ def run_alone(work: Work[R], timer: StageTimer) -> R:
     with timer.stage("caps"):
         request = ready.gate.prepare(ready.request, ready.deadline.remaining())
     ready.deadline.check("scoring")
-    return work.complete(ready.scorer.score(request, timer, validated=True))
+    return work.complete(ready.scorer.score(request, timer))
 
 
 @dataclass(eq=False)
@@ -296,7 +296,7 @@ def _score(group: list[Scored], timer: StageTimer) -> list[tuple[Job[object], De
     still fails gets its error and no decision)."""
     scorer = group[0][1]
     try:
-        decisions = scorer.score_batch([request for _, _, request in group], timer, validated=True)
+        decisions = scorer.score_batch([request for _, _, request in group], timer)
         return [(job, d) for (job, _, _), d in zip(group, decisions, strict=True)]
     except Exception as exc:
         if len(group) == 1:
@@ -305,7 +305,7 @@ def _score(group: list[Scored], timer: StageTimer) -> list[tuple[Job[object], De
     out = []
     for job, _, request in group:  # find the bad one
         try:
-            out.append((job, scorer.score_batch([request], timer, validated=True)[0]))
+            out.append((job, scorer.score_batch([request], timer)[0]))
         except Exception as exc:
             job.error = exc
     return out

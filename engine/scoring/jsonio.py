@@ -95,10 +95,10 @@ def _exposures(candidates: list[dict[str, Any]]) -> np.ndarray | None:
 
 
 def request_from_json(doc: dict[str, Any]) -> ScoreRequest:
-    """Build a :class:`ScoreRequest` from its JSON form.
+    """Build a :class:`ScoreRequest` from its JSON form, validated (JSON is where it enters).
 
     Raises:
-        InvalidArgument: a missing or unknown field, naming it.
+        InvalidArgument: a missing, unknown or invalid field, naming it.
     """
     _object(doc, "request")
     candidates = doc.get("candidates")
@@ -121,7 +121,7 @@ def request_from_json(doc: dict[str, Any]) -> ScoreRequest:
             attribute_mask(v, f"candidates[{i}].creative_attributes") if v else None
             for i, v in enumerate(columns["creative_attributes"])
         ]
-    return ScoreRequest(
+    request = ScoreRequest(
         context=_context(doc),
         candidates=columns,
         exposures=_exposures(candidates),
@@ -130,6 +130,8 @@ def request_from_json(doc: dict[str, Any]) -> ScoreRequest:
             _object(doc.get("campaign_caps") or {}, "request.campaign_caps")
         ),
     )
+    request.validate("request")
+    return request
 
 
 def _pod(doc: Any) -> PodLimits | None:

@@ -32,28 +32,19 @@ class Scorer:
         self.variants = Variants.from_config(config)
         self._competing = config.caps.competitor_of
 
-    def score(
-        self, request: ScoreRequest, timer: StageTimer = NULL_TIMER, validated: bool = False
-    ) -> Decision:
+    def score(self, request: ScoreRequest, timer: StageTimer = NULL_TIMER) -> Decision:
         """Decide one request (the batch form with one request)."""
-        return self.score_batch([request], timer, validated)[0]
+        return self.score_batch([request], timer)[0]
 
     def score_batch(
-        self,
-        requests: Sequence[ScoreRequest],
-        timer: StageTimer = NULL_TIMER,
-        validated: bool = False,
+        self, requests: Sequence[ScoreRequest], timer: StageTimer = NULL_TIMER
     ) -> list[Decision]:
         """Decide many requests in one vectorised pass (stages timed by ``timer``).
-        ``validated``: the caller has run each request's ``validate()`` (the service's passes,
-        whose requests were validated before their cap-store read).
 
-        Raises:
-            InvalidArgument: naming the first bad field (``requests[i]...``).
+        The requests are valid: each was validated once, where it entered (the gRPC decoder,
+        ``request_from_json``, a log's admission, ``App.decision_work``:
+        ``ScoreRequest.validate``); the core does not check them again.
         """
-        if not validated:
-            for i, req in enumerate(requests):
-                req.validate(f"requests[{i}]")
         with timer.stage("features"):
             batch = self.model.core.batch(
                 [r.context for r in requests],

@@ -119,12 +119,10 @@ class FlakyScorer:
     def __init__(self, inner: Scorer) -> None:
         self.inner = inner
 
-    def score_batch(
-        self, reqs: Sequence[ScoreRequest], timer: Any = NULL_TIMER, validated: bool = False
-    ) -> list[Decision]:
+    def score_batch(self, reqs: Sequence[ScoreRequest], timer: Any = NULL_TIMER) -> list[Decision]:
         if any(r.context.request_id == "bad" for r in reqs):
             raise InvalidArgument("requests[0].candidates", "rejected by the test")
-        return self.inner.score_batch(reqs, timer, validated)
+        return self.inner.score_batch(reqs, timer)
 
 
 class Plain:
@@ -195,8 +193,10 @@ def run_all(batcher: Batcher, works: Sequence[Plain | Served]) -> dict[str, Any]
 def test_each_request_is_validated_once(
     apps: tuple[App, App], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Before its cap-store read, not again in the pass (batched or alone); over gRPC the
-    decoder validates every field (naming the message's), and nothing after it again."""
+    """Before its cap-store read, not again in the pass (batched or alone); over gRPC and in
+    the replay the decoder validates every field (naming the message's), and nothing after it
+    again. (The JSON requests are validated as they are read, before the count.)"""
+    reqs = requests(2)
     calls: list[str] = []
     validate = ScoreRequest.validate
 
@@ -206,7 +206,6 @@ def test_each_request_is_validated_once(
 
     monkeypatch.setattr(ScoreRequest, "validate", counting)
     batched, plain = apps
-    reqs = requests(2)
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(batched.decide, reqs))
     for r in reqs:

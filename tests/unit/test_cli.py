@@ -107,7 +107,7 @@ def test_decide_reports_bad_input(model_dir: Path, tmp_path: Path) -> None:
     )
     result = runner.invoke(app, ["decide", "--model", str(model_dir), "--request", str(bad)])
     assert result.exit_code == 2
-    assert "requests[0].candidates: empty" in result.output
+    assert "request.candidates: empty" in result.output
     result = runner.invoke(app, ["decide", "--model", str(tmp_path), "--request", str(bad)])
     assert result.exit_code == 2 and "metadata.json" in result.output
     for text, message in [("[1, 2]", "holds a list, not an object"), ("{", "Expecting")]:

@@ -193,21 +193,21 @@ def test_decision_carries_versions_and_parts(scorer: Scorer) -> None:
 @pytest.mark.parametrize(
     ("build", "field"),
     [
-        (lambda: request([cand("a")], touchpoint="radio"), "requests[0].touchpoint"),
-        (lambda: request([cand("a")], slot="voice_reply"), "requests[0].slot"),
-        (lambda: request([cand("a", bid=math.nan)]), "requests[0].candidates[0].bid"),
-        (lambda: request([cand("a"), cand("b", bid=-1.0)]), "requests[0].candidates[1].bid"),
-        (lambda: request([cand("a", bid=math.inf)]), "requests[0].candidates[0].bid"),
-        (lambda: request([cand("a", bid=None)]), "requests[0].candidates[0].bid"),
+        (lambda: request([cand("a")], touchpoint="radio"), "request.touchpoint"),
+        (lambda: request([cand("a")], slot="voice_reply"), "request.slot"),
+        (lambda: request([cand("a", bid=math.nan)]), "request.candidates[0].bid"),
+        (lambda: request([cand("a"), cand("b", bid=-1.0)]), "request.candidates[1].bid"),
+        (lambda: request([cand("a", bid=math.inf)]), "request.candidates[0].bid"),
+        (lambda: request([cand("a", bid=None)]), "request.candidates[0].bid"),
         (
             lambda: request([cand("a", duration_s=-math.inf)]),
-            "requests[0].candidates[0].duration_s",
+            "request.candidates[0].duration_s",
         ),
-        (lambda: request([cand("a", duration_s=-1.0)]), "requests[0].candidates[0].duration_s"),
-        (lambda: request([cand("a", duration_s=math.nan)]), "requests[0].candidates[0].duration_s"),
+        (lambda: request([cand("a", duration_s=-1.0)]), "request.candidates[0].duration_s"),
+        (lambda: request([cand("a", duration_s=math.nan)]), "request.candidates[0].duration_s"),
         (lambda: request([cand("a"), cand("b", duration_s=3601.0)]), "candidates[1].duration_s"),
-        (lambda: request([cand("a"), cand("a")]), "requests[0].candidates[1].ad_id"),
-        (lambda: ScoreRequest(ctx(), {"ad_id": []}), "requests[0].candidates"),
+        (lambda: request([cand("a"), cand("a")]), "request.candidates[1].ad_id"),
+        (lambda: ScoreRequest(ctx(), {"ad_id": []}), "request.candidates"),
         (lambda: request([cand("a", format="hologram")]), "candidates.format"),
     ],
     ids=[
@@ -227,8 +227,12 @@ def test_decision_carries_versions_and_parts(scorer: Scorer) -> None:
     ],
 )
 def test_bad_requests_name_the_field(scorer: Scorer, build: Any, field: str) -> None:
+    """Where a request enters (``validate``), or, for a value off a vocabulary, the feature
+    core's reading of it."""
     with pytest.raises(InvalidArgument) as info:
-        scorer.score(build())
+        request = build()
+        request.validate()
+        scorer.score(request)
     assert info.value.field.endswith(field)
 
 
