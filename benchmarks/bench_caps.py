@@ -153,6 +153,9 @@ def main() -> None:
     parser.add_argument("--hot", type=int, default=3_000, help="the hot user's impressions")
     parser.add_argument("--skip-reads", action="store_true", help="memory and writes only")
     parser.add_argument(
+        "--candidates", default="100,500", help="candidates per timed read (comma-separated)"
+    )
+    parser.add_argument(
         "--cluster", action="store_true", help="on a three-node Redis Cluster started here"
     )
     args = parser.parse_args()
@@ -227,13 +230,14 @@ def run(args: argparse.Namespace, url: str, cluster: bool) -> None:
     print("| call | candidates | p50 ms | p99 ms | scripts per call | Redis us per script |")
     print("|---|---|---|---|---|---|")
     end_of_day = max(e.ts for e in events) + timedelta(minutes=1)
-    for n in (100, 500):
+    sizes = [int(n) for n in args.candidates.split(",")]
+    for n in sizes:
         for label, fn in _calls(store, gate, requests(log, n, 50), n, end_of_day):
             stats_before = _script_stats(store)
             t = timed(fn, args.repeat) * 1e3
             calls, usec = np.subtract(_script_stats(store), stats_before)
             reserving_ = label.startswith("check-and-record")
-            if reserving_ and n == 500:
+            if reserving_ and n != sizes[0]:
                 continue  # the same candidates either way
             shown_n = (3 if "3 ads" in label else 1) if reserving_ else n
             redis_us = f"{usec / calls:.0f}" if calls else "-"
