@@ -163,10 +163,11 @@ def _candidate_columns(
             continue
         if len(candidates) == 1 and name in candidates[0]:
             values: Any = candidates[0][name]
-        elif all(name in c for c in candidates):
+        elif any(name in c for c in candidates):
             values = []
             for c in candidates:  # a loop over requests: extend copies each list at C speed
-                values.extend(c[name])
+                # a request without the column: its candidates have no value (as alone)
+                values.extend(c[name] if name in c else [None] * len(c["ad_id"]))
         else:
             cols.append(pl.Series(name, [None] * n, dtype=COLUMN_BY_NAME[name].dtype))
             continue

@@ -4,6 +4,7 @@ exploration (property-based)."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -304,3 +305,35 @@ def test_a_request_blocks_advertisers_by_domain(bundle: ModelBundle) -> None:
     d = scorer.score(_request(r, 0))
     blocked = [x == Reason.BLOCKED_ADVERTISER for x in d.reason]
     assert blocked == [True, True, False, True, False], d.reason
+
+
+def test_a_pass_decides_each_request_as_alone_whatever_columns_the_others_send(
+    bundle: ModelBundle,
+) -> None:
+    """A candidate column one request of a pass sends and another does not (a domain, content
+    exclusions, creative attributes) keeps its values: before, the whole pass's column was
+    empty, so a batched request lost its block lists' targets (badv by domain, battr, content
+    exclusions) depending on who shared its pass."""
+    scorer = Scorer(bundle, load_config())
+    cands = [
+        {"category": "food", "bid": 60.0, "format": "image", "tier": None, "duration": 10.0}
+        | {"domain": "www.ford.com", "attrs": [1], "excluded": ["news"]},
+        {"category": "food", "bid": 5.0, "format": "image", "tier": None, "duration": 10.0},
+    ]
+    base = {"age": "35_44", "scene": "personal", "rating": "general", "hour": 12}
+    sends = _request({**base, "slot": "mobile_feed", "candidates": cands, "badv": ["ford.com"]}, 0)
+    plain = {**base, "slot": "mobile_feed", "candidates": cands[1:]}
+    silent = _request(plain, 1)
+    silent = dataclasses.replace(
+        silent,
+        candidates={
+            k: v
+            for k, v in silent.candidates.items()
+            if k not in ("advertiser_domain", "creative_attributes", "excluded_content")
+        },
+    )
+    alone = [scorer.score(r) for r in (sends, silent)]
+    together = scorer.score_batch([sends, silent])
+    assert alone[0].reason[0] == Reason.BLOCKED_ADVERTISER
+    for a, b in zip(alone, together, strict=True):
+        assert a.selected == b.selected and list(a.reason) == list(b.reason)
