@@ -165,6 +165,34 @@ def test_batch_equals_one_request_at_a_time(core: FeatureCore, small_world: Gene
     np.testing.assert_array_equal(batch.matrix(), np.vstack(single))
 
 
+OPTIONAL = [c for c in CANDIDATE_COLUMNS if c not in ("ad_id", "format", "bid", "pricing")]
+
+
+@settings(max_examples=40, deadline=None)
+@given(drops=st.lists(st.sets(st.sampled_from(OPTIONAL)), min_size=2, max_size=6))
+def test_a_batch_reads_each_request_as_alone_whatever_columns_it_sends(
+    core: FeatureCore, small_world: GeneratedLog, drops: list[set[str]]
+) -> None:
+    """Requests of one pass that send different candidate columns (a client may leave any
+    optional one out): the pass's rows, inputs included, are each request's rows alone."""
+    reqs = list(requests_of(small_world.log.head(400)))[: len(drops)]
+    cands = [
+        {k: v for k, v in c.items() if k not in drop}
+        for (_, c, _), drop in zip(reqs, drops, strict=True)
+    ]
+    ctxs = [r for r, _, _ in reqs]
+    batch = core.batch(ctxs, cands, also=CANDIDATE_COLUMNS)
+    alone = [core.online(r, c).matrix() for r, c in zip(ctxs, cands, strict=True)]
+    np.testing.assert_array_equal(batch.matrix(), np.vstack(alone))
+    inputs = pl.concat(
+        [
+            core.batch([r], [c], also=CANDIDATE_COLUMNS).inputs
+            for r, c in zip(ctxs, cands, strict=True)
+        ]
+    )
+    assert batch.inputs.select(CANDIDATE_COLUMNS).equals(inputs.select(CANDIDATE_COLUMNS))
+
+
 @CORES
 def test_matrix_equals_offline_matrix(
     core_name: str, small_world: GeneratedLog, request: pytest.FixtureRequest
