@@ -335,6 +335,15 @@ def run_clients(
     return got, {k: after[k] - before[k] for k in after}, wall
 
 
+def error_summary(got: list[Any]) -> str:
+    """The clients' errors (each result's second item: counts by status) as "n CODE ..."."""
+    errors: dict[str, int] = {}
+    for g in got:
+        for name, count in g[1].items():
+            errors[name] = errors.get(name, 0) + count
+    return " ".join(f"{c} {name}" for name, c in sorted(errors.items())) or "0"
+
+
 def load(
     kind: str, target: str, payloads: list[bytes], in_flight: int, duration: float, session: int
 ) -> dict[str, Any]:
@@ -350,10 +359,6 @@ def load(
     got, used, wall = run_clients(procs, (ready, go, results), duration, session)
     lat = np.concatenate([g[0] for g in got])
     n = max(len(lat), 1)
-    errors: dict[str, int] = {}
-    for g in got:
-        for name, count in g[1].items():
-            errors[name] = errors.get(name, 0) + count
     server, redis = used["server"], used["redis"]
     clients = sum(g[2] for g in got)
     return {
@@ -361,7 +366,7 @@ def load(
         "p50": pctl(lat, 50),
         "p99": pctl(lat, 99),
         "n": len(lat),
-        "errors": " ".join(f"{c} {name}" for name, c in sorted(errors.items())) or "0",
+        "errors": error_summary(got),
         "procs": procs_n,
         "server_ms": server / n * 1e3,
         "redis_ms": redis / n * 1e3,

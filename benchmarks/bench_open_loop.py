@@ -41,6 +41,7 @@ from .bench_grpc import (
     SCORE,
     TARGET_P99_MS,
     bench_config,
+    error_summary,
     make_requests,
     pctl,
     run_clients,
@@ -113,10 +114,6 @@ def point(
     # the clients connect and warm up after saying they are ready: a second more
     got, used, wall = run_clients(procs, (ready, go, results), duration, session, settle_s=1.0)
     lat = np.array([x for g in got for x in g[0]])
-    errors: dict[str, int] = {}
-    for g in got:
-        for name, count in g[1].items():
-            errors[name] = errors.get(name, 0) + count
     n = max(len(lat), 1)
     return {
         "rate": rate,
@@ -126,7 +123,7 @@ def point(
         "p90": pctl(lat, 90),
         "p99": pctl(lat, 99),
         "max": float(lat.max() * 1e3) if len(lat) else float("nan"),
-        "errors": " ".join(f"{c} {name}" for name, c in sorted(errors.items())) or "0",
+        "errors": error_summary(got),
         "late_sends": sum(g[3] for g in got),
         "server_ms": used["server"] / n * 1e3,
         "redis_ms": used["redis"] / n * 1e3,

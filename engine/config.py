@@ -171,7 +171,8 @@ class Protections(_Strict):
         except ValueError as exc:
             raise ValueError(f"taxonomy: {exc}") from None
         try:
-            self.content_branches()
+            if self.content_taxonomy:  # read (and kept) here; numbered once, by the rules
+                load_taxonomy(self.content_taxonomy)
         except ValueError as exc:
             raise ValueError(f"content_taxonomy: {exc}") from None
         for key, entries in [

@@ -19,7 +19,7 @@ from features.exposure import BUCKET_S, COUNT_COLUMNS, COUNT_DTYPE, SINCE_COLUMN
 from features.params import FeatureParams
 from features.registry import Feature, FeatureRegistry
 from features.schema import FORMATS, RATINGS, SLOTS
-from features.taxonomy import Branches
+from features.taxonomy import Branches, list_lengths
 
 FEATURES = FeatureRegistry()
 
@@ -170,7 +170,7 @@ def _affinity_through(columns: Sequence[pl.Series], branches: Branches) -> pl.Se
     if len(flat) == 0:
         return pl.Series(np.zeros(n), dtype=F64)
     (cat, tag), first, last = branches.code(category, flat)
-    lengths = pc.fill_null(pc.list_value_length(tags), 0).to_numpy().astype(np.int64)
+    lengths = list_lengths(tags)
     rank = np.arange(MAX_INTEREST_RANK)
     at = (np.cumsum(lengths) - lengths)[:, None] + rank
     t = np.where(rank < lengths[:, None], tag[np.minimum(at, len(tag) - 1)], -1)

@@ -144,8 +144,7 @@ class Branches:
         ``entries`` (a list column); a value or an entry the taxonomy does not know matches
         only itself, exactly."""
         n = len(values)
-        vlen = _filled(pc.list_value_length(values), 0)
-        elen = _filled(pc.list_value_length(entries), 0)
+        vlen, elen = list_lengths(values), list_lengths(entries)
         (v, e), first, last = self.code(pc.list_flatten(values), pc.list_flatten(entries))
         if not len(v) or not len(e):
             return np.zeros(n, dtype=bool)
@@ -162,6 +161,11 @@ class Branches:
         out = np.zeros(n, dtype=bool)
         out[erow[pair_entry[hit]]] = True
         return out
+
+
+def list_lengths(lists: pa.Array) -> np.ndarray:
+    """A list column's entry lengths as int64 numpy, 0 for a null entry."""
+    return _filled(pc.list_value_length(lists), 0)
 
 
 def _filled(values: pa.Array, null: int) -> np.ndarray:

@@ -167,10 +167,10 @@ DOMAIN_LABELS = 5  # the suffixes of a domain tried: a.b.c.d.e, b.c.d.e, c.d.e, 
 def _domain_listed(inputs: pl.DataFrame, lists: str, domain: str) -> np.ndarray:
     """Per row, whether its ``domain`` or a domain above it (``ford.com`` above
     ``www.ford.com``) is in its ``lists`` entry, in any case (one polars pass, none when no
-    row has both a list entry and a domain)."""
-    if len(inputs.get_column(lists).to_arrow().flatten()) == 0:
-        return np.zeros(len(inputs), dtype=bool)
+    row has both a list entry and a domain; the domains first: most requests send none)."""
     if inputs.get_column(domain).null_count() == len(inputs):
+        return np.zeros(len(inputs), dtype=bool)
+    if len(inputs.get_column(lists).to_arrow().flatten()) == 0:
         return np.zeros(len(inputs), dtype=bool)
     entries = pl.col(lists).list.eval(pl.element().str.to_lowercase())
     suffix = pl.col(domain).str.to_lowercase().str.strip_chars(".")
