@@ -22,7 +22,9 @@ script, both taken from Redis' own command statistics, and the Python part of a 
 (no I/O). Reads happen at
 their requests' own times, inside the recorded day (later impressions are already stored: the
 store must search for "before t"); the "live" row reads the same requests just after the day,
-as a server does.
+as a server does. ``--breakdown`` adds where the memory goes, per active user, by key kind
+and counter family (keys, hash fields, the bytes of field names and values, the counters' bytes
+by part, and Redis' ``MEMORY USAGE`` of the keys).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from engine.caps import evaluate
 from engine.caps.connect import open_store
 from engine.caps.embedded import EmbeddedRedis
 from engine.caps.gate import CapGate
+from engine.caps.lua import counter_parts
 from engine.caps.redis_store import RedisCapStore, decode_read
 from engine.caps.rules import parse_duration
 from engine.caps.store import Impression, scatter
@@ -153,6 +156,11 @@ def main() -> None:
     parser.add_argument("--hot", type=int, default=3_000, help="the hot user's impressions")
     parser.add_argument("--skip-reads", action="store_true", help="memory and writes only")
     parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="after recording: memory and bytes per active user by key kind and counter family",
+    )
+    parser.add_argument(
         "--candidates", default="100,500", help="candidates per timed read (comma-separated)"
     )
     parser.add_argument(
@@ -222,6 +230,8 @@ def run(args: argparse.Namespace, url: str, cluster: bool) -> None:
     )
     if aof_before is not None and aof_after is not None:
         print(f"AOF: {(aof_after - aof_before) / len(events):,.0f} bytes per impression")
+    if args.breakdown:
+        breakdown(store, prefix, users)
     if args.hot:
         _hot_user(gate, store, log, args.hot)
     if args.skip_reads:
@@ -246,6 +256,47 @@ def run(args: argparse.Namespace, url: str, cluster: bool) -> None:
                 f"{np.percentile(t, 99):.3f} | {calls / args.repeat:.2f} | {redis_us} |"
             )
     _clean(store, prefix, embedded)
+
+
+def breakdown(store: RedisCapStore, prefix: str, users: int) -> None:
+    """Where the memory goes, per active user: per key kind (``c:FAMILY`` counter families,
+    ``b`` blocks, ``i`` idempotency markers) its keys, hash fields, the bytes of its field
+    names and values (counters by part: header, day, hour and time entries) and what Redis
+    reports for its keys (``MEMORY USAGE``: values plus Redis' own structures)."""
+    rows: dict[str, dict[str, float]] = {}
+    for key in store.client.scan_iter(match=f"{prefix}:*", count=10_000):
+        parts = key.decode().split(":")
+        kind = parts[3] if len(parts) > 4 else parts[-1]
+        name = f"c:{parts[4]}" if kind == "c" else kind
+        row = rows.setdefault(name, dict.fromkeys(BREAKDOWN, 0.0))
+        row["keys"] += 1
+        row["memory"] += store.client.memory_usage(key, samples=0) or 0
+        if store.client.type(key) != b"hash":  # the markers' strings, the layout version
+            row["fields"] += 1
+            row["values"] += store.client.strlen(key)
+            continue
+        fields = store.client.hgetall(key)
+        row["fields"] += len(fields)
+        row["ids"] += sum(len(f) for f in fields)
+        for value in fields.values():
+            row["values"] += len(value)
+            if kind == "c":
+                for part, size in counter_parts(value).items():
+                    row[part] += size
+    total = dict.fromkeys(BREAKDOWN, 0.0)
+    print("| key kind | " + " | ".join(BREAKDOWN) + " |")
+    print("|---|" + "---|" * len(BREAKDOWN))
+    for name, row in sorted(rows.items(), key=lambda kv: -kv[1]["memory"]):
+        print(f"| {name} | " + " | ".join(f"{row[c] / users:,.0f}" for c in BREAKDOWN) + " |")
+        total = {c: total[c] + row[c] for c in BREAKDOWN}
+    print("| all | " + " | ".join(f"{total[c] / users:,.0f}" for c in BREAKDOWN) + " |")
+    print(
+        f"(per active user: keys, hash fields, bytes; Redis' own structures: "
+        f"{(total['memory'] - total['ids'] - total['values']) / users:,.0f} bytes)"
+    )
+
+
+BREAKDOWN = ("keys", "fields", "ids", "values", "head", "days", "hours", "times", "memory")
 
 
 def _clean(store: RedisCapStore, prefix: str, embedded: EmbeddedRedis | None) -> None:

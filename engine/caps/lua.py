@@ -61,6 +61,27 @@ failing check ``i`` or -1000000 for a block.
 
 from __future__ import annotations
 
+import struct
+
+COUNTER_HEAD = struct.Struct(">IHHII")  # the counter header (Lua's '>I4HHI4I4')
+DAY_ENTRY, HOUR_ENTRY, TIME_ENTRY = 4, 6, 8  # bytes of a day, an hour and a time entry
+
+
+def counter_parts(value: bytes) -> dict[str, int]:
+    """The bytes of one counter by part (header, day entries, hour entries, times), read from
+    its header: what each reader's data costs (``bench_caps --breakdown``)."""
+    _, days, hours, _, _ = COUNTER_HEAD.unpack_from(value)
+    parts = {
+        "head": COUNTER_HEAD.size,
+        "days": DAY_ENTRY * days,
+        "hours": HOUR_ENTRY * hours,
+    }
+    parts["times"] = len(value) - sum(parts.values())
+    if parts["times"] < 0 or parts["times"] % TIME_ENTRY:
+        raise ValueError(f"not a counter of this layout: {len(value)} bytes, header {parts}")
+    return parts
+
+
 _COMMON = r"""
 local up, pk = struct.unpack, struct.pack
 -- a counter's header: lifetime, day entries, hour entries, sum of the day counts, of the hours

@@ -20,6 +20,7 @@ from engine.caps.connect import check_server, client_options, open_store
 from engine.caps.embedded import EmbeddedRedis, parent_death_prefix
 from engine.caps.gate import CapGate, Reservation
 from engine.caps.keys import KEY_VERSION, KeySpace, fingerprint
+from engine.caps.lua import counter_parts
 from engine.caps.plan import Plan, micros
 from engine.caps.redis_store import RedisCapStore
 from engine.caps.rules import Family
@@ -69,6 +70,10 @@ def test_counter_bytes_are_the_documented_layout() -> None:
         assert client.hget(store.keys.counters(tag, advertiser, "u1"), "v1") == recent
         any_user = store.keys.counters(tag, Family(scope="user", target="any"), "u1")
         assert client.hget(any_user, "*") == recent
+        # what the benchmark's breakdown reads of a counter: its bytes by part
+        assert counter_parts(campaign) == {"head": 16, "days": 8, "hours": 6, "times": 24}
+        with pytest.raises(ValueError, match="not a counter"):
+            counter_parts(campaign[:-3])
     finally:
         server.stop()
 
