@@ -11,7 +11,9 @@ everything: features from Python lists, both models (compiled trees when the mod
 has them), experience cost, caps logic and ranking.
 
 ``--app`` first times ``App.decide`` on 1 x 100 with the in-memory cap store (no Redis): p50 of
-each stage (caps, then the scoring core's) and of the whole call.
+each stage (caps, then the scoring core's) and of the whole call. ``--app-gaps 0,2,10`` times
+it with a pause of each length between calls (wall p50 and the process's CPU per call): what a
+lone request costs against one of a steady stream.
 """
 
 from __future__ import annotations
@@ -94,6 +96,38 @@ def app_stages(model: Path, log: Path, repeat: int) -> str:
     return f"App.decide 1 x 100 (memory store) p50 ms: {split}; total {np.median(t) * 1e3:.2f}"
 
 
+def app_gaps(model: Path, log: Path, repeat: int, gaps_ms: list[float]) -> list[str]:
+    """``App.decide`` on 1 x 100 (memory store) with a pause of each length between calls, in
+    turn, twice: p50 wall time and the process's mean CPU time per call. A pause lets the
+    caches go cold: a lone request costs more than one of a steady stream."""
+    import time
+
+    config = load_config()
+    store = config.store.model_copy(update={"url": "memory://"})
+    app = build_app(config.model_copy(update={"store": store}), model)
+    requests = score_requests(log, 100, 64, seed=100)
+    out = []
+    try:
+        for request in requests:  # warm
+            app.decide(request)
+        for gap_ms in [*gaps_ms, *gaps_ms]:
+            wall, cpu = np.empty(repeat), np.empty(repeat)
+            for i in range(repeat):
+                start, start_cpu = time.perf_counter(), time.process_time()
+                app.decide(requests[i % len(requests)])
+                wall[i] = time.perf_counter() - start
+                cpu[i] = time.process_time() - start_cpu
+                if gap_ms:
+                    time.sleep(gap_ms / 1e3)
+            out.append(
+                f"App.decide 1 x 100 (memory store), {gap_ms:g} ms between calls: wall p50 "
+                f"{np.median(wall) * 1e3:.2f} ms, CPU mean {np.mean(cpu) * 1e3:.2f} ms"
+            )
+    finally:
+        app.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
@@ -101,9 +135,17 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=200)
     parser.add_argument("--runtime", default="auto", help="auto, lleaves or lightgbm")
     parser.add_argument("--app", action="store_true", help="also time App.decide per stage")
+    parser.add_argument(
+        "--app-gaps",
+        default="",
+        help="also time App.decide with pauses between calls (ms, comma-separated, e.g. 0,2,10)",
+    )
     args = parser.parse_args()
     if args.app:
         print(app_stages(args.model, args.log, 4 * args.repeat))
+    if args.app_gaps:
+        gaps = [float(g) for g in args.app_gaps.split(",")]
+        print("\n".join(app_gaps(args.model, args.log, args.repeat, gaps)))
 
     bundle = ModelBundle.load(args.model, runtime=args.runtime)
     scorer = Scorer(bundle, load_config())

@@ -828,6 +828,16 @@ def _plans(g: CapGate, requests: list[tuple[RequestContext, Any]]) -> list[Plan]
     ]
 
 
+def _cut(candidates: dict[str, list[Any]], k: int) -> dict[str, list[Any]]:
+    """The first 100 - 11 k candidates (none for k = 7), every fifth campaign and creative id
+    from the k-th on left out (null)."""
+    n = max(0, 100 - 11 * k) if k < 7 else 0
+    out = {name: list(values[:n]) for name, values in candidates.items()}
+    for name in ("campaign_id", "creative_id"):
+        out[name] = [None if (i - k) % 5 == 0 else v for i, v in enumerate(out[name])]
+    return out
+
+
 def _same(a: CapReading | AdmatchError, b: CapReading) -> None:
     assert isinstance(a, CapReading)
     for name in ("exposures", "rule_counts", "gap_since", "blocked"):
@@ -844,6 +854,13 @@ def test_a_read_of_many_plans_equals_reads_of_each(backend: tuple[str, Factory, 
     plans = _plans(g, requests)
     alone = [store.read(plan) for plan in plans]
     assert sum(np.nansum(a.exposures) for a in alone) > 0 and alone[1].blocked.any()
+    for together, one in zip(store.read_many(plans), alone, strict=True):
+        _same(together, one)
+    # a pass's plans of one shape are placed together: of other sizes, with ids left out
+    varied = [(ctx, _cut(cands, k)) for k, (ctx, cands) in enumerate(requests)]
+    plans = _plans(g, varied + varied[:3])
+    alone = [store.read(plan) for plan in plans]
+    assert [len(a.blocked) for a in alone[:4]] == [100, 89, 78, 67] and len(alone[7].blocked) == 0
     for together, one in zip(store.read_many(plans), alone, strict=True):
         _same(together, one)
     scoring = [
