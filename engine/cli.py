@@ -284,7 +284,7 @@ def train(
 
             def progress(target: str, done: int, total: int) -> None:
                 if target not in tasks:
-                    tasks[target] = bar.add_task(f"training {target} (early stopping)", total=total)
+                    tasks[target] = bar.add_task(f"training {target}", total=total)
                 bar.update(tasks[target], completed=done)
 
             meta = train_models(log, out, params, progress)
@@ -296,7 +296,7 @@ def train(
             "auc": m["auc"],
             "truth_auc": m.get("truth_auc"),
             "log_loss": m["log_loss"],
-            "trees": m["best_iteration"],
+            "trees": m["trees"],
             "valid_rows": m["rows"],
             "positives": m["positives"],
         }

@@ -59,6 +59,14 @@ class TrainParams(BaseModel):
     calibrate: bool = Field(
         True, description="recalibrate probabilities on the early-stopping block (Platt)"
     )
+    refit_min_outcomes: int = Field(
+        1000,
+        ge=0,
+        description="after early stopping, fit a target again on the fitting and early-stopping "
+        "blocks together (for the rounds found, scaled by the rows) when the early-stopping "
+        "block holds at least this many of its rarer outcome; 0 = always",
+    )
+    refit: bool = Field(True, description="allow the refit (see refit_min_outcomes)")
     allow_constant: bool = Field(
         False, description="train a target whose outcomes are all the same (else an error)"
     )
@@ -119,7 +127,9 @@ def _fit_one(
         lgb.early_stopping(params.early_stopping_rounds, verbose=False)
     ]
     if progress is not None:
-        callbacks.append(lambda env: progress(target, env.iteration + 1, params.max_rounds))
+        callbacks.append(
+            lambda env: progress(f"{target}, early stopping", env.iteration + 1, params.max_rounds)
+        )
     return lgb.train(
         params.lightgbm(),
         fit,
@@ -127,6 +137,39 @@ def _fit_one(
         valid_sets=[stop],
         callbacks=callbacks,
     )
+
+
+def _rarer_outcomes(part: dataset.Part, target: str) -> int:
+    """How many of a part's rows have the target's rarer outcome."""
+    y = part.labels[target][part.covered(target)]
+    positives = int(y.sum())
+    return min(positives, len(y) - positives)
+
+
+def _refit(
+    target: str,
+    data: dataset.TrainingData,
+    params: TrainParams,
+    stopped: lgb.Booster,
+    progress: Progress | None,
+) -> lgb.Booster:
+    """The booster fitted again on the fitting and early-stopping blocks together, for the
+    early-stopped booster's rounds scaled by the rows (more rows take more rounds to fit as
+    closely). The early-stopping block is the latest before validation, so the served trees
+    learn from the rows closest to the ones they will score."""
+    rows, stop_rows = data.fit.covered(target), data.early_stop.covered(target)
+    n_fit, n_all = int(rows.sum()), int(rows.sum() + stop_rows.sum())
+    rounds = max(1, round(stopped.best_iteration * n_all / n_fit))
+    both = lgb.Dataset(
+        np.vstack([data.fit.x[rows], data.early_stop.x[stop_rows]]),
+        np.concatenate([data.fit.labels[target][rows], data.early_stop.labels[target][stop_rows]]),
+        feature_name=data.names,
+        categorical_feature=data.categorical if params.categorical else [],
+    )
+    callbacks: list[Callable[..., None]] = []
+    if progress is not None:
+        callbacks.append(lambda env: progress(f"{target}, refit", env.iteration + 1, rounds))
+    return lgb.train(params.lightgbm(), both, num_boost_round=rounds, callbacks=callbacks)
 
 
 def _predicted(booster: lgb.Booster, part: dataset.Part, target: str) -> np.ndarray:
@@ -156,7 +199,7 @@ def _metrics(
         "log_loss": log_loss(y, p),
         "rows": len(y),
         "positives": int(y.sum()),
-        "best_iteration": booster.best_iteration,
+        "trees": booster.best_iteration or booster.num_trees(),
         "calibration": calibration(y, p),
         "reliability": reliability(y, p),
         "recalibration": {
@@ -203,9 +246,16 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     metrics, files = {}, {}
     for target in data.targets:
-        booster = _fit_one(target, data, params, progress)
-        fitted = _calibrate(booster, data, target) if params.calibrate else None
+        stopped = _fit_one(target, data, params, progress)
+        # the map is fitted on the early-stopped booster's predictions of the block it did not
+        # fit, and served with whichever booster is served where it lowers the validation loss
+        fitted = _calibrate(stopped, data, target) if params.calibrate else None
+        outcomes = _rarer_outcomes(data.early_stop, target)
+        refit = params.refit and outcomes >= params.refit_min_outcomes
+        booster = _refit(target, data, params, stopped, progress) if refit else stopped
         metrics[target], cal = _metrics(booster, data.validation, target, fitted)
+        metrics[target]["best_iteration"] = stopped.best_iteration
+        metrics[target]["refit"] = {"done": refit, "early_stopping_rarer_outcomes": outcomes}
         path = out / f"{target}.txt"
         booster.save_model(str(path), num_iteration=booster.best_iteration)
         files[target] = {
