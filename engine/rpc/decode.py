@@ -233,6 +233,16 @@ def _count(msg: pb.ScoreRequest, limits: Limits) -> int:
     return n
 
 
+def _unknown_as_none(values: Sequence[Any], n: int) -> list[Any]:
+    """A column with its unknown values (an empty string, a zero duration) as None: C-level
+    passes for the common cases, every value known or none."""
+    if not any(values):
+        return [None] * n
+    if all(values):
+        return list(values)
+    return [v or None for v in values]
+
+
 def _columns(msg: pb.ScoreRequest, limits: Limits) -> dict[str, Any]:
     """Candidate columns in the core's vocabulary, each value checked; empty strings and a zero
     duration mean unknown; a column left empty in the columnar encoding is absent."""
@@ -249,6 +259,7 @@ def _columns(msg: pb.ScoreRequest, limits: Limits) -> dict[str, Any]:
         if len(values) != n:
             raise InvalidArgument(paths.column(name), f"has {len(values)} values for {n} ads")
         if name in _TEXT:
+            values = list(values)  # a message's strings are made once, not once per pass
             limits.texts(values, lambda i, name=name: paths.at(name, i))  # type: ignore[misc]
         if name in _ENUM_TABLES:
             table, required = _ENUM_TABLES[name]
@@ -262,7 +273,7 @@ def _columns(msg: pb.ScoreRequest, limits: Limits) -> dict[str, Any]:
                 limits.entries(paths.at(name, i), entry, limits.blocked, "max_blocked")
             out[name] = [list(v) or None for v in values]
         else:
-            out[name] = [v or None for v in values]
+            out[name] = _unknown_as_none(values, n)
     check_ad_ids(out["ad_id"], paths.at)
     check_ranged(out, paths.at)
     return out

@@ -293,3 +293,29 @@ def test_both_encodings_carry_the_list_and_bitmask_attributes(name: str) -> None
         for column in ("excluded_content", "creative_attributes"):
             values = [list(r.candidates.get(column) or [None] * n) for r in (got, want)]
             assert values[0] == values[1], (column, columnar)  # an absent column: all null
+
+
+@pytest.mark.parametrize("columnar", [False, True])
+def test_unknown_values_decode_as_none_whatever_their_mix(columnar: bool) -> None:
+    """An empty string or a zero duration means unknown (None) in a column where every value
+    is known, none is, or some are: the same in both encodings."""
+    msg = base(columnar)
+    n = len(decode_request(msg).candidates["ad_id"])
+    mixes = {
+        "category": [""] * n,
+        "creative_id": [f"k{i}" for i in range(n)],
+        "advertiser_id": ["", *(f"v{i}" for i in range(1, n))],
+        "duration_s": [0, *range(15, 15 + n - 1)],
+    }
+    for name, values in mixes.items():
+        if columnar:
+            del getattr(msg.candidate_columns, name)[:]
+            getattr(msg.candidate_columns, name).extend(values)
+        else:
+            for item, value in zip(msg.candidates.items, values, strict=True):
+                setattr(item, name, value)
+    got = decode_request(pb.ScoreRequest.FromString(msg.SerializeToString())).candidates
+    assert got.get("category") in (None, [None] * n)  # an empty column: absent or all None
+    assert got["creative_id"] == mixes["creative_id"]
+    assert got["advertiser_id"] == [None, *mixes["advertiser_id"][1:]]
+    assert got["duration_s"] == [None, *mixes["duration_s"][1:]]
