@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from functools import partial
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.app import build_app
+from engine.app import App, build_app
 from engine.config import load_config
 from engine.model.bundle import ModelBundle
 from engine.model.runtime import LightGBMPredictor
@@ -80,11 +81,16 @@ def row(
 STAGES = ("features", "model", "rank")
 
 
-def app_stages(model: Path, log: Path, repeat: int) -> str:
-    """``App.decide`` on 1 x 100, in-memory cap store: a line of p50 ms per stage and total."""
+def _memory_app(model: Path) -> App:
+    """The shipped config's app with the in-memory cap store (no Redis)."""
     config = load_config()
     store = config.store.model_copy(update={"url": "memory://"})
-    app = build_app(config.model_copy(update={"store": store}), model)
+    return build_app(config.model_copy(update={"store": store}), model)
+
+
+def app_stages(model: Path, log: Path, repeat: int) -> str:
+    """``App.decide`` on 1 x 100, in-memory cap store: a line of p50 ms per stage and total."""
+    app = _memory_app(model)
     stages: dict[str, list[float]] = defaultdict(list)
     timer = CallbackTimer(partial(observe, stages))
     cycle = itertools.cycle(score_requests(log, 100, 64, seed=100))
@@ -100,11 +106,7 @@ def app_gaps(model: Path, log: Path, repeat: int, gaps_ms: list[float]) -> list[
     """``App.decide`` on 1 x 100 (memory store) with a pause of each length between calls, in
     turn, twice: p50 wall time and the process's mean CPU time per call. A pause lets the
     caches go cold: a lone request costs more than one of a steady stream."""
-    import time
-
-    config = load_config()
-    store = config.store.model_copy(update={"url": "memory://"})
-    app = build_app(config.model_copy(update={"store": store}), model)
+    app = _memory_app(model)
     requests = score_requests(log, 100, 64, seed=100)
     out = []
     try:

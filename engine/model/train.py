@@ -248,7 +248,8 @@ def train(
     for target in data.targets:
         stopped = _fit_one(target, data, params, progress)
         # the map is fitted on the early-stopped booster's predictions of the block it did not
-        # fit, and served with whichever booster is served where it lowers the validation loss
+        # fit; it goes with the booster served (refit or not) where it lowers the validation
+        # log loss (_metrics)
         fitted = _calibrate(stopped, data, target) if params.calibrate else None
         outcomes = _rarer_outcomes(data.early_stop, target)
         refit = params.refit and outcomes >= params.refit_min_outcomes
