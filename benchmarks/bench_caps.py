@@ -50,7 +50,7 @@ from engine.caps.gate import CapGate
 from engine.caps.lua import counter_parts
 from engine.caps.redis_store import RedisCapStore, decode_read
 from engine.caps.rules import parse_duration
-from engine.caps.store import Impression, scatter
+from engine.caps.store import Impression, place
 from engine.config import load_config
 from engine.synth.generator import generate
 from engine.synth.params import WorldParams
@@ -433,7 +433,7 @@ def _calls(
     def python_only(i: int) -> object:  # what gate.read does, minus the round trip
         plan = gate.planner.plan(*reqs[i % len(reqs)])
         store._read_keys_args(plan)
-        reading = scatter(plan, *decode_read(plan, replies[i % len(reqs)]))
+        reading = place(plan, *decode_read(plan, replies[i % len(reqs)]))
         return evaluate.refused(reading, *gate._thresholds)
 
     return [

@@ -25,10 +25,10 @@ def thresholds(rules: Sequence[CapRule], gaps: Sequence[GapRule]) -> tuple[np.nd
 
 
 def refused(reading: CapReading, limits: np.ndarray, min_gaps: np.ndarray) -> np.ndarray:
-    """:func:`capped` with the thresholds computed once (:func:`thresholds`)."""
-    with np.errstate(invalid="ignore"):
-        over = (reading.rule_counts >= limits).any(axis=1) if len(limits) else False
-        close = (reading.gap_since < min_gaps).any(axis=1) if len(min_gaps) else False
+    """:func:`capped` with the thresholds computed once (:func:`thresholds`). A NaN (the rule
+    does not apply) compares false, without a warning (numpy >= 2)."""
+    over = (reading.rule_counts >= limits).any(axis=1) if len(limits) else False
+    close = (reading.gap_since < min_gaps).any(axis=1) if len(min_gaps) else False
     return np.asarray(over | close | reading.blocked, dtype=bool)
 
 
@@ -38,8 +38,7 @@ def separated(reading: CapReading, min_gaps: np.ndarray, which: slice) -> np.nda
     gaps = min_gaps[which]
     if not len(gaps):
         return np.zeros(len(reading.gap_since), dtype=bool)
-    with np.errstate(invalid="ignore"):
-        return np.asarray((reading.gap_since[:, which] < gaps).any(axis=1), dtype=bool)
+    return np.asarray((reading.gap_since[:, which] < gaps).any(axis=1), dtype=bool)
 
 
 def subject_to_caps(plan: Plan) -> np.ndarray:

@@ -27,8 +27,9 @@ from engine.caps.store import (
     Matrices,
     StoreUnavailable,
     block_writes,
+    dense_rows,
     group_matrices,
-    scatter,
+    place,
 )
 from engine.errors import AdmatchError
 
@@ -95,7 +96,7 @@ class MemoryCapStore:
         """See :class:`CapStore` (in memory: nothing to wait for)."""
         with self._lock:
             matrices, blocks = self._read(plan)
-        return scatter(plan, matrices, blocks)
+        return place(plan, dense_rows(matrices), blocks)
 
     def read_many(
         self, plans: Sequence[Plan], budget_s: float | None = None
@@ -103,7 +104,7 @@ class MemoryCapStore:
         """See :class:`CapStore`: every plan under one hold of the lock."""
         with self._lock:
             answers = [self._read(plan) for plan in plans]
-        return [scatter(plan, *a) for plan, a in zip(plans, answers, strict=True)]
+        return [place(plan, dense_rows(m), b) for plan, (m, b) in zip(plans, answers, strict=True)]
 
     @staticmethod
     def _marker(imp: Impression) -> tuple[str | None, str, str]:

@@ -108,8 +108,9 @@ class Plan:
     """One request's lookups: its shape, time, scope ids and candidate ids.
 
     ``fields[g]`` are the distinct ids of group ``g`` (``["*"]`` for the target any) and
-    ``rows[g]`` each candidate's index among them (-1: a null id, nothing to read). ``only``
-    maps a campaign's own cap (rule index) to the field of its campaign (-1: not a candidate).
+    ``rows[g]`` each candidate's index among them (-1: a null id, nothing to read);
+    ``nulls[g]`` says whether some candidate has -1 there. ``only`` maps a campaign's own cap
+    (rule index) to the field of its campaign (-1: not a candidate).
     """
 
     shape: Shape
@@ -121,6 +122,7 @@ class Plan:
     fields: list[list[str]]
     rows: list[np.ndarray]
     only: dict[int, int]
+    nulls: list[bool]
 
     @property
     def lookups(self) -> tuple[Lookup, ...]:
@@ -169,18 +171,22 @@ class Plan:
         return rows == campaign if campaign >= 0 else np.zeros(self.n, dtype=bool)
 
 
-def _distinct(values: Sequence[object] | np.ndarray | None, n: int) -> tuple[list[str], np.ndarray]:
-    """Distinct non-null ids in first-seen order, and each candidate's index among them (-1 for
-    a null id). C-level passes over the candidates only."""
+_Ids = tuple[list[str], np.ndarray, bool]  # distinct ids, each candidate's index, any null
+
+
+def _distinct(values: Sequence[object] | np.ndarray | None, n: int) -> _Ids:
+    """Distinct non-null ids in first-seen order, each candidate's index among them (-1 for a
+    null id), and whether some id is null. C-level passes over the candidates only."""
     if values is None:
-        return [], np.full(n, -1, dtype=np.int64)
+        return [], np.full(n, -1, dtype=np.int64), n > 0
     index: dict[Any, int] = dict.fromkeys(values, -1)
-    index.pop(None, None)
+    null = index.pop(None, None) is not None
     for i, value in enumerate(index):  # the distinct ids, not the candidates
         index[value] = i
     fields = list(index)
     index[None] = -1
-    return fields, np.fromiter(map(index.__getitem__, values), dtype=np.int64, count=n)
+    rows = np.fromiter(map(index.__getitem__, values), dtype=np.int64, count=n)
+    return fields, rows, null
 
 
 class Planner:
@@ -227,18 +233,19 @@ class Planner:
             self._shapes[key] = shape
         return shape
 
-    def _ids(
-        self, candidates: CandidateColumns, column: str, n: int
-    ) -> tuple[list[str], np.ndarray]:
-        """A group's distinct ids and each candidate's index among them; the competition
-        labels from the distinct categories (a pass over the categories, not the candidates)."""
+    def _ids(self, candidates: CandidateColumns, column: str, n: int) -> _Ids:
+        """A group's distinct ids, each candidate's index among them and whether some id is
+        null; the competition labels from the distinct categories (a pass over the categories,
+        not the candidates)."""
         if column != COMPETITOR:
             return _distinct(candidates.get(column), n)
-        categories, rows = _distinct(candidates.get("category"), n)
+        categories, rows, null = _distinct(candidates.get("category"), n)
         if not categories:
-            return [], rows
-        labels, index = _distinct([self.competing.get(c, c) for c in categories], len(categories))
-        return labels, np.where(rows >= 0, index[rows], -1)
+            return [], rows, null
+        labels, index, _ = _distinct(
+            [self.competing.get(c, c) for c in categories], len(categories)
+        )
+        return labels, np.where(rows >= 0, index[rows], -1), null
 
     def plan(
         self, context: RequestContext, candidates: CandidateColumns, own: Sequence[CapRule] = ()
@@ -248,15 +255,17 @@ class Planner:
         global rules in the rule order of the answers."""
         shape = self.shape(context, own)
         n = len(candidates["ad_id"])
-        fields, rows = [], []
+        fields, rows, nulls = [], [], []
         for column in shape.columns:
             if column is None:
                 fields.append([ANY])
                 rows.append(np.zeros(n, dtype=np.int64))
+                nulls.append(False)
             else:
-                f, r = self._ids(candidates, column, n)
+                f, r, null = self._ids(candidates, column, n)
                 fields.append(f)
                 rows.append(r)
+                nulls.append(null)
         only: dict[int, int] = {}
         if own:
             campaigns = {c: i for i, c in enumerate(fields[shape.columns.index("campaign_id")])}
@@ -273,6 +282,7 @@ class Planner:
             fields,
             rows,
             only,
+            nulls,
         )
 
 

@@ -46,11 +46,10 @@ from engine.caps.store import (
     Check,
     Feedback,
     Impression,
-    Matrices,
+    Rows,
     StoreUnavailable,
     block_writes,
-    group_matrices,
-    scatter,
+    place,
 )
 from engine.errors import AdmatchError, InvalidArgument
 
@@ -63,26 +62,34 @@ _Write = tuple[str, str, str | None, list[int]]  # family code, scope and target
 _Call = tuple[list[str], list[EncodableT]]  # a script call's KEYS and ARGV
 
 
-def decode_read(plan: Plan, reply: bytes) -> tuple[Matrices, np.ndarray]:
-    """The READ reply (big-endian doubles) as answer matrices (one per group) and, per
-    candidate, whether a block covers it."""
-    values = np.frombuffer(reply, dtype=">f8")
-    matrices = group_matrices(plan)
+def decode_read(plan: Plan, reply: bytes) -> tuple[Rows, np.ndarray]:
+    """The READ reply (big-endian doubles) as the fields with history of each group and their
+    answers, and, per candidate, whether a block covers it."""
+    values = np.frombuffer(reply, dtype=">f8").astype(np.float64)  # native: one byte swap
+    rows: Rows = []
     pos = 0
-    for answers, width in zip(matrices, plan.shape.widths, strict=True):
+    for width in plan.shape.widths:
         size = int(values[pos])
         if size:
-            rows = values[pos + 1 : pos + 1 + size].reshape(-1, width + 1)
-            answers[rows[:, 0].astype(np.int64) - 1] = rows[:, 1:]
+            found = values[pos + 1 : pos + 1 + size].reshape(-1, width + 1)
+            rows.append((found[:, 0].astype(np.int64) - 1, found[:, 1:]))
+        else:
+            rows.append(None)
         pos += 1 + size
     flags = []
     for spec in plan.shape.blocks:  # per block spec: the number of blocked fields, their indices
         size = int(values[pos])
-        flagged = np.zeros(len(plan.block_fields(spec)), dtype=bool)
-        flagged[values[pos + 1 : pos + 1 + size].astype(np.int64) - 1] = True
-        flags.append(flagged)
+        if size:
+            flagged = np.zeros(len(plan.block_fields(spec)), dtype=bool)
+            flagged[values[pos + 1 : pos + 1 + size].astype(np.int64) - 1] = True
+            flags.append(flagged)
+        else:
+            flags.append(_NONE_FLAGGED)
         pos += 1 + size
-    return matrices, plan.blocked(flags)
+    return rows, plan.blocked(flags)
+
+
+_NONE_FLAGGED = np.zeros(0, dtype=bool)
 
 
 def _reading(plan: Plan, reply: object) -> CapReading | AdmatchError:
@@ -91,7 +98,7 @@ def _reading(plan: Plan, reply: object) -> CapReading | AdmatchError:
         return reply
     if isinstance(reply, Exception):
         return _unavailable(reply)
-    return scatter(plan, *decode_read(plan, cast("bytes", reply)))
+    return place(plan, *decode_read(plan, cast("bytes", reply)))
 
 
 def _unavailable(exc: Exception) -> StoreUnavailable:
@@ -251,7 +258,7 @@ class RedisCapStore:
         """See :class:`CapStore`."""
         keys, args = self._read_keys_args(plan)
         reply = self._call(lambda: self._eval(self._read, keys, args, budget_s))
-        return scatter(plan, *decode_read(plan, reply))
+        return place(plan, *decode_read(plan, reply))
 
     def read_many(
         self, plans: Sequence[Plan], budget_s: float | None = None

@@ -116,6 +116,10 @@ class Shape:
     gathers: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...] = field(repr=False)
     since_outputs: np.ndarray = field(repr=False)
     output_defaults: np.ndarray = field(repr=False)
+    # what a candidate reads when none of its ids has history (its rule counts 0, no latest
+    # time), and each campaign's own cap with its output column (see ``store.place``)
+    base_row: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    own_targets: tuple[tuple[Target, int], ...] = field(default=(), repr=False)
 
     def output_column(self, target: Target) -> int:
         """Column of a target in the concatenated outputs (exposures, rule_counts, gap_since)."""
@@ -236,12 +240,18 @@ def _finish(shape: Shape) -> Shape:
     out = np.full(N_EXPOSURES + shape.n_rules + shape.n_gaps, np.nan)
     out[:N_EXPOSURES] = [0.0 if name.startswith("exp_") else np.nan for name in _EXPOSURE_INDEX]
     since = sorted({shape.output_column(t) for t in shape.targets if t.since})
+    base = out.copy()
+    for g, (src, dest, _) in enumerate(gathers):
+        base[dest] = defaults[g][src]
+    base[since] = np.nan  # no latest time: no seconds since
     return replace(
         shape,
         row_defaults=tuple(defaults),
         gathers=tuple(gathers),
         since_outputs=np.asarray(since, dtype=np.int64),
         output_defaults=out,
+        base_row=base,
+        own_targets=tuple((t, shape.output_column(t)) for t in shape.targets if t.rule >= 0),
     )
 
 

@@ -142,6 +142,9 @@ class CapReading:
 
 
 Matrices = list[np.ndarray]  # per group of a plan: (fields + 1) x row width, see group_matrices
+# per group of a plan, the fields with history: their indices (0-based) and their answers (k x
+# row width); ``None`` when no field of the group has any (every candidate reads the defaults)
+Rows = list[tuple[np.ndarray, np.ndarray] | None]
 
 
 def group_matrices(plan: Plan) -> Matrices:
@@ -155,30 +158,47 @@ def group_matrices(plan: Plan) -> Matrices:
     return out
 
 
-def scatter(plan: Plan, matrices: Matrices, blocked: np.ndarray) -> CapReading:
-    """Place the answers where the plan says they go: one gather per group of ids.
+def dense_rows(matrices: Matrices) -> Rows:
+    """Every field of every group as one with history (a backend that answers every field)."""
+    return [(np.arange(len(m) - 1), m[:-1]) for m in matrices]
+
+
+def place(plan: Plan, rows: Rows, blocked: np.ndarray) -> CapReading:
+    """Place the answers where the plan says they go.
+
+    Every candidate starts from the shape's ``base_row`` (what it reads when none of its ids
+    has history); only a group with fields that have history is gathered (one gather for the
+    group), so a request whose ids have little history costs few array calls.
 
     Args:
         plan: the request's plan.
-        matrices: the answers per group (see :func:`group_matrices`).
+        rows: per group, its fields with history and their answers (see :data:`Rows`).
         blocked: per candidate, whether a block covers it (:meth:`Plan.blocked`).
     """
-    shape = plan.shape
-    out = np.empty((plan.n, len(shape.output_defaults)))
-    out[:] = shape.output_defaults
+    shape, n = plan.shape, plan.n
+    out = np.repeat(shape.base_row[None, :], n, axis=0)
+    filled: dict[int, np.ndarray] = {}
     for g, (src, dest, refusals) in enumerate(shape.gathers):
-        if len(src):
-            rows = plan.rows[g]
-            out[:, dest] = matrices[g][:, src][rows]
-            if len(refusals) and plan.n and rows.min() < 0:  # no id: the rule does not apply
-                out[np.ix_(rows < 0, refusals)] = np.nan
-    for t in shape.targets:
-        if t.rule >= 0:  # a campaign's own cap: only that campaign's candidates
-            applies = plan.applies(t)
-            rows = plan.rows[t.group][applies]
-            out[applies, shape.output_column(t)] = matrices[t.group][rows, t.column]
+        group = rows[g]
+        if group is not None and len(group[0]):
+            answers = np.empty((len(plan.fields[g]) + 1, len(shape.row_defaults[g])))
+            answers[:] = shape.row_defaults[g]
+            answers[group[0]] = group[1]
+            filled[g] = answers
+            if len(src):
+                out[:, dest] = answers.take(plan.rows[g], 0).take(src, 1)
+        if len(refusals) and plan.nulls[g]:  # no id: the rule does not apply
+            out[np.ix_(plan.rows[g] < 0, refusals)] = np.nan
+    for t, column in shape.own_targets:  # a campaign's own cap: only its campaign's candidates
+        applies = plan.applies(t)
+        if applies.any():
+            found = filled.get(t.group)
+            if found is None:
+                out[applies, column] = shape.row_defaults[t.group][t.column]
+            else:
+                out[applies, column] = found[plan.rows[t.group][applies], t.column]
     since = shape.since_outputs
-    if len(since):
+    if filled and len(since):  # the latest times read become seconds since (none: NaN)
         latest = out[:, since]
         latest[latest < 0] = np.nan
         out[:, since] = (plan.t_us - latest) / US

@@ -7,11 +7,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import pytest
 
 from engine.caps import evaluate
 from engine.caps.plan import FEATURE_FAMILIES, Planner, impression_writes, plan_request
 from engine.caps.rules import CapRule, FeedbackBlock, GapRule, parse_duration
-from engine.caps.store import CapReading
+from engine.caps.store import CapReading, dense_rows, group_matrices, place
 from features.online import RequestContext
 
 T = datetime(2026, 3, 3, 20, tzinfo=UTC)
@@ -90,6 +91,35 @@ def test_shapes_are_cached_per_situation_and_bind_campaign_caps() -> None:
     other = planner.plan(CTX, CANDS, absent)
     assert other.shape is plan.shape  # same shape: only the campaign differs
     assert not other.applies(next(t for t in other.shape.targets if t.rule >= 0)).any()
+
+
+@pytest.mark.parametrize("with_history", [(), (0,), (0, 2), "all"])
+def test_answers_placed_from_the_fields_with_history_equal_the_dense_answers(
+    with_history: tuple[int, ...] | str,
+) -> None:
+    """A backend answers only the fields that have history (the Redis READ) or every field
+    (the in-memory store); both place the same reading, whichever groups have history, with a
+    campaign's own cap and a null id among the candidates."""
+    own = [CapRule(scope="user", target="campaign", window="1h", limit=1, campaign_id="c1")]
+    plan = Planner(RULES, GAPS, FeedbackBlock().rules(), 7 * 86_400).plan(CTX, CANDS, own)
+    rng = np.random.default_rng(len(with_history))
+    dense = group_matrices(plan)
+    sparse: list[tuple[np.ndarray, np.ndarray] | None] = []
+    for g, answers in enumerate(dense):
+        if with_history != "all" and g not in with_history:
+            sparse.append(None)  # no field of the group has history: the defaults stand
+            continue
+        if not plan.fields[g]:
+            sparse.append((np.zeros(0, dtype=np.int64), answers[:0]))
+            continue
+        answers[0] = rng.integers(1, 5, size=answers.shape[1])  # the first field has history
+        answers[0, -1] = plan.t_us - 90 * 1_000_000  # (a latest time, 90 s before t)
+        sparse.append((np.zeros(1, dtype=np.int64), answers[:1].copy()))
+    blocked = np.zeros(plan.n, dtype=bool)
+    expected, got = place(plan, dense_rows(dense), blocked), place(plan, sparse, blocked)
+    for name in ("exposures", "rule_counts", "gap_since"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), err_msg=name)
+    assert np.isnan(got.rule_counts[2, 1])  # no campaign id: the campaign rule does not apply
 
 
 def test_candidate_ids_are_read_once_each() -> None:
