@@ -78,6 +78,24 @@ def test_counter_bytes_are_the_documented_layout() -> None:
         server.stop()
 
 
+def test_a_family_of_few_targets_stays_compact_whatever_its_counters_length() -> None:
+    """A family's hash holds one counter a target; with a few targets Redis keeps it compact
+    (a listpack, a few bytes a field) unless a value outgrows ``hash-max-ziplist-value``: the
+    embedded server allows counters of up to 1 KiB there, so a user's any-ad counter with a
+    day of hour counts (> 64 bytes, Redis' default) does not turn the hash into a table."""
+    server = EmbeddedRedis().start()
+    try:
+        client = server.client()
+        store = RedisCapStore(client, RULES, GAPS, BLOCKS, KeySpace("compact"))
+        store.record([imp(i, 60 * i) for i in range(24)])  # one an hour for a day
+        tag = store.keys.tag("h1", "u1")
+        any_user = store.keys.counters(tag, Family(scope="user", target="any"), "u1")
+        assert len(client.hget(any_user, "*")) > 64
+        assert client.object("encoding", any_user) in (b"ziplist", b"listpack")
+    finally:
+        server.stop()
+
+
 def test_impressions_ahead_within_max_ahead_push_out_no_count() -> None:
     """A counter keeps the ``limit`` latest times before its newest minus ``max_ahead`` (the
     earliest a live read may be), and every time after that. Three impressions timed 1-3
