@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -168,7 +170,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.cluster:
-        with local_cluster(Path(tempfile.mkdtemp(prefix="bench-caps-cluster-"))) as url:
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-caps-cluster-") as work,
+            local_cluster(Path(work)) as url,
+        ):
             run(args, url, cluster=True)
     else:
         run(args, args.url, cluster=False)
@@ -232,6 +237,8 @@ def run(args: argparse.Namespace, url: str, cluster: bool) -> None:
         print(f"AOF: {(aof_after - aof_before) / len(events):,.0f} bytes per impression")
     if args.breakdown:
         breakdown(store, prefix, users)
+        if embedded is not None and aof_before is not None and aof_after is not None:
+            aof_breakdown(_aof_path(embedded), aof_before, aof_after, len(events))
     if args.hot:
         _hot_user(gate, store, log, args.hot)
     if args.skip_reads:
@@ -256,6 +263,59 @@ def run(args: argparse.Namespace, url: str, cluster: bool) -> None:
                 f"{np.percentile(t, 99):.3f} | {calls / args.repeat:.2f} | {redis_us} |"
             )
     _clean(store, prefix, embedded)
+
+
+def _aof_path(embedded: EmbeddedRedis) -> Path:
+    return (embedded.state_dir or embedded.directory) / "appendonly.aof"
+
+
+def _commands(data: bytes) -> Iterator[list[bytes]]:
+    """The commands of an append-only file's bytes (RESP arrays of bulk strings)."""
+    pos, end = 0, len(data)
+    while pos < end:
+        line = data.index(b"\r\n", pos)
+        argc, pos = int(data[pos + 1 : line]), line + 2
+        args = []
+        for _ in range(argc):
+            line = data.index(b"\r\n", pos)
+            size, pos = int(data[pos + 1 : line]), line + 2
+            args.append(data[pos : pos + size])
+            pos += size + 2
+        yield args
+
+
+def aof_breakdown(path: Path, start: int, end: int, impressions: int) -> None:
+    """What the recording wrote to the append-only file (bytes ``start`` to ``end``), per
+    impression: per command its count and bytes (framing included), and for the counters'
+    HSETs the bytes of keys, fields and values, the values by counter family."""
+    time.sleep(1.5)  # appendfsync everysec: the last second reaches the file
+    with path.open("rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    count: dict[str, float] = defaultdict(float)
+    size: dict[str, float] = defaultdict(float)
+    parts: dict[str, float] = defaultdict(float)
+    for args in _commands(data):
+        name = args[0].decode().upper()
+        count[name] += 1
+        framing = len(f"*{len(args)}\r\n") + sum(len(f"${len(a)}\r\n") + 2 for a in args)
+        size[name] += framing + sum(map(len, args))
+        if name == "HSET" and b":c:" in args[1]:
+            family = args[1].split(b":c:")[1].split(b":")[0].decode()
+            parts["key"] += len(args[1])
+            parts["field"] += len(args[2])
+            parts["value"] += len(args[3])
+            parts[f"value {family}"] += len(args[3])
+    n = max(impressions, 1)
+    print(f"AOF per impression: {(end - start) / n:,.0f} bytes")
+    print("| command | per impression | bytes per impression |")
+    print("|---|---|---|")
+    for name in sorted(size, key=lambda c: -size[c]):
+        print(f"| {name} | {count[name] / n:.2f} | {size[name] / n:,.0f} |")
+    counters = ", ".join(
+        f"{k} {v / n:,.0f}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1])
+    )
+    print(f"counter HSETs, bytes per impression: {counters}")
 
 
 def breakdown(store: RedisCapStore, prefix: str, users: int) -> None:
@@ -300,11 +360,15 @@ BREAKDOWN = ("keys", "fields", "ids", "values", "head", "days", "hours", "times"
 
 
 def _clean(store: RedisCapStore, prefix: str, embedded: EmbeddedRedis | None) -> None:
+    """Delete the run's keys; stop the embedded server and remove its state (its append-only
+    file: ~500 MB after the wide traffic)."""
     for key in store.client.scan_iter(match=f"{prefix}:*", count=10_000):
         store.client.delete(key)
     store.close()
     if embedded is not None:
         embedded.stop()
+        if embedded.state_dir is not None:
+            shutil.rmtree(embedded.state_dir, ignore_errors=True)
 
 
 def _world(args: argparse.Namespace) -> WorldParams:
