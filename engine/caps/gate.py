@@ -102,20 +102,37 @@ class CapGate:
         Raises:
             InvalidArgument: a cap over a window up to the retention with a limit above
                 ``campaign_times`` (the store keeps that many times per campaign: it could not
-                count further exactly), naming the campaign and the cap.
+                count further exactly), or a cap with a touchpoint or slot filter or another
+                target than the campaign (only the families of the global rules are written
+                filtered: such a cap would count nothing), naming the campaign, the cap and
+                the field.
         """
         out = []
         for campaign, caps in (campaign_caps or {}).items():
             for i, rule in enumerate(caps):
+                at = f"campaign_caps[{campaign!r}][{i}]"
+                for name in ("touchpoint", "slot"):
+                    if getattr(rule, name) is not None:
+                        raise InvalidArgument(
+                            f"{at}.{name}",
+                            "a campaign's own cap counts the campaign's exposures on every "
+                            f"touchpoint; a {name} filter is not supported (a global rule "
+                            "in [[caps.rules]] can have one)",
+                        )
+                if rule.target != "campaign":
+                    raise InvalidArgument(
+                        f"{at}.target",
+                        f"a campaign's own cap counts its campaign, not {rule.target!r}",
+                    )
                 w = rule.window_s
                 if w is not None and w <= self.retention_s and rule.limit > self.campaign_times:
                     raise InvalidArgument(
-                        f"campaign_caps[{campaign!r}][{i}].limit",
+                        f"{at}.limit",
                         f"{rule.limit} over {rule.window}: at most {self.campaign_times} for "
                         "a window up to store.retention (store.campaign_times); a longer "
                         "window counts by day",
                     )
-                out.append(rule.model_copy(update={"campaign_id": campaign, "target": "campaign"}))
+                out.append(rule.model_copy(update={"campaign_id": campaign}))
         return out
 
     def rules(self, campaign_caps: CampaignCaps | None = None) -> list[CapRule]:

@@ -509,6 +509,36 @@ def test_campaigns_bring_their_own_caps(backend: tuple[str, Factory, Any]) -> No
     assert g.reserve(ctx, [single], [again], own) == [Reservation.CAPPED]
 
 
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"touchpoint": "ott"}, "touchpoint"),
+        ({"slot": "ott_pause"}, "slot"),
+        ({"target": "advertiser"}, "target"),
+    ],
+)
+def test_a_campaigns_own_cap_with_a_filter_or_another_target_is_refused(
+    backend: tuple[str, Factory, Any], extra: dict[str, str], field: str
+) -> None:
+    """A campaign's own cap counts its campaign's exposures everywhere (the gRPC contract has
+    no filter for it). One with a touchpoint or slot filter was taken and never bound: its
+    filtered family is never written, so it counted 0 however often the campaign was shown;
+    one of another target was silently made a campaign cap. Both are refused, by field."""
+    store = backend[1]()
+    store.record([imp(1, -20, campaign_id="c2"), imp(2, -10, campaign_id="c2")])
+    ctx = RequestContext("r", T0, "u1", "ott", "ott_pause", household_id="h1", device_id="tv1")
+    cands: dict[str, list[Any]] = {
+        "ad_id": ["a2"],
+        "campaign_id": ["c2"],
+        "format": ["image"],
+        "bid": [1.0],
+        "pricing": ["cpm"],
+    }
+    rule = {"scope": "user", "target": "campaign", "window": "24h", "limit": 1, **extra}
+    with pytest.raises(InvalidArgument, match=rf"campaign_caps\['c2'\]\[0\]\.{field}"):
+        gate(store).read(ctx, cands, {"c2": [CapRule(**rule)]})
+
+
 def test_day_windows_count_late_events_in_their_own_day(backend: tuple[str, Factory, Any]) -> None:
     """30-day windows count the last 30 calendar days (today included), whatever order the
     impressions arrive in; the day before them is out."""
