@@ -105,6 +105,9 @@ class App:
         # how far ahead of a transport's clock recorded times may lie: the store was opened
         # keeping this much more than its retention (a reload does not reopen it)
         self.max_ahead_s = parse_duration(config.store.max_ahead)
+        # the store's settings stay those it was opened with (a reload does not reopen it):
+        # the gates plan by them, whatever a reloaded config says (only fail_mode follows)
+        self._store_settings = config.store
         self._lock = threading.Lock()
         self._committed: list[Callable[[], object]] = []
         self._scorer = Scorer(_loaded(model_dir), config)
@@ -117,7 +120,8 @@ class App:
         )
 
     def _make_gate(self, config: AdmatchConfig) -> CapGate:
-        retention = parse_duration(config.store.retention)
+        opened = self._store_settings
+        retention = parse_duration(opened.retention)
         pods = frozenset(
             name
             for name, slot in config.slots.items()
@@ -129,7 +133,7 @@ class App:
             retention,
             config.store.fail_mode == "open",
             pods,
-            config.store.campaign_times,
+            opened.campaign_times,
         )
 
     @property
@@ -321,6 +325,8 @@ class App:
         """Serve what :meth:`stage` loaded (requests in flight finish on what they began with);
         then tell the listeners (:meth:`after_commit`)."""
         with self._lock:
+            # the store writes by the new cap rules before any request is planned by them
+            self.store.configure(staged.scorer.config.caps)
             self._scorer, self._gate, self.model_dir = staged.scorer, staged.gate, staged.model_dir
         for listener in self._committed:
             listener()

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from engine.caps.plan import Plan
+from engine.caps.rules import CapsConfig
 from engine.caps.store import (
     Attempt,
     CapReading,
@@ -199,6 +200,10 @@ class GuardedStore:
     def block(self, feedback: list[Feedback]) -> int:
         """See :class:`CapStore`."""
         return self._guarded(lambda: self.store.block(feedback))
+
+    def configure(self, caps: CapsConfig) -> None:
+        """See :class:`CapStore` (not guarded: no call to the store)."""
+        self.store.configure(caps)
 
     def ping(self, budget_s: float | None = None) -> None:
         """See :class:`CapStore` (not guarded: the breaker's probe)."""

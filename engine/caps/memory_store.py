@@ -16,7 +16,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from engine.caps.plan import DAY_US, US, Plan, impression_writes, micros
-from engine.caps.rules import BlockRule, CapRule, Family, GapRule, competitor_ids
+from engine.caps.rules import (
+    BlockRule,
+    CapRule,
+    CapsConfig,
+    Family,
+    GapRule,
+    competitor_ids,
+)
 from engine.caps.store import (
     BLOCK_REFUSAL,
     Attempt,
@@ -164,6 +171,12 @@ class MemoryCapStore:
                 self._blocks[key] = max(self._blocks.get(key, -1), w.until_us)
                 n += 1
         return n
+
+    def configure(self, caps: CapsConfig) -> None:
+        """See :class:`CapStore`."""
+        with self._lock:
+            self.rules, self.gaps, self.blocks = caps.rules, caps.gap_rules, caps.block_rules
+            self.competing = dict(caps.competitor_of)
 
     def ping(self, budget_s: float | None = None) -> None:
         """See :class:`CapStore`: in memory, always there."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
@@ -37,6 +38,7 @@ from engine.caps.rules import (
     TARGET_COLUMN,
     BlockRule,
     CapRule,
+    CapsConfig,
     GapRule,
     competitor_ids,
 )
@@ -168,6 +170,7 @@ class RedisCapStore:
         self._on_close = on_close
         self._specs: dict[int, _Spec] = {}
         self._writes: dict[tuple[str, str], list[_Write]] = {}
+        self._configuring = threading.Lock()  # a reload's rules against the writes' cache
         self._read = client.register_script(lua.READ)
         self._record = client.register_script(lua.RECORD)
         self._check_record = client.register_script(lua.CHECK_RECORD)
@@ -287,7 +290,9 @@ class RedisCapStore:
     def _family_writes(self, touchpoint: str, slot: str) -> list[_Write]:
         """What an impression on this touchpoint and slot writes (cached)."""
         writes = self._writes.get((touchpoint, slot))
-        if writes is None:
+        if writes is not None:
+            return writes
+        with self._configuring:  # the rules and gaps of one config, into its cache
             writes = [
                 (
                     family_code(fam),
@@ -306,6 +311,14 @@ class RedisCapStore:
             ]
             self._writes[(touchpoint, slot)] = writes
         return writes
+
+    def configure(self, caps: CapsConfig) -> None:
+        """See :class:`CapStore`. An impression recorded while this runs may still be written
+        by the rules before it."""
+        with self._configuring:
+            self.rules, self.gaps, self.blocks = caps.rules, caps.gap_rules, caps.block_rules
+            self.competing = dict(caps.competitor_of)
+            self._writes = {}
 
     def _record_keys_args(self, imp: Impression, today: int) -> _Call:
         """``today``: the arrival day (the markers'), read once per call of the store."""

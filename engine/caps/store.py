@@ -10,7 +10,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from engine.caps.plan import N_EXPOSURES, US, Plan, micros
-from engine.caps.rules import BlockRule
+from engine.caps.rules import BlockRule, CapsConfig
 from engine.errors import AdmatchError
 
 
@@ -269,6 +269,12 @@ class CapStore(Protocol):
     def block(self, feedback: list[Feedback]) -> int:
         """Apply the block rules to negative feedback and conversions; return how many blocks
         were set."""
+        ...
+
+    def configure(self, caps: CapsConfig) -> None:
+        """Write by ``caps`` from now on (a config reload): the families an impression counts
+        in and what each keeps for its rules, the blocks feedback sets, the competition labels.
+        Reads follow the plans they are given (the gate plans them from the same config)."""
         ...
 
     def ping(self, budget_s: float | None = None) -> None:

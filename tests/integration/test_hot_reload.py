@@ -7,19 +7,23 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from admatch.v1 import admatch_pb2_grpc as pb_grpc
 from engine.app import App, build_app
+from engine.caps.store import Feedback, Impression
 from engine.config import load_config
 from engine.rpc.convert import request_to_proto
 from engine.rpc.reload import ReloadWatcher
 from engine.rpc.server import build_server
 from engine.scoring.jsonio import request_from_json
+from features.online import RequestContext
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "scoring"
 INTERVAL_S = 0.05
@@ -120,3 +124,104 @@ def test_model_and_config_swap_under_load_without_a_failed_request(
             t.join()
     assert not errors, [e.code() for e in errors[:3]]
     assert {old, "next-1"} <= versions
+
+
+ADDED_CAPS = """
+[[caps.rules]]
+scope = "user"
+target = "category"
+touchpoint = "ott"
+window = "1h"
+limit = 1
+
+[[caps.blocks]]
+on = ["skip"]
+target = "category"
+duration = "1d"
+"""
+
+
+@pytest.mark.parametrize("url", ["memory://", ""])
+def test_a_config_reload_changes_what_the_cap_store_counts_and_blocks(
+    model_dir: Path, tmp_path: Path, url: str
+) -> None:
+    """Cap rules reload with the config, writes included: a rule the reload adds counts the
+    impressions recorded after it, and a block rule it adds acts on the next feedback. Before,
+    only the reads followed a reload (the gate's plans) while the store kept writing by the
+    rules it was opened with: the new filtered rule's family was never written (it counted 0
+    and never bound) and the new block rule set nothing."""
+    default = resources.files("engine").joinpath("default_config.toml").read_text()
+    base = default.replace('url = ""', f'url = "{url}"', 1)
+    base = base.replace('state_dir = "data/state"', 'state_dir = ""', 1)
+    first, second = tmp_path / "first.toml", tmp_path / "second.toml"
+    first.write_text(base)
+    second.write_text(base.replace("[store]", ADDED_CAPS + "\n[store]", 1))
+    app = build_app(load_config(first), model_dir)
+    try:
+        app.commit(app.stage(config_path=second))
+        t0 = datetime(2026, 3, 3, 20, tzinfo=UTC)
+        ids = {"household_id": "h1", "device_id": "tv1", "campaign_id": "c1"}
+        shown = Impression("i1", t0, "u1", "ott", "ott_pause", "ad1", **ids, category="food")
+        app.record([shown], [])
+        skip = Feedback("i2", t0, "skip", "u1", "h1", "c2", "v2", category="toys")
+        app.record([], [skip])
+        later = t0 + timedelta(minutes=20)
+        ctx = RequestContext("r", later, "u1", "ott", "ott_pause", household_id="h1")
+        cands: dict[str, list[Any]] = {
+            "ad_id": ["a1", "a2", "a3"],
+            "campaign_id": ["c7", "c8", "c9"],
+            "advertiser_id": ["v7", "v8", "v9"],
+            "category": ["food", "toys", "books"],
+            "format": ["image"] * 3,
+            "bid": [1.0] * 3,
+            "pricing": ["cpm"] * 3,
+        }
+        # food: the added rule (1 an hour on OTT) is spent; toys: blocked by the added rule
+        assert app.gate.read(ctx, cands).capped.tolist() == [True, True, False]
+    finally:
+        app.close()
+
+
+def test_a_reload_keeps_the_store_settings_the_store_was_opened_with(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """A reload does not reopen the store, so the gates keep planning by the retention it was
+    opened with (the embedded Redis keeps times for that retention). Before, a reloaded
+    ``store.retention = "14d"`` made the gate read a 10-day rule as an exact window over the
+    times a 7-day store keeps (of the two older impressions it keeps only the latest, for
+    the recency): the rule saw two exposures of three and the campaign was not capped."""
+    default = resources.files("engine").joinpath("default_config.toml").read_text()
+    base = default.replace('state_dir = "data/state"', 'state_dir = ""', 1)  # embedded, empty
+    rule = '[[caps.rules]]\nscope = "user"\ntarget = "campaign"\nwindow = "10d"\nlimit = 3\n'
+    first, second = tmp_path / "first.toml", tmp_path / "second.toml"
+    first.write_text(base.replace("[store]", rule + "\n[store]", 1))
+    second.write_text(
+        first.read_text().replace('retention = "7d"', 'retention = "14d"', 1)
+        if 'retention = "7d"' in first.read_text()
+        else first.read_text().replace("[store]", '[store]\nretention = "14d"', 1)
+    )
+    assert load_config(second).store.retention == "14d"
+    app = build_app(load_config(first), model_dir)
+    try:
+        app.commit(app.stage(config_path=second))
+        t0 = datetime(2026, 3, 3, 20, tzinfo=UTC)
+        ids = {"household_id": "h1", "device_id": "tv1", "campaign_id": "c1"}
+        app.record(
+            [
+                Impression("i1", t0 - timedelta(days=9), "u1", "ott", "ott_pause", "ad1", **ids),
+                Impression("i2", t0 - timedelta(days=8), "u1", "ott", "ott_pause", "ad1", **ids),
+                Impression("i3", t0 - timedelta(hours=1), "u1", "ott", "ott_pause", "ad1", **ids),
+            ],
+            [],
+        )
+        ctx = RequestContext("r", t0, "u1", "ott", "ott_pause", household_id="h1")
+        cands: dict[str, list[Any]] = {
+            "ad_id": ["a1"],
+            "campaign_id": ["c1"],
+            "format": ["image"],
+            "bid": [1.0],
+            "pricing": ["cpm"],
+        }
+        assert app.gate.read(ctx, cands).capped.tolist() == [True]
+    finally:
+        app.close()
