@@ -539,6 +539,32 @@ def test_a_campaigns_own_cap_with_a_filter_or_another_target_is_refused(
         gate(store).read(ctx, cands, {"c2": [CapRule(**rule)]})
 
 
+def test_a_store_configured_with_new_rules_writes_their_families(
+    backend: tuple[str, Factory, Any],
+) -> None:
+    """``configure`` (a config reload) makes the store write by the new rules from then on: a
+    rule over a family no rule had (here user x category on OTT) counts what is recorded
+    after it, on a touchpoint and slot the store had written before."""
+    store = backend[1]()
+    added = CapRule(scope="user", target="category", touchpoint="ott", window="1h", limit=1)
+    caps = CAPS.model_copy(update={"rules": [*CAPS.rules, added]})
+    store.record([imp(0, -50, category="toys")])  # written by the rules it was opened with
+    store.configure(caps)
+    store.record([imp(1, -10, category="food")])
+    ctx = RequestContext("r", T0, "u1", "ott", "ott_pause", household_id="h1", device_id="tv9")
+    cands: dict[str, list[Any]] = {
+        "ad_id": ["a7", "a8"],
+        "campaign_id": ["c7", "c8"],
+        "advertiser_id": ["w7", "w8"],
+        "category": ["food", "books"],
+        "format": ["image"] * 2,
+        "bid": [1.0] * 2,
+        "pricing": ["cpm"] * 2,
+    }
+    g = CapGate(store, caps, retention_s=7 * 86_400, fail_open=False)
+    assert g.read(ctx, cands).capped.tolist() == [True, False]
+
+
 def test_day_windows_count_late_events_in_their_own_day(backend: tuple[str, Factory, Any]) -> None:
     """30-day windows count the last 30 calendar days (today included), whatever order the
     impressions arrive in; the day before them is out."""
