@@ -41,6 +41,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import hiredis
 import numpy as np
 import polars as pl
 from redis.cluster import RedisCluster
@@ -270,18 +271,11 @@ def _aof_path(embedded: EmbeddedRedis) -> Path:
 
 
 def _commands(data: bytes) -> Iterator[list[bytes]]:
-    """The commands of an append-only file's bytes (RESP arrays of bulk strings)."""
-    pos, end = 0, len(data)
-    while pos < end:
-        line = data.index(b"\r\n", pos)
-        argc, pos = int(data[pos + 1 : line]), line + 2
-        args = []
-        for _ in range(argc):
-            line = data.index(b"\r\n", pos)
-            size, pos = int(data[pos + 1 : line]), line + 2
-            args.append(data[pos : pos + size])
-            pos += size + 2
-        yield args
+    """The commands of an append-only file's bytes (RESP arrays), parsed by hiredis."""
+    reader = hiredis.Reader()
+    reader.feed(data)
+    while (command := reader.gets()) is not False:
+        yield command
 
 
 def aof_breakdown(path: Path, start: int, end: int, impressions: int) -> None:

@@ -102,12 +102,11 @@ class App:
         self.store = store
         self.logs = logs
         self.model_dir = model_dir
-        # how far ahead of a transport's clock recorded times may lie: the store was opened
-        # keeping this much more than its retention (a reload does not reopen it)
-        self.max_ahead_s = parse_duration(config.store.max_ahead)
         # the store's settings stay those it was opened with (a reload does not reopen it):
-        # the gates plan by them, whatever a reloaded config says (only fail_mode follows)
+        # the gates plan by them and transports refuse times further ahead than it keeps,
+        # whatever a reloaded config says (only fail_mode follows)
         self._store_settings = config.store
+        self.max_ahead_s = parse_duration(config.store.max_ahead)
         self._lock = threading.Lock()
         self._committed: list[Callable[[], object]] = []
         self._scorer = Scorer(_loaded(model_dir), config)
