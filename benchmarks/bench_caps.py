@@ -23,8 +23,8 @@ script, both taken from Redis' own command statistics, and the Python part of a 
 their requests' own times, inside the recorded day (later impressions are already stored: the
 store must search for "before t"); the "live" row reads the same requests just after the day,
 as a server does. ``--breakdown`` adds where the memory goes, per active user, by key kind
-and counter family (keys, hash fields, the bytes of field names and values, the counters' bytes
-by part, and Redis' ``MEMORY USAGE`` of the keys).
+(the event logs, dictionaries, tuples, summaries, blocks, markers: keys, bytes and Redis'
+``MEMORY USAGE`` of the keys), and what the recording wrote to the AOF per command and key kind.
 """
 
 from __future__ import annotations
@@ -50,10 +50,9 @@ from engine.caps import evaluate
 from engine.caps.connect import open_store
 from engine.caps.embedded import EmbeddedRedis
 from engine.caps.gate import CapGate
-from engine.caps.lua import counter_parts
-from engine.caps.redis_store import RedisCapStore, decode_read
+from engine.caps.redis_store import RedisCapStore, reading
 from engine.caps.rules import parse_duration
-from engine.caps.store import Impression, place
+from engine.caps.store import Impression
 from engine.config import load_config
 from engine.synth.generator import generate
 from engine.synth.params import WorldParams
@@ -83,18 +82,11 @@ def requests(log: pl.DataFrame, n: int, count: int) -> list[tuple[RequestContext
 
 
 def read_calls(
-    store: RedisCapStore,
-    gate: CapGate,
-    reqs: list[tuple[RequestContext, dict]],
-    at: datetime | None = None,
+    store: RedisCapStore, reqs: list[tuple[RequestContext, dict]]
 ) -> list[tuple[list[str], list]]:
-    """Each request's READ keys and arguments, at its own time or at ``at``."""
-    return [
-        store._read_keys_args(
-            gate.planner.plan(c if at is None else dataclasses.replace(c, ts=at), cands)
-        )
-        for c, cands in reqs
-    ]
+    """Each request's READ keys and arguments: a snapshot of its household (and its user's
+    blocks), the same at any time."""
+    return [store._read_call(store._who(c.household_id, c.user_id)) for c, _ in reqs]
 
 
 def reserving(
@@ -103,12 +95,19 @@ def reserving(
     prefix: str,
     ads: int = 1,
     together: bool = True,
+    read_first: bool = True,
 ) -> Callable[[int], object]:
     """A call that reserves (check-and-record) request i's first ``ads`` candidates as
-    impressions ``prefix-i-k``: in one call (a pod's reservation), or one call each."""
+    impressions ``prefix-i-k``: in one call (a pod's reservation), or one call each; after
+    the request's read (a server's order: the reservation is checked on its snapshot), or
+    with no snapshot of the household at hand."""
 
     def reserve(i: int) -> object:
         context, cands = reqs[i % len(reqs)]
+        if read_first:
+            gate.read(context, cands)
+        elif isinstance(gate.store, RedisCapStore):
+            gate.store._recent.clear()
         ones = [{c: v[k : k + 1] for c, v in cands.items()} for k in range(ads)]
         events = [
             Impression(
@@ -247,14 +246,13 @@ def run(args: argparse.Namespace, url: str, cluster: bool) -> None:
         return
     print("| call | candidates | p50 ms | p99 ms | scripts per call | Redis us per script |")
     print("|---|---|---|---|---|---|")
-    end_of_day = max(e.ts for e in events) + timedelta(minutes=1)
     sizes = [int(n) for n in args.candidates.split(",")]
     for n in sizes:
-        for label, fn in _calls(store, gate, requests(log, n, 50), n, end_of_day):
+        for label, fn in _calls(store, gate, requests(log, n, 50), n):
             stats_before = _script_stats(store)
             t = timed(fn, args.repeat) * 1e3
             calls, usec = np.subtract(_script_stats(store), stats_before)
-            reserving_ = label.startswith("check-and-record")
+            reserving_ = "check-and-record" in label
             if reserving_ and n != sizes[0]:
                 continue  # the same candidates either way
             shown_n = (3 if "3 ads" in label else 1) if reserving_ else n
@@ -280,63 +278,48 @@ def _commands(data: bytes) -> Iterator[list[bytes]]:
 
 def aof_breakdown(path: Path, start: int, end: int, impressions: int) -> None:
     """What the recording wrote to the append-only file (bytes ``start`` to ``end``), per
-    impression: per command its count and bytes (framing included), and for the counters'
-    HSETs the bytes of keys, fields and values, the values by counter family."""
+    impression: per command and key kind (``e`` the logs, ``n`` dictionaries, ``t`` tuples,
+    ``s`` and ``r`` summaries, ``g`` generations, ``i`` markers, ``b`` blocks) its count and
+    bytes (framing included)."""
     time.sleep(1.5)  # appendfsync everysec: the last second reaches the file
     with path.open("rb") as f:
         f.seek(start)
         data = f.read(end - start)
     count: dict[str, float] = defaultdict(float)
     size: dict[str, float] = defaultdict(float)
-    parts: dict[str, float] = defaultdict(float)
     for args in _commands(data):
         name = args[0].decode().upper()
+        if len(args) > 1 and b"}:" in args[1]:
+            name += " " + args[1].split(b"}:")[1].split(b":")[0].decode()
         count[name] += 1
         framing = len(f"*{len(args)}\r\n") + sum(len(f"${len(a)}\r\n") + 2 for a in args)
         size[name] += framing + sum(map(len, args))
-        if name == "HSET" and b":c:" in args[1]:
-            family = args[1].split(b":c:")[1].split(b":")[0].decode()
-            parts["key"] += len(args[1])
-            parts["field"] += len(args[2])
-            parts["value"] += len(args[3])
-            parts[f"value {family}"] += len(args[3])
     n = max(impressions, 1)
     print(f"AOF per impression: {(end - start) / n:,.0f} bytes")
-    print("| command | per impression | bytes per impression |")
+    print("| command and key kind | per impression | bytes per impression |")
     print("|---|---|---|")
     for name in sorted(size, key=lambda c: -size[c]):
-        print(f"| {name} | {count[name] / n:.2f} | {size[name] / n:,.0f} |")
-    counters = ", ".join(
-        f"{k} {v / n:,.0f}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1])
-    )
-    print(f"counter HSETs, bytes per impression: {counters}")
+        print(f"| {name} | {count[name] / n:.3f} | {size[name] / n:,.0f} |")
 
 
 def breakdown(store: RedisCapStore, prefix: str, users: int) -> None:
-    """Where the memory goes, per active user: per key kind (``c:FAMILY`` counter families,
-    ``b`` blocks, ``i`` idempotency markers) its keys, hash fields, the bytes of its field
-    names and values (counters by part: header, day, hour and time entries) and what Redis
-    reports for its keys (``MEMORY USAGE``: values plus Redis' own structures)."""
+    """Where the memory goes, per active user: per key kind (``e`` event logs, ``n``
+    dictionaries, ``t`` tuples, ``s`` day counts, ``r`` latest times, ``g`` generations, ``b``
+    blocks, ``i`` idempotency markers) its keys, the bytes of its values (and a hash's fields)
+    and what Redis reports for its keys (``MEMORY USAGE``: values plus Redis' own
+    structures)."""
     rows: dict[str, dict[str, float]] = {}
     for key in store.client.scan_iter(match=f"{prefix}:*", count=10_000):
-        parts = key.decode().split(":")
-        kind = parts[3] if len(parts) > 4 else parts[-1]
-        name = f"c:{parts[4]}" if kind == "c" else kind
-        row = rows.setdefault(name, dict.fromkeys(BREAKDOWN, 0.0))
+        parts = key.decode().split("}:")
+        kind = parts[1].split(":")[0] if len(parts) > 1 else "layout"
+        row = rows.setdefault(kind, dict.fromkeys(BREAKDOWN, 0.0))
         row["keys"] += 1
         row["memory"] += store.client.memory_usage(key, samples=0) or 0
-        if store.client.type(key) != b"hash":  # the markers' strings, the layout version
-            row["fields"] += 1
-            row["values"] += store.client.strlen(key)
-            continue
-        fields = store.client.hgetall(key)
-        row["fields"] += len(fields)
-        row["ids"] += sum(len(f) for f in fields)
-        for value in fields.values():
-            row["values"] += len(value)
-            if kind == "c":
-                for part, size in counter_parts(value).items():
-                    row[part] += size
+        if store.client.type(key) == b"hash":
+            fields = store.client.hgetall(key)
+            row["bytes"] += sum(len(f) + len(v) for f, v in fields.items())
+        else:
+            row["bytes"] += store.client.strlen(key)
     total = dict.fromkeys(BREAKDOWN, 0.0)
     print("| key kind | " + " | ".join(BREAKDOWN) + " |")
     print("|---|" + "---|" * len(BREAKDOWN))
@@ -345,12 +328,12 @@ def breakdown(store: RedisCapStore, prefix: str, users: int) -> None:
         total = {c: total[c] + row[c] for c in BREAKDOWN}
     print("| all | " + " | ".join(f"{total[c] / users:,.0f}" for c in BREAKDOWN) + " |")
     print(
-        f"(per active user: keys, hash fields, bytes; Redis' own structures: "
-        f"{(total['memory'] - total['ids'] - total['values']) / users:,.0f} bytes)"
+        f"(per active user: keys, bytes; Redis' own structures: "
+        f"{(total['memory'] - total['bytes']) / users:,.0f} bytes)"
     )
 
 
-BREAKDOWN = ("keys", "fields", "ids", "values", "head", "days", "hours", "times", "memory")
+BREAKDOWN = ("keys", "bytes", "memory")
 
 
 def _clean(store: RedisCapStore, prefix: str, embedded: EmbeddedRedis | None) -> None:
@@ -478,36 +461,36 @@ def _calls(
     gate: CapGate,
     reqs: list[tuple[RequestContext, dict]],
     n: int,
-    end_of_day: datetime,
 ) -> list[tuple[str, Callable[[int], object]]]:
-    """The timed calls: the read's round trip alone (at the requests' own times, inside the
-    recorded day, and "live": after every recorded impression), the whole read, the read
-    without I/O (plan, arguments, decoding and decision on a reply fetched before),
-    check-and-record."""
-    wire = read_calls(store, gate, reqs)
-    live = read_calls(store, gate, reqs, at=end_of_day)
+    """The timed calls: the read's round trip alone, the whole read, the read without I/O
+    (plan, decoding, answers and decision on a reply fetched before), check-and-record."""
+    wire = read_calls(store, reqs)
     replies = [store._eval(store._read, k, a) for k, a in wire]
 
     def python_only(i: int) -> object:  # what gate.read does, minus the round trip
-        plan = gate.planner.plan(*reqs[i % len(reqs)])
-        store._read_keys_args(plan)
-        reading = place(plan, *decode_read(plan, replies[i % len(reqs)]))
-        return evaluate.refused(reading, *gate._thresholds)
+        context, cands = reqs[i % len(reqs)]
+        plan = gate.planner.plan(context, cands)
+        who = store._who(plan.household_id, plan.user_id)
+        snapshot = store._snapshot(who, replies[i % len(reqs)])
+        return evaluate.refused(reading(plan, snapshot), *gate._thresholds)
 
     return [
         (
             "read: round trip only (EVALSHA)",
             lambda i: store._eval(store._read, *wire[i % len(wire)]),
         ),
-        (
-            "read: round trip only, live (after the day)",
-            lambda i: store._eval(store._read, *live[i % len(live)]),
-        ),
         ("read: plan + round trip + decode", lambda i: gate.read(*reqs[i % len(reqs)])),
-        ("read: Python only (plan, arguments, decode, decision)", python_only),
-        ("check-and-record", reserving(gate, reqs, f"x{n}")),
-        ("check-and-record, 3 ads one call each", reserving(gate, reqs, f"s{n}", 3, False)),
-        ("check-and-record, 3 ads in one call (a pod)", reserving(gate, reqs, f"p{n}", 3)),
+        ("read: Python only (plan, decode, answers, decision)", python_only),
+        ("read, then check-and-record", reserving(gate, reqs, f"x{n}")),
+        ("check-and-record without a snapshot", reserving(gate, reqs, f"y{n}", read_first=False)),
+        (
+            "read, then check-and-record, 3 ads one call each",
+            reserving(gate, reqs, f"s{n}", 3, False),
+        ),
+        (
+            "read, then check-and-record, 3 ads in one call (a pod)",
+            reserving(gate, reqs, f"p{n}", 3),
+        ),
     ]
 
 

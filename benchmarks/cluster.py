@@ -14,7 +14,7 @@ from pathlib import Path
 import redis
 from redis.cluster import RedisCluster
 
-from engine.caps.embedded import HASH_MAX_COMPACT_ENTRIES, HASH_MAX_COMPACT_VALUE, redis_binary
+from engine.caps.embedded import redis_binary
 
 
 def free_port() -> int:
@@ -46,8 +46,6 @@ def local_cluster(directory: Path, nodes: int = 3) -> Iterator[str]:
         args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
         args += ["--cluster-config-file", str(d / "nodes.conf"), "--dir", str(d), "--save", ""]
         args += ["--appendonly", "no", "--daemonize", "no", "--logfile", str(d / "log")]
-        args += ["--hash-max-ziplist-entries", str(HASH_MAX_COMPACT_ENTRIES)]
-        args += ["--hash-max-ziplist-value", str(HASH_MAX_COMPACT_VALUE)]
         procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     try:
         _wait_ping(ports)

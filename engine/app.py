@@ -132,7 +132,6 @@ class App:
             retention,
             config.store.fail_mode == "open",
             pods,
-            opened.campaign_times,
         )
 
     @property

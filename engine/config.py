@@ -226,9 +226,6 @@ class StoreConfig(_Strict):
     fail_mode: Literal["closed", "open"] = "closed"
     retention: str = "7d"
     max_ahead: str = "5m"
-    campaign_times: int = Field(
-        10, ge=1, le=1000, description="latest times kept per campaign counter: own caps' limits"
-    )
     dedup_horizon: str = Field(
         "3d", description="an impression id reported again within this is a duplicate"
     )

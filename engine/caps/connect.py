@@ -17,7 +17,7 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from engine.caps.breaker import Breaker, GuardedStore
-from engine.caps.embedded import HASH_MAX_COMPACT_ENTRIES, EmbeddedRedis
+from engine.caps.embedded import EmbeddedRedis
 from engine.caps.keys import KEY_VERSION, KeySpace
 from engine.caps.memory_store import MemoryCapStore
 from engine.caps.redis_store import RedisCapStore
@@ -61,16 +61,12 @@ def check_server(client: Any) -> list[str]:
     """Warn (log and return the warnings) about server settings that break the store's promises.
     Best effort: managed servers may refuse CONFIG, and then nothing is checked.
 
-    * A ``maxmemory`` with a policy that evicts keys: under memory pressure Redis drops
-      counters and idempotency markers, so caps stop holding and retries count twice.
-    * Hashes of more than ``HASH_MAX_COMPACT_ENTRIES`` fields kept compact: a read then scans a
-      big family hash once per candidate id (docs/caps.md).
+    A ``maxmemory`` with a policy that evicts keys: under memory pressure Redis drops event
+    logs and idempotency markers, so caps stop holding and retries count twice.
     """
     try:
-        settings = client.config_get("hash-max-*-entries")
-        settings |= client.config_get("maxmemory")
+        settings = client.config_get("maxmemory")
         settings |= client.config_get("maxmemory-policy")
-        entries = max(int(v) for k, v in settings.items() if k.startswith("hash-max"))
         maxmemory, policy = int(settings["maxmemory"]), str(settings["maxmemory-policy"])
     except (redis.exceptions.RedisError, ValueError, TypeError, AttributeError, KeyError):
         return []
@@ -78,15 +74,9 @@ def check_server(client: Any) -> list[str]:
     if maxmemory > 0 and policy != "noeviction":
         warnings.append(
             f"cap store server evicts keys under memory pressure (maxmemory {maxmemory}, "
-            f"maxmemory-policy {policy}): counters and idempotency markers would be lost and "
+            f"maxmemory-policy {policy}): event logs and idempotency markers would be lost and "
             "caps stop holding; set maxmemory-policy noeviction (a full server then refuses "
             "calls and the gate fails closed, instead of forgetting)"
-        )
-    if entries > HASH_MAX_COMPACT_ENTRIES:
-        warnings.append(
-            f"cap store server has hash-max-listpack-entries {entries}: set it to "
-            f"{HASH_MAX_COMPACT_ENTRIES} or less, or reads of households with many targets "
-            "scan their hashes (docs/caps.md)"
         )
     for warning in warnings:
         log.warning("%s", warning)
@@ -108,7 +98,6 @@ def _redis(
         deadline_s=config.store.deadline_ms / 1000,
         ahead_s=parse_duration(config.store.max_ahead),
         horizon_s=parse_duration(config.store.dedup_horizon),
-        campaign_times=config.store.campaign_times,
         competing=caps.competitor_of,
     )
     check_layout(client, store.keys)

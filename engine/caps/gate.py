@@ -72,14 +72,10 @@ class CapGate:
         retention_s: int,
         fail_open: bool,
         pod_slots: frozenset[str] = frozenset(),
-        campaign_times: int = 10,
     ) -> None:
         """``pod_slots``: the slots whose requests fill a pod (a request with its own ``pod``
-        is one too): their readings say what the caps leave for the pod's ads together.
-        ``campaign_times``: the latest times the store keeps per campaign, the largest limit a
-        campaign's own cap over a window up to the retention may have."""
+        is one too): their readings say what the caps leave for the pod's ads together."""
         self.store = store
-        self.campaign_times = campaign_times
         self.pod_slots = pod_slots
         self.caps = caps
         self.retention_s = retention_s
@@ -100,12 +96,10 @@ class CapGate:
         """The campaigns' own caps, each bound to its campaign.
 
         Raises:
-            InvalidArgument: a cap over a window up to the retention with a limit above
-                ``campaign_times`` (the store keeps that many times per campaign: it could not
-                count further exactly), or a cap with a touchpoint or slot filter or another
-                target than the campaign (only the families of the global rules are written
-                filtered: such a cap would count nothing), naming the campaign, the cap and
-                the field.
+            InvalidArgument: a cap with a touchpoint or slot filter or another target than
+                the campaign (an own cap counts its campaign's exposures everywhere; the
+                summaries keep only the unfiltered campaign families' long counts), naming
+                the campaign, the cap and the field.
         """
         out = []
         for campaign, caps in (campaign_caps or {}).items():
@@ -123,14 +117,6 @@ class CapGate:
                     raise InvalidArgument(
                         f"{at}.target",
                         f"a campaign's own cap counts its campaign, not {rule.target!r}",
-                    )
-                w = rule.window_s
-                if w is not None and w <= self.retention_s and rule.limit > self.campaign_times:
-                    raise InvalidArgument(
-                        f"{at}.limit",
-                        f"{rule.limit} over {rule.window}: at most {self.campaign_times} for "
-                        "a window up to store.retention (store.campaign_times); a longer "
-                        "window counts by day",
                     )
                 out.append(rule.model_copy(update={"campaign_id": campaign}))
         return out

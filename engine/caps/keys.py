@@ -1,31 +1,36 @@
 """The Redis key layout of the cap store: a versioned contract, written in one place.
 
-Changing any byte of a key here, or of a value's encoding (``lua.py``), changes where and how
-live counters are found: bump ``KEY_VERSION`` and migrate. ``tests/unit/test_cap_keys.py`` pins
+Changing any byte of a key here, or of a value's encoding (``eventlog.py``), changes where and
+how live data is found: bump ``KEY_VERSION`` and migrate. ``tests/unit/test_cap_keys.py`` pins
 the exact bytes.
 
-Layout (``P`` = configured prefix, ``T`` = hash tag, ``FAM`` = counter family, ``S`` = scope id):
+Layout 4 (``P`` = configured prefix, ``T`` = hash tag): a household's impressions are one event
+log with a dictionary of its ids (``eventlog.py`` has the bytes and computes every answer
+from them), so what it takes grows with its impressions of the last days, not with the number
+of families, rules or targets:
 
-* ``P:v3:{T}:c:FAM:S``  hash, field = target id (``*`` for the target any) -> the target's
-  *counter*, one binary string: lifetime count, day counts, hour counts and the sorted
-  impression times its family's readers need (``keep.py``; ``lua.py`` for the bytes). One HMGET
-  reads a family for all of a request's candidates.
-* ``P:v3:{T}:b:SC:S:TG``  hash, field = campaign id, advertiser id or category -> end of a
+* ``P:v4:{T}:e``  string: the event log, 16 bytes an impression, appended.
+* ``P:v4:{T}:n``  string: the dictionary, the 8-byte fingerprints of the ids the log and the
+  summaries use (``fingerprint``), appended; an id's code is its position.
+* ``P:v4:{T}:t``  string: the tuples (an ad's ids, a place's touchpoint and slot) as codes.
+* ``P:v4:{T}:s``  string: the day and lifetime counts of the impressions folded out of the log.
+* ``P:v4:{T}:r``  string: the latest times of the impressions folded out of the log.
+* ``P:v4:{T}:g``  integer: the tag's generation, raised by every fold and block (a
+  reservation's check holds only if neither the log nor the generation moved).
+* ``P:v4:{T}:b:SC:S:TG``  hash, field = campaign id, advertiser id or category -> end of a
   block set by the user's negative feedback or a conversion (epoch microseconds, event time;
   ``caps.block_rules``); ``SC`` scope letter, ``TG`` target.
-* ``P:v3:{T}:i:DAY``  string: the *fingerprints* of the impressions that arrived on that UTC day
-  (days since the epoch; the arrival clock), 8 bytes each (``fingerprint``), appended: the
-  idempotency markers of one household and day in one value. It lives
-  ``store.dedup_horizon`` + 1 day from when it is made.
+* ``P:v4:{T}:i:DAY``  string: the *fingerprints* of the impressions that arrived on that UTC day
+  (days since the epoch; the arrival clock), 8 bytes each, appended: the idempotency markers
+  of one household and day in one value. It lives ``store.dedup_horizon`` + 1 day from when it
+  is made.
 * ``P:layout``  the layout version of everything under ``P`` (see ``connect.check_layout``).
-
-``FAM`` is the scope letter (u, h, d), the target (cr, ad, cmp, adv, cat, cmpt, any) and an optional
-filter (``tp=ott`` or ``sl=ott_boot``), joined by dots: ``u.cmp``, ``h.any.sl=ott_boot``.
 
 The hash tag ``T`` is the household id (``h=...``), or the user id (``u=...``) for users without
 a household, so every key one request or one impression touches lives in one Redis Cluster slot
 and one Lua script can serve it. Key parts are percent-encoded (``%``, ``:``, ``{``, ``}``), so
-any string is a safe id and different ids never share a key.
+any string is a safe id and different ids never share a key. ``family_code`` names a family in
+the summaries (the fingerprint of its code is its id there).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import hashlib
 
 from engine.caps.rules import Family
 
-KEY_VERSION = 3
+KEY_VERSION = 4
 _SCOPE = {"user": "u", "household": "h", "device": "d"}
 _TARGET = {
     "creative": "cr",
@@ -82,14 +87,11 @@ class KeySpace:
         """The start shared by every key of one hash tag."""
         return f"{self.prefix}:{{{tag}}}"
 
-    def counters(self, tag: str, family: Family, scope_id: str) -> str:
-        """Counters per target id: lifetime, day counts and recent impression times."""
-        return self.counters_at(self.base(tag), family_code(family), escape(scope_id))
-
-    @staticmethod
-    def counters_at(base: str, code: str, scope: str) -> str:
-        """:meth:`counters` from parts already built (base, family code, escaped scope id)."""
-        return f"{base}:c:{code}:{scope}"
+    def parts(self, tag: str) -> list[str]:
+        """The keys of a tag's log, dictionary, tuples, day counts, latest times and
+        generation, in this order (``eventlog.Parts`` and the scripts read them so)."""
+        base = self.base(tag)
+        return [f"{base}:{part}" for part in ("e", "n", "t", "s", "r", "g")]
 
     def blocks(self, tag: str, scope: str, scope_id: str, target: str) -> str:
         """Blocks from negative feedback or conversions: field = target id, value = block end."""

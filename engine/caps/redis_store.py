@@ -1,16 +1,23 @@
-"""The Redis cap store: one EVALSHA per request read, per impression batch, per atomic check.
+"""The Redis cap store (key layout 4): one EVALSHA per request read, per impression batch,
+per request's reservations (uncontended).
 
-This module turns plans and impressions into the scripts' KEYS and ARGV (see ``lua.py`` for
-their layout) and the read's reply into answer matrices; the counting happens in Redis.
+Redis keeps each household's event log, dictionary and summaries (``eventlog.py``) and appends
+to them atomically; the client reads them whole and computes every answer (``eventlog.answers``),
+so Redis does little more per read than a few GETs. A reservation is checked in the client on
+a snapshot (the request's own read when there is one) and committed only if the household has
+not changed since (its log's length and generation): one round trip when nothing raced it,
+another per conflict (the commit's reply is the fresh snapshot). The log of a household is
+folded into day counts and latest times about once a day (``eventlog.fold``) by the writer
+that notices it is due.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeVar, cast
 
 import numpy as np
@@ -19,113 +26,55 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.typing import EncodableT
 
-from engine.caps import lua
+from engine.caps import eventlog, lua
 from engine.caps.direct import DirectConnections
-from engine.caps.keep import keep_policy
-from engine.caps.keys import KeySpace, escape, family_code, fingerprint
-from engine.caps.plan import (
-    ANY,
-    DAY_US,
-    US,
-    Plan,
-    Shape,
-    impression_families,
-    micros,
-)
-from engine.caps.rules import (
-    COMPETITOR,
-    SCOPE_COLUMN,
-    TARGET_COLUMN,
-    BlockRule,
-    CapRule,
-    CapsConfig,
-    GapRule,
-    competitor_ids,
-)
+from engine.caps.keep import LONG_TTL_S, summaries
+from engine.caps.keys import KeySpace, fingerprint
+from engine.caps.plan import DAY_US, US, Plan, micros
+from engine.caps.rules import BlockRule, CapRule, CapsConfig, GapRule
 from engine.caps.store import (
+    BLOCK_REFUSAL,
     Attempt,
     CapReading,
     Check,
     Feedback,
     Impression,
-    Rows,
     StoreUnavailable,
     block_writes,
+    dense_rows,
     place,
 )
-from engine.errors import AdmatchError, InvalidArgument
+from engine.errors import AdmatchError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-HOUR_US = 3_600 * US
-_CACHE_SIZE = 4_096
-_Spec = tuple[Shape, bytes, list[str]]  # shape, READ spec, per lookup its family code
-_Write = tuple[str, str, str | None, list[int]]  # family code, scope and target column, policy
 _Call = tuple[list[str], list[EncodableT]]  # a script call's KEYS and ARGV
-
-
-def decode_read(plan: Plan, reply: bytes) -> tuple[Rows, np.ndarray]:
-    """The READ reply (big-endian doubles) as the fields with history of each group and their
-    answers, and, per candidate, whether a block covers it."""
-    values = np.frombuffer(reply, dtype=">f8").astype(np.float64)  # native: one byte swap
-    rows: Rows = []
-    pos = 0
-    for width in plan.shape.widths:
-        size = int(values[pos])
-        if size:
-            found = values[pos + 1 : pos + 1 + size].reshape(-1, width + 1)
-            rows.append((found[:, 0].astype(np.int64) - 1, found[:, 1:]))
-        else:
-            rows.append(None)
-        pos += 1 + size
-    flags = []
-    for spec in plan.shape.blocks:  # per block spec: the number of blocked fields, their indices
-        size = int(values[pos])
-        if size:
-            flagged = np.zeros(len(plan.block_fields(spec)), dtype=bool)
-            flagged[values[pos + 1 : pos + 1 + size].astype(np.int64) - 1] = True
-            flags.append(flagged)
-        else:
-            flags.append(_NONE_FLAGGED)
-        pos += 1 + size
-    return rows, plan.blocked(flags)
-
-
-_NONE_FLAGGED = np.zeros(0, dtype=bool)
-
-
-def _reading(plan: Plan, reply: object) -> CapReading | AdmatchError:
-    """A plan's reading from its READ reply, or the error the store answered it with."""
-    if isinstance(reply, AdmatchError):
-        return reply
-    if isinstance(reply, Exception):
-        return _unavailable(reply)
-    return place(plan, *decode_read(plan, cast("bytes", reply)))
+_Who = tuple[str, str, str | None]  # a snapshot's tag, user and household
+_RECENT = 4_096  # snapshots kept for the reservations that follow a read
+_TRIES = 16  # commits of one reservation before the store is taken for unavailable
+FOLD_SLACK_DAYS = 1  # a log is folded when its first impression is this much older than needed
 
 
 def _unavailable(exc: Exception) -> StoreUnavailable:
     return StoreUnavailable(f"cap store: {type(exc).__name__}: {exc}")
 
 
-def _names(ids: list[str], column: str | None) -> bytes:
-    """Ids as one script argument: their count, their byte lengths, then their bytes."""
-    if not ids:
-        return b""
-    try:
-        text = "".join(ids)
-        if text.isascii():  # one byte per character: no per-id encoding
-            data, sizes = text.encode("ascii"), list(map(len, ids))
-        else:
-            encoded = [i.encode() for i in ids]
-            data, sizes = b"".join(encoded), list(map(len, encoded))
-        return struct.pack(f">I{len(ids)}H", len(ids), *sizes) + data
-    except (TypeError, struct.error) as exc:
-        raise InvalidArgument(str(column), f"ids must be strings under 64 KiB: {exc}") from exc
+def reading(plan: Plan, snapshot: eventlog.Snapshot) -> CapReading:
+    """A plan's reading from a snapshot of its household."""
+    matrices = eventlog.answers(plan, snapshot.log)
+    return place(plan, dense_rows(matrices), eventlog.blocked(plan, snapshot.blocks))
 
 
-def _numbers(values: list[int]) -> bytes:
-    """Integers as one script argument of big-endian doubles (exact below 2**53)."""
-    return struct.pack(f">{len(values)}d", *values)
+def check(plan: Plan, checks: Sequence[Check], matrices: Sequence[np.ndarray]) -> int:
+    """0 when no check refuses (on an inclusive reading), else ``-(i+1)`` for check ``i``."""
+    for i, chk in enumerate(checks):
+        value = matrices[chk.group][0, chk.column]
+        if chk.kind == "since":
+            if value >= 0 and plan.t_us - value < chk.threshold * US:
+                return -(i + 1)
+        elif value >= chk.threshold:
+            return -(i + 1)
+    return 0
 
 
 class RedisCapStore:
@@ -145,44 +94,64 @@ class RedisCapStore:
         on_close: Callable[[], None] | None = None,
         deadline_s: float | None = None,
         ahead_s: int = 0,
-        campaign_times: int = 10,
         competing: Mapping[str, str] | None = None,
     ) -> None:
-        """Each counter keeps what its family's readers need (``keep.py``) for reads no earlier
-        than ``ahead_s`` before its newest impression (the service refuses impressions timed
-        later than that: ``store.max_ahead``); campaign counters keep ``campaign_times`` latest
-        times for the requests' own caps over exact windows. An impression
-        id reported again within ``horizon_s`` of its first report (by ``clock``, the arrival
+        """A household's log keeps every impression for the retention (and ``ahead_s``, a
+        day and ``FOLD_SLACK_DAYS`` more): windows up to the retention are exact for reads no
+        earlier than ``ahead_s`` before its newest impression (the service refuses impressions
+        timed later than that: ``store.max_ahead``). An impression id
+        reported again within ``horizon_s`` of its first report (by ``clock``, the arrival
         time) is a duplicate; its marker lives under its arrival day, kept ``horizon_s`` and a
         day more. ``competing``: category -> its competition label
-        (``CapsConfig.competitor_of``), the id of an impression's ``competitor`` families."""
+        (``CapsConfig.competitor_of``), recorded with each impression."""
         self.client = client
-        self.competing = dict(competing or {})
         self.deadline_s = deadline_s  # the longest any call waits (requests may allow less)
-        self.rules, self.gaps, self.blocks = rules, gaps, blocks
         self.keys = keys or KeySpace()
         self.retention_s = retention_s
         self.ahead_s = ahead_s
-        self.campaign_times = campaign_times  # the latest times a campaign counter keeps
         self.horizon_s = horizon_s  # how long an impression id stays known (dedup)
         self.marker_days = -(-horizon_s // 86_400)  # earlier arrival days a retry may follow
         self.clock = clock  # the arrival day of impressions (markers), seconds since the epoch
         self._on_close = on_close
-        self._specs: dict[int, _Spec] = {}
-        self._writes: dict[tuple[str, str], list[_Write]] = {}
-        self._configuring = threading.Lock()  # a reload's rules against the writes' cache
+        self._configuring = threading.Lock()
+        self._apply(rules, gaps, blocks, competing or {})
+        self._recent: dict[_Who, eventlog.Snapshot] = {}  # the last read's, for reservations
         self._read = client.register_script(lua.READ)
         self._record = client.register_script(lua.RECORD)
-        self._check_record = client.register_script(lua.CHECK_RECORD)
+        self._commit = client.register_script(lua.COMMIT)
+        self._fold = client.register_script(lua.FOLD)
         self._block = client.register_script(lua.BLOCK)
         self._direct = None if isinstance(client, RedisCluster) else DirectConnections(client)
+
+    def _apply(
+        self,
+        rules: list[CapRule],
+        gaps: list[GapRule],
+        blocks: list[BlockRule],
+        competing: Mapping[str, str],
+    ) -> None:
+        """Take a config's rules: what the folds keep, how long a household's data lives,
+        which block hashes a read fetches, the competition labels impressions record."""
+        with self._configuring:
+            self.rules, self.gaps, self.blocks = rules, gaps, blocks
+            self.competing = dict(competing)
+            self.kept = summaries(rules, gaps, self.retention_s)
+            long = any(k.days or k.life for k in self.kept)
+            self.ttl_s = LONG_TTL_S if long else self.retention_s + self.ahead_s + 3 * 86_400
+            self.block_targets = sorted({b.target for b in blocks})
+
+    def configure(self, caps: CapsConfig) -> None:
+        """See :class:`CapStore`. Every family is computed from the log, so a rule a reload
+        adds counts the impressions the log holds; the summaries keep, from the next fold
+        on, what the new rules need."""
+        self._apply(caps.rules, caps.gap_rules, caps.block_rules, caps.competitor_of)
 
     def load_scripts(self) -> bool:
         """Load the scripts into the server now, so that the first calls after a start do not
         meet NOSCRIPT and pay a round trip more. Best effort: ``False`` when the server does
         not answer (each script is then loaded on first use, as after a restart)."""
         try:
-            for script in (self._read, self._record, self._check_record, self._block):
+            for script in (self._read, self._record, self._commit, self._fold, self._block):
                 self.client.script_load(script.script)
         except redis.exceptions.RedisError as exc:
             log.warning("cap store scripts not loaded now (%s): loaded on first use", exc)
@@ -217,158 +186,141 @@ class RedisCapStore:
             raise reply
         return reply
 
-    def _spec(self, shape: Shape) -> _Spec:
-        """The shape's READ spec (see ``lua.py``) and its lookups' family codes (cached)."""
-        spec = self._specs.get(id(shape))
-        if spec is None or spec[0] is not shape:
-            numbers: list[int] = [len(shape.columns)]
-            for g, width in enumerate(shape.widths):
-                mine = [lk for lk in shape.lookups if lk.group == g]
-                numbers += [width, len(mine)]
-                for lk in mine:
-                    numbers += [lk.mode, lk.offset, len(lk.windows), len(lk.day_windows)]
-                    numbers += [len(lk.buckets), int(lk.last), *(w * US for w in lk.windows)]
-                    numbers += [*lk.day_windows, *(x for pair in lk.buckets for x in pair)]
-            numbers.append(len(shape.blocks))
-            for b in shape.blocks:
-                numbers += [b.group + 1, len(b.scopes)]
-            codes = [family_code(lk.family) for lk in shape.lookups]
-            if len(self._specs) >= _CACHE_SIZE:
-                self._specs.clear()
-            spec = self._specs[id(shape)] = (shape, _numbers(numbers), codes)
-        return spec
+    def _block_keys(self, who: _Who) -> list[tuple[str, str, str]]:
+        """(scope, target, key) of every block hash a snapshot of ``who`` holds: the user's
+        and, with a household, the household's, of every block target."""
+        tag, user_id, household_id = who
+        out: list[tuple[str, str, str]] = []
+        for target in self.block_targets:
+            out.append(("user", target, self.keys.blocks(tag, "user", user_id, target)))
+            if household_id:
+                key = self.keys.blocks(tag, "household", household_id, target)
+                out.append(("household", target, key))
+        return out
 
-    def _read_keys_args(self, plan: Plan) -> _Call:
-        shape, spec, codes = self._spec(plan.shape)
-        tag = self.keys.tag(plan.household_id, plan.user_id)
-        base = self.keys.base(tag)
-        scope_ids = {
-            "user": escape(plan.user_id),
-            "household": escape(plan.household_id or ""),
-            "device": escape(plan.device_id or ""),
-        }
-        keys = [
-            self.keys.counters_at(base, code, scope_ids[lk.family.scope])
-            for lk, code in zip(shape.lookups, codes, strict=True)
-        ]
-        keys += [self.keys.blocks(tag, *b) for b in plan.blocks]
-        t = plan.t_us
-        args: list[EncodableT] = [t, t // DAY_US, t // HOUR_US, spec]
-        args += [_names(f, c) for f, c in zip(plan.fields, shape.columns, strict=True)]
-        return keys, args
+    def _who(self, household_id: str | None, user_id: str) -> _Who:
+        return (self.keys.tag(household_id, user_id), user_id, household_id)
+
+    def _read_call(self, who: _Who) -> _Call:
+        blocks = [key for _, _, key in self._block_keys(who)]
+        return [*self.keys.parts(who[0]), *blocks], []
+
+    def _snapshot(self, who: _Who, reply: Sequence[Any]) -> eventlog.Snapshot:
+        """A READ reply (or a conflicting COMMIT's, without its first value) as a snapshot."""
+        events, ids, tuples, days, last, generation = reply[:6]
+        parts = eventlog.Parts(ids, tuples, events, days, last)
+        blocks: dict[tuple[str, str], dict[str, int]] = {}
+        for (scope, target, _), flat in zip(self._block_keys(who), reply[6:], strict=False):
+            if flat:
+                values = {k.decode(): int(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+                blocks[(scope, target)] = values
+        return eventlog.Snapshot(eventlog.Log(parts), blocks, (len(events), bytes(generation)))
+
+    def _remember(self, who: _Who, snapshot: eventlog.Snapshot) -> None:
+        if len(self._recent) >= _RECENT:
+            self._recent.clear()
+        self._recent[who] = snapshot
+
+    def _reading(self, who: _Who, plan: Plan, reply: object) -> CapReading | AdmatchError:
+        """A plan's reading from its READ reply, or the error the store answered it with."""
+        if isinstance(reply, AdmatchError):
+            return reply
+        if isinstance(reply, Exception):
+            return _unavailable(reply)
+        snapshot = self._snapshot(who, cast("list[Any]", reply))
+        self._remember(who, snapshot)
+        return reading(plan, snapshot)
 
     def read(self, plan: Plan, budget_s: float | None = None) -> CapReading:
         """See :class:`CapStore`."""
-        keys, args = self._read_keys_args(plan)
+        who = self._who(plan.household_id, plan.user_id)
+        keys, args = self._read_call(who)
         reply = self._call(lambda: self._eval(self._read, keys, args, budget_s))
-        return place(plan, *decode_read(plan, reply))
+        answer = self._reading(who, plan, reply)
+        if isinstance(answer, AdmatchError):
+            raise answer
+        return answer
 
     def read_many(
         self, plans: Sequence[Plan], budget_s: float | None = None
     ) -> list[CapReading | AdmatchError]:
-        """See :class:`CapStore`: the plans' READ calls in one pipeline (:meth:`_pipeline`); a
-        plan whose ids cannot be sent is not sent."""
-        calls: list[_Call] = []
-        refused: dict[int, AdmatchError] = {}
-        for i, plan in enumerate(plans):
-            try:
-                calls.append(self._read_keys_args(plan))
-            except InvalidArgument as exc:
-                refused[i] = exc
-        replies: list[object] = []
-        if calls:
-            try:
-                replies = self._call(lambda: self._pipeline(self._read, calls, budget_s))
-            except StoreUnavailable as exc:  # no answer at all: every plan sent fails
-                replies = [exc] * len(calls)
-        answers = iter(replies)
+        """See :class:`CapStore`: the plans' READ calls in one pipeline (:meth:`_pipeline`)."""
+        if not plans:
+            return []
+        whos = [self._who(p.household_id, p.user_id) for p in plans]
+        calls = [self._read_call(who) for who in whos]
+        replies: list[object]
+        try:
+            replies = self._call(lambda: self._pipeline(self._read, calls, budget_s))
+        except StoreUnavailable as exc:  # no answer at all: every plan fails
+            replies = [exc] * len(calls)
         return [
-            refused[i] if i in refused else _reading(plan, next(answers))
-            for i, plan in enumerate(plans)
+            self._reading(who, plan, reply)
+            for who, plan, reply in zip(whos, plans, replies, strict=True)
         ]
-
-    def _family_writes(self, touchpoint: str, slot: str) -> list[_Write]:
-        """What an impression on this touchpoint and slot writes (cached)."""
-        writes = self._writes.get((touchpoint, slot))
-        if writes is not None:
-            return writes
-        with self._configuring:  # the rules and gaps of one config, into its cache
-            writes = [
-                (
-                    family_code(fam),
-                    SCOPE_COLUMN[fam.scope],
-                    TARGET_COLUMN[fam.target],
-                    keep_policy(
-                        fam,
-                        self.rules,
-                        self.gaps,
-                        self.retention_s,
-                        self.ahead_s,
-                        self.campaign_times,
-                    ).numbers(),
-                )
-                for fam in impression_families(touchpoint, slot, self.rules, self.gaps)
-            ]
-            self._writes[(touchpoint, slot)] = writes
-        return writes
-
-    def configure(self, caps: CapsConfig) -> None:
-        """See :class:`CapStore`. An impression recorded while this runs may still be written
-        by the rules before it."""
-        with self._configuring:
-            self.rules, self.gaps, self.blocks = caps.rules, caps.gap_rules, caps.block_rules
-            self.competing = dict(caps.competitor_of)
-            self._writes = {}
-
-    def _record_keys_args(self, imp: Impression, today: int) -> _Call:
-        """``today``: the arrival day (the markers'), read once per call of the store."""
-        tag = self.keys.tag(imp.household_id, imp.user_id)
-        base = self.keys.base(tag)
-        keys = [self.keys.markers(tag, today - k) for k in range(self.marker_days, -1, -1)]
-        policies: list[int] = []
-        targets = []
-        for code, scope_column, target_column, policy in self._family_writes(
-            imp.touchpoint, imp.slot
-        ):
-            scope_id = getattr(imp, scope_column)
-            if target_column is None:
-                target_id: str | None = ANY
-            elif target_column == COMPETITOR:
-                target_id = competitor_ids(imp.ids(), self.competing)[COMPETITOR]
-            else:
-                target_id = getattr(imp, target_column)
-            if scope_id is not None and target_id is not None:
-                keys.append(self.keys.counters_at(base, code, escape(scope_id)))
-                policies += policy
-                targets.append(target_id)
-        t = micros(imp.ts)
-        args: list[EncodableT] = [
-            t,
-            t // DAY_US,
-            t // HOUR_US,
-            self.horizon_s + 86_400,
-            _numbers(policies),
-            _names(targets, "impression"),
-            fingerprint(imp.impression_id),
-            self.marker_days + 1,
-        ]
-        return keys, args
 
     def _today(self) -> int:
         """The arrival day: markers go by it (a retry follows its first try soon)."""
         return int(self.clock() // 86_400)
 
+    def _due_us(self, t_us: int) -> int:
+        """A log whose first impression is older than this is due a fold."""
+        cut = eventlog.fold_cut(t_us, self.retention_s, self.ahead_s)
+        return (cut - FOLD_SLACK_DAYS) * DAY_US
+
+    def _markers(self, tag: str, today: int) -> list[str]:
+        return [self.keys.markers(tag, today - k) for k in range(self.marker_days, -1, -1)]
+
+    def _record_call(self, imp: Impression, today: int) -> _Call:
+        """``today``: the arrival day (the markers'), read once per call of the store."""
+        tag = self.keys.tag(imp.household_id, imp.user_id)
+        ts, ids = eventlog.impression_bytes(imp, self.competing)
+        keys = [*self.keys.parts(tag), *self._markers(tag, today)]
+        args: list[EncodableT] = [
+            fingerprint(imp.impression_id),
+            self.marker_days + 1,
+            self.horizon_s + 86_400,
+            ts,
+            ids,
+            self.ttl_s,
+            self._due_us(micros(imp.ts)),
+        ]
+        return keys, args
+
     def record(self, impressions: list[Impression]) -> int:
-        """See :class:`CapStore`. One pipelined round trip (per cluster node)."""
+        """See :class:`CapStore`. One pipelined round trip (per cluster node); then, for the
+        households whose log is due, a fold (about once a day each)."""
         if not impressions:
             return 0
         today = self._today()
-        calls = [self._record_keys_args(imp, today) for imp in impressions]
+        calls = [self._record_call(imp, today) for imp in impressions]
         results = self._call(lambda: self._pipeline(self._record, calls))
-        for result in results:
+        due: dict[_Who, None] = {}
+        for imp, result in zip(impressions, results, strict=True):
             if isinstance(result, Exception):
                 raise _unavailable(result) from result
-        return sum(cast("list[int]", results))
+            if cast("int", result) == 3:
+                due[self._who(imp.household_id, imp.user_id)] = None
+        for who in due:
+            self._fold_now(who)
+        return sum(1 for r in results if cast("int", r) > 0)
+
+    def _fold_now(self, who: _Who, snapshot: eventlog.Snapshot | None = None) -> bool:
+        """Fold a household's log (from a fresh read unless given its snapshot); ``False``
+        when it changed meanwhile (the next write that finds it due folds it)."""
+        if snapshot is None:
+            read = partial(self._eval, self._read, *self._read_call(who))
+            snapshot = self._snapshot(who, self._call(read))
+        events = snapshot.log.t
+        if not len(events):
+            return True
+        cut = eventlog.fold_cut(int(events.max()), self.retention_s, self.ahead_s)
+        parts = eventlog.fold(snapshot.log, cut, self.kept, household=who[2] is not None)
+        length, generation = snapshot.version
+        args: list[EncodableT] = [length, generation, self.ttl_s]
+        args += [parts.events, parts.ids, parts.tuples, parts.days, parts.last]
+        keys = self.keys.parts(who[0])
+        return bool(self._call(lambda: self._eval(self._fold, keys, args)))
 
     def _pipeline(
         self, script: Script, calls: list[_Call], budget_s: float | None = None
@@ -416,57 +368,98 @@ class RedisCapStore:
     def check_and_record(
         self, attempts: Sequence[Attempt], budget_s: float | None = None
     ) -> list[int | StoreUnavailable]:
-        """See :class:`CapStore`: one CHECK_RECORD script for the attempts of one hash tag
-        (all of a request's: its household's), so the selection is checked and recorded as
-        one atomic unit; the scripts of several tags in one pipelined round trip."""
-        today = self._today()
-        by_tag: dict[str, list[int]] = {}
-        for i, (impression, _, _) in enumerate(attempts):
-            tag = self.keys.tag(impression.household_id, impression.user_id)
-            by_tag.setdefault(tag, []).append(i)
-        calls: list[_Call] = []
-        for members in by_tag.values():
-            keys: list[str] = []
-            args: list[EncodableT] = [len(members)]
-            for i in members:
-                k, a = self._check_call(*attempts[i], today)
-                keys += k
-                args += [len(k), len(a), *a]
-            calls.append((keys, args))
-        if not calls:
-            return []
-        replies = self._call(lambda: self._pipeline(self._check_record, calls, budget_s))
+        """See :class:`CapStore`. The attempts of one household (all of a request's) are
+        checked in order on a snapshot of it (the request's own read, when this store made
+        it) and committed together only if the household has not changed since: one round
+        trip when nothing raced them (a read first without a snapshot), one more per
+        conflict. Households are committed one after the other."""
         out: list[int | StoreUnavailable] = [0] * len(attempts)
-        for members, reply in zip(by_tag.values(), replies, strict=True):
-            for n, i in enumerate(members):
-                out[i] = (
-                    _unavailable(reply)
-                    if isinstance(reply, Exception)
-                    else int(cast("list[int]", reply)[n])
-                )
+        groups: dict[_Who, list[int]] = {}
+        for i, (imp, _, _) in enumerate(attempts):
+            groups.setdefault(self._who(imp.household_id, imp.user_id), []).append(i)
+        today = self._today()
+        for who, members in groups.items():
+            mine = [attempts[i] for i in members]
+            try:
+                results = self._reserve(who, mine, today, budget_s)
+            except StoreUnavailable as exc:
+                if len(groups) == 1:
+                    raise
+                results = [exc] * len(members)
+            for i, result in zip(members, results, strict=True):
+                out[i] = result
         return out
 
-    def _check_call(
-        self, impression: Impression, plan: Plan, checks: list[Check], today: int
-    ) -> _Call:
-        read_keys, read_args = self._read_keys_args(plan)
-        rec_keys, rec_args = self._record_keys_args(impression, today)
-        encoded: list[int] = []
-        for chk in checks:
-            gap = chk.kind == "since"
-            threshold = round(chk.threshold * US) if gap else round(chk.threshold)
-            encoded += [chk.group + 1, chk.column + 1, int(gap), threshold]
-        args = [len(rec_keys), *rec_args, *read_args, _numbers(encoded)]
-        return rec_keys + read_keys, args
+    def _reserve(
+        self, who: _Who, attempts: list[Attempt], today: int, budget_s: float | None
+    ) -> list[int | StoreUnavailable]:
+        snapshot = self._recent.pop(who, None)
+        retries = [False] * len(attempts)
+        block_keys = [key for _, _, key in self._block_keys(who)]
+        markers = self._markers(who[0], today)
+        keys = [*self.keys.parts(who[0]), *block_keys, *markers]
+        for _ in range(_TRIES):
+            if snapshot is None:
+                read_keys, read_args = self._read_call(who)
+                reply = self._call(partial(self._eval, self._read, read_keys, read_args, budget_s))
+                snapshot = self._snapshot(who, reply)
+            results = self._decide(snapshot, attempts, retries)
+            length, generation = snapshot.version
+            args: list[EncodableT] = [length, generation, len(block_keys), len(markers)]
+            args += [self.horizon_s + 86_400, self.ttl_s, 0, len(attempts)]
+            due = 0
+            for (imp, _, _), retry, result in zip(attempts, retries, results, strict=True):
+                ts, ids = eventlog.impression_bytes(imp, self.competing)
+                args += [fingerprint(imp.impression_id), ts, ids, int(retry), int(result == 1)]
+                due = max(due, self._due_us(micros(imp.ts)))
+            args[6] = due
+            answer = self._call(partial(self._eval, self._commit, keys, args, budget_s))
+            if int(answer[0]) == 1:
+                if int(answer[1]):
+                    self._fold_now(who)
+                return list(results)
+            snapshot = self._snapshot(who, answer[1:-1])
+            retries = [flag == ord("1") for flag in bytes(answer[-1])]
+        raise StoreUnavailable(f"cap store: reservations kept conflicting ({_TRIES} tries)")
+
+    def _decide(
+        self, snapshot: eventlog.Snapshot, attempts: list[Attempt], retries: list[bool]
+    ) -> list[int]:
+        """Each attempt's answer on the snapshot, in order: an admitted one counts for the
+        ones after it (appended to a copy of the log), a retry is 0 (and so is an impression
+        id repeated within the attempts)."""
+        current = snapshot.log
+        writer: eventlog.Writer | None = None
+        taken: set[str] = set()
+        out = []
+        for (imp, plan, checks), retry in zip(attempts, retries, strict=True):
+            if retry or imp.impression_id in taken:
+                out.append(0)
+                continue
+            if eventlog.blocked(plan, snapshot.blocks).any():
+                out.append(BLOCK_REFUSAL)
+                continue
+            refused = check(plan, checks, eventlog.answers(plan, current, inclusive=True))
+            if refused:
+                out.append(refused)
+                continue
+            out.append(1)
+            taken.add(imp.impression_id)
+            writer = writer or eventlog.Writer(current.parts)
+            eventlog.add(writer, imp, self.competing)
+            current = eventlog.Log(writer.parts())
+        return out
 
     def block(self, feedback: list[Feedback]) -> int:
-        """See :class:`CapStore`. Each block stores its end (event time); a later end wins. One
-        pipelined round trip (per cluster node)."""
+        """See :class:`CapStore`. Each block stores its end (event time); a later end wins; it
+        raises its household's generation (a reservation checked before it is checked
+        again). One pipelined round trip (per cluster node)."""
         calls: list[_Call] = []
         for w in block_writes(self.blocks, feedback):
             tag = self.keys.tag(w.event.household_id, w.event.user_id)
             key = self.keys.blocks(tag, w.scope, w.scope_id, w.target)
-            calls.append(([key], [w.target_id, str(w.until_us), str(w.ttl_s)]))
+            generation = self.keys.parts(tag)[5]
+            calls.append(([key, generation], [w.target_id, w.until_us, w.ttl_s, self.ttl_s]))
         if not calls:
             return 0
         results = self._call(lambda: self._pipeline(self._block, calls))
