@@ -12,10 +12,11 @@ rewrote whole counters. Layout v4 keeps, per hash tag (a household, or a user wi
 * the **tuples**: the ids of one ad as codes (``TUPLE``: ad, creative, campaign, advertiser,
   category, competition label), and the touchpoint and slot of a place, appended; an event
   names its ad and its place by the tuple's position;
-* the **summaries** of the impressions folded out of the log (:func:`fold`), for the readers
+* the **day counts** of the impressions folded out of the log (:func:`fold`), for the readers
   that look further back: per day and in all (``DAYS``: day 0 is the lifetime) for the families
-  with long windows and the campaigns' own caps, and the latest time (``LAST``) for the
-  families whose recency or gap is read.
+  with long windows and the campaigns' own caps. The latest impression of each target of a
+  family whose recency or gap is read stays in the log (*pinned*) however old, so the latest
+  times are always read from the log.
 
 Every family (scope x target, filtered or not) is computed from the log, so what a household
 takes grows with its impressions of the last days, not with the number of families, rules or
@@ -35,13 +36,9 @@ import numpy as np
 from engine.caps.keep import Summary
 from engine.caps.keys import family_code, fingerprint
 from engine.caps.plan import ANY, DAY_US, US, Plan, micros
-from engine.caps.rules import (
-    COMPETITOR,
-    TARGET_COLUMN,
-    competitor_ids,
-)
+from engine.caps.rules import COMPETITOR, TARGET_COLUMN, Family, competitor_ids
 from engine.caps.shape import Shape
-from engine.caps.store import Impression, Matrices
+from engine.caps.store import Answers, Impression
 
 EVENT = np.dtype(
     [("t", "<i8"), ("user", "<u2"), ("device", "<u2"), ("ad", "<u2"), ("place", "<u2")]
@@ -51,7 +48,6 @@ TUPLE = np.dtype(("<u2", (TUPLE_WIDTH,)))
 AD_COLUMNS = ("ad_id", "creative_id", "campaign_id", "advertiser_id", "category", COMPETITOR)
 GROUP = np.dtype([("fam", "<u2"), ("scope", "<u2"), ("start", "<u4"), ("n", "<u4")])
 DAYS = np.dtype([("target", "<u2"), ("day", "<u2"), ("count", "<u2")])
-LAST = np.dtype([("t", "<i8"), ("target", "<u2"), ("pad", "<u2", (3,))])
 MAX_CODES = 65_535  # codes are 16-bit: ids (and tuples) of one household's log and summaries
 LIFETIME = 0  # the day of a lifetime count's low 16 bits in DAYS (its high 16 bits: day 1)
 _HIGH = 1
@@ -92,7 +88,6 @@ class Parts:
     tuples: bytes = b""
     events: bytes = b""
     days: bytes = b""
-    last: bytes = b""
 
 
 def _grouped(data: bytes, dtype: np.dtype) -> tuple[dict[tuple[int, int], slice], np.ndarray]:
@@ -105,10 +100,7 @@ def _grouped(data: bytes, dtype: np.dtype) -> tuple[dict[tuple[int, int], slice]
     n = int.from_bytes(data[:4], "little")
     head = np.frombuffer(data, dtype=GROUP, count=n, offset=4)
     records = np.frombuffer(data, dtype=dtype, offset=4 + GROUP.itemsize * n)
-    groups = {
-        (int(g["fam"]), int(g["scope"])): slice(int(g["start"]), int(g["start"] + g["n"]))
-        for g in head
-    }
+    groups = {(fam, scope): slice(start, start + n) for fam, scope, start, n in head.tolist()}
     return groups, records
 
 
@@ -141,10 +133,8 @@ class Log:
         self.t, self.user, self.device = ev["t"], ev["user"], ev["device"]
         self.ad, self.place = ev["ad"], ev["place"]
         self.day_groups, self.days = _grouped(parts.days, DAYS)
-        self.last_groups, self.last = _grouped(parts.last, LAST)
         self.day_target, self.day_day = self.days["target"], self.days["day"]
         self.day_count = self.days["count"]
-        self.last_t, self.last_target = self.last["t"], self.last["target"]
 
     def codes(self, values: Iterable[str | None]) -> np.ndarray:
         """The codes of ids (0: null, or not in the dictionary)."""
@@ -172,19 +162,22 @@ class _Columns:
     bucket ``value = (size, back)`` back, before ``t``; 2 days, from the start of the day
     ``value - 1`` before ``t``'s, also after ``t``; 0 days: the lifetime). A *latest* column
     takes the latest time before ``t`` of its selection's events. Lookups that read past the
-    log also read the summaries of their family (``day_reads``, ``last_reads``)."""
+    log also read their family's day counts (``day_reads``)."""
 
     selections: tuple[tuple[str, str | None, str | None], ...]  # (scope, touchpoint, slot)
     count_group: np.ndarray
     count_column: np.ndarray  # the column in its group's rows
     count_selection: np.ndarray
-    entries: tuple[tuple[int, Any], ...]
+    floor: np.ndarray  # per count column: its lower bound is (t // floor) * floor - back
+    back: np.ndarray
+    lifetime: np.ndarray  # no lower bound
+    upper: np.ndarray  # bounded by t (else by nothing)
     last_group: np.ndarray
     last_column: np.ndarray
     last_selection: np.ndarray
     families: tuple[tuple[str, str], ...]  # code and scope of the lookups reading summaries
     day_reads: tuple[tuple[int, int, int, int], ...]  # family, group, column, days (0: life)
-    last_reads: tuple[tuple[int, int, int], ...]  # family, group, column
+    day_read_array: np.ndarray  # the same as an array
     group_target: np.ndarray  # per group, its column in an ad tuple (the any group: 0)
 
 
@@ -201,7 +194,6 @@ def _columns(shape: Shape) -> _Columns:
     lasts: list[tuple[int, int, int]] = []
     families: list[tuple[str, str]] = []
     day_reads: list[tuple[int, int, int, int]] = []
-    last_reads: list[tuple[int, int, int]] = []
     for lk in shape.lookups:
         fam = lk.family
         key = (fam.scope, fam.touchpoint, fam.slot)
@@ -217,13 +209,11 @@ def _columns(shape: Shape) -> _Columns:
         last = lk.offset + lk.width - 1
         if lk.last:
             lasts.append((lk.group, last, sel))
-        if lk.day_windows or lk.last:
+        if lk.day_windows:
             f = len(families)
             families.append((family_code(fam), fam.scope))
             first = lk.offset + len(lk.windows)
             day_reads += [(f, lk.group, first + j, d) for j, d in enumerate(lk.day_windows)]
-            if lk.last:
-                last_reads.append((f, lk.group, last))
     if len(_COLUMNS) >= 4_096:
         _COLUMNS.clear()
 
@@ -235,13 +225,13 @@ def _columns(shape: Shape) -> _Columns:
         column(counts, 0),
         column(counts, 1),
         column(counts, 2),
-        tuple(entries),
+        *_bound_arrays(entries),
         column(lasts, 0),
         column(lasts, 1),
         column(lasts, 2),
         tuple(families),
         tuple(day_reads),
-        tuple(last_reads),
+        np.asarray(day_reads, dtype=np.int64).reshape(-1, 4),
         np.asarray(
             [0 if col is None else _COLUMN[_TARGET_OF[col]] for col in shape.columns],
             dtype=np.int64,
@@ -255,28 +245,45 @@ _MIN, _MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
 _TARGET_OF = {column: target for target, column in TARGET_COLUMN.items() if column}
 
 
+def _bound_arrays(
+    entries: Sequence[tuple[int, Any]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The count columns' bounds as arrays (see :class:`_Columns`): a window ``w`` after
+    ``t - w``; a bucket from the start of the one ``back - 1`` before ``t``'s; days from the
+    start of the day ``d - 1`` before ``t``'s (0: the lifetime, no bound)."""
+    floor, back, lifetime, upper = [], [], [], []
+    for kind, value in entries:
+        if kind == 0:
+            floor.append(1)
+            back.append(value)
+        elif kind == 1:
+            size, n = value
+            floor.append(size)
+            back.append((n - 1) * size + 1)
+        else:
+            floor.append(DAY_US)
+            back.append((value - 1) * DAY_US + 1)
+        lifetime.append(kind == 2 and value == 0)
+        upper.append(kind != 2)
+    return (
+        np.asarray(floor, dtype=np.int64),
+        np.asarray(back, dtype=np.int64),
+        np.asarray(lifetime, dtype=bool),
+        np.asarray(upper, dtype=bool),
+    )
+
+
 def _bounds(c: _Columns, t0: int, inclusive: bool) -> tuple[np.ndarray, np.ndarray]:
     """Per count column, the bounds of the times it counts: ``lo < t < hi``."""
-    before = _MAX if inclusive else t0
-    lo, hi = [], []
-    for kind, value in c.entries:
-        if kind == 0:
-            lo.append(t0 - value)
-            hi.append(before)
-        elif kind == 1:
-            size, back = value
-            lo.append((t0 // size - back + 1) * size - 1)
-            hi.append(before)
-        else:
-            lo.append(_MIN if value == 0 else (t0 // DAY_US - value + 1) * DAY_US - 1)
-            hi.append(_MAX)
-    return np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64)
+    lo = (t0 // c.floor) * c.floor - c.back
+    lo[c.lifetime] = _MIN
+    hi = np.where(c.upper, _MAX if inclusive else t0, _MAX)
+    return lo, hi
 
 
-def answers(plan: Plan, log: Log, inclusive: bool = False) -> Matrices:
-    """Every lookup of ``plan`` answered from ``log``: per group one row per field, as
-    :func:`engine.caps.store.group_matrices` lays them out. ``inclusive`` also counts the
-    impressions at or after ``t`` (an atomic check's reading).
+def answers(plan: Plan, log: Log, inclusive: bool = False) -> Answers:
+    """Every lookup of ``plan`` answered from ``log`` (see :class:`engine.caps.store.Answers`).
+    ``inclusive`` also counts the impressions at or after ``t`` (an atomic check's reading).
 
     Batched over every lookup at once: a table maps each id's code to its field's row in each
     group; one boolean matrix says which event counts in which count column (its selection and
@@ -284,17 +291,11 @@ def answers(plan: Plan, log: Log, inclusive: bool = False) -> Matrices:
     the latest times; the summaries' records are added the same way."""
     shape = plan.shape
     widths = shape.widths
-    sizes = [(len(f) + 1) * w for f, w in zip(plan.fields, widths, strict=True)]
-    base = np.cumsum([0, *sizes])
-    flat = np.empty(int(base[-1]))
-    matrices = []
-    for g, defaults in enumerate(shape.row_defaults):
-        view = flat[base[g] : base[g + 1]].reshape(len(plan.fields[g]) + 1, widths[g])
-        view[:] = defaults
-        matrices.append(view)
+    out = Answers(plan)
+    flat, base = out.flat, out.offsets
     t, t0 = log.t, plan.t_us
-    if not len(t) and not log.day_groups and not log.last_groups:
-        return matrices
+    if not len(t) and not log.day_groups:
+        return out
     c = _columns(shape)
     # every id the read needs, coded at once: user, device, filters, family codes, fields
     names: list[str | None] = [plan.user_id, plan.device_id]
@@ -348,12 +349,12 @@ def answers(plan: Plan, log: Log, inclusive: bool = False) -> Matrices:
             cells = base[c.last_group] + fr * width[c.last_group] + c.last_column
             times = np.broadcast_to(t[:, None], cells.shape)[hits].astype(float)
             np.maximum.at(flat, cells[hits], times)
-    if log.day_groups or log.last_groups:
-        _add_summaries(flat, base, width, c, log, codes, scope, table, t0, inclusive)
-    return matrices
+    if log.day_groups:
+        _add_days(flat, base, width, c, log, codes, scope, table, t0)
+    return out
 
 
-def _add_summaries(
+def _add_days(
     flat: np.ndarray,
     base: np.ndarray,
     width: np.ndarray,
@@ -363,10 +364,9 @@ def _add_summaries(
     scope: Mapping[str, int],
     table: np.ndarray,
     t0: int,
-    inclusive: bool,
 ) -> None:
-    """Add the folded impressions: day counts to the day windows (and lifetime), latest
-    times to the latest columns, every lookup's at once."""
+    """Add the folded impressions' day counts to the day windows (and lifetime), every
+    lookup's at once."""
     first = 2 + 2 * len(c.selections)
     family = [int(codes[first + f]) for f in range(len(c.families))]
     # a user or device the dictionary does not know has no summaries (0 is the household's)
@@ -374,36 +374,41 @@ def _add_summaries(
         scope[name] if name == "household" or scope[name] else -1 for _, name in c.families
     ]
     day_t = t0 // DAY_US
-    parts, groups, columns, windows = [], [], [], []
-    for f, g, col, d in c.day_reads:
-        found = log.day_groups.get((family[f], lookup_scope[f])) if family[f] else None
-        if found is not None and found.stop > found.start:
-            parts.append(np.arange(found.start, found.stop))
-            groups.append(np.full(found.stop - found.start, g))
-            columns.append(np.full(found.stop - found.start, col))
-            windows.append(np.full(found.stop - found.start, d))
-    if parts:
-        idx, gs, cs, ds = (np.concatenate(x) for x in (parts, groups, columns, windows))
+    reads = c.day_read_array
+    idx, which = _records(log.day_groups, reads[:, 0], family, lookup_scope)
+    if len(idx):
+        gs, cs, ds = reads[which, 1], reads[which, 2], reads[which, 3]
         day, count = log.day_day[idx].astype(np.int64), log.day_count[idx].astype(float)
         fr = table[log.day_target[idx], gs]
         life = ds == 0
         ok = (fr >= 0) & np.where(life, day <= _HIGH, (day > _HIGH) & (day >= day_t - ds + 1))
         weight = np.where(life & (day == _HIGH), count * 65_536, count)
         np.add.at(flat, (base[gs] + fr * width[gs] + cs)[ok], weight[ok])
-    parts, groups, columns = [], [], []
-    for f, g, col in c.last_reads:
-        found = log.last_groups.get((family[f], lookup_scope[f])) if family[f] else None
+
+
+def _records(
+    groups: Mapping[tuple[int, int], slice],
+    families: np.ndarray,
+    family: Sequence[int],
+    scope: Sequence[int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The summary records each read takes (``families``: per read its family's index) and,
+    per record, which read takes it."""
+    starts, lengths, owners = [], [], []
+    for j, f in enumerate(families.tolist()):
+        found = groups.get((family[f], scope[f])) if family[f] else None
         if found is not None and found.stop > found.start:
-            parts.append(np.arange(found.start, found.stop))
-            groups.append(np.full(found.stop - found.start, g))
-            columns.append(np.full(found.stop - found.start, col))
-    if parts:
-        idx, gs, cs = (np.concatenate(x) for x in (parts, groups, columns))
-        fr, times = table[log.last_target[idx], gs], log.last_t[idx]
-        ok = fr >= 0
-        if not inclusive:
-            ok &= times < t0
-        np.maximum.at(flat, (base[gs] + fr * width[gs] + cs)[ok], times[ok].astype(float))
+            starts.append(found.start)
+            lengths.append(found.stop - found.start)
+            owners.append(j)
+    if not owners:
+        return _NONE, _NONE
+    size = np.asarray(lengths)
+    shift = np.asarray(starts) - (np.cumsum(size) - size)
+    return np.arange(int(size.sum())) + np.repeat(shift, size), np.repeat(owners, size)
+
+
+_NONE = np.zeros(0, dtype=np.int64)
 
 
 class Writer:
@@ -421,7 +426,6 @@ class Writer:
         self.tuples = bytearray(parts.tuples)
         self.events = bytearray(parts.events)
         self.days = bytearray(parts.days)
-        self.last = bytearray(parts.last)
 
     def intern(self, fp: int) -> int:
         """The code of a fingerprint (0 stays null), added to the dictionary if new."""
@@ -462,7 +466,6 @@ class Writer:
             bytes(self.tuples),
             bytes(self.events),
             bytes(self.days),
-            bytes(self.last),
         )
 
 
@@ -530,110 +533,102 @@ def fold_cut(newest_us: int, retention_s: int, ahead_s: int) -> int:
     return min((oldest_read - retention_s * US) // DAY_US, oldest_read // DAY_US - 7) - 1
 
 
+def _family_keys(
+    fam: Family, ev: np.ndarray, ads: np.ndarray, places: np.ndarray, fps: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per event, its scope id and target id in ``fam`` (fingerprints; the household's scope
+    id is 0) and whether it belongs to the family."""
+    sel = np.ones(len(ev), dtype=bool)
+    if fam.scope == "household":
+        scopes = np.zeros(len(ev), dtype=np.uint64)
+    else:
+        scopes = fps[ev[fam.scope]]
+        sel &= scopes > 0
+    if fam.touchpoint is not None:
+        sel &= places[:, 0] == fp_value(fam.touchpoint)
+    if fam.slot is not None:
+        sel &= places[:, 1] == fp_value(fam.slot)
+    if fam.target == "any":
+        targets = np.full(len(ev), fp_value(ANY), dtype=np.uint64)
+    else:
+        targets = ads[:, _COLUMN[fam.target]]
+        sel &= targets > 0
+    return scopes, targets, sel
+
+
 def fold(log: Log, cut_day: int, kept: Sequence[Summary], household: bool) -> Parts:
-    """The tag's parts with the impressions before ``cut_day`` moved into the summaries of
-    the families in ``kept`` (summaries of other families are dropped), day counts older than
-    each family's days dropped, and the dictionary and tuples rebuilt from what remains
-    (codes change: a fold is a new version of the tag). ``household``: the tag is a
-    household's (its household families hold every impression)."""
+    """The tag's parts with the impressions before ``cut_day`` moved into the day counts of
+    the families in ``kept`` (the day counts of other families are dropped, and day counts
+    older than each family's days), except the *pinned* ones: of a family whose latest time is
+    read, the latest of each scope id's and target's impressions before ``cut_day`` stays in
+    the log, however old (it is not counted in the day counts: an impression counts in one
+    place), so a read after ``cut_day`` finds its latest time in the log. The dictionary
+    and tuples are rebuilt from what remains (codes change: a fold is a new version of the
+    tag). ``household``: the tag is a household's (its household families hold every
+    impression)."""
     ev = log.events
-    old = ev["t"] < cut_day * DAY_US
+    t = ev["t"]
     fps = np.concatenate([np.zeros(1, dtype=np.uint64), log.fps])  # code -> fingerprint
     tuples = fps[log.tuples]  # tuple code -> its fingerprints
-    out = Writer()
+    ads, places = tuples[ev["ad"]], tuples[ev["place"]]
+    families = [k for k in kept if household or k.family.scope != "household"]
+    old = t < cut_day * DAY_US
+    pinned = np.zeros(len(ev), dtype=bool)
+    for summary in families:  # the latest old impression of each scope id and target
+        if summary.last:
+            scopes, targets, sel = _family_keys(summary.family, ev, ads, places, fps)
+            idx = np.flatnonzero(sel & old)
+            order = idx[np.lexsort((t[idx], targets[idx], scopes[idx]))]
+            by_scope, by_target = scopes[order], targets[order]
+            latest = np.ones(len(order), dtype=bool)  # the last of each (scope, target) run
+            latest[:-1] = (by_scope[1:] != by_scope[:-1]) | (by_target[1:] != by_target[:-1])
+            pinned[order[latest]] = True
+    folding = old & ~pinned
+    newest_day = int(t.max() // DAY_US) if len(ev) else cut_day
     days: dict[tuple[int, int, int, int], int] = {}
-    last: dict[tuple[int, int, int], int] = {}
-    newest_day = int(ev["t"].max() // DAY_US) if len(ev) else cut_day
-    old_ev = ev[old]
-    ads, places = tuples[old_ev["ad"]], tuples[old_ev["place"]]
-    for summary in kept:
-        fam = summary.family
-        if fam.scope == "household" and not household:
+    for summary in families:
+        if not (summary.days or summary.life):
             continue
-        name = fp_value(family_code(fam))
-        prior_code = log.code(family_code(fam))
-        # what earlier folds kept, in fingerprints
-        if prior_code:
-            for (f, scope), where in log.day_groups.items():
-                if f != prior_code:
-                    continue
-                for r in log.days[where]:
-                    day, count = int(r["day"]), int(r["count"])
+        name = fp_value(family_code(summary.family))
+        prior = log.code(family_code(summary.family))
+        for (f, scope), where in log.day_groups.items():  # what earlier folds kept
+            if prior and f == prior:
+                for target, day, count in log.days[where].tolist():
                     if day == _HIGH:
                         day, count = LIFETIME, count << 16
-                    key = (name, int(fps[scope]), int(fps[r["target"]]), day)
+                    key = (name, int(fps[scope]), int(fps[target]), day)
                     days[key] = days.get(key, 0) + count
-            for (f, scope), where in log.last_groups.items():
-                if f != prior_code:
-                    continue
-                for r in log.last[where]:
-                    key3 = (name, int(fps[scope]), int(fps[r["target"]]))
-                    last[key3] = max(last.get(key3, -1), int(r["t"]))
-        sel = np.ones(len(old_ev), dtype=bool)
-        if fam.scope != "household":
-            sel &= old_ev[fam.scope] > 0
-        if fam.touchpoint is not None:
-            sel &= places[:, 0] == fp_value(fam.touchpoint)
-        if fam.slot is not None:
-            sel &= places[:, 1] == fp_value(fam.slot)
-        if fam.target == "any":
-            targets = np.full(len(old_ev), fp_value(ANY), dtype=np.uint64)
-        else:
-            targets = ads[:, _COLUMN[fam.target]]
-            sel &= targets > 0
-        scopes = (
-            np.zeros(len(old_ev), dtype=np.uint64)
-            if fam.scope == "household"
-            else fps[old_ev[fam.scope]]
-        )
-        for s, tg, ts in zip(scopes[sel], targets[sel], old_ev["t"][sel], strict=True):
-            s, tg, ts = int(s), int(tg), int(ts)
+        scopes, targets, sel = _family_keys(summary.family, ev, ads, places, fps)
+        sel &= folding
+        mine = zip(scopes[sel].tolist(), targets[sel].tolist(), t[sel].tolist(), strict=True)
+        for sc, tg, ts in mine:
             if summary.days:
-                key = (name, s, tg, ts // DAY_US)
+                key = (name, sc, tg, ts // DAY_US)
                 days[key] = days.get(key, 0) + 1
             if summary.life:
-                key = (name, s, tg, LIFETIME)
+                key = (name, sc, tg, LIFETIME)
                 days[key] = days.get(key, 0) + 1
-            if summary.last:
-                last[(name, s, tg)] = max(last.get((name, s, tg), -1), ts)
         for key in [k for k in days if k[0] == name]:
             day = key[3]
             if day == LIFETIME and not summary.life:
                 del days[key]
             elif day != LIFETIME and (not summary.days or day <= newest_day - summary.days):
                 del days[key]
-        if not summary.last:
-            for key3 in [k for k in last if k[0] == name]:
-                del last[key3]
-    keep_names = {fp_value(family_code(s.family)) for s in kept}
-    for e in ev[~old]:
-        out.add(
-            int(e["t"]),
-            int(fps[e["user"]]),
-            int(fps[e["device"]]),
-            [int(x) for x in tuples[e["ad"]]],
-            [int(x) for x in tuples[e["place"]][:2]],
-        )
+    out = Writer()
+    for e, ad, place in zip(
+        ev[~folding].tolist(), ads[~folding].tolist(), places[~folding].tolist(), strict=True
+    ):
+        out.add(e[0], int(fps[e[1]]), int(fps[e[2]]), ad, place[:2])
     day_groups: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
-    for (n, sc, tg, d), count in sorted(days.items()):
-        if n not in keep_names:
-            continue
-        records = day_groups.setdefault((out.intern(n), out.intern(sc)), [])
+    for (name, sc, tg, d), count in sorted(days.items()):
+        records = day_groups.setdefault((out.intern(name), out.intern(sc)), [])
         if d == LIFETIME:
             records.append((out.intern(tg), LIFETIME, count & 0xFFFF))
             if count >> 16:
                 records.append((out.intern(tg), _HIGH, min(count >> 16, 0xFFFF)))
         else:
             records.append((out.intern(tg), d, min(count, _MAX_DAY_COUNT)))
-    last_groups: dict[tuple[int, int], list[tuple[int, int, tuple[int, int, int]]]] = {}
-    for (n, sc, tg), ts in sorted(last.items()):
-        if n in keep_names:
-            group = last_groups.setdefault((out.intern(n), out.intern(sc)), [])
-            group.append((ts, out.intern(tg), (0, 0, 0)))
     out.days += _group_bytes(
         {k: np.asarray(v, dtype=DAYS).tobytes() for k, v in day_groups.items()}, DAYS
-    )
-    out.last += _group_bytes(
-        {k: np.asarray(v, dtype=LAST).tobytes() for k, v in last_groups.items()}, LAST
     )
     return out.parts()

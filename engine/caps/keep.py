@@ -11,7 +11,8 @@ readers that look further back need summaries of the folded impressions:
 * a request's own campaign caps may read the (unfiltered) campaign families over any window
   up to 180 days or lifetime: those keep 181 days and the lifetime;
 * the campaign recency feature (``since_*_campaign_s``) and the minimum gaps need the latest
-  time of their family.
+  time of their family: the fold keeps (pins) the latest folded impression of each of their
+  scope ids and targets in the log.
 
 Nothing else is kept, so what a household takes is bounded by its last days of impressions
 and by the long readers' days, never by how long it has been seen.

@@ -14,7 +14,6 @@ of families, rules or targets:
   summaries use (``fingerprint``), appended; an id's code is its position.
 * ``P:v4:{T}:t``  string: the tuples (an ad's ids, a place's touchpoint and slot) as codes.
 * ``P:v4:{T}:s``  string: the day and lifetime counts of the impressions folded out of the log.
-* ``P:v4:{T}:r``  string: the latest times of the impressions folded out of the log.
 * ``P:v4:{T}:g``  integer: the tag's generation, raised by every fold and block (a
   reservation's check holds only if neither the log nor the generation moved).
 * ``P:v4:{T}:b:SC:S:TG``  hash, field = campaign id, advertiser id or category -> end of a
@@ -88,10 +87,10 @@ class KeySpace:
         return f"{self.prefix}:{{{tag}}}"
 
     def parts(self, tag: str) -> list[str]:
-        """The keys of a tag's log, dictionary, tuples, day counts, latest times and
-        generation, in this order (``eventlog.Parts`` and the scripts read them so)."""
+        """The keys of a tag's log, dictionary, tuples, day counts and generation, in this
+        order (the scripts read them so)."""
         base = self.base(tag)
-        return [f"{base}:{part}" for part in ("e", "n", "t", "s", "r", "g")]
+        return [f"{base}:{part}" for part in ("e", "n", "t", "s", "g")]
 
     def blocks(self, tag: str, scope: str, scope_id: str, target: str) -> str:
         """Blocks from negative feedback or conversions: field = target id, value = block end."""

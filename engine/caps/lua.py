@@ -4,10 +4,10 @@ node.
 
 Redis keeps a household's parts (``eventlog.py`` has their bytes) and appends to them; the
 client reads them whole and computes every answer. ``PARTS`` below are a tag's keys in the
-order of ``KeySpace.parts``: the log, the dictionary, the tuples, the day counts, the latest
-times, the generation.
+order of ``KeySpace.parts``: the log, the dictionary, the tuples, the day counts, the
+generation.
 
-``READ``: ``KEYS = PARTS, then block hashes``. Returns the five parts' strings, the generation
+``READ``: ``KEYS = PARTS, then block hashes``. Returns the four parts' strings, the generation
 and per block hash its fields and values (``HGETALL``).
 
 ``RECORD`` (one impression): ``KEYS = PARTS, then the nm marker strings of the arrival days
@@ -32,7 +32,7 @@ reply's values..., retries}`` (``retries``: per attempt '1' or '0'), a fresh sna
 again.
 
 ``FOLD``: ``KEYS = PARTS``; ``ARGV = log length, generation (the snapshot's), ttl_s, then the
-five new parts``. Replaces the parts (an empty one is deleted) and raises the generation when
+four new parts``. Replaces the parts (an empty one is deleted) and raises the generation when
 the snapshot is still current; returns 1, else 0 (someone wrote meanwhile: fold later).
 
 ``BLOCK``: ``KEYS = a block hash, the tag's generation``; ``ARGV = field, end (us), ttl_s,
@@ -68,9 +68,9 @@ end
 
 local function read(keys, nb)
   local out = {}
-  for i = 1, 5 do out[i] = call('GET', keys[i]) or '' end
-  out[6] = call('GET', keys[6]) or '0'
-  for i = 1, nb do out[6 + i] = call('HGETALL', keys[6 + i]) end
+  for i = 1, 4 do out[i] = call('GET', keys[i]) or '' end
+  out[5] = call('GET', keys[5]) or '0'
+  for i = 1, nb do out[5 + i] = call('HGETALL', keys[5 + i]) end
   return out
 end
 
@@ -79,6 +79,15 @@ local function due(keys, due_us)
   local first = call('GETRANGE', keys[1], 0, 7)
   if #first == 8 and up('<i8', first) < due_us then return 1 end
   return 0
+end
+
+-- set an appended string again at its size: APPEND leaves up to as much room again (Redis
+-- doubles a growing string), which would take half of a household's memory. Only the APPEND
+-- goes to the AOF and the replicas (the same value: they keep its room until this runs there)
+local function exact(key)
+  redis.set_repl(redis.REPL_NONE)
+  call('SET', key, call('GET', key), 'KEEPTTL')
+  redis.set_repl(redis.REPL_ALL)
 end
 
 -- append one impression: its ids to the dictionary, its tuples, the event (see eventlog.Writer)
@@ -103,7 +112,10 @@ local function append(keys, time, ids, ttl)
   for i = 3, 8 do ad[i - 2] = intern(i) end
   local tp, slot = intern(9), intern(10)
   if size + #added > 65535 then return error('cap store: more than 65535 ids in one household') end
-  if #added > 0 then call('APPEND', keys[2], table.concat(added)) end
+  if #added > 0 then
+    call('APPEND', keys[2], table.concat(added))
+    exact(keys[2])
+  end
   local tuples = call('GET', keys[3]) or ''
   local count, new = #tuples / 12, {}
   local function tuple(s)
@@ -120,15 +132,20 @@ local function append(keys, time, ids, ttl)
   local a = tuple(pk('<HHHHHH', ad[1], ad[2], ad[3], ad[4], ad[5], ad[6]))
   local p = tuple(pk('<HHHHHH', tp, slot, 0, 0, 0, 0))
   if count + #new > 65535 then return error('cap store: more than 65535 ads in one household') end
-  if #new > 0 then call('APPEND', keys[3], table.concat(new)) end
+  if #new > 0 then
+    call('APPEND', keys[3], table.concat(new))
+    exact(keys[3])
+  end
   call('APPEND', keys[1], time .. pk('<HHHH', user, device, a, p))
+  exact(keys[1])
   if call('TTL', keys[1]) < ttl - 3600 then
-    for i = 1, 6 do call('EXPIRE', keys[i], ttl) end
+    for i = 1, 5 do call('EXPIRE', keys[i], ttl) end
   end
 end
 
 local function mark(today, fp, marker_ttl)
   call('APPEND', today, fp)
+  exact(today)
   if call('TTL', today) < 0 then call('EXPIRE', today, marker_ttl) end  -- set once
 end
 """
@@ -136,7 +153,7 @@ end
 READ = (
     _COMMON
     + r"""
-return read(KEYS, #KEYS - 6)
+return read(KEYS, #KEYS - 5)
 """
 )
 
@@ -144,8 +161,8 @@ RECORD = (
     _COMMON
     + r"""
 local fp, nm = ARGV[1], tonumber(ARGV[2])
-if seen(KEYS, 7, nm, fp) then return 0 end
-mark(KEYS[6 + nm], fp, ARGV[3])
+if seen(KEYS, 6, nm, fp) then return 0 end
+mark(KEYS[5 + nm], fp, ARGV[3])
 append(KEYS, ARGV[4], ARGV[5], tonumber(ARGV[6]))
 return 1 + 2 * due(KEYS, tonumber(ARGV[7]))
 """
@@ -157,11 +174,11 @@ COMMIT = (
 local nb, nm = tonumber(ARGV[3]), tonumber(ARGV[4])
 local marker_ttl, ttl, due_us, n = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local current = call('STRLEN', KEYS[1]) == tonumber(ARGV[1])
-current = current and (call('GET', KEYS[6]) or '0') == ARGV[2]
+current = current and (call('GET', KEYS[5]) or '0') == ARGV[2]
 local retries, mismatch = {}, false
 for i = 1, n do
   local a = 9 + 5 * (i - 1)
-  local retry = seen(KEYS, 7 + nb, nm, ARGV[a])
+  local retry = seen(KEYS, 6 + nb, nm, ARGV[a])
   retries[i] = retry and '1' or '0'
   if retries[i] ~= ARGV[a + 3] then mismatch = true end
 end
@@ -171,7 +188,7 @@ if not current or mismatch then
   out[#out + 1] = table.concat(retries)
   return out
 end
-local today = KEYS[6 + nb + nm]
+local today = KEYS[5 + nb + nm]
 for i = 1, n do
   local a = 9 + 5 * (i - 1)
   if ARGV[a + 3] == '0' and ARGV[a + 4] == '1' then
@@ -186,19 +203,19 @@ return {1, due(KEYS, due_us)}
 FOLD = (
     _COMMON
     + r"""
-if call('STRLEN', KEYS[1]) ~= tonumber(ARGV[1]) or (call('GET', KEYS[6]) or '0') ~= ARGV[2] then
+if call('STRLEN', KEYS[1]) ~= tonumber(ARGV[1]) or (call('GET', KEYS[5]) or '0') ~= ARGV[2] then
   return 0
 end
 local ttl = tonumber(ARGV[3])
-for i = 1, 5 do
+for i = 1, 4 do
   if ARGV[3 + i] == '' then
     call('DEL', KEYS[i])
   else
     call('SET', KEYS[i], ARGV[3 + i], 'EX', ttl)
   end
 end
-call('INCR', KEYS[6])
-call('EXPIRE', KEYS[6], ttl)
+call('INCR', KEYS[5])
+call('EXPIRE', KEYS[5], ttl)
 return 1
 """
 )

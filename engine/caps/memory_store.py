@@ -26,16 +26,14 @@ from engine.caps.rules import (
 )
 from engine.caps.store import (
     BLOCK_REFUSAL,
+    Answers,
     Attempt,
     CapReading,
     Check,
     Feedback,
     Impression,
-    Matrices,
     StoreUnavailable,
     block_writes,
-    dense_rows,
-    group_matrices,
     place,
 )
 from engine.errors import AdmatchError
@@ -59,9 +57,9 @@ class MemoryCapStore:
         self._blocks: dict[tuple[str, str, str, str], int] = {}
         self._lock = threading.Lock()
 
-    def _answers(self, plan: Plan, inclusive: bool) -> Matrices:
+    def _answers(self, plan: Plan, inclusive: bool) -> Answers:
         """Like the Redis READ; ``inclusive`` counts impressions at or after ``t`` too."""
-        matrices = group_matrices(plan)
+        matrices = Answers(plan)
         t, day_t = plan.t_us, plan.t_us // DAY_US
         for lk in plan.lookups:
             scope_id, answers = plan.scope_id(lk), matrices[lk.group]
@@ -82,7 +80,7 @@ class MemoryCapStore:
                 answers[f, lk.offset : lk.offset + lk.width] = values
         return matrices
 
-    def _read(self, plan: Plan, inclusive: bool = False) -> tuple[Matrices, np.ndarray]:
+    def _read(self, plan: Plan, inclusive: bool = False) -> tuple[Answers, np.ndarray]:
         ids = {"user": plan.user_id, "household": plan.household_id}
         flags = [
             np.asarray(
@@ -103,7 +101,7 @@ class MemoryCapStore:
         """See :class:`CapStore` (in memory: nothing to wait for)."""
         with self._lock:
             matrices, blocks = self._read(plan)
-        return place(plan, dense_rows(matrices), blocks)
+        return place(plan, matrices, blocks)
 
     def read_many(
         self, plans: Sequence[Plan], budget_s: float | None = None
@@ -111,7 +109,7 @@ class MemoryCapStore:
         """See :class:`CapStore`: every plan under one hold of the lock."""
         with self._lock:
             answers = [self._read(plan) for plan in plans]
-        return [place(plan, dense_rows(m), b) for plan, (m, b) in zip(plans, answers, strict=True)]
+        return [place(plan, m, b) for plan, (m, b) in zip(plans, answers, strict=True)]
 
     @staticmethod
     def _marker(imp: Impression) -> tuple[str | None, str, str]:

@@ -109,8 +109,9 @@ class Plan:
 
     ``fields[g]`` are the distinct ids of group ``g`` (``["*"]`` for the target any) and
     ``rows[g]`` each candidate's index among them (-1: a null id, nothing to read);
-    ``nulls[g]`` says whether some candidate has -1 there. ``only`` maps a campaign's own cap
-    (rule index) to the field of its campaign (-1: not a candidate).
+    ``nulls[g]`` says whether some candidate has -1 there; ``safe_rows`` (candidates x
+    groups) has the rows with a null id's -1 made the group's last row (its defaults). ``only``
+    maps a campaign's own cap (rule index) to the field of its campaign (-1: not a candidate).
     """
 
     shape: Shape
@@ -123,6 +124,7 @@ class Plan:
     rows: list[np.ndarray]
     only: dict[int, int]
     nulls: list[bool]
+    safe_rows: np.ndarray
 
     @property
     def lookups(self) -> tuple[Lookup, ...]:
@@ -266,6 +268,9 @@ class Planner:
                 fields.append(f)
                 rows.append(r)
                 nulls.append(null)
+        safe = np.empty((n, len(rows)), dtype=np.int64)
+        for g, (r, f, null) in enumerate(zip(rows, fields, nulls, strict=True)):
+            safe[:, g] = np.where(r < 0, len(f), r) if null else r
         only: dict[int, int] = {}
         if own:
             campaigns = {c: i for i, c in enumerate(fields[shape.columns.index("campaign_id")])}
@@ -283,6 +288,7 @@ class Planner:
             rows,
             only,
             nulls,
+            safe,
         )
 
 

@@ -1,13 +1,13 @@
 """The Redis cap store (key layout 4): one EVALSHA per request read, per impression batch,
 per request's reservations (uncontended).
 
-Redis keeps each household's event log, dictionary and summaries (``eventlog.py``) and appends
+Redis keeps each household's event log, dictionary and day counts (``eventlog.py``) and appends
 to them atomically; the client reads them whole and computes every answer (``eventlog.answers``),
 so Redis does little more per read than a few GETs. A reservation is checked in the client on
 a snapshot (the request's own read when there is one) and committed only if the household has
 not changed since (its log's length and generation): one round trip when nothing raced it,
 another per conflict (the commit's reply is the fresh snapshot). The log of a household is
-folded into day counts and latest times about once a day (``eventlog.fold``) by the writer
+folded into day counts about once a day (``eventlog.fold``) by the writer
 that notices it is due.
 """
 
@@ -41,7 +41,6 @@ from engine.caps.store import (
     Impression,
     StoreUnavailable,
     block_writes,
-    dense_rows,
     place,
 )
 from engine.errors import AdmatchError
@@ -62,7 +61,7 @@ def _unavailable(exc: Exception) -> StoreUnavailable:
 def reading(plan: Plan, snapshot: eventlog.Snapshot) -> CapReading:
     """A plan's reading from a snapshot of its household."""
     matrices = eventlog.answers(plan, snapshot.log)
-    return place(plan, dense_rows(matrices), eventlog.blocked(plan, snapshot.blocks))
+    return place(plan, matrices, eventlog.blocked(plan, snapshot.blocks))
 
 
 def check(plan: Plan, checks: Sequence[Check], matrices: Sequence[np.ndarray]) -> int:
@@ -207,10 +206,10 @@ class RedisCapStore:
 
     def _snapshot(self, who: _Who, reply: Sequence[Any]) -> eventlog.Snapshot:
         """A READ reply (or a conflicting COMMIT's, without its first value) as a snapshot."""
-        events, ids, tuples, days, last, generation = reply[:6]
-        parts = eventlog.Parts(ids, tuples, events, days, last)
+        events, ids, tuples, days, generation = reply[:5]
+        parts = eventlog.Parts(ids, tuples, events, days)
         blocks: dict[tuple[str, str], dict[str, int]] = {}
-        for (scope, target, _), flat in zip(self._block_keys(who), reply[6:], strict=False):
+        for (scope, target, _), flat in zip(self._block_keys(who), reply[5:], strict=False):
             if flat:
                 values = {k.decode(): int(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
                 blocks[(scope, target)] = values
@@ -318,7 +317,7 @@ class RedisCapStore:
         parts = eventlog.fold(snapshot.log, cut, self.kept, household=who[2] is not None)
         length, generation = snapshot.version
         args: list[EncodableT] = [length, generation, self.ttl_s]
-        args += [parts.events, parts.ids, parts.tuples, parts.days, parts.last]
+        args += [parts.events, parts.ids, parts.tuples, parts.days]
         keys = self.keys.parts(who[0])
         return bool(self._call(lambda: self._eval(self._fold, keys, args)))
 
@@ -458,7 +457,7 @@ class RedisCapStore:
         for w in block_writes(self.blocks, feedback):
             tag = self.keys.tag(w.event.household_id, w.event.user_id)
             key = self.keys.blocks(tag, w.scope, w.scope_id, w.target)
-            generation = self.keys.parts(tag)[5]
+            generation = self.keys.parts(tag)[4]
             calls.append(([key, generation], [w.target_id, w.until_us, w.ttl_s, self.ttl_s]))
         if not calls:
             return 0

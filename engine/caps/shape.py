@@ -113,7 +113,15 @@ class Shape:
     n_rules: int
     n_gaps: int
     row_defaults: tuple[np.ndarray, ...] = field(repr=False)
-    gathers: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...] = field(repr=False)
+    # every answer a candidate gathers from its groups' rows (not own caps'): its group, its
+    # column in the group's rows, the group's row width, its output column, whether a null
+    # id means the rule does not apply (NaN: a rule or gap, not an exposure count)
+    gather_group: np.ndarray = field(repr=False)
+    gather_src: np.ndarray = field(repr=False)
+    gather_width: np.ndarray = field(repr=False)
+    gather_dest: np.ndarray = field(repr=False)
+    gather_refuse: np.ndarray = field(repr=False)
+    latest: tuple[tuple[int, int], ...] = field(repr=False)  # (group, column) of latest times
     since_outputs: np.ndarray = field(repr=False)
     output_defaults: np.ndarray = field(repr=False)
     # what a candidate reads when none of its ids has history (its rule counts 0, no latest
@@ -211,6 +219,7 @@ class _Builder:
                 ),
                 *counts,
                 (),
+                *(np.zeros(0, dtype=np.int64),) * 5,
                 (),
                 np.zeros(0, dtype=np.int64),
                 np.zeros(0),
@@ -224,30 +233,27 @@ def _finish(shape: Shape) -> Shape:
     for lk in shape.lookups:
         if lk.last:
             defaults[lk.group][lk.offset + lk.width - 1] = -1.0
-    gathers = []
-    for g in range(len(shape.columns)):
-        mine = [t for t in shape.targets if t.group == g and t.rule < 0]
-        gathers.append(
-            (
-                np.asarray([t.column for t in mine], dtype=np.int64),
-                np.asarray([shape.output_column(t) for t in mine], dtype=np.int64),
-                np.asarray(
-                    [shape.output_column(t) for t in mine if t.output != "exposures"],
-                    dtype=np.int64,
-                ),
-            )
-        )
+    gathered = [t for t in shape.targets if t.rule < 0]
+
+    def column(values: list[Any], dtype: Any = np.int64) -> np.ndarray:
+        return np.asarray(values, dtype=dtype)
+
+    dest = column([shape.output_column(t) for t in gathered])
     out = np.full(N_EXPOSURES + shape.n_rules + shape.n_gaps, np.nan)
     out[:N_EXPOSURES] = [0.0 if name.startswith("exp_") else np.nan for name in _EXPOSURE_INDEX]
     since = sorted({shape.output_column(t) for t in shape.targets if t.since})
     base = out.copy()
-    for g, (src, dest, _) in enumerate(gathers):
-        base[dest] = defaults[g][src]
+    base[dest] = [defaults[t.group][t.column] for t in gathered]
     base[since] = np.nan  # no latest time: no seconds since
     return replace(
         shape,
         row_defaults=tuple(defaults),
-        gathers=tuple(gathers),
+        gather_group=column([t.group for t in gathered]),
+        gather_src=column([t.column for t in gathered]),
+        gather_width=column([shape.widths[t.group] for t in gathered]),
+        gather_dest=dest,
+        gather_refuse=column([t.output != "exposures" for t in gathered], bool),
+        latest=tuple((lk.group, lk.offset + lk.width - 1) for lk in shape.lookups if lk.last),
         since_outputs=np.asarray(since, dtype=np.int64),
         output_defaults=out,
         base_row=base,

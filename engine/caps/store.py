@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, overload
 
 import numpy as np
 
@@ -141,64 +141,68 @@ class CapReading:
     blocked: np.ndarray
 
 
-Matrices = list[np.ndarray]  # per group of a plan: (fields + 1) x row width, see group_matrices
-# per group of a plan, the fields with history: their indices (0-based) and their answers (k x
-# row width); ``None`` when no field of the group has any (every candidate reads the defaults)
-Rows = list[tuple[np.ndarray, np.ndarray] | None]
+class Answers(Sequence[np.ndarray]):
+    """What a backend answers for a plan: per group (``answers[g]``), one row per field and a
+    last row that stays default (a candidate with a null id reads it): counts 0, latest times
+    -1. The groups are views of one flat array (``flat``, group ``g`` from ``offsets[g]``), so
+    every candidate's answers are placed with one gather (:func:`place`)."""
+
+    def __init__(self, plan: Plan) -> None:
+        widths = plan.shape.widths
+        offsets, end = [], 0
+        for fields, width in zip(plan.fields, widths, strict=True):
+            offsets.append(end)
+            end += (len(fields) + 1) * width
+        self.flat = np.zeros(end)
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.groups = [
+            self.flat[o : o + (len(f) + 1) * w].reshape(len(f) + 1, w)
+            for o, f, w in zip(offsets, plan.fields, widths, strict=True)
+        ]
+        for g, column in plan.shape.latest:
+            self.groups[g][:, column] = -1.0
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[np.ndarray]: ...
+    def __getitem__(self, index: int | slice) -> np.ndarray | Sequence[np.ndarray]:
+        return self.groups[index]
+
+    def __len__(self) -> int:
+        return len(self.groups)
 
 
-def group_matrices(plan: Plan) -> Matrices:
-    """Per group, one row of default answers (counts 0, latest time -1) per field, plus a last
-    row that stays default: candidates with a null id (row -1) gather it."""
-    out = []
-    for defaults, fields in zip(plan.shape.row_defaults, plan.fields, strict=True):
-        answers = np.empty((len(fields) + 1, len(defaults)))
-        answers[:] = defaults
-        out.append(answers)
-    return out
-
-
-def dense_rows(matrices: Matrices) -> Rows:
-    """Every field of every group as one with history (a backend that answers every field)."""
-    return [(np.arange(len(m) - 1), m[:-1]) for m in matrices]
-
-
-def place(plan: Plan, rows: Rows, blocked: np.ndarray) -> CapReading:
+def place(plan: Plan, answers: Answers, blocked: np.ndarray) -> CapReading:
     """Place the answers where the plan says they go.
 
-    Every candidate starts from the shape's ``base_row`` (what it reads when none of its ids
-    has history); only a group with fields that have history is gathered (one gather for the
-    group), so a request whose ids have little history costs few array calls.
+    Every candidate starts from the shape's ``base_row`` (a campaign's own caps: NaN, it binds
+    only its campaign's candidates) and gathers its groups' answers at once (a null id reads
+    its group's default row, and a rule it refuses does not apply: NaN); latest times become
+    seconds since (none: NaN).
 
     Args:
         plan: the request's plan.
-        rows: per group, its fields with history and their answers (see :data:`Rows`).
+        answers: the backend's answers for it.
         blocked: per candidate, whether a block covers it (:meth:`Plan.blocked`).
     """
     shape, n = plan.shape, plan.n
     out = np.repeat(shape.base_row[None, :], n, axis=0)
-    filled: dict[int, np.ndarray] = {}
-    for g, (src, dest, refusals) in enumerate(shape.gathers):
-        group = rows[g]
-        if group is not None and len(group[0]):
-            answers = np.empty((len(plan.fields[g]) + 1, len(shape.row_defaults[g])))
-            answers[:] = shape.row_defaults[g]
-            answers[group[0]] = group[1]
-            filled[g] = answers
-            if len(src):
-                out[:, dest] = answers.take(plan.rows[g], 0).take(src, 1)
-        if len(refusals) and plan.nulls[g]:  # no id: the rule does not apply
-            out[np.ix_(plan.rows[g] < 0, refusals)] = np.nan
+    groups = shape.gather_group
+    if len(groups):
+        rows = plan.safe_rows[:, groups]
+        cells = answers.offsets[groups] + rows * shape.gather_width + shape.gather_src
+        values = answers.flat[cells]
+        if any(plan.nulls):  # no id (the group's last row): the group's rules do not apply
+            last = np.fromiter(map(len, plan.fields), dtype=np.int64, count=len(plan.fields))
+            values[(rows == last[groups]) & shape.gather_refuse] = np.nan
+        out[:, shape.gather_dest] = values
     for t, column in shape.own_targets:  # a campaign's own cap: only its campaign's candidates
         applies = plan.applies(t)
         if applies.any():
-            found = filled.get(t.group)
-            if found is None:
-                out[applies, column] = shape.row_defaults[t.group][t.column]
-            else:
-                out[applies, column] = found[plan.rows[t.group][applies], t.column]
+            out[applies, column] = answers[t.group][plan.rows[t.group][applies], t.column]
     since = shape.since_outputs
-    if filled and len(since):  # the latest times read become seconds since (none: NaN)
+    if len(since):  # the latest times read become seconds since (none: NaN)
         latest = out[:, since]
         latest[latest < 0] = np.nan
         out[:, since] = (plan.t_us - latest) / US

@@ -468,8 +468,8 @@ def test_every_key_expires(backend: tuple[str, Factory, Any]) -> None:
     store.record([imp(3, 20 * 1440)])  # 20 days on: the first two are folded into summaries
     assert isinstance(store, RedisCapStore)
     keys = list(client.scan_iter(match=f"{store.keys.prefix}:*", count=1000))
-    # the log, dictionary, tuples, day counts, latest times, generation, markers, 2 blocks
-    assert len(keys) == 9, keys
+    # the log, dictionary, tuples, day counts, generation, markers, 2 blocks
+    assert len(keys) == 8, keys
     ttls = [client.ttl(k) for k in keys]
     assert all(t > 0 for t in ttls), [k for k, t in zip(keys, ttls, strict=True) if t <= 0]
 

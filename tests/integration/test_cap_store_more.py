@@ -44,8 +44,8 @@ def test_the_event_log_bytes_are_the_documented_layout() -> None:
     """The stored bytes are part of the versioned contract (``eventlog.py``): the RECORD
     script appends exactly what ``eventlog.Writer`` writes (dictionary, tuples, 16-byte
     events, in arrival order, a late impression too), an id repeated in one impression (a
-    category that is its own competition label) gets one code, and a fold leaves the days it
-    moved as summaries, byte for byte."""
+    category that is its own competition label) gets one code, and a fold moves the old days
+    into day counts but keeps each campaign's latest impression (the recency) in the log."""
     server = EmbeddedRedis().start()
     try:
         client = server.client()
@@ -53,12 +53,12 @@ def test_the_event_log_bytes_are_the_documented_layout() -> None:
         events = [imp(1, 0), imp(2, -1440), imp(3, 5, campaign_id="c2", category="food")]
         store.record(events)
         parts = store.keys.parts(store.keys.tag("h1", "u1"))
-        stored = [client.get(k) or b"" for k in parts[:5]]
+        stored = [client.get(k) or b"" for k in parts[:4]]
         writer = eventlog.Writer()
         for event in events:
             eventlog.add(writer, event, CAPS.competitor_of)
         mine = writer.parts()
-        assert stored == [mine.events, mine.ids, mine.tuples, b"", b""]
+        assert stored == [mine.events, mine.ids, mine.tuples, b""]
         t0 = micros(T0)
         # user u1 (code 1), device tv1 (2); ad tuple 1 and place tuple 2, then the late one
         assert stored[0][:32] == struct.pack(
@@ -67,24 +67,16 @@ def test_the_event_log_bytes_are_the_documented_layout() -> None:
         assert stored[1][:16] == fingerprint("u1") + fingerprint("tv1")
         ids = np.frombuffer(stored[1], dtype="<u8").tolist()
         assert len(ids) == len(set(ids))  # "food" is its category and its own label: one code
-        # 20 days on, the first three are folded: per family its day counts (and lifetime)
+        # 20 days on, the first three are folded: the late one into day counts (and the
+        # lifetime), c1's and c2's latest stay in the log (pinned: the campaign recency)
         store.record([imp(4, 20 * 1440)])
-        log = eventlog.Log(
-            eventlog.Parts(
-                *(client.get(k) or b"" for k in (parts[1], parts[2], parts[0], parts[3], parts[4]))
-            )
-        )
-        assert log.t.tolist() == [t0 + 20 * 86_400 * 10**6]
+        log = eventlog.Log(eventlog.Parts(*(client.get(parts[k]) or b"" for k in (1, 2, 0, 3))))
+        minute = 60 * 10**6
+        assert log.t.tolist() == [t0, t0 + 5 * minute, t0 + 20 * 1440 * minute]
         user_campaign = (log.code("u.cmp"), log.code("u1"))
         days = log.days[log.day_groups[user_campaign]]
-        c1, day = log.code("c1"), t0 // (86_400 * 10**6)
-        assert [tuple(r) for r in days if r["target"] == c1] == [
-            (c1, 0, 2),
-            (c1, day - 1, 1),
-            (c1, day, 1),
-        ]
-        latest = log.last[log.last_groups[user_campaign]]
-        assert {int(r["target"]): int(r["t"]) for r in latest}[c1] == t0
+        c1, day = log.code("c1"), t0 // (1440 * minute)
+        assert [tuple(r) for r in days.tolist()] == [(c1, 0, 1), (c1, day - 1, 1)]
     finally:
         server.stop()
 

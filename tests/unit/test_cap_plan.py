@@ -12,7 +12,7 @@ import pytest
 from engine.caps import evaluate
 from engine.caps.plan import FEATURE_FAMILIES, Planner, impression_writes, plan_request
 from engine.caps.rules import CapRule, FeedbackBlock, GapRule, parse_duration
-from engine.caps.store import CapReading, dense_rows, group_matrices, place
+from engine.caps.store import Answers, CapReading, place
 from features.online import RequestContext
 
 T = datetime(2026, 3, 3, 20, tzinfo=UTC)
@@ -93,33 +93,35 @@ def test_shapes_are_cached_per_situation_and_bind_campaign_caps() -> None:
     assert not other.applies(next(t for t in other.shape.targets if t.rule >= 0)).any()
 
 
-@pytest.mark.parametrize("with_history", [(), (0,), (0, 2), "all"])
-def test_answers_placed_from_the_fields_with_history_equal_the_dense_answers(
-    with_history: tuple[int, ...] | str,
-) -> None:
-    """A backend answers only the fields that have history (the Redis READ) or every field
-    (the in-memory store); both place the same reading, whichever groups have history, with a
-    campaign's own cap and a null id among the candidates."""
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_answers_are_placed_where_the_plan_says(seed: int) -> None:
+    """``place`` puts each group's answers where the plan's targets say, for every candidate
+    (checked one by one against the targets): a null id reads the defaults and no rule of its
+    group applies, a campaign's own cap binds only its campaign, latest times become seconds
+    since (none: NaN)."""
     own = [CapRule(scope="user", target="campaign", window="1h", limit=1, campaign_id="c1")]
     plan = Planner(RULES, GAPS, FeedbackBlock().rules(), 7 * 86_400).plan(CTX, CANDS, own)
-    rng = np.random.default_rng(len(with_history))
-    dense = group_matrices(plan)
-    sparse: list[tuple[np.ndarray, np.ndarray] | None] = []
-    for g, answers in enumerate(dense):
-        if with_history != "all" and g not in with_history:
-            sparse.append(None)  # no field of the group has history: the defaults stand
-            continue
-        if not plan.fields[g]:
-            sparse.append((np.zeros(0, dtype=np.int64), answers[:0]))
-            continue
-        answers[0] = rng.integers(1, 5, size=answers.shape[1])  # the first field has history
-        answers[0, -1] = plan.t_us - 90 * 1_000_000  # (a latest time, 90 s before t)
-        sparse.append((np.zeros(1, dtype=np.int64), answers[:1].copy()))
-    blocked = np.zeros(plan.n, dtype=bool)
-    expected, got = place(plan, dense_rows(dense), blocked), place(plan, sparse, blocked)
-    for name in ("exposures", "rule_counts", "gap_since"):
-        np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), err_msg=name)
+    rng = np.random.default_rng(seed)
+    matrices = Answers(plan)
+    for answers in matrices:
+        fields = len(answers) - 1
+        answers[:fields] = rng.integers(0, 5, size=(fields, answers.shape[1]))
+        answers[:fields][rng.random((fields, answers.shape[1])) < 0.3] = -1  # no latest time
+    blocked = rng.random(plan.n) < 0.5
+    got = place(plan, matrices, blocked)
+    outputs = np.hstack([got.exposures, got.rule_counts, got.gap_since])
+    for t in plan.shape.targets:
+        applies = plan.applies(t)
+        for i in range(plan.n):
+            value = matrices[t.group][plan.rows[t.group][i], t.column]
+            if t.output != "exposures" and not applies[i]:
+                value = np.nan  # the rule does not apply to this candidate
+            if t.since:
+                value = np.nan if value < 0 else (plan.t_us - value) / 1e6
+            column = plan.shape.output_column(t)
+            np.testing.assert_equal(outputs[i, column], value, err_msg=f"{t} candidate {i}")
     assert np.isnan(got.rule_counts[2, 1])  # no campaign id: the campaign rule does not apply
+    assert (got.blocked == blocked).all()
 
 
 def test_candidate_ids_are_read_once_each() -> None:
