@@ -562,10 +562,10 @@ def fold(log: Log, cut_day: int, kept: Sequence[Summary], household: bool) -> Pa
     older than each family's days), except the *pinned* ones: of a family whose latest time is
     read, the latest of each scope id's and target's impressions before ``cut_day`` stays in
     the log, however old (it is not counted in the day counts: an impression counts in one
-    place), so a read after ``cut_day`` finds its latest time in the log. The dictionary
-    and tuples are rebuilt from what remains (codes change: a fold is a new version of the
-    tag). ``household``: the tag is a household's (its household families hold every
-    impression)."""
+    place), so a read after ``cut_day`` finds its latest time in the log. The dictionary and
+    tuples are rebuilt from what remains (codes change: a fold is a new version of the tag).
+    ``household``: the tag is a household's (its household families hold every impression).
+    Vectorised per family: every household folds about once a day."""
     ev = log.events
     t = ev["t"]
     fps = np.concatenate([np.zeros(1, dtype=np.uint64), log.fps])  # code -> fingerprint
@@ -585,50 +585,128 @@ def fold(log: Log, cut_day: int, kept: Sequence[Summary], household: bool) -> Pa
             pinned[order[latest]] = True
     folding = old & ~pinned
     newest_day = int(t.max() // DAY_US) if len(ev) else cut_day
-    days: dict[tuple[int, int, int, int], int] = {}
+    records = _Records()
     for summary in families:
         if not (summary.days or summary.life):
             continue
         name = fp_value(family_code(summary.family))
+        oldest = newest_day - summary.days if summary.days else _MAX  # days up to it go
         prior = log.code(family_code(summary.family))
-        for (f, scope), where in log.day_groups.items():  # what earlier folds kept
+        for (f, group_scope), where in log.day_groups.items():  # what earlier folds kept
             if prior and f == prior:
-                for target, day, count in log.days[where].tolist():
-                    if day == _HIGH:
-                        day, count = LIFETIME, count << 16
-                    key = (name, int(fps[scope]), int(fps[target]), day)
-                    days[key] = days.get(key, 0) + count
+                rec = log.days[where]
+                day, count = rec["day"].astype(np.int64), rec["count"].astype(np.int64)
+                high = day == _HIGH
+                count[high] <<= 16
+                day[high] = LIFETIME
+                scopes = fps[np.full(len(rec), group_scope)]
+                records.add(name, scopes, fps[rec["target"]], day, count)
         scopes, targets, sel = _family_keys(summary.family, ev, ads, places, fps)
         sel &= folding
-        mine = zip(scopes[sel].tolist(), targets[sel].tolist(), t[sel].tolist(), strict=True)
-        for sc, tg, ts in mine:
-            if summary.days:
-                key = (name, sc, tg, ts // DAY_US)
-                days[key] = days.get(key, 0) + 1
-            if summary.life:
-                key = (name, sc, tg, LIFETIME)
-                days[key] = days.get(key, 0) + 1
-        for key in [k for k in days if k[0] == name]:
-            day = key[3]
-            if day == LIFETIME and not summary.life:
-                del days[key]
-            elif day != LIFETIME and (not summary.days or day <= newest_day - summary.days):
-                del days[key]
-    out = Writer()
-    for e, ad, place in zip(
-        ev[~folding].tolist(), ads[~folding].tolist(), places[~folding].tolist(), strict=True
-    ):
-        out.add(e[0], int(fps[e[1]]), int(fps[e[2]]), ad, place[:2])
-    day_groups: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
-    for (name, sc, tg, d), count in sorted(days.items()):
-        records = day_groups.setdefault((out.intern(name), out.intern(sc)), [])
-        if d == LIFETIME:
-            records.append((out.intern(tg), LIFETIME, count & 0xFFFF))
-            if count >> 16:
-                records.append((out.intern(tg), _HIGH, min(count >> 16, 0xFFFF)))
-        else:
-            records.append((out.intern(tg), d, min(count, _MAX_DAY_COUNT)))
-    out.days += _group_bytes(
-        {k: np.asarray(v, dtype=DAYS).tobytes() for k, v in day_groups.items()}, DAYS
+        ones = np.ones(int(sel.sum()), dtype=np.int64)
+        records.add(name, scopes[sel], targets[sel], t[sel] // DAY_US, ones)
+        records.add(name, scopes[sel], targets[sel], np.full(len(ones), LIFETIME), ones)
+        records.keep(name, oldest, summary.life)
+    # the parts again: a dictionary of the ids still used (sorted), the tuples still used; the
+    # pinned impressions last, so that the log's first one says when the next fold is due
+    keep = np.concatenate([np.flatnonzero(~old), np.flatnonzero(pinned)])
+    user, device = fps[ev["user"][keep]], fps[ev["device"][keep]]
+    ad, place = ads[keep], places[keep][:, :2]
+    family, scope, target, day, count = records.summed()
+    ids = np.unique(
+        np.concatenate([user, device, ad.ravel(), place.ravel(), family, scope, target])
     )
-    return out.parts()
+    ids = ids[ids != 0]
+
+    def code(values: np.ndarray) -> np.ndarray:
+        return np.where(values == 0, 0, np.searchsorted(ids, values) + 1)
+
+    both = np.zeros((2 * len(ad), TUPLE_WIDTH), dtype=np.int64)
+    both[: len(ad)] = code(ad)
+    both[len(ad) :, :2] = code(place)
+    rows, which = np.unique(both, axis=0, return_inverse=True)
+    which = which.reshape(-1)
+    if len(ids) > MAX_CODES or len(rows) > MAX_CODES:
+        raise OverflowError("more than 65,535 ids or tuples in one household's log")
+    events = np.empty(len(ad), dtype=EVENT)
+    events["t"] = t[keep]
+    events["user"], events["device"] = code(user), code(device)
+    events["ad"], events["place"] = which[: len(ad)] + 1, which[len(ad) :] + 1
+    days = _day_bytes(code(family), code(scope), code(target), day, count)
+    return Parts(ids.astype("<u8").tobytes(), rows.astype("<u2").tobytes(), events.tobytes(), days)
+
+
+class _Records:
+    """A fold's day records as columns of fingerprints (family, scope, target), the day
+    (``LIFETIME`` for the lifetime count) and the count, summed by key when encoded."""
+
+    def __init__(self) -> None:
+        self.columns: list[list[np.ndarray]] = [[], [], [], [], []]
+        self.start = 0  # the first record of the family being added
+
+    def add(
+        self, name: int, scope: np.ndarray, target: np.ndarray, day: np.ndarray, count: np.ndarray
+    ) -> None:
+        family = np.full(len(day), name, dtype=np.uint64)
+        values = (family, scope.astype(np.uint64), target.astype(np.uint64), day, count)
+        for column, value in zip(self.columns, values, strict=True):
+            column.append(np.asarray(value, dtype=column[0].dtype if column else value.dtype))
+
+    def keep(self, name: int, oldest: int, life: bool) -> None:
+        """Drop the family's day counts up to ``oldest`` (and its lifetime unless ``life``)."""
+        n = sum(len(c) for c in self.columns[3]) - self.start
+        if n:
+            day = np.concatenate(self.columns[3])[self.start :]
+            drop = (day == LIFETIME) if not life else np.zeros(n, dtype=bool)
+            drop |= (day != LIFETIME) & (day <= oldest)
+            if drop.any():
+                for column in self.columns:
+                    whole = np.concatenate(column)
+                    column[:] = [whole[: self.start], whole[self.start :][~drop]]
+        self.start = sum(len(c) for c in self.columns[3])
+
+    def summed(self) -> tuple[np.ndarray, ...]:
+        """The records summed by key (family, scope, target, day), sorted by it."""
+        if not self.start:
+            empty = np.zeros(0, dtype=np.uint64)
+            return empty, empty, empty, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        family, scope, target, day, count = (np.concatenate(c) for c in self.columns)
+        order = np.lexsort((day, target, scope, family))
+        family, scope, target, day, count = (c[order] for c in (family, scope, target, day, count))
+        first = np.ones(len(day), dtype=bool)  # the first record of each key
+        first[1:] = (
+            (family[1:] != family[:-1])
+            | (scope[1:] != scope[:-1])
+            | (target[1:] != target[:-1])
+            | (day[1:] != day[:-1])
+        )
+        starts = np.flatnonzero(first)
+        count = np.add.reduceat(count, starts)
+        return family[starts], scope[starts], target[starts], day[starts], count
+
+
+def _day_bytes(
+    family: np.ndarray, scope: np.ndarray, target: np.ndarray, day: np.ndarray, count: np.ndarray
+) -> bytes:
+    """The day-count string of summed records (ids as codes): per (family, scope) group its
+    records (a day's count saturates; a lifetime count's high 16 bits are a record of its
+    own, day ``_HIGH``)."""
+    if not len(day):
+        return b""
+    life = day == LIFETIME
+    high = life & (count >= 1 << 16)
+    rows = np.concatenate([np.arange(len(day)), np.flatnonzero(high)])
+    day = np.concatenate([day, np.full(int(high.sum()), _HIGH)])
+    count = np.concatenate(
+        [np.where(life, count & 0xFFFF, np.minimum(count, _MAX_DAY_COUNT)), count[high] >> 16]
+    )
+    fam, sc, tg = family[rows], scope[rows], target[rows]
+    order = np.lexsort((day, tg, sc, fam))
+    fam, sc, tg, day, count = (c[order] for c in (fam, sc, tg, day, count))
+    table = np.empty(len(day), dtype=DAYS)
+    table["target"], table["day"], table["count"] = tg, day, np.minimum(count, 0xFFFF)
+    groups: dict[tuple[int, int], bytes] = {}
+    bounds = np.flatnonzero(np.diff(fam * 65_536 + sc, prepend=-1, append=-1))
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        groups[(int(fam[a]), int(sc[a]))] = table[a:b].tobytes()
+    return _group_bytes(groups, DAYS)
