@@ -231,7 +231,7 @@ class CapStore(Protocol):
         request's time left; never longer than the store's own deadline).
 
         Raises:
-            InvalidArgument: the plan's ids cannot be sent (a backend's limit, e.g. over 64 KiB).
+            InvalidArgument: a backend cannot take the plan's ids (its own limit).
             StoreUnavailable: the store did not answer within its deadline.
         """
         ...
@@ -261,9 +261,11 @@ class CapStore(Protocol):
         atomically: 0 if the impression id was already recorded; else, if no check fails and
         no block covers the candidate, record the impression and 1; else ``-(i+1)`` for
         failing check ``i``, or ``BLOCK_REFUSAL`` for a block. A later attempt counts the
-        earlier ones it follows (the ads of one pod). One round trip for them all (per
-        cluster node); an attempt the server refused alone is its ``StoreUnavailable``.
-        Waits at most ``budget_s``, as :meth:`read`.
+        earlier ones it follows (the ads of one pod). The attempts of one household are one
+        atomic unit: one round trip after the store read that household (the request's own
+        read), one more without it or when another write raced them; an attempt the server
+        refused alone is its ``StoreUnavailable``. Each call waits at most ``budget_s``, as
+        :meth:`read`.
 
         Raises:
             StoreUnavailable: no answer at all.
