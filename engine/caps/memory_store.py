@@ -35,6 +35,7 @@ from engine.caps.store import (
     StoreUnavailable,
     block_writes,
     place,
+    refusal,
 )
 from engine.errors import AdmatchError
 
@@ -151,14 +152,7 @@ class MemoryCapStore:
         matrices, blocks = self._read(plan, inclusive=True)
         if blocks.any():
             return BLOCK_REFUSAL
-        for i, chk in enumerate(checks):
-            value = matrices[chk.group][0, chk.column]
-            if chk.kind == "since":
-                if value >= 0 and plan.t_us - value < chk.threshold * US:
-                    return -(i + 1)
-            elif value >= chk.threshold:
-                return -(i + 1)
-        return self._record(impression)
+        return refusal(plan, checks, matrices) or self._record(impression)
 
     def block(self, feedback: list[Feedback]) -> int:
         """See :class:`CapStore`."""

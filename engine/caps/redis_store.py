@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar, cast
 
-import numpy as np
 import redis
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
@@ -30,18 +29,18 @@ from engine.caps import eventlog, lua
 from engine.caps.direct import DirectConnections
 from engine.caps.keep import LONG_TTL_S, summaries
 from engine.caps.keys import KeySpace, fingerprint
-from engine.caps.plan import DAY_US, US, Plan, micros
+from engine.caps.plan import DAY_US, Plan, micros
 from engine.caps.rules import BlockRule, CapRule, CapsConfig, GapRule
 from engine.caps.store import (
     BLOCK_REFUSAL,
     Attempt,
     CapReading,
-    Check,
     Feedback,
     Impression,
     StoreUnavailable,
     block_writes,
     place,
+    refusal,
 )
 from engine.errors import AdmatchError
 
@@ -62,18 +61,6 @@ def reading(plan: Plan, snapshot: eventlog.Snapshot) -> CapReading:
     """A plan's reading from a snapshot of its household."""
     matrices = eventlog.answers(plan, snapshot.log)
     return place(plan, matrices, eventlog.blocked(plan, snapshot.blocks))
-
-
-def check(plan: Plan, checks: Sequence[Check], matrices: Sequence[np.ndarray]) -> int:
-    """0 when no check refuses (on an inclusive reading), else ``-(i+1)`` for check ``i``."""
-    for i, chk in enumerate(checks):
-        value = matrices[chk.group][0, chk.column]
-        if chk.kind == "since":
-            if value >= 0 and plan.t_us - value < chk.threshold * US:
-                return -(i + 1)
-        elif value >= chk.threshold:
-            return -(i + 1)
-    return 0
 
 
 class RedisCapStore:
@@ -438,7 +425,7 @@ class RedisCapStore:
             if eventlog.blocked(plan, snapshot.blocks).any():
                 out.append(BLOCK_REFUSAL)
                 continue
-            refused = check(plan, checks, eventlog.answers(plan, current, inclusive=True))
+            refused = refusal(plan, checks, eventlog.answers(plan, current, inclusive=True))
             if refused:
                 out.append(refused)
                 continue

@@ -312,3 +312,16 @@ class Check:
 
 
 Attempt = tuple[Impression, Plan, list[Check]]  # one reservation: see CapStore.check_and_record
+
+
+def refusal(plan: Plan, checks: Sequence[Check], answers: Sequence[np.ndarray]) -> int:
+    """0 when no check refuses a one-candidate plan's (inclusive) answers, else ``-(i+1)``
+    for the first check ``i`` that does."""
+    for i, chk in enumerate(checks):
+        value = answers[chk.group][0, chk.column]
+        if chk.kind == "since":
+            if value >= 0 and plan.t_us - value < chk.threshold * US:
+                return -(i + 1)
+        elif value >= chk.threshold:
+            return -(i + 1)
+    return 0
