@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _Call = tuple[list[str], list[EncodableT]]  # a script call's KEYS and ARGV
 _Who = tuple[str, str, str | None]  # a snapshot's tag, user and household
-_RECENT = 4_096  # snapshots kept for the reservations that follow a read
+_RECENT = 512  # snapshots kept for the reservations that follow a read (~20-30 KB each)
 _TRIES = 16  # commits of one reservation before the store is taken for unavailable
 FOLD_SLACK_DAYS = 1  # a log is folded when its first impression is this much older than needed
 
