@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -53,7 +53,7 @@ def test_the_event_log_bytes_are_the_documented_layout() -> None:
         events = [imp(1, 0), imp(2, -1440), imp(3, 5, campaign_id="c2", category="food")]
         store.record(events)
         parts = store.keys.parts(store.keys.tag("h1", "u1"))
-        stored = [client.get(k) or b"" for k in parts[:4]]
+        stored = [cast("bytes", client.get(k) or b"") for k in parts[:4]]
         writer = eventlog.Writer()
         for event in events:
             eventlog.add(writer, event, CAPS.competitor_of)
@@ -70,9 +70,11 @@ def test_the_event_log_bytes_are_the_documented_layout() -> None:
         # 20 days on, the first three are folded: the late one into day counts (and the
         # lifetime), c1's and c2's latest stay in the log (pinned: the campaign recency)
         store.record([imp(4, 20 * 1440)])
-        log = eventlog.Log(eventlog.Parts(*(client.get(parts[k]) or b"" for k in (1, 2, 0, 3))))
+        now = [cast("bytes", client.get(parts[k]) or b"") for k in (1, 2, 0, 3)]
+        log = eventlog.Log(eventlog.Parts(*now))
         minute = 60 * 10**6
-        assert log.t.tolist() == [t0, t0 + 5 * minute, t0 + 20 * 1440 * minute]
+        # the pinned ones go last (the log's first impression says when a fold is due)
+        assert log.t.tolist() == [t0 + 20 * 1440 * minute, t0, t0 + 5 * minute]
         user_campaign = (log.code("u.cmp"), log.code("u1"))
         days = log.days[log.day_groups[user_campaign]]
         c1, day = log.code("c1"), t0 // (1440 * minute)

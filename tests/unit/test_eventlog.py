@@ -124,8 +124,8 @@ def test_the_logs_answers_equal_the_references(
         cut = eventlog.fold_cut(newest, RETENTION_S, AHEAD_S)
         kept = summaries([*RULES, *OWN], GAPS, RETENTION_S)
         parts = eventlog.fold(eventlog.Log(parts), cut, kept, household=True)
-        kept = eventlog.Log(parts).t
-        assert (kept >= cut * DAY_US).sum() == sum(micros(i.ts) >= cut * DAY_US for i in imps)
+        times = eventlog.Log(parts).t
+        assert (times >= cut * DAY_US).sum() == sum(micros(i.ts) >= cut * DAY_US for i in imps)
     mine = eventlog.answers(plan, eventlog.Log(parts), inclusive)
     theirs = memory._answers(plan, inclusive)
     for g, (a, b) in enumerate(zip(mine, theirs, strict=True)):
