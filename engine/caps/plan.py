@@ -32,7 +32,6 @@ from engine.caps.rules import (
 from engine.caps.shape import (
     FEATURE_FAMILIES,
     N_EXPOSURES,
-    SUPERSET_TARGETS,
     BlockSpec,
     Lookup,
     Shape,
@@ -48,7 +47,6 @@ __all__ = [
     "DAY_US",
     "FEATURE_FAMILIES",
     "N_EXPOSURES",
-    "SUPERSET_TARGETS",
     "US",
     "Lookup",
     "check_not_ahead",

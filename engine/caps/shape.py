@@ -2,15 +2,11 @@
 its candidates, built once per situation (touchpoint, slot, which scope ids the request has,
 the shapes of its campaigns' own caps) and cached by ``plan.Planner``.
 
-A shape lists *lookups*: families of counters (scope x target, optionally filtered) read for
-one group of candidate ids (campaign_id, advertiser_id, ...; the target any is a group of its
-own with the one field "*"). Every answer of a group's lookups for one field forms one *row*,
-so the answers of a whole request are one small matrix per group, gathered to candidates by
-one numpy indexing per group (the shape precomputes where each answer goes).
-
-Every impression writes the feature families, so the family of the tag's own scope (the
-household, or the user when there is none) holds every campaign or advertiser the other
-families of that tag hold: it is read first for all ids, the others only for the ids it has.
+A shape lists *lookups*: families (scope x target, optionally filtered) read for one group of
+candidate ids (campaign_id, advertiser_id, ...; the target any is a group of its own with the
+one field "*"). Every answer of a group's lookups for one field forms one *row*, so the answers
+of a whole request are one small matrix per group, gathered to candidates by one numpy
+indexing (the shape precomputes where each answer goes: ``store.place``).
 """
 
 from __future__ import annotations
@@ -29,7 +25,6 @@ FEATURE_FAMILIES = tuple(
     for s in ("user", "household", "device")
     for t in ("campaign", "advertiser", "any")
 )
-SUPERSET_TARGETS = ("campaign", "advertiser")  # feature targets: their tag-scope family holds all
 N_EXPOSURES = len(EXPOSURE_SCHEMA)
 _EXPOSURE_INDEX = {name: i for i, name in enumerate(EXPOSURE_SCHEMA.names())}
 
@@ -46,8 +41,6 @@ class Lookup:
         buckets: bucketed windows (``features.exposure.BUCKET_S``), as (bucket hours: 1 or
             24, buckets): from the start of the bucket that many back, before ``t``.
         last: whether the time of the latest impression is wanted.
-        mode: 0 reads every field of its group; 1 (the group's first lookup) also notes which
-            fields have history; 2 reads only those (its family is a subset of the first's).
         offset: where its answers start in its group's rows.
     """
 
@@ -57,7 +50,6 @@ class Lookup:
     day_windows: tuple[int, ...]
     buckets: tuple[tuple[int, int], ...]
     last: bool
-    mode: int
     offset: int
 
     @property
@@ -142,8 +134,7 @@ def _output_column(target: Target, n_rules: int) -> int:
 class _Builder:
     """Collects a shape's lookups and targets, then orders and indexes them."""
 
-    def __init__(self, superset_scope: str) -> None:
-        self.superset_scope = superset_scope
+    def __init__(self) -> None:
         self.specs: dict[Family, tuple[set[int], set[int], set[tuple[int, int]], list[bool]]] = {}
         self.raw: list[tuple[str, int, Family, str, Any, int]] = []
 
@@ -159,31 +150,18 @@ class _Builder:
             last[0] = True
         self.raw.append((output, index, fam, kind, window, rule))
 
-    def _is_superset(self, fam: Family) -> bool:
-        return (
-            fam.target in SUPERSET_TARGETS
-            and fam.scope == self.superset_scope
-            and fam.touchpoint is None
-            and fam.slot is None
-        )
-
     def build(self, blocks: dict[str, tuple[str, ...]], counts: tuple[int, int]) -> Shape:
         """``blocks``: per block target, the scopes of its hashes."""
         columns: list[str | None] = []
         for target in [*(f.target for f in self.specs), *blocks]:
             if TARGET_COLUMN[target] not in columns:
                 columns.append(TARGET_COLUMN[target])
-        order = sorted(
-            self.specs,
-            key=lambda f: (columns.index(TARGET_COLUMN[f.target]), not self._is_superset(f)),
-        )
+        order = sorted(self.specs, key=lambda f: columns.index(TARGET_COLUMN[f.target]))
         lookups: dict[Family, Lookup] = {}
         widths = [0] * len(columns)
         for fam in order:
             windows, days, buckets, last = self.specs[fam]
             g = columns.index(TARGET_COLUMN[fam.target])
-            has_superset = any(self._is_superset(f) for f in lookups if lookups[f].group == g)
-            mode = 1 if self._is_superset(fam) else 2 if has_superset else 0
             lk = Lookup(
                 fam,
                 g,
@@ -191,7 +169,6 @@ class _Builder:
                 tuple(sorted(days)),
                 tuple(sorted(buckets)),
                 last[0],
-                mode,
                 widths[g],
             )
             lookups[fam] = lk
@@ -271,7 +248,7 @@ def build_shape(
     retention_s: int,
 ) -> Shape:
     """The lookups a request in this situation needs (``scopes``: the scope ids it has)."""
-    builder = _Builder("household" if "household" in scopes else "user")
+    builder = _Builder()
     for fam in FEATURE_FAMILIES:
         if fam.scope not in scopes:
             continue

@@ -52,33 +52,6 @@ def test_plan_reads_each_family_once_and_skips_rules_that_do_not_apply() -> None
     ) == ["c1"]
 
 
-def test_the_tag_scope_family_narrows_the_others_of_its_group() -> None:
-    """The household's campaign family holds every campaign its members' (and its filtered)
-    families hold, so it is read first (mode 1) and the others only for its hits (mode 2)."""
-    plan = plan_request(CTX, CANDS, RULES, GAPS, FeedbackBlock().rules(), retention_s=7 * 86_400)
-    modes = {
-        (lk.family.scope, lk.family.target, lk.family.slot): lk.mode
-        for lk in plan.lookups
-        if lk.family.target != "any"
-    }
-    assert modes[("household", "campaign", None)] == 1
-    assert modes[("user", "campaign", None)] == modes[("device", "campaign", None)] == 2
-    assert modes[("household", "advertiser", None)] == 1
-    first = [lk for lk in plan.lookups if lk.group == plan.lookups[0].group][0]
-    assert first.mode == 1 and first.family.scope == "household"
-    alone = RequestContext("r", T, "u1", "ott", "ott_boot")  # no household: the user's tag
-    lone = plan_request(alone, CANDS, RULES, GAPS, FeedbackBlock().rules(), retention_s=7 * 86_400)
-    users = {(lk.family.scope, lk.family.target): lk.mode for lk in lone.lookups}
-    assert users[("user", "campaign")] == 1 and ("household", "campaign") not in users
-    creative = Planner(
-        [CapRule(scope="user", target="creative", window="1h", limit=1)],
-        [],
-        FeedbackBlock().rules(),
-        7 * 86_400,
-    ).plan(CTX, {**CANDS, "creative_id": ["k"] * 3})
-    assert [lk.mode for lk in creative.lookups if lk.family.target == "creative"] == [0]
-
-
 def test_shapes_are_cached_per_situation_and_bind_campaign_caps() -> None:
     planner = Planner(RULES, GAPS, FeedbackBlock().rules(), 7 * 86_400)
     assert planner.shape(CTX) is planner.shape(CTX)
