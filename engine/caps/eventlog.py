@@ -100,7 +100,7 @@ def _grouped(data: bytes, dtype: np.dtype) -> tuple[dict[tuple[int, int], slice]
     n = int.from_bytes(data[:4], "little")
     head = np.frombuffer(data, dtype=GROUP, count=n, offset=4)
     records = np.frombuffer(data, dtype=dtype, offset=4 + GROUP.itemsize * n)
-    groups = {(fam, scope): slice(start, start + n) for fam, scope, start, n in head.tolist()}
+    groups = {(fam, sc): slice(first, first + size) for fam, sc, first, size in head.tolist()}
     return groups, records
 
 
@@ -176,8 +176,7 @@ class _Columns:
     last_column: np.ndarray
     last_selection: np.ndarray
     families: tuple[tuple[str, str], ...]  # code and scope of the lookups reading summaries
-    day_reads: tuple[tuple[int, int, int, int], ...]  # family, group, column, days (0: life)
-    day_read_array: np.ndarray  # the same as an array
+    day_reads: np.ndarray  # per day window: family (index), group, column, days (0: life)
     group_target: np.ndarray  # per group, its column in an ad tuple (the any group: 0)
 
 
@@ -230,7 +229,6 @@ def _columns(shape: Shape) -> _Columns:
         column(lasts, 1),
         column(lasts, 2),
         tuple(families),
-        tuple(day_reads),
         np.asarray(day_reads, dtype=np.int64).reshape(-1, 4),
         np.asarray(
             [0 if col is None else _COLUMN[_TARGET_OF[col]] for col in shape.columns],
@@ -374,7 +372,7 @@ def _add_days(
         scope[name] if name == "household" or scope[name] else -1 for _, name in c.families
     ]
     day_t = t0 // DAY_US
-    reads = c.day_read_array
+    reads = c.day_reads
     idx, which = _records(log.day_groups, reads[:, 0], family, lookup_scope)
     if len(idx):
         gs, cs, ds = reads[which, 1], reads[which, 2], reads[which, 3]
@@ -413,7 +411,8 @@ _NONE = np.zeros(0, dtype=np.int64)
 
 class Writer:
     """Builds a tag's parts the way the RECORD script appends to them (tests pin that the two
-    agree byte for byte), and re-encodes what :func:`fold` keeps."""
+    agree byte for byte); a reservation appends the ads it admits to a copy of its snapshot
+    with it."""
 
     def __init__(self, parts: Parts | None = None) -> None:
         """``parts``: go on from these (a reservation's earlier admitted ads)."""

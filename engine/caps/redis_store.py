@@ -14,7 +14,6 @@ that notices it is due.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -99,7 +98,6 @@ class RedisCapStore:
         self.marker_days = -(-horizon_s // 86_400)  # earlier arrival days a retry may follow
         self.clock = clock  # the arrival day of impressions (markers), seconds since the epoch
         self._on_close = on_close
-        self._configuring = threading.Lock()
         self._apply(rules, gaps, blocks, competing or {})
         self._recent: dict[_Who, eventlog.Snapshot] = {}  # the last read's, for reservations
         self._read = client.register_script(lua.READ)
@@ -117,14 +115,15 @@ class RedisCapStore:
         competing: Mapping[str, str],
     ) -> None:
         """Take a config's rules: what the folds keep, how long a household's data lives,
-        which block hashes a read fetches, the competition labels impressions record."""
-        with self._configuring:
-            self.rules, self.gaps, self.blocks = rules, gaps, blocks
-            self.competing = dict(competing)
-            self.kept = summaries(rules, gaps, self.retention_s)
-            long = any(k.days or k.life for k in self.kept)
-            self.ttl_s = LONG_TTL_S if long else self.retention_s + self.ahead_s + 3 * 86_400
-            self.block_targets = sorted({b.target for b in blocks})
+        which block hashes a read fetches, the competition labels impressions record. (A
+        call running meanwhile may mix the old and the new: every answer is computed from
+        the log whatever the rules were.)"""
+        self.rules, self.gaps, self.blocks = rules, gaps, blocks
+        self.competing = dict(competing)
+        self.kept = summaries(rules, gaps, self.retention_s)
+        long = any(k.days or k.life for k in self.kept)
+        self.ttl_s = LONG_TTL_S if long else self.retention_s + self.ahead_s + 3 * 86_400
+        self.block_targets = sorted({b.target for b in blocks})
 
     def configure(self, caps: CapsConfig) -> None:
         """See :class:`CapStore`. Every family is computed from the log, so a rule a reload
