@@ -168,16 +168,25 @@ class _Columns:
     count_group: np.ndarray
     count_column: np.ndarray  # the column in its group's rows
     count_selection: np.ndarray
-    floor: np.ndarray  # per count column: its lower bound is (t // floor) * floor - back
+    count_pair: np.ndarray  # per count column, its (group, selection) pair
+    count_index: np.ndarray  # 0 .. count columns - 1
+    pair_group: np.ndarray  # per pair, its group and selection
+    pair_selection: np.ndarray
+    floor: np.ndarray  # per distinct lower bound: (t // floor) * floor - back
     back: np.ndarray
     lifetime: np.ndarray  # no lower bound
-    upper: np.ndarray  # bounded by t (else by nothing)
+    count_lower: np.ndarray  # per count column, its lower bound
+    count_upper: np.ndarray  # per count column, 0: before t, 1: no upper bound
     last_group: np.ndarray
     last_column: np.ndarray
     last_selection: np.ndarray
     families: tuple[tuple[str, str], ...]  # code and scope of the lookups reading summaries
     day_reads: np.ndarray  # per day window: family (index), group, column, days (0: life)
     group_target: np.ndarray  # per group, its column in an ad tuple (the any group: 0)
+    any_groups: np.ndarray  # the groups of every ad (one field)
+    width: np.ndarray  # per group, its answers per field
+    filtered: bool  # some selection has a touchpoint or slot
+    group_index: np.ndarray  # (groups x 1) 0 .. groups - 1
 
 
 _COLUMNS: dict[int, tuple[Shape, _Columns]] = {}
@@ -216,14 +225,19 @@ def _columns(shape: Shape) -> _Columns:
     if len(_COLUMNS) >= 4_096:
         _COLUMNS.clear()
 
-    def column(rows: list[tuple[int, int, int]], i: int) -> np.ndarray:
+    def column(rows: Sequence[tuple[int, ...]], i: int) -> np.ndarray:
         return np.asarray([r[i] for r in rows], dtype=np.int64)
 
+    pairs = list(dict.fromkeys((g, sel) for g, _, sel in counts))
     out = _Columns(
         tuple(selections),
         column(counts, 0),
         column(counts, 1),
         column(counts, 2),
+        np.asarray([pairs.index((g, sel)) for g, _, sel in counts], dtype=np.int64),
+        np.arange(len(counts), dtype=np.int64),
+        column(pairs, 0),
+        column(pairs, 1),
         *_bound_arrays(entries),
         column(lasts, 0),
         column(lasts, 1),
@@ -234,6 +248,10 @@ def _columns(shape: Shape) -> _Columns:
             [0 if col is None else _COLUMN[_TARGET_OF[col]] for col in shape.columns],
             dtype=np.int64,
         ),
+        np.asarray([g for g, col in enumerate(shape.columns) if col is None], dtype=np.int64),
+        np.asarray(shape.widths, dtype=np.int64),
+        any(touchpoint is not None or slot is not None for _, touchpoint, slot in selections),
+        np.arange(len(shape.columns), dtype=np.int64)[:, None],
     )
     _COLUMNS[id(shape)] = (shape, out)
     return out
@@ -245,38 +263,44 @@ _TARGET_OF = {column: target for target, column in TARGET_COLUMN.items() if colu
 
 def _bound_arrays(
     entries: Sequence[tuple[int, Any]],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The count columns' bounds as arrays (see :class:`_Columns`): a window ``w`` after
     ``t - w``; a bucket from the start of the one ``back - 1`` before ``t``'s; days from the
-    start of the day ``d - 1`` before ``t``'s (0: the lifetime, no bound)."""
-    floor, back, lifetime, upper = [], [], [], []
+    start of the day ``d - 1`` before ``t``'s (0: the lifetime, no bound). Columns with the
+    same lower bound share it (a shape has a few: the time bins of :func:`_add_counts`)."""
+    lower: dict[tuple[int, int, bool], int] = {}
+    which, upper = [], []
     for kind, value in entries:
         if kind == 0:
-            floor.append(1)
-            back.append(value)
+            spec = (1, value, False)
         elif kind == 1:
             size, n = value
-            floor.append(size)
-            back.append((n - 1) * size + 1)
+            spec = (size, (n - 1) * size + 1, False)
         else:
-            floor.append(DAY_US)
-            back.append((value - 1) * DAY_US + 1)
-        lifetime.append(kind == 2 and value == 0)
-        upper.append(kind != 2)
+            spec = (DAY_US, (value - 1) * DAY_US + 1, value == 0)
+        which.append(lower.setdefault(spec, len(lower)))
+        upper.append(0 if kind != 2 else 1)
+    floor, back, lifetime = zip(*lower, strict=True) if lower else ((), (), ())
     return (
         np.asarray(floor, dtype=np.int64),
         np.asarray(back, dtype=np.int64),
         np.asarray(lifetime, dtype=bool),
-        np.asarray(upper, dtype=bool),
+        np.asarray(which, dtype=np.int64),
+        np.asarray(upper, dtype=np.int64),
     )
 
 
-def _bounds(c: _Columns, t0: int, inclusive: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per count column, the bounds of the times it counts: ``lo < t < hi``."""
+def _edges(c: _Columns, t0: int, inclusive: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The count columns' time bins: the sorted edges, and per column how many edges lie
+    before its first time and before its end (it counts ``first <= t < end``)."""
     lo = (t0 // c.floor) * c.floor - c.back
     lo[c.lifetime] = _MIN
-    hi = np.where(c.upper, _MAX if inclusive else t0, _MAX)
-    return lo, hi
+    starts, ends = lo + 1, np.asarray([_MAX if inclusive else t0, _MAX], dtype=np.int64)
+    edges = np.sort(np.concatenate([starts, ends]))
+    # first <= t: more edges at or before t than before first; t < end: none more than before end
+    first = np.searchsorted(edges, starts)[c.count_lower]
+    last = np.searchsorted(edges, ends)[c.count_upper]
+    return edges, first, last
 
 
 def answers(plan: Plan, log: Log, inclusive: bool = False) -> Answers:
@@ -284,11 +308,11 @@ def answers(plan: Plan, log: Log, inclusive: bool = False) -> Answers:
     ``inclusive`` also counts the impressions at or after ``t`` (an atomic check's reading).
 
     Batched over every lookup at once: a table maps each id's code to its field's row in each
-    group; one boolean matrix says which event counts in which count column (its selection and
-    its time bounds); one ``bincount`` adds them up into the groups' rows, one maximum takes
-    the latest times; the summaries' records are added the same way."""
+    group; per (group, selection) pair, each event of the selection with a field in the group
+    is added once into its field's row and its time bin (:func:`_add_counts`), the latest
+    times with one maximum; the summaries' records are added the same way. Arrays are laid out
+    group (or selection) x event."""
     shape = plan.shape
-    widths = shape.widths
     out = Answers(plan)
     flat, base = out.flat, out.offsets
     t, t0 = log.t, plan.t_us
@@ -305,57 +329,90 @@ def answers(plan: Plan, log: Log, inclusive: bool = False) -> Answers:
         names += fields
     codes = log.codes(names)
     scope = {"user": int(codes[0]), "household": 0, "device": int(codes[1])}
-    table = np.full((len(log.fps) + 1, len(widths)), -1, dtype=np.int64)
-    pos = first_field
-    for g, column in enumerate(shape.columns):
-        k = len(plan.fields[g])
-        if column is None:
-            table[1:, g] = 0  # the any group: every ad is its one field
-        else:
-            mine = codes[pos : pos + k]
-            known = mine > 0
-            table[mine[known], g] = np.flatnonzero(known)
-        pos += k
-    n_groups = np.arange(len(widths))
-    width = np.asarray(widths, dtype=np.int64)
+    sizes = np.fromiter(map(len, plan.fields), dtype=np.int64, count=len(shape.widths))
+    table = _table(c, codes[first_field:], sizes, len(log.fps) + 1)
+    width = c.width
     if len(t):
-        places = log.tuples[log.place]
-        select = np.ones((len(t), len(c.selections)), dtype=bool)
+        select = np.ones((len(c.selections), len(t)), dtype=bool)
+        places = log.tuples[log.place] if c.filtered else None
         for j, (scope_name, touchpoint, slot) in enumerate(c.selections):
             if scope_name != "household":
                 code = scope[scope_name]
                 ids = log.user if scope_name == "user" else log.device
-                select[:, j] = (ids == code) if code else False
-            if touchpoint is not None:
-                select[:, j] &= places[:, 0] == codes[2 + 2 * j]
-            if slot is not None:
-                select[:, j] &= places[:, 1] == codes[3 + 2 * j]
-        # per event and group, the row of its field (-1: not a field of the group)
-        rows = table[log.tuples[log.ad][:, c.group_target], n_groups]
+                select[j] = (ids == code) if code else False
+            if places is not None and touchpoint is not None:
+                select[j] &= places[:, 0] == codes[2 + 2 * j]
+            if places is not None and slot is not None:
+                select[j] &= places[:, 1] == codes[3 + 2 * j]
+        # per group and event, the row of its field (-1: not a field of the group)
+        ads = log.tuples[log.ad].T[c.group_target]
+        rows = table.ravel()[ads + c.group_index * table.shape[1]]
         if len(c.count_group):
-            lo, hi = _bounds(c, t0, inclusive)
-            tt = t[:, None]
-            fr = rows[:, c.count_group]
-            hits = select[:, c.count_selection] & (tt > lo) & (tt < hi) & (fr >= 0)
-            cells = base[c.count_group] + fr * width[c.count_group] + c.count_column
-            flat += np.bincount(cells[hits], minlength=len(flat))
+            _add_counts(flat, base, c, rows, select, t, _edges(c, t0, inclusive), sizes)
         if len(c.last_group):
-            fr = rows[:, c.last_group]
-            hits = select[:, c.last_selection] & (fr >= 0)
+            fr = rows[c.last_group]
+            hits = select[c.last_selection] & (fr >= 0)
             if not inclusive:
-                hits &= (t < t0)[:, None]
-            cells = base[c.last_group] + fr * width[c.last_group] + c.last_column
-            times = np.broadcast_to(t[:, None], cells.shape)[hits].astype(float)
-            np.maximum.at(flat, cells[hits], times)
+                hits &= t < t0
+            which, ev = np.nonzero(hits)
+            g = c.last_group[which]
+            cells = base[g] + fr[which, ev] * width[g] + c.last_column[which]
+            np.maximum.at(flat, cells, t[ev].astype(float))
     if log.day_groups:
-        _add_days(flat, base, width, c, log, codes, scope, table, t0)
+        _add_days(flat, base, c, log, codes, scope, table, t0)
     return out
+
+
+def _table(c: _Columns, codes: np.ndarray, sizes: np.ndarray, n_codes: int) -> np.ndarray:
+    """Per group and id code, the row of the id's field in the group (-1: none); ``codes``:
+    the fields' codes, group after group (``sizes`` each)."""
+    table = np.full((len(sizes), n_codes), -1, dtype=np.int64)
+    group = np.repeat(np.arange(len(sizes)), sizes)
+    row = np.arange(len(codes)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    known = codes > 0
+    table[group[known], codes[known]] = row[known]
+    table[c.any_groups, 1:] = 0  # the any group: every ad is its one field
+    return table
+
+
+def _add_counts(
+    flat: np.ndarray,
+    base: np.ndarray,
+    c: _Columns,
+    rows: np.ndarray,
+    select: np.ndarray,
+    t: np.ndarray,
+    bins: tuple[np.ndarray, np.ndarray, np.ndarray],
+    sizes: np.ndarray,
+) -> None:
+    """Add every count column's events (in its bounds, of its selection and a field of its
+    group) into the groups' rows, without an events x columns matrix: the columns' bounds cut
+    time into a few bins (``bins``: :func:`_edges`); each event of a (group, selection) pair
+    is added once into its field's row and its bin (one ``bincount``), and a column's count is
+    the difference of the row's running sums at its two bounds."""
+    edges, first, last = bins
+    n_bins = len(edges) + 1  # an event's bin: how many edges are at or before it
+    pair_rows = rows[c.pair_group]
+    pair, ev = np.nonzero(select[c.pair_selection] & (pair_rows >= 0))
+    size = sizes[c.pair_group]  # a pair's rows: its group's fields
+    start = np.cumsum(size) - size
+    cells = (start[pair] + pair_rows[pair, ev]) * n_bins
+    cells += np.searchsorted(edges, t[ev], side="right")
+    hist = np.bincount(cells, minlength=int(size.sum()) * n_bins).reshape(-1, n_bins)
+    below = np.cumsum(hist, axis=1).ravel()  # [row, j]: its events in bins 0..j
+    # every count column's rows of fields, at once
+    k_rows = size[c.count_pair]
+    col = np.repeat(c.count_index, k_rows)
+    row = np.arange(len(col)) - np.repeat(np.cumsum(k_rows) - k_rows, k_rows)
+    src = (start[c.count_pair[col]] + row) * n_bins
+    g = c.count_group[col]
+    counts = below[src + last[col]] - below[src + first[col]]
+    flat[base[g] + row * c.width[g] + c.count_column[col]] = counts
 
 
 def _add_days(
     flat: np.ndarray,
     base: np.ndarray,
-    width: np.ndarray,
     c: _Columns,
     log: Log,
     codes: np.ndarray,
@@ -377,11 +434,11 @@ def _add_days(
     if len(idx):
         gs, cs, ds = reads[which, 1], reads[which, 2], reads[which, 3]
         day, count = log.day_day[idx].astype(np.int64), log.day_count[idx].astype(float)
-        fr = table[log.day_target[idx], gs]
+        fr = table[gs, log.day_target[idx]]
         life = ds == 0
         ok = (fr >= 0) & np.where(life, day <= _HIGH, (day > _HIGH) & (day >= day_t - ds + 1))
         weight = np.where(life & (day == _HIGH), count * 65_536, count)
-        np.add.at(flat, (base[gs] + fr * width[gs] + cs)[ok], weight[ok])
+        np.add.at(flat, (base[gs] + fr * c.width[gs] + cs)[ok], weight[ok])
 
 
 def _records(
