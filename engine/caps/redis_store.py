@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar, cast
 
@@ -54,6 +55,17 @@ FOLD_SLACK_DAYS = 1  # a log is folded when its first impression is this much ol
 
 def _unavailable(exc: Exception) -> StoreUnavailable:
     return StoreUnavailable(f"cap store: {type(exc).__name__}: {exc}")
+
+
+@contextmanager
+def _readable(who: _Who) -> Iterator[None]:
+    """Bytes of a household the client cannot decode (another version's, or damaged) fail
+    its call as the store's (closed or open, counted), naming the household's hash tag,
+    instead of failing the pass they were read in."""
+    try:
+        yield
+    except (ValueError, IndexError) as exc:
+        raise StoreUnavailable(f"cap store: the data of {who[0]} is unreadable: {exc}") from exc
 
 
 def reading(plan: Plan, snapshot: eventlog.Snapshot) -> CapReading:
@@ -212,9 +224,14 @@ class RedisCapStore:
             return reply
         if isinstance(reply, Exception):
             return _unavailable(reply)
-        snapshot = self._snapshot(who, cast("list[Any]", reply))
+        try:
+            with _readable(who):
+                snapshot = self._snapshot(who, cast("list[Any]", reply))
+                answer = reading(plan, snapshot)
+        except StoreUnavailable as exc:
+            return exc
         self._remember(who, snapshot)
-        return reading(plan, snapshot)
+        return answer
 
     def read(self, plan: Plan, budget_s: float | None = None) -> CapReading:
         """See :class:`CapStore`."""
@@ -387,8 +404,10 @@ class RedisCapStore:
             if snapshot is None:
                 read_keys, read_args = self._read_call(who)
                 reply = self._call(partial(self._eval, self._read, read_keys, read_args, budget_s))
-                snapshot = self._snapshot(who, reply)
-            results = self._decide(snapshot, attempts, retries)
+                with _readable(who):
+                    snapshot = self._snapshot(who, reply)
+            with _readable(who):
+                results = self._decide(snapshot, attempts, retries)
             length, generation = snapshot.version
             args: list[EncodableT] = [length, generation, len(block_keys), len(markers)]
             args += [self.horizon_s + 86_400, self.ttl_s, 0, len(attempts)]
@@ -403,7 +422,8 @@ class RedisCapStore:
                 if int(answer[1]):
                     self._fold_now(who)
                 return list(results)
-            snapshot = self._snapshot(who, answer[1:-1])
+            with _readable(who):
+                snapshot = self._snapshot(who, answer[1:-1])
             retries = [flag == ord("1") for flag in bytes(answer[-1])]
         raise StoreUnavailable(f"cap store: reservations kept conflicting ({_TRIES} tries)")
 

@@ -938,6 +938,45 @@ def test_a_read_of_many_plans_equals_reads_of_each(backend: tuple[str, Factory, 
     assert store.read_many([]) == []
 
 
+@pytest.mark.parametrize(
+    "part, value",
+    [
+        (0, b"\x01" * 15),  # a log that is not whole events
+        (2, b"\xff\xff" * 6),  # a tuple holding a code past the dictionary
+        (1, b"\x00" * 7),  # a dictionary that is not whole fingerprints
+    ],
+    ids=["short-log", "tuple-past-dictionary", "short-dictionary"],
+)
+def test_a_household_whose_stored_data_is_unreadable_fails_alone(
+    backend: tuple[str, Factory, Any], part: int, value: bytes
+) -> None:
+    """Stored bytes the client cannot decode (written by another version, or damaged) make
+    that household's read fail, closed and counted, naming the problem; the other plans of the
+    pass are read, and the service does not crash."""
+    name, factory, client = backend
+    if client is None:
+        pytest.skip("the in-memory store has no keys to corrupt")
+    store = factory()
+    _history(store, 3)
+    assert isinstance(store, RedisCapStore)
+    client.set(store.keys.parts(store.keys.tag("h1", "u1"))[part], value)
+    g = gate(store)
+    requests = _household_requests(3)
+    answers = store.read_many(_plans(g, requests))
+    assert isinstance(answers[1], StoreUnavailable) and "unreadable" in str(answers[1])
+    assert isinstance(answers[0], CapReading) and isinstance(answers[2], CapReading)
+    prepared = g.prepare_many([ScoreRequest(ctx, cands) for ctx, cands in requests])
+    assert g.errors == 1
+    capped = [p.capped for p in prepared if isinstance(p, ScoreRequest)]
+    assert len(capped) == 3 and capped[1] is not None and capped[1].all()
+    with pytest.raises(StoreUnavailable, match="unreadable"):
+        store.read(_plans(g, requests)[1])
+    ctx, cands = requests[1]
+    single = {column: values[:1] for column, values in cands.items()}
+    event = imp("x", 50, user_id="u1", household_id="h1", device_id="tv1")
+    assert g.reserve(ctx, [single], [event]) == [Reservation.UNAVAILABLE]
+
+
 def test_ids_of_any_length_are_read(backend: tuple[str, Factory, Any]) -> None:
     """An id of 70,000 characters (a Redis store sends its fingerprint) is read as any
     other, beside other plans."""
