@@ -33,6 +33,13 @@ from typing import Any
 
 import numpy as np
 
+try:
+    from engine.caps import _count
+except ImportError as exc:  # an install without its compiled part
+    raise ImportError(
+        "engine.caps._count, the compiled loop of the cap reads, is not built: run `make "
+        "setup` (or `pip install -e .`: it compiles engine/caps/_count.pyx)"
+    ) from exc
 from engine.caps.keep import Summary
 from engine.caps.keys import family_code, fingerprint
 from engine.caps.plan import ANY, DAY_US, US, Plan, micros
@@ -124,8 +131,7 @@ class Log:
     def __init__(self, parts: Parts) -> None:
         self.parts = parts
         self.fps = np.frombuffer(parts.ids, dtype="<u8")
-        self._order = np.argsort(self.fps, kind="stable")
-        self._sorted = self.fps[self._order]
+        self._sorted: tuple[np.ndarray, np.ndarray] | None = None  # order, sorted (codes())
         # row 0 is the null tuple: an event's ad or place code indexes it directly
         self.tuples = np.concatenate([_NO_TUPLE, np.frombuffer(parts.tuples, dtype=TUPLE)])
         self.events = np.frombuffer(parts.events, dtype=EVENT)
@@ -141,10 +147,14 @@ class Log:
         fps = np.fromiter(map(_FPS.__getitem__, values), dtype=np.uint64)
         if not len(self.fps) or not len(fps):
             return np.zeros(len(fps), dtype=np.int64)
-        pos = np.searchsorted(self._sorted, fps)
-        pos[pos >= len(self._sorted)] = 0
-        found = self._sorted[pos] == fps
-        return np.where(found, self._order[pos] + 1, 0).astype(np.int64)
+        if self._sorted is None:
+            order = np.argsort(self.fps, kind="stable")
+            self._sorted = order, self.fps[order]
+        order, ordered = self._sorted
+        pos = np.searchsorted(ordered, fps)
+        pos[pos >= len(ordered)] = 0
+        found = ordered[pos] == fps
+        return np.where(found, order[pos] + 1, 0).astype(np.int64)
 
     def code(self, value: str | None) -> int:
         """The code of one id (0: null, or unknown)."""
@@ -153,43 +163,27 @@ class Log:
 
 @dataclass(frozen=True)
 class _Columns:
-    """A shape's answers as the batched read computes them (built once per shape).
+    """A shape's answers as a read computes them (built once per shape).
 
     Every answer is a cell of one flat array holding the groups' rows one after the other.
     A *count* column (a window, a day window, a bucket) counts the events of its lookup's
-    *selection* (scope id and filter: ``selections``) with a time in its bounds (``entries``:
-    kind 0 a window, after ``t - value`` and before ``t``; 1 a bucket, from the start of the
-    bucket ``value = (size, back)`` back, before ``t``; 2 days, from the start of the day
-    ``value - 1`` before ``t``'s, also after ``t``; 0 days: the lifetime). A *latest* column
-    takes the latest time before ``t`` of its selection's events. Lookups that read past the
-    log also read their family's day counts (``day_reads``)."""
+    *selection* (scope id and filter: ``selections``) within its bounds: a window ``w`` after
+    ``t - w`` and before ``t``; a bucket from the start of the one ``back - 1`` before ``t``'s,
+    before ``t``; days from the start of the day ``d - 1`` before ``t``'s, also after ``t`` (0
+    days: the lifetime). Columns with the same lower bound share it. A *latest* column takes
+    the latest time before ``t`` of its selection's events. ``program`` is all of it as the
+    compiled loop (``_count.count``) reads it. Lookups that read past the log also read their
+    family's day counts (``day_reads``)."""
 
     selections: tuple[tuple[str, str | None, str | None], ...]  # (scope, touchpoint, slot)
-    count_group: np.ndarray
-    count_column: np.ndarray  # the column in its group's rows
-    count_selection: np.ndarray
-    count_pair: np.ndarray  # per count column, its (group, selection) pair
-    count_index: np.ndarray  # 0 .. count columns - 1
-    pair_group: np.ndarray  # per pair, its group and selection
-    pair_selection: np.ndarray
-    floor: np.ndarray  # per distinct lower bound: (t // floor) * floor - back
-    back: np.ndarray
-    lifetime: np.ndarray  # no lower bound
-    count_lower: np.ndarray  # per count column, its lower bound
-    count_upper: np.ndarray  # per count column, 0: before t, 1: no upper bound
-    last_group: np.ndarray
-    last_column: np.ndarray
-    last_selection: np.ndarray
     families: tuple[tuple[str, str], ...]  # code and scope of the lookups reading summaries
     day_reads: np.ndarray  # per day window: family (index), group, column, days (0: life)
-    group_target: np.ndarray  # per group, its column in an ad tuple (the any group: 0)
-    any_groups: np.ndarray  # the groups of every ad (one field)
     width: np.ndarray  # per group, its answers per field
-    filtered: bool  # some selection has a touchpoint or slot
-    group_index: np.ndarray  # (groups x 1) 0 .. groups - 1
+    program: np.ndarray
 
 
 _COLUMNS: dict[int, tuple[Shape, _Columns]] = {}
+_SCOPE_KIND = {"household": 0, "user": 1, "device": 2}
 
 
 def _columns(shape: Shape) -> _Columns:
@@ -214,9 +208,8 @@ def _columns(shape: Shape) -> _Columns:
         for j, entry in enumerate(mine):
             counts.append((lk.group, lk.offset + j, sel))
             entries.append(entry)
-        last = lk.offset + lk.width - 1
         if lk.last:
-            lasts.append((lk.group, last, sel))
+            lasts.append((lk.group, lk.offset + lk.width - 1, sel))
         if lk.day_windows:
             f = len(families)
             families.append((family_code(fam), fam.scope))
@@ -224,34 +217,28 @@ def _columns(shape: Shape) -> _Columns:
             day_reads += [(f, lk.group, first + j, d) for j, d in enumerate(lk.day_windows)]
     if len(_COLUMNS) >= 4_096:
         _COLUMNS.clear()
-
-    def column(rows: Sequence[tuple[int, ...]], i: int) -> np.ndarray:
-        return np.asarray([r[i] for r in rows], dtype=np.int64)
-
-    pairs = list(dict.fromkeys((g, sel) for g, _, sel in counts))
+    lower, (lower_of, upper_of) = _bounds(entries)
+    program = [len(shape.columns), len(selections), len(families), len(counts), len(lower)]
+    program.append(len(lasts))
+    program += [0 if col is None else _COLUMN[_TARGET_OF[col]] for col in shape.columns]
+    program += [int(col is None) for col in shape.columns]
+    program += shape.widths
+    program += [_SCOPE_KIND[scope] for scope, _, _ in selections]
+    program += [int(touchpoint is not None) for _, touchpoint, _ in selections]
+    program += [int(slot is not None) for _, _, slot in selections]
+    for i in range(3):
+        program += [row[i] for row in counts]
+    program += lower_of + upper_of  # per count column
+    for i in range(3):
+        program += [spec[i] for spec in lower]
+    for i in range(3):
+        program += [row[i] for row in lasts]
     out = _Columns(
         tuple(selections),
-        column(counts, 0),
-        column(counts, 1),
-        column(counts, 2),
-        np.asarray([pairs.index((g, sel)) for g, _, sel in counts], dtype=np.int64),
-        np.arange(len(counts), dtype=np.int64),
-        column(pairs, 0),
-        column(pairs, 1),
-        *_bound_arrays(entries),
-        column(lasts, 0),
-        column(lasts, 1),
-        column(lasts, 2),
         tuple(families),
         np.asarray(day_reads, dtype=np.int64).reshape(-1, 4),
-        np.asarray(
-            [0 if col is None else _COLUMN[_TARGET_OF[col]] for col in shape.columns],
-            dtype=np.int64,
-        ),
-        np.asarray([g for g, col in enumerate(shape.columns) if col is None], dtype=np.int64),
         np.asarray(shape.widths, dtype=np.int64),
-        any(touchpoint is not None or slot is not None for _, touchpoint, slot in selections),
-        np.arange(len(shape.columns), dtype=np.int64)[:, None],
+        np.asarray(program, dtype=np.int64),
     )
     _COLUMNS[id(shape)] = (shape, out)
     return out
@@ -261,153 +248,67 @@ _MIN, _MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
 _TARGET_OF = {column: target for target, column in TARGET_COLUMN.items() if column}
 
 
-def _bound_arrays(
+def _bounds(
     entries: Sequence[tuple[int, Any]],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The count columns' bounds as arrays (see :class:`_Columns`): a window ``w`` after
-    ``t - w``; a bucket from the start of the one ``back - 1`` before ``t``'s; days from the
-    start of the day ``d - 1`` before ``t``'s (0: the lifetime, no bound). Columns with the
-    same lower bound share it (a shape has a few: the time bins of :func:`_add_counts`)."""
-    lower: dict[tuple[int, int, bool], int] = {}
+) -> tuple[list[tuple[int, int, int]], tuple[list[int], list[int]]]:
+    """The distinct lower bounds of the count columns (floor, back, lifetime: see
+    :class:`_Columns`) and, per column, its lower bound's index and its upper bound (0:
+    before ``t``, 1: none)."""
+    lower: dict[tuple[int, int, int], int] = {}
     which, upper = [], []
     for kind, value in entries:
         if kind == 0:
-            spec = (1, value, False)
+            spec = (1, value, 0)
         elif kind == 1:
             size, n = value
-            spec = (size, (n - 1) * size + 1, False)
+            spec = (size, (n - 1) * size + 1, 0)
         else:
-            spec = (DAY_US, (value - 1) * DAY_US + 1, value == 0)
+            spec = (DAY_US, (value - 1) * DAY_US + 1, int(value == 0))
         which.append(lower.setdefault(spec, len(lower)))
         upper.append(0 if kind != 2 else 1)
-    floor, back, lifetime = zip(*lower, strict=True) if lower else ((), (), ())
-    return (
-        np.asarray(floor, dtype=np.int64),
-        np.asarray(back, dtype=np.int64),
-        np.asarray(lifetime, dtype=bool),
-        np.asarray(which, dtype=np.int64),
-        np.asarray(upper, dtype=np.int64),
-    )
-
-
-def _edges(c: _Columns, t0: int, inclusive: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The count columns' time bins: the sorted edges, and per column how many edges lie
-    before its first time and before its end (it counts ``first <= t < end``)."""
-    lo = (t0 // c.floor) * c.floor - c.back
-    lo[c.lifetime] = _MIN
-    starts, ends = lo + 1, np.asarray([_MAX if inclusive else t0, _MAX], dtype=np.int64)
-    edges = np.sort(np.concatenate([starts, ends]))
-    # first <= t: more edges at or before t than before first; t < end: none more than before end
-    first = np.searchsorted(edges, starts)[c.count_lower]
-    last = np.searchsorted(edges, ends)[c.count_upper]
-    return edges, first, last
+    return list(lower), (which, upper)
 
 
 def answers(plan: Plan, log: Log, inclusive: bool = False) -> Answers:
     """Every lookup of ``plan`` answered from ``log`` (see :class:`engine.caps.store.Answers`).
     ``inclusive`` also counts the impressions at or after ``t`` (an atomic check's reading).
 
-    Batched over every lookup at once: a table maps each id's code to its field's row in each
-    group; per (group, selection) pair, each event of the selection with a field in the group
-    is added once into its field's row and its time bin (:func:`_add_counts`), the latest
-    times with one maximum; the summaries' records are added the same way. Arrays are laid out
-    group (or selection) x event."""
-    shape = plan.shape
+    One compiled pass (``_count.count``) codes the plan's ids in the log's dictionary, adds
+    each event into the count columns it falls in and raises the latest times; the summaries'
+    records are added in one batched step after."""
     out = Answers(plan)
-    flat, base = out.flat, out.offsets
-    t, t0 = log.t, plan.t_us
-    if not len(t) and not log.day_groups:
+    if not len(log.t) and not log.day_groups:
         return out
-    c = _columns(shape)
-    # every id the read needs, coded at once: user, device, filters, family codes, fields
+    c = _columns(plan.shape)
+    # every id the read needs: user, device, filters, family codes, fields
     names: list[str | None] = [plan.user_id, plan.device_id]
     for _, touchpoint, slot in c.selections:
         names += [touchpoint, slot]
     names += [name for name, _ in c.families]
-    first_field = len(names)
     for fields in plan.fields:
         names += fields
-    codes = log.codes(names)
-    scope = {"user": int(codes[0]), "household": 0, "device": int(codes[1])}
-    sizes = np.fromiter(map(len, plan.fields), dtype=np.int64, count=len(shape.widths))
-    table = _table(c, codes[first_field:], sizes, len(log.fps) + 1)
-    width = c.width
-    if len(t):
-        select = np.ones((len(c.selections), len(t)), dtype=bool)
-        places = log.tuples[log.place] if c.filtered else None
-        for j, (scope_name, touchpoint, slot) in enumerate(c.selections):
-            if scope_name != "household":
-                code = scope[scope_name]
-                ids = log.user if scope_name == "user" else log.device
-                select[j] = (ids == code) if code else False
-            if places is not None and touchpoint is not None:
-                select[j] &= places[:, 0] == codes[2 + 2 * j]
-            if places is not None and slot is not None:
-                select[j] &= places[:, 1] == codes[3 + 2 * j]
-        # per group and event, the row of its field (-1: not a field of the group)
-        ads = log.tuples[log.ad].T[c.group_target]
-        rows = table.ravel()[ads + c.group_index * table.shape[1]]
-        if len(c.count_group):
-            _add_counts(flat, base, c, rows, select, t, _edges(c, t0, inclusive), sizes)
-        if len(c.last_group):
-            fr = rows[c.last_group]
-            hits = select[c.last_selection] & (fr >= 0)
-            if not inclusive:
-                hits &= t < t0
-            which, ev = np.nonzero(hits)
-            g = c.last_group[which]
-            cells = base[g] + fr[which, ev] * width[g] + c.last_column[which]
-            np.maximum.at(flat, cells, t[ev].astype(float))
+    fps = np.fromiter(map(_FPS.__getitem__, names), dtype=np.uint64, count=len(names))
+    codes = np.empty(len(names), dtype=np.int64)
+    sizes = np.fromiter(map(len, plan.fields), dtype=np.int64, count=len(plan.fields))
+    table = np.empty((len(sizes), len(log.fps) + 1), dtype=np.int64)
+    _count.count(
+        out.flat,
+        out.offsets,
+        c.program,
+        sizes,
+        fps,
+        plan.t_us,
+        inclusive,
+        log.events,
+        log.tuples,
+        log.fps,
+        table,
+        codes,
+    )
     if log.day_groups:
-        _add_days(flat, base, c, log, codes, scope, table, t0)
+        scope = {"user": int(codes[0]), "household": 0, "device": int(codes[1])}
+        _add_days(out.flat, out.offsets, c, log, codes, scope, table, plan.t_us)
     return out
-
-
-def _table(c: _Columns, codes: np.ndarray, sizes: np.ndarray, n_codes: int) -> np.ndarray:
-    """Per group and id code, the row of the id's field in the group (-1: none); ``codes``:
-    the fields' codes, group after group (``sizes`` each)."""
-    table = np.full((len(sizes), n_codes), -1, dtype=np.int64)
-    group = np.repeat(np.arange(len(sizes)), sizes)
-    row = np.arange(len(codes)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    known = codes > 0
-    table[group[known], codes[known]] = row[known]
-    table[c.any_groups, 1:] = 0  # the any group: every ad is its one field
-    return table
-
-
-def _add_counts(
-    flat: np.ndarray,
-    base: np.ndarray,
-    c: _Columns,
-    rows: np.ndarray,
-    select: np.ndarray,
-    t: np.ndarray,
-    bins: tuple[np.ndarray, np.ndarray, np.ndarray],
-    sizes: np.ndarray,
-) -> None:
-    """Add every count column's events (in its bounds, of its selection and a field of its
-    group) into the groups' rows, without an events x columns matrix: the columns' bounds cut
-    time into a few bins (``bins``: :func:`_edges`); each event of a (group, selection) pair
-    is added once into its field's row and its bin (one ``bincount``), and a column's count is
-    the difference of the row's running sums at its two bounds."""
-    edges, first, last = bins
-    n_bins = len(edges) + 1  # an event's bin: how many edges are at or before it
-    pair_rows = rows[c.pair_group]
-    pair, ev = np.nonzero(select[c.pair_selection] & (pair_rows >= 0))
-    size = sizes[c.pair_group]  # a pair's rows: its group's fields
-    start = np.cumsum(size) - size
-    cells = (start[pair] + pair_rows[pair, ev]) * n_bins
-    cells += np.searchsorted(edges, t[ev], side="right")
-    hist = np.bincount(cells, minlength=int(size.sum()) * n_bins).reshape(-1, n_bins)
-    below = np.cumsum(hist, axis=1).ravel()  # [row, j]: its events in bins 0..j
-    # every count column's rows of fields, at once
-    k_rows = size[c.count_pair]
-    col = np.repeat(c.count_index, k_rows)
-    row = np.arange(len(col)) - np.repeat(np.cumsum(k_rows) - k_rows, k_rows)
-    src = (start[c.count_pair[col]] + row) * n_bins
-    g = c.count_group[col]
-    counts = below[src + last[col]] - below[src + first[col]]
-    flat[base[g] + row * c.width[g] + c.count_column[col]] = counts
 
 
 def _add_days(

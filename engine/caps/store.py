@@ -155,12 +155,19 @@ class Answers(Sequence[np.ndarray]):
             end += (len(fields) + 1) * width
         self.flat = np.zeros(end)
         self.offsets = np.asarray(offsets, dtype=np.int64)
-        self.groups = [
-            self.flat[o : o + (len(f) + 1) * w].reshape(len(f) + 1, w)
-            for o, f, w in zip(offsets, plan.fields, widths, strict=True)
-        ]
-        for g, column in plan.shape.latest:
-            self.groups[g][:, column] = -1.0
+        for g, column in plan.shape.latest:  # the latest times' cells, every row's
+            at, width = offsets[g], widths[g]
+            self.flat[at + column : at + (len(plan.fields[g]) + 1) * width : width] = -1.0
+        rows = [len(f) + 1 for f in plan.fields]
+        self._shape = list(zip(offsets, rows, widths, strict=True))
+        self._groups: list[np.ndarray] | None = None
+
+    @property
+    def groups(self) -> list[np.ndarray]:
+        """The groups as (rows x width) views of ``flat`` (made when first asked for)."""
+        if self._groups is None:
+            self._groups = [self.flat[o : o + n * w].reshape(n, w) for o, n, w in self._shape]
+        return self._groups
 
     @overload
     def __getitem__(self, index: int) -> np.ndarray: ...

@@ -1,0 +1,18 @@
+"""Type stub of the compiled inner loop of the cap reads (``_count.pyx``)."""
+
+import numpy as np
+
+def count(
+    flat: np.ndarray,
+    group_base: np.ndarray,
+    program: np.ndarray,
+    sizes: np.ndarray,
+    names: np.ndarray,
+    t0: int,
+    inclusive: bool,
+    events: np.ndarray,
+    tuples: np.ndarray,
+    fps: np.ndarray,
+    table: np.ndarray,
+    codes: np.ndarray,
+) -> None: ...

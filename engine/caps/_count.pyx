@@ -1,0 +1,269 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""The inner loop of a cap read (``eventlog.answers``): one pass over a household's events.
+
+It codes the read's ids in the household's dictionary (a hash of its fingerprints), builds
+the table of each group's fields by code, then, per event: which of the read's selections (a
+scope id, filtered by touchpoint or slot) it belongs to, the row of its ad's field in each
+group, every count column it falls in and every latest time it raises. What a read computes
+is what the numpy evaluator it replaces computed (the event-log reference tests pin it against
+the in-memory store); numpy took some 60 array calls a read, each paying its fixed overhead,
+and an events x columns temporary per step.
+
+The shape's part of the work comes as one int64 array (``program``, built once per shape by
+``eventlog._columns``), laid out as ``_program`` reads it.
+"""
+
+from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint16_t, uint64_t
+from libc.stdlib cimport free, malloc
+
+cdef enum:
+    MAX_GROUPS = 64
+    MAX_SELECTIONS = 64
+    HEADER = 6  # groups, selections, families, counts, lower bounds, latest columns
+
+
+cdef packed struct Event:  # eventlog.EVENT
+    int64_t t
+    uint16_t user
+    uint16_t device
+    uint16_t ad
+    uint16_t place
+
+
+cdef struct Program:
+    Py_ssize_t n_groups, n_sel, n_fam, n_counts, n_lower, n_lasts
+    const int64_t *group_target  # per group: its column in an ad tuple
+    const int64_t *group_any  # per group: 1 for the any group (every ad is its one field)
+    const int64_t *width  # per group: answers per field
+    const int64_t *sel_kind  # per selection: 0 the household's, 1 the user's, 2 the device's
+    const int64_t *sel_touchpoint  # per selection: 1 if filtered by touchpoint
+    const int64_t *sel_slot  # per selection: 1 if filtered by slot
+    const int64_t *count_group
+    const int64_t *count_column
+    const int64_t *count_selection
+    const int64_t *count_lower  # its lower bound: an index into the lower_* arrays
+    const int64_t *count_upper  # 0: before t, 1: no upper bound
+    const int64_t *lower_floor  # a lower bound is (t // floor) * floor - back
+    const int64_t *lower_back
+    const int64_t *lower_lifetime  # 1: none
+    const int64_t *last_group
+    const int64_t *last_column
+    const int64_t *last_selection
+
+
+cdef int _program(const int64_t[::1] p, Program *out) except -1:
+    """Point ``out`` into ``p``: the header (``HEADER`` sizes), then per group target, any,
+    width; per selection kind, touchpoint, slot; per count column group, column, selection,
+    lower, upper; per lower bound floor, back, lifetime; per latest column group, column,
+    selection."""
+    if p.shape[0] < HEADER:
+        raise ValueError("program: no header")
+    out.n_groups, out.n_sel, out.n_fam = p[0], p[1], p[2]
+    out.n_counts, out.n_lower, out.n_lasts = p[3], p[4], p[5]
+    cdef Py_ssize_t size = (
+        HEADER + 3 * out.n_groups + 3 * out.n_sel + 5 * out.n_counts + 3 * out.n_lower
+        + 3 * out.n_lasts
+    )
+    if p.shape[0] != size or out.n_groups > MAX_GROUPS or out.n_sel > MAX_SELECTIONS:
+        raise ValueError(f"program: {p.shape[0]} values for a layout of {size}")
+    cdef const int64_t *at = &p[HEADER]
+    out.group_target = at
+    out.group_any = at + out.n_groups
+    out.width = at + 2 * out.n_groups
+    at += 3 * out.n_groups
+    out.sel_kind = at
+    out.sel_touchpoint = at + out.n_sel
+    out.sel_slot = at + 2 * out.n_sel
+    at += 3 * out.n_sel
+    out.count_group = at
+    out.count_column = at + out.n_counts
+    out.count_selection = at + 2 * out.n_counts
+    out.count_lower = at + 3 * out.n_counts
+    out.count_upper = at + 4 * out.n_counts
+    at += 5 * out.n_counts
+    out.lower_floor = at
+    out.lower_back = at + out.n_lower
+    out.lower_lifetime = at + 2 * out.n_lower
+    at += 3 * out.n_lower
+    out.last_group = at
+    out.last_column = at + out.n_lasts
+    out.last_selection = at + 2 * out.n_lasts
+    cdef Py_ssize_t k
+    for k in range(out.n_groups):
+        if not 0 <= out.group_target[k] < 6:
+            raise ValueError(f"program: group {k} reads no ad tuple column")
+    for k in range(out.n_counts):
+        if not (0 <= out.count_group[k] < out.n_groups and 0 <= out.count_lower[k] < out.n_lower
+                and 0 <= out.count_selection[k] < out.n_sel
+                and 0 <= out.count_column[k] < out.width[out.count_group[k]]):
+            raise ValueError(f"program: count column {k} out of range")
+    for k in range(out.n_lasts):
+        if not (0 <= out.last_group[k] < out.n_groups and 0 <= out.last_selection[k] < out.n_sel
+                and 0 <= out.last_column[k] < out.width[out.last_group[k]]):
+            raise ValueError(f"program: latest column {k} out of range")
+    return 0
+
+
+cdef void _code(const uint64_t[::1] fps, const uint64_t[::1] names, int64_t[::1] codes,
+                int64_t *slots, Py_ssize_t mask):
+    """Each name's code: its fingerprint's position in ``fps`` plus one (0: null, unknown);
+    through an open-addressing hash of the dictionary (fingerprints are uniform already)."""
+    cdef Py_ssize_t i, at
+    cdef uint64_t fp
+    for i in range(mask + 1):
+        slots[i] = -1
+    for i in range(fps.shape[0]):
+        at = <Py_ssize_t> (fps[i] & <uint64_t> mask)
+        while slots[at] >= 0 and fps[slots[at]] != fps[i]:
+            at = (at + 1) & mask
+        if slots[at] < 0:  # a repeated fingerprint keeps its first position
+            slots[at] = i
+    for i in range(names.shape[0]):
+        fp = names[i]
+        codes[i] = 0
+        if fp == 0:
+            continue
+        at = <Py_ssize_t> (fp & <uint64_t> mask)
+        while slots[at] >= 0:
+            if fps[slots[at]] == fp:
+                codes[i] = slots[at] + 1
+                break
+            at = (at + 1) & mask
+
+
+def count(
+    double[::1] flat,
+    const int64_t[::1] group_base,
+    const int64_t[::1] program,
+    const int64_t[::1] sizes,
+    const uint64_t[::1] names,
+    int64_t t0,
+    bint inclusive,
+    const Event[::1] events,
+    const uint16_t[:, ::1] tuples,
+    const uint64_t[::1] fps,
+    int64_t[:, ::1] table,
+    int64_t[::1] codes,
+):
+    """Add a household's events into a read's answers ``flat`` (group ``g``'s row ``r`` at
+    ``group_base[g] + r * width[g]``), in place.
+
+    Args:
+        program: the shape's layout (see :func:`_program`).
+        sizes: per group, the plan's fields.
+        names: the fingerprints of the read's ids: its user, device, each selection's
+            touchpoint and slot, each family read from the day counts, then the fields group
+            after group (``sizes``).
+        t0, inclusive: the read's time; an inclusive read (an atomic check's) also counts the
+            events at or after it.
+        events, tuples, fps: the household's log (``eventlog.Log``: tuples with the null one
+            first, the dictionary's fingerprints).
+        table: (groups x dictionary size + 1), filled: per group and code, the row of the
+            code's field (-1: none); the day counts read it after.
+        codes: per name, filled: its code (0: null or unknown).
+    """
+    cdef Program pg
+    _program(program, &pg)
+    cdef Py_ssize_t n_groups = pg.n_groups, n_sel = pg.n_sel
+    cdef Py_ssize_t n_codes = fps.shape[0] + 1, n_tuples = tuples.shape[0]
+    cdef Py_ssize_t first_field = 2 + 2 * n_sel + pg.n_fam
+    cdef Py_ssize_t g, i, j, e, k, at
+    if group_base.shape[0] != n_groups or sizes.shape[0] != n_groups:
+        raise ValueError("group_base, sizes: one per group of the program expected")
+    if table.shape[0] != n_groups or table.shape[1] != n_codes:
+        raise ValueError("table: one row per group, one column per code expected")
+    if tuples.shape[1] != 6:
+        raise ValueError("tuples: 6 codes a row expected")
+    at = first_field
+    for g in range(n_groups):
+        if sizes[g] < 0 or group_base[g] < 0 or (
+            group_base[g] + (sizes[g] + 1) * pg.width[g] > flat.shape[0]
+        ):
+            raise ValueError(f"group {g}: its rows past the answers")
+        at += sizes[g]
+    if names.shape[0] != at or codes.shape[0] != at:
+        raise ValueError(f"names, codes: {at} expected, {names.shape[0]} given")
+    for i in range(n_tuples):  # every code a tuple holds indexes the table below
+        for j in range(6):
+            if tuples[i, j] >= n_codes:
+                raise ValueError(f"tuple {i}: code {tuples[i, j]} past the dictionary")
+    cdef Py_ssize_t mask = 1
+    while mask < 2 * n_codes:
+        mask <<= 1
+    cdef int64_t *work = <int64_t *> malloc((mask + 2 * pg.n_counts + 2) * sizeof(int64_t))
+    if work == NULL:
+        raise MemoryError()
+    cdef int64_t *lo = work + mask
+    cdef int64_t *hi = lo + pg.n_counts + 1
+    cdef int64_t last_before = INT64_MAX if inclusive else t0
+    cdef int64_t sel_code[MAX_SELECTIONS]
+    cdef int64_t sel_touchpoint[MAX_SELECTIONS]
+    cdef int64_t sel_slot[MAX_SELECTIONS]
+    cdef int64_t row[MAX_GROUPS]
+    cdef bint chosen[MAX_SELECTIONS]
+    cdef int64_t code, te, r, kind, user, device
+    cdef uint16_t a, p
+    cdef double *cell
+    try:
+        _code(fps, names, codes, work, mask - 1)
+        user, device = codes[0], codes[1]
+        for k in range(n_sel):
+            kind = pg.sel_kind[k]
+            code = user if kind == 1 else device if kind == 2 else 0
+            sel_code[k] = code if code else -1  # an id the log does not know matches none
+            sel_touchpoint[k] = codes[2 + 2 * k] if pg.sel_touchpoint[k] else -1
+            sel_slot[k] = codes[3 + 2 * k] if pg.sel_slot[k] else -1
+        for k in range(pg.n_counts):
+            j = pg.count_lower[k]
+            if pg.lower_lifetime[j]:
+                lo[k] = INT64_MIN
+            else:
+                lo[k] = (t0 // pg.lower_floor[j]) * pg.lower_floor[j] - pg.lower_back[j]
+            hi[k] = INT64_MAX if inclusive or pg.count_upper[k] else t0
+        at = first_field
+        for g in range(n_groups):
+            table[g, 0] = -1
+            for i in range(1, n_codes):
+                table[g, i] = 0 if pg.group_any[g] else -1
+            if not pg.group_any[g]:
+                for j in range(sizes[g]):
+                    code = codes[at + j]
+                    if code > 0:
+                        table[g, code] = j
+            at += sizes[g]
+        for e in range(events.shape[0]):
+            te = events[e].t
+            a = events[e].ad
+            p = events[e].place
+            if a >= n_tuples or p >= n_tuples:
+                raise ValueError(f"event {e}: a tuple code past the household's tuples")
+            for k in range(n_sel):
+                kind = pg.sel_kind[k]
+                if kind == 0:
+                    chosen[k] = True
+                elif kind == 1:
+                    chosen[k] = events[e].user == sel_code[k]
+                else:
+                    chosen[k] = events[e].device == sel_code[k]
+                if chosen[k] and sel_touchpoint[k] >= 0:
+                    chosen[k] = tuples[p, 0] == sel_touchpoint[k]
+                if chosen[k] and sel_slot[k] >= 0:
+                    chosen[k] = tuples[p, 1] == sel_slot[k]
+            for g in range(n_groups):
+                row[g] = table[g, tuples[a, pg.group_target[g]]]
+            for k in range(pg.n_counts):
+                g = pg.count_group[k]
+                r = row[g]
+                if r >= 0 and chosen[pg.count_selection[k]] and lo[k] < te < hi[k]:
+                    flat[group_base[g] + r * pg.width[g] + pg.count_column[k]] += 1.0
+            if te >= last_before:
+                continue
+            for k in range(pg.n_lasts):
+                g = pg.last_group[k]
+                r = row[g]
+                if r >= 0 and chosen[pg.last_selection[k]]:
+                    cell = &flat[group_base[g] + r * pg.width[g] + pg.last_column[k]]
+                    if te > cell[0]:
+                        cell[0] = <double> te
+    finally:
+        free(work)

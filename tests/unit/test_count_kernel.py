@@ -1,0 +1,111 @@
+"""The compiled loop of the cap reads (``engine/caps/_count.pyx``) refuses inputs that would
+make it read or write out of bounds, with a ValueError naming what is wrong: its callers turn
+that into a failed read of one household (``_readable``), never a crash of the service. What
+it computes is pinned by ``test_eventlog.py`` against the in-memory reference."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from engine.caps import _count, eventlog
+from engine.caps.plan import Planner
+from engine.caps.store import Answers
+from tests.integration.test_cap_store_contract import BLOCKS, COMPETING, GAPS, RULES
+from tests.unit.test_eventlog import PLACES, RETENTION_S, _impression, _plan, _write
+
+
+def _args() -> dict[str, Any]:
+    """The kernel's arguments for a real read of a small household."""
+    rows = [("u1", PLACES[k % 3], "c1", "cr1", 10 * k, False) for k in range(6)]
+    log = eventlog.Log(_write([_impression(n, row) for n, row in enumerate(rows)]))
+    plan = _plan(Planner(RULES, GAPS, BLOCKS, RETENTION_S, COMPETING), "u1", PLACES[0], 100)
+    c = eventlog._columns(plan.shape)
+    names: list[str | None] = [plan.user_id, plan.device_id]
+    for _, touchpoint, slot in c.selections:
+        names += [touchpoint, slot]
+    names += [name for name, _ in c.families]
+    for fields in plan.fields:
+        names += fields
+    sizes = np.asarray([len(f) for f in plan.fields], dtype=np.int64)
+    out = Answers(plan)
+    return {
+        "flat": out.flat,
+        "group_base": out.offsets,
+        "program": c.program.copy(),
+        "sizes": sizes,
+        "names": np.asarray([eventlog.fp_value(n) for n in names], dtype=np.uint64),
+        "t0": plan.t_us,
+        "inclusive": False,
+        "events": log.events,
+        "tuples": log.tuples.copy(),
+        "fps": log.fps,
+        "table": np.empty((len(sizes), len(log.fps) + 1), dtype=np.int64),
+        "codes": np.empty(len(names), dtype=np.int64),
+    }
+
+
+def test_a_whole_read_counts() -> None:
+    args = _args()
+    _count.count(**args)
+    assert args["flat"].max() > 0  # the household's impressions are counted somewhere
+
+
+def _set(name: str, value: Callable[[Any], Any]) -> Callable[[dict[str, Any]], None]:
+    def change(args: dict[str, Any]) -> None:
+        args[name] = value(args[name])
+
+    return change
+
+
+def _poke(name: str, index: Any, value: int) -> Callable[[dict[str, Any]], None]:
+    def change(args: dict[str, Any]) -> None:
+        args[name][index] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (_set("program", lambda p: p[:-1]), "program"),
+        (_poke("program", 0, 70), "program"),  # more groups than the layout holds
+        (_poke("program", 6, 9), "ad tuple column"),  # group 0 reads column 9 of 6
+        (_set("flat", lambda f: f[: len(f) // 2].copy()), "past the answers"),
+        (_set("sizes", lambda s: s[:-1].copy()), "one per group"),
+        (_set("names", lambda n: n[:-1].copy()), "names"),
+        (_set("table", lambda t: t[:, :-1].copy()), "table"),
+        (_poke("tuples", (1, 2), 60_000), "past the dictionary"),
+        (_set("tuples", lambda t: t[:, :5].copy()), "6 codes"),
+    ],
+    ids=[
+        "short-program",
+        "groups",
+        "target",
+        "short-answers",
+        "sizes",
+        "names",
+        "table",
+        "tuple-code",
+        "tuple-width",
+    ],
+)
+def test_inputs_out_of_bounds_are_refused(
+    change: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    args = _args()
+    change(args)
+    with pytest.raises(ValueError, match=message):
+        _count.count(**args)
+
+
+def test_an_event_naming_a_tuple_past_the_tuples_is_refused() -> None:
+    args = _args()
+    events = args["events"].copy()
+    events["ad"][0] = len(args["tuples"])
+    args["events"] = events
+    with pytest.raises(ValueError, match="past the household's tuples"):
+        _count.count(**args)
