@@ -13,6 +13,8 @@ def count(
     events: np.ndarray,
     tuples: np.ndarray,
     fps: np.ndarray,
+    day_head: np.ndarray,
+    day_records: np.ndarray,
     table: np.ndarray,
     codes: np.ndarray,
 ) -> None: ...

@@ -13,13 +13,14 @@ The shape's part of the work comes as one int64 array (``program``, built once p
 ``eventlog._columns``), laid out as ``_program`` reads it.
 """
 
-from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint16_t, uint64_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 
 cdef enum:
     MAX_GROUPS = 64
     MAX_SELECTIONS = 64
-    HEADER = 6  # groups, selections, families, counts, lower bounds, latest columns
+    HEADER = 7  # groups, selections, families, counts, lower bounds, latest columns, day reads
+    LIFETIME_HIGH = 1  # the day of a lifetime count's high 16 bits (eventlog.DAYS; 0: low)
 
 
 cdef packed struct Event:  # eventlog.EVENT
@@ -30,8 +31,21 @@ cdef packed struct Event:  # eventlog.EVENT
     uint16_t place
 
 
+cdef packed struct DayGroup:  # eventlog.GROUP
+    uint16_t fam
+    uint16_t scope
+    uint32_t start
+    uint32_t n
+
+
+cdef packed struct DayRecord:  # eventlog.DAYS
+    uint16_t target
+    uint16_t day
+    uint16_t count
+
+
 cdef struct Program:
-    Py_ssize_t n_groups, n_sel, n_fam, n_counts, n_lower, n_lasts
+    Py_ssize_t n_groups, n_sel, n_fam, n_counts, n_lower, n_lasts, n_days
     const int64_t *group_target  # per group: its column in an ad tuple
     const int64_t *group_any  # per group: 1 for the any group (every ad is its one field)
     const int64_t *width  # per group: answers per field
@@ -49,20 +63,26 @@ cdef struct Program:
     const int64_t *last_group
     const int64_t *last_column
     const int64_t *last_selection
+    const int64_t *fam_scope  # per family read from the day counts: its scope's kind
+    const int64_t *day_family  # per day window: its family, group, column, days (0: lifetime)
+    const int64_t *day_group
+    const int64_t *day_column
+    const int64_t *day_days
 
 
 cdef int _program(const int64_t[::1] p, Program *out) except -1:
     """Point ``out`` into ``p``: the header (``HEADER`` sizes), then per group target, any,
     width; per selection kind, touchpoint, slot; per count column group, column, selection,
     lower, upper; per lower bound floor, back, lifetime; per latest column group, column,
-    selection."""
+    selection; per family read from the day counts its scope's kind; per day window family,
+    group, column, days."""
     if p.shape[0] < HEADER:
         raise ValueError("program: no header")
     out.n_groups, out.n_sel, out.n_fam = p[0], p[1], p[2]
-    out.n_counts, out.n_lower, out.n_lasts = p[3], p[4], p[5]
+    out.n_counts, out.n_lower, out.n_lasts, out.n_days = p[3], p[4], p[5], p[6]
     cdef Py_ssize_t size = (
         HEADER + 3 * out.n_groups + 3 * out.n_sel + 5 * out.n_counts + 3 * out.n_lower
-        + 3 * out.n_lasts
+        + 3 * out.n_lasts + out.n_fam + 4 * out.n_days
     )
     if p.shape[0] != size or out.n_groups > MAX_GROUPS or out.n_sel > MAX_SELECTIONS:
         raise ValueError(f"program: {p.shape[0]} values for a layout of {size}")
@@ -88,6 +108,13 @@ cdef int _program(const int64_t[::1] p, Program *out) except -1:
     out.last_group = at
     out.last_column = at + out.n_lasts
     out.last_selection = at + 2 * out.n_lasts
+    at += 3 * out.n_lasts
+    out.fam_scope = at
+    at += out.n_fam
+    out.day_family = at
+    out.day_group = at + out.n_days
+    out.day_column = at + 2 * out.n_days
+    out.day_days = at + 3 * out.n_days
     cdef Py_ssize_t k
     for k in range(out.n_groups):
         if not 0 <= out.group_target[k] < 6:
@@ -101,6 +128,10 @@ cdef int _program(const int64_t[::1] p, Program *out) except -1:
         if not (0 <= out.last_group[k] < out.n_groups and 0 <= out.last_selection[k] < out.n_sel
                 and 0 <= out.last_column[k] < out.width[out.last_group[k]]):
             raise ValueError(f"program: latest column {k} out of range")
+    for k in range(out.n_days):
+        if not (0 <= out.day_family[k] < out.n_fam and 0 <= out.day_group[k] < out.n_groups
+                and 0 <= out.day_column[k] < out.width[out.day_group[k]]):
+            raise ValueError(f"program: day window {k} out of range")
     return 0
 
 
@@ -142,6 +173,8 @@ def count(
     const Event[::1] events,
     const uint16_t[:, ::1] tuples,
     const uint64_t[::1] fps,
+    const DayGroup[::1] day_head,
+    const DayRecord[::1] day_records,
     int64_t[:, ::1] table,
     int64_t[::1] codes,
 ):
@@ -158,8 +191,11 @@ def count(
             events at or after it.
         events, tuples, fps: the household's log (``eventlog.Log``: tuples with the null one
             first, the dictionary's fingerprints).
+        day_head, day_records: its day counts (``eventlog.GROUP`` per family and scope code,
+            ``eventlog.DAYS``): a day window adds its family's (of the read's scope id) days
+            from the one ``days - 1`` before ``t0``'s on; 0 days, the lifetime count.
         table: (groups x dictionary size + 1), filled: per group and code, the row of the
-            code's field (-1: none); the day counts read it after.
+            code's field (-1: none).
         codes: per name, filled: its code (0: null or unknown).
     """
     cdef Program pg
@@ -265,5 +301,60 @@ def count(
                     cell = &flat[group_base[g] + r * pg.width[g] + pg.last_column[k]]
                     if te > cell[0]:
                         cell[0] = <double> te
+        _days(flat, group_base, &pg, codes, user, device, t0, day_head, day_records, table)
     finally:
         free(work)
+
+
+cdef void _days(
+    double[::1] flat,
+    const int64_t[::1] group_base,
+    Program *pg,
+    const int64_t[::1] codes,
+    int64_t user,
+    int64_t device,
+    int64_t t0,
+    const DayGroup[::1] day_head,
+    const DayRecord[::1] day_records,
+    int64_t[:, ::1] table,
+) except *:
+    """Add the day counts of the impressions folded out of the log to the day windows (and
+    lifetime counts) of a read: per window, the records of its family and scope id."""
+    cdef Py_ssize_t first_fam = 2 + 2 * pg.n_sel, k, i, h, found
+    cdef int64_t fam, scope, kind, r, g, day, weight, n_codes = table.shape[1]
+    cdef int64_t today = t0 // 86_400_000_000
+    cdef int64_t since
+    cdef DayRecord rec
+    for k in range(pg.n_days):
+        fam = codes[first_fam + pg.day_family[k]]
+        kind = pg.fam_scope[pg.day_family[k]]
+        scope = user if kind == 1 else device if kind == 2 else 0
+        if fam == 0 or (kind != 0 and scope == 0):
+            continue  # a family or scope id the dictionary does not know has no day counts
+        found = -1
+        for h in range(day_head.shape[0]):  # the last group of the family and scope
+            if day_head[h].fam == fam and day_head[h].scope == scope:
+                found = h
+        if found < 0:
+            continue
+        if <Py_ssize_t> day_head[found].start + <Py_ssize_t> day_head[found].n > day_records.shape[0]:
+            raise ValueError(f"day counts: group {found} past the records")
+        g = pg.day_group[k]
+        since = today - pg.day_days[k] + 1
+        for i in range(day_head[found].start, day_head[found].start + day_head[found].n):
+            rec = day_records[i]
+            if rec.target >= n_codes:
+                raise ValueError(f"day counts: record {i} names code {rec.target}")
+            r = table[g, rec.target]
+            if r < 0:
+                continue
+            day = rec.day
+            if pg.day_days[k] == 0:  # the lifetime: its low and high 16 bits
+                if day > LIFETIME_HIGH:
+                    continue
+                weight = rec.count * 65_536 if day == LIFETIME_HIGH else rec.count
+            elif day <= LIFETIME_HIGH or day < since:
+                continue
+            else:
+                weight = rec.count
+            flat[group_base[g] + r * pg.width[g] + pg.day_column[k]] += <double> weight

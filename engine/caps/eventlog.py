@@ -97,18 +97,18 @@ class Parts:
     days: bytes = b""
 
 
-def _grouped(data: bytes, dtype: np.dtype) -> tuple[dict[tuple[int, int], slice], np.ndarray]:
-    """A summary string: its groups (family and scope codes -> their records) and records.
+def _grouped(data: bytes, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """A summary string: its groups (``GROUP``: family and scope codes, first record, number
+    of records) and records.
 
-    The string is the number of groups (``<u4``), the groups (``GROUP``: family, scope, first
-    record, number of records), then the records. Groups with the same records share them."""
+    The string is the number of groups (``<u4``), the groups, then the records. Groups with
+    the same records share them."""
     if not data:
-        return {}, np.zeros(0, dtype=dtype)
+        return np.zeros(0, dtype=GROUP), np.zeros(0, dtype=dtype)
     n = int.from_bytes(data[:4], "little")
     head = np.frombuffer(data, dtype=GROUP, count=n, offset=4)
     records = np.frombuffer(data, dtype=dtype, offset=4 + GROUP.itemsize * n)
-    groups = {(fam, sc): slice(first, first + size) for fam, sc, first, size in head.tolist()}
-    return groups, records
+    return head, records
 
 
 def _group_bytes(groups: Mapping[tuple[int, int], bytes], dtype: np.dtype) -> bytes:
@@ -138,9 +138,15 @@ class Log:
         ev = self.events
         self.t, self.user, self.device = ev["t"], ev["user"], ev["device"]
         self.ad, self.place = ev["ad"], ev["place"]
-        self.day_groups, self.days = _grouped(parts.days, DAYS)
-        self.day_target, self.day_day = self.days["target"], self.days["day"]
-        self.day_count = self.days["count"]
+        self.day_head, self.days = _grouped(parts.days, DAYS)
+
+    @property
+    def day_groups(self) -> dict[tuple[int, int], slice]:
+        """The day counts' groups: (family, scope) codes -> their records."""
+        return {
+            (fam, scope): slice(first, first + size)
+            for fam, scope, first, size in self.day_head.tolist()
+        }
 
     def codes(self, values: Iterable[str | None]) -> np.ndarray:
         """The codes of ids (0: null, or not in the dictionary)."""
@@ -173,12 +179,10 @@ class _Columns:
     days: the lifetime). Columns with the same lower bound share it. A *latest* column takes
     the latest time before ``t`` of its selection's events. ``program`` is all of it as the
     compiled loop (``_count.count``) reads it. Lookups that read past the log also read their
-    family's day counts (``day_reads``)."""
+    family's day counts."""
 
     selections: tuple[tuple[str, str | None, str | None], ...]  # (scope, touchpoint, slot)
     families: tuple[tuple[str, str], ...]  # code and scope of the lookups reading summaries
-    day_reads: np.ndarray  # per day window: family (index), group, column, days (0: life)
-    width: np.ndarray  # per group, its answers per field
     program: np.ndarray
 
 
@@ -219,7 +223,7 @@ def _columns(shape: Shape) -> _Columns:
         _COLUMNS.clear()
     lower, (lower_of, upper_of) = _bounds(entries)
     program = [len(shape.columns), len(selections), len(families), len(counts), len(lower)]
-    program.append(len(lasts))
+    program += [len(lasts), len(day_reads)]
     program += [0 if col is None else _COLUMN[_TARGET_OF[col]] for col in shape.columns]
     program += [int(col is None) for col in shape.columns]
     program += shape.widths
@@ -233,11 +237,12 @@ def _columns(shape: Shape) -> _Columns:
         program += [spec[i] for spec in lower]
     for i in range(3):
         program += [row[i] for row in lasts]
+    program += [_SCOPE_KIND[scope] for _, scope in families]
+    for i in range(4):
+        program += [row[i] for row in day_reads]
     out = _Columns(
         tuple(selections),
         tuple(families),
-        np.asarray(day_reads, dtype=np.int64).reshape(-1, 4),
-        np.asarray(shape.widths, dtype=np.int64),
         np.asarray(program, dtype=np.int64),
     )
     _COLUMNS[id(shape)] = (shape, out)
@@ -277,7 +282,7 @@ def answers(plan: Plan, log: Log, inclusive: bool = False) -> Answers:
     each event into the count columns it falls in and raises the latest times; the summaries'
     records are added in one batched step after."""
     out = Answers(plan)
-    if not len(log.t) and not log.day_groups:
+    if not len(log.t) and not len(log.day_head):
         return out
     c = _columns(plan.shape)
     # every id the read needs: user, device, filters, family codes, fields
@@ -302,69 +307,12 @@ def answers(plan: Plan, log: Log, inclusive: bool = False) -> Answers:
         log.events,
         log.tuples,
         log.fps,
+        log.day_head,
+        log.days,
         table,
         codes,
     )
-    if log.day_groups:
-        scope = {"user": int(codes[0]), "household": 0, "device": int(codes[1])}
-        _add_days(out.flat, out.offsets, c, log, codes, scope, table, plan.t_us)
     return out
-
-
-def _add_days(
-    flat: np.ndarray,
-    base: np.ndarray,
-    c: _Columns,
-    log: Log,
-    codes: np.ndarray,
-    scope: Mapping[str, int],
-    table: np.ndarray,
-    t0: int,
-) -> None:
-    """Add the folded impressions' day counts to the day windows (and lifetime), every
-    lookup's at once."""
-    first = 2 + 2 * len(c.selections)
-    family = [int(codes[first + f]) for f in range(len(c.families))]
-    # a user or device the dictionary does not know has no summaries (0 is the household's)
-    lookup_scope = [
-        scope[name] if name == "household" or scope[name] else -1 for _, name in c.families
-    ]
-    day_t = t0 // DAY_US
-    reads = c.day_reads
-    idx, which = _records(log.day_groups, reads[:, 0], family, lookup_scope)
-    if len(idx):
-        gs, cs, ds = reads[which, 1], reads[which, 2], reads[which, 3]
-        day, count = log.day_day[idx].astype(np.int64), log.day_count[idx].astype(float)
-        fr = table[gs, log.day_target[idx]]
-        life = ds == 0
-        ok = (fr >= 0) & np.where(life, day <= _HIGH, (day > _HIGH) & (day >= day_t - ds + 1))
-        weight = np.where(life & (day == _HIGH), count * 65_536, count)
-        np.add.at(flat, (base[gs] + fr * c.width[gs] + cs)[ok], weight[ok])
-
-
-def _records(
-    groups: Mapping[tuple[int, int], slice],
-    families: np.ndarray,
-    family: Sequence[int],
-    scope: Sequence[int],
-) -> tuple[np.ndarray, np.ndarray]:
-    """The summary records each read takes (``families``: per read its family's index) and,
-    per record, which read takes it."""
-    starts, lengths, owners = [], [], []
-    for j, f in enumerate(families.tolist()):
-        found = groups.get((family[f], scope[f])) if family[f] else None
-        if found is not None and found.stop > found.start:
-            starts.append(found.start)
-            lengths.append(found.stop - found.start)
-            owners.append(j)
-    if not owners:
-        return _NONE, _NONE
-    size = np.asarray(lengths)
-    shift = np.asarray(starts) - (np.cumsum(size) - size)
-    return np.arange(int(size.sum())) + np.repeat(shift, size), np.repeat(owners, size)
-
-
-_NONE = np.zeros(0, dtype=np.int64)
 
 
 class Writer:

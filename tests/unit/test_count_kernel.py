@@ -43,6 +43,8 @@ def _args() -> dict[str, Any]:
         "events": log.events,
         "tuples": log.tuples.copy(),
         "fps": log.fps,
+        "day_head": log.day_head,
+        "day_records": log.days,
         "table": np.empty((len(sizes), len(log.fps) + 1), dtype=np.int64),
         "codes": np.empty(len(names), dtype=np.int64),
     }
@@ -73,7 +75,7 @@ def _poke(name: str, index: Any, value: int) -> Callable[[dict[str, Any]], None]
     [
         (_set("program", lambda p: p[:-1]), "program"),
         (_poke("program", 0, 70), "program"),  # more groups than the layout holds
-        (_poke("program", 6, 9), "ad tuple column"),  # group 0 reads column 9 of 6
+        (_poke("program", 7, 9), "ad tuple column"),  # group 0 (after the header of 7): 9 of 6
         (_set("flat", lambda f: f[: len(f) // 2].copy()), "past the answers"),
         (_set("sizes", lambda s: s[:-1].copy()), "one per group"),
         (_set("names", lambda n: n[:-1].copy()), "names"),

@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -95,6 +96,38 @@ def _write(imps: list[Impression]) -> eventlog.Parts:
     return writer.parts()
 
 
+def _case(
+    rows: list[tuple[Any, ...]],
+    user: str,
+    place: tuple[str, str],
+    after: int,
+    fold: bool,
+    inclusive: bool,
+) -> tuple[Any, eventlog.Log, Any]:
+    """A household's log of ``rows`` (folded or not), a plan read ``after`` minutes after its
+    newest impression, and the in-memory reference's answers to it."""
+    imps = [_impression(n, row) for n, row in enumerate(rows)]
+    memory = MemoryCapStore(RULES, GAPS, BLOCKS, COMPETING)
+    memory.record(imps)
+    newest = max((micros(i.ts) for i in imps), default=micros(T0))
+    read_at = (newest - micros(T0)) / 60e6 + after
+    planner = Planner(RULES, GAPS, BLOCKS, RETENTION_S, COMPETING)
+    plan = _plan(planner, user, place, read_at)
+    parts = _write(imps)
+    if fold:
+        cut = eventlog.fold_cut(newest, RETENTION_S, AHEAD_S)
+        kept = summaries([*RULES, *OWN], GAPS, RETENTION_S)
+        parts = eventlog.fold(eventlog.Log(parts), cut, kept, household=True)
+        times = eventlog.Log(parts).t
+        assert (times >= cut * DAY_US).sum() == sum(micros(i.ts) >= cut * DAY_US for i in imps)
+    return plan, eventlog.Log(parts), memory._answers(plan, inclusive)
+
+
+def _assert_equal(plan: Any, mine: Any, theirs: Any) -> None:
+    for g, (a, b) in enumerate(zip(mine, theirs, strict=True)):
+        np.testing.assert_array_equal(a, b, err_msg=f"group {g} {plan.shape.columns[g]}")
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     rows=impressions,
@@ -112,21 +145,23 @@ def test_the_logs_answers_equal_the_references(
     fold: bool,
     inclusive: bool,
 ) -> None:
-    imps = [_impression(n, row) for n, row in enumerate(rows)]
-    memory = MemoryCapStore(RULES, GAPS, BLOCKS, COMPETING)
-    memory.record(imps)
-    newest = max((micros(i.ts) for i in imps), default=micros(T0))
-    read_at = (newest - micros(T0)) / 60e6 + after
-    planner = Planner(RULES, GAPS, BLOCKS, RETENTION_S, COMPETING)
-    plan = _plan(planner, user, place, read_at)
-    parts = _write(imps)
-    if fold:
-        cut = eventlog.fold_cut(newest, RETENTION_S, AHEAD_S)
-        kept = summaries([*RULES, *OWN], GAPS, RETENTION_S)
-        parts = eventlog.fold(eventlog.Log(parts), cut, kept, household=True)
-        times = eventlog.Log(parts).t
-        assert (times >= cut * DAY_US).sum() == sum(micros(i.ts) >= cut * DAY_US for i in imps)
-    mine = eventlog.answers(plan, eventlog.Log(parts), inclusive)
-    theirs = memory._answers(plan, inclusive)
-    for g, (a, b) in enumerate(zip(mine, theirs, strict=True)):
-        np.testing.assert_array_equal(a, b, err_msg=f"group {g} {plan.shape.columns[g]}")
+    plan, log, theirs = _case(rows, user, place, after, fold, inclusive)
+    _assert_equal(plan, eventlog.answers(plan, log, inclusive), theirs)
+
+
+@pytest.mark.parametrize("after", [0, 1, 719, 720, 721, 1439, 1440, 1441, 2881])
+@pytest.mark.parametrize("fold", [False, True])
+def test_every_day_of_the_long_windows_counts_once(after: int, fold: bool) -> None:
+    """An impression on each of the 45 days before the newest (at midday, the creatives and
+    campaigns taking turns), read at the window's edges: the day counts of a fold and the log
+    give the 30-day and lifetime counts of the reference, day by day at their boundaries."""
+    days = 45
+    campaigns = sorted(CAMPAIGN)
+    rows = [
+        ("u1", PLACES[k % 2], campaigns[k % 3], ("cr1", "cr2")[k % 2], 60 * (24 * k + 12), False)
+        for k in range(days)
+    ]
+    for user in sorted(USERS):
+        plan, log, theirs = _case(rows, user, PLACES[0], after, fold, inclusive=False)
+        assert not fold or len(log.days)  # the fold kept day counts
+        _assert_equal(plan, eventlog.answers(plan, log), theirs)
