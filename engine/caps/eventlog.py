@@ -1,12 +1,13 @@
-"""Key layout v4 of the cap store, its pure part: a household's impressions as one event log,
+"""Key layout v5 of the cap store, its pure part: a household's impressions as one event log,
 and every answer a read needs computed from it in the client.
 
 Layout v3 kept a counter per (family, scope id, target id): one hash field each, so a household
 that saw 200 ads paid Redis' per-field cost for each of them in every family, and each write
-rewrote whole counters. Layout v4 keeps, per hash tag (a household, or a user without one):
+rewrote whole counters. Layouts v4 and v5 keep, per hash tag (a household, or a user without one):
 
 * the **log**: every impression of the last retention (and a day or two), appended as one
-  16-byte record (``EVENT``: its time, user, device, ad and place codes);
+  16-byte record (``EVENT``: its time, user, device, ad and place codes) (v5 appends to a
+  short tail that joins the log every 64 impressions; they read as one);
 * the **dictionary**: the 8-byte fingerprints (``keys.fingerprint``) of the ids the log and
   the summaries use, appended; an id's *code* is its position (1-based; 0 is null);
 * the **tuples**: the ids of one ad as codes (``TUPLE``: ad, creative, campaign, advertiser,

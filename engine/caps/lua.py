@@ -1,14 +1,17 @@
-"""Lua scripts of the Redis cap store (key layout 4). Each runs as one EVALSHA: one round trip,
+"""Lua scripts of the Redis cap store (key layout 5). Each runs as one EVALSHA: one round trip,
 atomic. The KEYS of every script share one hash tag (``keys.py``), so they run on one cluster
 node.
 
 Redis keeps a household's parts (``eventlog.py`` has their bytes) and appends to them; the
 client reads them whole and computes every answer. ``PARTS`` below are a tag's keys in the
 order of ``KeySpace.parts``: the log, the dictionary, the tuples, the day counts, the
-generation.
+generation, the log's tail. An impression is appended to the tail (at most ``TAIL_BYTES``,
+kept at its size); a full tail is appended to the log, which is set again at its size then:
+so a write copies the tail, and the whole log only once every 64 impressions, and the log
+(the tail after it) reads as one.
 
-``READ``: ``KEYS = PARTS, then block hashes``. Returns the four parts' strings, the generation
-and per block hash its fields and values (``HGETALL``).
+``READ``: ``KEYS = PARTS, then block hashes``. Returns the four parts' strings (the log with its
+tail), the generation and per block hash its fields and values (``HGETALL``).
 
 ``RECORD`` (one impression): ``KEYS = PARTS, then the nm marker strings of the arrival days
 the dedup horizon covers (oldest first, today's last)``; ``ARGV = fingerprint, nm,
@@ -45,6 +48,7 @@ _COMMON = r"""
 local call, sub, find = redis.call, string.sub, string.find
 local up, pk = struct.unpack, struct.pack
 local ZERO = string.rep('\0', 8)
+local NP, TAIL, TAIL_BYTES = 6, 6, 1024  -- the parts, the tail's, its most bytes
 
 -- the position (1-based) of the entry of width w equal to s in v, at an entry boundary; 0: none
 local function position(v, s, w)
@@ -69,14 +73,21 @@ end
 local function read(keys, nb)
   local out = {}
   for i = 1, 4 do out[i] = call('GET', keys[i]) or '' end
+  out[1] = out[1] .. (call('GET', keys[TAIL]) or '')
   out[5] = call('GET', keys[5]) or '0'
-  for i = 1, nb do out[5 + i] = call('HGETALL', keys[5 + i]) end
+  for i = 1, nb do out[5 + i] = call('HGETALL', keys[NP + i]) end
   return out
+end
+
+-- the bytes of the log with its tail (a snapshot's version, with the generation)
+local function length(keys)
+  return call('STRLEN', keys[1]) + call('STRLEN', keys[TAIL])
 end
 
 -- 1 when the log's first event is older than due (a fold is due), else 0
 local function due(keys, due_us)
   local first = call('GETRANGE', keys[1], 0, 7)
+  if #first < 8 then first = call('GETRANGE', keys[TAIL], 0, 7) end
   if #first == 8 and up('<i8', first) < due_us then return 1 end
   return 0
 end
@@ -136,10 +147,21 @@ local function append(keys, time, ids, ttl)
     call('APPEND', keys[3], table.concat(new))
     exact(keys[3])
   end
-  call('APPEND', keys[1], time .. pk('<HHHH', user, device, a, p))
-  exact(keys[1])
-  if call('TTL', keys[1]) < ttl - 3600 then
-    for i = 1, 5 do call('EXPIRE', keys[i], ttl) end
+  local size = call('APPEND', keys[TAIL], time .. pk('<HHHH', user, device, a, p))
+  if size >= TAIL_BYTES then  -- the tail joins the log
+    if call('APPEND', keys[1], call('GET', keys[TAIL])) == size then
+      call('EXPIRE', keys[1], ttl)  -- a new log lives as the rest
+    else
+      exact(keys[1])
+    end
+    call('DEL', keys[TAIL])
+  elseif size == 16 then  -- a new tail lives as the log
+    call('EXPIRE', keys[TAIL], ttl)
+  else
+    exact(keys[TAIL])
+  end
+  if call('TTL', keys[2]) < ttl - 3600 then
+    for i = 1, NP do call('EXPIRE', keys[i], ttl) end
   end
 end
 
@@ -153,7 +175,7 @@ end
 READ = (
     _COMMON
     + r"""
-return read(KEYS, #KEYS - 5)
+return read(KEYS, #KEYS - NP)
 """
 )
 
@@ -161,8 +183,8 @@ RECORD = (
     _COMMON
     + r"""
 local fp, nm = ARGV[1], tonumber(ARGV[2])
-if seen(KEYS, 6, nm, fp) then return 0 end
-mark(KEYS[5 + nm], fp, ARGV[3])
+if seen(KEYS, NP + 1, nm, fp) then return 0 end
+mark(KEYS[NP + nm], fp, ARGV[3])
 append(KEYS, ARGV[4], ARGV[5], tonumber(ARGV[6]))
 return 1 + 2 * due(KEYS, tonumber(ARGV[7]))
 """
@@ -173,12 +195,12 @@ COMMIT = (
     + r"""
 local nb, nm = tonumber(ARGV[3]), tonumber(ARGV[4])
 local marker_ttl, ttl, due_us, n = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local current = call('STRLEN', KEYS[1]) == tonumber(ARGV[1])
+local current = length(KEYS) == tonumber(ARGV[1])
 current = current and (call('GET', KEYS[5]) or '0') == ARGV[2]
 local retries, mismatch = {}, false
 for i = 1, n do
   local a = 9 + 5 * (i - 1)
-  local retry = seen(KEYS, 6 + nb, nm, ARGV[a])
+  local retry = seen(KEYS, NP + 1 + nb, nm, ARGV[a])
   retries[i] = retry and '1' or '0'
   if retries[i] ~= ARGV[a + 3] then mismatch = true end
 end
@@ -188,7 +210,7 @@ if not current or mismatch then
   out[#out + 1] = table.concat(retries)
   return out
 end
-local today = KEYS[5 + nb + nm]
+local today = KEYS[NP + nb + nm]
 for i = 1, n do
   local a = 9 + 5 * (i - 1)
   if ARGV[a + 3] == '0' and ARGV[a + 4] == '1' then
@@ -203,9 +225,10 @@ return {1, due(KEYS, due_us)}
 FOLD = (
     _COMMON
     + r"""
-if call('STRLEN', KEYS[1]) ~= tonumber(ARGV[1]) or (call('GET', KEYS[5]) or '0') ~= ARGV[2] then
+if length(KEYS) ~= tonumber(ARGV[1]) or (call('GET', KEYS[5]) or '0') ~= ARGV[2] then
   return 0
 end
+call('DEL', KEYS[TAIL])
 local ttl = tonumber(ARGV[3])
 for i = 1, 4 do
   if ARGV[3 + i] == '' then

@@ -53,7 +53,7 @@ def test_the_event_log_bytes_are_the_documented_layout() -> None:
         events = [imp(1, 0), imp(2, -1440), imp(3, 5, campaign_id="c2", category="food")]
         store.record(events)
         parts = store.keys.parts(store.keys.tag("h1", "u1"))
-        stored = [cast("bytes", client.get(k) or b"") for k in parts[:4]]
+        stored = [_log(client, parts), *[cast("bytes", client.get(k) or b"") for k in parts[1:4]]]
         writer = eventlog.Writer()
         for event in events:
             eventlog.add(writer, event, CAPS.competitor_of)
@@ -70,7 +70,8 @@ def test_the_event_log_bytes_are_the_documented_layout() -> None:
         # 20 days on, the first three are folded: the late one into day counts (and the
         # lifetime), c1's and c2's latest stay in the log (pinned: the campaign recency)
         store.record([imp(4, 20 * 1440)])
-        now = [cast("bytes", client.get(parts[k]) or b"") for k in (1, 2, 0, 3)]
+        now = [cast("bytes", client.get(parts[k]) or b"") for k in (1, 2)]
+        now += [_log(client, parts), cast("bytes", client.get(parts[3]) or b"")]
         log = eventlog.Log(eventlog.Parts(*now))
         minute = 60 * 10**6
         # the pinned ones go last (the log's first impression says when a fold is due)
@@ -79,6 +80,34 @@ def test_the_event_log_bytes_are_the_documented_layout() -> None:
         days = log.days[log.day_groups[user_campaign]]
         c1, day = log.code("c1"), t0 // (1440 * minute)
         assert [tuple(r) for r in days.tolist()] == [(c1, 0, 1), (c1, day - 1, 1)]
+    finally:
+        server.stop()
+
+
+def _log(client: Any, parts: list[str]) -> bytes:
+    """A household's stored log: the log, then its tail."""
+    return cast("bytes", client.get(parts[0]) or b"") + cast("bytes", client.get(parts[5]) or b"")
+
+
+def test_impressions_go_to_the_tail_and_join_the_log_64_at_a_time() -> None:
+    """Layout 5: an impression is appended to the log's tail; 64 of them join the log at once
+    (a write copies the short tail, the log only every 64th time); the log with its tail is
+    what the Writer writes, and both keep their expiry."""
+    server = EmbeddedRedis().start()
+    try:
+        client = server.client()
+        store = RedisCapStore(client, RULES, GAPS, BLOCKS, KeySpace("tail"))
+        parts = store.keys.parts(store.keys.tag("h1", "u1"))
+        writer = eventlog.Writer()
+        for k in range(130):
+            event = imp(f"t{k}", k, ad_id=f"ad{k % 7}")
+            store.record([event])
+            eventlog.add(writer, event, CAPS.competitor_of)
+            full = (k + 1) // 64 * 64
+            assert client.strlen(parts[0]) == 16 * full, k
+            assert client.strlen(parts[5]) == 16 * (k + 1 - full), k
+        assert _log(client, parts) == writer.parts().events
+        assert client.ttl(parts[0]) > 0 and client.ttl(parts[5]) > 0
     finally:
         server.stop()
 

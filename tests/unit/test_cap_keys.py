@@ -9,10 +9,10 @@ from engine.caps.rules import Family
 def test_key_layout_exact_bytes() -> None:
     ks = KeySpace("admatch")
     tag = ks.tag("h000017", "u000042")
-    assert KEY_VERSION == 4
+    assert KEY_VERSION == 5
     assert tag == "h=h000017"
-    base = "admatch:v4:{h=h000017}"
-    assert ks.parts(tag) == [f"{base}:{p}" for p in ("e", "n", "t", "s", "g")]
+    base = "admatch:v5:{h=h000017}"
+    assert ks.parts(tag) == [f"{base}:{p}" for p in ("e", "n", "t", "s", "g", "f")]
     assert ks.blocks(tag, "household", "h:17", "advertiser") == f"{base}:b:h:h%3A17:adv"
     assert ks.markers(tag, 20_515) == f"{base}:i:20515"
     assert fingerprint("imp-1") == bytes.fromhex("8b596cdb2726583e")  # BLAKE2b, 8 bytes
