@@ -18,3 +18,15 @@ def count(
     table: np.ndarray,
     codes: np.ndarray,
 ) -> None: ...
+def place(
+    out: np.ndarray,
+    base_row: np.ndarray,
+    flat: np.ndarray,
+    offsets: np.ndarray,
+    safe_rows: np.ndarray,
+    last_row: np.ndarray,
+    gather: np.ndarray,
+    since: np.ndarray,
+    t_us: int,
+    nulls: bool,
+) -> None: ...

@@ -14,6 +14,7 @@ The shape's part of the work comes as one int64 array (``program``, built once p
 """
 
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint16_t, uint32_t, uint64_t
+from libc.math cimport NAN
 from libc.stdlib cimport free, malloc
 
 cdef enum:
@@ -358,3 +359,70 @@ cdef void _days(
             else:
                 weight = rec.count
             flat[group_base[g] + r * pg.width[g] + pg.day_column[k]] += <double> weight
+
+
+def place(
+    double[:, ::1] out,
+    const double[::1] base_row,
+    const double[::1] flat,
+    const int64_t[::1] offsets,
+    const int64_t[:, ::1] safe_rows,
+    const int64_t[::1] last_row,
+    const int64_t[::1] gather,
+    const int64_t[::1] since,
+    int64_t t_us,
+    bint nulls,
+):
+    """Place a read's answers in the candidates' rows (``store.place``), in place: each row
+    starts from ``base_row``; each gathered answer comes from the candidate's row of its group
+    (``safe_rows``: a null id reads the group's last, default row, where a refusing answer
+    becomes NaN when ``nulls``); the latest times of ``since`` become seconds before ``t_us``
+    (none, a negative time: NaN).
+
+    Args:
+        gather: per gathered answer, five blocks of equal length: its group, its column in
+            the group's rows, the group's width, its column in ``out``, and 1 if a null id
+            refuses it.
+    """
+    cdef Py_ssize_t n = out.shape[0], width = out.shape[1], n_groups = offsets.shape[0]
+    cdef Py_ssize_t k_all = gather.shape[0] // 5, i, k, c
+    cdef int64_t g, r, cell
+    cdef double v
+    if gather.shape[0] != 5 * k_all:
+        raise ValueError("gather: five blocks of equal length expected")
+    if base_row.shape[0] != width or safe_rows.shape[0] != n or safe_rows.shape[1] != n_groups:
+        raise ValueError("base_row, safe_rows: one column per output, one row per candidate")
+    if last_row.shape[0] != n_groups:
+        raise ValueError("last_row: one per group expected")
+    cdef const int64_t *group = &gather[0] if k_all else NULL
+    cdef const int64_t *src = group + k_all
+    cdef const int64_t *step = group + 2 * k_all
+    cdef const int64_t *dest = group + 3 * k_all
+    cdef const int64_t *refuse = group + 4 * k_all
+    for k in range(k_all):
+        if not (0 <= group[k] < n_groups and 0 <= dest[k] < width and 0 <= src[k] < step[k]):
+            raise ValueError(f"gather: answer {k} out of range")
+        g = group[k]
+        if offsets[g] < 0 or offsets[g] + (last_row[g] + 1) * step[k] > flat.shape[0]:
+            raise ValueError(f"gather: group {g}'s rows past the answers")
+    for k in range(since.shape[0]):
+        if not 0 <= since[k] < width:
+            raise ValueError(f"since: column {since[k]} out of range")
+    for i in range(n):
+        for c in range(width):
+            out[i, c] = base_row[c]
+        for k in range(k_all):
+            g = group[k]
+            r = safe_rows[i, g]
+            if r < 0 or r > last_row[g]:
+                raise ValueError(f"safe_rows: candidate {i} reads row {r} of group {g}")
+            if nulls and refuse[k] and r == last_row[g]:
+                out[i, dest[k]] = NAN
+            else:
+                out[i, dest[k]] = flat[offsets[g] + r * step[k] + src[k]]
+        for k in range(since.shape[0]):
+            v = out[i, since[k]]
+            if v < 0:
+                out[i, since[k]] = NAN
+            else:
+                out[i, since[k]] = (<double> t_us - v) / 1e6

@@ -34,13 +34,7 @@ from typing import Any
 
 import numpy as np
 
-try:
-    from engine.caps import _count
-except ImportError as exc:  # an install without its compiled part
-    raise ImportError(
-        "engine.caps._count, the compiled loop of the cap reads, is not built: run `make "
-        "setup` (or `pip install -e .`: it compiles engine/caps/_count.pyx)"
-    ) from exc
+from engine.caps import kernel
 from engine.caps.keep import Summary
 from engine.caps.keys import family_code, fingerprint
 from engine.caps.plan import ANY, DAY_US, US, Plan, micros
@@ -179,7 +173,7 @@ class _Columns:
     before ``t``; days from the start of the day ``d - 1`` before ``t``'s, also after ``t`` (0
     days: the lifetime). Columns with the same lower bound share it. A *latest* column takes
     the latest time before ``t`` of its selection's events. ``program`` is all of it as the
-    compiled loop (``_count.count``) reads it. Lookups that read past the log also read their
+    compiled loop (``kernel.count``) reads it. Lookups that read past the log also read their
     family's day counts."""
 
     selections: tuple[tuple[str, str | None, str | None], ...]  # (scope, touchpoint, slot)
@@ -279,7 +273,7 @@ def answers(plan: Plan, log: Log, inclusive: bool = False) -> Answers:
     """Every lookup of ``plan`` answered from ``log`` (see :class:`engine.caps.store.Answers`).
     ``inclusive`` also counts the impressions at or after ``t`` (an atomic check's reading).
 
-    One compiled pass (``_count.count``) codes the plan's ids in the log's dictionary, adds
+    One compiled pass (``kernel.count``) codes the plan's ids in the log's dictionary, adds
     each event into the count columns it falls in and raises the latest times; the summaries'
     records are added in one batched step after."""
     out = Answers(plan)
@@ -297,7 +291,7 @@ def answers(plan: Plan, log: Log, inclusive: bool = False) -> Answers:
     codes = np.empty(len(names), dtype=np.int64)
     sizes = np.fromiter(map(len, plan.fields), dtype=np.int64, count=len(plan.fields))
     table = np.empty((len(sizes), len(log.fps) + 1), dtype=np.int64)
-    _count.count(
+    kernel.count(
         out.flat,
         out.offsets,
         c.program,

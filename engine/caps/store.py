@@ -9,8 +9,10 @@ from typing import Any, NamedTuple, Protocol, overload
 
 import numpy as np
 
+from engine.caps import kernel
 from engine.caps.plan import N_EXPOSURES, US, Plan, micros
 from engine.caps.rules import BlockRule, CapsConfig
+from engine.caps.shape import Shape
 from engine.errors import AdmatchError
 
 
@@ -180,6 +182,24 @@ class Answers(Sequence[np.ndarray]):
         return len(self.groups)
 
 
+_GATHERED: dict[int, tuple[Shape, np.ndarray]] = {}
+
+
+def _gathered(shape: Shape) -> np.ndarray:
+    """A shape's gathered answers as the compiled placement takes them (five blocks: group,
+    column in the group's rows, the group's width, output column, refused by a null id)."""
+    cached = _GATHERED.get(id(shape))
+    if cached is not None and cached[0] is shape:
+        return cached[1]
+    if len(_GATHERED) >= 4_096:
+        _GATHERED.clear()
+    refuse = shape.gather_refuse.astype(np.int64)
+    parts = [shape.gather_group, shape.gather_src, shape.gather_width, shape.gather_dest, refuse]
+    gathered = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
+    _GATHERED[id(shape)] = (shape, gathered)
+    return gathered
+
+
 def place(plan: Plan, answers: Answers, blocked: np.ndarray) -> CapReading:
     """Place the answers where the plan says they go.
 
@@ -194,25 +214,25 @@ def place(plan: Plan, answers: Answers, blocked: np.ndarray) -> CapReading:
         blocked: per candidate, whether a block covers it (:meth:`Plan.blocked`).
     """
     shape, n = plan.shape, plan.n
-    out = np.repeat(shape.base_row[None, :], n, axis=0)
-    groups = shape.gather_group
-    if len(groups):
-        rows = plan.safe_rows[:, groups]
-        cells = answers.offsets[groups] + rows * shape.gather_width + shape.gather_src
-        values = answers.flat[cells]
-        if any(plan.nulls):  # no id (the group's last row): the group's rules do not apply
-            last = np.fromiter(map(len, plan.fields), dtype=np.int64, count=len(plan.fields))
-            values[(rows == last[groups]) & shape.gather_refuse] = np.nan
-        out[:, shape.gather_dest] = values
+    out = np.empty((n, len(shape.base_row)))
+    # a null id reads its group's last row, where the group's rules do not apply (NaN)
+    last = np.fromiter(map(len, plan.fields), dtype=np.int64, count=len(plan.fields))
+    kernel.place(
+        out,
+        shape.base_row,
+        answers.flat,
+        answers.offsets,
+        plan.safe_rows,
+        last,
+        _gathered(shape),
+        shape.since_outputs,
+        plan.t_us,
+        any(plan.nulls),
+    )
     for t, column in shape.own_targets:  # a campaign's own cap: only its campaign's candidates
         applies = plan.applies(t)
         if applies.any():
             out[applies, column] = answers[t.group][plan.rows[t.group][applies], t.column]
-    since = shape.since_outputs
-    if len(since):  # the latest times read become seconds since (none: NaN)
-        latest = out[:, since]
-        latest[latest < 0] = np.nan
-        out[:, since] = (plan.t_us - latest) / US
     n_exp, n_rules = N_EXPOSURES, shape.n_rules
     return CapReading(
         np.ascontiguousarray(out[:, :n_exp]),

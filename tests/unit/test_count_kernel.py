@@ -13,13 +13,18 @@ import pytest
 
 from engine.caps import _count, eventlog
 from engine.caps.plan import Planner
-from engine.caps.store import Answers
+from engine.caps.store import Answers, _gathered
 from tests.integration.test_cap_store_contract import BLOCKS, COMPETING, GAPS, RULES
 from tests.unit.test_eventlog import PLACES, RETENTION_S, _impression, _plan, _write
 
 
 def _args() -> dict[str, Any]:
     """The kernel's arguments for a real read of a small household."""
+    return _read()[1]
+
+
+def _read() -> tuple[Any, dict[str, Any]]:
+    """A plan and the kernel's arguments to answer it from a small household's log."""
     rows = [("u1", PLACES[k % 3], "c1", "cr1", 10 * k, False) for k in range(6)]
     log = eventlog.Log(_write([_impression(n, row) for n, row in enumerate(rows)]))
     plan = _plan(Planner(RULES, GAPS, BLOCKS, RETENTION_S, COMPETING), "u1", PLACES[0], 100)
@@ -32,7 +37,7 @@ def _args() -> dict[str, Any]:
         names += fields
     sizes = np.asarray([len(f) for f in plan.fields], dtype=np.int64)
     out = Answers(plan)
-    return {
+    return plan, {
         "flat": out.flat,
         "group_base": out.offsets,
         "program": c.program.copy(),
@@ -111,3 +116,59 @@ def test_an_event_naming_a_tuple_past_the_tuples_is_refused() -> None:
     args["events"] = events
     with pytest.raises(ValueError, match="past the household's tuples"):
         _count.count(**args)
+
+
+def _place_args() -> dict[str, Any]:
+    """The placement's arguments for the read of :func:`_read`, answered."""
+    plan, args = _read()
+    _count.count(**args)
+    return {
+        "out": np.empty((plan.n, len(plan.shape.base_row))),
+        "base_row": plan.shape.base_row,
+        "flat": args["flat"],
+        "offsets": args["group_base"],
+        "safe_rows": plan.safe_rows.copy(),
+        "last_row": np.asarray([len(f) for f in plan.fields], dtype=np.int64),
+        "gather": _gathered(plan.shape).copy(),
+        "since": plan.shape.since_outputs,
+        "t_us": plan.t_us,
+        "nulls": False,
+    }
+
+
+def test_a_whole_placement_fills_every_row() -> None:
+    args = _place_args()
+    _count.place(**args)
+    assert np.isfinite(args["out"][:, 0]).all()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (_poke("safe_rows", (0, 0), 10_000), "reads row"),
+        (_poke("safe_rows", (0, 0), -1), "reads row"),
+        (_poke("gather", 0, 99), "out of range"),  # a group past the plan's
+        (_set("gather", lambda g: g[:-1].copy()), "five blocks"),
+        (_set("flat", lambda f: f[:3].copy()), "past the answers"),
+        (_set("since", lambda s: np.asarray([10_000], dtype=np.int64)), "since"),
+        (_set("last_row", lambda r: r[:-1].copy()), "last_row"),
+        (_set("out", lambda o: o[:, :-1].copy()), "base_row"),
+    ],
+    ids=[
+        "row-past",
+        "row-negative",
+        "group",
+        "gather-blocks",
+        "short-answers",
+        "since",
+        "last",
+        "out",
+    ],
+)
+def test_placements_out_of_bounds_are_refused(
+    change: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    args = _place_args()
+    change(args)
+    with pytest.raises(ValueError, match=message):
+        _count.place(**args)
