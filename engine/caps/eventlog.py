@@ -269,6 +269,18 @@ def _bounds(
     return list(lower), (which, upper)
 
 
+def _names(plan: Plan, c: _Columns) -> list[str | None]:
+    """Every id a read codes, in the order the compiled loop takes them: the user, the device,
+    each selection's touchpoint and slot, each family read from the day counts, the fields."""
+    names: list[str | None] = [plan.user_id, plan.device_id]
+    for _, touchpoint, slot in c.selections:
+        names += [touchpoint, slot]
+    names += [name for name, _ in c.families]
+    for fields in plan.fields:
+        names += fields
+    return names
+
+
 def answers(plan: Plan, log: Log, inclusive: bool = False) -> Answers:
     """Every lookup of ``plan`` answered from ``log`` (see :class:`engine.caps.store.Answers`).
     ``inclusive`` also counts the impressions at or after ``t`` (an atomic check's reading).
@@ -280,13 +292,7 @@ def answers(plan: Plan, log: Log, inclusive: bool = False) -> Answers:
     if not len(log.t) and not len(log.day_head):
         return out
     c = _columns(plan.shape)
-    # every id the read needs: user, device, filters, family codes, fields
-    names: list[str | None] = [plan.user_id, plan.device_id]
-    for _, touchpoint, slot in c.selections:
-        names += [touchpoint, slot]
-    names += [name for name, _ in c.families]
-    for fields in plan.fields:
-        names += fields
+    names = _names(plan, c)
     fps = np.fromiter(map(_FPS.__getitem__, names), dtype=np.uint64, count=len(names))
     codes = np.empty(len(names), dtype=np.int64)
     sizes = np.fromiter(map(len, plan.fields), dtype=np.int64, count=len(plan.fields))

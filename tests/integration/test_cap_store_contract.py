@@ -953,22 +953,9 @@ def test_a_household_whose_stored_data_is_unreadable_fails_alone(
     """Stored bytes the client cannot decode (written by another version, or damaged) make
     that household's read fail, closed and counted, naming the problem; the other plans of the
     pass are read, and the service does not crash."""
-    name, factory, client = backend
-    if client is None:
-        pytest.skip("the in-memory store has no keys to corrupt")
-    store = factory()
-    _history(store, 3)
-    assert isinstance(store, RedisCapStore)
-    client.set(store.keys.parts(store.keys.tag("h1", "u1"))[part], value)
-    g = gate(store)
-    requests = _household_requests(3)
-    answers = store.read_many(_plans(g, requests))
-    assert isinstance(answers[1], StoreUnavailable) and "unreadable" in str(answers[1])
-    assert isinstance(answers[0], CapReading) and isinstance(answers[2], CapReading)
-    prepared = g.prepare_many([ScoreRequest(ctx, cands) for ctx, cands in requests])
-    assert g.errors == 1
-    capped = [p.capped for p in prepared if isinstance(p, ScoreRequest)]
-    assert len(capped) == 3 and capped[1] is not None and capped[1].all()
+    store, g, requests = _damaged(
+        backend, lambda client, parts: client.set(parts[part], value), "unreadable"
+    )
     with pytest.raises(StoreUnavailable, match="unreadable"):
         store.read(_plans(g, requests)[1])
     ctx, cands = requests[1]
@@ -996,22 +983,34 @@ def test_ids_of_any_length_are_read(backend: tuple[str, Factory, Any]) -> None:
 def test_a_plan_the_server_refuses_fails_alone(backend: tuple[str, Factory, Any]) -> None:
     """A key of the wrong type (a corrupted counter) makes the server refuse that plan's call:
     its request fails closed, alone, and counts one error; the others are read."""
+
+    def wrong_type(client: Any, parts: list[str]) -> None:
+        client.delete(parts[0])
+        client.hset(parts[0], "x", "y")  # a key of the wrong type: the server refuses the read
+
+    _damaged(backend, wrong_type, "WRONGTYPE")
+
+
+def _damaged(
+    backend: tuple[str, Factory, Any], damage: Callable[[Any, list[str]], object], message: str
+) -> tuple[RedisCapStore, CapGate, list[tuple[RequestContext, Any]]]:
+    """Three households' history, the second's keys damaged (``damage(client, its parts)``):
+    its read fails with ``message``, closed and counted once; the others are read."""
     name, factory, client = backend
     if client is None:
         pytest.skip("the in-memory store has no keys to corrupt")
     store = factory()
     _history(store, 3)
     assert isinstance(store, RedisCapStore)
-    log_key = store.keys.parts(store.keys.tag("h1", "u1"))[0]
-    client.delete(log_key)
-    client.hset(log_key, "x", "y")  # a key of the wrong type: the server refuses the read
+    damage(client, store.keys.parts(store.keys.tag("h1", "u1")))
     g = gate(store)
     requests = _household_requests(3)
     answers = store.read_many(_plans(g, requests))
-    assert isinstance(answers[1], StoreUnavailable) and "WRONGTYPE" in str(answers[1])
+    assert isinstance(answers[1], StoreUnavailable) and message in str(answers[1])
     assert isinstance(answers[0], CapReading) and isinstance(answers[2], CapReading)
     prepared = g.prepare_many([ScoreRequest(ctx, cands) for ctx, cands in requests])
     assert g.errors == 1
     capped = [p.capped for p in prepared if isinstance(p, ScoreRequest)]
     assert len(capped) == 3 and capped[1] is not None and capped[1].all()
     assert capped[0] is not None and not capped[0].all()
+    return store, g, requests

@@ -29,12 +29,7 @@ def _read() -> tuple[Any, dict[str, Any]]:
     log = eventlog.Log(_write([_impression(n, row) for n, row in enumerate(rows)]))
     plan = _plan(Planner(RULES, GAPS, BLOCKS, RETENTION_S, COMPETING), "u1", PLACES[0], 100)
     c = eventlog._columns(plan.shape)
-    names: list[str | None] = [plan.user_id, plan.device_id]
-    for _, touchpoint, slot in c.selections:
-        names += [touchpoint, slot]
-    names += [name for name, _ in c.families]
-    for fields in plan.fields:
-        names += fields
+    names = eventlog._names(plan, c)
     sizes = np.asarray([len(f) for f in plan.fields], dtype=np.int64)
     out = Answers(plan)
     return plan, {
