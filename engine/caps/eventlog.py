@@ -244,7 +244,7 @@ def _columns(shape: Shape) -> _Columns:
     return out
 
 
-_MIN, _MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+_MAX = np.iinfo(np.int64).max
 _TARGET_OF = {column: target for target, column in TARGET_COLUMN.items() if column}
 
 
