@@ -15,8 +15,6 @@ def count(
     fps: np.ndarray,
     day_head: np.ndarray,
     day_records: np.ndarray,
-    table: np.ndarray,
-    codes: np.ndarray,
 ) -> None: ...
 def place(
     out: np.ndarray,

@@ -136,7 +136,7 @@ cdef int _program(const int64_t[::1] p, Program *out) except -1:
     return 0
 
 
-cdef void _code(const uint64_t[::1] fps, const uint64_t[::1] names, int64_t[::1] codes,
+cdef void _code(const uint64_t[::1] fps, const uint64_t[::1] names, int64_t *codes,
                 int64_t *slots, Py_ssize_t mask):
     """Each name's code: its fingerprint's position in ``fps`` plus one (0: null, unknown);
     through an open-addressing hash of the dictionary (fingerprints are uniform already)."""
@@ -176,8 +176,6 @@ def count(
     const uint64_t[::1] fps,
     const DayGroup[::1] day_head,
     const DayRecord[::1] day_records,
-    int64_t[:, ::1] table,
-    int64_t[::1] codes,
 ):
     """Add a household's events into a read's answers ``flat`` (group ``g``'s row ``r`` at
     ``group_base[g] + r * width[g]``), in place.
@@ -195,9 +193,6 @@ def count(
         day_head, day_records: its day counts (``eventlog.GROUP`` per family and scope code,
             ``eventlog.DAYS``): a day window adds its family's (of the read's scope id) days
             from the one ``days - 1`` before ``t0``'s on; 0 days, the lifetime count.
-        table: (groups x dictionary size + 1), filled: per group and code, the row of the
-            code's field (-1: none).
-        codes: per name, filled: its code (0: null or unknown).
     """
     cdef Program pg
     _program(program, &pg)
@@ -207,8 +202,6 @@ def count(
     cdef Py_ssize_t g, i, j, e, k, at
     if group_base.shape[0] != n_groups or sizes.shape[0] != n_groups:
         raise ValueError("group_base, sizes: one per group of the program expected")
-    if table.shape[0] != n_groups or table.shape[1] != n_codes:
-        raise ValueError("table: one row per group, one column per code expected")
     if tuples.shape[1] != 6:
         raise ValueError("tuples: 6 codes a row expected")
     at = first_field
@@ -218,8 +211,8 @@ def count(
         ):
             raise ValueError(f"group {g}: its rows past the answers")
         at += sizes[g]
-    if names.shape[0] != at or codes.shape[0] != at:
-        raise ValueError(f"names, codes: {at} expected, {names.shape[0]} given")
+    if names.shape[0] != at:
+        raise ValueError(f"names: {at} expected, {names.shape[0]} given")
     for i in range(n_tuples):  # every code a tuple holds indexes the table below
         for j in range(6):
             if tuples[i, j] >= n_codes:
@@ -227,11 +220,16 @@ def count(
     cdef Py_ssize_t mask = 1
     while mask < 2 * n_codes:
         mask <<= 1
-    cdef int64_t *work = <int64_t *> malloc((mask + 2 * pg.n_counts + 2) * sizeof(int64_t))
+    # scratch: the dictionary's hash, the columns' bounds, the names' codes, and per group
+    # and code the row of the code's field (-1: none)
+    cdef Py_ssize_t size = mask + 2 * (pg.n_counts + 1) + names.shape[0] + n_groups * n_codes
+    cdef int64_t *work = <int64_t *> malloc(size * sizeof(int64_t))
     if work == NULL:
         raise MemoryError()
     cdef int64_t *lo = work + mask
     cdef int64_t *hi = lo + pg.n_counts + 1
+    cdef int64_t *codes = hi + pg.n_counts + 1
+    cdef int64_t *table = codes + names.shape[0]
     cdef int64_t last_before = INT64_MAX if inclusive else t0
     cdef int64_t sel_code[MAX_SELECTIONS]
     cdef int64_t sel_touchpoint[MAX_SELECTIONS]
@@ -259,14 +257,14 @@ def count(
             hi[k] = INT64_MAX if inclusive or pg.count_upper[k] else t0
         at = first_field
         for g in range(n_groups):
-            table[g, 0] = -1
+            table[g * n_codes] = -1
             for i in range(1, n_codes):
-                table[g, i] = 0 if pg.group_any[g] else -1
+                table[g * n_codes + i] = 0 if pg.group_any[g] else -1
             if not pg.group_any[g]:
                 for j in range(sizes[g]):
                     code = codes[at + j]
                     if code > 0:
-                        table[g, code] = j
+                        table[g * n_codes + code] = j
             at += sizes[g]
         for e in range(events.shape[0]):
             te = events[e].t
@@ -287,7 +285,7 @@ def count(
                 if chosen[k] and sel_slot[k] >= 0:
                     chosen[k] = tuples[p, 1] == sel_slot[k]
             for g in range(n_groups):
-                row[g] = table[g, tuples[a, pg.group_target[g]]]
+                row[g] = table[g * n_codes + tuples[a, pg.group_target[g]]]
             for k in range(pg.n_counts):
                 g = pg.count_group[k]
                 r = row[g]
@@ -302,7 +300,7 @@ def count(
                     cell = &flat[group_base[g] + r * pg.width[g] + pg.last_column[k]]
                     if te > cell[0]:
                         cell[0] = <double> te
-        _days(flat, group_base, &pg, codes, user, device, t0, day_head, day_records, table)
+        _days(flat, group_base, &pg, codes, t0, day_head, day_records, table, n_codes)
     finally:
         free(work)
 
@@ -311,18 +309,17 @@ cdef void _days(
     double[::1] flat,
     const int64_t[::1] group_base,
     Program *pg,
-    const int64_t[::1] codes,
-    int64_t user,
-    int64_t device,
+    const int64_t *codes,
     int64_t t0,
     const DayGroup[::1] day_head,
     const DayRecord[::1] day_records,
-    int64_t[:, ::1] table,
+    const int64_t *table,
+    int64_t n_codes,
 ) except *:
     """Add the day counts of the impressions folded out of the log to the day windows (and
     lifetime counts) of a read: per window, the records of its family and scope id."""
     cdef Py_ssize_t first_fam = 2 + 2 * pg.n_sel, k, i, h, found
-    cdef int64_t fam, scope, kind, r, g, day, weight, n_codes = table.shape[1]
+    cdef int64_t fam, scope, kind, r, g, day, weight, user = codes[0], device = codes[1]
     cdef int64_t today = t0 // 86_400_000_000
     cdef int64_t since
     cdef DayRecord rec
@@ -346,7 +343,7 @@ cdef void _days(
             rec = day_records[i]
             if rec.target >= n_codes:
                 raise ValueError(f"day counts: record {i} names code {rec.target}")
-            r = table[g, rec.target]
+            r = table[g * n_codes + rec.target]
             if r < 0:
                 continue
             day = rec.day

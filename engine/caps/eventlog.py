@@ -294,9 +294,7 @@ def answers(plan: Plan, log: Log, inclusive: bool = False) -> Answers:
     c = _columns(plan.shape)
     names = _names(plan, c)
     fps = np.fromiter(map(_FPS.__getitem__, names), dtype=np.uint64, count=len(names))
-    codes = np.empty(len(names), dtype=np.int64)
     sizes = np.fromiter(map(len, plan.fields), dtype=np.int64, count=len(plan.fields))
-    table = np.empty((len(sizes), len(log.fps) + 1), dtype=np.int64)
     kernel.count(
         out.flat,
         out.offsets,
@@ -310,8 +308,6 @@ def answers(plan: Plan, log: Log, inclusive: bool = False) -> Answers:
         log.fps,
         log.day_head,
         log.days,
-        table,
-        codes,
     )
     return out
 

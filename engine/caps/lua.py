@@ -101,61 +101,57 @@ local function exact(key)
   redis.set_repl(redis.REPL_ALL)
 end
 
+-- the coder of entries of width w in the string at key: an entry's code is its position
+-- (1-based) there, a new one's after the others in the order first asked for; and a function
+-- that appends the new ones (what names them in an error past 65535)
+local function coder(key, w, what)
+  local v = call('GET', key) or ''
+  local count, new = #v / w, {}
+  local function code(s)
+    local found = position(v, s, w)
+    if found > 0 then return found end
+    for j, t in ipairs(new) do
+      if t == s then return count + j end
+    end
+    new[#new + 1] = s
+    return count + #new
+  end
+  local function save()
+    if count + #new > 65535 then return error('cap store: more than 65535 ' .. what) end
+    if #new > 0 then
+      call('APPEND', key, table.concat(new))
+      exact(key)
+    end
+  end
+  return code, save
+end
+
 -- append one impression: its ids to the dictionary, its tuples, the event (see eventlog.Writer)
 local function append(keys, time, ids, ttl)
-  local dict = call('GET', keys[2]) or ''
-  local size, added = #dict / 8, {}
+  local id, save_ids = coder(keys[2], 8, 'ids in one household')
   local function intern(i)
     local fp = sub(ids, 8 * i - 7, 8 * i)
     if fp == ZERO then return 0 end
-    local code = position(dict, fp, 8)
-    if code == 0 then
-      for j, new in ipairs(added) do
-        if new == fp then return size + j end
-      end
-      added[#added + 1] = fp
-      code = size + #added
-    end
-    return code
+    return id(fp)
   end
   local user, device = intern(1), intern(2)
   local ad = {}
   for i = 3, 8 do ad[i - 2] = intern(i) end
   local tp, slot = intern(9), intern(10)
-  if size + #added > 65535 then return error('cap store: more than 65535 ids in one household') end
-  if #added > 0 then
-    call('APPEND', keys[2], table.concat(added))
-    exact(keys[2])
-  end
-  local tuples = call('GET', keys[3]) or ''
-  local count, new = #tuples / 12, {}
-  local function tuple(s)
-    local code = position(tuples, s, 12)
-    if code == 0 then
-      for j, t in ipairs(new) do
-        if t == s then return count + j end
-      end
-      new[#new + 1] = s
-      code = count + #new
-    end
-    return code
-  end
+  save_ids()
+  local tuple, save_tuples = coder(keys[3], 12, 'ads in one household')
   local a = tuple(pk('<HHHHHH', ad[1], ad[2], ad[3], ad[4], ad[5], ad[6]))
   local p = tuple(pk('<HHHHHH', tp, slot, 0, 0, 0, 0))
-  if count + #new > 65535 then return error('cap store: more than 65535 ads in one household') end
-  if #new > 0 then
-    call('APPEND', keys[3], table.concat(new))
-    exact(keys[3])
-  end
-  local size = call('APPEND', keys[TAIL], time .. pk('<HHHH', user, device, a, p))
-  if size >= TAIL_BYTES then  -- the tail joins the log
-    if call('APPEND', keys[1], call('GET', keys[TAIL])) == size then
+  save_tuples()
+  local tail = call('APPEND', keys[TAIL], time .. pk('<HHHH', user, device, a, p))
+  if tail >= TAIL_BYTES then  -- the tail joins the log
+    if call('APPEND', keys[1], call('GET', keys[TAIL])) == tail then
       call('EXPIRE', keys[1], ttl)  -- a new log lives as the rest
     else
       exact(keys[1])
     end
     call('DEL', keys[TAIL])
-  elseif size == 16 then  -- a new tail lives as the log
+  elseif tail == 16 then  -- a new tail lives as the log
     call('EXPIRE', keys[TAIL], ttl)
   else
     exact(keys[TAIL])

@@ -104,18 +104,13 @@ class Shape:
     blocks: tuple[BlockSpec, ...]
     n_rules: int
     n_gaps: int
-    row_defaults: tuple[np.ndarray, ...] = field(repr=False)
-    # every answer a candidate gathers from its groups' rows (not own caps'): its group, its
-    # column in the group's rows, the group's row width, its output column, whether a null
+    # every answer a candidate gathers from its groups' rows (not own caps'), as five blocks
+    # of one int64 array (the compiled placement's layout: ``kernel.place``): its group, its
+    # column in the group's rows, the group's row width, its output column, and 1 if a null
     # id means the rule does not apply (NaN: a rule or gap, not an exposure count)
-    gather_group: np.ndarray = field(repr=False)
-    gather_src: np.ndarray = field(repr=False)
-    gather_width: np.ndarray = field(repr=False)
-    gather_dest: np.ndarray = field(repr=False)
-    gather_refuse: np.ndarray = field(repr=False)
+    gather: np.ndarray = field(repr=False)
     latest: tuple[tuple[int, int], ...] = field(repr=False)  # (group, column) of latest times
     since_outputs: np.ndarray = field(repr=False)
-    output_defaults: np.ndarray = field(repr=False)
     # what a candidate reads when none of its ids has history (its rule counts 0, no latest
     # time), and each campaign's own cap with its output column (see ``store.place``)
     base_row: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
@@ -195,44 +190,39 @@ class _Builder:
                     for target, scopes in blocks.items()
                 ),
                 *counts,
-                (),
-                *(np.zeros(0, dtype=np.int64),) * 5,
+                np.zeros(0, dtype=np.int64),
                 (),
                 np.zeros(0, dtype=np.int64),
-                np.zeros(0),
             )
         )
 
 
 def _finish(shape: Shape) -> Shape:
-    """The shape with its decoding tables: default rows, per-group gathers, output defaults."""
+    """The shape with its decoding tables: the gathers, the latest times' cells, the base row."""
     defaults = [np.zeros(w) for w in shape.widths]
     for lk in shape.lookups:
         if lk.last:
             defaults[lk.group][lk.offset + lk.width - 1] = -1.0
     gathered = [t for t in shape.targets if t.rule < 0]
 
-    def column(values: list[Any], dtype: Any = np.int64) -> np.ndarray:
-        return np.asarray(values, dtype=dtype)
-
-    dest = column([shape.output_column(t) for t in gathered])
-    out = np.full(N_EXPOSURES + shape.n_rules + shape.n_gaps, np.nan)
-    out[:N_EXPOSURES] = [0.0 if name.startswith("exp_") else np.nan for name in _EXPOSURE_INDEX]
+    dest = [shape.output_column(t) for t in gathered]
+    base = np.full(N_EXPOSURES + shape.n_rules + shape.n_gaps, np.nan)
+    base[:N_EXPOSURES] = [0.0 if name.startswith("exp_") else np.nan for name in _EXPOSURE_INDEX]
     since = sorted({shape.output_column(t) for t in shape.targets if t.since})
-    base = out.copy()
     base[dest] = [defaults[t.group][t.column] for t in gathered]
     base[since] = np.nan  # no latest time: no seconds since
     return replace(
         shape,
-        row_defaults=tuple(defaults),
-        gather_group=column([t.group for t in gathered]),
-        gather_src=column([t.column for t in gathered]),
-        gather_width=column([shape.widths[t.group] for t in gathered]),
-        gather_dest=dest,
-        gather_refuse=column([t.output != "exposures" for t in gathered], bool),
+        gather=np.asarray(
+            [t.group for t in gathered]
+            + [t.column for t in gathered]
+            + [shape.widths[t.group] for t in gathered]
+            + dest
+            + [int(t.output != "exposures") for t in gathered],
+            dtype=np.int64,
+        ),
         latest=tuple((lk.group, lk.offset + lk.width - 1) for lk in shape.lookups if lk.last),
         since_outputs=np.asarray(since, dtype=np.int64),
-        output_defaults=out,
         base_row=base,
         own_targets=tuple((t, shape.output_column(t)) for t in shape.targets if t.rule >= 0),
     )

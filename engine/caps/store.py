@@ -12,7 +12,6 @@ import numpy as np
 from engine.caps import kernel
 from engine.caps.plan import N_EXPOSURES, US, Plan, micros
 from engine.caps.rules import BlockRule, CapsConfig
-from engine.caps.shape import Shape
 from engine.errors import AdmatchError
 
 
@@ -182,24 +181,6 @@ class Answers(Sequence[np.ndarray]):
         return len(self.groups)
 
 
-_GATHERED: dict[int, tuple[Shape, np.ndarray]] = {}
-
-
-def _gathered(shape: Shape) -> np.ndarray:
-    """A shape's gathered answers as the compiled placement takes them (five blocks: group,
-    column in the group's rows, the group's width, output column, refused by a null id)."""
-    cached = _GATHERED.get(id(shape))
-    if cached is not None and cached[0] is shape:
-        return cached[1]
-    if len(_GATHERED) >= 4_096:
-        _GATHERED.clear()
-    refuse = shape.gather_refuse.astype(np.int64)
-    parts = [shape.gather_group, shape.gather_src, shape.gather_width, shape.gather_dest, refuse]
-    gathered = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
-    _GATHERED[id(shape)] = (shape, gathered)
-    return gathered
-
-
 def place(plan: Plan, answers: Answers, blocked: np.ndarray) -> CapReading:
     """Place the answers where the plan says they go.
 
@@ -224,7 +205,7 @@ def place(plan: Plan, answers: Answers, blocked: np.ndarray) -> CapReading:
         answers.offsets,
         plan.safe_rows,
         last,
-        _gathered(shape),
+        shape.gather,
         shape.since_outputs,
         plan.t_us,
         any(plan.nulls),

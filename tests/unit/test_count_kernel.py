@@ -13,7 +13,7 @@ import pytest
 
 from engine.caps import _count, eventlog
 from engine.caps.plan import Planner
-from engine.caps.store import Answers, _gathered
+from engine.caps.store import Answers
 from tests.integration.test_cap_store_contract import BLOCKS, COMPETING, GAPS, RULES
 from tests.unit.test_eventlog import PLACES, RETENTION_S, _impression, _plan, _write
 
@@ -45,8 +45,6 @@ def _read() -> tuple[Any, dict[str, Any]]:
         "fps": log.fps,
         "day_head": log.day_head,
         "day_records": log.days,
-        "table": np.empty((len(sizes), len(log.fps) + 1), dtype=np.int64),
-        "codes": np.empty(len(names), dtype=np.int64),
     }
 
 
@@ -79,7 +77,6 @@ def _poke(name: str, index: Any, value: int) -> Callable[[dict[str, Any]], None]
         (_set("flat", lambda f: f[: len(f) // 2].copy()), "past the answers"),
         (_set("sizes", lambda s: s[:-1].copy()), "one per group"),
         (_set("names", lambda n: n[:-1].copy()), "names"),
-        (_set("table", lambda t: t[:, :-1].copy()), "table"),
         (_poke("tuples", (1, 2), 60_000), "past the dictionary"),
         (_set("tuples", lambda t: t[:, :5].copy()), "6 codes"),
     ],
@@ -90,7 +87,6 @@ def _poke(name: str, index: Any, value: int) -> Callable[[dict[str, Any]], None]
         "short-answers",
         "sizes",
         "names",
-        "table",
         "tuple-code",
         "tuple-width",
     ],
@@ -124,7 +120,7 @@ def _place_args() -> dict[str, Any]:
         "offsets": args["group_base"],
         "safe_rows": plan.safe_rows.copy(),
         "last_row": np.asarray([len(f) for f in plan.fields], dtype=np.int64),
-        "gather": _gathered(plan.shape).copy(),
+        "gather": plan.shape.gather.copy(),
         "since": plan.shape.since_outputs,
         "t_us": plan.t_us,
         "nulls": False,
