@@ -309,15 +309,27 @@ class RedisCapStore:
 
     def _fold_now(self, who: _Who, snapshot: eventlog.Snapshot | None = None) -> bool:
         """Fold a household's log (from a fresh read unless given its snapshot); ``False``
-        when it changed meanwhile (the next write that finds it due folds it)."""
+        when it changed meanwhile, or when the fold could not be done (the store did not
+        answer, its bytes could not be decoded: logged). The next write that finds it due
+        folds it: a fold is upkeep after a write, which it never fails."""
+        try:
+            return self._folded(who, snapshot)
+        except StoreUnavailable as exc:
+            log.warning("cap store: fold of %s skipped: %s", who[0], exc)
+            return False
+
+    def _folded(self, who: _Who, snapshot: eventlog.Snapshot | None) -> bool:
         if snapshot is None:
             read = partial(self._eval, self._read, *self._read_call(who))
-            snapshot = self._snapshot(who, self._call(read))
+            reply = self._call(read)
+            with _readable(who):
+                snapshot = self._snapshot(who, reply)
         events = snapshot.log.t
         if not len(events):
             return True
         cut = eventlog.fold_cut(int(events.max()), self.retention_s, self.ahead_s)
-        parts = eventlog.fold(snapshot.log, cut, self.kept, household=who[2] is not None)
+        with _readable(who):
+            parts = eventlog.fold(snapshot.log, cut, self.kept, household=who[2] is not None)
         length, generation = snapshot.version
         args: list[EncodableT] = [length, generation, self.ttl_s]
         args += [parts.events, parts.ids, parts.tuples, parts.days]

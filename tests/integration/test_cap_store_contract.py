@@ -964,6 +964,29 @@ def test_a_household_whose_stored_data_is_unreadable_fails_alone(
     assert g.reserve(ctx, [single], [event]) == [Reservation.UNAVAILABLE]
 
 
+def test_a_household_due_a_fold_whose_data_is_unreadable_still_records(
+    backend: tuple[str, Factory, Any],
+) -> None:
+    """A write that finds a household's log due a fold folds it after recording; when its
+    bytes cannot be decoded, the fold is skipped (logged; the next write tries again): the
+    impressions recorded in the call stay counted and the call does not fail, nor does another
+    household's in it."""
+    name, factory, client = backend
+    if client is None:
+        pytest.skip("the in-memory store has no keys to corrupt")
+    store = factory()
+    _history(store, 3)
+    assert isinstance(store, RedisCapStore)
+    log_key = store.keys.parts(store.keys.tag("h1", "u1"))[0]
+    client.set(log_key, (0).to_bytes(8, "little") + b"\x01" * 7)  # old, then not whole events
+    events = [
+        imp("late-h1", 60, user_id="u1", household_id="h1", device_id="tv1"),
+        imp("late-h0", 60, user_id="u0", household_id="h0", device_id="tv0"),
+    ]
+    assert store.record(events) == 2
+    assert store.record(events) == 0  # recorded: the retries are known
+
+
 def test_ids_of_any_length_are_read(backend: tuple[str, Factory, Any]) -> None:
     """An id of 70,000 characters (a Redis store sends its fingerprint) is read as any
     other, beside other plans."""
