@@ -971,14 +971,11 @@ def test_a_household_due_a_fold_whose_data_is_unreadable_still_records(
     bytes cannot be decoded, the fold is skipped (logged; the next write tries again): the
     impressions recorded in the call stay counted and the call does not fail, nor does another
     household's in it."""
-    name, factory, client = backend
-    if client is None:
-        pytest.skip("the in-memory store has no keys to corrupt")
-    store = factory()
-    _history(store, 3)
-    assert isinstance(store, RedisCapStore)
-    log_key = store.keys.parts(store.keys.tag("h1", "u1"))[0]
-    client.set(log_key, (0).to_bytes(8, "little") + b"\x01" * 7)  # old, then not whole events
+
+    def damage(client: Any, parts: list[str]) -> None:
+        client.set(parts[0], (0).to_bytes(8, "little") + b"\x01" * 7)  # old, then not whole
+
+    store = _history_damaged(backend, damage)
     events = [
         imp("late-h1", 60, user_id="u1", household_id="h1", device_id="tv1"),
         imp("late-h0", 60, user_id="u0", household_id="h0", device_id="tv0"),
@@ -1014,11 +1011,11 @@ def test_a_plan_the_server_refuses_fails_alone(backend: tuple[str, Factory, Any]
     _damaged(backend, wrong_type, "WRONGTYPE")
 
 
-def _damaged(
-    backend: tuple[str, Factory, Any], damage: Callable[[Any, list[str]], object], message: str
-) -> tuple[RedisCapStore, CapGate, list[tuple[RequestContext, Any]]]:
-    """Three households' history, the second's keys damaged (``damage(client, its parts)``):
-    its read fails with ``message``, closed and counted once; the others are read."""
+def _history_damaged(
+    backend: tuple[str, Factory, Any], damage: Callable[[Any, list[str]], object]
+) -> RedisCapStore:
+    """A Redis store with three households' history, the second's keys damaged
+    (``damage(client, its parts)``); the in-memory store has none: skipped."""
     name, factory, client = backend
     if client is None:
         pytest.skip("the in-memory store has no keys to corrupt")
@@ -1026,6 +1023,15 @@ def _damaged(
     _history(store, 3)
     assert isinstance(store, RedisCapStore)
     damage(client, store.keys.parts(store.keys.tag("h1", "u1")))
+    return store
+
+
+def _damaged(
+    backend: tuple[str, Factory, Any], damage: Callable[[Any, list[str]], object], message: str
+) -> tuple[RedisCapStore, CapGate, list[tuple[RequestContext, Any]]]:
+    """Three households' history, the second's keys damaged (``damage(client, its parts)``):
+    its read fails with ``message``, closed and counted once; the others are read."""
+    store = _history_damaged(backend, damage)
     g = gate(store)
     requests = _household_requests(3)
     answers = store.read_many(_plans(g, requests))
