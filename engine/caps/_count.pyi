@@ -14,8 +14,12 @@ def count(
     tuples: np.ndarray,
     fps: np.ndarray,
     day_head: np.ndarray,
-    day_records: np.ndarray,
+    day_body: np.ndarray,
+    day_base: int,
 ) -> None: ...
+def day_records(
+    day_body: np.ndarray, start: int, end: int, day_base: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 def place(
     out: np.ndarray,
     base_row: np.ndarray,

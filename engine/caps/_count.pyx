@@ -13,7 +13,7 @@ The shape's part of the work comes as one int64 array (``program``, built once p
 ``eventlog._columns``), laid out as ``_program`` reads it.
 """
 
-from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.math cimport NAN
 from libc.stdlib cimport free, malloc
 
@@ -21,15 +21,12 @@ cdef enum:
     MAX_GROUPS = 64
     MAX_SELECTIONS = 64
     HEADER = 7  # groups, selections, families, counts, lower bounds, latest columns, day reads
-    LIFETIME_HIGH = 1  # the day of a lifetime count's high 16 bits (eventlog.DAYS; 0: low)
 
 
 cdef packed struct Event:  # eventlog.EVENT
     int64_t t
-    uint16_t user
-    uint16_t device
-    uint16_t ad
-    uint16_t place
+    uint16_t ad  # its ad tuple
+    uint16_t ctx  # its context tuple: user, device, touchpoint, slot
 
 
 cdef packed struct DayGroup:  # eventlog.GROUP
@@ -37,12 +34,6 @@ cdef packed struct DayGroup:  # eventlog.GROUP
     uint16_t scope
     uint32_t start
     uint32_t n
-
-
-cdef packed struct DayRecord:  # eventlog.DAYS
-    uint16_t target
-    uint16_t day
-    uint16_t count
 
 
 cdef struct Program:
@@ -175,7 +166,8 @@ def count(
     const uint16_t[:, ::1] tuples,
     const uint64_t[::1] fps,
     const DayGroup[::1] day_head,
-    const DayRecord[::1] day_records,
+    const uint8_t[::1] day_body,
+    int64_t day_base,
 ):
     """Add a household's events into a read's answers ``flat`` (group ``g``'s row ``r`` at
     ``group_base[g] + r * width[g]``), in place.
@@ -190,8 +182,8 @@ def count(
             events at or after it.
         events, tuples, fps: the household's log (``eventlog.Log``: tuples with the null one
             first, the dictionary's fingerprints).
-        day_head, day_records: its day counts (``eventlog.GROUP`` per family and scope code,
-            ``eventlog.DAYS``): a day window adds its family's (of the read's scope id) days
+        day_head, day_body, day_base: its day counts (``eventlog._day_parts``: per family and
+            scope code its runs): a day window adds its family's (of the read's scope id) days
             from the one ``days - 1`` before ``t0``'s on; 0 days, the lifetime count.
     """
     cdef Program pg
@@ -269,7 +261,7 @@ def count(
         for e in range(events.shape[0]):
             te = events[e].t
             a = events[e].ad
-            p = events[e].place
+            p = events[e].ctx
             if a >= n_tuples or p >= n_tuples:
                 raise ValueError(f"event {e}: a tuple code past the household's tuples")
             for k in range(n_sel):
@@ -277,13 +269,13 @@ def count(
                 if kind == 0:
                     chosen[k] = True
                 elif kind == 1:
-                    chosen[k] = events[e].user == sel_code[k]
+                    chosen[k] = tuples[p, 0] == sel_code[k]
                 else:
-                    chosen[k] = events[e].device == sel_code[k]
+                    chosen[k] = tuples[p, 1] == sel_code[k]
                 if chosen[k] and sel_touchpoint[k] >= 0:
-                    chosen[k] = tuples[p, 0] == sel_touchpoint[k]
+                    chosen[k] = tuples[p, 2] == sel_touchpoint[k]
                 if chosen[k] and sel_slot[k] >= 0:
-                    chosen[k] = tuples[p, 1] == sel_slot[k]
+                    chosen[k] = tuples[p, 3] == sel_slot[k]
             for g in range(n_groups):
                 row[g] = table[g * n_codes + tuples[a, pg.group_target[g]]]
             for k in range(pg.n_counts):
@@ -300,9 +292,32 @@ def count(
                     cell = &flat[group_base[g] + r * pg.width[g] + pg.last_column[k]]
                     if te > cell[0]:
                         cell[0] = <double> te
-        _days(flat, group_base, &pg, codes, t0, day_head, day_records, table, n_codes)
+        _days(flat, group_base, &pg, codes, t0, day_head, day_body, day_base, table, n_codes)
     finally:
         free(work)
+
+
+cdef inline int64_t _number(const uint8_t[::1] body, Py_ssize_t *at, Py_ssize_t end) except -1:
+    """The unsigned LEB128 number at ``at[0]`` (moved past it), which must end before ``end``."""
+    cdef uint64_t value = 0
+    cdef int shift = 0
+    cdef uint8_t byte
+    while True:
+        if at[0] >= end or shift > 56:
+            raise ValueError(f"day counts: a number at byte {at[0]} runs past its group")
+        byte = body[at[0]]
+        at[0] += 1
+        value |= (<uint64_t> (byte & 0x7F)) << shift
+        if not byte & 0x80:
+            return <int64_t> value
+        shift += 7
+
+
+cdef Py_ssize_t _group_end(const DayGroup[::1] day_head, Py_ssize_t h, Py_ssize_t size) except -1:
+    cdef Py_ssize_t end = <Py_ssize_t> day_head[h].start + <Py_ssize_t> day_head[h].n
+    if end > size:
+        raise ValueError(f"day counts: group {h} past the body")
+    return end
 
 
 cdef void _days(
@@ -312,17 +327,18 @@ cdef void _days(
     const int64_t *codes,
     int64_t t0,
     const DayGroup[::1] day_head,
-    const DayRecord[::1] day_records,
+    const uint8_t[::1] day_body,
+    int64_t day_base,
     const int64_t *table,
     int64_t n_codes,
 ) except *:
     """Add the day counts of the impressions folded out of the log to the day windows (and
-    lifetime counts) of a read: per window, the records of its family and scope id."""
-    cdef Py_ssize_t first_fam = 2 + 2 * pg.n_sel, k, i, h, found
-    cdef int64_t fam, scope, kind, r, g, day, weight, user = codes[0], device = codes[1]
+    lifetime counts) of a read: per window, the runs of its family and scope id."""
+    cdef Py_ssize_t first_fam = 2 + 2 * pg.n_sel, k, h, found, at, end
+    cdef int64_t fam, scope, kind, r, g, day, n, i, target, life, got, weight
+    cdef int64_t user = codes[0], device = codes[1]
     cdef int64_t today = t0 // 86_400_000_000
     cdef int64_t since
-    cdef DayRecord rec
     for k in range(pg.n_days):
         fam = codes[first_fam + pg.day_family[k]]
         kind = pg.fam_scope[pg.day_family[k]]
@@ -335,27 +351,59 @@ cdef void _days(
                 found = h
         if found < 0:
             continue
-        if <Py_ssize_t> day_head[found].start + <Py_ssize_t> day_head[found].n > day_records.shape[0]:
-            raise ValueError(f"day counts: group {found} past the records")
+        at = day_head[found].start
+        end = _group_end(day_head, found, day_body.shape[0])
         g = pg.day_group[k]
         since = today - pg.day_days[k] + 1
-        for i in range(day_head[found].start, day_head[found].start + day_head[found].n):
-            rec = day_records[i]
-            if rec.target >= n_codes:
-                raise ValueError(f"day counts: record {i} names code {rec.target}")
-            r = table[g * n_codes + rec.target]
-            if r < 0:
-                continue
-            day = rec.day
-            if pg.day_days[k] == 0:  # the lifetime: its low and high 16 bits
-                if day > LIFETIME_HIGH:
-                    continue
-                weight = rec.count * 65_536 if day == LIFETIME_HIGH else rec.count
-            elif day <= LIFETIME_HIGH or day < since:
-                continue
-            else:
-                weight = rec.count
-            flat[group_base[g] + r * pg.width[g] + pg.day_column[k]] += <double> weight
+        while at < end:  # one run a target
+            target = _number(day_body, &at, end)
+            if not 0 < target < n_codes:
+                raise ValueError(f"day counts: a run names code {target}")
+            life = _number(day_body, &at, end)
+            n = _number(day_body, &at, end)
+            day = day_base
+            weight = 0
+            for i in range(n):
+                day += _number(day_body, &at, end)
+                got = _number(day_body, &at, end)
+                if day >= since:
+                    weight += got
+            if pg.day_days[k] == 0:
+                weight = life
+            r = table[g * n_codes + target]
+            if r >= 0 and weight:
+                flat[group_base[g] + r * pg.width[g] + pg.day_column[k]] += <double> weight
+
+
+def day_records(const uint8_t[::1] day_body, Py_ssize_t start, Py_ssize_t end, int64_t day_base):
+    """The records of one group's runs (``eventlog._day_parts``) as three int64 lists turned
+    arrays: target codes, days (0 for a lifetime count) and counts (a fold reads them)."""
+    import numpy as np
+
+    if not 0 <= start <= end <= day_body.shape[0]:
+        raise ValueError(f"day counts: group bytes {start}..{end} past the body")
+    cdef Py_ssize_t at = start
+    cdef int64_t target, life, n, i, day
+    targets, days, counts = [], [], []
+    while at < end:
+        target = _number(day_body, &at, end)
+        life = _number(day_body, &at, end)
+        n = _number(day_body, &at, end)
+        if life:
+            targets.append(target)
+            days.append(0)
+            counts.append(life)
+        day = day_base
+        for i in range(n):
+            day += _number(day_body, &at, end)
+            targets.append(target)
+            days.append(day)
+            counts.append(_number(day_body, &at, end))
+    return (
+        np.asarray(targets, dtype=np.int64),
+        np.asarray(days, dtype=np.int64),
+        np.asarray(counts, dtype=np.int64),
+    )
 
 
 def place(

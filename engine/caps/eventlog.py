@@ -1,20 +1,21 @@
-"""Key layout v5 of the cap store, its pure part: a household's impressions as one event log,
+"""Key layout v6 of the cap store, its pure part: a household's impressions as one event log,
 and every answer a read needs computed from it in the client.
 
 Layout v3 kept a counter per (family, scope id, target id): one hash field each, so a household
 that saw 200 ads paid Redis' per-field cost for each of them in every family, and each write
-rewrote whole counters. Layouts v4 and v5 keep, per hash tag (a household, or a user without one):
+rewrote whole counters. Layouts v4 to v6 keep, per hash tag (a household, or a user without one):
 
 * the **log**: every impression of the last retention (and a day or two), appended as one
-  16-byte record (``EVENT``: its time, user, device, ad and place codes) (v5 appends to a
-  short tail that joins the log every 64 impressions; they read as one);
+  12-byte record (``EVENT``: its time, its ad tuple's and its context tuple's codes) (v5 and
+  v6 append to a short tail that joins the log every 64 impressions; they read as one);
 * the **dictionary**: the 8-byte fingerprints (``keys.fingerprint``) of the ids the log and
   the summaries use, appended; an id's *code* is its position (1-based; 0 is null);
 * the **tuples**: the ids of one ad as codes (``TUPLE``: ad, creative, campaign, advertiser,
-  category, competition label), and the touchpoint and slot of a place, appended; an event
-  names its ad and its place by the tuple's position;
+  category, competition label), and the *context* of an impression (its user, device,
+  touchpoint and slot), appended; an event names its ad and its context by the tuple's
+  position;
 * the **day counts** of the impressions folded out of the log (:func:`fold`), for the readers
-  that look further back: per day and in all (``DAYS``: day 0 is the lifetime) for the families
+  that look further back: per day and in all (the lifetime) for the families
   with long windows and the campaigns' own caps. The latest impression of each target of a
   family whose recency or gap is read stays in the log (*pinned*) however old, so the latest
   times are always read from the log.
@@ -42,20 +43,17 @@ from engine.caps.rules import COMPETITOR, TARGET_COLUMN, Family, competitor_ids
 from engine.caps.shape import Shape
 from engine.caps.store import Answers, Impression
 
-EVENT = np.dtype(
-    [("t", "<i8"), ("user", "<u2"), ("device", "<u2"), ("ad", "<u2"), ("place", "<u2")]
-)
+EVENT = np.dtype([("t", "<i8"), ("ad", "<u2"), ("ctx", "<u2")])
 TUPLE_WIDTH = 6
 TUPLE = np.dtype(("<u2", (TUPLE_WIDTH,)))
 AD_COLUMNS = ("ad_id", "creative_id", "campaign_id", "advertiser_id", "category", COMPETITOR)
 GROUP = np.dtype([("fam", "<u2"), ("scope", "<u2"), ("start", "<u4"), ("n", "<u4")])
-DAYS = np.dtype([("target", "<u2"), ("day", "<u2"), ("count", "<u2")])
 MAX_CODES = 65_535  # codes are 16-bit: ids (and tuples) of one household's log and summaries
-LIFETIME = 0  # the day of a lifetime count's low 16 bits in DAYS (its high 16 bits: day 1)
-_HIGH = 1
-_MAX_DAY_COUNT = 65_535  # a day's count saturates
+LIFETIME = 0  # the day of a lifetime count among a fold's records (``_Records``)
+_DAYS_HEAD = 8  # a day-count string starts with its number of groups and its base day (u4, i4)
 _COLUMN = {"ad": 0, "creative": 1, "campaign": 2, "advertiser": 3, "category": 4}
 _COLUMN[COMPETITOR] = 5
+_CONTEXT = {"user": 0, "device": 1, "touchpoint": 2, "slot": 3}  # a context tuple's columns
 _FP_CACHE_SIZE = 1 << 17
 _NO_TUPLE = np.zeros((1, TUPLE_WIDTH), dtype="<u2")
 
@@ -92,32 +90,45 @@ class Parts:
     days: bytes = b""
 
 
-def _grouped(data: bytes, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """A summary string: its groups (``GROUP``: family and scope codes, first record, number
-    of records) and records.
+def _day_parts(data: bytes) -> tuple[np.ndarray, np.ndarray, int]:
+    """A day-count string: its groups (``GROUP``: family and scope codes, first byte and
+    length of the group's runs in the body), the body and the base day.
 
-    The string is the number of groups (``<u4``), the groups, then the records. Groups with
-    the same records share them."""
+    The string is the number of groups (``<u4``), the base day (``<i4``, days since the
+    epoch), the groups, then the body: per group, per target (ascending) a *run* of unsigned
+    LEB128 numbers: the target's code, its lifetime count (0 for a family without one), the
+    number of days ``k`` with a count, then ``k`` pairs (days after the previous day, or
+    after the base day for the first; the day's count). Groups with the same runs share
+    them."""
     if not data:
-        return np.zeros(0, dtype=GROUP), np.zeros(0, dtype=dtype)
+        return np.zeros(0, dtype=GROUP), np.zeros(0, dtype=np.uint8), 0
+    if len(data) < _DAYS_HEAD:
+        raise ValueError(f"day counts: {len(data)} bytes, shorter than their header")
     n = int.from_bytes(data[:4], "little")
-    head = np.frombuffer(data, dtype=GROUP, count=n, offset=4)
-    records = np.frombuffer(data, dtype=dtype, offset=4 + GROUP.itemsize * n)
-    return head, records
+    base = int.from_bytes(data[4:_DAYS_HEAD], "little", signed=True)
+    head = np.frombuffer(data, dtype=GROUP, count=n, offset=_DAYS_HEAD)
+    body = np.frombuffer(data, dtype=np.uint8, offset=_DAYS_HEAD + GROUP.itemsize * n)
+    return head, body, base
 
 
-def _group_bytes(groups: Mapping[tuple[int, int], bytes], dtype: np.dtype) -> bytes:
-    """The summary string of groups given as their records' bytes (identical ones stored
-    once)."""
-    if not groups:
-        return b""
-    head, body, where = [], bytearray(), {}
-    for (fam, scope), records in sorted(groups.items()):
-        if records not in where:
-            where[records] = len(body) // dtype.itemsize
-            body += records
-        head.append((fam, scope, where[records], len(records) // dtype.itemsize))
-    return len(head).to_bytes(4, "little") + np.asarray(head, dtype=GROUP).tobytes() + bytes(body)
+def _varints(values: np.ndarray) -> bytes:
+    """Non-negative integers as unsigned LEB128 (7 bits a byte, low first; the high bit says
+    another byte follows)."""
+    v = values.astype(np.uint64)
+    size = np.ones(len(v), dtype=np.int64)
+    shift = 7
+    while shift < 64 and (v >> np.uint64(shift)).any():
+        size += v >= np.uint64(1 << shift)
+        shift += 7
+    ends = np.cumsum(size)
+    starts = ends - size
+    out = np.zeros(int(ends[-1]) if len(v) else 0, dtype=np.uint8)
+    for j in range(int(size.max()) if len(v) else 0):
+        m = size > j
+        byte = (v[m] >> np.uint64(7 * j)) & np.uint64(0x7F)
+        byte |= np.where(size[m] - 1 > j, 0x80, 0).astype(np.uint64)
+        out[starts[m] + j] = byte
+    return out.tobytes()
 
 
 class Log:
@@ -127,21 +138,25 @@ class Log:
         self.parts = parts
         self.fps = np.frombuffer(parts.ids, dtype="<u8")
         self._sorted: tuple[np.ndarray, np.ndarray] | None = None  # order, sorted (codes())
-        # row 0 is the null tuple: an event's ad or place code indexes it directly
+        # row 0 is the null tuple: an event's ad or context code indexes it directly
         self.tuples = np.concatenate([_NO_TUPLE, np.frombuffer(parts.tuples, dtype=TUPLE)])
         self.events = np.frombuffer(parts.events, dtype=EVENT)
         ev = self.events
-        self.t, self.user, self.device = ev["t"], ev["user"], ev["device"]
-        self.ad, self.place = ev["ad"], ev["place"]
-        self.day_head, self.days = _grouped(parts.days, DAYS)
+        self.t, self.ad, self.ctx = ev["t"], ev["ad"], ev["ctx"]
+        self.day_head, self.day_body, self.day_base = _day_parts(parts.days)
 
     @property
     def day_groups(self) -> dict[tuple[int, int], slice]:
-        """The day counts' groups: (family, scope) codes -> their records."""
+        """The day counts' groups: (family, scope) codes -> their runs' bytes in the body."""
         return {
             (fam, scope): slice(first, first + size)
             for fam, scope, first, size in self.day_head.tolist()
         }
+
+    def day_records(self, where: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The records of a group's runs (``day_groups``): target codes, days (``LIFETIME``
+        for a lifetime count) and counts."""
+        return kernel.day_records(self.day_body, where.start, where.stop, self.day_base)
 
     def codes(self, values: Iterable[str | None]) -> np.ndarray:
         """The codes of ids (0: null, or not in the dictionary)."""
@@ -307,7 +322,8 @@ def answers(plan: Plan, log: Log, inclusive: bool = False) -> Answers:
         log.tuples,
         log.fps,
         log.day_head,
-        log.days,
+        log.day_body,
+        log.day_base,
     )
     return out
 
@@ -352,11 +368,12 @@ class Writer:
         self, t_us: int, user: int, device: int, ad: Sequence[int], place: Sequence[int]
     ) -> None:
         """Append one impression (ids as fingerprints, 0 for null)."""
-        # the order of interning is the RECORD script's: user, device, ad tuple, place tuple
-        u, d = self.intern(user), self.intern(device)
-        a, p = self.tuple_code(ad), self.tuple_code(place)
+        # the order of interning is the RECORD script's: user, device, the ad's ids, the
+        # place's, then the ad tuple and the context tuple
+        self.intern(user), self.intern(device)
+        a, c = self.tuple_code(ad), self.tuple_code([user, device, *place])
         record = np.zeros(1, dtype=EVENT)
-        record[0] = (t_us, u, d, a, p)
+        record[0] = (t_us, a, c)
         self.events += record.tobytes()
 
     def parts(self) -> Parts:
@@ -374,7 +391,8 @@ class Writer:
 def impression_fps(
     imp: Impression, competing: Mapping[str, str]
 ) -> tuple[int, int, list[int], list[int]]:
-    """An impression's user, device, ad tuple and place tuple as fingerprints (0: null)."""
+    """An impression's user, device, ad tuple and place (touchpoint, slot) as fingerprints
+    (0: null)."""
     ids = competitor_ids(imp.ids(), competing)
     ad = [_FPS[ids[c]] for c in AD_COLUMNS]
     return _FPS[imp.user_id], _FPS[imp.device_id], ad, [_FPS[imp.touchpoint], _FPS[imp.slot]]
@@ -436,22 +454,23 @@ def fold_cut(newest_us: int, retention_s: int, ahead_s: int) -> int:
 
 
 def _family_keys(
-    fam: Family, ev: np.ndarray, ads: np.ndarray, places: np.ndarray, fps: np.ndarray
+    fam: Family, ads: np.ndarray, ctx: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per event, its scope id and target id in ``fam`` (fingerprints; the household's scope
-    id is 0) and whether it belongs to the family."""
-    sel = np.ones(len(ev), dtype=bool)
+    """Per event (its ad and context tuples as fingerprints), its scope id and target id in
+    ``fam`` (fingerprints; the household's scope id is 0) and whether it belongs to the
+    family."""
+    sel = np.ones(len(ads), dtype=bool)
     if fam.scope == "household":
-        scopes = np.zeros(len(ev), dtype=np.uint64)
+        scopes = np.zeros(len(ads), dtype=np.uint64)
     else:
-        scopes = fps[ev[fam.scope]]
+        scopes = ctx[:, _CONTEXT[fam.scope]]
         sel &= scopes > 0
     if fam.touchpoint is not None:
-        sel &= places[:, 0] == fp_value(fam.touchpoint)
+        sel &= ctx[:, _CONTEXT["touchpoint"]] == fp_value(fam.touchpoint)
     if fam.slot is not None:
-        sel &= places[:, 1] == fp_value(fam.slot)
+        sel &= ctx[:, _CONTEXT["slot"]] == fp_value(fam.slot)
     if fam.target == "any":
-        targets = np.full(len(ev), fp_value(ANY), dtype=np.uint64)
+        targets = np.full(len(ads), fp_value(ANY), dtype=np.uint64)
     else:
         targets = ads[:, _COLUMN[fam.target]]
         sel &= targets > 0
@@ -472,13 +491,13 @@ def fold(log: Log, cut_day: int, kept: Sequence[Summary], household: bool) -> Pa
     t = ev["t"]
     fps = np.concatenate([np.zeros(1, dtype=np.uint64), log.fps])  # code -> fingerprint
     tuples = fps[log.tuples]  # tuple code -> its fingerprints
-    ads, places = tuples[ev["ad"]], tuples[ev["place"]]
+    ads, ctx = tuples[ev["ad"]], tuples[ev["ctx"]]
     families = [k for k in kept if household or k.family.scope != "household"]
     old = t < cut_day * DAY_US
     pinned = np.zeros(len(ev), dtype=bool)
     for summary in families:  # the latest old impression of each scope id and target
         if summary.last:
-            scopes, targets, sel = _family_keys(summary.family, ev, ads, places, fps)
+            scopes, targets, sel = _family_keys(summary.family, ads, ctx)
             idx = np.flatnonzero(sel & old)
             order = idx[np.lexsort((t[idx], targets[idx], scopes[idx]))]
             by_scope, by_target = scopes[order], targets[order]
@@ -496,14 +515,10 @@ def fold(log: Log, cut_day: int, kept: Sequence[Summary], household: bool) -> Pa
         prior = log.code(family_code(summary.family))
         for (f, group_scope), where in log.day_groups.items():  # what earlier folds kept
             if prior and f == prior:
-                rec = log.days[where]
-                day, count = rec["day"].astype(np.int64), rec["count"].astype(np.int64)
-                high = day == _HIGH
-                count[high] <<= 16
-                day[high] = LIFETIME
-                scopes = fps[np.full(len(rec), group_scope)]
-                records.add(name, scopes, fps[rec["target"]], day, count)
-        scopes, targets, sel = _family_keys(summary.family, ev, ads, places, fps)
+                target, day, count = log.day_records(where)
+                scopes = fps[np.full(len(day), group_scope)]
+                records.add(name, scopes, fps[target], day, count)
+        scopes, targets, sel = _family_keys(summary.family, ads, ctx)
         sel &= folding
         ones = np.ones(int(sel.sum()), dtype=np.int64)
         records.add(name, scopes[sel], targets[sel], t[sel] // DAY_US, ones)
@@ -512,12 +527,9 @@ def fold(log: Log, cut_day: int, kept: Sequence[Summary], household: bool) -> Pa
     # the parts again: a dictionary of the ids still used (sorted), the tuples still used; the
     # pinned impressions last, so that the log's first one says when the next fold is due
     keep = np.concatenate([np.flatnonzero(~old), np.flatnonzero(pinned)])
-    user, device = fps[ev["user"][keep]], fps[ev["device"][keep]]
-    ad, place = ads[keep], places[keep][:, :2]
+    ad, context = ads[keep], ctx[keep][:, : len(_CONTEXT)]
     family, scope, target, day, count = records.summed()
-    ids = np.unique(
-        np.concatenate([user, device, ad.ravel(), place.ravel(), family, scope, target])
-    )
+    ids = np.unique(np.concatenate([ad.ravel(), context.ravel(), family, scope, target]))
     ids = ids[ids != 0]
 
     def code(values: np.ndarray) -> np.ndarray:
@@ -525,15 +537,14 @@ def fold(log: Log, cut_day: int, kept: Sequence[Summary], household: bool) -> Pa
 
     both = np.zeros((2 * len(ad), TUPLE_WIDTH), dtype=np.int64)
     both[: len(ad)] = code(ad)
-    both[len(ad) :, :2] = code(place)
+    both[len(ad) :, : len(_CONTEXT)] = code(context)
     rows, which = np.unique(both, axis=0, return_inverse=True)
     which = which.reshape(-1)
     if len(ids) > MAX_CODES or len(rows) > MAX_CODES:
         raise OverflowError("more than 65,535 ids or tuples in one household's log")
     events = np.empty(len(ad), dtype=EVENT)
     events["t"] = t[keep]
-    events["user"], events["device"] = code(user), code(device)
-    events["ad"], events["place"] = which[: len(ad)] + 1, which[len(ad) :] + 1
+    events["ad"], events["ctx"] = which[: len(ad)] + 1, which[len(ad) :] + 1
     days = _day_bytes(code(family), code(scope), code(target), day, count)
     return Parts(ids.astype("<u8").tobytes(), rows.astype("<u2").tobytes(), events.tobytes(), days)
 
@@ -590,25 +601,48 @@ class _Records:
 def _day_bytes(
     family: np.ndarray, scope: np.ndarray, target: np.ndarray, day: np.ndarray, count: np.ndarray
 ) -> bytes:
-    """The day-count string of summed records (ids as codes): per (family, scope) group its
-    records (a day's count saturates; a lifetime count's high 16 bits are a record of its
-    own, day ``_HIGH``)."""
+    """The day-count string (``_day_parts``) of summed records, ids as codes (a target's
+    lifetime count is its record of day ``LIFETIME``)."""
     if not len(day):
         return b""
+    order = np.lexsort((day, target, scope, family))
+    family, scope, target, day, count = (c[order] for c in (family, scope, target, day, count))
+    first = np.ones(len(day), dtype=bool)  # the first record of each run (family, scope, target)
+    first[1:] = (family[1:] != family[:-1]) | (scope[1:] != scope[:-1])
+    first[1:] |= target[1:] != target[:-1]
+    run = np.cumsum(first) - 1
+    n_runs = int(run[-1]) + 1
     life = day == LIFETIME
-    high = life & (count >= 1 << 16)
-    rows = np.concatenate([np.arange(len(day)), np.flatnonzero(high)])
-    day = np.concatenate([day, np.full(int(high.sum()), _HIGH)])
-    count = np.concatenate(
-        [np.where(life, count & 0xFFFF, np.minimum(count, _MAX_DAY_COUNT)), count[high] >> 16]
-    )
-    fam, sc, tg = family[rows], scope[rows], target[rows]
-    order = np.lexsort((day, tg, sc, fam))
-    fam, sc, tg, day, count = (c[order] for c in (fam, sc, tg, day, count))
-    table = np.empty(len(day), dtype=DAYS)
-    table["target"], table["day"], table["count"] = tg, day, np.minimum(count, 0xFFFF)
+    dated = ~life
+    lifetime = np.zeros(n_runs, dtype=np.int64)
+    lifetime[run[life]] = count[life]
+    days, counts, runs = day[dated].astype(np.int64), count[dated], run[dated]
+    base = int(days.min()) if len(days) else 0
+    k = np.bincount(runs, minlength=n_runs)
+    before = np.cumsum(k) - k  # the dated records of the runs before each run
+    gap = np.diff(days, prepend=base)
+    starts = np.flatnonzero(np.diff(runs, prepend=-1))  # a run's first dated record
+    gap[starts] = days[starts] - base
+    head = 3 * np.arange(n_runs) + 2 * before  # where each run's numbers start
+    values = np.empty(3 * n_runs + 2 * len(days), dtype=np.int64)
+    values[head], values[head + 1], values[head + 2] = target[first], lifetime, k
+    at = head[runs] + 3 + 2 * (np.arange(len(days)) - before[runs])
+    values[at], values[at + 1] = gap, counts
+    group = (family[first] * 65_536 + scope[first]).astype(np.int64)
+    bounds = np.flatnonzero(np.diff(group, prepend=-1, append=-1))
     groups: dict[tuple[int, int], bytes] = {}
-    bounds = np.flatnonzero(np.diff(fam * 65_536 + sc, prepend=-1, append=-1))
     for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-        groups[(int(fam[a]), int(sc[a]))] = table[a:b].tobytes()
-    return _group_bytes(groups, DAYS)
+        end = int(head[b]) if b < n_runs else len(values)
+        groups[(int(group[a]) >> 16, int(group[a]) & 0xFFFF)] = _varints(values[int(head[a]) : end])
+    head_rows, body, where = [], bytearray(), {}
+    for (fam, sc), runs_bytes in sorted(groups.items()):
+        if runs_bytes not in where:
+            where[runs_bytes] = len(body)
+            body += runs_bytes
+        head_rows.append((fam, sc, where[runs_bytes], len(runs_bytes)))
+    return (
+        len(head_rows).to_bytes(4, "little")
+        + base.to_bytes(4, "little", signed=True)
+        + np.asarray(head_rows, dtype=GROUP).tobytes()
+        + bytes(body)
+    )

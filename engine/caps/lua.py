@@ -1,4 +1,4 @@
-"""Lua scripts of the Redis cap store (key layout 5). Each runs as one EVALSHA: one round trip,
+"""Lua scripts of the Redis cap store (key layout 6). Each runs as one EVALSHA: one round trip,
 atomic. The KEYS of every script share one hash tag (``keys.py``), so they run on one cluster
 node.
 
@@ -48,7 +48,8 @@ _COMMON = r"""
 local call, sub, find = redis.call, string.sub, string.find
 local up, pk = struct.unpack, struct.pack
 local ZERO = string.rep('\0', 8)
-local NP, TAIL, TAIL_BYTES = 6, 6, 1024  -- the parts, the tail's, its most bytes
+local NP, TAIL, EVENT = 6, 6, 12  -- the parts, the tail's, an event's bytes
+local TAIL_BYTES = 64 * EVENT  -- the tail joins the log at 64 impressions
 
 -- the position (1-based) of the entry of width w equal to s in v, at an entry boundary; 0: none
 local function position(v, s, w)
@@ -141,9 +142,9 @@ local function append(keys, time, ids, ttl)
   save_ids()
   local tuple, save_tuples = coder(keys[3], 12, 'ads in one household')
   local a = tuple(pk('<HHHHHH', ad[1], ad[2], ad[3], ad[4], ad[5], ad[6]))
-  local p = tuple(pk('<HHHHHH', tp, slot, 0, 0, 0, 0))
+  local c = tuple(pk('<HHHHHH', user, device, tp, slot, 0, 0))
   save_tuples()
-  local tail = call('APPEND', keys[TAIL], time .. pk('<HHHH', user, device, a, p))
+  local tail = call('APPEND', keys[TAIL], time .. pk('<HH', a, c))
   if tail >= TAIL_BYTES then  -- the tail joins the log
     if call('APPEND', keys[1], call('GET', keys[TAIL])) == tail then
       call('EXPIRE', keys[1], ttl)  -- a new log lives as the rest
@@ -151,7 +152,7 @@ local function append(keys, time, ids, ttl)
       exact(keys[1])
     end
     call('DEL', keys[TAIL])
-  elseif tail == 16 then  -- a new tail lives as the log
+  elseif tail == EVENT then  -- a new tail lives as the log
     call('EXPIRE', keys[TAIL], ttl)
   else
     exact(keys[TAIL])

@@ -1,4 +1,4 @@
-"""The Redis cap store (key layout 5): one EVALSHA per request read, per impression batch,
+"""The Redis cap store (key layout 6): one EVALSHA per request read, per impression batch,
 per request's reservations (uncontended).
 
 Redis keeps each household's event log, dictionary and day counts (``eventlog.py``) and appends

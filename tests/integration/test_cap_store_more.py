@@ -42,7 +42,7 @@ def with_store(url: str, **kw: Any) -> AdmatchConfig:
 
 def test_the_event_log_bytes_are_the_documented_layout() -> None:
     """The stored bytes are part of the versioned contract (``eventlog.py``): the RECORD
-    script appends exactly what ``eventlog.Writer`` writes (dictionary, tuples, 16-byte
+    script appends exactly what ``eventlog.Writer`` writes (dictionary, tuples, 12-byte
     events, in arrival order, a late impression too), an id repeated in one impression (a
     category that is its own competition label) gets one code, and a fold moves the old days
     into day counts but keeps each campaign's latest impression (the recency) in the log."""
@@ -60,10 +60,11 @@ def test_the_event_log_bytes_are_the_documented_layout() -> None:
         mine = writer.parts()
         assert stored == [mine.events, mine.ids, mine.tuples, b""]
         t0 = micros(T0)
-        # user u1 (code 1), device tv1 (2); ad tuple 1 and place tuple 2, then the late one
-        assert stored[0][:32] == struct.pack(
-            "<qHHHHqHHHH", t0, 1, 2, 1, 2, t0 - 86_400 * 10**6, 1, 2, 1, 2
-        )
+        # ad tuple 1 and context tuple 2, then the late one
+        assert stored[0][:24] == struct.pack("<qHHqHH", t0, 1, 2, t0 - 86_400 * 10**6, 1, 2)
+        # the ad's ids: ad1, cr1, c1, v1 (codes 3-6), food as category and label (7); the
+        # context: user u1 (1), device tv1 (2), touchpoint ott (8), slot ott_pause (9)
+        assert stored[2][:24] == struct.pack("<12H", 3, 4, 5, 6, 7, 7, 1, 2, 8, 9, 0, 0)
         assert stored[1][:16] == fingerprint("u1") + fingerprint("tv1")
         ids = np.frombuffer(stored[1], dtype="<u8").tolist()
         assert len(ids) == len(set(ids))  # "food" is its category and its own label: one code
@@ -77,9 +78,14 @@ def test_the_event_log_bytes_are_the_documented_layout() -> None:
         # the pinned ones go last (the log's first impression says when a fold is due)
         assert log.t.tolist() == [t0 + 20 * 1440 * minute, t0, t0 + 5 * minute]
         user_campaign = (log.code("u.cmp"), log.code("u1"))
-        days = log.days[log.day_groups[user_campaign]]
+        where = log.day_groups[user_campaign]
         c1, day = log.code("c1"), t0 // (1440 * minute)
-        assert [tuple(r) for r in days.tolist()] == [(c1, 0, 1), (c1, day - 1, 1)]
+        records = zip(*(column.tolist() for column in log.day_records(where)), strict=True)
+        assert list(records) == [(c1, 0, 1), (c1, day - 1, 1)]
+        # its bytes: the base day (the one day folded), then c1's run: its code, lifetime 1,
+        # one day, 0 days after the base, count 1
+        assert now[3][4:8] == struct.pack("<i", day - 1)
+        assert log.day_body[where].tobytes() == bytes([c1, 1, 1, 0, 1])
     finally:
         server.stop()
 
@@ -104,8 +110,8 @@ def test_impressions_go_to_the_tail_and_join_the_log_64_at_a_time() -> None:
             store.record([event])
             eventlog.add(writer, event, CAPS.competitor_of)
             full = (k + 1) // 64 * 64
-            assert client.strlen(parts[0]) == 16 * full, k
-            assert client.strlen(parts[5]) == 16 * (k + 1 - full), k
+            assert client.strlen(parts[0]) == eventlog.EVENT.itemsize * full, k
+            assert client.strlen(parts[5]) == eventlog.EVENT.itemsize * (k + 1 - full), k
         assert _log(client, parts) == writer.parts().events
         assert client.ttl(parts[0]) > 0 and client.ttl(parts[5]) > 0
     finally:

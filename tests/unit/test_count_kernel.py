@@ -15,7 +15,15 @@ from engine.caps import _count, eventlog
 from engine.caps.plan import Planner
 from engine.caps.store import Answers
 from tests.integration.test_cap_store_contract import BLOCKS, COMPETING, GAPS, RULES
-from tests.unit.test_eventlog import PLACES, RETENTION_S, _impression, _plan, _write
+from tests.unit.test_eventlog import (
+    CAMPAIGN,
+    PLACES,
+    RETENTION_S,
+    _case,
+    _impression,
+    _plan,
+    _write,
+)
 
 
 def _args() -> dict[str, Any]:
@@ -44,7 +52,8 @@ def _read() -> tuple[Any, dict[str, Any]]:
         "tuples": log.tuples.copy(),
         "fps": log.fps,
         "day_head": log.day_head,
-        "day_records": log.days,
+        "day_body": log.day_body,
+        "day_base": log.day_base,
     }
 
 
@@ -107,6 +116,77 @@ def test_an_event_naming_a_tuple_past_the_tuples_is_refused() -> None:
     args["events"] = events
     with pytest.raises(ValueError, match="past the household's tuples"):
         _count.count(**args)
+
+
+def _folded_args() -> dict[str, Any]:
+    """The kernel's arguments for a read of a household whose log was folded: 45 days of
+    impressions, most of them in day counts."""
+    campaigns = sorted(CAMPAIGN)
+    rows = [
+        ("u1", PLACES[0], campaigns[k % 3], "cr1", 60 * (24 * k + 12), False) for k in range(45)
+    ]
+    plan, log, _ = _case(rows, "u1", PLACES[0], 1, fold=True, inclusive=False)
+    assert len(log.day_head) and len(log.day_body)
+    c = eventlog._columns(plan.shape)
+    out = Answers(plan)
+    return {
+        "flat": out.flat,
+        "group_base": out.offsets,
+        "program": c.program,
+        "sizes": np.asarray([len(f) for f in plan.fields], dtype=np.int64),
+        "names": np.asarray(
+            [eventlog.fp_value(n) for n in eventlog._names(plan, c)], dtype=np.uint64
+        ),
+        "t0": plan.t_us,
+        "inclusive": False,
+        "events": log.events,
+        "tuples": log.tuples,
+        "fps": log.fps,
+        "day_head": log.day_head,
+        "day_body": log.day_body.copy(),
+        "day_base": log.day_base,
+    }
+
+
+def _first_run_code(code: int) -> Callable[[dict[str, Any]], None]:
+    """Set the target code of every group's first run (one byte: codes here are < 128)."""
+
+    def change(args: dict[str, Any]) -> None:
+        for start in args["day_head"]["start"].tolist():
+            args["day_body"][start] = code
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (_set("day_body", lambda b: b[: len(b) // 2].copy()), "past the body"),
+        (_set("day_body", lambda b: b | 0x80), "runs past its group"),
+        (_first_run_code(0), "names code 0"),
+        (_first_run_code(127), "names code 127"),
+    ],
+    ids=["short-body", "endless-number", "null-code", "code-past-dictionary"],
+)
+def test_damaged_day_counts_are_refused(
+    change: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    args = _folded_args()
+    _count.count(**{**args, "flat": args["flat"].copy()})  # the undamaged read counts
+    change(args)
+    with pytest.raises(ValueError, match=message):
+        _count.count(**args)
+
+
+def test_damaged_day_counts_are_refused_to_a_fold() -> None:
+    args = _folded_args()
+    body = args["day_body"]
+    start, n = int(args["day_head"]["start"][0]), int(args["day_head"]["n"][0])
+    _count.day_records(body, start, start + n, args["day_base"])
+    with pytest.raises(ValueError, match="past the body"):
+        _count.day_records(body, start, len(body) + 1, args["day_base"])
+    with pytest.raises(ValueError, match="runs past its group"):
+        _count.day_records(body | 0x80, start, start + n, args["day_base"])
 
 
 def _place_args() -> dict[str, Any]:
