@@ -276,8 +276,11 @@ def count(
                     chosen[k] = tuples[p, 2] == sel_touchpoint[k]
                 if chosen[k] and sel_slot[k] >= 0:
                     chosen[k] = tuples[p, 3] == sel_slot[k]
-            for g in range(n_groups):
-                row[g] = table[g * n_codes + tuples[a, pg.group_target[g]]]
+            for g in range(n_groups):  # the any group's one field: every ad, whatever ids it records
+                if pg.group_any[g]:
+                    row[g] = 0 if a > 0 else -1
+                else:
+                    row[g] = table[g * n_codes + tuples[a, pg.group_target[g]]]
             for k in range(pg.n_counts):
                 g = pg.count_group[k]
                 r = row[g]

@@ -388,27 +388,45 @@ class Writer:
         )
 
 
+ALL_COLUMNS = (True,) * TUPLE_WIDTH
+
+
+def recorded_columns(targets: Iterable[str]) -> tuple[bool, ...]:
+    """Which of an ad's ids (``AD_COLUMNS``) the log records: those of ``targets``
+    (``keep.read_targets``). An id no reader counts by would take a dictionary entry (and
+    split tuples) for nothing: an ad id, say, where every rule counts creatives."""
+    wanted = {TARGET_COLUMN[t] for t in targets if TARGET_COLUMN.get(t)}
+    return tuple(c in wanted for c in AD_COLUMNS)
+
+
 def impression_fps(
-    imp: Impression, competing: Mapping[str, str]
+    imp: Impression, competing: Mapping[str, str], recorded: Sequence[bool] = ALL_COLUMNS
 ) -> tuple[int, int, list[int], list[int]]:
-    """An impression's user, device, ad tuple and place (touchpoint, slot) as fingerprints
-    (0: null)."""
+    """An impression's user, device, ad tuple (of its ``recorded`` columns; the others null)
+    and place (touchpoint, slot) as fingerprints (0: null)."""
     ids = competitor_ids(imp.ids(), competing)
-    ad = [_FPS[ids[c]] for c in AD_COLUMNS]
+    ad = [_FPS[ids[c]] if keep else 0 for c, keep in zip(AD_COLUMNS, recorded, strict=True)]
     return _FPS[imp.user_id], _FPS[imp.device_id], ad, [_FPS[imp.touchpoint], _FPS[imp.slot]]
 
 
-def impression_bytes(imp: Impression, competing: Mapping[str, str]) -> tuple[bytes, bytes]:
+def impression_bytes(
+    imp: Impression, competing: Mapping[str, str], recorded: Sequence[bool] = ALL_COLUMNS
+) -> tuple[bytes, bytes]:
     """An impression's time (8 bytes) and ids (10 fingerprints, 8 zero bytes for null), as
     the RECORD script takes them."""
-    user, device, ad, place = impression_fps(imp, competing)
+    user, device, ad, place = impression_fps(imp, competing, recorded)
     ids = np.asarray([user, device, *ad, *place], dtype="<u8").tobytes()
     return micros(imp.ts).to_bytes(8, "little", signed=True), ids
 
 
-def add(writer: Writer, imp: Impression, competing: Mapping[str, str]) -> None:
+def add(
+    writer: Writer,
+    imp: Impression,
+    competing: Mapping[str, str],
+    recorded: Sequence[bool] = ALL_COLUMNS,
+) -> None:
     """Append an impression to ``writer`` as the RECORD script appends it."""
-    user, device, ad, place = impression_fps(imp, competing)
+    user, device, ad, place = impression_fps(imp, competing, recorded)
     writer.add(micros(imp.ts), user, device, ad, place)
 
 

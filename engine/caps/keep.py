@@ -47,6 +47,15 @@ def own_caps_read(family: Family) -> bool:
     return family.target == "campaign" and family.touchpoint is None and family.slot is None
 
 
+def read_targets(rules: Sequence[CapRule], gaps: Sequence[GapRule]) -> frozenset[str]:
+    """The targets some reader counts an impression's ad by: the rules', the gaps' (stream
+    separation's too), the exposure features' and the campaign (a request's own caps). The
+    log records only these of an ad's ids (``eventlog.recorded_columns``)."""
+    targets = {f.target for f in FEATURE_FAMILIES} | {"campaign"}
+    targets |= {r.target for r in (*rules, *gaps)}
+    return frozenset(targets)
+
+
 def summaries(rules: Sequence[CapRule], gaps: Sequence[GapRule], retention_s: int) -> list[Summary]:
     """The families whose readers look past the log, and what each keeps."""
     families = list(FEATURE_FAMILIES)

@@ -27,7 +27,7 @@ from redis.typing import EncodableT
 
 from engine.caps import eventlog, lua
 from engine.caps.direct import DirectConnections
-from engine.caps.keep import LONG_TTL_S, summaries
+from engine.caps.keep import LONG_TTL_S, read_targets, summaries
 from engine.caps.keys import KeySpace, fingerprint
 from engine.caps.plan import DAY_US, Plan, micros
 from engine.caps.rules import BlockRule, CapRule, CapsConfig, GapRule
@@ -133,14 +133,16 @@ class RedisCapStore:
         self.rules, self.gaps, self.blocks = rules, gaps, blocks
         self.competing = dict(competing)
         self.kept = summaries(rules, gaps, self.retention_s)
+        self.recorded = eventlog.recorded_columns(read_targets(rules, gaps))
         long = any(k.days or k.life for k in self.kept)
         self.ttl_s = LONG_TTL_S if long else self.retention_s + self.ahead_s + 3 * 86_400
         self.block_targets = sorted({b.target for b in blocks})
 
     def configure(self, caps: CapsConfig) -> None:
         """See :class:`CapStore`. Every family is computed from the log, so a rule a reload
-        adds counts the impressions the log holds; the summaries keep, from the next fold
-        on, what the new rules need."""
+        adds counts the impressions the log holds (of a target the log recorded: an ad's ids
+        no reader counted by are not recorded, ``recorded``); the summaries keep, from the
+        next fold on, what the new rules need."""
         self._apply(caps.rules, caps.gap_rules, caps.block_rules, caps.competitor_of)
 
     def load_scripts(self) -> bool:
@@ -276,7 +278,7 @@ class RedisCapStore:
     def _record_call(self, imp: Impression, today: int) -> _Call:
         """``today``: the arrival day (the markers'), read once per call of the store."""
         tag = self.keys.tag(imp.household_id, imp.user_id)
-        ts, ids = eventlog.impression_bytes(imp, self.competing)
+        ts, ids = eventlog.impression_bytes(imp, self.competing, self.recorded)
         keys = [*self.keys.parts(tag), *self._markers(tag, today)]
         args: list[EncodableT] = [
             fingerprint(imp.impression_id),
@@ -425,7 +427,7 @@ class RedisCapStore:
             args += [self.horizon_s + 86_400, self.ttl_s, 0, len(attempts)]
             due = 0
             for (imp, _, _), retry, result in zip(attempts, retries, results, strict=True):
-                ts, ids = eventlog.impression_bytes(imp, self.competing)
+                ts, ids = eventlog.impression_bytes(imp, self.competing, self.recorded)
                 args += [fingerprint(imp.impression_id), ts, ids, int(retry), int(result == 1)]
                 due = max(due, self._due_us(micros(imp.ts)))
             args[6] = due
@@ -463,7 +465,7 @@ class RedisCapStore:
             out.append(1)
             taken.add(imp.impression_id)
             writer = writer or eventlog.Writer(current.parts)
-            eventlog.add(writer, imp, self.competing)
+            eventlog.add(writer, imp, self.competing, self.recorded)
             current = eventlog.Log(writer.parts())
         return out
 

@@ -23,6 +23,7 @@ from engine.caps.gate import CapGate, Reservation
 from engine.caps.keys import KEY_VERSION, KeySpace, fingerprint
 from engine.caps.plan import Plan, micros
 from engine.caps.redis_store import RedisCapStore
+from engine.caps.rules import CapRule
 from engine.caps.store import Feedback, Impression, StoreUnavailable
 from engine.config import AdmatchConfig, load_config
 from engine.errors import InvalidArgument, NotReady
@@ -56,15 +57,17 @@ def test_the_event_log_bytes_are_the_documented_layout() -> None:
         stored = [_log(client, parts), *[cast("bytes", client.get(k) or b"") for k in parts[1:4]]]
         writer = eventlog.Writer()
         for event in events:
-            eventlog.add(writer, event, CAPS.competitor_of)
+            eventlog.add(writer, event, CAPS.competitor_of, store.recorded)
         mine = writer.parts()
         assert stored == [mine.events, mine.ids, mine.tuples, b""]
         t0 = micros(T0)
         # ad tuple 1 and context tuple 2, then the late one
         assert stored[0][:24] == struct.pack("<qHHqHH", t0, 1, 2, t0 - 86_400 * 10**6, 1, 2)
-        # the ad's ids: ad1, cr1, c1, v1 (codes 3-6), food as category and label (7); the
-        # context: user u1 (1), device tv1 (2), touchpoint ott (8), slot ott_pause (9)
-        assert stored[2][:24] == struct.pack("<12H", 3, 4, 5, 6, 7, 7, 1, 2, 8, 9, 0, 0)
+        # the ad's ids: not its ad id (no rule, gap or feature counts ads: null), cr1, c1,
+        # v1 (codes 3-5), food as category and label (6); the context: user u1 (1), device
+        # tv1 (2), touchpoint ott (7), slot ott_pause (8)
+        assert store.recorded == (False, True, True, True, True, True)
+        assert stored[2][:24] == struct.pack("<12H", 0, 3, 4, 5, 6, 6, 1, 2, 7, 8, 0, 0)
         assert stored[1][:16] == fingerprint("u1") + fingerprint("tv1")
         ids = np.frombuffer(stored[1], dtype="<u8").tolist()
         assert len(ids) == len(set(ids))  # "food" is its category and its own label: one code
@@ -90,6 +93,41 @@ def test_the_event_log_bytes_are_the_documented_layout() -> None:
         server.stop()
 
 
+def test_an_id_no_reader_counts_by_is_not_recorded_until_a_rule_reads_it() -> None:
+    """The log records only the ad ids some rule, gap or feature counts by (the ad id not,
+    under the contract's rules): a reload that adds a rule over ads counts the impressions
+    recorded from then on (docs/caps.md), and the dictionary holds the id only from then."""
+    server = EmbeddedRedis().start()
+    try:
+        client = server.client()
+        store = RedisCapStore(client, RULES, GAPS, BLOCKS, KeySpace("recorded"))
+        ids = store.keys.parts(store.keys.tag("h1", "u1"))[1]
+        store.record([imp(1, -30, ad_id="a7")])
+        assert fingerprint("a7") not in cast("bytes", client.get(ids))
+        per_ad = CapRule(scope="user", target="ad", window="1h", limit=2)
+        caps = CAPS.model_copy(update={"rules": [*CAPS.rules, per_ad]})
+        store.configure(caps)
+        assert store.recorded[0]  # the ad id column, from now on
+        store.record([imp(2, -20, ad_id="a7")])
+        assert fingerprint("a7") in cast("bytes", client.get(ids))
+        ctx = RequestContext("r", T0, "u1", "ott", "ott_pause", household_id="h1", device_id="tv1")
+        cands: dict[str, list[Any]] = {
+            "ad_id": ["a7"],
+            "campaign_id": ["c9"],
+            "advertiser_id": ["w9"],
+            "category": ["books"],
+            "format": ["image"],
+            "bid": [1.0],
+            "pricing": ["cpm"],
+        }
+        gate = CapGate(store, caps, retention_s=7 * 86_400, fail_open=False)
+        assert gate.read(ctx, cands).capped.tolist() == [False]  # one of a7's two counted
+        store.record([imp(3, -10, ad_id="a7")])
+        assert gate.read(ctx, cands).capped.tolist() == [True]
+    finally:
+        server.stop()
+
+
 def _log(client: Any, parts: list[str]) -> bytes:
     """A household's stored log: the log, then its tail."""
     return cast("bytes", client.get(parts[0]) or b"") + cast("bytes", client.get(parts[5]) or b"")
@@ -108,7 +146,7 @@ def test_impressions_go_to_the_tail_and_join_the_log_64_at_a_time() -> None:
         for k in range(130):
             event = imp(f"t{k}", k, ad_id=f"ad{k % 7}")
             store.record([event])
-            eventlog.add(writer, event, CAPS.competitor_of)
+            eventlog.add(writer, event, CAPS.competitor_of, store.recorded)
             full = (k + 1) // 64 * 64
             assert client.strlen(parts[0]) == eventlog.EVENT.itemsize * full, k
             assert client.strlen(parts[5]) == eventlog.EVENT.itemsize * (k + 1 - full), k
