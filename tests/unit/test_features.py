@@ -28,7 +28,14 @@ from features.exposure import (
 )
 from features.history import ExposureHistory
 from features.logio import validate_log
-from features.schema import CANDIDATE_COLUMNS, OUTCOME_COLUMNS, SLOTS, TRUTH_COLUMNS
+from features.online import assemble
+from features.schema import (
+    CANDIDATE_COLUMNS,
+    COLUMN_BY_NAME,
+    OUTCOME_COLUMNS,
+    SLOTS,
+    TRUTH_COLUMNS,
+)
 from features.stats import STATS_KEYS
 from features.taxonomy import Taxonomy
 
@@ -402,6 +409,21 @@ def test_interest_tags_of_many_requests(
     with pytest.raises(InvalidArgument) as info:
         core.batch([*reqs, request(user_interests=("a", 3))], [*cands, CANDS])
     assert info.value.field == "request.user_interests"
+
+
+def test_an_unknown_or_absent_candidate_column_is_nulls_of_its_dtype() -> None:
+    """A candidate column sent with every value unknown (None), or not sent, is a column of
+    nulls in the schema's dtype (enums and lists too), in one request or many."""
+    optional = [c for c in CANDIDATE_COLUMNS if c not in CANDS]
+    for n_requests in (1, 3):
+        reqs = [request(request_id=f"r{i}") for i in range(n_requests)]
+        nones = [{**CANDS, **{c: [None, None] for c in optional}} for _ in reqs]
+        absent = [dict(CANDS) for _ in reqs]
+        for cands in (nones, absent):
+            rows = assemble(reqs, cands)
+            for c in optional:
+                expected = pl.Series(c, [None] * 2 * n_requests, dtype=COLUMN_BY_NAME[c].dtype)
+                assert rows[c].equals(expected, check_dtypes=True, check_names=True), c
 
 
 def test_stats_round_trip_and_corrupt_file(tmp_path: Path, small_world: GeneratedLog) -> None:
