@@ -117,8 +117,8 @@ def backend(request: pytest.FixtureRequest) -> Iterator[tuple[str, Factory, Any]
             server.stop()
 
 
-def gate(store: CapStore) -> CapGate:
-    return CapGate(store, CAPS, retention_s=7 * 86_400, fail_open=False)
+def gate(store: CapStore, caps: CapsConfig = CAPS) -> CapGate:
+    return CapGate(store, caps, retention_s=7 * 86_400, fail_open=False)
 
 
 def imp(i: int | str, minutes: float, **kw: Any) -> Impression:
@@ -140,8 +140,10 @@ def imp(i: int | str, minutes: float, **kw: Any) -> Impression:
     return Impression(**base)
 
 
-def ask(store: CapStore, minutes: float, **kw: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(capped, exposures) for one candidate like ``imp``'s, at T0 + minutes."""
+def ask(
+    store: CapStore, minutes: float, caps: CapsConfig = CAPS, **kw: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """(capped, exposures) for one candidate like ``imp``'s, at T0 + minutes, under ``caps``."""
     ctx: dict[str, Any] = dict(
         request_id="r",
         ts=T0 + timedelta(minutes=minutes),
@@ -163,7 +165,7 @@ def ask(store: CapStore, minutes: float, **kw: Any) -> tuple[np.ndarray, np.ndar
     }
     for k, v in kw.items():
         (ctx if k in ctx else cand)[k] = v if k in ctx else [v]
-    reading = gate(store).read(RequestContext(**ctx), cand)
+    reading = gate(store, caps).read(RequestContext(**ctx), cand)
     return reading.capped, reading.exposures
 
 

@@ -110,20 +110,11 @@ def test_an_id_no_reader_counts_by_is_not_recorded_until_a_rule_reads_it() -> No
         assert store.recorded[0]  # the ad id column, from now on
         store.record([imp(2, -20, ad_id="a7")])
         assert fingerprint("a7") in cast("bytes", client.get(ids))
-        ctx = RequestContext("r", T0, "u1", "ott", "ott_pause", household_id="h1", device_id="tv1")
-        cands: dict[str, list[Any]] = {
-            "ad_id": ["a7"],
-            "campaign_id": ["c9"],
-            "advertiser_id": ["w9"],
-            "category": ["books"],
-            "format": ["image"],
-            "bid": [1.0],
-            "pricing": ["cpm"],
-        }
-        gate = CapGate(store, caps, retention_s=7 * 86_400, fail_open=False)
-        assert gate.read(ctx, cands).capped.tolist() == [False]  # one of a7's two counted
+        a7 = dict(ad_id="a7", creative_id="k9", campaign_id="c9", advertiser_id="w9")
+        capped, _ = ask(store, 0, caps, **a7, category="books")  # nothing else caps it
+        assert capped.tolist() == [False]  # one of a7's two impressions counted
         store.record([imp(3, -10, ad_id="a7")])
-        assert gate.read(ctx, cands).capped.tolist() == [True]
+        assert ask(store, 0, caps, **a7, category="books")[0].tolist() == [True]
     finally:
         server.stop()
 
