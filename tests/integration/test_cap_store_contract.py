@@ -140,10 +140,11 @@ def imp(i: int | str, minutes: float, **kw: Any) -> Impression:
     return Impression(**base)
 
 
-def ask(
-    store: CapStore, minutes: float, caps: CapsConfig = CAPS, **kw: Any
-) -> tuple[np.ndarray, np.ndarray]:
-    """(capped, exposures) for one candidate like ``imp``'s, at T0 + minutes, under ``caps``."""
+def ask(store: CapStore, minutes: float, **kw: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(capped, exposures) for one candidate like ``imp``'s, at T0 + minutes, read by the
+    caps ``kw["caps"]`` (default ``CAPS``); the other keywords replace the request's and the
+    candidate's values."""
+    caps = kw.pop("caps", CAPS)
     ctx: dict[str, Any] = dict(
         request_id="r",
         ts=T0 + timedelta(minutes=minutes),

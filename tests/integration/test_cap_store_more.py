@@ -111,10 +111,10 @@ def test_an_id_no_reader_counts_by_is_not_recorded_until_a_rule_reads_it() -> No
         store.record([imp(2, -20, ad_id="a7")])
         assert fingerprint("a7") in cast("bytes", client.get(ids))
         a7 = dict(ad_id="a7", creative_id="k9", campaign_id="c9", advertiser_id="w9")
-        capped, _ = ask(store, 0, caps, **a7, category="books")  # nothing else caps it
+        capped, _ = ask(store, 0, caps=caps, **a7, category="books")  # nothing else caps it
         assert capped.tolist() == [False]  # one of a7's two impressions counted
         store.record([imp(3, -10, ad_id="a7")])
-        assert ask(store, 0, caps, **a7, category="books")[0].tolist() == [True]
+        assert ask(store, 0, caps=caps, **a7, category="books")[0].tolist() == [True]
     finally:
         server.stop()
 
