@@ -947,8 +947,10 @@ def test_a_read_of_many_plans_equals_reads_of_each(backend: tuple[str, Factory, 
         (0, b"\x01" * 15),  # a log that is not whole events
         (2, b"\xff\xff" * 6),  # a tuple holding a code past the dictionary
         (1, b"\x00" * 7),  # a dictionary that is not whole fingerprints
+        (3, b"\x01\x00\x00"),  # day counts shorter than their header
+        (3, (50).to_bytes(4, "little") + bytes(4)),  # day counts naming groups they lack
     ],
-    ids=["short-log", "tuple-past-dictionary", "short-dictionary"],
+    ids=["short-log", "tuple-past-dictionary", "short-dictionary", "short-days", "days-groups"],
 )
 def test_a_household_whose_stored_data_is_unreadable_fails_alone(
     backend: tuple[str, Factory, Any], part: int, value: bytes
