@@ -169,6 +169,9 @@ def main() -> None:
         "--compute-threads", type=int, help="server.compute_threads (default: the shipped 1)"
     )
     parser.add_argument(
+        "--batch-max", type=int, default=32, help="server.batch_max (shipped: 32; 1: no batching)"
+    )
+    parser.add_argument(
         "--batch-window-ms", type=float, default=0.0, help="server.batch_window_ms (shipped: 0)"
     )
     args = parser.parse_args()
@@ -179,13 +182,15 @@ def main() -> None:
     print(
         f"model {args.model}; {CANDIDATES} candidates per request, {len(payloads)} distinct "
         f"requests; {args.workers} worker(s), compute threads "
-        f"{args.compute_threads or 'as shipped'}, batching on (window "
-        f"{args.batch_window_ms:g} ms), embedded Redis, empty counts; "
+        f"{args.compute_threads or 'as shipped'}, batching on (at most {args.batch_max} a pass, "
+        f"window {args.batch_window_ms:g} ms), embedded Redis, empty counts; "
         f"{CLIENTS} client processes; {args.duration:g} s per rate"
     )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        config = bench_config(Path(tmp), args.batch_window_ms, compute_threads=args.compute_threads)
+        config = bench_config(
+            Path(tmp), args.batch_window_ms, args.batch_max, compute_threads=args.compute_threads
+        )
         proc, target = start_server(args.model, config, args.workers)
         try:
             point(target, payloads, 100.0, args.warmup, proc.pid)  # every worker warm
