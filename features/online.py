@@ -131,8 +131,11 @@ def _tags(name: str, values: list[Any]) -> pl.Series:
     For many requests it is built from one flat array of tags and its offsets (polars takes
     ~4 us per request for a Python list of lists, Arrow's cost is that of a single request);
     one request, or tags that are not all strings, go through :func:`_series`, which builds
-    or rejects them as it does any column.
+    or rejects them as it does any column. Requests whose lists are all empty (the common
+    case of the block lists) repeat one kept empty list (~1 us, against ~20 us to build).
     """
+    if values.count(()) == len(values):
+        return _one_list(name).new_from_index(0, len(values))
     if len(values) > 1 and all(isinstance(v, tuple | list) for v in values):
         flat = list(chain.from_iterable(values))  # a request's few tags, not its candidates
         if all(type(t) is str for t in flat):
@@ -140,6 +143,12 @@ def _tags(name: str, values: list[Any]) -> pl.Series:
             lists = pa.ListArray.from_arrays(offsets, pa.array(flat, pa.string()))
             return pl.Series(name, lists)
     return _series(name, [list(v) for v in values], f"request.{name}")
+
+
+@lru_cache(maxsize=64)
+def _one_list(name: str) -> pl.Series:
+    """A one-row list column of ``name`` holding an empty list, kept."""
+    return _series(name, [[]], f"request.{name}")
 
 
 _CANDIDATE_SET = frozenset(CANDIDATE_COLUMNS)

@@ -28,7 +28,7 @@ from features.exposure import (
 )
 from features.history import ExposureHistory
 from features.logio import validate_log
-from features.online import assemble
+from features.online import LIST_FIELDS, assemble
 from features.schema import (
     CANDIDATE_COLUMNS,
     COLUMN_BY_NAME,
@@ -409,6 +409,19 @@ def test_interest_tags_of_many_requests(
     with pytest.raises(InvalidArgument) as info:
         core.batch([*reqs, request(user_interests=("a", 3))], [*cands, CANDS])
     assert info.value.field == "request.user_interests"
+
+
+def test_empty_request_lists_are_empty_lists_of_their_dtype() -> None:
+    """Requests whose block lists and interests are all empty, one or many, give empty lists
+    (not nulls) in the schema's list dtype, as lists built one by one do."""
+    for n_requests in (1, 3):
+        reqs = [request(request_id=f"r{i}") for i in range(n_requests)]
+        assert all(getattr(r, name) == () for r in reqs for name in LIST_FIELDS)
+        rows = assemble(reqs, [CANDS] * n_requests)
+        for name in LIST_FIELDS:
+            dtype = COLUMN_BY_NAME[name].dtype
+            expected = pl.Series(name, [[]] * 2 * n_requests, dtype=dtype)
+            assert rows[name].equals(expected, check_dtypes=True, check_names=True), name
 
 
 def test_an_unknown_or_absent_candidate_column_is_nulls_of_its_dtype() -> None:
