@@ -118,9 +118,12 @@ def expected_value(p: FeatureParams) -> pl.Expr:
     # cpc: bid x ctr; cpa (and unknown pricing): (bid x ctr) x prior. One ctr lookup for both:
     # multiplying by 1.0 leaves a float as it is.
     per_click = pl.when(pricing == "cpc").then(1.0).otherwise(p.priors.conversion_prior)
+    # per mille as a product: polars divides by a literal exactly in one kernel and through
+    # its reciprocal in another (which one depends on the frame and the polars release), so a
+    # request alone and in a batch could differ in the last bit; a product is one rounding
     return (
         pl.when(pricing == "cpm")
-        .then(bid / 1000.0)
+        .then(bid * 0.001)
         .otherwise(bid * p.stats.rate_expr("ad") * per_click)
     )
 

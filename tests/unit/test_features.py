@@ -411,6 +411,22 @@ def test_interest_tags_of_many_requests(
     assert info.value.field == "request.user_interests"
 
 
+@pytest.mark.parametrize("n", [1, 2, 7])
+def test_a_request_alone_equals_itself_in_a_batch_to_the_last_bit(
+    core: FeatureCore, n: int
+) -> None:
+    """A request's features do not depend on what else its pass holds, to the last bit: a
+    polars division by a literal rounded one way in a one-row frame and another (through the
+    reciprocal) in a larger one, and the two differed for a bid of 12.2219 (polars 2.1 for
+    one candidate, 2.2 for more)."""
+    cands = {**CANDS, "ad_id": [f"a{i}" for i in range(n)]}
+    cands |= {"format": ["video"] * n, "bid": [12.2219] * n, "pricing": ["cpm"] * n}
+    other = {**CANDS, "bid": [3.3, 7.1]}
+    alone = core.online(request(), cands).matrix()
+    batch = core.batch([request(request_id="r0"), request()], [other, cands]).matrix()
+    np.testing.assert_array_equal(batch[len(other["ad_id"]) :], alone)
+
+
 def test_empty_request_lists_are_empty_lists_of_their_dtype() -> None:
     """Requests whose block lists and interests are all empty, one or many, give empty lists
     (not nulls) in the schema's list dtype, as lists built one by one do."""
