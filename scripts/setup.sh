@@ -14,19 +14,22 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.admatch-installed
 generated=admatch/v1/admatch_pb2.py
-# (Re)install when the project, the proto contract or a compiled module's source changed, or
+# (Re)install when the project, its tested versions (constraints.txt), the proto contract or a
+# compiled module's source changed, or
 # the compiled module is missing (a fresh clone, a `git clean`).
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
+   || [ constraints.txt -nt "$stamp" ] \
    || [ ! -f "$generated" ] || [ -n "$(find proto -name '*.proto' -newer "$generated")" ] \
    || [ -n "$(find engine -name '*.pyx' -newer "$stamp")" ] \
    || ! ls engine/caps/_count.*.so >/dev/null 2>&1; then
     # The gRPC code is generated first (its tools come from the project's build requirements),
     # so the editable install sees the generated package. The install compiles the Cython
     # modules (gcc and the Python headers; Cython comes with the build requirements).
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check \
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
         "grpcio-tools>=1.60,<2" "mypy-protobuf>=3.5" "googleapis-common-protos>=1.60"
     .venv/bin/python scripts/gen_proto.py
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
+        -e '.[dev]'
     touch "$stamp"
 fi
 # The independent Node.js gRPC client used by one integration test (skipped where node is absent).
