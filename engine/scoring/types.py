@@ -210,12 +210,19 @@ def _check_numbers(values: Any, column: Column, at: FieldAt) -> None:
     column allows them (an absent column is the feature core's to refuse)."""
     if values is None:
         return
+    low = -math.inf if column.low is None else column.low
+    high = math.inf if column.high is None else column.high
+    if (
+        set(map(type, values)) == {float}  # the decoder's and the common case: C-level passes
+        and all(map(math.isfinite, values))
+        and low <= min(values)
+        and max(values) <= high
+    ):
+        return  # all good, ~1-4 us where numpy's checks take ~10 (the rest: found below)
     try:
         numbers = np.asarray(values, dtype=np.float64)  # None -> NaN
     except (TypeError, ValueError) as exc:
         raise InvalidArgument(at(column.name, 0), f"not numbers: {exc}") from exc
-    low = -math.inf if column.low is None else column.low
-    high = math.inf if column.high is None else column.high
     bad = ~(np.isfinite(numbers) & (numbers >= low) & (numbers <= high))
     for i in np.flatnonzero(bad):  # the common case: none
         value = values[i]

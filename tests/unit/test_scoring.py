@@ -16,7 +16,7 @@ from engine.caps.rules import GapRule
 from engine.config import COST_COMPONENTS
 from engine.errors import InvalidArgument
 from engine.scoring.scorer import Scorer
-from engine.scoring.types import Decision, PodLimits, ScoreRequest
+from engine.scoring.types import RANGED, Decision, PodLimits, ScoreRequest, check_ranged
 from features.exposure import EXPOSURE_SCHEMA
 from features.online import RequestContext
 
@@ -434,3 +434,39 @@ def test_json_campaign_caps_are_parsed_and_checked() -> None:
     with pytest.raises(InvalidArgument) as info:
         request_from_json(doc)
     assert info.value.field == "request.campaign_caps.cmp_a[0]"
+
+
+def _ranged_cases() -> list[tuple[str, list[Any], int | None]]:
+    """Per ranged candidate column: values, and the index of the one to refuse (None: none)."""
+    cases: list[tuple[str, list[Any], int | None]] = []
+    for column in RANGED:
+        low = float(column.low if column.low is not None else -1e9)
+        high = float(column.high if column.high is not None else 1e12)
+        good = [low, (low + high) / 2, high]
+        cases.append((column.name, good, None))
+        bad = [math.nan, math.inf, -math.inf, low - 1.0]
+        if column.high is not None:
+            bad.append(high + 1.0)
+        cases += [(column.name, [*good, value], 3) for value in bad]
+        cases.append((column.name, [*good, None], None if column.nullable else 3))
+        cases.append((column.name, [low, 2, True], None))  # numbers of other types: as before
+    return cases
+
+
+@pytest.mark.parametrize("name, values, refused", _ranged_cases())
+def test_ranged_candidate_columns_refuse_exactly_the_values_out_of_range(
+    name: str, values: list[Any], refused: int | None
+) -> None:
+    """Finite numbers within the column's range pass, whatever path checks them (all floats:
+    the quick one); NaN, infinities, values outside the range, and nulls where the column
+    takes none are refused, naming the value's index."""
+
+    def at(column: str, i: int) -> str:
+        return f"candidates.{column}[{i}]"
+
+    if refused is None:
+        check_ranged({name: values}, at)
+        return
+    with pytest.raises(InvalidArgument) as info:
+        check_ranged({name: values}, at)
+    assert info.value.field == f"candidates.{name}[{refused}]"
