@@ -36,23 +36,29 @@ def _read() -> tuple[Any, dict[str, Any]]:
     rows = [("u1", PLACES[k % 3], "c1", "cr1", 10 * k, False) for k in range(6)]
     log = eventlog.Log(_write([_impression(n, row) for n, row in enumerate(rows)]))
     plan = _plan(Planner(RULES, GAPS, BLOCKS, RETENTION_S, COMPETING), "u1", PLACES[0], 100)
+    return plan, _kernel_args(plan, log)
+
+
+def _kernel_args(plan: Any, log: eventlog.Log) -> dict[str, Any]:
+    """The kernel's arguments to answer ``plan`` from ``log`` (the arrays a test may damage
+    copied)."""
     c = eventlog._columns(plan.shape)
-    names = eventlog._names(plan, c)
-    sizes = np.asarray([len(f) for f in plan.fields], dtype=np.int64)
     out = Answers(plan)
-    return plan, {
+    return {
         "flat": out.flat,
         "group_base": out.offsets,
         "program": c.program.copy(),
-        "sizes": sizes,
-        "names": np.asarray([eventlog.fp_value(n) for n in names], dtype=np.uint64),
+        "sizes": np.asarray([len(f) for f in plan.fields], dtype=np.int64),
+        "names": np.asarray(
+            [eventlog.fp_value(n) for n in eventlog._names(plan, c)], dtype=np.uint64
+        ),
         "t0": plan.t_us,
         "inclusive": False,
         "events": log.events,
         "tuples": log.tuples.copy(),
         "fps": log.fps,
         "day_head": log.day_head,
-        "day_body": log.day_body,
+        "day_body": log.day_body.copy(),
         "day_base": log.day_base,
     }
 
@@ -127,25 +133,7 @@ def _folded_args() -> dict[str, Any]:
     ]
     plan, log, _ = _case(rows, "u1", PLACES[0], 1, fold=True, inclusive=False)
     assert len(log.day_head) and len(log.day_body)
-    c = eventlog._columns(plan.shape)
-    out = Answers(plan)
-    return {
-        "flat": out.flat,
-        "group_base": out.offsets,
-        "program": c.program,
-        "sizes": np.asarray([len(f) for f in plan.fields], dtype=np.int64),
-        "names": np.asarray(
-            [eventlog.fp_value(n) for n in eventlog._names(plan, c)], dtype=np.uint64
-        ),
-        "t0": plan.t_us,
-        "inclusive": False,
-        "events": log.events,
-        "tuples": log.tuples,
-        "fps": log.fps,
-        "day_head": log.day_head,
-        "day_body": log.day_body.copy(),
-        "day_base": log.day_base,
-    }
+    return _kernel_args(plan, log)
 
 
 def _first_run_code(code: int) -> Callable[[dict[str, Any]], None]:
