@@ -16,12 +16,12 @@ stamp=.venv/.admatch-installed
 generated=admatch/v1/admatch_pb2.py
 # (Re)install when the project, its tested versions (constraints.txt), the proto contract or a
 # compiled module's source changed, or
-# the compiled module is missing (a fresh clone, a `git clean`).
+# a compiled module is missing (a fresh clone, a `git clean`).
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
    || [ constraints.txt -nt "$stamp" ] \
    || [ ! -f "$generated" ] || [ -n "$(find proto -name '*.proto' -newer "$generated")" ] \
    || [ -n "$(find engine -name '*.pyx' -newer "$stamp")" ] \
-   || ! ls engine/caps/_count.*.so >/dev/null 2>&1; then
+   || ! ls engine/caps/_count.*.so engine/rpc/_rows.*.so >/dev/null 2>&1; then
     # The gRPC code is generated first (its tools come from the project's build requirements),
     # so the editable install sees the generated package. The install compiles the Cython
     # modules (gcc and the Python headers; Cython comes with the build requirements).

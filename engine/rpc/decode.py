@@ -6,7 +6,9 @@ core's types.
 (``limits``), then every value, and raise ``InvalidArgument`` naming the field as the message
 spells it (``candidates.items[3].bid``, ``candidate_columns.bid[3]``, ``events[2].time``), the
 value (cut) and the rule. Both candidate encodings, a list of messages and one packed column per
-attribute, give the same request.
+attribute, give the same request. The row encoding's candidates are read from their bytes by a
+compiled reader (``_rows``) that makes the same checks; when it refuses a value, the checked
+path below reads them again and names it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from engine.caps.rules import CONVERSION, MAX_WINDOW_S, CapRule, parse_duration
 from engine.caps.store import Feedback, Impression
 from engine.errors import InvalidArgument, shown
 from engine.logs.decisions import EventRecord, event_id
+from engine.rpc._rows import rows
 from engine.rpc.enums import (
     ACTIVITY,
     AGE_BAND,
@@ -39,6 +42,7 @@ from engine.rpc.enums import (
 )
 from engine.rpc.limits import DEFAULT_LIMITS, WINDOW_CHARS, Limits
 from engine.scoring.types import (
+    RANGED,
     PodLimits,
     ScoreRequest,
     attribute_mask,
@@ -243,11 +247,50 @@ def _unknown_as_none(values: Sequence[Any], n: int) -> list[Any]:
     return [v or None for v in values]
 
 
+# the ranges the compiled reader checks, by column (a test pins them to ``RANGED``)
+_ROW_RANGES = {c.name: c for c in RANGED}
+
+
+def _read_rows(msg: pb.ScoreRequest, limits: Limits) -> dict[str, Any] | None:
+    """The row encoding's candidate columns as the compiled reader makes them from the
+    candidates' bytes (every check of ``_checked_columns`` but duplicate ad ids), or ``None``
+    when it refuses a value or cannot read the bytes."""
+    return _read_row_bytes(msg.candidates.SerializeToString(), limits)
+
+
+def _read_row_bytes(data: bytes, limits: Limits) -> dict[str, Any] | None:
+    """``_read_rows`` of a serialized ``CandidateList``."""
+    columns = rows(
+        data,
+        limits.string_chars,
+        limits.blocked,
+        FORMAT,
+        PRICING,
+        RATING,
+        float(_ROW_RANGES["duration_s"].high),  # type: ignore[arg-type]
+        float(_ROW_RANGES["bid"].low),  # type: ignore[arg-type]
+        int(_ROW_RANGES["creative_attributes"].high),  # type: ignore[arg-type]
+    )
+    if columns is None:
+        return None
+    return {
+        name: values for name, values in zip(_ATTRS, columns, strict=True) if values is not None
+    }
+
+
 def _columns(msg: pb.ScoreRequest, limits: Limits) -> dict[str, Any]:
     """Candidate columns in the core's vocabulary, each value checked; empty strings and a zero
     duration mean unknown; a column left empty in the columnar encoding is absent."""
     n = _count(msg, limits)
     paths = _Paths(msg)
+    if paths.prefix == _ROWS and (read := _read_rows(msg, limits)) is not None:
+        check_ad_ids(read["ad_id"], paths.at)
+        return read
+    return _checked_columns(msg, limits, paths, n)
+
+
+def _checked_columns(msg: pb.ScoreRequest, limits: Limits, paths: _Paths, n: int) -> dict[str, Any]:
+    """``_columns`` value by value, through the message objects: what names a refused value."""
     raw = _raw(msg, paths)
     out: dict[str, Any] = {}
     for name in _ATTRS:
