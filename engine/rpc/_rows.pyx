@@ -15,16 +15,51 @@ another wire type than its declared one is an unknown field (skipped), int32 enu
 low 32 bits of their varint, signed, and uint32 the low 32 bits.
 """
 
+from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.math cimport isfinite
 from libc.stdint cimport int32_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
+
+
+cdef extern from "Python.h":
+    const char *PyUnicode_AsUTF8AndSize(object text, Py_ssize_t *size) except NULL
 
 cdef enum:
     VARINT = 0
     I64 = 1
     LEN = 2
     I32 = 5
+    SLOTS = 16384  # texts kept (a power of 2)
+
+# The texts read lately, by a hash of their bytes (direct-mapped: a text takes its slot's
+# place): an ad server sends the same ids request after request (ads, campaigns, advertisers,
+# categories), so most are found here instead of made; a new str object per text cost more
+# than the rest of the read (its memory cold in a pass of many requests). Kept: at most SLOTS
+# strings, each within the longest text a request may hold.
+cdef PyObject *_kept[SLOTS]
+cdef uint64_t _kept_hash[SLOTS]
+
+
+cdef object _text(const unsigned char *p, Py_ssize_t n):
+    """The str of UTF-8 bytes (raises UnicodeDecodeError), the one kept when it is there."""
+    cdef uint64_t h = 14695981039346656037ULL  # FNV-1a
+    cdef Py_ssize_t i, size
+    for i in range(n):
+        h = (h ^ p[i]) * 1099511628211ULL
+    cdef Py_ssize_t slot = <Py_ssize_t>(h & (SLOTS - 1))
+    cdef PyObject *kept = _kept[slot]
+    cdef const char *utf8
+    if kept != NULL and _kept_hash[slot] == h:
+        utf8 = PyUnicode_AsUTF8AndSize(<object>kept, &size)
+        if size == n and memcmp(utf8, p, n) == 0:
+            return <object>kept
+    value = PyUnicode_DecodeUTF8(<const char *>p, n, NULL)
+    Py_INCREF(value)
+    _kept[slot] = <PyObject *>value
+    _kept_hash[slot] = h
+    Py_XDECREF(kept)
+    return value
 
 
 cdef inline bint _varint(const unsigned char *p, Py_ssize_t end, Py_ssize_t *pos,
@@ -145,7 +180,7 @@ def rows(bytes data, Py_ssize_t max_chars, Py_ssize_t max_entries, list formats,
                     value = _EMPTY
                 else:
                     try:
-                        value = PyUnicode_DecodeUTF8(<const char *>p + pos, length, NULL)
+                        value = _text(p + pos, length)
                     except UnicodeDecodeError:
                         return None
                     if len(value) > max_chars:

@@ -202,3 +202,27 @@ def test_the_compiled_reader_checks_exactly_the_ranged_columns() -> None:
         ("bid", 0, True),
         ("creative_attributes", 0, False),
     ]
+
+
+def test_texts_kept_between_reads_are_the_texts_sent() -> None:
+    """The reader keeps the texts it read lately (by a hash of their bytes, one per slot):
+    more distinct ids than it keeps, read twice, come back as sent."""
+
+    def read(ids: list[str]) -> list[str]:
+        items = pb.CandidateList(
+            items=[
+                pb.Candidate(
+                    ad_id=a, campaign_id=a[::-1], format=pb.FORMAT_VIDEO, pricing=pb.PRICING_CPM
+                )
+                for a in ids
+            ]
+        )
+        got = decode._read_row_bytes(items.SerializeToString(), Limits())
+        assert got is not None
+        assert got["campaign_id"] == [a[::-1] for a in ids]
+        return list(got["ad_id"])
+
+    batches = [[f"ad-{b}-{i}-ü" for i in range(500)] for b in range(80)]  # 80,000 texts
+    for _ in range(2):
+        for ids in batches:
+            assert read(ids) == ids
