@@ -580,6 +580,12 @@ def main() -> None:
     parser.add_argument(
         "--compute-threads", type=int, help="server.compute_threads (default: the shipped 1)"
     )
+    parser.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=0.0,
+        help="server.batch_window_ms with batching on (default: the shipped 0)",
+    )
     parser.add_argument("--quick", action="store_true", help="1 s points, 200 calls: a smoke run")
     args = parser.parse_args()
     if args.quick:
@@ -602,7 +608,12 @@ def main() -> None:
         f"embedded Redis, {store}; {args.duration:g} s per point; decision log "
         f"{'on' if args.decision_log else 'off'}"
     )
-    print("batching: on (batch_max 32, no window: each pass takes what is queued) or off")
+    window = (
+        f"a window of {args.batch_window_ms:g} ms"
+        if args.batch_window_ms
+        else "no window: each pass takes what is queued"
+    )
+    print(f"batching: on (batch_max 32, {window}) or off")
     print()
     workers = [int(w) for w in args.workers.split(",")]
     in_flight = [int(c) for c in args.in_flight.split(",") if c]
@@ -624,7 +635,7 @@ def main() -> None:
             batch = 32 if batching == "on" else 1
             config = bench_config(
                 Path(tmp),
-                0.0,
+                args.batch_window_ms if batch > 1 else 0.0,
                 batch,
                 decision_log=args.decision_log,
                 compute_threads=args.compute_threads,

@@ -380,7 +380,8 @@ class ServerConfig(_Strict):
         0.0,
         ge=0,
         le=100,
-        description="a pass waits this long for more requests; 0: takes those queued",
+        description="a pass waits up to this long for as many requests as the largest of the "
+        "last passes took; 0: takes those queued",
     )
     reload_interval_s: float = Field(
         5.0, ge=0, description="how often to look for a changed model or config; 0: never"

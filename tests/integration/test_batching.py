@@ -296,6 +296,40 @@ def test_without_a_window_a_pass_takes_what_queued_meanwhile(apps: tuple[App, Ap
     assert len({w.prepared_in for w in others}) == 1  # prepared by the pass's leader
 
 
+def test_a_window_waits_for_as_many_as_the_recent_passes_took(apps: tuple[App, App]) -> None:
+    """With a window, a leader waits for as many requests as the largest of the last passes
+    (at first a full pass), then starts at once: after passes of 3, a pass of 3 does not
+    wait out even a minute's window."""
+    batched, plain = apps
+    batcher = Batcher(0.05, 8)
+    reqs = requests(1)[:3]
+    assert batcher.target == 8  # at first: a full pass, or the window
+
+    def one_pass() -> list[Any]:
+        jobs = [batcher.submit(Plain(batched.scorer, batched.gate, r)) for r in reqs]
+        out: list[Any] = [None] * len(jobs)
+
+        def wait(i: int) -> None:
+            out[i] = batcher.wait(jobs[i], NULL_TIMER, Deadline(120))
+
+        threads = [threading.Thread(target=wait, args=(i,)) for i in range(len(jobs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=20)
+        assert not any(t.is_alive() for t in threads), "the pass waited out its window"
+        return out
+
+    for _ in range(batching.RECENT_PASSES):  # each waits up to 50 ms for 8, then takes 3
+        one_pass()
+    assert batcher.target == len(reqs)
+    batcher.window_s = 60.0
+    before = (batcher.batches, batcher.requests)
+    decided = one_pass()
+    assert (batcher.batches, batcher.requests) == (before[0] + 1, before[1] + len(reqs))
+    assert all(same(d, plain.decide(r)) for d, r in zip(decided, reqs, strict=True))
+
+
 def test_a_queued_request_past_its_deadline_is_withdrawn(apps: tuple[App, App]) -> None:
     batched, _ = apps
     batcher = Batcher(0.0, 8)
