@@ -7,10 +7,11 @@
 Starts ``admatch serve`` as a subprocess (1 worker, then 2 workers sharing the port), on a free
 port, with the embedded Redis, no metrics endpoint and no reload watcher, and waits until every
 worker answers. Batching across requests is on (the shipped default: ``server.batch_max = 32``,
-no window) or off (``batch_max = 1``). For each number of requests in flight it runs closed-loop
-load from spawned client processes, each one asyncio event loop (grpc.aio) sending
-pre-serialized requests, one connection per request in flight: "unary" calls ``Score``,
-"stream" keeps one ``ScoreStream`` per request in flight, one message at a time. It prints
+the shipped window, or ``--batch-window-ms``) or off (``batch_max = 1``). For each number of
+requests in flight it runs closed-loop load from spawned client processes, each one asyncio
+event loop (grpc.aio) sending pre-serialized requests, one connection per request in flight:
+"unary" calls ``Score``, "stream" keeps one ``ScoreStream`` per request in flight, one message
+at a time. It prints
 requests/s, p50/p99 latency, errors, and the CPU each part used per request: the server
 processes and the embedded Redis (from ``/proc``) and the clients (``time.process_time``), so
 that the load generator's share of the 2 cores is visible. Requests are plain Score calls
@@ -78,19 +79,18 @@ def config_text(changes: dict[str, str]) -> str:
 
 def bench_config(
     directory: Path,
-    batch_window_ms: float = 0.0,
+    batch_window_ms: float | None = None,
     batch_max: int = 32,
     metrics_port: int = 0,
     decision_log: bool = False,
     compute_threads: int | None = None,
 ) -> Path:
-    """The shipped config with no reload watcher, the given batching (``batch_max`` 1: off),
-    no metrics endpoint (unless ``metrics_port``) and the decision log under ``directory``
-    when ``decision_log``."""
+    """The shipped config with no reload watcher, the given batching (``batch_max`` 1: off;
+    ``batch_window_ms`` ``None``: the shipped window), no metrics endpoint (unless
+    ``metrics_port``) and the decision log under ``directory`` when ``decision_log``."""
     changes = {
         "metrics_port": f"{metrics_port}",
         "reload_interval_s": "0",
-        "batch_window_ms": f"{batch_window_ms}",
         "batch_max": f"{batch_max}",
         "state_dir": '""',  # every run starts from empty counts
     }
@@ -98,7 +98,9 @@ def bench_config(
         changes["dir"] = f'"{directory / "decision_log"}"'
     if compute_threads is not None:
         changes["compute_threads"] = str(compute_threads)
-    name = f"{batch_window_ms:g}_{batch_max}_{metrics_port}_{int(decision_log)}_{compute_threads}"
+    if batch_window_ms is not None:
+        changes["batch_window_ms"] = f"{batch_window_ms}"
+    name = f"{batch_window_ms}_{batch_max}_{metrics_port}_{int(decision_log)}_{compute_threads}"
     path = directory / f"bench_grpc_{name}.toml"
     path.write_text(config_text(changes))
     return path
@@ -583,8 +585,7 @@ def main() -> None:
     parser.add_argument(
         "--batch-window-ms",
         type=float,
-        default=0.0,
-        help="server.batch_window_ms with batching on (default: the shipped 0)",
+        help="server.batch_window_ms with batching on (default: the shipped 4)",
     )
     parser.add_argument("--quick", action="store_true", help="1 s points, 200 calls: a smoke run")
     args = parser.parse_args()
@@ -609,9 +610,9 @@ def main() -> None:
         f"{'on' if args.decision_log else 'off'}"
     )
     window = (
-        f"a window of {args.batch_window_ms:g} ms"
-        if args.batch_window_ms
-        else "no window: each pass takes what is queued"
+        "the shipped window"
+        if args.batch_window_ms is None
+        else f"a window of {args.batch_window_ms:g} ms"
     )
     print(f"batching: on (batch_max 32, {window}) or off")
     print()
@@ -622,7 +623,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.rounds:  # 1 worker, batching on, with its metrics endpoint
             metrics_port = free_port()
-            config = bench_config(Path(tmp), 0.0, 32, metrics_port)
+            config = bench_config(Path(tmp), None, 32, metrics_port)
             proc, target = start_server(args.model, config, 1)
             try:
                 url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -635,7 +636,7 @@ def main() -> None:
             batch = 32 if batching == "on" else 1
             config = bench_config(
                 Path(tmp),
-                args.batch_window_ms if batch > 1 else 0.0,
+                args.batch_window_ms if batch > 1 else 0.0,  # None: the shipped
                 batch,
                 decision_log=args.decision_log,
                 compute_threads=args.compute_threads,

@@ -172,7 +172,7 @@ def main() -> None:
         "--batch-max", type=int, default=32, help="server.batch_max (shipped: 32; 1: no batching)"
     )
     parser.add_argument(
-        "--batch-window-ms", type=float, default=0.0, help="server.batch_window_ms (shipped: 0)"
+        "--batch-window-ms", type=float, help="server.batch_window_ms (default: the shipped 4)"
     )
     args = parser.parse_args()
     if not args.model.exists():  # fall back to the quickstart's model and log
@@ -183,7 +183,8 @@ def main() -> None:
         f"model {args.model}; {CANDIDATES} candidates per request, {len(payloads)} distinct "
         f"requests; {args.workers} worker(s), compute threads "
         f"{args.compute_threads or 'as shipped'}, batching on (at most {args.batch_max} a pass, "
-        f"window {args.batch_window_ms:g} ms), embedded Redis, empty counts; "
+        f"window {'as shipped' if args.batch_window_ms is None else f'{args.batch_window_ms:g} ms'}"
+        "), embedded Redis, empty counts; "
         f"{CLIENTS} client processes; {args.duration:g} s per rate"
     )
     rows = []

@@ -118,12 +118,15 @@ class Job(Generic[R]):
 
 
 RECENT_PASSES = 4  # a leader waits for as many requests as the largest of these passes took
+WAIT_FROM = 8  # ... when that is at least this many (or batch_max): smaller is light load
 
 
 class Batcher:
     """Merges concurrent requests into passes of at most ``max_batch``; a leader waits up to
     ``window_s`` (0: not at all) until the queue holds as many requests as the largest of the
-    last ``RECENT_PASSES`` passes took (at first ``max_batch``), then takes what is queued.
+    last ``RECENT_PASSES`` passes took (at first ``max_batch``), then takes what is queued. It
+    does not wait when those passes were small (under ``WAIT_FROM``, or ``max_batch`` if that is
+    less): light load, where a wait would only add latency.
 
     Each waiter is woken once, by its own lock: when its request is done, or when the lead
     passes to it (the oldest queued request someone waits for leads the next pass).
@@ -140,6 +143,7 @@ class Batcher:
         self._leading = False
         self._recent: deque[int] = deque([max_batch], maxlen=RECENT_PASSES)
         self.target = max_batch  # what a leader waits for: the largest recent pass
+        self._wait_from = min(WAIT_FROM, max_batch)
 
     def _pass_taken(self, n: int) -> None:
         """A pass of ``n`` requests starts: the next leader waits for as many as the largest
@@ -216,7 +220,7 @@ class Batcher:
 
     def _take(self) -> list[Job[object]]:
         with self._lock:
-            if self.window_s:
+            if self.window_s and self.target >= self._wait_from:
                 end = time.monotonic() + self.window_s
                 while len(self._queue) < self.target and (left := end - time.monotonic()) > 0:
                     self._full.wait(left)

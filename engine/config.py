@@ -377,7 +377,7 @@ class ServerConfig(_Strict):
         32, ge=1, le=1024, description="requests decided in one pass at most; 1: no batching"
     )
     batch_window_ms: float = Field(
-        0.0,
+        4.0,
         ge=0,
         le=100,
         description="a pass waits up to this long for as many requests as the largest of the "
