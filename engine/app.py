@@ -140,6 +140,13 @@ class App:
         return 1 if self._batcher is None else self._batcher.max_batch
 
     @property
+    def batch_stats(self) -> tuple[int, int, int]:
+        """Batching so far: passes run, requests decided in them, and the requests a pass
+        now waits for (all 0 without batching)."""
+        b = self._batcher
+        return (0, 0, 0) if b is None else (b.batches, b.requests, b.target)
+
+    @property
     def cap_errors(self) -> int:
         """Cap-store calls that failed or timed out so far."""
         return self._gate.errors

@@ -8,7 +8,10 @@ because the store did not answer, failing closed), ``admatch_scored_requests_tot
 ``admatch_no_ad_total``, ``admatch_cap_store_errors`` (store calls that failed, timed out or
 were refused by the open circuit, answered with the fail mode), ``admatch_cap_store_up`` (0
 while the store's circuit is open) and
-``admatch_model_info{model_version,config_version,runtime}``, and with the decision log
+``admatch_model_info{model_version,config_version,runtime}``, with batching on
+``admatch_batch_passes`` and ``admatch_batch_pass_requests`` (passes run and the requests
+decided in them, so far: their rates' ratio is the mean pass) and ``admatch_batch_target``
+(how many requests a pass waits for, within ``server.batch_window_ms``), and with the decision log
 ``admatch_log_rows{kind}``, ``admatch_log_dropped{kind}`` and ``admatch_log_up{kind}``.
 ScoreStream is counted per message in ``admatch_requests_total``.
 """
@@ -76,6 +79,17 @@ class Metrics:
             ["model_version", "config_version", "runtime"],
             registry=r,
         )
+        self.batch_passes = Gauge(
+            "admatch_batch_passes", "Scoring passes run so far (batching)", registry=r
+        )
+        self.batch_requests = Gauge(
+            "admatch_batch_pass_requests", "Requests decided in those passes", registry=r
+        )
+        self.batch_target = Gauge(
+            "admatch_batch_target",
+            "Requests a pass waits for (the largest recent pass), within the window",
+            registry=r,
+        )
         self._stage: dict[str, Any] = {}  # labelled children, looked up once
         self._reason: dict[int, Any] = {}  # by reason code
         self._request: dict[tuple[str, str], Any] = {}
@@ -118,6 +132,13 @@ class Metrics:
         """Report the cap gate's error count and the store's state when scraped."""
         self.cap_errors.set_function(errors)
         self.cap_store_up.set_function(lambda: float(up()))
+
+    def watch_batching(self, stats: Callable[[], tuple[int, int, int]]) -> None:
+        """Report the batcher's passes, their requests and its target when scraped
+        (``stats()``: ``App.batch_stats``)."""
+        self.batch_passes.set_function(lambda: stats()[0])
+        self.batch_requests.set_function(lambda: stats()[1])
+        self.batch_target.set_function(lambda: stats()[2])
 
     def watch_log(self, kind: str, stats: Callable[[], Any]) -> None:
         """Report a log stream's rows, drops and state when scraped (``stats()``: its

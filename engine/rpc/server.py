@@ -114,6 +114,8 @@ def build_server(
     servicer = AdMatchingServicer(app, limits, metrics, reloader)
     publish_serving(app, metrics)
     metrics.watch_cap_store(lambda: app.gate.errors, lambda: app.store_up)
+    if app.batch_max > 1:
+        metrics.watch_batching(lambda: app.batch_stats)
     if app.logs is not None:
         logs = app.logs
         metrics.watch_log("decisions", lambda: logs.decisions.stats)

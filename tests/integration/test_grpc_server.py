@@ -393,6 +393,9 @@ def test_metrics_count_requests_stages_and_decisions(app: App) -> None:
             assert f'admatch_stage_seconds_count{{stage="{stage}"}} 2.0' in text, stage
         assert 'admatch_decisions_total{reason="COMPETITIVE_SEPARATION"} 1.0' in text
         assert "admatch_no_ad_total 1.0" in text and "admatch_scored_requests_total 2.0" in text
+        # one pass each (calls one after the other), the refused one too (it fails in its pass)
+        assert "admatch_batch_passes 3.0" in text and "admatch_batch_pass_requests 3.0" in text
+        assert f"admatch_batch_target {float(app.batch_stats[2])}" in text
         assert f'model_version="{app.scorer.model.version}"' in text
         http_port = free_port()
         metrics.serve_http("127.0.0.1", http_port)
