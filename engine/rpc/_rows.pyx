@@ -31,12 +31,13 @@ cdef enum:
     LEN = 2
     I32 = 5
     SLOTS = 16384  # texts kept (a power of 2)
+    KEPT_BYTES = 64  # longer texts are made anew each time, not kept
 
 # The texts read lately, by a hash of their bytes (direct-mapped: a text takes its slot's
 # place): an ad server sends the same ids request after request (ads, campaigns, advertisers,
 # categories), so most are found here instead of made; a new str object per text cost more
 # than the rest of the read (its memory cold in a pass of many requests). Kept: at most SLOTS
-# strings, each within the longest text a request may hold.
+# strings of at most KEPT_BYTES bytes (ids are short), ~5 MB at worst.
 cdef PyObject *_kept[SLOTS]
 cdef uint64_t _kept_hash[SLOTS]
 
@@ -45,6 +46,8 @@ cdef object _text(const unsigned char *p, Py_ssize_t n):
     """The str of UTF-8 bytes (raises UnicodeDecodeError), the one kept when it is there."""
     cdef uint64_t h = 14695981039346656037ULL  # FNV-1a
     cdef Py_ssize_t i, size
+    if n > KEPT_BYTES:
+        return PyUnicode_DecodeUTF8(<const char *>p, n, NULL)
     for i in range(n):
         h = (h ^ p[i]) * 1099511628211ULL
     cdef Py_ssize_t slot = <Py_ssize_t>(h & (SLOTS - 1))

@@ -223,6 +223,7 @@ def test_texts_kept_between_reads_are_the_texts_sent() -> None:
         return list(got["ad_id"])
 
     batches = [[f"ad-{b}-{i}-ü" for i in range(500)] for b in range(80)]  # 80,000 texts
+    batches.append([f"{'x' * 100}-{i}" for i in range(50)])  # longer than a kept text
     for _ in range(2):
         for ids in batches:
             assert read(ids) == ids
