@@ -6,7 +6,11 @@ With a *state directory* (``admatch serve``'s ``store.state_dir``) it keeps an a
 there, fsynced every second: a restart finds every count, feedback block and idempotency marker
 again, and a server killed outright loses at most about the last second (docs/caps.md). One
 server at a time owns a state directory: an exclusive lock on ``admatch.lock`` in it, held while
-the server runs, refuses a second one (two servers appending to one file would corrupt it)."""
+the server runs, refuses a second one (two servers appending to one file would corrupt it).
+
+A private directory is held by its admatch with a lock on ``owner.lock`` in it; one left behind
+by an admatch killed outright (its Redis stops with it, its directory stays) is removed by the
+next embedded server that starts on the host (``sweep_stale``)."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import atexit
 import fcntl
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +28,71 @@ from pathlib import Path
 import redis
 
 from engine.errors import InvalidArgument, NotReady
+
+PREFIX = "admatch-redis-"  # private directories, under the temporary directory
+OWNER_LOCK = "owner.lock"  # held by the admatch whose directory it is
+STALE_AFTER_S = 60.0  # a younger directory may not be locked yet: never swept
+
+
+def _hold(path: Path) -> int | None:
+    """An exclusive lock on ``path`` (made if missing): its descriptor, or ``None`` when another
+    open file holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _listened(path: Path) -> bool:
+    """Whether something listens on the unix socket ``path`` (a connect, no retries)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def sweep_stale(parent: Path | None = None, now: float | None = None) -> list[Path]:
+    """Remove the private directories under ``parent`` (default: the temporary directory) that
+    no admatch holds: their ``owner.lock`` can be taken, or, made before there was one, nothing
+    answers on their socket. Directories younger than ``STALE_AFTER_S`` are left (their owner
+    may not have locked them yet), and so is anything that is not a directory of ours.
+
+    Returns:
+        The directories removed.
+    """
+    parent = parent or Path(tempfile.gettempdir())
+    now = time.time() if now is None else now
+    removed = []
+    for path in parent.glob(f"{PREFIX}*"):
+        try:
+            info = path.lstat()
+        except OSError:
+            continue
+        if not path.is_dir() or path.is_symlink() or info.st_uid != os.getuid():
+            continue
+        if now - info.st_mtime < STALE_AFTER_S:
+            continue
+        lock = path / OWNER_LOCK
+        if not lock.exists() and _listened(path / "redis.sock"):
+            continue
+        try:
+            fd = _hold(lock)
+        except OSError:
+            continue
+        if fd is None:
+            continue  # its admatch holds it
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(fd)
+        removed.append(path)
+    return removed
 
 
 def redis_binary() -> str:
@@ -64,10 +134,13 @@ class EmbeddedRedis:
         self._own_dir = directory is None
         self.state_dir = state_dir
         self._lock: int | None = None
+        self._owner: int | None = None  # the lock on our private directory
         self.command_prefix = command_prefix
-        self.directory = Path(directory or tempfile.mkdtemp(prefix="admatch-redis-"))
+        self.directory = Path(directory or tempfile.mkdtemp(prefix=PREFIX))
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o700)
+        if self._own_dir:
+            self._owner = _hold(self.directory / OWNER_LOCK)
         self.socket = self.directory / "redis.sock"
         self.appendonly = appendonly
         self._proc: subprocess.Popen[bytes] | None = None
@@ -102,6 +175,8 @@ class EmbeddedRedis:
             str(self.directory / "redis.log"),
         ]
         self._claim_state()
+        if self._own_dir:
+            sweep_stale(self.directory.parent)  # what admatch processes killed outright left
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         atexit.register(self.stop)
         started = time.monotonic()
@@ -171,3 +246,6 @@ class EmbeddedRedis:
             self._lock = None
         if self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
+            if self._owner is not None:
+                os.close(self._owner)
+                self._owner = None

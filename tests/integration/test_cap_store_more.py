@@ -16,9 +16,9 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
-from engine.caps import eventlog
+from engine.caps import embedded, eventlog
 from engine.caps.connect import check_server, client_options, open_store
-from engine.caps.embedded import EmbeddedRedis, parent_death_prefix
+from engine.caps.embedded import EmbeddedRedis, parent_death_prefix, sweep_stale
 from engine.caps.gate import CapGate, Reservation
 from engine.caps.keys import KEY_VERSION, KeySpace, fingerprint
 from engine.caps.plan import Plan, micros
@@ -594,3 +594,60 @@ def test_server_settings_that_break_the_store_are_warned_about(
         assert [r.getMessage() for r in caplog.records] == warnings
     finally:
         server.stop()
+
+
+def test_private_directories_no_admatch_holds_are_swept(tmp_path: Path) -> None:
+    """Left by an admatch killed outright (no owner lock held), or made before there was an
+    owner lock and with nothing answering on its socket: removed. Held, young, answering, or
+    not ours: left."""
+    old = time.time() - 3600
+
+    def made(name: str) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        (path / "redis.log").write_text("left behind")
+        return path
+
+    stale, legacy, held, young, other = (
+        made(n)
+        for n in (
+            f"{embedded.PREFIX}stale",
+            f"{embedded.PREFIX}legacy",
+            f"{embedded.PREFIX}held",
+            f"{embedded.PREFIX}young",
+            "not-ours",
+        )
+    )
+    (stale / embedded.OWNER_LOCK).touch()
+    fd = embedded._hold(held / embedded.OWNER_LOCK)  # its admatch is alive (another open file)
+    assert fd is not None
+    live = EmbeddedRedis(tmp_path / f"{embedded.PREFIX}live").start()  # no owner lock, answers
+    try:
+        for path in (stale, legacy, held, other, live.directory):
+            os.utime(path, (old, old))
+        assert sorted(sweep_stale(tmp_path)) == sorted([stale, legacy])
+        assert all(p.exists() for p in (held, young, other, live.directory))
+        assert live.client().ping()
+    finally:
+        live.stop()
+        os.close(fd)
+
+
+def test_an_embedded_server_sweeps_what_a_killed_one_left() -> None:
+    """An admatch killed outright leaves its private directory (its Redis stops with it); the
+    next embedded server started on the host removes it."""
+    first = EmbeddedRedis().start()
+    left = first.directory
+    assert first._proc is not None and first._owner is not None
+    first._proc.kill()  # as if admatch were killed: its Redis gone, its lock released
+    first._proc.wait()
+    os.close(first._owner)
+    first._owner = first._proc = None
+    old = time.time() - 3600
+    os.utime(left, (old, old))
+    second = EmbeddedRedis().start()
+    try:
+        assert not left.exists() and second.directory.exists() and second.client().ping()
+    finally:
+        second.stop()
+    assert not second.directory.exists()
