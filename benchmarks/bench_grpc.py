@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from importlib import resources
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
@@ -393,8 +394,6 @@ def timed_loop(fn: Any, payloads: list[Any], repeat: int) -> np.ndarray:
 def served_seconds(metrics_url: str) -> tuple[float, float]:
     """Sum and count of the server's "batched" stage: each Score's time from joining the
     queue to its answer (decode, cap read, its pass, encode), as the server measured it."""
-    import urllib.request
-
     text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
     found = {}
     for kind in ("sum", "count"):
@@ -498,17 +497,49 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
+def passes(metrics_port: int, workers: int) -> list[tuple[float, float]]:
+    """Each worker's passes and the requests decided in them so far (its metrics endpoint,
+    ``metrics_port + i``; 0 without batching, or when it does not answer)."""
+    out = []
+    for i in range(workers):
+        try:
+            url = f"http://127.0.0.1:{metrics_port + i}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                text = reply.read().decode()
+        except OSError:
+            out.append((0.0, 0.0))
+            continue
+        found = dict(re.findall(r"^(admatch_batch_pass(?:es|_requests)) (\S+)$", text, re.M))
+        out.append(
+            (
+                float(found.get("admatch_batch_passes", 0)),
+                float(found.get("admatch_batch_pass_requests", 0)),
+            )
+        )
+    return out
+
+
+def mean_passes(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> str:
+    """The mean pass of each worker over a load point ("-": no passes counted)."""
+    means = []
+    for (p0, r0), (p1, r1) in zip(before, after, strict=True):
+        means.append(f"{(r1 - r0) / (p1 - p0):.1f}" if p1 > p0 else "-")
+    return " / ".join(means)
+
+
 def print_rows(rows: list[tuple[str, int, str, int, dict[str, Any]]]) -> None:
     print(
         "| batching | workers | call | in flight | req/s | p50 ms | p99 ms | requests | errors "
-        "| server CPU ms/req | Redis CPU ms/req | client CPU ms/req (procs) | cores used |"
+        "| server CPU ms/req | Redis CPU ms/req | client CPU ms/req (procs) | cores used "
+        "| mean pass (per worker) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for batching, workers, kind, c, r in rows:
         print(
             f"| {batching} | {workers} | {kind} | {c} | {r['rps']:,.0f} | {r['p50']:.2f} | "
             f"{r['p99']:.2f} | {r['n']:,} | {r['errors']} | {r['server_ms']:.2f} | "
-            f"{r['redis_ms']:.2f} | {r['client_ms']:.2f} ({r['procs']}) | {r['cores']:.2f} |"
+            f"{r['redis_ms']:.2f} | {r['client_ms']:.2f} ({r['procs']}) | {r['cores']:.2f} "
+            f"| {r.get('passes', '-')} |"
         )
 
 
@@ -634,10 +665,12 @@ def main() -> None:
                 stop_server(proc)
         for batching in args.batching.split(",") if in_flight else []:
             batch = 32 if batching == "on" else 1
+            metrics_port = free_port()  # worker i on metrics_port + i: its passes
             config = bench_config(
                 Path(tmp),
                 args.batch_window_ms if batch > 1 else 0.0,  # None: the shipped
                 batch,
+                metrics_port,
                 decision_log=args.decision_log,
                 compute_threads=args.compute_threads,
             )
@@ -648,7 +681,9 @@ def main() -> None:
                         print(f"  recorded {warm(target, warm_batches):,} impressions")
                     for kind in args.calls.split(","):
                         for c in in_flight:
+                            before = passes(metrics_port, w)
                             point = load(kind, target, payloads, c, args.duration, proc.pid)
+                            point["passes"] = mean_passes(before, passes(metrics_port, w))
                             rows.append((batching, w, kind, c, point))
                             print(f"  {batching} {w} {kind} {c}: {point['rps']:,.0f} req/s")
                 finally:
