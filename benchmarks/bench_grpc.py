@@ -5,16 +5,16 @@
     .venv/bin/python -m benchmarks.bench_grpc --workers 2 --batching on --in-flight 8,16
 
 Starts ``admatch serve`` as a subprocess (1 worker, then 2 workers sharing the port), on a free
-port, with the embedded Redis, no metrics endpoint and no reload watcher, and waits until every
-worker answers. Batching across requests is on (the shipped default: ``server.batch_max = 32``,
-the shipped window, or ``--batch-window-ms``) or off (``batch_max = 1``). For each number of
-requests in flight it runs closed-loop load from spawned client processes, each one asyncio
-event loop (grpc.aio) sending pre-serialized requests, one connection per request in flight:
-"unary" calls ``Score``, "stream" keeps one ``ScoreStream`` per request in flight, one message
-at a time. It prints
-requests/s, p50/p99 latency, errors, and the CPU each part used per request: the server
-processes and the embedded Redis (from ``/proc``) and the clients (``time.process_time``), so
-that the load generator's share of the 2 cores is visible. Requests are plain Score calls
+port, with the embedded Redis and no reload watcher, and waits until every worker answers (each
+worker's metrics endpoint gives its mean pass over a load point). Batching across requests is on
+(the shipped default: ``server.batch_max = 32``, the shipped window, or ``--batch-window-ms``)
+or off (``batch_max = 1``). For each number of requests in flight it runs closed-loop load from
+spawned client processes, each one asyncio event loop (grpc.aio) sending pre-serialized
+requests, one connection per request in flight: "unary" calls ``Score``, "stream" keeps one
+``ScoreStream`` per request in flight, one message at a time. It prints requests/s, p50/p99
+latency, errors, and the CPU each part used per request: the server processes and the embedded
+Redis (from ``/proc``) and the clients (``time.process_time``), so that the load generator's
+share of the 2 cores is visible. Requests are plain Score calls
 (``reserve_caps`` false) against an empty cap store: they read it but record nothing.
 ``--warm`` first records, after each server start for the load points, every logged impression
 of the requests' users (``RecordEvents``), so that reads find histories, as for active users.

@@ -146,8 +146,10 @@ class Batcher:
         self._wait_from = min(WAIT_FROM, max_batch)
 
     def _pass_taken(self, n: int) -> None:
-        """A pass of ``n`` requests starts: the next leader waits for as many as the largest
-        recent pass."""
+        """A pass of ``n`` requests starts (counted): the next leader waits for as many as the
+        largest recent pass."""
+        self.batches += 1
+        self.requests += n
         self._recent.append(n)
         self.target = max(self._recent)
 
@@ -227,8 +229,6 @@ class Batcher:
             n = min(len(self._queue), self.max_batch)
             jobs = [self._queue.popleft() for _ in range(n)]
             self._pass_taken(n)
-            self.batches += 1
-            self.requests += n
         return jobs
 
     def close(self) -> None:

@@ -209,12 +209,10 @@ class EmbeddedRedis:
             return
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.chmod(0o700)
-        fd = os.open(self.state_dir / "admatch.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
+        lock = self.state_dir / "admatch.lock"
+        fd = _hold(lock)
+        if fd is None:
+            holder = lock.read_bytes()[:32].decode(errors="replace").strip() or "unknown"
             raise InvalidArgument(
                 "store.state_dir",
                 f"{self.state_dir} is in use by another admatch (pid {holder}): give each "

@@ -247,8 +247,14 @@ def _unknown_as_none(values: Sequence[Any], n: int) -> list[Any]:
     return [v or None for v in values]
 
 
-# the ranges the compiled reader checks, by column (a test pins them to ``RANGED``)
+# the ranges the compiled reader checks (a test pins them to ``RANGED``): duration up to its
+# high, bid from its low, attribute sets up to their high
 _ROW_RANGES = {c.name: c for c in RANGED}
+_ROW_BOUNDS = (
+    float(_ROW_RANGES["duration_s"].high),  # type: ignore[arg-type]
+    float(_ROW_RANGES["bid"].low),  # type: ignore[arg-type]
+    int(_ROW_RANGES["creative_attributes"].high),  # type: ignore[arg-type]
+)
 
 
 def _read_rows(msg: pb.ScoreRequest, limits: Limits) -> dict[str, Any] | None:
@@ -260,17 +266,7 @@ def _read_rows(msg: pb.ScoreRequest, limits: Limits) -> dict[str, Any] | None:
 
 def _read_row_bytes(data: bytes, limits: Limits) -> dict[str, Any] | None:
     """``_read_rows`` of a serialized ``CandidateList``."""
-    columns = rows(
-        data,
-        limits.string_chars,
-        limits.blocked,
-        FORMAT,
-        PRICING,
-        RATING,
-        float(_ROW_RANGES["duration_s"].high),  # type: ignore[arg-type]
-        float(_ROW_RANGES["bid"].low),  # type: ignore[arg-type]
-        int(_ROW_RANGES["creative_attributes"].high),  # type: ignore[arg-type]
-    )
+    columns = rows(data, limits.string_chars, limits.blocked, FORMAT, PRICING, RATING, *_ROW_BOUNDS)
     if columns is None:
         return None
     return {
