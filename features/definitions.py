@@ -226,8 +226,8 @@ for _col in SINCE_COLUMNS:
         Feature(
             _col,
             SINCE_DTYPE,
-            f"seconds since this {_col.split('_')[1]}'s last exposure to the campaign; "
-            "null if none",
+            f"seconds since this {_col.split('_')[1]}'s last exposure to the campaign in the "
+            "24h window; null if none there",
             partial(_column, column=_col),
             passthrough=True,
         )

@@ -13,7 +13,11 @@ Definitions (the contract shared with the online counters and the Redis cap stor
   row's own timestamp (the same request, e.g. the other ads of a pod) never count: a row sees
   only impressions strictly before it.
 * ``since_{scope}_campaign_s`` is ``t - e.ts`` in seconds for the latest such exposure to the same
-  campaign (no window), null when there is none.
+  campaign within the ``24h`` window (``RECENCY_WINDOW``), null when there is none: it is null
+  exactly where ``exp_{scope}_campaign_24h`` is 0. The cap store keeps every impression only
+  for as long as some reader counts it exactly (a day or two with the shipped rules; older
+  ones as day counts): a longer look back would make it keep every campaign's latest
+  impression of every user and device (issue 18), for a signal the 7-day counts carry.
 * A null scope id or target id counts nothing: its counts are 0 and its recency null.
 
 Offline, :func:`point_in_time_exposures` computes these over a whole log by sorting each key's
@@ -40,6 +44,7 @@ TARGETS: dict[str, str | None] = {
 }
 WINDOWS_S: dict[str, int] = {"1h": 3_600, "24h": 86_400, "7d": 604_800}
 BUCKET_S: dict[str, int] = {"1h": 0, "24h": 3_600, "7d": 86_400}  # 0: a sliding window
+RECENCY_WINDOW = "24h"  # the campaign recency looks back as far as this window counts
 COUNT_DTYPE = pl.Int32()
 SINCE_DTYPE = pl.Float64()
 
@@ -139,7 +144,9 @@ def _count(
     before, counts = _window_counts(line, events, origin)
     since = None
     if want_since:
-        since = counting.unsort(counting.since_last(line, events, before) / _US, line.order, float)
+        dist = counting.since_last(line, events, before) / _US
+        dist[counts[list(WINDOWS_S).index(RECENCY_WINDOW)] == 0] = np.nan  # none in the window
+        since = counting.unsort(dist, line.order, float)
     return _KeyCounts([counting.unsort(c, line.order, np.int32) for c in counts], since)
 
 

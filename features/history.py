@@ -17,6 +17,7 @@ import numpy as np
 from features.exposure import (
     EXPOSURE_KEYS,
     EXPOSURE_SCHEMA,
+    RECENCY_WINDOW,
     SCOPES,
     WINDOWS_S,
     ExposureKey,
@@ -27,6 +28,7 @@ from features.exposure import (
 from features.online import CandidateColumns, RequestContext
 
 _US = 1_000_000
+_RECENCY = list(WINDOWS_S).index(RECENCY_WINDOW)
 
 
 def _us(ts: datetime) -> int:
@@ -99,7 +101,7 @@ class ExposureHistory:
                 times = self._times.get((key.scope, key.target, scope_id, target), [])
                 counts[i] = self._window_counts(times, t)
                 last = bisect_left(times, t) - 1
-                if key.target == "campaign" and last >= 0:
+                if key.target == "campaign" and counts[i, _RECENCY] > 0:  # one in the window
                     since[i] = (t - times[last]) / _US
         out = {name: counts[:, j] for j, name in enumerate(names)}
         if key.target == "campaign":

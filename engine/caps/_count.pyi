@@ -10,6 +10,7 @@ def count(
     names: np.ndarray,
     t0: int,
     inclusive: bool,
+    latest_from: int,
     events: np.ndarray,
     tuples: np.ndarray,
     fps: np.ndarray,
@@ -29,6 +30,7 @@ def place(
     last_row: np.ndarray,
     gather: np.ndarray,
     since: np.ndarray,
+    guards: np.ndarray,
     t_us: int,
     nulls: bool,
 ) -> None: ...

@@ -162,6 +162,7 @@ def count(
     const uint64_t[::1] names,
     int64_t t0,
     bint inclusive,
+    int64_t latest_from,
     const Event[::1] events,
     const uint16_t[:, ::1] tuples,
     const uint64_t[::1] fps,
@@ -180,6 +181,7 @@ def count(
             after group (``sizes``).
         t0, inclusive: the read's time; an inclusive read (an atomic check's) also counts the
             events at or after it.
+        latest_from: a latest time is taken from the events at or after it only.
         events, tuples, fps: the household's log (``eventlog.Log``: tuples with the null one
             first, the dictionary's fingerprints).
         day_head, day_body, day_base: its day counts (``eventlog._day_parts``: per family and
@@ -286,7 +288,7 @@ def count(
                 r = row[g]
                 if r >= 0 and chosen[pg.count_selection[k]] and lo[k] < te < hi[k]:
                     flat[group_base[g] + r * pg.width[g] + pg.count_column[k]] += 1.0
-            if te >= last_before:
+            if te >= last_before or te < latest_from:
                 continue
             for k in range(pg.n_lasts):
                 g = pg.last_group[k]
@@ -418,6 +420,7 @@ def place(
     const int64_t[::1] last_row,
     const int64_t[::1] gather,
     const int64_t[::1] since,
+    const int64_t[::1] guards,
     int64_t t_us,
     bint nulls,
 ):
@@ -425,7 +428,8 @@ def place(
     starts from ``base_row``; each gathered answer comes from the candidate's row of its group
     (``safe_rows``: a null id reads the group's last, default row, where a refusing answer
     becomes NaN when ``nulls``); the latest times of ``since`` become seconds before ``t_us``
-    (none, a negative time: NaN).
+    (none, a negative time: NaN; nor where the column ``guards`` names for it, if any, is 0:
+    a campaign recency with no exposure in its window).
 
     Args:
         gather: per gathered answer, five blocks of equal length: its group, its column in
@@ -453,9 +457,11 @@ def place(
         g = group[k]
         if offsets[g] < 0 or offsets[g] + (last_row[g] + 1) * step[k] > flat.shape[0]:
             raise ValueError(f"gather: group {g}'s rows past the answers")
+    if guards.shape[0] != since.shape[0]:
+        raise ValueError("guards: one per since column expected")
     for k in range(since.shape[0]):
-        if not 0 <= since[k] < width:
-            raise ValueError(f"since: column {since[k]} out of range")
+        if not (0 <= since[k] < width and -1 <= guards[k] < width):
+            raise ValueError(f"since: column {since[k]} or its guard out of range")
     for i in range(n):
         for c in range(width):
             out[i, c] = base_row[c]
@@ -470,7 +476,7 @@ def place(
                 out[i, dest[k]] = flat[offsets[g] + r * step[k] + src[k]]
         for k in range(since.shape[0]):
             v = out[i, since[k]]
-            if v < 0:
+            if v < 0 or (guards[k] >= 0 and out[i, guards[k]] == 0):
                 out[i, since[k]] = NAN
             else:
                 out[i, since[k]] = (<double> t_us - v) / 1e6

@@ -16,9 +16,8 @@ rewrote whole counters. Layouts v4 to v6 keep, per hash tag (a household, or a u
   position;
 * the **day counts** of the impressions folded out of the log (:func:`fold`), for the readers
   that look further back: per day and in all (the lifetime) for the families
-  with long windows and the campaigns' own caps. The latest impression of each target of a
-  family whose recency or gap is read stays in the log (*pinned*) however old, so the latest
-  times are always read from the log.
+  with long windows and the campaigns' own caps. Every latest time a read asks (a minimum
+  gap's, the campaign recency's) lies within the 7 days the log keeps.
 
 Every family (scope x target, filtered or not) is computed from the log, so what a household
 takes grows with its impressions of the last days, not with the number of families, rules or
@@ -224,11 +223,15 @@ def _columns(shape: Shape) -> _Columns:
             entries.append(entry)
         if lk.last:
             lasts.append((lk.group, lk.offset + lk.width - 1, sel))
-        if lk.day_windows:
+        # a day window's days, and a day bucket's before the log: from the day counts too
+        first = lk.offset + len(lk.windows)
+        days = [(first + j, d) for j, d in enumerate(lk.day_windows)]
+        first += len(lk.day_windows)
+        days += [(first + j, n) for j, (hours, n) in enumerate(lk.buckets) if hours == 24]
+        if days:
             f = len(families)
             families.append((family_code(fam), fam.scope))
-            first = lk.offset + len(lk.windows)
-            day_reads += [(f, lk.group, first + j, d) for j, d in enumerate(lk.day_windows)]
+            day_reads += [(f, lk.group, column, d) for column, d in days]
     if len(_COLUMNS) >= 4_096:
         _COLUMNS.clear()
     lower, (lower_of, upper_of) = _bounds(entries)
@@ -318,6 +321,7 @@ def answers(plan: Plan, log: Log, inclusive: bool = False) -> Answers:
         fps,
         plan.t_us,
         inclusive,
+        plan.t_us - plan.shape.latest_lookback_s * US,
         log.events,
         log.tuples,
         log.fps,
@@ -463,12 +467,12 @@ def blocked(plan: Plan, blocks: Blocks) -> np.ndarray:
     return plan.blocked(flags)
 
 
-def fold_cut(newest_us: int, retention_s: int, ahead_s: int) -> int:
-    """The day (since the epoch) from which the log keeps every impression: exact windows up
-    to the retention and the 7-day features read nothing older, for reads no earlier than
+def fold_cut(newest_us: int, span_s: int, ahead_s: int) -> int:
+    """The day (since the epoch) from which the log keeps every impression: what reads count
+    from the log (``keep.log_span_s``: ``span_s``) is no older, for reads no earlier than
     ``ahead_s`` before the newest impression."""
     oldest_read = newest_us - ahead_s * US
-    return min((oldest_read - retention_s * US) // DAY_US, oldest_read // DAY_US - 7) - 1
+    return (oldest_read - span_s * US) // DAY_US - 1
 
 
 def _family_keys(
@@ -498,31 +502,17 @@ def _family_keys(
 def fold(log: Log, cut_day: int, kept: Sequence[Summary], household: bool) -> Parts:
     """The tag's parts with the impressions before ``cut_day`` moved into the day counts of
     the families in ``kept`` (the day counts of other families are dropped, and day counts
-    older than each family's days), except the *pinned* ones: of a family whose latest time is
-    read, the latest of each scope id's and target's impressions before ``cut_day`` stays in
-    the log, however old (it is not counted in the day counts: an impression counts in one
-    place), so a read after ``cut_day`` finds its latest time in the log. The dictionary and
-    tuples are rebuilt from what remains (codes change: a fold is a new version of the tag).
-    ``household``: the tag is a household's (its household families hold every impression).
-    Vectorised per family: every household folds about once a day."""
+    older than each family's days). The dictionary and tuples are rebuilt from what remains
+    (codes change: a fold is a new version of the tag). ``household``: the tag is a
+    household's (its household families hold every impression). Vectorised per family: every
+    household folds about once a day."""
     ev = log.events
     t = ev["t"]
     fps = np.concatenate([np.zeros(1, dtype=np.uint64), log.fps])  # code -> fingerprint
     tuples = fps[log.tuples]  # tuple code -> its fingerprints
     ads, ctx = tuples[ev["ad"]], tuples[ev["ctx"]]
     families = [k for k in kept if household or k.family.scope != "household"]
-    old = t < cut_day * DAY_US
-    pinned = np.zeros(len(ev), dtype=bool)
-    for summary in families:  # the latest old impression of each scope id and target
-        if summary.last:
-            scopes, targets, sel = _family_keys(summary.family, ads, ctx)
-            idx = np.flatnonzero(sel & old)
-            order = idx[np.lexsort((t[idx], targets[idx], scopes[idx]))]
-            by_scope, by_target = scopes[order], targets[order]
-            latest = np.ones(len(order), dtype=bool)  # the last of each (scope, target) run
-            latest[:-1] = (by_scope[1:] != by_scope[:-1]) | (by_target[1:] != by_target[:-1])
-            pinned[order[latest]] = True
-    folding = old & ~pinned
+    folding = t < cut_day * DAY_US
     newest_day = int(t.max() // DAY_US) if len(ev) else cut_day
     records = _Records()
     for summary in families:
@@ -542,9 +532,8 @@ def fold(log: Log, cut_day: int, kept: Sequence[Summary], household: bool) -> Pa
         records.add(name, scopes[sel], targets[sel], t[sel] // DAY_US, ones)
         records.add(name, scopes[sel], targets[sel], np.full(len(ones), LIFETIME), ones)
         records.keep(name, oldest, summary.life)
-    # the parts again: a dictionary of the ids still used (sorted), the tuples still used; the
-    # pinned impressions last, so that the log's first one says when the next fold is due
-    keep = np.concatenate([np.flatnonzero(~old), np.flatnonzero(pinned)])
+    # the parts again: a dictionary of the ids still used (sorted), the tuples still used
+    keep = np.flatnonzero(~folding)
     ad, context = ads[keep], ctx[keep][:, : len(_CONTEXT)]
     family, scope, target, day, count = records.summed()
     ids = np.unique(np.concatenate([ad.ravel(), context.ravel(), family, scope, target]))

@@ -76,8 +76,9 @@ class MemoryCapStore:
                 for hours, k in lk.buckets:  # from the start of the k-th hour (day) back
                     size = hours * 3_600 * US
                     values.append(hi - bisect_left(times, (t // size - k + 1) * size))
-                if lk.last:
-                    values.append(times[hi - 1] if hi else -1)
+                if lk.last:  # the latest within the lookback (``Lookup.last``)
+                    recent = hi and times[hi - 1] >= t - plan.shape.latest_lookback_s * US
+                    values.append(times[hi - 1] if recent else -1)
                 answers[f, lk.offset : lk.offset + lk.width] = values
         return matrices
 

@@ -27,7 +27,7 @@ from redis.typing import EncodableT
 
 from engine.caps import eventlog, lua
 from engine.caps.direct import DirectConnections
-from engine.caps.keep import LONG_TTL_S, read_targets, summaries
+from engine.caps.keep import LONG_TTL_S, log_span_s, read_targets, summaries
 from engine.caps.keys import KeySpace, fingerprint
 from engine.caps.plan import DAY_US, Plan, micros
 from engine.caps.rules import BlockRule, CapRule, CapsConfig, GapRule
@@ -93,10 +93,11 @@ class RedisCapStore:
         ahead_s: int = 0,
         competing: Mapping[str, str] | None = None,
     ) -> None:
-        """A household's log keeps every impression for the retention (and ``ahead_s``, a
-        day and ``FOLD_SLACK_DAYS`` more): windows up to the retention are exact for reads no
-        earlier than ``ahead_s`` before its newest impression (the service refuses impressions
-        timed later than that: ``store.max_ahead``). An impression id
+        """A household's log keeps every impression for what its reads count exactly
+        (``keep.log_span_s``: rule windows up to the retention, minimum gaps, the exposure
+        features' 24 hours; and ``ahead_s``, a day and ``FOLD_SLACK_DAYS`` more): those are
+        exact for reads no earlier than ``ahead_s`` before its newest impression (the service
+        refuses impressions timed later than that: ``store.max_ahead``). An impression id
         reported again within ``horizon_s`` of its first report (by ``clock``, the arrival
         time) is a duplicate; its marker lives under its arrival day, kept ``horizon_s`` and a
         day more. ``competing``: category -> its competition label
@@ -132,7 +133,8 @@ class RedisCapStore:
         the log whatever the rules were.)"""
         self.rules, self.gaps, self.blocks = rules, gaps, blocks
         self.competing = dict(competing)
-        self.kept = summaries(rules, gaps, self.retention_s)
+        self.kept = summaries(rules, self.retention_s)
+        self.log_span_s = log_span_s(rules, gaps, self.retention_s)
         self.recorded = eventlog.recorded_columns(read_targets(rules, gaps))
         long = any(k.days or k.life for k in self.kept)
         self.ttl_s = LONG_TTL_S if long else self.retention_s + self.ahead_s + 3 * 86_400
@@ -269,7 +271,7 @@ class RedisCapStore:
 
     def _due_us(self, t_us: int) -> int:
         """A log whose first impression is older than this is due a fold."""
-        cut = eventlog.fold_cut(t_us, self.retention_s, self.ahead_s)
+        cut = eventlog.fold_cut(t_us, self.log_span_s, self.ahead_s)
         return (cut - FOLD_SLACK_DAYS) * DAY_US
 
     def _markers(self, tag: str, today: int) -> list[str]:
@@ -329,7 +331,7 @@ class RedisCapStore:
         events = snapshot.log.t
         if not len(events):
             return True
-        cut = eventlog.fold_cut(int(events.max()), self.retention_s, self.ahead_s)
+        cut = eventlog.fold_cut(int(events.max()), self.log_span_s, self.ahead_s)
         with _readable(who):
             parts = eventlog.fold(snapshot.log, cut, self.kept, household=who[2] is not None)
         length, generation = snapshot.version

@@ -130,6 +130,9 @@ class CapRule(Family):
 CampaignCaps = Mapping[str, Sequence[CapRule]]  # a request's campaigns' own caps, by campaign id
 
 
+MAX_GAP_S = 7 * 86_400  # a minimum gap's longest: the event log keeps what it reads
+
+
 class GapRule(Family):
     """No exposure of the family within ``min_gap`` of the previous one."""
 
@@ -138,7 +141,7 @@ class GapRule(Family):
 
     @model_validator(mode="after")
     def _gap(self) -> GapRule:
-        if parse_duration(self.min_gap) > 7 * 86_400:
+        if parse_duration(self.min_gap) > MAX_GAP_S:
             raise ValueError("min_gap longer than 7d; use a cap rule")
         return self
 

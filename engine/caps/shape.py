@@ -18,7 +18,15 @@ from typing import Any
 import numpy as np
 
 from engine.caps.rules import TARGET_COLUMN, BlockRule, CapRule, Family, GapRule
-from features.exposure import BUCKET_S, EXPOSURE_SCHEMA, WINDOWS_S, count_column, since_column
+from features.exposure import (
+    BUCKET_S,
+    EXPOSURE_SCHEMA,
+    RECENCY_WINDOW,
+    SCOPES,
+    WINDOWS_S,
+    count_column,
+    since_column,
+)
 
 FEATURE_FAMILIES = tuple(
     Family(scope=s, target=t)
@@ -27,6 +35,12 @@ FEATURE_FAMILIES = tuple(
 )
 N_EXPOSURES = len(EXPOSURE_SCHEMA)
 _EXPOSURE_INDEX = {name: i for i, name in enumerate(EXPOSURE_SCHEMA.names())}
+RECENCY_S = WINDOWS_S[RECENCY_WINDOW]  # the campaign recency looks back no further
+# a campaign recency is null where its scope's campaign count over the recency window is 0
+_RECENCY_GUARD = {
+    _EXPOSURE_INDEX[since_column(s)]: _EXPOSURE_INDEX[count_column(s, "campaign", RECENCY_WINDOW)]
+    for s in SCOPES
+}
 
 
 @dataclass(frozen=True)
@@ -40,7 +54,8 @@ class Lookup:
         day_windows: longer windows in days (0 = lifetime), from day counts; ascending.
         buckets: bucketed windows (``features.exposure.BUCKET_S``), as (bucket hours: 1 or
             24, buckets): from the start of the bucket that many back, before ``t``.
-        last: whether the time of the latest impression is wanted.
+        last: whether the time of the latest impression is wanted (at most the shape's
+            ``latest_lookback_s`` before ``t``: -1 when there is none that recent).
         offset: where its answers start in its group's rows.
     """
 
@@ -111,10 +126,16 @@ class Shape:
     gather: np.ndarray = field(repr=False)
     latest: tuple[tuple[int, int], ...] = field(repr=False)  # (group, column) of latest times
     since_outputs: np.ndarray = field(repr=False)
+    # per since output, the output column that must be non-zero for it to stand (a recency's
+    # count over the recency window), or -1
+    since_guards: np.ndarray = field(repr=False)
     # what a candidate reads when none of its ids has history (its rule counts 0, no latest
     # time), and each campaign's own cap with its output column (see ``store.place``)
     base_row: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     own_targets: tuple[tuple[Target, int], ...] = field(default=(), repr=False)
+    # how far back a latest time is read (seconds): the recency's window and the shape's
+    # longest minimum gap; the event log keeps at least that much (``keep.log_span_s``)
+    latest_lookback_s: int = RECENCY_S
 
     def output_column(self, target: Target) -> int:
         """Column of a target in the concatenated outputs (exposures, rule_counts, gap_since)."""
@@ -193,6 +214,7 @@ class _Builder:
                 np.zeros(0, dtype=np.int64),
                 (),
                 np.zeros(0, dtype=np.int64),
+                np.zeros(0, dtype=np.int64),
             )
         )
 
@@ -223,6 +245,7 @@ def _finish(shape: Shape) -> Shape:
         ),
         latest=tuple((lk.group, lk.offset + lk.width - 1) for lk in shape.lookups if lk.last),
         since_outputs=np.asarray(since, dtype=np.int64),
+        since_guards=np.asarray([_RECENCY_GUARD.get(c, -1) for c in since], dtype=np.int64),
         base_row=base,
         own_targets=tuple((t, shape.output_column(t)) for t in shape.targets if t.rule >= 0),
     )
@@ -261,12 +284,15 @@ def build_shape(
             else:
                 days = 0 if w is None else -(-w // 86_400)
                 builder.need(rule.family(), "days", days, "rule_counts", j, only)
+    lookback = RECENCY_S
     for j, gap in enumerate(gaps):
         if gap.scope in scopes and gap.matches(touchpoint, slot):
             builder.need(gap.family(), "since", 0, "gap_since", j, -1)
+            lookback = max(lookback, gap.min_gap_s)
     block_scopes: dict[str, tuple[str, ...]] = {}
     for block in blocks:
         household = block.household and "household" in scopes
         if household or block.target not in block_scopes:
             block_scopes[block.target] = ("user", "household") if household else ("user",)
-    return builder.build(block_scopes, (len(rules), len(gaps)))
+    shape = builder.build(block_scopes, (len(rules), len(gaps)))
+    return replace(shape, latest_lookback_s=lookback)

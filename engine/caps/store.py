@@ -187,7 +187,8 @@ def place(plan: Plan, answers: Answers, blocked: np.ndarray) -> CapReading:
     Every candidate starts from the shape's ``base_row`` (a campaign's own caps: NaN, it binds
     only its campaign's candidates) and gathers its groups' answers at once (a null id reads
     its group's default row, and a rule it refuses does not apply: NaN); latest times become
-    seconds since (none: NaN).
+    seconds since (none: NaN; a campaign recency also NaN where its window's count is 0,
+    ``features.exposure``).
 
     Args:
         plan: the request's plan.
@@ -207,6 +208,7 @@ def place(plan: Plan, answers: Answers, blocked: np.ndarray) -> CapReading:
         last,
         shape.gather,
         shape.since_outputs,
+        shape.since_guards,
         plan.t_us,
         any(plan.nulls),
     )

@@ -10,10 +10,12 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import polars as pl
 import pytest
 
 from engine.caps import embedded, eventlog
@@ -21,8 +23,8 @@ from engine.caps.connect import check_server, client_options, open_store
 from engine.caps.embedded import EmbeddedRedis, parent_death_prefix, sweep_stale
 from engine.caps.gate import CapGate, Reservation
 from engine.caps.keys import KEY_VERSION, KeySpace, fingerprint
-from engine.caps.plan import Plan, micros
-from engine.caps.redis_store import RedisCapStore
+from engine.caps.plan import DAY_US, Plan, micros
+from engine.caps.redis_store import FOLD_SLACK_DAYS, RedisCapStore
 from engine.caps.rules import CapRule
 from engine.caps.store import Feedback, Impression, StoreUnavailable
 from engine.config import AdmatchConfig, load_config
@@ -30,6 +32,7 @@ from engine.errors import InvalidArgument, NotReady
 from engine.synth.generator import GeneratedLog, generate
 from engine.synth.params import WorldParams
 from features.exposure import EXPOSURE_SCHEMA, point_in_time_exposures
+from features.history import ExposureHistory
 from features.online import RequestContext
 from features.schema import CANDIDATE_COLUMNS
 
@@ -46,7 +49,7 @@ def test_the_event_log_bytes_are_the_documented_layout() -> None:
     script appends exactly what ``eventlog.Writer`` writes (dictionary, tuples, 12-byte
     events, in arrival order, a late impression too), an id repeated in one impression (a
     category that is its own competition label) gets one code, and a fold moves the old days
-    into day counts but keeps each campaign's latest impression (the recency) in the log."""
+    into day counts, each campaign's latest impression too (the recency looks back 7 days)."""
     server = EmbeddedRedis().start()
     try:
         client = server.client()
@@ -71,24 +74,26 @@ def test_the_event_log_bytes_are_the_documented_layout() -> None:
         assert stored[1][:16] == fingerprint("u1") + fingerprint("tv1")
         ids = np.frombuffer(stored[1], dtype="<u8").tolist()
         assert len(ids) == len(set(ids))  # "food" is its category and its own label: one code
-        # 20 days on, the first three are folded: the late one into day counts (and the
-        # lifetime), c1's and c2's latest stay in the log (pinned: the campaign recency)
+        # 20 days on, the first three are folded into day counts (and the lifetime), the
+        # latest of each campaign too: the log keeps the new one alone
         store.record([imp(4, 20 * 1440)])
         now = [cast("bytes", client.get(parts[k]) or b"") for k in (1, 2)]
         now += [_log(client, parts), cast("bytes", client.get(parts[3]) or b"")]
         log = eventlog.Log(eventlog.Parts(*now))
         minute = 60 * 10**6
-        # the pinned ones go last (the log's first impression says when a fold is due)
-        assert log.t.tolist() == [t0 + 20 * 1440 * minute, t0, t0 + 5 * minute]
+        assert log.t.tolist() == [t0 + 20 * 1440 * minute]
         user_campaign = (log.code("u.cmp"), log.code("u1"))
         where = log.day_groups[user_campaign]
-        c1, day = log.code("c1"), t0 // (1440 * minute)
+        c1, c2, day = log.code("c1"), log.code("c2"), t0 // (1440 * minute)
         records = zip(*(column.tolist() for column in log.day_records(where)), strict=True)
-        assert list(records) == [(c1, 0, 1), (c1, day - 1, 1)]
-        # its bytes: the base day (the one day folded), then c1's run: its code, lifetime 1,
-        # one day, 0 days after the base, count 1
+        runs = {c1: [(c1, 0, 2), (c1, day - 1, 1), (c1, day, 1)], c2: [(c2, 0, 1), (c2, day, 1)]}
+        assert list(records) == [*runs[min(c1, c2)], *runs[max(c1, c2)]]
+        # its bytes: the base day (the first day folded), then per campaign (by code) a run:
+        # its code, its lifetime, its days, then per day the days after the previous and the
+        # count (c1: 2, 2 days, 0 and 1 days after the base; c2: 1, 1 day, 1 after it)
         assert now[3][4:8] == struct.pack("<i", day - 1)
-        assert log.day_body[where].tobytes() == bytes([c1, 1, 1, 0, 1])
+        body = {c1: bytes([c1, 2, 2, 0, 1, 1, 1]), c2: bytes([c2, 1, 1, 1, 1])}
+        assert log.day_body[where].tobytes() == body[min(c1, c2)] + body[max(c1, c2)]
     finally:
         server.stop()
 
@@ -305,11 +310,11 @@ def test_append_only_bytes_per_impression_stay_flat_over_history(tmp_path: Path)
 
 def test_a_household_folds_about_every_other_day_not_on_every_write() -> None:
     """A fold runs when a record finds the log's first impression a day older than the log
-    needs; the impressions a fold keeps for the recency (pinned, however old) go to the end
-    of the log, so they do not make every later record fold again. 40 impressions a day for
-    30 days over 60 campaigns, in calls of 10: the household's generation (raised by each
-    fold) ends at about one fold every other day after the ninth. Before, every call after
-    the first fold folded again (and rewrote the household into the AOF)."""
+    needs, so not on every write: 40 impressions a day for 30 days over 60 campaigns, in calls
+    of 10, the household's generation (raised by each fold) ends at about one fold every other
+    day. (Once every call after the first fold folded again, rewriting the household into the
+    AOF.) The log holds what the rules count exactly, their longest window (24 hours) and a
+    few days' margin, not the retention's 7 days (issue 18's memory)."""
     server = EmbeddedRedis().start()
     try:
         client = server.client()
@@ -321,8 +326,14 @@ def test_a_household_folds_about_every_other_day_not_on_every_write() -> None:
         ]
         for k in range(0, len(events), 10):
             store.record(events[k : k + 10])
-        folds = int(client.get(store.keys.parts(store.keys.tag("h1", "u1"))[4]) or 0)
+        parts = store.keys.parts(store.keys.tag("h1", "u1"))
+        folds = int(client.get(parts[4]) or 0)
         assert 8 <= folds <= 16, folds
+        assert store.log_span_s == 86_400  # the household advertiser rule's day; 7d retention
+        t = np.frombuffer(_log(client, parts), dtype=eventlog.EVENT)["t"]
+        newest = micros(events[-1].ts)
+        due = eventlog.fold_cut(newest, store.log_span_s, 300) - FOLD_SLACK_DAYS
+        assert t.min() >= due * DAY_US and newest - t.min() < 5 * DAY_US
     finally:
         server.stop()
 
@@ -363,7 +374,8 @@ def test_a_store_written_by_another_key_layout_is_refused() -> None:
 
 @pytest.fixture(scope="module")
 def world() -> GeneratedLog:
-    return generate(WorldParams(rows=4_000, seed=8, rows_per_household=400, days=3))
+    # 12 days: households fold, and campaigns come back after more than the recency's 7 days
+    return generate(WorldParams(rows=4_000, seed=8, rows_per_household=400, days=12))
 
 
 @pytest.mark.parametrize("url", ["memory://", ""], ids=["memory", "embedded"])
@@ -386,6 +398,49 @@ def test_store_exposures_equal_offline_features(world: GeneratedLog, url: str) -
     store.close()
     np.testing.assert_array_equal(np.vstack(got), expected)
     assert offline["exp_household_any_24h"].sum() > 100
+
+
+@pytest.mark.parametrize("url", ["memory://", ""], ids=["memory", "embedded"])
+def test_the_campaign_recency_looks_back_over_the_24h_window_only(
+    world: GeneratedLog, url: str
+) -> None:
+    """``since_*_campaign_s`` is the time since the campaign's latest exposure within the 24h
+    window (from the start of the UTC hour 23 hours back), null where that window counts none:
+    offline, in the reference history and in the store, whose log need not keep a campaign's
+    latest impression for longer (issue 18)."""
+    template = world.log.filter(pl.col("shown") & pl.col("device_id").is_not_null()).row(
+        0, named=True
+    )
+    day = datetime(2026, 3, 2, tzinfo=UTC)
+    times = [
+        day + timedelta(hours=12, minutes=30),  # shown
+        day + timedelta(days=1, minutes=10),  # in the window: from 01:00 the day before on
+        day + timedelta(days=1, hours=13, minutes=10),  # not: from 14:00 the day before on
+    ]
+    rows = [
+        template | {"request_id": f"r{i}", "ts": t, "shown": i == 0} for i, t in enumerate(times)
+    ]
+    log = pl.DataFrame(rows, schema=world.log.schema)
+    offline = point_in_time_exposures(log.lazy()).collect()
+    since = [f"since_{scope}_campaign_s" for scope in ("user", "household", "device")]
+    assert offline.select(since).rows() == [(None,) * 3, (11 * 3_600 + 40 * 60.0,) * 3, (None,) * 3]
+    assert offline["exp_user_campaign_24h"].to_list() == [0, 1, 0]
+    assert offline["exp_user_campaign_7d"].to_list() == [0, 1, 1]
+    store = open_store(with_store(url, prefix=f"recency-{time.monotonic_ns()}"))
+    gate = CapGate(store, CAPS, 7 * 86_400, fail_open=False)
+    history = ExposureHistory()
+    try:
+        store.record([Impression.from_row("imp0", rows[0])])
+        history.record(rows[0]["ts"], rows[0])
+        for k in (1, 2):
+            ctx = RequestContext.from_row(rows[k])
+            candidates = {c: [rows[k][c]] for c in CANDIDATE_COLUMNS}
+            expected = offline.select(EXPOSURE_SCHEMA.names()).row(k)
+            want = np.asarray(expected, dtype=float)
+            np.testing.assert_array_equal(gate.read(ctx, candidates).exposures[0], want)
+            np.testing.assert_array_equal(history.counts(ctx, candidates)[0], want)
+    finally:
+        store.close()
 
 
 def test_fail_closed_and_fail_open_when_the_store_is_down() -> None:

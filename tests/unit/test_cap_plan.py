@@ -13,6 +13,7 @@ from engine.caps import evaluate
 from engine.caps.plan import FEATURE_FAMILIES, Planner, impression_writes, plan_request
 from engine.caps.rules import CapRule, FeedbackBlock, GapRule, parse_duration
 from engine.caps.store import Answers, CapReading, place
+from features.exposure import EXPOSURE_SCHEMA, SCOPES
 from features.online import RequestContext
 
 T = datetime(2026, 3, 3, 20, tzinfo=UTC)
@@ -71,7 +72,7 @@ def test_answers_are_placed_where_the_plan_says(seed: int) -> None:
     """``place`` puts each group's answers where the plan's targets say, for every candidate
     (checked one by one against the targets): a null id reads the defaults and no rule of its
     group applies, a campaign's own cap binds only its campaign, latest times become seconds
-    since (none: NaN)."""
+    since (none: NaN; a campaign recency also NaN where its window's count is 0)."""
     own = [CapRule(scope="user", target="campaign", window="1h", limit=1, campaign_id="c1")]
     plan = Planner(RULES, GAPS, FeedbackBlock().rules(), 7 * 86_400).plan(CTX, CANDS, own)
     rng = np.random.default_rng(seed)
@@ -83,15 +84,21 @@ def test_answers_are_placed_where_the_plan_says(seed: int) -> None:
     blocked = rng.random(plan.n) < 0.5
     got = place(plan, matrices, blocked)
     outputs = np.hstack([got.exposures, got.rule_counts, got.gap_since])
+    since, guard = plan.shape.since_outputs.tolist(), plan.shape.since_guards.tolist()
+    guards = dict(zip(since, guard, strict=True))
+    recency = {EXPOSURE_SCHEMA.names().index(f"since_{s}_campaign_s") for s in SCOPES}
+    assert {c for c, g in guards.items() if g >= 0} == recency
     for t in plan.shape.targets:
         applies = plan.applies(t)
         for i in range(plan.n):
             value = matrices[t.group][plan.rows[t.group][i], t.column]
             if t.output != "exposures" and not applies[i]:
                 value = np.nan  # the rule does not apply to this candidate
+            column = plan.shape.output_column(t)
             if t.since:
                 value = np.nan if value < 0 else (plan.t_us - value) / 1e6
-            column = plan.shape.output_column(t)
+                if guards[column] >= 0 and outputs[i, guards[column]] == 0:
+                    value = np.nan  # no exposure in the recency's window
             np.testing.assert_equal(outputs[i, column], value, err_msg=f"{t} candidate {i}")
     assert np.isnan(got.rule_counts[2, 1])  # no campaign id: the campaign rule does not apply
     assert (got.blocked == blocked).all()

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.caps import eventlog
-from engine.caps.keep import summaries
+from engine.caps.keep import log_span_s, summaries
 from engine.caps.memory_store import MemoryCapStore
 from engine.caps.plan import DAY_US, Planner, micros
 from engine.caps.rules import CapRule
@@ -115,8 +115,8 @@ def _case(
     plan = _plan(planner, user, place, read_at)
     parts = _write(imps)
     if fold:
-        cut = eventlog.fold_cut(newest, RETENTION_S, AHEAD_S)
-        kept = summaries([*RULES, *OWN], GAPS, RETENTION_S)
+        cut = eventlog.fold_cut(newest, log_span_s(RULES, GAPS, RETENTION_S), AHEAD_S)
+        kept = summaries([*RULES, *OWN], RETENTION_S)
         parts = eventlog.fold(eventlog.Log(parts), cut, kept, household=True)
         times = eventlog.Log(parts).t
         assert (times >= cut * DAY_US).sum() == sum(micros(i.ts) >= cut * DAY_US for i in imps)

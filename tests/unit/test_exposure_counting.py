@@ -13,6 +13,7 @@ from features.exposure import (
     BUCKET_S,
     EXPOSURE_KEYS,
     EXPOSURE_SCHEMA,
+    RECENCY_WINDOW,
     SCOPES,
     TARGETS,
     WINDOWS_S,
@@ -132,7 +133,8 @@ def brute_force(out: pl.DataFrame) -> dict[str, np.ndarray]:
             else:
                 inside = same & (t[None, :] > t[:, None] - seconds * 1_000_000)
             cols[count_column(key.scope, key.target, window)] = inside.sum(axis=1)
-        if key.target == "campaign":
+        if key.target == "campaign":  # the latest within the recency's window
+            same &= t[None, :] >= window_start(t, RECENCY_WINDOW)[:, None]
             gap = np.where(same, t[:, None] - t[None, :], np.iinfo(np.int64).max).min(axis=1)
             has = same.any(axis=1)
             cols[since_column(key.scope)] = np.where(has, gap / 1_000_000, np.nan)
