@@ -318,6 +318,34 @@ cdef inline int64_t _number(const uint8_t[::1] body, Py_ssize_t *at, Py_ssize_t 
         shift += 7
 
 
+cdef inline int64_t _run_head(
+    const uint8_t[::1] body, Py_ssize_t *at, Py_ssize_t end, int64_t previous, int64_t n_codes,
+    bint *life,
+) except -1:
+    """A run's first number: how far its target's code rises over the previous run's (over 0
+    for a group's first run) times 2, plus 1 when a lifetime count follows. The code."""
+    cdef int64_t head = _number(body, at, end)
+    cdef int64_t target = previous + (head >> 1)
+    if not previous < target < n_codes:
+        raise ValueError(f"day counts: a run names code {target}")
+    life[0] = head & 1
+    return target
+
+
+cdef inline int64_t _day_entry(
+    const uint8_t[::1] body, Py_ssize_t *at, Py_ssize_t end, int64_t *day
+) except -1:
+    """One day of a run (newest first): its number is how many days before the previous one
+    it is (the first: before the base, the string's newest day) times 8, plus its count less
+    one when under 8; 7 says the count is 8 plus the number after. Moves ``day``; the count."""
+    cdef int64_t v = _number(body, at, end)
+    cdef int64_t got = (v & 7) + 1
+    day[0] -= v >> 3
+    if got == 8:
+        got += _number(body, at, end)
+    return got
+
+
 cdef Py_ssize_t _group_end(const DayGroup[::1] day_head, Py_ssize_t h, Py_ssize_t size) except -1:
     cdef Py_ssize_t end = <Py_ssize_t> day_head[h].start + <Py_ssize_t> day_head[h].n
     if end > size:
@@ -344,6 +372,7 @@ cdef void _days(
     cdef int64_t user = codes[0], device = codes[1]
     cdef int64_t today = t0 // 86_400_000_000
     cdef int64_t since
+    cdef bint has_life
     for k in range(pg.n_days):
         fam = codes[first_fam + pg.day_family[k]]
         kind = pg.fam_scope[pg.day_family[k]]
@@ -360,17 +389,15 @@ cdef void _days(
         end = _group_end(day_head, found, day_body.shape[0])
         g = pg.day_group[k]
         since = today - pg.day_days[k] + 1
+        target = 0
         while at < end:  # one run a target
-            target = _number(day_body, &at, end)
-            if not 0 < target < n_codes:
-                raise ValueError(f"day counts: a run names code {target}")
-            life = _number(day_body, &at, end)
+            target = _run_head(day_body, &at, end, target, n_codes, &has_life)
+            life = _number(day_body, &at, end) if has_life else 0
             n = _number(day_body, &at, end)
             day = day_base
             weight = 0
             for i in range(n):
-                day += _number(day_body, &at, end)
-                got = _number(day_body, &at, end)
+                got = _day_entry(day_body, &at, end, &day)
                 if day >= since:
                     weight += got
             if pg.day_days[k] == 0:
@@ -388,22 +415,22 @@ def day_records(const uint8_t[::1] day_body, Py_ssize_t start, Py_ssize_t end, i
     if not 0 <= start <= end <= day_body.shape[0]:
         raise ValueError(f"day counts: group bytes {start}..{end} past the body")
     cdef Py_ssize_t at = start
-    cdef int64_t target, life, n, i, day
+    cdef int64_t target = 0, n, i, day, got
+    cdef bint has_life
     targets, days, counts = [], [], []
     while at < end:
-        target = _number(day_body, &at, end)
-        life = _number(day_body, &at, end)
-        n = _number(day_body, &at, end)
-        if life:
+        target = _run_head(day_body, &at, end, target, INT64_MAX, &has_life)
+        if has_life:
             targets.append(target)
             days.append(0)
-            counts.append(life)
+            counts.append(_number(day_body, &at, end))
+        n = _number(day_body, &at, end)
         day = day_base
         for i in range(n):
-            day += _number(day_body, &at, end)
+            got = _day_entry(day_body, &at, end, &day)
             targets.append(target)
             days.append(day)
-            counts.append(_number(day_body, &at, end))
+            counts.append(got)
     return (
         np.asarray(targets, dtype=np.int64),
         np.asarray(days, dtype=np.int64),

@@ -1,13 +1,13 @@
-"""Key layout v6 of the cap store, its pure part: a household's impressions as one event log,
+"""Key layout v7 of the cap store, its pure part: a household's impressions as one event log,
 and every answer a read needs computed from it in the client.
 
 Layout v3 kept a counter per (family, scope id, target id): one hash field each, so a household
 that saw 200 ads paid Redis' per-field cost for each of them in every family, and each write
-rewrote whole counters. Layouts v4 to v6 keep, per hash tag (a household, or a user without one):
+rewrote whole counters. Layouts v4 to v7 keep, per hash tag (a household, or a user without one):
 
 * the **log**: every impression of the last retention (and a day or two), appended as one
   12-byte record (``EVENT``: its time, its ad tuple's and its context tuple's codes) (v5 and
-  v6 append to a short tail that joins the log every 64 impressions; they read as one);
+  later ones append to a short tail that joins the log every 64 impressions; they read as one);
 * the **dictionary**: the 8-byte fingerprints (``keys.fingerprint``) of the ids the log and
   the summaries use, appended; an id's *code* is its position (1-based; 0 is null);
 * the **tuples**: the ids of one ad as codes (``TUPLE``: ad, creative, campaign, advertiser,
@@ -94,11 +94,15 @@ def _day_parts(data: bytes) -> tuple[np.ndarray, np.ndarray, int]:
     length of the group's runs in the body), the body and the base day.
 
     The string is the number of groups (``<u4``), the base day (``<i4``, days since the
-    epoch), the groups, then the body: per group, per target (ascending) a *run* of unsigned
-    LEB128 numbers: the target's code, its lifetime count (0 for a family without one), the
-    number of days ``k`` with a count, then ``k`` pairs (days after the previous day, or
-    after the base day for the first; the day's count). Groups with the same runs share
-    them."""
+    epoch: the newest day of any run), the groups, then the body: per group, per target
+    (ascending) a *run* of unsigned LEB128 numbers: how far the target's code rises over the
+    group's previous run's (over 0 for its first) times 2, plus 1 when a lifetime count
+    follows; that lifetime count; the number of days ``k`` with a count; then per day, newest
+    first, how many days before the previous one it is (the first: before the base day) times
+    8 plus its count less one, 7 meaning a count of 8 or more given by one more number (the
+    count less 8). A day of a count under 8 up to 15 days after the one before is one byte.
+    Groups with the same runs share them (layout 6 wrote every code and day gap whole, a
+    zero lifetime for families without one, and two numbers a day)."""
     if not data:
         return np.zeros(0, dtype=GROUP), np.zeros(0, dtype=np.uint8), 0
     if len(data) < _DAYS_HEAD:
@@ -612,7 +616,7 @@ def _day_bytes(
     lifetime count is its record of day ``LIFETIME``)."""
     if not len(day):
         return b""
-    order = np.lexsort((day, target, scope, family))
+    order = np.lexsort((-day, target, scope, family))  # a run's days newest first
     family, scope, target, day, count = (c[order] for c in (family, scope, target, day, count))
     first = np.ones(len(day), dtype=bool)  # the first record of each run (family, scope, target)
     first[1:] = (family[1:] != family[:-1]) | (scope[1:] != scope[:-1])
@@ -620,27 +624,42 @@ def _day_bytes(
     run = np.cumsum(first) - 1
     n_runs = int(run[-1]) + 1
     life = day == LIFETIME
-    dated = ~life
+    has_life = np.zeros(n_runs, dtype=bool)
+    has_life[run[life]] = True
     lifetime = np.zeros(n_runs, dtype=np.int64)
     lifetime[run[life]] = count[life]
-    days, counts, runs = day[dated].astype(np.int64), count[dated], run[dated]
-    base = int(days.min()) if len(days) else 0
+    dated = ~life
+    days, counts = day[dated].astype(np.int64), count[dated].astype(np.int64)
+    runs = run[dated]
+    base = int(days.max()) if len(days) else 0
     k = np.bincount(runs, minlength=n_runs)
-    before = np.cumsum(k) - k  # the dated records of the runs before each run
-    gap = np.diff(days, prepend=base)
-    starts = np.flatnonzero(np.diff(runs, prepend=-1))  # a run's first dated record
-    gap[starts] = days[starts] - base
-    head = 3 * np.arange(n_runs) + 2 * before  # where each run's numbers start
-    values = np.empty(3 * n_runs + 2 * len(days), dtype=np.int64)
-    values[head], values[head + 1], values[head + 2] = target[first], lifetime, k
-    at = head[runs] + 3 + 2 * (np.arange(len(days)) - before[runs])
-    values[at], values[at + 1] = gap, counts
-    group = (family[first] * 65_536 + scope[first]).astype(np.int64)
-    bounds = np.flatnonzero(np.diff(group, prepend=-1, append=-1))
+    previous = np.empty(len(days), dtype=np.int64)  # the day before each in its run's order
+    previous[1:] = days[:-1]
+    previous[np.flatnonzero(np.diff(runs, prepend=-1))] = base  # a run's newest: from the base
+    entry = (previous - days) * 8 + np.minimum(counts, 8) - 1
+    big = counts >= 8
+    code = target[first].astype(np.int64)
+    group = (family[first].astype(np.int64) << 16) | scope[first].astype(np.int64)
+    group_first = np.ones(n_runs, dtype=bool)  # a group's first run
+    group_first[1:] = group[1:] != group[:-1]
+    rise = np.diff(code, prepend=0)
+    rise[group_first] = code[group_first]
+    # every number with its place: (run, slot): the head 0, the lifetime 1, k 2, then per
+    # day its entry 3 + 2i and its count past 8, 4 + 2i
+    slot = 3 + 2 * (np.arange(len(days)) - (np.cumsum(k) - k)[runs])
+    whole = np.arange(n_runs) << 32
+    at = np.concatenate(
+        [whole, whole[has_life] + 1, whole + 2, (runs << 32) + slot, ((runs << 32) + slot + 1)[big]]
+    )
+    values = np.concatenate([rise * 2 + has_life, lifetime[has_life], k, entry, counts[big] - 8])
+    placed = np.argsort(at, kind="stable")
+    values, owner = values[placed], at[placed] >> 32
+    bounds = np.flatnonzero(group_first)
+    starts = np.searchsorted(owner, bounds)
+    ends = np.append(starts[1:], len(values))
     groups: dict[tuple[int, int], bytes] = {}
-    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-        end = int(head[b]) if b < n_runs else len(values)
-        groups[(int(group[a]) >> 16, int(group[a]) & 0xFFFF)] = _varints(values[int(head[a]) : end])
+    for g, a, b in zip(bounds.tolist(), starts.tolist(), ends.tolist(), strict=True):
+        groups[(int(group[g]) >> 16, int(group[g]) & 0xFFFF)] = _varints(values[a:b])
     head_rows, body, where = [], bytearray(), {}
     for (fam, sc), runs_bytes in sorted(groups.items()):
         if runs_bytes not in where:

@@ -86,14 +86,18 @@ def test_the_event_log_bytes_are_the_documented_layout() -> None:
         where = log.day_groups[user_campaign]
         c1, c2, day = log.code("c1"), log.code("c2"), t0 // (1440 * minute)
         records = zip(*(column.tolist() for column in log.day_records(where)), strict=True)
-        runs = {c1: [(c1, 0, 2), (c1, day - 1, 1), (c1, day, 1)], c2: [(c2, 0, 1), (c2, day, 1)]}
-        assert list(records) == [*runs[min(c1, c2)], *runs[max(c1, c2)]]
-        # its bytes: the base day (the first day folded), then per campaign (by code) a run:
-        # its code, its lifetime, its days, then per day the days after the previous and the
-        # count (c1: 2, 2 days, 0 and 1 days after the base; c2: 1, 1 day, 1 after it)
-        assert now[3][4:8] == struct.pack("<i", day - 1)
-        body = {c1: bytes([c1, 2, 2, 0, 1, 1, 1]), c2: bytes([c2, 1, 1, 1, 1])}
-        assert log.day_body[where].tobytes() == body[min(c1, c2)] + body[max(c1, c2)]
+        runs = {c1: [(c1, 0, 2), (c1, day, 1), (c1, day - 1, 1)], c2: [(c2, 0, 1), (c2, day, 1)]}
+        low, high = sorted((c1, c2))
+        assert list(records) == [*runs[low], *runs[high]]
+        # its bytes: the base day (the newest day folded), then per campaign (by code) a run:
+        # its code's rise over the previous run's times 2, plus 1 (a lifetime follows), the
+        # lifetime, its days, then per day (newest first) the days before the previous one (the
+        # first: before the base) times 8 plus the count less one (c1: lifetime 2, 2 days, 0
+        # and 1 day before; c2: lifetime 1, 1 day, 0 before)
+        assert now[3][4:8] == struct.pack("<i", day)
+        body = {c1: [2, 2, 0 * 8 + 0, 1 * 8 + 0], c2: [1, 1, 0 * 8 + 0]}
+        expected = [2 * low + 1, *body[low], 2 * (high - low) + 1, *body[high]]
+        assert log.day_body[where].tobytes() == bytes(expected)
     finally:
         server.stop()
 

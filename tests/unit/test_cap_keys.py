@@ -9,9 +9,9 @@ from engine.caps.rules import Family
 def test_key_layout_exact_bytes() -> None:
     ks = KeySpace("admatch")
     tag = ks.tag("h000017", "u000042")
-    assert KEY_VERSION == 6
+    assert KEY_VERSION == 7
     assert tag == "h=h000017"
-    base = "admatch:v6:{h=h000017}"
+    base = "admatch:v7:{h=h000017}"
     assert ks.parts(tag) == [f"{base}:{p}" for p in ("e", "n", "t", "s", "g", "f")]
     assert ks.blocks(tag, "household", "h:17", "advertiser") == f"{base}:b:h:h%3A17:adv"
     assert ks.markers(tag, 20_515) == f"{base}:i:20515"

@@ -138,11 +138,12 @@ def _folded_args() -> dict[str, Any]:
 
 
 def _first_run_code(code: int) -> Callable[[dict[str, Any]], None]:
-    """Set the target code of every group's first run (one byte: codes here are < 128)."""
+    """Set the target code of every group's first run: its head byte, the code's rise times 2
+    (no lifetime follows; one byte: codes here are < 64)."""
 
     def change(args: dict[str, Any]) -> None:
         for start in args["day_head"]["start"].tolist():
-            args["day_body"][start] = code
+            args["day_body"][start] = 2 * code
 
     return change
 
@@ -153,7 +154,7 @@ def _first_run_code(code: int) -> Callable[[dict[str, Any]], None]:
         (_set("day_body", lambda b: b[: len(b) // 2].copy()), "past the body"),
         (_set("day_body", lambda b: b | 0x80), "runs past its group"),
         (_first_run_code(0), "names code 0"),
-        (_first_run_code(127), "names code 127"),
+        (_first_run_code(63), "names code 63"),
     ],
     ids=["short-body", "endless-number", "null-code", "code-past-dictionary"],
 )

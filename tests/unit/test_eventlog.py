@@ -165,3 +165,41 @@ def test_every_day_of_the_long_windows_counts_once(after: int, fold: bool) -> No
         plan, log, theirs = _case(rows, user, PLACES[0], after, fold, inclusive=False)
         assert not fold or len(log.day_body)  # the fold kept day counts
         _assert_equal(plan, eventlog.answers(plan, log), theirs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    records=st.dictionaries(
+        st.tuples(
+            st.integers(1, 3),  # family code
+            st.integers(0, 2),  # scope code
+            st.integers(1, 600),  # target code
+            st.one_of(st.just(eventlog.LIFETIME), st.integers(20_000, 20_400)),  # day
+        ),
+        st.one_of(st.integers(1, 9), st.integers(1, 10**9)),  # count
+        max_size=120,
+    )
+)
+def test_day_counts_decode_to_the_records_they_encode(
+    records: dict[tuple[int, int, int, int], int],
+) -> None:
+    """The day-count string (layout 7's runs: code rises, an optional lifetime, days newest
+    first, a small count and gap in one byte, a count of 8 or more in a second number) reads
+    back as the records it was written from, group by group: codes of one and two bytes,
+    gaps past 15 days, counts of 7, 8 and a billion, runs with a lifetime and no day."""
+    if not records:
+        none = np.zeros(0, dtype=np.int64)
+        assert eventlog._day_bytes(none, none, none, none, none) == b""
+        return
+    keys = np.asarray(list(records), dtype=np.int64)
+    counts = np.asarray(list(records.values()), dtype=np.int64)
+    family, scope, target, day = keys.T
+    data = eventlog._day_bytes(family, scope, target, day, counts)
+    log = eventlog.Log(eventlog.Parts(days=data))
+    got = []
+    for (family, scope), where in log.day_groups.items():
+        target, day, count = log.day_records(where)
+        rows = zip(target.tolist(), day.tolist(), count.tolist(), strict=True)
+        got += [(family, scope, *row) for row in rows]
+    assert sorted(got) == sorted((*key, count) for key, count in records.items())
+    assert log.day_base == max((k[3] for k in records if k[3] != eventlog.LIFETIME), default=0)
