@@ -8,8 +8,9 @@ rewrote whole counters. Layouts v4 to v7 keep, per hash tag (a household, or a u
 * the **log**: every impression of the last retention (and a day or two), appended as one
   12-byte record (``EVENT``: its time, its ad tuple's and its context tuple's codes) (v5 and
   later ones append to a short tail that joins the log every 64 impressions; they read as one);
-* the **dictionary**: the 8-byte fingerprints (``keys.fingerprint``) of the ids the log and
-  the summaries use, appended; an id's *code* is its position (1-based; 0 is null);
+* the **dictionary**: the fingerprints (``keys.fingerprint``, ``FP_BYTES`` each) of the ids
+  the log and the summaries use, appended; an id's *code* is its position (1-based; 0 is
+  null);
 * the **tuples**: the ids of one ad as codes (``TUPLE``: ad, creative, campaign, advertiser,
   category, competition label), and the *context* of an impression (its user, device,
   touchpoint and slot), appended; an event names its ad and its context by the tuple's
@@ -36,7 +37,7 @@ import numpy as np
 
 from engine.caps import kernel
 from engine.caps.keep import Summary
-from engine.caps.keys import family_code, fingerprint
+from engine.caps.keys import FP_BYTES, family_code, fingerprint
 from engine.caps.plan import ANY, DAY_US, US, Plan, micros
 from engine.caps.rules import COMPETITOR, TARGET_COLUMN, Family, competitor_ids
 from engine.caps.shape import Shape
@@ -55,6 +56,22 @@ _COLUMN[COMPETITOR] = 5
 _CONTEXT = {"user": 0, "device": 1, "touchpoint": 2, "slot": 3}  # a context tuple's columns
 _FP_CACHE_SIZE = 1 << 17
 _NO_TUPLE = np.zeros((1, TUPLE_WIDTH), dtype="<u2")
+
+
+def fp_array(ids: bytes) -> np.ndarray:
+    """A dictionary's fingerprints (``FP_BYTES`` each, little-endian) as unsigned integers."""
+    n, rest = divmod(len(ids), FP_BYTES)
+    if rest:
+        raise ValueError(f"dictionary: {len(ids)} bytes, not whole fingerprints")
+    wide = np.zeros((n, 8), dtype=np.uint8)
+    wide[:, :FP_BYTES] = np.frombuffer(ids, dtype=np.uint8).reshape(n, FP_BYTES)
+    return wide.view("<u8").reshape(n)
+
+
+def fp_bytes(values: np.ndarray) -> bytes:
+    """Fingerprints as unsigned integers back to their bytes (``FP_BYTES`` each)."""
+    wide = np.ascontiguousarray(values, dtype="<u8").view(np.uint8).reshape(-1, 8)
+    return wide[:, :FP_BYTES].tobytes()
 
 
 class _Fingerprints(dict[str | None, int]):
@@ -139,7 +156,7 @@ class Log:
 
     def __init__(self, parts: Parts) -> None:
         self.parts = parts
-        self.fps = np.frombuffer(parts.ids, dtype="<u8")
+        self.fps = fp_array(parts.ids)
         self._sorted: tuple[np.ndarray, np.ndarray] | None = None  # order, sorted (codes())
         # row 0 is the null tuple: an event's ad or context code indexes it directly
         self.tuples = np.concatenate([_NO_TUPLE, np.frombuffer(parts.tuples, dtype=TUPLE)])
@@ -344,7 +361,7 @@ class Writer:
     def __init__(self, parts: Parts | None = None) -> None:
         """``parts``: go on from these (a reservation's earlier admitted ads)."""
         parts = parts or Parts()
-        fps = np.frombuffer(parts.ids, dtype="<u8").tolist()
+        fps = fp_array(parts.ids).tolist()
         self._ids: dict[int, int] = {fp: i + 1 for i, fp in enumerate(fps)}
         rows = np.frombuffer(parts.tuples, dtype=TUPLE).tolist()
         self._tuples: dict[tuple[int, ...], int] = {tuple(r): i + 1 for i, r in enumerate(rows)}
@@ -360,7 +377,7 @@ class Writer:
         code = self._ids.get(fp)
         if code is None:
             code = self._ids[fp] = len(self._ids) + 1
-            self.ids += fp.to_bytes(8, "little")
+            self.ids += fp.to_bytes(FP_BYTES, "little")
         return code
 
     def tuple_code(self, fps: Sequence[int]) -> int:
@@ -420,10 +437,10 @@ def impression_fps(
 def impression_bytes(
     imp: Impression, competing: Mapping[str, str], recorded: Sequence[bool] = ALL_COLUMNS
 ) -> tuple[bytes, bytes]:
-    """An impression's time (8 bytes) and ids (10 fingerprints, 8 zero bytes for null), as
-    the RECORD script takes them."""
+    """An impression's time (8 bytes) and ids (10 fingerprints, zero bytes for null), as the
+    RECORD script takes them."""
     user, device, ad, place = impression_fps(imp, competing, recorded)
-    ids = np.asarray([user, device, *ad, *place], dtype="<u8").tobytes()
+    ids = fp_bytes(np.asarray([user, device, *ad, *place], dtype="<u8"))
     return micros(imp.ts).to_bytes(8, "little", signed=True), ids
 
 
@@ -557,7 +574,7 @@ def fold(log: Log, cut_day: int, kept: Sequence[Summary], household: bool) -> Pa
     events["t"] = t[keep]
     events["ad"], events["ctx"] = which[: len(ad)] + 1, which[len(ad) :] + 1
     days = _day_bytes(code(family), code(scope), code(target), day, count)
-    return Parts(ids.astype("<u8").tobytes(), rows.astype("<u2").tobytes(), events.tobytes(), days)
+    return Parts(fp_bytes(ids), rows.astype("<u2").tobytes(), events.tobytes(), days)
 
 
 class _Records:

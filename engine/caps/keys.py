@@ -4,30 +4,31 @@ Changing any byte of a key here, or of a value's encoding (``eventlog.py``), cha
 how live data is found: bump ``KEY_VERSION`` and migrate. ``tests/unit/test_cap_keys.py`` pins
 the exact bytes.
 
-Layout 7 (``P`` = configured prefix, ``T`` = hash tag): a household's impressions are one event
+Layout 8 (``P`` = configured prefix, ``T`` = hash tag): a household's impressions are one event
 log with a dictionary of its ids (``eventlog.py`` has the bytes and computes every answer
 from them), so what it takes grows with its impressions of the last days, not with the number
 of families, rules or targets:
 
-* ``P:v7:{T}:e``  string: the event log, 12 bytes an impression, appended 64 at a time from:
-* ``P:v7:{T}:f``  string: the log's tail, its latest impressions (fewer than 64), appended;
+* ``P:v8:{T}:e``  string: the event log, 12 bytes an impression, appended 64 at a time from:
+* ``P:v8:{T}:f``  string: the log's tail, its latest impressions (fewer than 64), appended;
   the log reads as ``e`` then ``f``. (Layout 4 appended to ``e`` alone, which copied the whole
   log into a string of its size at every write.)
-* ``P:v7:{T}:n``  string: the dictionary, the 8-byte fingerprints of the ids the log and the
-  summaries use (``fingerprint``), appended; an id's code is its position.
-* ``P:v7:{T}:t``  string: the tuples (an ad's ids; an impression's context: user, device,
+* ``P:v8:{T}:n``  string: the dictionary, the ``FP_BYTES``-byte fingerprints of the ids the log
+  and the summaries use (``fingerprint``), appended; an id's code is its position. (Layout 7
+  and before: 8 bytes.)
+* ``P:v8:{T}:t``  string: the tuples (an ad's ids; an impression's context: user, device,
   touchpoint, slot) as codes.
-* ``P:v7:{T}:s``  string: the day and lifetime counts of the impressions folded out of the log,
+* ``P:v8:{T}:s``  string: the day and lifetime counts of the impressions folded out of the log,
   per target a run of LEB128 numbers, a day of a small count one byte. (Layout 5 had 16-byte
   events, user and device codes in each, and a 6-byte record per target and day: 5.3 KiB more
   a user on issue 18's traffic; layout 6 two numbers a day and every code whole.)
-* ``P:v7:{T}:g``  integer: the tag's generation, raised by every fold and block (a
+* ``P:v8:{T}:g``  integer: the tag's generation, raised by every fold and block (a
   reservation's check holds only if neither the log nor the generation moved).
-* ``P:v7:{T}:b:SC:S:TG``  hash, field = campaign id, advertiser id or category -> end of a
+* ``P:v8:{T}:b:SC:S:TG``  hash, field = campaign id, advertiser id or category -> end of a
   block set by the user's negative feedback or a conversion (epoch microseconds, event time;
   ``caps.block_rules``); ``SC`` scope letter, ``TG`` target.
-* ``P:v7:{T}:i:DAY``  string: the *fingerprints* of the impressions that arrived on that UTC day
-  (days since the epoch; the arrival clock), 8 bytes each, appended: the idempotency markers
+* ``P:v8:{T}:i:DAY``  string: the *fingerprints* of the impressions that arrived on that UTC day
+  (days since the epoch; the arrival clock), ``FP_BYTES`` each, appended: the idempotency markers
   of one household and day in one value. It lives ``store.dedup_horizon`` + 1 day from when it
   is made.
 * ``P:layout``  the layout version of everything under ``P`` (see ``connect.check_layout``).
@@ -45,7 +46,12 @@ import hashlib
 
 from engine.caps.rules import Family
 
-KEY_VERSION = 7
+KEY_VERSION = 8
+# the bytes of an id's fingerprint (the dictionary) and of an impression's marker: two of n
+# ids of one household (one day's impressions) share one with a probability of about
+# n**2 / 2**49 (2 * 10**-10 for a household of 343 ids, 2 * 10**-9 for a day of 1,000
+# impressions): 8 bytes made that 2**16 times less likely, at 2 bytes more an id and a marker
+FP_BYTES = 6
 _SCOPE = {"user": "u", "household": "h", "device": "d"}
 _TARGET = {
     "creative": "cr",
@@ -108,8 +114,7 @@ class KeySpace:
         return f"{self.base(tag)}:i:{day}"
 
 
-def fingerprint(impression_id: str) -> bytes:
-    """An impression id's idempotency marker: the first 8 bytes of its BLAKE2b digest. Two ids
-    of one household and day share one with a probability of about n**2 / 2**65 (n ids: one in
-    7 * 10**13 for 1,000)."""
-    return hashlib.blake2b(impression_id.encode(), digest_size=8).digest()
+def fingerprint(value: str) -> bytes:
+    """An id's fingerprint (the dictionary's entries) or an impression id's idempotency marker:
+    its BLAKE2b digest of ``FP_BYTES`` bytes (see there for the chance that two share one)."""
+    return hashlib.blake2b(value.encode(), digest_size=FP_BYTES).digest()

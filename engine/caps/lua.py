@@ -1,4 +1,4 @@
-"""Lua scripts of the Redis cap store (key layout 6). Each runs as one EVALSHA: one round trip,
+"""Lua scripts of the Redis cap store (key layout 8). Each runs as one EVALSHA: one round trip,
 atomic. The KEYS of every script share one hash tag (``keys.py``), so they run on one cluster
 node.
 
@@ -15,10 +15,10 @@ tail), the generation and per block hash its fields and values (``HGETALL``).
 
 ``RECORD`` (one impression): ``KEYS = PARTS, then the nm marker strings of the arrival days
 the dedup horizon covers (oldest first, today's last)``; ``ARGV = fingerprint, nm,
-marker_ttl_s, time (8 bytes, little-endian epoch microseconds), ids (10 fingerprints of 8
-bytes, 8 zero bytes for null: user, device, ad, creative, campaign, advertiser, category,
+marker_ttl_s, time (8 bytes, little-endian epoch microseconds), ids (10 fingerprints of
+``FP_BYTES``, zero bytes for null: user, device, ad, creative, campaign, advertiser, category,
 competition label, touchpoint, slot), ttl_s, due_us``. Returns 0 when the impression was
-recorded before (its fingerprint is among the markers, an 8-byte-aligned match), else 1 after
+recorded before (its fingerprint is among the markers, a match at an entry boundary), else 1 after
 appending it (new ids to the dictionary, new tuples, the event; the fingerprint to today's
 markers, whose expiry is set when the string is made), or 3 when the log's first event is
 older than ``due_us`` (a fold is due). The parts' expiry is refreshed only when the log has
@@ -44,10 +44,13 @@ tag ttl_s``. Keeps the later end and raises the generation.
 
 from __future__ import annotations
 
+from engine.caps.keys import FP_BYTES
+
 _COMMON = r"""
 local call, sub, find = redis.call, string.sub, string.find
 local up, pk = struct.unpack, struct.pack
-local ZERO = string.rep('\0', 8)
+local FP = @FP@  -- the bytes of a fingerprint or a marker (keys.FP_BYTES)
+local ZERO = string.rep('\0', FP)
 local NP, TAIL, EVENT = 6, 6, 12  -- the parts, the tail's, an event's bytes
 local TAIL_BYTES = 64 * EVENT  -- the tail joins the log at 64 impressions
 
@@ -66,7 +69,7 @@ end
 local function seen(keys, k, nm, fp)
   for i = k, k + nm - 1 do
     local v = call('GET', keys[i])
-    if v and position(v, fp, 8) > 0 then return true end
+    if v and position(v, fp, FP) > 0 then return true end
   end
   return false
 end
@@ -129,9 +132,9 @@ end
 
 -- append one impression: its ids to the dictionary, its tuples, the event (see eventlog.Writer)
 local function append(keys, time, ids, ttl)
-  local id, save_ids = coder(keys[2], 8, 'ids in one household')
+  local id, save_ids = coder(keys[2], FP, 'ids in one household')
   local function intern(i)
-    local fp = sub(ids, 8 * i - 7, 8 * i)
+    local fp = sub(ids, FP * (i - 1) + 1, FP * i)
     if fp == ZERO then return 0 end
     return id(fp)
   end
@@ -167,7 +170,7 @@ local function mark(today, fp, marker_ttl)
   exact(today)
   if call('TTL', today) < 0 then call('EXPIRE', today, marker_ttl) end  -- set once
 end
-"""
+""".replace("@FP@", str(FP_BYTES))
 
 READ = (
     _COMMON

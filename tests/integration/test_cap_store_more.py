@@ -22,7 +22,7 @@ from engine.caps import embedded, eventlog
 from engine.caps.connect import check_server, client_options, open_store
 from engine.caps.embedded import EmbeddedRedis, parent_death_prefix, sweep_stale
 from engine.caps.gate import CapGate, Reservation
-from engine.caps.keys import KEY_VERSION, KeySpace, fingerprint
+from engine.caps.keys import FP_BYTES, KEY_VERSION, KeySpace, fingerprint
 from engine.caps.plan import DAY_US, Plan, micros
 from engine.caps.redis_store import FOLD_SLACK_DAYS, RedisCapStore
 from engine.caps.rules import CapRule
@@ -71,8 +71,8 @@ def test_the_event_log_bytes_are_the_documented_layout() -> None:
         # tv1 (2), touchpoint ott (7), slot ott_pause (8)
         assert store.recorded == (False, True, True, True, True, True)
         assert stored[2][:24] == struct.pack("<12H", 0, 3, 4, 5, 6, 6, 1, 2, 7, 8, 0, 0)
-        assert stored[1][:16] == fingerprint("u1") + fingerprint("tv1")
-        ids = np.frombuffer(stored[1], dtype="<u8").tolist()
+        assert stored[1][: 2 * FP_BYTES] == fingerprint("u1") + fingerprint("tv1")
+        ids = eventlog.fp_array(stored[1]).tolist()
         assert len(ids) == len(set(ids))  # "food" is its category and its own label: one code
         # 20 days on, the first three are folded into day counts (and the lifetime), the
         # latest of each campaign too: the log keeps the new one alone
@@ -229,7 +229,7 @@ def test_an_impression_id_is_known_for_the_dedup_horizon() -> None:
         )
         assert store.record([imp(1, 0), imp(2, 0), imp(3, 0)]) == 3
         markers = keys.markers(keys.tag("h1", "u1"), 20_000)
-        assert client.strlen(markers) == 24 and 0 < client.ttl(markers) <= 3 * 86_400
+        assert client.strlen(markers) == 3 * FP_BYTES and 0 < client.ttl(markers) <= 3 * 86_400
         assert client.get(markers) == fingerprint("imp-1") + fingerprint("imp-2") + fingerprint(
             "imp-3"
         )

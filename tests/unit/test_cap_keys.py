@@ -9,13 +9,13 @@ from engine.caps.rules import Family
 def test_key_layout_exact_bytes() -> None:
     ks = KeySpace("admatch")
     tag = ks.tag("h000017", "u000042")
-    assert KEY_VERSION == 7
+    assert KEY_VERSION == 8
     assert tag == "h=h000017"
-    base = "admatch:v7:{h=h000017}"
+    base = "admatch:v8:{h=h000017}"
     assert ks.parts(tag) == [f"{base}:{p}" for p in ("e", "n", "t", "s", "g", "f")]
     assert ks.blocks(tag, "household", "h:17", "advertiser") == f"{base}:b:h:h%3A17:adv"
     assert ks.markers(tag, 20_515) == f"{base}:i:20515"
-    assert fingerprint("imp-1") == bytes.fromhex("8b596cdb2726583e")  # BLAKE2b, 8 bytes
+    assert fingerprint("imp-1") == bytes.fromhex("08799868cb60")  # BLAKE2b, FP_BYTES (6)
     assert ks.tag(None, "u:{x}") == "u=u%3A%7Bx%7D"
     # a family's name in the summaries
     assert family_code(Family(scope="user", target="campaign")) == "u.cmp"
