@@ -15,6 +15,7 @@ import redis
 from admatch.v1 import admatch_pb2 as pb
 from admatch.v1 import admatch_pb2_grpc as pb_grpc
 from benchmarks.cluster import free_port
+from engine.caps.keys import FP_BYTES
 
 from .served import Launch, config_file, edits, every_worker
 
@@ -69,7 +70,7 @@ def test_sigterm_finishes_in_flight_calls(
         assert replies and replies[0].impressions_recorded == 3000
         assert answered[0] > signalled  # it was still in flight when the signal came
         markers = list(client.scan_iter(match=f"{prefix}:*:i:*", count=10_000))
-        marked = sum(int(client.strlen(k)) for k in markers) // 8  # 8-byte fingerprints
+        marked = sum(int(client.strlen(k)) for k in markers) // FP_BYTES  # one fingerprint each
         assert marked == 3000  # every impression of the in-flight call is in the store
         with grpc.insecure_channel(served.target()) as channel, pytest.raises(grpc.RpcError):
             pb_grpc.AdMatchingStub(channel).RecordEvents(_events(1), timeout=2)  # gone
