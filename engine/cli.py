@@ -399,6 +399,30 @@ def serve(
         raise typer.Exit(code=1) from None
 
 
+@app.command("store-migrate")
+def store_migrate(
+    config: Annotated[Path | None, typer.Option(help="config TOML; default: shipped")] = None,
+) -> None:
+    """Carry the cap store the config names (store.url, or the embedded one's state_dir) from
+    an earlier key layout (v6, v7) to this admatch's, in place: counts, feedback blocks and
+    idempotency markers. Stop every admatch using the store first. Run again if cut short."""
+    from engine.caps.connect import migrate_store
+    from engine.caps.keys import KEY_VERSION
+    from engine.config import load_config
+
+    try:
+        done = migrate_store(load_config(config))
+    except (AdmatchError, ValueError) as exc:
+        _fail(AdmatchError(f"store-migrate: {exc}"))
+    if done.found == KEY_VERSION:
+        console.print(f"the cap store is at key layout v{KEY_VERSION} already: nothing to do")
+        return
+    console.print(
+        f"the cap store carried from key layout v{done.found} to v{KEY_VERSION}: "
+        f"{done.renamed:,} keys renamed, {done.rewritten:,} rewritten"
+    )
+
+
 @app.command()
 def score(
     target: Annotated[str, typer.Option(help="server host:port")],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -20,6 +21,7 @@ from engine.caps.breaker import Breaker, GuardedStore
 from engine.caps.embedded import EmbeddedRedis
 from engine.caps.keys import KEY_VERSION, KeySpace
 from engine.caps.memory_store import MemoryCapStore
+from engine.caps.migrate import MIGRATES_FROM, Migrated, migrate
 from engine.caps.redis_store import RedisCapStore
 from engine.caps.rules import parse_duration
 from engine.caps.store import CapStore
@@ -120,11 +122,46 @@ def check_layout(client: Any, keys: KeySpace) -> None:
     found = client.get(key)
     version = found.decode() if isinstance(found, bytes) else str(found)
     if version != str(KEY_VERSION):
+        carry = (
+            "stop every admatch using it and run `admatch store-migrate` (same config) to "
+            "carry it to this layout, "
+            if version in {str(v) for v in MIGRATES_FROM}
+            else ""
+        )
         raise NotReady(
             f"the cap store holds key layout v{version} under prefix {keys.root!r} and this "
-            f"admatch reads v{KEY_VERSION}: run the admatch that wrote it, or give this one a "
-            "new store.prefix (or state_dir) and start from empty counts (docs/caps.md)"
+            f"admatch reads v{KEY_VERSION}: {carry}run the admatch that wrote it, or give "
+            "this one a new store.prefix (or state_dir) and start from empty counts "
+            "(docs/caps.md)"
         )
+
+
+def migrate_store(config: AdmatchConfig) -> Migrated:
+    """Carry the configured store (``store.url``; empty: the embedded server on
+    ``store.state_dir``) to this key layout, in place (``migrate.py``). Every admatch using it
+    must be stopped first (the embedded server's state directory refuses a second one)."""
+    keys = KeySpace(config.store.prefix)
+    options = client_options(max(config.store.deadline_ms, 60_000))  # whole values move
+    url = config.store.url
+    if not url:
+        if not config.store.state_dir:
+            raise NotReady("store.state_dir is empty: the embedded store keeps nothing to carry")
+        server = EmbeddedRedis(state_dir=Path(config.store.state_dir)).start()
+        try:
+            return migrate(server.client(**options), keys)
+        finally:
+            server.stop()
+    if url.startswith("memory://"):
+        raise NotReady("store.url is memory://: the in-memory store keeps nothing to carry")
+    client: redis.Redis | RedisCluster
+    if config.store.cluster:
+        client = RedisCluster.from_url(url, **options)
+    else:
+        client = redis.Redis.from_url(url, **options)
+    try:
+        return migrate(client, keys)
+    finally:
+        client.close()
 
 
 def _memory(config: AdmatchConfig) -> CapStore:

@@ -116,5 +116,7 @@ class KeySpace:
 
 def fingerprint(value: str) -> bytes:
     """An id's fingerprint (the dictionary's entries) or an impression id's idempotency marker:
-    its BLAKE2b digest of ``FP_BYTES`` bytes (see there for the chance that two share one)."""
-    return hashlib.blake2b(value.encode(), digest_size=FP_BYTES).digest()
+    the first ``FP_BYTES`` bytes of its 8-byte BLAKE2b digest (see there for the chance that two
+    share one). Layouts 3 to 7 stored the whole 8 bytes, so their dictionaries and markers
+    can be cut to these without the ids."""
+    return hashlib.blake2b(value.encode(), digest_size=8).digest()[:FP_BYTES]
