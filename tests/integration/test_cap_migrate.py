@@ -6,12 +6,15 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import redis
+from redis.cluster import RedisCluster
 
 from engine.caps import eventlog
 from engine.caps.connect import check_layout
@@ -142,39 +145,60 @@ def _write_old(client: Any, new: KeySpace, old_root: str, version: int, ids: Any
     return count
 
 
-@pytest.mark.parametrize("version", [6, 7])
-def test_a_store_of_an_earlier_layout_is_carried_byte_for_byte(version: int) -> None:
-    server = EmbeddedRedis().start()
+@pytest.fixture(params=["embedded", "local", "cluster"])
+def client(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A raw client of each Redis backend; the test's keys deleted after."""
+    server = None
+    if request.param == "embedded":
+        server = EmbeddedRedis().start()
+        raw: Any = server.client()
+    elif request.param == "local":
+        raw = redis.Redis.from_url(request.getfixturevalue("local_redis_url"))
+    else:
+        raw = RedisCluster.from_url(request.getfixturevalue("redis_cluster"))
     try:
-        client = server.client()
-        new = KeySpace(f"now{version}")
-        store = RedisCapStore(client, RULES, GAPS, BLOCKS, new, competing=COMPETING)
-        check_layout(client, new)
-        events, feedback = _history()
-        assert store.record(events) == len(events)
-        store.block(feedback)
-        ids = _ids(store, events)
-        written = _write_old(client, new, f"was{version}", version, ids)
-        assert any(k.endswith(":s") for k in _keys(client, f"was{version}:v{version}:"))
-        with pytest.raises(NotReady, match=f"v{version}.*store-migrate"):
-            check_layout(client, KeySpace(f"was{version}"))
-        done = migrate(client, KeySpace(f"was{version}"))
-        assert (done.found, done.renamed + done.rewritten) == (version, written)
-        assert not list(_keys(client, f"was{version}:v{version}:"))  # nothing left behind
-        check_layout(client, KeySpace(f"was{version}"))  # the new layout opens it
-        mine = sorted(n[len(f"was{version}") :] for n in _keys(client, f"was{version}:v"))
-        theirs = sorted(n[len(new.root) :] for n in _keys(client, f"{new.root}:v"))
-        assert mine == theirs
-        for rest in mine:
-            a, b = f"was{version}{rest}", f"{new.root}{rest}"
-            if client.type(a) == b"hash":
-                assert client.hgetall(a) == client.hgetall(b), rest
-            else:
-                assert client.get(a) == client.get(b), rest
-            assert abs(client.pttl(a) - client.pttl(b)) < 60_000, rest
-        assert migrate(client, KeySpace(f"was{version}")).found == KEY_VERSION  # done: a no-op
+        yield raw
     finally:
-        server.stop()
+        for key in raw.scan_iter(match=f"{RUN}*", count=10_000):
+            raw.delete(key)
+        if server is not None:
+            server.stop()
+
+
+RUN = f"mig{uuid.uuid4().hex[:6]}-"  # this run's prefixes (the local server is shared)
+
+
+@pytest.mark.parametrize("version", [6, 7])
+def test_a_store_of_an_earlier_layout_is_carried_byte_for_byte(version: int, client: Any) -> None:
+    """On every Redis backend (a cluster too: the keys of a household move within their
+    slot, and the scan covers every node)."""
+    was = f"{RUN}was{version}"
+    new = KeySpace(f"{RUN}now{version}")
+    store = RedisCapStore(client, RULES, GAPS, BLOCKS, new, competing=COMPETING)
+    check_layout(client, new)
+    events, feedback = _history()
+    assert store.record(events) == len(events)
+    store.block(feedback)
+    ids = _ids(store, events)
+    written = _write_old(client, new, was, version, ids)
+    assert any(k.endswith(":s") for k in _keys(client, f"{was}:v{version}:"))
+    with pytest.raises(NotReady, match=f"v{version}.*store-migrate"):
+        check_layout(client, KeySpace(was))
+    done = migrate(client, KeySpace(was))
+    assert (done.found, done.renamed + done.rewritten) == (version, written)
+    assert not list(_keys(client, f"{was}:v{version}:"))  # nothing left behind
+    check_layout(client, KeySpace(was))  # the new layout opens it
+    mine = sorted(n[len(was) :] for n in _keys(client, f"{was}:v"))
+    theirs = sorted(n[len(new.root) :] for n in _keys(client, f"{new.root}:v"))
+    assert mine == theirs
+    for rest in mine:
+        a, b = f"{was}{rest}", f"{new.root}{rest}"
+        if client.type(a) == b"hash":
+            assert client.hgetall(a) == client.hgetall(b), rest
+        else:
+            assert client.get(a) == client.get(b), rest
+        assert abs(client.pttl(a) - client.pttl(b)) < 60_000, rest
+    assert migrate(client, KeySpace(was)).found == KEY_VERSION  # done: a no-op
 
 
 def test_a_layout_it_cannot_carry_and_damaged_values_are_refused() -> None:
