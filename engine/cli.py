@@ -406,14 +406,16 @@ def store_migrate(
     """Carry the cap store the config names (store.url, or the embedded one's state_dir) from
     an earlier key layout (v6, v7) to this admatch's, in place: counts, feedback blocks and
     idempotency markers. Stop every admatch using the store first. Run again if cut short."""
+    import redis
+
     from engine.caps.connect import migrate_store
     from engine.caps.keys import KEY_VERSION
     from engine.config import load_config
 
     try:
         done = migrate_store(load_config(config))
-    except (AdmatchError, ValueError) as exc:
-        _fail(AdmatchError(f"store-migrate: {exc}"))
+    except (AdmatchError, ValueError, redis.RedisError) as exc:
+        _fail(AdmatchError(f"store-migrate: {exc} (run it again to carry what is left)"))
     if done.found == KEY_VERSION:
         console.print(f"the cap store is at key layout v{KEY_VERSION} already: nothing to do")
         return

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import redis
 
 from engine.caps.eventlog import GROUP, LIFETIME, _day_bytes
 from engine.caps.keys import FP_BYTES, KEY_VERSION, KeySpace
@@ -150,7 +151,12 @@ def migrate(client: Any, keys: KeySpace) -> Migrated:
         kind = rest[rest.index("}:") + 2 :]  # ids in a tag are escaped: its first "}:" ends it
         new = f"{keys.prefix}:{rest}"
         if kind in _RENAMED or kind.startswith("b:"):
-            client.rename(name, new)
+            try:
+                client.rename(name, new)
+            except redis.ResponseError as exc:  # it expired since the scan found it
+                if "no such key" not in str(exc).lower():
+                    raise
+                continue
             renamed += 1
             continue
         value = client.get(name)

@@ -253,3 +253,40 @@ def test_store_migrate_carries_an_embedded_state_dir(tmp_path: Path) -> None:
         assert moved == kept
     finally:
         server.stop()
+
+
+class _Ghosts:
+    """A client whose scans also find keys that expired since (they name nothing now)."""
+
+    def __init__(self, client: Any, ghosts: list[str]) -> None:
+        self.client, self.ghosts = client, ghosts
+
+    def scan_iter(self, **kw: Any) -> Iterator[Any]:
+        yield from (g.encode() for g in self.ghosts)
+        yield from self.client.scan_iter(**kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def test_keys_that_expire_during_a_migration_are_passed_over() -> None:
+    server = EmbeddedRedis().start()
+    try:
+        client = server.client()
+        client.set("gone:layout", 6)
+        client.set("gone:v6:{h=h1}:g", 3)
+        ghosts = ["gone:v6:{h=h2}:e", "gone:v6:{h=h2}:n", "gone:v6:{h=h2}:b:u:u1:cmp"]
+        done = migrate(_Ghosts(client, ghosts), KeySpace("gone"))
+        assert (done.renamed, done.rewritten) == (1, 0)
+        assert client.get(f"gone:v{KEY_VERSION}:{{h=h1}}:g") == b"3"
+        assert client.get("gone:layout") == str(KEY_VERSION).encode()
+    finally:
+        server.stop()
+
+
+def test_store_migrate_says_what_failed_and_exits_nonzero(tmp_path: Path) -> None:
+    config = config_file(tmp_path, **{'url = ""': 'url = "redis://127.0.0.1:1/0"'})
+    run = [sys.executable, "-m", "engine.cli", "store-migrate", "--config", str(config)]
+    done = subprocess.run(run, capture_output=True, text=True, cwd=ROOT, check=False)
+    assert done.returncode != 0 and "store-migrate:" in done.stderr and "again" in done.stderr
+    assert "Traceback" not in done.stderr
