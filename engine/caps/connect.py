@@ -48,13 +48,15 @@ def _embedded(config: AdmatchConfig) -> CapStore:
     return _redis(config, client, on_close=server.stop)
 
 
-def _url(config: AdmatchConfig) -> CapStore:
-    options = client_options(config.store.deadline_ms)
-    client: redis.Redis | RedisCluster
+def _url_client(config: AdmatchConfig, options: dict[str, Any]) -> redis.Redis | RedisCluster:
+    """A client of the server ``store.url`` names (``store.cluster``: a Redis Cluster's)."""
     if config.store.cluster:
-        client = RedisCluster.from_url(config.store.url, **options)
-    else:
-        client = redis.Redis.from_url(config.store.url, **options)
+        return RedisCluster.from_url(config.store.url, **options)
+    return redis.Redis.from_url(config.store.url, **options)
+
+
+def _url(config: AdmatchConfig) -> CapStore:
+    client = _url_client(config, client_options(config.store.deadline_ms))
     check_server(client)
     return _redis(config, client)
 
@@ -153,11 +155,7 @@ def migrate_store(config: AdmatchConfig) -> Migrated:
             server.stop()
     if url.startswith("memory://"):
         raise NotReady("store.url is memory://: the in-memory store keeps nothing to carry")
-    client: redis.Redis | RedisCluster
-    if config.store.cluster:
-        client = RedisCluster.from_url(url, **options)
-    else:
-        client = redis.Redis.from_url(url, **options)
+    client = _url_client(config, options)
     try:
         return migrate(client, keys)
     finally:

@@ -1,11 +1,11 @@
-"""Key layout v7 of the cap store, its pure part: a household's impressions as one event log,
+"""Key layout v8 of the cap store, its pure part: a household's impressions as one event log,
 and every answer a read needs computed from it in the client.
 
 Layout v3 kept a counter per (family, scope id, target id): one hash field each, so a household
 that saw 200 ads paid Redis' per-field cost for each of them in every family, and each write
-rewrote whole counters. Layouts v4 to v7 keep, per hash tag (a household, or a user without one):
+rewrote whole counters. Layouts v4 to v8 keep, per hash tag (a household, or a user without one):
 
-* the **log**: every impression of the last retention (and a day or two), appended as one
+* the **log**: every impression of its span (``keep.log_span_s``, and a day or two), appended as one
   12-byte record (``EVENT``: its time, its ad tuple's and its context tuple's codes) (v5 and
   later ones append to a short tail that joins the log every 64 impressions; they read as one);
 * the **dictionary**: the fingerprints (``keys.fingerprint``, ``FP_BYTES`` each) of the ids
@@ -17,8 +17,8 @@ rewrote whole counters. Layouts v4 to v7 keep, per hash tag (a household, or a u
   position;
 * the **day counts** of the impressions folded out of the log (:func:`fold`), for the readers
   that look further back: per day and in all (the lifetime) for the families
-  with long windows and the campaigns' own caps. Every latest time a read asks (a minimum
-  gap's, the campaign recency's) lies within the 7 days the log keeps.
+  with long windows, the campaigns' own caps and the features' 7-day windows. Every latest
+  time a read asks (a minimum gap's, the campaign recency's) lies within the log's span.
 
 Every family (scope x target, filtered or not) is computed from the log, so what a household
 takes grows with its impressions of the last days, not with the number of families, rules or

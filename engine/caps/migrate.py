@@ -115,9 +115,7 @@ def day_counts(data: bytes, version: int) -> bytes:
 
 
 def _new_value(kind: str, value: bytes, version: int, name: str) -> bytes:
-    if kind == "n":
-        return cut(value, name)
-    if kind.startswith("i:"):
+    if kind == "n" or kind.startswith("i:"):
         return cut(value, name)
     if kind == "s":
         return day_counts(value, version)
